@@ -1,0 +1,122 @@
+# levelparty: build, tests, benchmarks.  GNU make.
+#
+#   make build      build/5.4/levelparty/core.so and build/luajit/levelparty/core.so
+#   make test       C tests, fuzz smoke, busted (lua5.4 + luajit), luarocks check
+#                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
+#   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan
+#   make rock       the luarocks install check alone
+#   make demo | bench | fuzz | deps | clean
+#
+# Every knob uses ?= so it can be overridden: make OPT=-O0 WERROR= CC=clang.
+# CFLAGS/CPPFLAGS/LDFLAGS are never set here, only appended when given.
+
+CC            ?= cc
+CLANG         ?= clang
+LUA54_INCDIR  ?= /usr/include/lua5.4
+LUAJIT_INCDIR ?= /usr/include/luajit-2.1
+OPT           ?= -O2 -g
+WERROR        ?= -Werror
+WARN          ?= -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
+                 -Wpointer-arith -Wcast-qual -Wwrite-strings -Wundef
+SAN           ?= -fsanitize=address,undefined -fno-omit-frame-pointer
+LIBS          ?= -lleveldb -luv -lpthread
+FUZZ_ITERS    ?= 100000
+FUZZ_SECONDS  ?= 60
+SPEC          ?=
+LUA           ?= all
+
+BASE = -std=gnu99 -D_GNU_SOURCE -fPIC -pthread $(OPT) $(WARN) $(WERROR) $(CPPFLAGS) $(CFLAGS)
+
+SRCS  := $(wildcard src/*.c)
+HDRS  := $(wildcard src/*.h)
+# Files that see a lua_State: lua_*.c and anything including a Lua header.
+# The rest (buf, wire, engine, ...) is what C tests and the fuzzer link.
+LUASRCS := $(sort $(filter src/lua_%.c,$(SRCS)) \
+  $(shell grep -lE '[<"](lua|lauxlib|lualib|luajit|compat)\.h[>"]' $(SRCS) /dev/null))
+CSRCS := $(filter-out $(LUASRCS),$(SRCS))
+
+# Object files per variant.  Only Lua files get the Lua headers; LuaJIT is
+# announced both by -DLP_LUAJIT and by force-including luajit.h.
+VARIANTS := 5.4 luajit asan
+VFLAGS_5.4      :=
+VFLAGS_luajit   := -DLP_LUAJIT=1
+VFLAGS_asan     := -O1 $(SAN)
+LUAFLAGS_5.4    := -isystem $(LUA54_INCDIR)
+LUAFLAGS_luajit := -isystem $(LUAJIT_INCDIR) -include luajit.h
+LUAFLAGS_asan   := -isystem $(LUA54_INCDIR)
+objs  = $(patsubst src/%.c,build/$(1)/obj/%.o,$(2))
+variant = $(word 2,$(subst /, ,$@))
+
+.PHONY: all build deps test sanitize rock demo bench fuzz clean
+.DELETE_ON_ERROR:
+.SECONDEXPANSION:
+
+all: build
+
+deps:
+	@sh mk/deps.sh
+
+build: build/5.4/levelparty/core.so build/luajit/levelparty/core.so
+
+$(foreach v,$(VARIANTS),$(call objs,$(v),$(SRCS))): build/%.o: \
+    src/$$(notdir $$*).c $(HDRS) Makefile
+	@mkdir -p $(@D)
+	$(CC) $(BASE) $(VFLAGS_$(variant)) \
+	  $(if $(filter $<,$(LUASRCS)),$(LUAFLAGS_$(variant))) -c $< -o $@
+
+# The module exports luaopen_levelparty_core only (mk/exports.map).
+build/%/levelparty/core.so: $$(call objs,$$*,$(SRCS)) mk/exports.map
+	@mkdir -p $(@D)
+	$(CC) -shared -pthread $(VFLAGS_$*) -o $@ $(filter %.o,$^) \
+	  -Wl,--version-script=mk/exports.map $(LDFLAGS) $(LIBS)
+
+# C unit tests and the standalone fuzz driver link the Lua-free sources only.
+build/test/%: test/%.c $(call objs,5.4,$(CSRCS)) $(wildcard test/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
+
+build/asan/test/%: test/%.c $(call objs,asan,$(CSRCS)) $(wildcard test/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -O1 $(SAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
+
+build/fuzz/fuzz_wire_standalone: fuzz/fuzz_wire.c $(call objs,asan,$(CSRCS))
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -O1 $(SAN) -DLP_FUZZ_STANDALONE -Isrc -o $@ $^ $(LDFLAGS) $(LIBS)
+
+# libFuzzer: clang instruments every Lua-free source for coverage.
+build/fuzz/fuzz_wire: fuzz/fuzz_wire.c $(CSRCS) $(HDRS)
+	@mkdir -p $(@D)
+	$(CLANG) -std=gnu99 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined \
+	  -Isrc -o $@ $(filter %.c,$^) $(LDFLAGS) $(LIBS)
+
+build/bench/%: bench/%.c Makefile
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -o $@ $< $(LDFLAGS) $(LIBS)
+
+# The runner builds what it runs and turns build failures into counted failures.
+test: deps
+	@SPEC="$(SPEC)" LUA="$(LUA)" MAKE="$(MAKE)" FUZZ_ITERS="$(FUZZ_ITERS)" \
+	  bash mk/runtests.sh test
+
+sanitize: deps
+	@SPEC="$(SPEC)" LUA=5.4 MAKE="$(MAKE)" bash mk/runtests.sh sanitize
+
+rock: deps
+	bash mk/rockcheck.sh $(LUA)
+
+demo: deps build
+	sh mk/luaenv.sh 5.4 lua5.4 examples/demo.lua
+
+bench: deps build build/bench/raw_leveldb build/bench/sock_floor
+	sh mk/luaenv.sh 5.4 lua5.4 bench/run.lua
+
+fuzz: deps build/fuzz/fuzz_wire
+	@mkdir -p build/fuzz/corpus
+	build/fuzz/fuzz_wire -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
+	  build/fuzz/corpus $(wildcard fuzz/corpus)
+
+# Also removes what `luarocks make` leaves in the source tree.
+clean:
+	rm -rf build
+	rm -f src/*.o levelparty/core.so *.rock
+	-@rmdir levelparty 2>/dev/null || true

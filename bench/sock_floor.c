@@ -1,0 +1,234 @@
+/*
+ * bench/sock_floor.c: the unix-socket floor for bench/run.lua: what two
+ * processes can do over one AF_UNIX stream socket with no LevelDB, no
+ * protocol decoding and no event loop.  A follower can never beat it.
+ *
+ * usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B]
+ *
+ * The server is a forked process (the Lua bench measures a follower talking to
+ * a leader in another process); the pair is a socketpair, which is the same
+ * kernel path as a connected named unix socket.  Phases, in this order:
+ *   rtt         one request at a time: a 30-byte request frame, a 20-byte reply
+ *               frame (the size of a get of a 16-byte key and of its reply)
+ *   pipelined64 64 requests written with one write(), then their 64 replies
+ *               read; the server replies to every whole request of each read()
+ *               with one write()
+ *   stream      the server writes frames of B bytes (default 124: one iterator
+ *               entry for a 16-byte key and a 100-byte value) as fast as it
+ *               can, packed into 64 KiB writes; the client reads 64 KiB at a
+ *               time and walks every frame's length prefix
+ * Frames are a one-byte varint length and that many bytes, as on the wire.
+ *
+ * --pin: none (default), same (both processes on the first allowed CPU), split
+ * (server on the first allowed CPU, client on the second).
+ *
+ * Output on stdout, one "floor <name> <value>" line each:
+ *   floor pin <none|same:C|split:S,C>
+ *   floor rtt_ops_per_sec X
+ *   floor pipelined64_ops_per_sec Y
+ *   floor stream_frames_per_sec Z
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REQ_LEN 30
+#define REP_LEN 20
+#define DEPTH 64
+#define CHUNK (64 * 1024)
+
+static long rtt_ops = 100000;
+static long pipe_rounds = 2000;    /* x DEPTH requests */
+static long stream_frames = 2000000;
+static int frame_len = 124;
+
+static double now_sec(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *who, const char *what) {
+  fprintf(stderr, "sock_floor %s: %s: %s\n", who, what, errno ? strerror(errno) : "peer closed");
+  exit(1);
+}
+
+static void write_all(int fd, const char *p, size_t n, const char *who) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) die(who, "write");
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+static void read_all(int fd, char *p, size_t n, const char *who) {
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { if (r == 0) errno = 0; die(who, "read"); }
+    p += r;
+    n -= (size_t)r;
+  }
+}
+
+static void fill_frame(char *p, int len) {
+  p[0] = (char)(len - 1);
+  for (int i = 1; i < len; i++) p[i] = (char)('a' + i % 26);
+}
+
+static void pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) die("pin", "sched_setaffinity");
+}
+
+/* Replies to every whole request it reads, one write per read, then streams. */
+static void serve(int fd) {
+  static char in[CHUNK + REQ_LEN], out[(CHUNK / REQ_LEN + 1) * REP_LEN], chunk[CHUNK];
+  char rep[REP_LEN];
+  fill_frame(rep, REP_LEN);
+  long todo = rtt_ops + pipe_rounds * DEPTH;
+  size_t have = 0;
+  while (todo > 0) {
+    ssize_t r = read(fd, in + have, CHUNK);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { if (r == 0) errno = 0; die("server", "read"); }
+    have += (size_t)r;
+    size_t reqs = have / REQ_LEN, olen = 0;
+    for (size_t i = 0; i < reqs; i++, olen += REP_LEN) memcpy(out + olen, rep, REP_LEN);
+    write_all(fd, out, olen, "server");
+    memmove(in, in + reqs * REQ_LEN, have - reqs * REQ_LEN);
+    have -= reqs * REQ_LEN;
+    todo -= (long)reqs;
+  }
+  char go;
+  read_all(fd, &go, 1, "server");
+  int per_chunk = CHUNK / frame_len;
+  for (int i = 0; i < per_chunk; i++) fill_frame(chunk + (size_t)i * (size_t)frame_len, frame_len);
+  for (long left = stream_frames; left > 0;) {
+    long k = left < per_chunk ? left : per_chunk;
+    write_all(fd, chunk, (size_t)k * (size_t)frame_len, "server");
+    left -= k;
+  }
+}
+
+static void client(int fd) {
+  char req[REQ_LEN * DEPTH], rep[REP_LEN * DEPTH];
+  for (int i = 0; i < DEPTH; i++) fill_frame(req + i * REQ_LEN, REQ_LEN);
+
+  double t0 = now_sec();
+  for (long i = 0; i < rtt_ops; i++) {
+    write_all(fd, req, REQ_LEN, "client");
+    read_all(fd, rep, REP_LEN, "client");
+  }
+  printf("floor rtt_ops_per_sec %.1f\n", (double)rtt_ops / (now_sec() - t0));
+  fflush(stdout);
+
+  t0 = now_sec();
+  for (long i = 0; i < pipe_rounds; i++) {
+    write_all(fd, req, sizeof req, "client");
+    read_all(fd, rep, sizeof rep, "client");
+  }
+  printf("floor pipelined64_ops_per_sec %.1f\n", (double)(pipe_rounds * DEPTH) / (now_sec() - t0));
+  fflush(stdout);
+
+  static char buf[CHUNK];
+  long frames = 0;
+  size_t skip = 0; /* bytes of the current frame still to pass; 0: at a prefix */
+  write_all(fd, "S", 1, "client");
+  t0 = now_sec();
+  while (frames < stream_frames) {
+    ssize_t r = read(fd, buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { if (r == 0) errno = 0; die("client", "stream read"); }
+    for (size_t pos = 0; pos < (size_t)r;) {
+      if (skip == 0) {
+        skip = (unsigned char)buf[pos++]; /* one-byte varint: frames are < 128 */
+        frames++;
+      } else {
+        size_t step = (size_t)r - pos < skip ? (size_t)r - pos : skip;
+        pos += step;
+        skip -= step;
+      }
+    }
+  }
+  printf("floor stream_frames_per_sec %.1f\n", (double)frames / (now_sec() - t0));
+  fflush(stdout);
+}
+
+static void usage(void) {
+  fprintf(stderr, "usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B (2..128)]\n");
+  exit(2);
+}
+
+int main(int argc, char **argv) {
+  const char *pin = "none";
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--pin") == 0 && i + 1 < argc) {
+      pin = argv[++i];
+    } else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
+      rtt_ops = strtol(argv[++i], NULL, 10);
+      if (rtt_ops <= 0) usage();
+      pipe_rounds = rtt_ops / 50 > 0 ? rtt_ops / 50 : 1;
+      stream_frames = rtt_ops * 20;
+    } else if (strcmp(argv[i], "--stream-size") == 0 && i + 1 < argc) {
+      frame_len = atoi(argv[++i]);
+      if (frame_len < 2 || frame_len > 128) usage();
+    } else {
+      usage();
+    }
+  }
+
+  int server_cpu = -1, client_cpu = -1;
+  if (strcmp(pin, "none") != 0) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) die("pin", "sched_getaffinity");
+    int cpus[2] = {-1, -1}, found = 0;
+    for (int c = 0; c < CPU_SETSIZE && found < 2; c++)
+      if (CPU_ISSET(c, &set)) cpus[found++] = c;
+    if (strcmp(pin, "same") == 0) {
+      server_cpu = client_cpu = cpus[0];
+    } else if (strcmp(pin, "split") == 0) {
+      if (found < 2) { fprintf(stderr, "sock_floor: --pin split needs two CPUs\n"); return 2; }
+      server_cpu = cpus[0];
+      client_cpu = cpus[1];
+    } else {
+      usage();
+    }
+  }
+  if (server_cpu < 0) printf("floor pin none\n");
+  else if (server_cpu == client_cpu) printf("floor pin same:%d\n", server_cpu);
+  else printf("floor pin split:%d,%d\n", server_cpu, client_cpu);
+  fflush(stdout);
+
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("main", "socketpair");
+  pid_t pid = fork();
+  if (pid < 0) die("main", "fork");
+  if (pid == 0) {
+    close(sv[0]);
+    if (server_cpu >= 0) pin_to(server_cpu);
+    serve(sv[1]);
+    _exit(0);
+  }
+  close(sv[1]);
+  if (client_cpu >= 0) pin_to(client_cpu);
+  client(sv[0]);
+  close(sv[0]);
+  int status;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fprintf(stderr, "sock_floor: server process failed\n");
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,57 @@
+rockspec_format = "3.0"
+package = "levelparty"
+version = "scm-1"
+
+source = {
+  url = "git+https://github.com/levelparty/levelparty.git",
+  branch = "main",
+}
+
+description = {
+  summary = "Several processes share one LevelDB directory (level-party for Lua)",
+  detailed = [[
+levelparty lets several processes open the same LevelDB directory. The process
+that holds LevelDB's LOCK becomes the leader and serves the others over a unix
+socket in the directory, speaking the wire protocol of Node's level-party 5.1.1
+(multileveldown 5.0.1). When the leader dies a follower takes over; pending
+requests are replayed and iterators resume where they stopped. Works with
+Lua 5.1-5.4 and LuaJIT (including OpenResty), with or without luv.
+]],
+  license = "MIT",
+  homepage = "https://github.com/levelparty/levelparty",
+  labels = { "leveldb", "database", "ipc", "libuv" },
+}
+
+-- Only lua itself: luarocks.org may be unreachable, and luv/busted are optional
+-- at run time (the Debian packages lua-luv and lua-busted do for tests).
+dependencies = {
+  "lua >= 5.1",
+}
+
+external_dependencies = {
+  LEVELDB = { header = "leveldb/c.h", library = "leveldb" },
+  LIBUV = { header = "uv.h", library = "uv" },
+}
+
+build = {
+  type = "builtin",
+  modules = {
+    levelparty = "lua/levelparty/init.lua",
+    ["levelparty.core"] = {
+      sources = {
+        "src/buf.c",
+        "src/wire.c",
+        "src/engine.c",
+        "src/server.c",
+        "src/client.c",
+        "src/elect.c",
+        "src/party.c",
+        "src/lua_core.c",
+      },
+      libraries = { "leveldb", "uv", "pthread" },
+      incdirs = { "$(LEVELDB_INCDIR)", "$(LIBUV_INCDIR)" },
+      libdirs = { "$(LEVELDB_LIBDIR)", "$(LIBUV_LIBDIR)" },
+      defines = { "_GNU_SOURCE" },
+    },
+  },
+}

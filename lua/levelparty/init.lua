@@ -1,0 +1,469 @@
+-- levelparty: many processes, one LevelDB directory.
+--
+-- This module is the public face: it checks arguments (misuse raises, naming
+-- the function), applies encodings, and decides how a call waits:
+--   * inside a coroutine while luv's loop runs, a call that must wait yields
+--     (levelparty.luv resumes it), and a coroutine that calls in a tight loop
+--     gives the loop a turn every time slice (2 ms);
+--   * anywhere else the call blocks in C and returns its result.
+-- Runtime failures return nil, "op: detail", "ECODE"; a missing key is nil.
+
+local core = require "levelparty.core"
+local encoding = require "levelparty.encoding"
+
+local type, error, select, tostring, setmetatable, rawget = type, error, select, tostring, setmetatable, rawget
+local pairs, ipairs, next = pairs, ipairs, next
+local format = string.format
+local loaded = package.loaded
+local PENDING, YIELD = core.PENDING, core.YIELD
+
+local isyieldable = coroutine.isyieldable or function()
+	local co, main = coroutine.running()
+	return co ~= nil and not main
+end
+
+local _M = {
+	_VERSION = "levelparty scm",
+	leveldb_version = core.leveldb_version,
+}
+
+-- The luv adaptor, loaded only once the application itself loaded luv: no
+-- application can be running luv's loop without having required it.
+local adaptor
+local function luv_adaptor()
+	if adaptor == nil and loaded.luv ~= nil then adaptor = require "levelparty.luv" end
+	return adaptor
+end
+
+-- true when this call should yield instead of blocking
+local function async_mode()
+	local uv = loaded.luv
+	if uv == nil or not isyieldable() then return false end
+	if uv.loop_mode() == nil then return false end
+	if adaptor == nil then luv_adaptor() end
+	return true
+end
+
+--- Errors of the application's coroutines resumed by levelparty go here.
+function _M.on_error(co, err)
+	io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
+end
+
+local function misuse(fname, fmt, ...)
+	error(format("%s: " .. fmt, fname, ...), 3)
+end
+
+local function too_many(fname, max)
+	error(format("%s: no more than %d arguments expected", fname, max), 3)
+end
+
+-- ------------------------------------------------------------------ options
+
+local OPEN_OPTIONS = {
+	create_if_missing = "boolean", error_if_exists = "boolean", compression = "boolean",
+	cache_size = "number", write_buffer_size = "number", block_size = "number",
+	max_open_files = "number", bloom_bits = "number",
+	key_encoding = "encoding", value_encoding = "encoding",
+	sync = "boolean", timeout = "number", open_timeout = "number", retry = "boolean",
+	allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
+}
+
+local function check_options(fname, opts, known)
+	if opts == nil then return {} end
+	if type(opts) ~= "table" then misuse(fname, "bad argument (options must be a table, got %s)", type(opts)) end
+	for k, v in pairs(opts) do
+		local want = known[k]
+		if want == nil then misuse(fname, "unknown option '%s'", tostring(k)) end
+		if want == "encoding" then
+			if type(v) ~= "string" and type(v) ~= "table" then
+				misuse(fname, "option '%s' must be an encoding name or table, got %s", k, type(v))
+			end
+		elseif want ~= "any" and type(v) ~= want then
+			misuse(fname, "option '%s' must be a %s, got %s", k, want, type(v))
+		end
+		if want == "number" and (v ~= v or v < 0) then misuse(fname, "option '%s' must be >= 0", k) end
+	end
+	return opts
+end
+
+local WRITE_OPTIONS = { sync = "boolean" }
+local READ_OPTIONS = { fill_cache = "boolean" }
+local RANGE_OPTIONS = {
+	gt = "any", gte = "any", lt = "any", lte = "any", reverse = "boolean", limit = "number",
+	keys = "boolean", values = "boolean",
+}
+
+-- ------------------------------------------------------------------ the db
+
+local DB = {}
+DB.__index = DB
+DB.__name = "levelparty.db"
+
+function DB:__tostring()
+	return format("levelparty.db{path=%s;role=%s}", tostring(self._path), self._c:role())
+end
+
+local party_handles = {}   -- party -> number of open Lua handles (for the luv driver)
+
+local function encode_key(self, fname, key, argn)
+	if key == nil then misuse(fname, "bad argument #%d (key expected, got nil)", argn) end
+	local k, want = self._kenc.encode(key)
+	if k == nil then misuse(fname, "bad argument #%d (key must be %s, got %s)", argn, want, type(key)) end
+	if k == "" then misuse(fname, "bad argument #%d (key must not be empty)", argn) end
+	return k
+end
+
+local function encode_value(self, fname, value, argn)
+	if value == nil then misuse(fname, "bad argument #%d (value expected, got nil)", argn) end
+	local v, want = self._venc.encode(value)
+	if v == nil then misuse(fname, "bad argument #%d (value must be %s, got %s)", argn, want, type(value)) end
+	return v
+end
+
+local function decode_value(self, fname, v)
+	local dec = self._venc
+	if dec.identity then return v end
+	local val, err = dec.decode(v)
+	if val == nil and err ~= nil then
+		return nil, format("%s: cannot decode the stored value as %s: %s", fname, dec.name, tostring(err)), "EDECODE"
+	end
+	return val
+end
+
+-- Finishes a core call: yields to the loop while it is PENDING or YIELD.
+-- `again` re-issues the call after a YIELD (the time slice was over).
+local function after_blocking(self)
+	local c = self._c
+	local role = c:role_change()
+	if role then
+		local on_role = self._on_role
+		if on_role then on_role(role, self) end
+	end
+	if adaptor then adaptor.kick(c) end
+end
+
+local function finish(self, op, a, b, e)
+	if a == PENDING then
+		adaptor.wait_token(self._c, b)
+		return self._c:result(b, op)
+	end
+	return a, b, e
+end
+
+local function check_open_state(self, fname)
+	if rawget(self, "_closed") then return false end
+	return true
+end
+
+--- db:get(key [, opts]) -> value | nil | nil, msg, code
+function DB:get(key, opts, extra)
+	if extra ~= nil then too_many("get", 2) end
+	if opts ~= nil then check_options("get", opts, READ_OPTIONS) end
+	local c, k = self._c, encode_key(self, "get", key, 1)
+	local async = async_mode()
+	local v, err, code = c:get(async, k)
+	while v == YIELD do adaptor.tick() v, err, code = c:get(true, k) end
+	if v == PENDING then v, err, code = finish(self, "get", v, err)
+	elseif not async then after_blocking(self) end
+	if v == nil then return nil, err, code end
+	return decode_value(self, "get", v)
+end
+
+--- db:put(key, value [, opts]) -> true | nil, msg, code
+function DB:put(key, value, opts, extra)
+	if extra ~= nil then too_many("put", 3) end
+	local sync
+	if opts ~= nil then sync = check_options("put", opts, WRITE_OPTIONS).sync end
+	local c = self._c
+	local k, v = encode_key(self, "put", key, 1), encode_value(self, "put", value, 2)
+	local async = async_mode()
+	local ok, err, code = c:put(async, k, v, sync)
+	while ok == YIELD do adaptor.tick() ok, err, code = c:put(true, k, v, sync) end
+	if ok == PENDING then return finish(self, "put", ok, err) end
+	if not async then after_blocking(self) end
+	return ok, err, code
+end
+
+--- db:del(key [, opts]) -> true | nil, msg, code
+function DB:del(key, opts, extra)
+	if extra ~= nil then too_many("del", 2) end
+	local sync
+	if opts ~= nil then sync = check_options("del", opts, WRITE_OPTIONS).sync end
+	local c, k = self._c, encode_key(self, "del", key, 1)
+	local async = async_mode()
+	local ok, err, code = c:del(async, k, sync)
+	while ok == YIELD do adaptor.tick() ok, err, code = c:del(true, k, sync) end
+	if ok == PENDING then return finish(self, "del", ok, err) end
+	if not async then after_blocking(self) end
+	return ok, err, code
+end
+
+local function encode_ops(self, fname, ops)
+	local out = {}
+	for i = 1, #ops do
+		local op = ops[i]
+		if type(op) ~= "table" then misuse(fname, "bad operation #%d (table expected, got %s)", i, type(op)) end
+		local t = op.type
+		if t == "put" then
+			out[i] = { type = "put", key = encode_key(self, fname, op.key, i), value = encode_value(self, fname, op.value, i) }
+		elseif t == "del" then
+			out[i] = { type = "del", key = encode_key(self, fname, op.key, i) }
+		else
+			misuse(fname, "bad operation #%d (type must be \"put\" or \"del\", got %s)", i, tostring(t))
+		end
+	end
+	return out
+end
+
+local function write_ops(self, encoded, sync)
+	local c = self._c
+	local async = async_mode()
+	local ok, err, code = c:batch(async, encoded, sync)
+	while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, encoded, sync) end
+	if ok == PENDING then return finish(self, "batch", ok, err) end
+	if not async then after_blocking(self) end
+	return ok, err, code
+end
+
+-- chained batch: db:batch() -> b; b:put(k, v), b:del(k), b:clear(), b:write()
+local Batch = {}
+Batch.__index = Batch
+Batch.__name = "levelparty.batch"
+
+function Batch:put(key, value, extra)
+	if extra ~= nil then too_many("batch:put", 2) end
+	local db = self._db
+	self._ops[#self._ops + 1] = { type = "put", key = encode_key(db, "batch:put", key, 1), value = encode_value(db, "batch:put", value, 2) }
+	return self
+end
+
+function Batch:del(key, extra)
+	if extra ~= nil then too_many("batch:del", 1) end
+	self._ops[#self._ops + 1] = { type = "del", key = encode_key(self._db, "batch:del", key, 1) }
+	return self
+end
+
+function Batch:clear()
+	self._ops = {}
+	return self
+end
+
+function Batch:length() return #self._ops end
+
+function Batch:write(opts, extra)
+	if extra ~= nil then too_many("batch:write", 1) end
+	if self._written then misuse("batch:write", "this batch was already written") end
+	local sync
+	if opts ~= nil then sync = check_options("batch:write", opts, WRITE_OPTIONS).sync end
+	self._written = true
+	return write_ops(self._db, self._ops, sync)
+end
+
+--- db:batch(ops [, opts]) -> true | nil, msg, code; db:batch() -> chained batch
+function DB:batch(ops, opts, extra)
+	if extra ~= nil then too_many("batch", 2) end
+	if ops == nil then
+		if opts ~= nil then misuse("batch", "options go to batch:write()") end
+		return setmetatable({ _db = self, _ops = {} }, Batch)
+	end
+	if type(ops) ~= "table" then misuse("batch", "bad argument #1 (table of operations expected, got %s)", type(ops)) end
+	local sync
+	if opts ~= nil then sync = check_options("batch", opts, WRITE_OPTIONS).sync end
+	return write_ops(self, encode_ops(self, "batch", ops), sync)
+end
+
+--- db:get_many(keys [, opts]) -> { v1, nil, v3, n = 3 } | nil, msg, code
+function DB:get_many(keys, opts, extra)
+	if extra ~= nil then too_many("get_many", 2) end
+	if type(keys) ~= "table" then misuse("get_many", "bad argument #1 (table of keys expected, got %s)", type(keys)) end
+	if opts ~= nil then check_options("get_many", opts, READ_OPTIONS) end
+	local n = keys.n or #keys
+	local enc = {}
+	for i = 1, n do enc[i] = encode_key(self, "get_many", keys[i], i) end
+	local c = self._c
+	local async = async_mode()
+	local t, err, code = c:get_many(async, enc)
+	while t == YIELD do adaptor.tick() t, err, code = c:get_many(true, enc) end
+	if t == PENDING then t, err, code = finish(self, "get_many", t, err)
+	elseif not async then after_blocking(self) end
+	if t == nil then return nil, err, code end
+	if not self._venc.identity then
+		for i = 1, n do
+			local v = t[i]
+			if v ~= nil then
+				local val, derr, dcode = decode_value(self, "get_many", v)
+				if derr then return nil, derr, dcode end
+				t[i] = val
+			end
+		end
+	end
+	return t
+end
+
+local function encode_range(self, fname, opts)
+	local r = {}
+	if opts == nil then return r end
+	check_options(fname, opts, RANGE_OPTIONS)
+	for _, b in ipairs { "gt", "gte", "lt", "lte" } do
+		local v = opts[b]
+		if v ~= nil then
+			local k, want = self._kenc.encode(v)
+			if k == nil then misuse(fname, "option '%s' must be %s, got %s", b, want, type(v)) end
+			r[b] = k
+		end
+	end
+	r.reverse, r.keys, r.values = opts.reverse, opts.keys, opts.values
+	local limit = opts.limit
+	if limit ~= nil and limit >= 0 then r.limit = limit end
+	return r
+end
+
+--- db:clear([range [, opts]]) -> true | nil, msg, code
+function DB:clear(range, opts, extra)
+	if extra ~= nil then too_many("clear", 2) end
+	local sync
+	if opts ~= nil then sync = check_options("clear", opts, WRITE_OPTIONS).sync end
+	local r = encode_range(self, "clear", range)
+	local c = self._c
+	local async = async_mode()
+	if c:is_leader() then
+		local cl, err, code = c:clear_begin(r)
+		if cl == nil then return nil, err, code end
+		local ok
+		ok, err, code = cl:step(async, sync)
+		while ok == YIELD do adaptor.tick() ok, err, code = cl:step(true, sync) end
+		return ok, err, code
+	end
+	local ok, err, code = c:clear(async, r)
+	if ok == PENDING then return finish(self, "clear", ok, err) end
+	if not async then after_blocking(self) end
+	return ok, err, code
+end
+
+-- iterators
+local Iterator = {}
+Iterator.__index = Iterator
+Iterator.__name = "levelparty.iterator"
+
+--- it:next() -> key, value (or the one side asked for) | nil at the end |
+-- nil, msg, code on failure
+function Iterator:next()
+	local it = self._it
+	local async = async_mode()
+	local a, b, e = it:next(async)
+	while a == PENDING or a == YIELD do
+		if a == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
+		a, b, e = it:next(true)
+	end
+	if not async and self._remote then after_blocking(self._db) end
+	if a == nil then return nil, b, e end
+	local db = self._db
+	if self._decode_keys and self._keys then a = db._kenc.decode(a) end
+	if self._values and not db._venc.identity then
+		if self._keys then
+			local v, err, code = decode_value(db, "iterator", b)
+			if err then return nil, err, code end
+			b = v
+		else
+			local v, err, code = decode_value(db, "iterator", a)
+			if err then return nil, err, code end
+			a = v
+		end
+	end
+	return a, b
+end
+
+-- the generic for calls the iterator: failures raise there
+function Iterator:__call()
+	local a, b, e = self:next()
+	if a == nil and b ~= nil then error(format("%s (%s)", b, tostring(e)), 2) end
+	return a, b
+end
+
+function Iterator:close()
+	return self._it:close()
+end
+Iterator.__close = Iterator.close
+Iterator.__gc = Iterator.close
+
+--- for k, v in db:iter{gt=, gte=, lt=, lte=, reverse=, limit=, keys=, values=} do ... end
+function DB:iter(opts, extra)
+	if extra ~= nil then too_many("iter", 1) end
+	local r = encode_range(self, "iter", opts)
+	local c = self._c
+	local it, err, code = c:iter(r)
+	if it == nil then error(format("iter: %s (%s)", tostring(err), tostring(code)), 2) end
+	local obj = setmetatable({
+		_it = it, _db = self, _remote = not c:is_leader(),
+		_keys = r.keys ~= false, _values = r.values ~= false,
+		_decode_keys = not self._kenc.identity,
+	}, Iterator)
+	return obj, nil, nil, obj
+end
+
+--- db:role() -> "leader" | "follower" | "closed"
+function DB:role()
+	return self._c:role()
+end
+
+--- db:close() -> true (idempotent; also __gc and __close)
+function DB:close()
+	if rawget(self, "_closed") then return true end
+	self._closed = true
+	local c = self._c
+	local party = c:party()
+	c:close()
+	if party then
+		local n = (party_handles[party] or 1) - 1
+		if n <= 0 then
+			party_handles[party] = nil
+			if adaptor then adaptor.release(party) end
+		else
+			party_handles[party] = n
+		end
+	end
+	return true
+end
+DB.__close = DB.close
+DB.__gc = DB.close
+
+--- levelparty.open(dir [, opts]) -> db | nil, msg, code
+function _M.open(dir, opts, extra)
+	if extra ~= nil then too_many("open", 2) end
+	if type(dir) ~= "string" or dir == "" then
+		misuse("open", "bad argument #1 (directory path expected, got %s)", dir == "" and "an empty string" or type(dir))
+	end
+	opts = check_options("open", opts, OPEN_OPTIONS)
+	local kenc, kerr = encoding.resolve(opts.key_encoding)
+	if not kenc then misuse("open", "key_encoding: %s", kerr) end
+	local venc, verr = encoding.resolve(opts.value_encoding)
+	if not venc then misuse("open", "value_encoding: %s", verr) end
+	local async = async_mode()
+	local c, err, code = core.open(dir, opts, async)
+	if c == nil then return nil, err, code end
+	if async and not c:opened() then
+		local ok
+		ok, err, code = adaptor.wait_open(c)
+		if not ok then
+			c:close()
+			return nil, err, code
+		end
+	end
+	local self = setmetatable({
+		_c = c, _path = c:path(), _kenc = kenc, _venc = venc, _on_role = opts.on_role,
+	}, DB)
+	local party = c:party()
+	party_handles[party] = (party_handles[party] or 0) + 1
+	local a = luv_adaptor()
+	if a then
+		local on_role = opts.on_role
+		a.watch(c, on_role and function(role) on_role(role, self) end)
+	end
+	return self
+end
+
+-- the raw core, for tests and tools
+_M._core = core
+_M._async_mode = async_mode
+
+return _M

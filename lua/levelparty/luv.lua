@@ -1,0 +1,199 @@
+-- levelparty.luv: the adaptor that waits by yielding, on luv's loop.
+--
+-- One driver per party (per directory in this process), because libuv allows
+-- one poll handle per file descriptor.  The C core says what it waits for
+-- (db:pollinfo: an fd, its events, a timeout); the driver polls that with
+-- uv.new_poll and a timer, calls db:step() when something happens, and
+-- resumes the coroutines whose requests, iterators or open completed.
+--
+-- The poll handle stays active while the process is a follower, so a leader's
+-- death is noticed (and an election won) while the loop runs; it is unref'd
+-- when nobody waits, so it never keeps uv.run() from returning.
+--
+-- Errors raised by a resumed coroutine never reach luv (whose default is to
+-- exit the process): they go to levelparty.on_error.
+
+local uv = require "luv"
+local core = require "levelparty.core"
+
+local coroutine_running, coroutine_yield, coroutine_resume = coroutine.running, coroutine.yield, coroutine.resume
+local pairs, next, setmetatable = pairs, next, setmetatable
+local slice_begin = core.slice_begin
+
+local _M = {}
+
+-- Called with (coroutine, error) when a coroutine we resumed dies of an error.
+function _M.default_on_error(co, err)
+	io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
+end
+_M.on_error = _M.default_on_error
+
+local function resume(co, ...)
+	local ok, err = coroutine_resume(co, ...)
+	if not ok then _M.on_error(co, err) end
+end
+
+local drivers = {}   -- party lightuserdata -> driver
+
+local Driver = {}
+Driver.__index = Driver
+
+-- Coroutines that gave up the loop for one turn (time slice over).
+local ticking, tick_timer = {}, nil
+
+local function run_ticks()
+	local list = ticking
+	ticking = {}
+	slice_begin()
+	for i = 1, #list do resume(list[i]) end
+	if #ticking == 0 then tick_timer:stop() end
+end
+
+--- Lets the loop run once, then returns (from inside a coroutine).
+function _M.tick()
+	if tick_timer == nil then tick_timer = uv.new_timer() end
+	ticking[#ticking + 1] = coroutine_running()
+	if #ticking == 1 then tick_timer:start(0, 0, run_ticks) end
+	coroutine_yield()
+end
+
+function Driver:arm()
+	local c = self.c
+	local fd, events, timeout, gen = c:pollinfo()
+	if fd ~= self.fd or gen ~= self.gen then
+		if self.poll then self.poll:close() self.poll = nil end
+		self.fd, self.gen = fd, gen
+		if fd >= 0 then self.poll = uv.new_poll(fd) end
+	end
+	local waiting = self.nwait > 0
+	if self.poll then
+		self.poll:start(events or "r", self.on_event)
+		if waiting then self.poll:ref() else self.poll:unref() end
+	end
+	if timeout >= 0 and waiting then
+		self.timer:start(timeout, 0, self.on_event)
+	else
+		self.timer:stop()
+	end
+end
+
+-- Something happened: step the party and resume whoever can go on.
+function Driver:run()
+	local c = self.c
+	slice_begin()
+	local progress, err, code = c:step()
+	local ready = {}
+	if progress == nil then
+		-- the first election failed for good: every opener gets the error
+		for co in pairs(self.openers) do ready[#ready + 1] = { co, nil, err, code } end
+		self.openers = {}
+	elseif c:opened() then
+		for co in pairs(self.openers) do ready[#ready + 1] = { co, true } end
+		self.openers = {}
+	end
+	if progress ~= nil and progress ~= self.progress then
+		self.progress = progress
+		for token, co in pairs(self.tokens) do
+			if c:done(token) then
+				self.tokens[token] = nil
+				ready[#ready + 1] = { co }
+			end
+		end
+		for it, co in pairs(self.iters) do
+			if it:ready() then
+				self.iters[it] = nil
+				ready[#ready + 1] = { co }
+			end
+		end
+	end
+	self.nwait = self.nwait - #ready
+	local role = c:role_change()
+	if role and self.on_role then self.on_role(role) end
+	for i = 1, #ready do
+		local r = ready[i]
+		resume(r[1], r[2], r[3], r[4])
+	end
+	if self.c:role() ~= "closed" then self:arm() end
+end
+
+local function get_driver(c)
+	local key = c:party()
+	local d = drivers[key]
+	if d == nil then
+		d = setmetatable({
+			c = c, tokens = {}, iters = {}, openers = {}, nwait = 0, fd = -1, gen = nil,
+			timer = uv.new_timer(), progress = -1,
+		}, Driver)
+		d.on_event = function() d:run() end
+		drivers[key] = d
+	end
+	d.c = c
+	return d
+end
+_M.driver = get_driver
+
+--- Waits (yielding) until the request `token` of core handle c is done.
+function _M.wait_token(c, token)
+	if c:done(token) then return end
+	local d = get_driver(c)
+	d.tokens[token] = coroutine_running()
+	d.nwait = d.nwait + 1
+	d:arm()
+	coroutine_yield()
+end
+
+--- Waits until iterator it can give its next entry.
+function _M.wait_iter(c, it)
+	local d = get_driver(c)
+	d.iters[it] = coroutine_running()
+	d.nwait = d.nwait + 1
+	d:arm()
+	coroutine_yield()
+end
+
+--- Waits until the first election of c ended; returns true or nil, msg, code.
+function _M.wait_open(c)
+	local d = get_driver(c)
+	d.openers[coroutine_running()] = true
+	d.nwait = d.nwait + 1
+	d:arm()
+	return coroutine_yield()
+end
+
+--- Keeps the driver of a follower polling, so that a leader's death is noticed
+-- while the loop runs; on_role is called with the new role.
+function _M.watch(c, on_role)
+	local d = get_driver(c)
+	if on_role then d.on_role = on_role end
+	d:arm()
+end
+
+--- After a blocking call on a party that also has coroutines waiting: their
+-- replies may have been read by the blocking call, so look again soon.
+function _M.kick(c)
+	local d = drivers[c:party() or false]
+	if d and d.nwait > 0 then d.timer:start(0, 0, d.on_event) end
+end
+
+--- The last handle of a party closed: close its driver.
+function _M.release(party)
+	local d = drivers[party]
+	if d == nil then return end
+	if d.poll then d.poll:close() d.poll = nil end
+	if not d.timer:is_closing() then d.timer:close() end
+	drivers[party] = nil
+	-- coroutines still waiting get their requests' outcome (ECLOSED) on resume
+	for _, co in pairs(d.tokens) do resume(co) end
+	for _, co in pairs(d.iters) do resume(co) end
+	for co in pairs(d.openers) do resume(co, nil, "open: the database was closed", "ECLOSED") end
+end
+
+--- True when a call from here should yield rather than block: inside a
+-- coroutine that can yield, while luv's loop is running.
+function _M.can_wait()
+	return uv.loop_mode() ~= nil
+end
+
+_M._drivers = drivers
+_M._next = next
+return _M

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# mk/runtests.sh MODE   (called by `make test` / `make sanitize`)
+#
+# MODE test:     build, then test/*_test.c, the standalone fuzz pass, busted
+#                under lua5.4 and luajit, the luarocks install check.
+# MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds.
+# Environment: SPEC (spec files to run; skips the C tests, fuzz and luarocks
+# check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS, TEST_TIMEOUT (seconds
+# per C test), BUSTED_TIMEOUT (seconds per busted run).
+#
+# Counting: every `ok -` / `not ok -` line of a C test, every busted test
+# (TAP), the fuzz pass and the luarocks check as one test each.  A program
+# that crashes, times out or exits non-zero without a `not ok` line counts as
+# one more failure.  The last line is always "N passed, N failed" (plus
+# ", N skipped" when busted reported pending tests); exit 1 on any failure.
+set -u
+cd "$(dirname "$0")/.."
+MODE=${1:-test}
+SPEC=${SPEC:-}
+LUA=${LUA:-all}
+MAKE=${MAKE:-make}
+FUZZ_ITERS=${FUZZ_ITERS:-100000}
+TEST_TIMEOUT=${TEST_TIMEOUT:-300}
+BUSTED_TIMEOUT=${BUSTED_TIMEOUT:-1200}
+LOGS=build/logs/$MODE
+mkdir -p "$LOGS"
+
+pass=0 fail=0 skip=0
+failed=()
+
+finish() {
+  echo
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "failures:"
+    printf '  %s\n' "${failed[@]}"
+  fi
+  if [ "$skip" -gt 0 ]; then
+    echo "$pass passed, $fail failed, $skip skipped"
+  else
+    echo "$pass passed, $fail failed"
+  fi
+  [ "$fail" -eq 0 ]
+  exit $?
+}
+
+# bad NAME: count one failure.
+bad() { fail=$((fail + 1)); failed+=("$1"); }
+
+# build TARGET...: make quietly; on failure show the compiler output.
+build() {
+  local log="$LOGS/make.log"
+  if ! $MAKE --no-print-directory -s "$@" >"$log" 2>&1; then
+    tail -n 60 "$log"
+    return 1
+  fi
+}
+
+# run_c NAME BIN [ENV...]: one C test program; counts its ok/not ok lines.
+run_c() {
+  local name=$1 bin=$2; shift 2
+  local log="$LOGS/$name.log" rc ok nok
+  env "$@" timeout "$TEST_TIMEOUT" "$bin" >"$log" 2>&1
+  rc=$?
+  ok=$(grep -c '^ok - ' "$log")
+  nok=$(grep -c '^not ok - ' "$log")
+  pass=$((pass + ok))
+  fail=$((fail + nok))
+  while IFS= read -r line; do failed+=("$name: ${line#not ok - }"); done \
+    < <(grep '^not ok - ' "$log")
+  echo "$name: $ok ok, $nok not ok (exit $rc)"
+  if [ "$rc" -ne 0 ] && [ "$nok" -eq 0 ]; then
+    [ "$rc" -eq 124 ] && bad "$name: timed out after ${TEST_TIMEOUT}s" \
+                      || bad "$name: exit status $rc"
+  elif [ "$rc" -eq 0 ] && [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then
+    bad "$name: printed no ok lines"
+  fi
+  if [ "$rc" -ne 0 ] || [ "$nok" -gt 0 ]; then
+    grep -v '^ok - ' "$log" | tail -n 40 | sed 's/^/  | /'
+  fi
+}
+
+c_tests() {
+  local prefix=$1; shift   # build/test or build/asan/test
+  local t
+  echo "== C tests ($MODE) =="
+  for t in test/*_test.c; do
+    [ -e "$t" ] || { echo "(no test/*_test.c)"; return; }
+    t=$(basename "$t" .c)
+    if build "$prefix/$t"; then run_c "$t" "$prefix/$t" "$@"
+    else bad "$t: does not compile"; fi
+  done
+}
+
+fuzz_pass() {
+  echo "== fuzz (standalone, ASan, $FUZZ_ITERS iterations) =="
+  [ -e fuzz/fuzz_wire.c ] || { echo "(no fuzz/fuzz_wire.c)"; return; }
+  if ! build build/fuzz/fuzz_wire_standalone; then bad "fuzz_wire: does not compile"; return; fi
+  if timeout "$TEST_TIMEOUT" build/fuzz/fuzz_wire_standalone "$FUZZ_ITERS" >"$LOGS/fuzz.log" 2>&1; then
+    pass=$((pass + 1)); echo "fuzz_wire: ok"
+  else
+    bad "fuzz_wire: exit status $?"; tail -n 40 "$LOGS/fuzz.log" | sed 's/^/  | /'
+  fi
+}
+
+# busted_suite VARIANT INTERP [ENV...]
+busted_suite() {
+  local v=$1 interp=$2; shift 2
+  local log="$LOGS/busted-$v.tap" rc ok nok sk files
+  echo "== busted ($interp, build/$v) =="
+  if [ -n "$SPEC" ]; then files=($SPEC); else files=(spec/*_spec.lua); fi
+  [ -e "${files[0]}" ] || { echo "(no spec files)"; return; }
+  if ! build "build/$v/levelparty/core.so"; then bad "busted $v: core.so does not build"; return; fi
+  timeout "$BUSTED_TIMEOUT" sh mk/luaenv.sh "$v" env "$@" "$interp" /usr/bin/busted \
+    -o TAP "${files[@]}" </dev/null >"$log" 2>&1
+  rc=$?
+  sk=$(grep -cE '^ok [0-9]+ - # SKIP' "$log")
+  ok=$(($(grep -cE '^ok [0-9]+ ' "$log") - sk))
+  nok=$(grep -cE '^not ok [0-9]+ ' "$log")
+  pass=$((pass + ok)); fail=$((fail + nok)); skip=$((skip + sk))
+  echo "busted $v: $ok ok, $nok not ok, $sk pending (exit $rc)"
+  while IFS= read -r line; do failed+=("busted $v: ${line#not ok }"); done \
+    < <(grep -E '^not ok [0-9]+ ' "$log")
+  # Show each failure with its diagnostics (at most 25 lines each).
+  awk '/^not ok [0-9]+ /{n=25} /^ok [0-9]+ /{n=0} n>0{print "  | " $0; n--}' "$log"
+  if ! grep -qE '^1\.\.[0-9]+' "$log"; then
+    bad "busted $v: did not finish (exit $rc)"; tail -n 30 "$log" | sed 's/^/  | /'
+  elif [ "$rc" -ne 0 ] && [ "$nok" -eq 0 ]; then
+    bad "busted $v: exit status $rc"; tail -n 30 "$log" | sed 's/^/  | /'
+  fi
+}
+
+rock_check() {
+  echo "== luarocks install check ($LUA) =="
+  if timeout 900 bash mk/rockcheck.sh "$LUA" >"$LOGS/rock.log" 2>&1; then
+    pass=$((pass + 1)); grep '^rockcheck:' "$LOGS/rock.log"
+  else
+    bad "luarocks install check"; tail -n 40 "$LOGS/rock.log" | sed 's/^/  | /'
+  fi
+}
+
+want() { [ "$LUA" = all ] || [ "$LUA" = "$1" ]; }
+
+case $MODE in
+  test)
+    targets=()
+    want 5.4 && targets+=(build/5.4/levelparty/core.so)
+    want luajit && targets+=(build/luajit/levelparty/core.so)
+    echo "== build =="
+    if ! build "${targets[@]}"; then bad "build"; finish; fi
+    if [ -z "$SPEC" ]; then c_tests build/test; fuzz_pass; fi
+    want 5.4 && busted_suite 5.4 lua5.4
+    want luajit && busted_suite luajit luajit
+    [ -z "$SPEC" ] && rock_check
+    ;;
+  sanitize)
+    asan=$(${CC:-gcc} -print-file-name=libasan.so)
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    echo "== build (asan) =="
+    if ! build build/asan/levelparty/core.so; then bad "build asan"; finish; fi
+    [ -z "$SPEC" ] && c_tests build/asan/test ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1
+    busted_suite asan lua5.4 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
+    ;;
+  *) echo "runtests: unknown mode $MODE" >&2; exit 2 ;;
+esac
+finish

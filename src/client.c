@@ -1,0 +1,976 @@
+/*
+ * client.c: the follower's client core.
+ *
+ * One lp_client is the request table of one follower connection, kept across
+ * reconnections.  It never touches a socket, the Lua state or the clock: bytes
+ * to send pile up in c->out, received bytes come in through lp_client_feed(),
+ * deadlines are absolute lp_now_ns() values handed in by the caller.
+ *
+ * Requests.  Every request has a token (1, 2, 3, ... in submission order), a
+ * copy of its encoded body after the id ("rest"), an optional deadline and,
+ * while it is framed on the current connection, a wire id.  Wire ids come from
+ * an id map that always hands out the lowest free slot (dense and small, as
+ * Node's numeric-id-map); they never decide replay order, tokens do.
+ * Structures:
+ *   - a hash keyed by token (tokens are sequential, so token & mask spreads
+ *     perfectly) holds every request the caller may still take: pending, or
+ *     done and not yet taken;
+ *   - a doubly linked list holds the pending requests in token order (new
+ *     requests go to the tail and never come back, so it stays sorted): replay
+ *     and fail_all walk it;
+ *   - a binary min-heap holds the pending requests that have a deadline;
+ *   - the id map's slots point at the request that owns the id.  A slot whose
+ *     request timed out, failed or was forgotten stays reserved as an orphan
+ *     (ptr NULL) until its reply arrives or the connection is reset, so that a
+ *     late reply never completes a newer request.
+ *
+ * Iterators have their own id space (as in Node).  An iterator always asks for
+ * keys on the wire so that the key of the last consumed entry is a bookmark,
+ * and strips them on the way out when the caller did not want them.
+ *
+ * Iterator flow control (bounded, unlike Node's, see reference 3.6): the
+ * server's window is *set* by every Iterator message and each frame it sends
+ * (entry, end marker or error) uses one unit of it.  We keep `granted` (the
+ * window last sent) and `recv` (entries received since).  An ack is sent only
+ * when the window is exhausted (recv == granted) and at most window/2 entries
+ * are buffered, so buffered + in flight <= 1.5 x window at all times.  With a
+ * limit we never grant more than the entries still missing, and the iterator
+ * ends locally once they have all arrived.  Because the window is only ever
+ * refilled when it is exhausted, granted - recv is exactly what the server may
+ * still send; when an iterator is closed early its id is kept reserved (an
+ * orphan slot counting down those frames) so that stale entries cannot land on
+ * a newer iterator that would reuse the id.
+ */
+#include "private.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TIMEOUT_MSG "timeout: no reply from the leader within the timeout"
+#define NO_HEAP ((size_t)-1)
+
+/* ------------------------------------------------------------------------ */
+/* Id maps: lowest free slot first                                           */
+/* ------------------------------------------------------------------------ */
+
+/* A slot is free (used == 0), owned (ptr != NULL), or an orphan (used, ptr
+ * NULL).  For iterator orphans, `left` counts the frames the server may still
+ * send on that id. */
+typedef struct idslot {
+  void *ptr;
+  uint32_t left;
+  uint8_t used;
+} idslot;
+
+/* Invariant: every id >= nslot is free; `heap` is a min-heap holding exactly
+ * the free ids below nslot.  So the lowest free id is min(heap[0], nslot).
+ * heap has the same capacity as slot, so pushing never allocates. */
+typedef struct idmap {
+  idslot *slot;
+  uint32_t *heap;
+  uint32_t nslot, cap, nheap;
+} idmap;
+
+static void heapu_push(idmap *m, uint32_t v) {
+  uint32_t i = m->nheap++;
+  while (i > 0) {
+    uint32_t p = (i - 1) / 2;
+    if (m->heap[p] <= v) break;
+    m->heap[i] = m->heap[p];
+    i = p;
+  }
+  m->heap[i] = v;
+}
+
+static uint32_t heapu_pop(idmap *m) {
+  uint32_t top = m->heap[0], v = m->heap[--m->nheap], i = 0, n = m->nheap;
+  for (;;) {
+    uint32_t l = 2 * i + 1, s;
+    if (l >= n) break;
+    s = (l + 1 < n && m->heap[l + 1] < m->heap[l]) ? l + 1 : l;
+    if (m->heap[s] >= v) break;
+    m->heap[i] = m->heap[s];
+    i = s;
+  }
+  if (n) m->heap[i] = v;
+  return top;
+}
+
+/* Takes the lowest free id for ptr.  0 ok, -1 out of memory. */
+static int idmap_alloc(idmap *m, void *ptr, uint32_t *id) {
+  uint32_t i;
+  if (m->nheap) {
+    i = heapu_pop(m);
+  } else {
+    if (m->nslot == m->cap) {
+      uint32_t ncap = m->cap ? m->cap * 2 : 16;
+      idslot *s;
+      uint32_t *h;
+      if (ncap <= m->cap) return -1;
+      s = realloc(m->slot, (size_t)ncap * sizeof *s);
+      if (!s) return -1;
+      m->slot = s;
+      h = realloc(m->heap, (size_t)ncap * sizeof *h);
+      if (!h) return -1; /* slot grew but cap did not: harmless */
+      m->heap = h;
+      m->cap = ncap;
+    }
+    i = m->nslot++;
+  }
+  m->slot[i].ptr = ptr;
+  m->slot[i].left = 0;
+  m->slot[i].used = 1;
+  *id = i;
+  return 0;
+}
+
+static void idmap_release(idmap *m, uint32_t id) {
+  if (id >= m->nslot || !m->slot[id].used) return;
+  m->slot[id].used = 0;
+  m->slot[id].ptr = NULL;
+  heapu_push(m, id);
+}
+
+static idslot *idmap_get(idmap *m, uint32_t id) {
+  if (id >= m->nslot || !m->slot[id].used) return NULL;
+  return &m->slot[id];
+}
+
+static void idmap_clear(idmap *m) {
+  m->nslot = 0;
+  m->nheap = 0;
+}
+
+static void idmap_free(idmap *m) {
+  free(m->slot);
+  free(m->heap);
+  memset(m, 0, sizeof *m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Types                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct creq creq;
+struct creq {
+  uint64_t token;
+  int tag;
+  char *rest; /* owned copy of the body after the id */
+  size_t restlen;
+  uint64_t deadline; /* 0 = none */
+  int done;
+  int on_wire; /* id is valid and its slot points here */
+  uint32_t id;
+  size_t hidx;         /* index in the deadline heap, NO_HEAP when not there */
+  creq *prev, *next;   /* pending list (token order), only while pending */
+  creq *hnext;         /* token hash chain */
+  lp_result res;       /* valid once done */
+};
+
+/* One buffered iterator entry: a single block, key then value. */
+typedef struct centry {
+  char *blk;
+  size_t klen, vlen;
+  int hasv;
+} centry;
+
+enum { IT_NONE = 0, IT_END, IT_ERROR };
+
+struct lp_citer {
+  lp_citer *prev, *next; /* c->iters, opening order */
+  lp_range r;            /* the caller's range; bounds are owned copies */
+  int64_t consumed;      /* entries returned to the caller */
+  centry cur;            /* last entry returned (its key is the bookmark);
+                            kept until the next entry is returned */
+  centry *q;             /* ring of entries received and not consumed */
+  size_t qhead, qlen, qcap;
+  int on_wire;
+  uint32_t id;
+  uint32_t granted, recv; /* window last sent; entries received since */
+  int term;               /* IT_END / IT_ERROR: comes after the buffered entries */
+  int term_local;         /* term survives a reset (set by us, not by the server) */
+  lp_err err;             /* for IT_ERROR */
+  uint64_t deadline;      /* current wait, 0 = none */
+};
+
+struct lp_client {
+  lp_client_opts o;
+  uint64_t last_token;
+  lp_buf out, in, scratch;
+  creq **hb; /* token hash buckets, power of two */
+  size_t nhb, nreq;
+  creq *phead, *ptail; /* pending, token order */
+  size_t npending;
+  creq **dh; /* deadline heap */
+  size_t ndh, dhcap;
+  idmap rids, iids;
+  lp_citer *ihead, *itail;
+  size_t niters;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Options, lifetime                                                         */
+/* ------------------------------------------------------------------------ */
+
+void lp_client_opts_init(lp_client_opts *o) {
+  o->window = 1024;
+  o->max_frame = LP_MAX_FRAME_DEFAULT;
+}
+
+lp_client *lp_client_new(const lp_client_opts *o) {
+  lp_client *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  if (o) c->o = *o;
+  else lp_client_opts_init(&c->o);
+  if (c->o.window == 0) c->o.window = 1024;
+  if (c->o.max_frame == 0) c->o.max_frame = LP_MAX_FRAME_DEFAULT;
+  return c;
+}
+
+static void result_clear(lp_result *r) {
+  free(r->msg);
+  lp_buf_free(&r->payload);
+  memset(r, 0, sizeof *r);
+}
+
+void lp_result_free(lp_result *res) {
+  if (res) result_clear(res);
+}
+
+static void req_free(creq *q) {
+  free(q->rest);
+  result_clear(&q->res);
+  free(q);
+}
+
+static void entry_free(centry *e) {
+  free(e->blk);
+  memset(e, 0, sizeof *e);
+}
+
+static void iter_drop_buffer(lp_citer *it) {
+  while (it->qlen) {
+    entry_free(&it->q[it->qhead]);
+    it->qhead = (it->qhead + 1) % it->qcap;
+    it->qlen--;
+  }
+  it->qhead = 0;
+}
+
+static void iter_free(lp_citer *it) {
+  iter_drop_buffer(it);
+  free(it->q);
+  entry_free(&it->cur);
+  lp_slice_free(&it->r.gt);
+  lp_slice_free(&it->r.gte);
+  lp_slice_free(&it->r.lt);
+  lp_slice_free(&it->r.lte);
+  free(it);
+}
+
+void lp_client_free(lp_client *c) {
+  size_t i;
+  lp_citer *it;
+  if (!c) return;
+  for (i = 0; i < c->nhb; i++) {
+    creq *q = c->hb[i];
+    while (q) {
+      creq *n = q->hnext;
+      req_free(q);
+      q = n;
+    }
+  }
+  free(c->hb);
+  free(c->dh);
+  it = c->ihead;
+  while (it) {
+    lp_citer *n = it->next;
+    iter_free(it);
+    it = n;
+  }
+  idmap_free(&c->rids);
+  idmap_free(&c->iids);
+  lp_buf_free(&c->out);
+  lp_buf_free(&c->in);
+  lp_buf_free(&c->scratch);
+  free(c);
+}
+
+lp_buf *lp_client_out(lp_client *c) { return &c->out; }
+
+/* ------------------------------------------------------------------------ */
+/* Token hash                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Makes room for one more request.  0 ok, -1 when there is no table at all;
+ * a failed growth only lengthens the chains. */
+static int hash_reserve(lp_client *c) {
+  size_t n, i;
+  creq **nb;
+  if (c->nhb && c->nreq < c->nhb) return 0;
+  n = c->nhb ? c->nhb * 2 : 64;
+  nb = calloc(n, sizeof *nb);
+  if (!nb) return c->nhb ? 0 : -1;
+  for (i = 0; i < c->nhb; i++) {
+    creq *q = c->hb[i];
+    while (q) {
+      creq *nx = q->hnext;
+      size_t b = (size_t)(q->token & (n - 1));
+      q->hnext = nb[b];
+      nb[b] = q;
+      q = nx;
+    }
+  }
+  free(c->hb);
+  c->hb = nb;
+  c->nhb = n;
+  return 0;
+}
+
+static void hash_insert(lp_client *c, creq *q) {
+  size_t b = (size_t)(q->token & (c->nhb - 1));
+  q->hnext = c->hb[b];
+  c->hb[b] = q;
+  c->nreq++;
+}
+
+static creq *hash_find(lp_client *c, uint64_t token) {
+  creq *q;
+  if (!c->nhb) return NULL;
+  for (q = c->hb[token & (c->nhb - 1)]; q; q = q->hnext)
+    if (q->token == token) return q;
+  return NULL;
+}
+
+static void hash_remove(lp_client *c, creq *q) {
+  creq **pp = &c->hb[q->token & (c->nhb - 1)];
+  while (*pp) {
+    if (*pp == q) {
+      *pp = q->hnext;
+      c->nreq--;
+      return;
+    }
+    pp = &(*pp)->hnext;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Deadline heap (pending requests with a deadline)                          */
+/* ------------------------------------------------------------------------ */
+
+static int dl_less(const creq *a, const creq *b) {
+  return a->deadline < b->deadline || (a->deadline == b->deadline && a->token < b->token);
+}
+
+static void dl_set(lp_client *c, size_t i, creq *q) {
+  c->dh[i] = q;
+  q->hidx = i;
+}
+
+static void dl_up(lp_client *c, size_t i) {
+  creq *q = c->dh[i];
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (!dl_less(q, c->dh[p])) break;
+    dl_set(c, i, c->dh[p]);
+    i = p;
+  }
+  dl_set(c, i, q);
+}
+
+static void dl_down(lp_client *c, size_t i) {
+  creq *q = c->dh[i];
+  for (;;) {
+    size_t l = 2 * i + 1, s;
+    if (l >= c->ndh) break;
+    s = (l + 1 < c->ndh && dl_less(c->dh[l + 1], c->dh[l])) ? l + 1 : l;
+    if (!dl_less(c->dh[s], q)) break;
+    dl_set(c, i, c->dh[s]);
+    i = s;
+  }
+  dl_set(c, i, q);
+}
+
+static int dl_reserve(lp_client *c) {
+  size_t n;
+  creq **nd;
+  if (c->ndh < c->dhcap) return 0;
+  n = c->dhcap ? c->dhcap * 2 : 16;
+  nd = realloc(c->dh, n * sizeof *nd);
+  if (!nd) return -1;
+  c->dh = nd;
+  c->dhcap = n;
+  return 0;
+}
+
+static void dl_push(lp_client *c, creq *q) { /* after dl_reserve */
+  c->dh[c->ndh] = q;
+  q->hidx = c->ndh++;
+  dl_up(c, q->hidx);
+}
+
+static void dl_remove(lp_client *c, creq *q) {
+  size_t i = q->hidx;
+  creq *last;
+  if (i == NO_HEAP) return;
+  q->hidx = NO_HEAP;
+  last = c->dh[--c->ndh];
+  if (i == c->ndh) return;
+  dl_set(c, i, last);
+  dl_up(c, i);
+  dl_down(c, last->hidx);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Requests                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int frame_req(lp_client *c, creq *q) {
+  uint32_t id;
+  if (idmap_alloc(&c->rids, q, &id)) return -1;
+  if (lp_wire_frame(&c->out, q->tag, id, (lp_slice){q->rest, q->restlen})) {
+    idmap_release(&c->rids, id);
+    return -1;
+  }
+  q->id = id;
+  q->on_wire = 1;
+  return 0;
+}
+
+uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadline_ns) {
+  creq *q;
+  if (!c || tag < LP_REQ_GET || tag > LP_REQ_GETMANY || tag == LP_REQ_ITER) return 0;
+  if (!rest.ptr && rest.len) return 0;
+  if (hash_reserve(c) || (deadline_ns && dl_reserve(c))) return 0;
+  q = calloc(1, sizeof *q);
+  if (!q) return 0;
+  q->rest = malloc(rest.len ? rest.len : 1);
+  if (!q->rest) {
+    free(q);
+    return 0;
+  }
+  if (rest.len) memcpy(q->rest, rest.ptr, rest.len);
+  q->restlen = rest.len;
+  q->tag = tag;
+  q->deadline = deadline_ns;
+  q->hidx = NO_HEAP;
+  if (frame_req(c, q)) {
+    req_free(q);
+    return 0;
+  }
+  q->token = ++c->last_token;
+  hash_insert(c, q);
+  if (deadline_ns) dl_push(c, q);
+  q->prev = c->ptail;
+  if (c->ptail) c->ptail->next = q;
+  else c->phead = q;
+  c->ptail = q;
+  c->npending++;
+  return q->token;
+}
+
+/* Takes q out of the pending structures.  If it still holds a wire id the
+ * slot becomes an orphan: the reply may still come and must find no one. */
+static void req_unpend(lp_client *c, creq *q) {
+  if (q->done) return;
+  q->done = 1;
+  if (q->prev) q->prev->next = q->next;
+  else c->phead = q->next;
+  if (q->next) q->next->prev = q->prev;
+  else c->ptail = q->prev;
+  q->prev = q->next = NULL;
+  dl_remove(c, q);
+  c->npending--;
+  if (q->on_wire) {
+    idslot *s = idmap_get(&c->rids, q->id);
+    if (s) s->ptr = NULL;
+    q->on_wire = 0;
+  }
+}
+
+static void req_fail(lp_client *c, creq *q, lp_code code, const char *msg) {
+  req_unpend(c, q);
+  q->res.code = code;
+  q->res.msg = msg ? strdup(msg) : NULL;
+}
+
+int lp_client_done(lp_client *c, uint64_t token) {
+  creq *q = hash_find(c, token);
+  return q ? q->done : 1;
+}
+
+int lp_client_take(lp_client *c, uint64_t token, lp_result *res) {
+  creq *q = hash_find(c, token);
+  if (!q || !q->done) return -1;
+  *res = q->res;
+  memset(&q->res, 0, sizeof q->res);
+  hash_remove(c, q);
+  req_free(q);
+  return 0;
+}
+
+void lp_client_forget(lp_client *c, uint64_t token) {
+  creq *q = hash_find(c, token);
+  if (!q) return;
+  req_unpend(c, q); /* keeps the wire id reserved as an orphan */
+  hash_remove(c, q);
+  req_free(q);
+}
+
+size_t lp_client_pending(lp_client *c) { return c->npending; }
+size_t lp_client_iterators(lp_client *c) { return c->niters; }
+
+/* ------------------------------------------------------------------------ */
+/* Iterators                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Appends {id, batch} for the iterator's current id.  0 ok, -1 ENOMEM. */
+static int iter_send_window(lp_client *c, lp_citer *it, uint32_t batch) {
+  c->scratch.len = 0;
+  if (lp_wire_rest_iter_window(&c->scratch, batch)) return -1;
+  return lp_wire_frame(&c->out, LP_REQ_ITER, it->id,
+                       (lp_slice){c->scratch.ptr, c->scratch.len});
+}
+
+/* Takes the iterator off the wire: sends {id, batch:0} when asked, and leaves
+ * the id reserved while the server may still send `left` frames on it. */
+static void iter_unwire(lp_client *c, lp_citer *it, int send_end, uint32_t left) {
+  idslot *s;
+  if (!it->on_wire) return;
+  if (send_end) (void)iter_send_window(c, it, 0); /* ENOMEM: the server keeps
+                                                      it until disconnection */
+  s = idmap_get(&c->iids, it->id);
+  if (s) {
+    if (left) {
+      s->ptr = NULL;
+      s->left = left;
+    } else {
+      idmap_release(&c->iids, it->id);
+    }
+  }
+  it->on_wire = 0;
+  it->granted = it->recv = 0;
+}
+
+static uint32_t iter_outstanding(const lp_citer *it) {
+  return it->granted > it->recv ? it->granted - it->recv : 0;
+}
+
+static void iter_set_error(lp_client *c, lp_citer *it, lp_code code, const char *msg) {
+  it->term = IT_ERROR;
+  it->term_local = 1;
+  lp_err_set(&it->err, code, "%s", msg);
+  it->deadline = 0;
+  iter_unwire(c, it, 1, iter_outstanding(it));
+}
+
+/* Sends the open (or reopen from the bookmark) under a fresh id. */
+static int iter_wire_open(lp_client *c, lp_citer *it) {
+  lp_range w = it->r;
+  uint32_t g = c->o.window, id;
+  w.keys = 1; /* always: the key is the bookmark */
+  if (it->consumed > 0) {
+    lp_slice bm = {it->cur.blk, it->cur.klen};
+    if (!w.reverse) {
+      w.gt = bm;
+      w.gte = LP_SLICE_NONE;
+    } else {
+      w.lt = bm;
+      w.lte = LP_SLICE_NONE;
+    }
+  }
+  if (it->r.limit >= 0) {
+    int64_t rem = it->r.limit - it->consumed;
+    if (rem <= 0) return 1; /* nothing left to ask for */
+    if (rem < (int64_t)g) g = (uint32_t)rem;
+    /* We stop locally at the limit anyway, so a limit the sint32 field cannot
+     * carry is simply left out (-1). */
+    w.limit = rem > INT32_MAX ? -1 : rem;
+  }
+  c->scratch.len = 0;
+  if (lp_wire_rest_iter(&c->scratch, g, &w)) return -1;
+  if (idmap_alloc(&c->iids, it, &id)) return -1;
+  if (lp_wire_frame(&c->out, LP_REQ_ITER, id, (lp_slice){c->scratch.ptr, c->scratch.len})) {
+    idmap_release(&c->iids, id);
+    return -1;
+  }
+  it->id = id;
+  it->on_wire = 1;
+  it->granted = g;
+  it->recv = 0;
+  return 0;
+}
+
+lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
+  lp_citer *it;
+  int rc;
+  if (!c || !r) return NULL;
+  it = calloc(1, sizeof *it);
+  if (!it) return NULL;
+  it->r = *r;
+  it->r.gt = it->r.gte = it->r.lt = it->r.lte = LP_SLICE_NONE;
+  if (lp_slice_dup(r->gt, &it->r.gt) || lp_slice_dup(r->gte, &it->r.gte) ||
+      lp_slice_dup(r->lt, &it->r.lt) || lp_slice_dup(r->lte, &it->r.lte)) {
+    iter_free(it);
+    return NULL;
+  }
+  if (it->r.limit < 0) it->r.limit = -1;
+  if (it->r.limit == 0) {
+    it->term = IT_END;
+    it->term_local = 1;
+  } else {
+    rc = iter_wire_open(c, it);
+    if (rc < 0) {
+      iter_free(it);
+      return NULL;
+    }
+  }
+  it->prev = c->itail;
+  if (c->itail) c->itail->next = it;
+  else c->ihead = it;
+  c->itail = it;
+  c->niters++;
+  return it;
+}
+
+/* Refills the server's window when it is exhausted and the caller has caught
+ * up to window/2 buffered entries.  On ENOMEM nothing changes, so the next call
+ * tries again. */
+static void iter_maybe_ack(lp_client *c, lp_citer *it) {
+  uint32_t g = c->o.window;
+  if (!it->on_wire || it->term != IT_NONE) return;
+  if (it->recv < it->granted) return;
+  if (it->qlen > c->o.window / 2) return;
+  if (it->r.limit >= 0) {
+    int64_t rem = it->r.limit - it->consumed - (int64_t)it->qlen;
+    if (rem <= 0) return;
+    if (rem < (int64_t)g) g = (uint32_t)rem;
+  }
+  if (iter_send_window(c, it, g)) return;
+  it->granted = g;
+  it->recv = 0;
+}
+
+static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
+  centry e;
+  size_t need;
+  if (it->qlen == it->qcap) {
+    size_t ncap = it->qcap ? it->qcap * 2 : 16, i;
+    centry *nq = malloc(ncap * sizeof *nq);
+    if (!nq) return -1;
+    for (i = 0; i < it->qlen; i++) nq[i] = it->q[(it->qhead + i) % it->qcap];
+    free(it->q);
+    it->q = nq;
+    it->qcap = ncap;
+    it->qhead = 0;
+  }
+  e.klen = key.len;
+  e.vlen = value.ptr ? value.len : 0;
+  e.hasv = value.ptr != NULL;
+  need = e.klen + e.vlen;
+  if (need < e.klen) return -1;
+  e.blk = malloc(need + 1); /* +1: a present empty slice gets a non-NULL ptr */
+  if (!e.blk) return -1;
+  if (e.klen) memcpy(e.blk, key.ptr, e.klen);
+  if (e.vlen) memcpy(e.blk + e.klen, value.ptr, e.vlen);
+  it->q[(it->qhead + it->qlen) % it->qcap] = e;
+  it->qlen++;
+  return 0;
+}
+
+int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *value, lp_err *err) {
+  *key = LP_SLICE_NONE;
+  *value = LP_SLICE_NONE;
+  if (it->qlen) {
+    entry_free(&it->cur);
+    it->cur = it->q[it->qhead];
+    memset(&it->q[it->qhead], 0, sizeof it->q[it->qhead]);
+    it->qhead = (it->qhead + 1) % it->qcap;
+    it->qlen--;
+    it->consumed++;
+    if (it->r.keys) *key = (lp_slice){it->cur.blk, it->cur.klen};
+    if (it->r.values && it->cur.hasv)
+      *value = (lp_slice){it->cur.blk + it->cur.klen, it->cur.vlen};
+    if (it->r.limit >= 0 && it->consumed >= it->r.limit && it->term == IT_NONE) {
+      it->term = IT_END;
+      it->term_local = 1;
+      iter_unwire(c, it, 1, iter_outstanding(it));
+    } else {
+      iter_maybe_ack(c, it);
+    }
+    return 1;
+  }
+  if (it->term == IT_END) return 0;
+  if (it->term == IT_ERROR) {
+    if (err) *err = it->err;
+    return -1;
+  }
+  iter_maybe_ack(c, it); /* retries an ack that failed for memory */
+  return 2;
+}
+
+void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_ns) {
+  (void)c;
+  it->deadline = deadline_ns;
+}
+
+int lp_client_iter_ready(lp_client *c, lp_citer *it) {
+  (void)c;
+  return it->qlen > 0 || it->term != IT_NONE;
+}
+
+void lp_client_iter_close(lp_client *c, lp_citer *it) {
+  if (!it) return;
+  iter_unwire(c, it, 1, it->term == IT_NONE ? iter_outstanding(it) : 0);
+  if (it->prev) it->prev->next = it->next;
+  else c->ihead = it->next;
+  if (it->next) it->next->prev = it->prev;
+  else c->itail = it->prev;
+  c->niters--;
+  iter_free(it);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Incoming replies                                                          */
+/* ------------------------------------------------------------------------ */
+
+static int proto_err(lp_err *err, const char *what) {
+  if (err) lp_err_set(err, LP_EPROTO, "protocol: %s", what);
+  return -1;
+}
+
+static void on_reply(lp_client *c, const lp_response *r, lp_slice payload) {
+  idslot *s = idmap_get(&c->rids, r->id);
+  creq *q;
+  int want;
+  if (!s) return; /* unknown id: ignored, as Node does */
+  q = s->ptr;
+  idmap_release(&c->rids, r->id);
+  if (!q) return; /* orphan: timed out, failed or forgotten */
+  q->on_wire = 0;
+  want = q->tag == LP_REQ_GETMANY ? LP_RES_GETMANY : LP_RES_CALLBACK;
+  if (r->tag != want) {
+    /* A reply of the wrong type under our id: the leader is confused; finish
+     * the request with an error rather than let it hang until its timeout. */
+    req_fail(c, q, LP_EREMOTE, "protocol: reply type does not match the request");
+    return;
+  }
+  req_unpend(c, q);
+  q->res.code = LP_OK;
+  if (lp_buf_append(&q->res.payload, payload.ptr, payload.len)) {
+    q->res.code = LP_ENOMEM;
+    q->res.msg = strdup("reply: out of memory");
+  }
+}
+
+/* Error text from the leader: "ECODE: detail" keeps its code, anything else is
+ * EREMOTE. */
+static lp_code code_of_text(const char *t, size_t n) {
+  size_t j = 1;
+  lp_code code;
+  if (n < 4 || t[0] != 'E') return LP_EREMOTE;
+  while (j < n && t[j] >= 'A' && t[j] <= 'Z') j++;
+  if (j < 2 || j + 1 >= n || t[j] != ':' || t[j + 1] != ' ') return LP_EREMOTE;
+  code = lp_code_from_name(t, j);
+  return code == LP_OK ? LP_EREMOTE : code;
+}
+
+static int on_iterdata(lp_client *c, const lp_response *r, lp_err *err) {
+  idslot *s = idmap_get(&c->iids, r->id);
+  lp_citer *it;
+  int is_error = r->error.ptr && r->error.len;
+  int is_end = !is_error && !r->key.ptr && !r->value.ptr;
+  if (!s) return 0;
+  it = s->ptr;
+  if (!it) { /* closed early: count down what the server may still send */
+    if (is_error || is_end || s->left <= 1) idmap_release(&c->iids, r->id);
+    else s->left--;
+    return 0;
+  }
+  it->deadline = 0;
+  if (is_error) {
+    size_t n = r->error.len > 400 ? 400 : r->error.len;
+    it->term = IT_ERROR;
+    it->term_local = 0;
+    lp_err_set(&it->err, code_of_text(r->error.ptr, r->error.len), "iterator: %.*s", (int)n,
+               r->error.ptr);
+    iter_unwire(c, it, 1, 0);
+    return 0;
+  }
+  if (is_end) {
+    it->term = IT_END;
+    it->term_local = 0;
+    iter_unwire(c, it, 1, 0);
+    return 0;
+  }
+  if (!r->key.ptr) return proto_err(err, "iterator entry without a key");
+  if (it->recv >= it->granted) return proto_err(err, "iterator entry beyond the window");
+  it->recv++;
+  if (iter_push(it, r->key, r->value)) {
+    iter_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+    return 0;
+  }
+  if (it->r.limit >= 0 && it->consumed + (int64_t)it->qlen >= it->r.limit) {
+    /* Everything the limit allows has arrived: end here (the server's window
+     * is exhausted too, since we never grant more than is missing). */
+    it->term = IT_END;
+    it->term_local = 0;
+    iter_unwire(c, it, 1, iter_outstanding(it));
+    return 0;
+  }
+  iter_maybe_ack(c, it);
+  return 0;
+}
+
+static int on_payload(lp_client *c, lp_slice payload, lp_err *err) {
+  lp_response r;
+  int d = lp_wire_decode_response(payload, &r);
+  if (d == LP_WIRE_EMPTY || d == LP_WIRE_UNKNOWN_TAG) return 0; /* as Node */
+  if (d != LP_WIRE_OK) return proto_err(err, "malformed reply");
+  switch (r.tag) {
+  case LP_RES_CALLBACK:
+  case LP_RES_GETMANY:
+    on_reply(c, &r, payload);
+    return 0;
+  case LP_RES_ITERDATA:
+    return on_iterdata(c, &r, err);
+  default:
+    return 0;
+  }
+}
+
+int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err) {
+  const char *p;
+  size_t n, off = 0;
+  int buffered = c->in.len > 0, rc = 0;
+  if (buffered) {
+    if (lp_buf_append(&c->in, bytes, len)) {
+      if (err) lp_err_set(err, LP_ENOMEM, "feed: out of memory");
+      return -1;
+    }
+    p = c->in.ptr;
+    n = c->in.len;
+  } else {
+    p = bytes;
+    n = len;
+  }
+  while (off < n) {
+    lp_slice payload;
+    size_t used = 0;
+    int w = lp_wire_next_frame(p + off, n - off, c->o.max_frame, &payload, &used);
+    if (w == LP_WIRE_NEED_MORE) break;
+    if (w == LP_WIRE_TOO_BIG) {
+      rc = proto_err(err, "reply frame over the size limit");
+      break;
+    }
+    if (w != LP_WIRE_OK && w != LP_WIRE_EMPTY) {
+      rc = proto_err(err, "bad frame");
+      break;
+    }
+    off += used;
+    if (w == LP_WIRE_EMPTY) continue;
+    if (on_payload(c, payload, err)) {
+      rc = -1;
+      break;
+    }
+  }
+  if (rc) {
+    c->in.len = 0;
+    return -1;
+  }
+  if (buffered) {
+    lp_buf_consume(&c->in, off);
+  } else if (off < n && lp_buf_append(&c->in, p + off, n - off)) {
+    if (err) lp_err_set(err, LP_ENOMEM, "feed: out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timeouts                                                                  */
+/* ------------------------------------------------------------------------ */
+
+uint64_t lp_client_next_deadline(lp_client *c) {
+  uint64_t best = c->ndh ? c->dh[0]->deadline : 0;
+  lp_citer *it;
+  for (it = c->ihead; it; it = it->next)
+    if (it->deadline && it->term == IT_NONE && (!best || it->deadline < best)) best = it->deadline;
+  return best;
+}
+
+size_t lp_client_expire(lp_client *c, uint64_t now_ns) {
+  size_t n = 0;
+  lp_citer *it;
+  while (c->ndh && c->dh[0]->deadline <= now_ns) {
+    req_fail(c, c->dh[0], LP_ETIMEDOUT, TIMEOUT_MSG);
+    n++;
+  }
+  for (it = c->ihead; it; it = it->next) {
+    if (!it->deadline || it->deadline > now_ns) continue;
+    if (it->term == IT_NONE && it->qlen == 0) {
+      iter_set_error(c, it, LP_ETIMEDOUT, TIMEOUT_MSG);
+      n++;
+    }
+    it->deadline = 0;
+  }
+  return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reconnection                                                              */
+/* ------------------------------------------------------------------------ */
+
+void lp_client_reset(lp_client *c) {
+  creq *q;
+  lp_citer *it;
+  c->out.len = 0;
+  c->in.len = 0;
+  for (q = c->phead; q; q = q->next) q->on_wire = 0;
+  idmap_clear(&c->rids);
+  idmap_clear(&c->iids);
+  for (it = c->ihead; it; it = it->next) {
+    it->on_wire = 0;
+    it->granted = it->recv = 0;
+    if (it->qlen) {
+      iter_drop_buffer(it);
+      /* An end or error the server sent after the dropped entries must be
+       * fetched again with them; one we decided locally stays. */
+      if (!it->term_local) it->term = IT_NONE;
+    }
+  }
+}
+
+/* Starts from a clean wire state (as lp_client_reset), so it must be called on
+ * a fresh connection before anything was written to it; whatever out held
+ * (frames of requests submitted since the reset) is re-framed here in token
+ * order. */
+void lp_client_replay(lp_client *c) {
+  creq *q, *nq;
+  lp_citer *it;
+  lp_client_reset(c);
+  for (q = c->phead; q; q = nq) {
+    nq = q->next;
+    if (frame_req(c, q)) req_fail(c, q, LP_ENOMEM, "replay: out of memory");
+  }
+  for (it = c->ihead; it; it = it->next) {
+    int rc;
+    if (it->term != IT_NONE) continue;
+    rc = iter_wire_open(c, it);
+    if (rc > 0) {
+      it->term = IT_END;
+      it->term_local = 1;
+    } else if (rc < 0) {
+      iter_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+    }
+  }
+}
+
+void lp_client_fail_all(lp_client *c, lp_code code, const char *msg) {
+  lp_citer *it;
+  if (!msg) msg = "";
+  while (c->phead) req_fail(c, c->phead, code, msg);
+  for (it = c->ihead; it; it = it->next)
+    if (it->term == IT_NONE) iter_set_error(c, it, code, msg);
+}

@@ -1,0 +1,920 @@
+/*
+ * levelparty: the Lua binding, module levelparty.core.
+ *
+ * This is the raw layer under lua/levelparty/init.lua: keys and values are
+ * already-encoded strings, options are already validated, and every call says
+ * whether it may return instead of blocking (`async`).  The Lua layer decides
+ * that (inside a coroutine under a running luv loop) and does the waiting.
+ *
+ * Results of a call:
+ *   - its values (done inline: the leader's own calls, or a blocking follower);
+ *   - PENDING, token: a follower request in flight; wait until db:done(token)
+ *     (db:pollinfo/db:step drive it), then db:result(token, op);
+ *   - YIELD: the caller has held the loop for a whole time slice; let the loop
+ *     run once, then make the same call again.
+ *
+ * Lifetimes: a db userdata holds one reference on its party.  An iterator
+ * userdata keeps its db userdata alive through its user value, and sits in the
+ * db's list of open iterators so that db:close() closes it before the party can
+ * close the engine under it.  close, __gc and __close are one idempotent path.
+ */
+#include "private.h"
+#include "compat.h"
+
+#include <leveldb/c.h>
+#include <lualib.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DB_MT "levelparty.db"
+#define ITER_MT "levelparty.iterator"
+#define CLEAR_MT "levelparty.clearer"
+
+static char pending_tag, yield_tag;
+#define PENDING ((void *)&pending_tag)
+#define YIELD ((void *)&yield_tag)
+
+/* The time slice: async leader calls return YIELD once the coroutine that
+ * runs them has had the loop for slice_ns.  Per OS thread, like a lua_State. */
+static __thread uint64_t slice_start_ns;
+static uint64_t slice_ns = 2000000; /* 2 ms */
+
+static int slice_over(void) {
+  return lp_now_ns() - slice_start_ns > slice_ns;
+}
+
+typedef struct lua_iter lua_iter;
+
+typedef struct lua_db {
+  lp_party *party;     /* NULL once closed */
+  lua_iter *iters;     /* open iterators of this handle */
+  uint64_t timeout_ns; /* per follower request; 0: none */
+  int sync;            /* default for writes */
+} lua_db;
+
+struct lua_iter {
+  lua_db *db;          /* valid while open: the user value keeps it alive */
+  lp_engine_iter *local;
+  lp_citer *remote;
+  int keys, values;
+  int open;
+  lua_iter *prev, *next;
+};
+
+typedef struct lua_clear {
+  lua_db *db;
+  lp_range range;      /* bounds owned (lp_slice_dup) */
+  lp_clear_state st;
+  int done;
+} lua_clear;
+
+enum { OP_GET, OP_WRITE, OP_GETMANY };
+
+/* ---------------------------------------------------------------- helpers */
+
+static int push_err(lua_State *L, lp_code code, const char *msg) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, lp_code_name(code));
+  return 3;
+}
+
+static int push_lperr(lua_State *L, const lp_err *e) { return push_err(L, e->code, e->msg); }
+
+static int push_closed(lua_State *L, const char *op) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: the database is closed", op);
+  lua_pushstring(L, "ECLOSED");
+  return 3;
+}
+
+static lua_db *check_db(lua_State *L) { return (lua_db *)luaL_checkudata(L, 1, DB_MT); }
+
+static lp_slice check_slice(lua_State *L, int i) {
+  lp_slice s;
+  s.ptr = luaL_checklstring(L, i, &s.len);
+  return s;
+}
+
+static lp_slice opt_field_slice(lua_State *L, int t, const char *name) {
+  lp_slice s = LP_SLICE_NONE;
+  lua_getfield(L, t, name);
+  if (lua_type(L, -1) == LUA_TSTRING) s.ptr = lua_tolstring(L, -1, &s.len);
+  lua_pop(L, 1); /* the string stays referenced by the table */
+  return s;
+}
+
+static int field_bool(lua_State *L, int t, const char *name, int dflt) {
+  int v = dflt;
+  lua_getfield(L, t, name);
+  if (!lua_isnil(L, -1)) v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static double field_num(lua_State *L, int t, const char *name, double dflt) {
+  double v = dflt;
+  lua_getfield(L, t, name);
+  if (lua_type(L, -1) == LUA_TNUMBER) v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Reads a validated range table at index t (the strings stay owned by it). */
+static void read_range(lua_State *L, int t, lp_range *r) {
+  double limit;
+  lp_range_init(r);
+  if (lua_type(L, t) != LUA_TTABLE) return;
+  r->gt = opt_field_slice(L, t, "gt");
+  r->gte = opt_field_slice(L, t, "gte");
+  r->lt = opt_field_slice(L, t, "lt");
+  r->lte = opt_field_slice(L, t, "lte");
+  r->reverse = field_bool(L, t, "reverse", 0);
+  r->keys = field_bool(L, t, "keys", 1);
+  r->values = field_bool(L, t, "values", 1);
+  limit = field_num(L, t, "limit", -1);
+  r->limit = limit < 0 ? -1 : limit > 9e18 ? INT64_MAX : (int64_t)limit;
+}
+
+static uint64_t deadline_of(const lua_db *d) {
+  return d->timeout_ns ? lp_now_ns() + d->timeout_ns : 0;
+}
+
+/* Splits a remote error text "ECODE: detail" into code and detail; texts
+ * without a known code (a Node leader's) become EREMOTE. */
+static int push_remote_err(lua_State *L, const char *op, lp_slice text) {
+  size_t i = 0;
+  lp_code code = LP_OK;
+  while (i < text.len && text.ptr[i] >= 'A' && text.ptr[i] <= 'Z') i++;
+  if (i > 1 && i + 1 < text.len && text.ptr[0] == 'E' && text.ptr[i] == ':' && text.ptr[i + 1] == ' ')
+    code = lp_code_from_name(text.ptr, i);
+  lua_pushnil(L);
+  if (code != LP_OK) {
+    lua_pushlstring(L, text.ptr + i + 2, text.len - i - 2);
+  } else {
+    code = LP_EREMOTE;
+    lua_pushfstring(L, "%s: ", op);
+    lua_pushlstring(L, text.ptr, text.len);
+    lua_concat(L, 2);
+  }
+  lua_pushstring(L, lp_code_name(code));
+  return 3;
+}
+
+static int is_notfound(lp_slice text) {
+  size_t i;
+  for (i = 0; i + 8 <= text.len; i++)
+    if (strncasecmp(text.ptr + i, "notfound", 8) == 0) return 1;
+  return 0;
+}
+
+/* Pushes the outcome of a finished follower request. */
+static int push_result(lua_State *L, lua_db *d, uint64_t token, int op, const char *opname) {
+  lp_result res;
+  lp_response r;
+  int n;
+  memset(&res, 0, sizeof res);
+  if (lp_client_take(lp_party_client(d->party), token, &res) != 0)
+    return push_err(L, LP_EIO, "result: unknown request");
+  if (res.code != LP_OK) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", opname, res.msg ? res.msg : lp_code_name(res.code));
+    lua_pushstring(L, lp_code_name(res.code));
+    lp_result_free(&res);
+    return 3;
+  }
+  if (lp_wire_decode_response((lp_slice){res.payload.ptr, res.payload.len}, &r) != LP_WIRE_OK) {
+    lp_result_free(&res);
+    return push_err(L, LP_EPROTO, "result: the leader sent a reply that does not decode");
+  }
+  if (r.error.ptr != NULL && r.error.len > 0) {
+    if (op == OP_GET && is_notfound(r.error)) {
+      lua_pushnil(L);
+      n = 1;
+    } else {
+      n = push_remote_err(L, opname, r.error);
+    }
+  } else if (op == OP_GET) {
+    if (r.value.ptr != NULL) lua_pushlstring(L, r.value.ptr, r.value.len);
+    else lua_pushliteral(L, "");
+    n = 1;
+  } else if (op == OP_GETMANY) {
+    size_t cur = 0, i = 0;
+    lp_slice v;
+    lua_createtable(L, (int)r.count, 1);
+    while (lp_wire_next_value(&r, &cur, &v)) {
+      i++;
+      if (v.ptr != NULL) {
+        lua_pushlstring(L, v.ptr, v.len);
+        lua_rawseti(L, -2, (int)i);
+      }
+    }
+    lua_pushinteger(L, (lua_Integer)i);
+    lua_setfield(L, -2, "n");
+    n = 1;
+  } else {
+    lua_pushboolean(L, 1);
+    n = 1;
+  }
+  lp_result_free(&res);
+  return n;
+}
+
+/* Submits a follower request; returns PENDING, token in async mode, else
+ * waits and pushes the result. */
+static int submit(lua_State *L, lua_db *d, int tag, lp_buf *rest, int op, const char *opname,
+                  int async) {
+  lp_err err;
+  uint64_t token = lp_party_submit(d->party, tag, (lp_slice){rest->ptr, rest->len}, deadline_of(d));
+  lp_buf_free(rest);
+  if (token == 0) return push_err(L, LP_ENOMEM, "out of memory");
+  if (async) {
+    lua_pushlightuserdata(L, PENDING);
+    lua_pushinteger(L, (lua_Integer)token);
+    return 2;
+  }
+  if (lp_party_wait_token(d->party, token, &err) != 0) {
+    lp_client_forget(lp_party_client(d->party), token);
+    return push_lperr(L, &err);
+  }
+  return push_result(L, d, token, op, opname);
+}
+
+static int push_yield(lua_State *L) {
+  lua_pushlightuserdata(L, YIELD);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- module */
+
+static int open_db(lua_State *L) {
+  const char *dir = luaL_checkstring(L, 1);
+  int blocking;
+  lp_party_opts o;
+  lp_err err;
+  lp_party *party;
+  lua_db *d;
+  double t;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  blocking = !lua_toboolean(L, 3);
+  lp_party_opts_init(&o);
+  o.engine.create_if_missing = field_bool(L, 2, "create_if_missing", 1);
+  o.engine.error_if_exists = field_bool(L, 2, "error_if_exists", 0);
+  o.engine.compression = field_bool(L, 2, "compression", 1);
+  o.engine.cache_size = (size_t)field_num(L, 2, "cache_size", 0);
+  o.engine.write_buffer_size = (size_t)field_num(L, 2, "write_buffer_size", 0);
+  o.engine.block_size = (size_t)field_num(L, 2, "block_size", 0);
+  o.engine.max_open_files = (int)field_num(L, 2, "max_open_files", 0);
+  o.engine.bloom_bits = (int)field_num(L, 2, "bloom_bits", 10);
+  o.server.allow_other_users = field_bool(L, 2, "allow_other_users", 0);
+  o.server.max_frame = (size_t)field_num(L, 2, "max_frame", LP_MAX_FRAME_DEFAULT);
+  o.client.max_frame = o.server.max_frame;
+  o.client.window = (uint32_t)field_num(L, 2, "window", o.client.window);
+  o.retry = field_bool(L, 2, "retry", 1);
+  t = field_num(L, 2, "open_timeout", 10);
+  o.open_timeout_ns = (uint64_t)(t * 1e9);
+  if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);
+  if (blocking && !lp_party_opened(party) && lp_party_wait_opened(party, &err) != 0) {
+    lp_party_unref(party);
+    return push_lperr(L, &err);
+  }
+  d = (lua_db *)lp_newuserdata(L, sizeof *d);
+  memset(d, 0, sizeof *d);
+  d->party = party;
+  t = field_num(L, 2, "timeout", 0);
+  d->timeout_ns = t > 0 ? (uint64_t)(t * 1e9) : 0;
+  d->sync = field_bool(L, 2, "sync", 0);
+  luaL_setmetatable(L, DB_MT);
+  return 1;
+}
+
+static int slice_begin(lua_State *L) {
+  (void)L;
+  slice_start_ns = lp_now_ns();
+  return 0;
+}
+
+static int set_slice(lua_State *L) {
+  double ms = luaL_checknumber(L, 1);
+  slice_ns = ms <= 0 ? 0 : (uint64_t)(ms * 1e6);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- db */
+
+static void iter_release(lua_iter *it) {
+  lua_db *d = it->db;
+  if (!it->open) return;
+  it->open = 0;
+  if (it->local != NULL) lp_engine_iter_close(it->local);
+  if (it->remote != NULL && d->party != NULL) {
+    lp_client *c = lp_party_client(d->party);
+    if (c != NULL) {
+      lp_client_iter_close(c, it->remote);
+      lp_party_flush(d->party);
+    }
+  }
+  it->local = NULL;
+  it->remote = NULL;
+  if (it->prev) it->prev->next = it->next;
+  else d->iters = it->next;
+  if (it->next) it->next->prev = it->prev;
+  it->prev = it->next = NULL;
+}
+
+static int db_close(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party != NULL) {
+    while (d->iters != NULL) iter_release(d->iters);
+    lp_party_unref(d->party);
+    d->party = NULL;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int db_role(lua_State *L) {
+  lua_db *d = check_db(L);
+  int role = d->party ? lp_party_role(d->party) : LP_ROLE_CLOSED;
+  lua_pushstring(L, role == LP_ROLE_LEADER ? "leader" : role == LP_ROLE_FOLLOWER ? "follower" : "closed");
+  return 1;
+}
+
+static int db_role_change(lua_State *L) {
+  lua_db *d = check_db(L);
+  int role = d->party ? lp_party_take_role_change(d->party) : -1;
+  if (role < 0) return 0;
+  lua_pushstring(L, role == LP_ROLE_LEADER ? "leader" : role == LP_ROLE_FOLLOWER ? "follower" : "closed");
+  return 1;
+}
+
+static int db_opened(lua_State *L) {
+  lua_db *d = check_db(L);
+  lua_pushboolean(L, d->party != NULL && lp_party_opened(d->party));
+  return 1;
+}
+
+static int db_party(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party == NULL) return 0;
+  lua_pushlightuserdata(L, d->party);
+  return 1;
+}
+
+static int db_path(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party == NULL) return 0;
+  lua_pushstring(L, lp_party_path(d->party));
+  return 1;
+}
+
+/* db:step() -> progress counter | nil, msg, code (the first election failed) */
+static int db_step(lua_State *L) {
+  lua_db *d = check_db(L);
+  lp_err err;
+  if (d->party == NULL) return push_closed(L, "open");
+  if (lp_party_step(d->party, &err) != 0) return push_lperr(L, &err);
+  lua_pushnumber(L, (lua_Number)lp_party_progress(d->party));
+  return 1;
+}
+
+/* db:pollinfo() -> fd (-1 none), "r" | "rw" | nil, timeout_ms (-1 none),
+ * generation (changes whenever the fd must be registered again) */
+static int db_pollinfo(lua_State *L) {
+  lua_db *d = check_db(L);
+  int fd = -1, ev = 0, tmo = -1;
+  if (d->party != NULL) lp_party_pollinfo(d->party, &fd, &ev, &tmo);
+  lua_pushinteger(L, fd);
+  if (ev & POLLOUT) lua_pushliteral(L, "rw");
+  else if (ev & POLLIN) lua_pushliteral(L, "r");
+  else lua_pushnil(L);
+  lua_pushinteger(L, tmo);
+  lua_pushinteger(L, d->party != NULL ? (lua_Integer)lp_party_fd_generation(d->party) : -1);
+  return 4;
+}
+
+static int db_done(lua_State *L) {
+  lua_db *d = check_db(L);
+  uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
+  lp_client *c = d->party ? lp_party_client(d->party) : NULL;
+  lua_pushboolean(L, c == NULL || lp_client_done(c, token));
+  return 1;
+}
+
+static int db_result(lua_State *L) {
+  lua_db *d = check_db(L);
+  uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
+  const char *opname = luaL_checkstring(L, 3);
+  int op = strcmp(opname, "get") == 0 ? OP_GET : strcmp(opname, "get_many") == 0 ? OP_GETMANY : OP_WRITE;
+  if (d->party == NULL || lp_party_client(d->party) == NULL) return push_closed(L, opname);
+  return push_result(L, d, token, op, opname);
+}
+
+static int db_forget(lua_State *L) {
+  lua_db *d = check_db(L);
+  uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
+  lp_client *c = d->party ? lp_party_client(d->party) : NULL;
+  if (c != NULL) lp_client_forget(c, token);
+  return 0;
+}
+
+static int db_flush(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party != NULL) lp_party_flush(d->party);
+  return 0;
+}
+
+/* db:get(async, key) */
+static int db_get(lua_State *L) {
+  lua_db *d = check_db(L);
+  int async = lua_toboolean(L, 2);
+  lp_slice key = check_slice(L, 3);
+  lp_engine *e;
+  lp_buf rest = {NULL, 0, 0};
+  if (d->party == NULL) return push_closed(L, "get");
+  e = lp_party_engine(d->party);
+  if (e != NULL) {
+    char *v;
+    size_t vl;
+    lp_err err;
+    int r;
+    if (async && slice_over()) return push_yield(L);
+    r = lp_engine_get(e, key, &v, &vl, &err);
+    if (r == 1) {
+      lua_pushlstring(L, v, vl);
+      free(v);
+      return 1;
+    }
+    if (r == 0) {
+      lua_pushnil(L);
+      return 1;
+    }
+    return push_lperr(L, &err);
+  }
+  if (lp_wire_rest_key(&rest, key) != 0) return push_err(L, LP_ENOMEM, "get: out of memory");
+  return submit(L, d, LP_REQ_GET, &rest, OP_GET, "get", async);
+}
+
+/* db:put(async, key, value, sync) */
+static int db_put(lua_State *L) {
+  lua_db *d = check_db(L);
+  int async = lua_toboolean(L, 2);
+  lp_slice key = check_slice(L, 3), value = check_slice(L, 4);
+  int sync = lua_isnil(L, 5) ? d->sync : lua_toboolean(L, 5);
+  lp_engine *e;
+  lp_buf rest = {NULL, 0, 0};
+  if (d->party == NULL) return push_closed(L, "put");
+  e = lp_party_engine(d->party);
+  if (e != NULL) {
+    lp_err err;
+    if (async && slice_over()) return push_yield(L);
+    if (lp_engine_put(e, key, value, sync, &err) != 0) return push_lperr(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lp_wire_rest_put(&rest, key, value) != 0) return push_err(L, LP_ENOMEM, "put: out of memory");
+  return submit(L, d, LP_REQ_PUT, &rest, OP_WRITE, "put", async);
+}
+
+/* db:del(async, key, sync) */
+static int db_del(lua_State *L) {
+  lua_db *d = check_db(L);
+  int async = lua_toboolean(L, 2);
+  lp_slice key = check_slice(L, 3);
+  int sync = lua_isnil(L, 4) ? d->sync : lua_toboolean(L, 4);
+  lp_engine *e;
+  lp_buf rest = {NULL, 0, 0};
+  if (d->party == NULL) return push_closed(L, "del");
+  e = lp_party_engine(d->party);
+  if (e != NULL) {
+    lp_err err;
+    if (async && slice_over()) return push_yield(L);
+    if (lp_engine_del(e, key, sync, &err) != 0) return push_lperr(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lp_wire_rest_key(&rest, key) != 0) return push_err(L, LP_ENOMEM, "del: out of memory");
+  return submit(L, d, LP_REQ_DEL, &rest, OP_WRITE, "del", async);
+}
+
+/* db:batch(async, ops, sync): ops is a validated array of {type, key, value}
+ * with encoded strings; type "put" or "del". */
+static int db_batch(lua_State *L) {
+  lua_db *d = check_db(L);
+  int sync, async;
+  size_t n, i;
+  lp_engine *e;
+  async = lua_toboolean(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  sync = lua_isnil(L, 4) ? d->sync : lua_toboolean(L, 4);
+  if (d->party == NULL) return push_closed(L, "batch");
+  n = lua_rawlen(L, 3);
+  e = lp_party_engine(d->party);
+  if (e != NULL) {
+    lp_batch *b;
+    lp_err err;
+    int r;
+    if (async && slice_over()) return push_yield(L);
+    b = lp_batch_new();
+    if (b == NULL) return push_err(L, LP_ENOMEM, "batch: out of memory");
+    for (i = 1; i <= n; i++) {
+      lp_slice k, v = LP_SLICE_NONE;
+      int is_put;
+      lua_rawgeti(L, 3, (int)i);
+      lua_getfield(L, -1, "type");
+      is_put = lua_tostring(L, -1) != NULL && strcmp(lua_tostring(L, -1), "put") == 0;
+      lua_getfield(L, -2, "key");
+      k.ptr = lua_tolstring(L, -1, &k.len);
+      if (is_put) {
+        lua_getfield(L, -3, "value");
+        v.ptr = lua_tolstring(L, -1, &v.len);
+      }
+      if (k.ptr == NULL || (is_put && v.ptr == NULL)) {
+        lp_batch_free(b);
+        return luaL_error(L, "batch: operation %d is not a validated {type, key, value}", (int)i);
+      }
+      if (is_put) lp_batch_put(b, k, v);
+      else lp_batch_del(b, k);
+      lua_pop(L, is_put ? 4 : 3);
+    }
+    r = lp_engine_write(e, b, sync, &err);
+    lp_batch_free(b);
+    if (r != 0) return push_lperr(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+  } else {
+    lp_buf rest = {NULL, 0, 0};
+    for (i = 1; i <= n; i++) {
+      lp_slice k, v = LP_SLICE_NONE;
+      int is_put, r;
+      lua_rawgeti(L, 3, (int)i);
+      lua_getfield(L, -1, "type");
+      is_put = lua_tostring(L, -1) != NULL && strcmp(lua_tostring(L, -1), "put") == 0;
+      lua_getfield(L, -2, "key");
+      k.ptr = lua_tolstring(L, -1, &k.len);
+      if (is_put) {
+        lua_getfield(L, -3, "value");
+        v.ptr = lua_tolstring(L, -1, &v.len);
+      }
+      if (k.ptr == NULL || (is_put && v.ptr == NULL)) {
+        lp_buf_free(&rest);
+        return luaL_error(L, "batch: operation %d is not a validated {type, key, value}", (int)i);
+      }
+      r = lp_wire_rest_batch_op(&rest, is_put ? 0 : 1, k, v);
+      lua_pop(L, is_put ? 4 : 3);
+      if (r != 0) {
+        lp_buf_free(&rest);
+        return push_err(L, LP_ENOMEM, "batch: out of memory");
+      }
+    }
+    return submit(L, d, LP_REQ_BATCH, &rest, OP_WRITE, "batch", async);
+  }
+}
+
+/* db:get_many(async, keys) -> array with n */
+static int db_get_many(lua_State *L) {
+  lua_db *d = check_db(L);
+  int async;
+  size_t n, i;
+  lp_engine *e;
+  async = lua_toboolean(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  if (d->party == NULL) return push_closed(L, "get_many");
+  n = lua_rawlen(L, 3);
+  e = lp_party_engine(d->party);
+  if (e != NULL) {
+    if (async && slice_over()) return push_yield(L);
+    lua_createtable(L, (int)n, 1);
+    for (i = 1; i <= n; i++) {
+      lp_slice k;
+      char *v;
+      size_t vl;
+      lp_err err;
+      int r;
+      lua_rawgeti(L, 3, (int)i);
+      k.ptr = lua_tolstring(L, -1, &k.len);
+      if (k.ptr == NULL) return luaL_error(L, "get_many: key %d is not a string", (int)i);
+      r = lp_engine_get(e, k, &v, &vl, &err);
+      lua_pop(L, 1);
+      if (r < 0) return push_lperr(L, &err);
+      if (r == 1) {
+        lua_pushlstring(L, v, vl);
+        free(v);
+        lua_rawseti(L, -2, (int)i);
+      }
+    }
+    lua_pushinteger(L, (lua_Integer)n);
+    lua_setfield(L, -2, "n");
+    return 1;
+  } else {
+    lp_buf rest = {NULL, 0, 0};
+    for (i = 1; i <= n; i++) {
+      lp_slice k;
+      lua_rawgeti(L, 3, (int)i);
+      k.ptr = lua_tolstring(L, -1, &k.len);
+      if (k.ptr == NULL) {
+        lp_buf_free(&rest);
+        return luaL_error(L, "get_many: key %d is not a string", (int)i);
+      }
+      if (lp_wire_rest_getmany_key(&rest, k) != 0) {
+        lp_buf_free(&rest);
+        return push_err(L, LP_ENOMEM, "get_many: out of memory");
+      }
+      lua_pop(L, 1);
+    }
+    return submit(L, d, LP_REQ_GETMANY, &rest, OP_GETMANY, "get_many", async);
+  }
+}
+
+/* db:clear(async, range): follower only (a request); the leader uses
+ * db:clear_begin(range) and steps it. */
+static int db_clear(lua_State *L) {
+  lua_db *d = check_db(L);
+  lp_range r;
+  lp_buf rest = {NULL, 0, 0};
+  int async = lua_toboolean(L, 2);
+  if (d->party == NULL) return push_closed(L, "clear");
+  read_range(L, 3, &r);
+  if (lp_wire_rest_clear(&rest, &r) != 0) return push_err(L, LP_ENOMEM, "clear: out of memory");
+  return submit(L, d, LP_REQ_CLEAR, &rest, OP_WRITE, "clear", async);
+}
+
+static int db_is_leader(lua_State *L) {
+  lua_db *d = check_db(L);
+  lua_pushboolean(L, d->party != NULL && lp_party_engine(d->party) != NULL);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- clear */
+
+static lua_clear *check_clear(lua_State *L) { return (lua_clear *)luaL_checkudata(L, 1, CLEAR_MT); }
+
+static void clear_release(lua_clear *c) {
+  lp_slice_free(&c->range.gt);
+  lp_slice_free(&c->range.gte);
+  lp_slice_free(&c->range.lt);
+  lp_slice_free(&c->range.lte);
+  lp_clear_state_free(&c->st);
+  c->done = 1;
+}
+
+static int db_clear_begin(lua_State *L) {
+  lua_db *d = check_db(L);
+  lp_range r;
+  lua_clear *c;
+  if (d->party == NULL) return push_closed(L, "clear");
+  read_range(L, 2, &r);
+  c = (lua_clear *)lp_newuserdata(L, sizeof *c);
+  memset(c, 0, sizeof *c);
+  c->db = d;
+  c->range = r;
+  c->range.gt = c->range.gte = c->range.lt = c->range.lte = LP_SLICE_NONE;
+  luaL_setmetatable(L, CLEAR_MT);
+  if (lp_slice_dup(r.gt, &c->range.gt) || lp_slice_dup(r.gte, &c->range.gte) ||
+      lp_slice_dup(r.lt, &c->range.lt) || lp_slice_dup(r.lte, &c->range.lte)) {
+    clear_release(c);
+    return push_err(L, LP_ENOMEM, "clear: out of memory");
+  }
+  lua_newtable(L); /* keep the db alive while the clearer lives */
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lp_setuservalue(L, -2);
+  return 1;
+}
+
+/* c:step(async, sync) -> true (done) | YIELD | nil, msg, code */
+static int clear_step(lua_State *L) {
+  lua_clear *c = check_clear(L);
+  int async = lua_toboolean(L, 2), sync = lua_toboolean(L, 3);
+  lp_engine *e;
+  lp_err err;
+  if (c->done) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (c->db->party == NULL || (e = lp_party_engine(c->db->party)) == NULL) {
+    clear_release(c);
+    return push_closed(L, "clear");
+  }
+  for (;;) {
+    int r = lp_engine_clear_step(e, &c->range, &c->st, 1000, sync, &err);
+    if (r < 0) {
+      clear_release(c);
+      return push_lperr(L, &err);
+    }
+    if (r == 0) {
+      clear_release(c);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    if (async && slice_over()) return push_yield(L);
+  }
+}
+
+static int clear_gc(lua_State *L) {
+  lua_clear *c = check_clear(L);
+  if (!c->done) clear_release(c);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- iterators */
+
+static lua_iter *check_iter(lua_State *L) { return (lua_iter *)luaL_checkudata(L, 1, ITER_MT); }
+
+/* db:iter(range) -> iterator | nil, msg, code */
+static int db_iter(lua_State *L) {
+  lua_db *d = check_db(L);
+  lp_range r;
+  lua_iter *it;
+  lp_engine *e;
+  lp_err err;
+  if (d->party == NULL) return push_closed(L, "iter");
+  read_range(L, 2, &r);
+  it = (lua_iter *)lp_newuserdata(L, sizeof *it);
+  memset(it, 0, sizeof *it);
+  it->db = d;
+  it->keys = r.keys;
+  it->values = r.values;
+  luaL_setmetatable(L, ITER_MT);
+  lua_newtable(L);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lp_setuservalue(L, -2);
+  e = lp_party_engine(d->party);
+  if (e != NULL) {
+    it->local = lp_engine_iter_open(e, &r, &err);
+    if (it->local == NULL) return push_lperr(L, &err);
+  } else {
+    lp_client *c = lp_party_client(d->party);
+    if (c == NULL || (it->remote = lp_client_iter_open(c, &r)) == NULL)
+      return push_err(L, LP_ENOMEM, "iter: out of memory");
+    lp_party_flush(d->party);
+  }
+  it->open = 1;
+  it->next = d->iters;
+  if (d->iters) d->iters->prev = it;
+  d->iters = it;
+  return 1;
+}
+
+static int push_entry(lua_State *L, const lua_iter *it, lp_slice k, lp_slice v) {
+  int n = 0;
+  if (it->keys) {
+    lua_pushlstring(L, k.ptr ? k.ptr : "", k.ptr ? k.len : 0);
+    n++;
+  }
+  if (it->values) {
+    lua_pushlstring(L, v.ptr ? v.ptr : "", v.ptr ? v.len : 0);
+    n++;
+  }
+  if (n == 0) {
+    lua_pushboolean(L, 1);
+    n = 1;
+  }
+  return n;
+}
+
+/* it:next(async) -> key, value | nil (end) | PENDING | YIELD | nil, msg, code */
+static int iter_next(lua_State *L) {
+  lua_iter *it = check_iter(L);
+  int async = lua_toboolean(L, 2);
+  lp_slice k, v;
+  lp_err err;
+  int r;
+  if (!it->open) {
+    if (it->db->party == NULL) return push_closed(L, "iterator");
+    lua_pushnil(L);
+    return 1;
+  }
+  if (it->local != NULL) {
+    if (async && slice_over()) return push_yield(L);
+    r = lp_engine_iter_next(it->local, &k, &v, &err);
+  } else {
+    lp_party *p = it->db->party;
+    lp_client *c = lp_party_client(p);
+    for (;;) {
+      r = lp_client_iter_next(c, it->remote, &k, &v, &err);
+      if (lp_client_out(c)->len > 0) lp_party_flush(p);
+      if (r != 2) break;
+      lp_client_iter_wait_deadline(c, it->remote, deadline_of(it->db));
+      if (async) {
+        lua_pushlightuserdata(L, PENDING);
+        return 1;
+      }
+      if (lp_party_wait_iter(p, it->remote, &err) != 0) {
+        r = -1;
+        break;
+      }
+    }
+  }
+  if (r == 1) return push_entry(L, it, k, v);
+  iter_release(it);
+  if (r == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  return push_lperr(L, &err);
+}
+
+/* it:ready() -> true when next() would not return PENDING */
+static int iter_ready(lua_State *L) {
+  lua_iter *it = check_iter(L);
+  lua_pushboolean(L, !it->open || it->local != NULL || it->db->party == NULL ||
+                         lp_client_iter_ready(lp_party_client(it->db->party), it->remote));
+  return 1;
+}
+
+static int iter_close(lua_State *L) {
+  lua_iter *it = check_iter(L);
+  if (it->open) iter_release(it);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int iter_db(lua_State *L) {
+  check_iter(L);
+  lp_getuservalue(L, 1);
+  lua_rawgeti(L, -1, 1);
+  return 1;
+}
+
+static int db_gc(lua_State *L) {
+  db_close(L);
+  return 0;
+}
+
+static int db_tostring(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party == NULL) lua_pushfstring(L, "levelparty.db{closed}: %p", (void *)d);
+  else {
+    int role = lp_party_role(d->party);
+    lua_pushfstring(L, "levelparty.db{path=%s;role=%s}: %p", lp_party_path(d->party),
+                    role == LP_ROLE_LEADER ? "leader" : "follower", (void *)d);
+  }
+  return 1;
+}
+
+static const luaL_Reg db_methods[] = {
+  {"close", db_close}, {"role", db_role}, {"role_change", db_role_change},
+  {"opened", db_opened}, {"party", db_party}, {"path", db_path}, {"step", db_step},
+  {"pollinfo", db_pollinfo}, {"done", db_done}, {"result", db_result},
+  {"forget", db_forget}, {"flush", db_flush}, {"get", db_get}, {"put", db_put},
+  {"del", db_del}, {"batch", db_batch}, {"get_many", db_get_many}, {"clear", db_clear},
+  {"clear_begin", db_clear_begin}, {"is_leader", db_is_leader}, {"iter", db_iter},
+  {NULL, NULL}
+};
+
+static const luaL_Reg iter_methods[] = {
+  {"next", iter_next}, {"ready", iter_ready}, {"close", iter_close}, {"db", iter_db},
+  {NULL, NULL}
+};
+
+static const luaL_Reg clear_methods[] = {{"step", clear_step}, {NULL, NULL}};
+
+static const luaL_Reg module_funcs[] = {
+  {"open", open_db}, {"slice_begin", slice_begin}, {"set_slice", set_slice}, {NULL, NULL}
+};
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+#if LUA_VERSION_NUM >= 504
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__close");
+#endif
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+}
+
+static int iter_gc(lua_State *L) {
+  lua_iter *it = check_iter(L);
+  if (it->open) iter_release(it);
+  return 0;
+}
+
+int luaopen_levelparty_core(lua_State *L);
+int luaopen_levelparty_core(lua_State *L) {
+  new_class(L, DB_MT, db_methods, db_gc);
+  luaL_getmetatable(L, DB_MT);
+  lua_pushcfunction(L, db_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  new_class(L, ITER_MT, iter_methods, iter_gc);
+  new_class(L, CLEAR_MT, clear_methods, clear_gc);
+  lua_newtable(L);
+  luaL_setfuncs(L, module_funcs, 0);
+  lua_pushlightuserdata(L, PENDING);
+  lua_setfield(L, -2, "PENDING");
+  lua_pushlightuserdata(L, YIELD);
+  lua_setfield(L, -2, "YIELD");
+  lua_pushfstring(L, "leveldb %d.%d", leveldb_major_version(), leveldb_minor_version());
+  lua_setfield(L, -2, "leveldb_version");
+  slice_start_ns = lp_now_ns();
+  return 1;
+}

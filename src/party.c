@@ -1,0 +1,588 @@
+/*
+ * levelparty: the party, one per (process, directory).
+ *
+ * Owns the role of this process for the directory and everything that comes
+ * with it: the engine and server thread when leader, the connection and client
+ * request table when follower, and the election in between.
+ *
+ * The election is event driven, with no fixed back-off:
+ *   - the directory watch (inotify) is opened before anything is probed, so no
+ *     event between a probe and the wait can be missed;
+ *   - the LOCK's holder is asked with F_GETLK on a read-only fd, which raises no
+ *     close-write event; only when the LOCK looks free do we call leveldb_open
+ *     (whose failure would open and close LOCK for writing and wake everyone);
+ *   - when the holder dies the kernel releases its lock and then closes its
+ *     LOCK fd, which raises IN_CLOSE_WRITE: every waiter wakes, probes, and one
+ *     wins leveldb_open;
+ *   - the winner renames its listening socket into place (IN_MOVED_TO), which
+ *     wakes the losers, who connect.
+ * A timer only backs this up (a Node leader binds before it listens, so a
+ * connect can be refused right after the name appears).
+ */
+#include "private.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
+
+#define BACKOFF_MIN_NS (1000000ull)     /* 1 ms */
+#define BACKOFF_MAX_NS (200000000ull)   /* 200 ms */
+#define LOOPBACK_BUDGET 1024            /* iterator entries per loopback turn */
+
+struct lp_party {
+  char *path;                 /* realpath of the directory; registry key */
+  int refs;
+  int state;
+  int opened;                 /* the first election has ended */
+  lp_party_opts opts;
+  uint64_t progress;
+  int role_changed;           /* a role change not yet reported */
+  unsigned fd_gen;            /* bumped whenever the fd to poll changes */
+
+  /* leader */
+  lp_engine *engine;
+  lp_server *server;
+
+  /* follower */
+  lp_client *client;
+  int fd;                     /* connection to the leader, -1 when none */
+  lp_buf inbuf;               /* scratch for reads */
+
+  /* electing */
+  lp_watch watch;             /* fd -1 when closed */
+  uint64_t next_try_ns;       /* backup timer for the next election step */
+  uint64_t backoff_ns;
+  uint64_t open_deadline_ns;  /* first election only */
+  pid_t holder;               /* last seen LOCK holder */
+  int connect_errno;          /* last connect failure */
+  lp_err fatal;               /* first election failed for good */
+  int has_fatal;
+
+  /* loopback after promotion: the client's leftovers run on our own engine */
+  lp_session *loop_session;
+  lp_buf loop_out;
+  int loop_busy;              /* loopback has more to do right now */
+
+  struct lp_party *next;      /* registry */
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static lp_party *registry;
+
+void lp_party_opts_init(lp_party_opts *o) {
+  lp_engine_opts_init(&o->engine);
+  lp_server_opts_init(&o->server);
+  lp_client_opts_init(&o->client);
+  o->retry = 1;
+  o->open_timeout_ns = 10ull * 1000000000ull;
+}
+
+int lp_party_role(const lp_party *p) {
+  switch (p->state) {
+    case P_LEADER: return LP_ROLE_LEADER;
+    case P_CLOSED: return LP_ROLE_CLOSED;
+    default: return LP_ROLE_FOLLOWER;
+  }
+}
+
+int lp_party_opened(const lp_party *p) { return p->opened; }
+const char *lp_party_path(const lp_party *p) { return p->path; }
+lp_engine *lp_party_engine(lp_party *p) { return p->state == P_LEADER ? p->engine : NULL; }
+lp_client *lp_party_client(lp_party *p) {
+  if (p->client == NULL && p->state != P_LEADER && p->state != P_CLOSED)
+    p->client = lp_client_new(&p->opts.client);
+  return p->client;
+}
+uint64_t lp_party_progress(const lp_party *p) { return p->progress; }
+pid_t lp_party_lock_holder(const lp_party *p) { return p->holder; }
+unsigned lp_party_fd_generation(const lp_party *p) { return p->fd_gen; }
+
+int lp_party_take_role_change(lp_party *p) {
+  if (!p->role_changed) return -1;
+  p->role_changed = 0;
+  return lp_party_role(p);
+}
+
+static void set_state(lp_party *p, int state) {
+  int before = lp_party_role(p);
+  p->state = state;
+  if (lp_party_role(p) != before) p->role_changed = 1;
+  p->progress++;
+}
+
+/* Resolves dir to its realpath, creating the last component when allowed, so
+ * that every spelling of one directory finds one party. */
+static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err) {
+  struct stat st;
+  char *real;
+  if (stat(dir, &st) != 0) {
+    if (errno != ENOENT) {
+      lp_err_set(err, errno == EACCES ? LP_EACCES : LP_EIO, "open: %s: %s", dir, strerror(errno));
+      return NULL;
+    }
+    if (!eo->create_if_missing) {
+      lp_err_set(err, LP_ENOENT, "open: %s does not exist (create_if_missing is false)", dir);
+      return NULL;
+    }
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+      lp_code c = errno == ENOENT ? LP_ENOENT : errno == EACCES ? LP_EACCES
+                : errno == ENOTDIR ? LP_ENOTDIR : LP_EIO;
+      lp_err_set(err, c, "open: cannot create %s: %s", dir, strerror(errno));
+      return NULL;
+    }
+  } else if (!S_ISDIR(st.st_mode)) {
+    lp_err_set(err, LP_ENOTDIR, "open: %s is not a directory", dir);
+    return NULL;
+  }
+  real = realpath(dir, NULL);
+  if (real == NULL) lp_err_set(err, LP_EIO, "open: %s: %s", dir, strerror(errno));
+  return real;
+}
+
+static void close_watch(lp_party *p) {
+  if (p->watch.fd >= 0) {
+    lp_watch_close(&p->watch);
+    p->fd_gen++;
+  }
+  p->watch.fd = -1;
+}
+
+static void close_conn(lp_party *p) {
+  if (p->fd >= 0) {
+    close(p->fd);
+    p->fd_gen++;
+  }
+  p->fd = -1;
+}
+
+static int ensure_client(lp_party *p) {
+  if (p->client == NULL) p->client = lp_client_new(&p->opts.client);
+  return p->client != NULL ? 0 : -1;
+}
+
+static void enter_electing(lp_party *p) {
+  set_state(p, P_ELECTING);
+  p->backoff_ns = BACKOFF_MIN_NS;
+  p->next_try_ns = 0; /* try at once */
+}
+
+/* The connection to the leader is gone (EOF, reset, protocol error). */
+static void on_leader_lost(lp_party *p) {
+  close_conn(p);
+  if (p->client != NULL) {
+    lp_client_reset(p->client);
+    if (!p->opts.retry)
+      lp_client_fail_all(p->client, LP_ELEADERLOST,
+                         "leader lost: the connection to the leader closed with the request in flight");
+  }
+  enter_electing(p);
+}
+
+static void become_leader(lp_party *p, lp_engine *e) {
+  lp_err err;
+  int lfd = lp_sock_listen(p->path, &err);
+  if (lfd < 0) {
+    lp_engine_close(e);
+    p->fatal = err;
+    p->has_fatal = 1;
+    return;
+  }
+  p->server = lp_server_start(e, lfd, &p->opts.server, &err);
+  if (p->server == NULL) {
+    close(lfd);
+    lp_sock_unlink(p->path);
+    lp_engine_close(e);
+    p->fatal = err;
+    p->has_fatal = 1;
+    return;
+  }
+  p->engine = e;
+  close_watch(p);
+  set_state(p, P_LEADER);
+  p->opened = 1;
+  p->holder = 0;
+  /* What the client still had in flight now runs on our own engine, in
+   * submission order, through an in-memory session. */
+  if (p->client != NULL && (lp_client_pending(p->client) || lp_client_iterators(p->client))) {
+    p->loop_session = lp_session_new(e, p->opts.client.max_frame);
+    if (p->loop_session != NULL) {
+      lp_client_reset(p->client);
+      lp_client_replay(p->client);
+      p->loop_busy = 1;
+    } else {
+      lp_client_fail_all(p->client, LP_ENOMEM, "promote: out of memory");
+    }
+  }
+}
+
+static void become_follower(lp_party *p, int fd) {
+  p->fd = fd;
+  p->fd_gen++;
+  close_watch(p);
+  set_state(p, P_FOLLOWER);
+  p->opened = 1;
+  if (p->client != NULL) lp_client_replay(p->client);
+  lp_party_flush(p);
+}
+
+/* One election attempt.  Never blocks (but leveldb_open may take the time
+ * LevelDB needs to recover its log). */
+static void elect_step(lp_party *p) {
+  lp_err err;
+  pid_t holder;
+  int fd;
+  uint64_t now = lp_now_ns();
+
+  if (p->watch.fd < 0) {
+    if (lp_watch_open(&p->watch, p->path, &err) != 0) p->watch.fd = -1;
+    p->fd_gen++;
+  }
+  if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
+
+  holder = lp_lock_holder(p->path);
+  if (holder <= 0) {
+    lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
+    if (e != NULL) {
+      become_leader(p, e);
+      return;
+    }
+    if (err.code != LP_ELOCKED) {
+      if (!p->opened) {
+        p->fatal = err;
+        p->has_fatal = 1;
+        return;
+      }
+      /* A follower that cannot open the db it used to reach keeps trying: its
+       * pending requests time out on their own. */
+    }
+    holder = lp_lock_holder(p->path);
+  }
+  p->holder = holder > 0 ? holder : 0;
+  fd = lp_sock_connect(p->path);
+  if (fd >= 0) {
+    become_follower(p, fd);
+    return;
+  }
+  p->connect_errno = -fd;
+  p->next_try_ns = now + p->backoff_ns;
+  p->backoff_ns = p->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : p->backoff_ns * 2;
+}
+
+void lp_party_flush(lp_party *p) {
+  lp_buf *out;
+  if (p->state != P_FOLLOWER || p->fd < 0 || p->client == NULL) return;
+  out = lp_client_out(p->client);
+  while (out->len > 0) {
+    ssize_t n = send(p->fd, out->ptr, out->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      lp_buf_consume(out, (size_t)n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return;
+    } else {
+      on_leader_lost(p);
+      return;
+    }
+  }
+}
+
+/* Reads everything available from the leader.  Returns 1 if bytes arrived. */
+static int follower_read(lp_party *p) {
+  int got = 0;
+  if (p->inbuf.cap < 65536 && lp_buf_reserve(&p->inbuf, 65536) != 0) return 0;
+  for (;;) {
+    ssize_t n = recv(p->fd, p->inbuf.ptr, p->inbuf.cap, MSG_DONTWAIT);
+    if (n > 0) {
+      lp_err err;
+      got = 1;
+      if (lp_client_feed(p->client, p->inbuf.ptr, (size_t)n, &err) != 0) {
+        on_leader_lost(p);
+        return got;
+      }
+      if ((size_t)n < p->inbuf.cap) break;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      break;
+    } else {
+      on_leader_lost(p); /* EOF or reset */
+      break;
+    }
+  }
+  return got;
+}
+
+/* Moves bytes between the client and the loopback session. */
+static void loopback_run(lp_party *p) {
+  int rounds;
+  lp_err err;
+  p->loop_busy = 0;
+  for (rounds = 0; rounds < 8; rounds++) {
+    lp_buf *out = lp_client_out(p->client);
+    int more = 0;
+    p->loop_out.len = 0;
+    if (out->len > 0) {
+      long used = lp_session_input(p->loop_session, out->ptr, out->len, &p->loop_out,
+                                   LOOPBACK_BUDGET, &err);
+      if (used < 0) { /* our own client broke the protocol: cannot happen */
+        lp_client_fail_all(p->client, LP_EPROTO, err.msg);
+        lp_buf_consume(out, out->len);
+      } else {
+        lp_buf_consume(out, (size_t)used);
+      }
+    }
+    more = lp_session_pump(p->loop_session, &p->loop_out, LOOPBACK_BUDGET);
+    if (p->loop_out.len > 0) {
+      p->progress++;
+      if (lp_client_feed(p->client, p->loop_out.ptr, p->loop_out.len, &err) != 0)
+        lp_client_fail_all(p->client, LP_EPROTO, err.msg);
+    }
+    if (lp_client_out(p->client)->len == 0 && !more) return;
+    if (p->loop_out.len == 0 && lp_client_out(p->client)->len == 0) {
+      p->loop_busy = more;
+      return;
+    }
+  }
+  p->loop_busy = 1;
+}
+
+int lp_party_step(lp_party *p, lp_err *err) {
+  uint64_t now;
+  switch (p->state) {
+    case P_FOLLOWER:
+      lp_party_flush(p);
+      if (p->state == P_FOLLOWER && follower_read(p)) p->progress++;
+      if (p->state == P_FOLLOWER) lp_party_flush(p);
+      break;
+    case P_ELECTING:
+      if (p->watch.fd >= 0) {
+        struct pollfd pf = {p->watch.fd, POLLIN, 0};
+        if (poll(&pf, 1, 0) > 0) p->next_try_ns = 0;
+      }
+      if (lp_now_ns() >= p->next_try_ns) elect_step(p);
+      if (p->has_fatal && !p->opened) {
+        *err = p->fatal;
+        return -1;
+      }
+      if (p->has_fatal) p->has_fatal = 0;
+      break;
+    case P_LEADER:
+      if (p->loop_session != NULL && p->client != NULL) loopback_run(p);
+      break;
+    default:
+      break;
+  }
+  now = lp_now_ns();
+  if (p->state == P_ELECTING && !p->opened && now >= p->open_deadline_ns) {
+    if (p->holder > 0)
+      lp_err_set(err, LP_ELOCKED,
+                 "open: %s/LOCK is held by pid %ld, which serves no %s there (a plain LevelDB "
+                 "program, or a leader that cannot listen); stop that process or wait for it, "
+                 "then open again",
+                 p->path, (long)p->holder, LP_SOCKET_NAME);
+    else
+      lp_err_set(err, LP_ELOCKED,
+                 "open: %s/LOCK is held by another process that serves no %s there; stop that "
+                 "process or wait for it, then open again",
+                 p->path, LP_SOCKET_NAME);
+    return -1;
+  }
+  if (p->client != NULL && lp_client_expire(p->client, now) > 0) p->progress++;
+  return 0;
+}
+
+void lp_party_pollinfo(lp_party *p, int *fd, int *events, int *timeout_ms) {
+  uint64_t now = lp_now_ns(), deadline = 0;
+  *fd = -1;
+  *events = 0;
+  *timeout_ms = -1;
+  switch (p->state) {
+    case P_FOLLOWER:
+      *fd = p->fd;
+      *events = POLLIN;
+      if (lp_client_out(p->client)->len > 0) *events |= POLLOUT;
+      break;
+    case P_ELECTING:
+      *fd = p->watch.fd;
+      *events = POLLIN;
+      deadline = p->next_try_ns;
+      if (!p->opened && (deadline == 0 || p->open_deadline_ns < deadline))
+        deadline = p->open_deadline_ns;
+      break;
+    case P_LEADER:
+      if (p->loop_busy) {
+        *timeout_ms = 0;
+        return;
+      }
+      break;
+    default:
+      return;
+  }
+  if (p->client != NULL) {
+    uint64_t d = lp_client_next_deadline(p->client);
+    if (d != 0 && (deadline == 0 || d < deadline)) deadline = d;
+  }
+  if (deadline != 0) {
+    uint64_t ms = deadline <= now ? 0 : (deadline - now + 999999) / 1000000;
+    *timeout_ms = ms > INT_MAX ? INT_MAX : (int)ms;
+  }
+}
+
+uint64_t lp_party_submit(lp_party *p, int tag, lp_slice rest, uint64_t deadline_ns) {
+  uint64_t token;
+  if (ensure_client(p) != 0) return 0;
+  token = lp_client_submit(p->client, tag, rest, deadline_ns);
+  if (token != 0 && p->state == P_FOLLOWER) lp_party_flush(p);
+  if (token != 0 && p->loop_session != NULL) p->loop_busy = 1;
+  return token;
+}
+
+/* One blocking wait on whatever the party waits for. */
+static void wait_once(lp_party *p) {
+  int fd, events, timeout;
+  struct pollfd pf;
+  lp_party_pollinfo(p, &fd, &events, &timeout);
+  if (fd < 0 && timeout < 0) timeout = 100; /* nothing to wait on: should not happen */
+  pf.fd = fd;
+  pf.events = (short)events;
+  pf.revents = 0;
+  poll(fd >= 0 ? &pf : NULL, fd >= 0 ? 1 : 0, timeout);
+}
+
+int lp_party_wait_opened(lp_party *p, lp_err *err) {
+  for (;;) {
+    if (lp_party_step(p, err) != 0) return -1;
+    if (p->opened) return 0;
+    wait_once(p);
+  }
+}
+
+int lp_party_wait_token(lp_party *p, uint64_t token, lp_err *err) {
+  for (;;) {
+    if (lp_client_done(p->client, token)) return 0;
+    if (lp_party_step(p, err) != 0) return -1;
+    if (lp_client_done(p->client, token)) return 0;
+    wait_once(p);
+  }
+}
+
+int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err) {
+  for (;;) {
+    if (lp_client_iter_ready(p->client, it)) return 0;
+    if (lp_party_step(p, err) != 0) return -1;
+    if (lp_client_iter_ready(p->client, it)) return 0;
+    wait_once(p);
+  }
+}
+
+int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err) {
+  char *real = resolve_dir(dir, &o->engine, err);
+  lp_party *p;
+  if (real == NULL) return -1;
+  pthread_mutex_lock(&registry_lock);
+  for (p = registry; p != NULL; p = p->next) {
+    if (p->state != P_CLOSED && strcmp(p->path, real) == 0) {
+      p->refs++;
+      pthread_mutex_unlock(&registry_lock);
+      free(real);
+      if (o->engine.error_if_exists) {
+        lp_party_unref(p);
+        lp_err_set(err, LP_EEXIST, "open: %s exists (error_if_exists is true)", dir);
+        return -1;
+      }
+      *out = p;
+      return 0;
+    }
+  }
+  p = calloc(1, sizeof *p);
+  if (p == NULL) {
+    pthread_mutex_unlock(&registry_lock);
+    free(real);
+    lp_err_set(err, LP_ENOMEM, "open: out of memory");
+    return -1;
+  }
+  p->path = real;
+  p->refs = 1;
+  p->opts = *o;
+  p->fd = -1;
+  p->watch.fd = -1;
+  p->open_deadline_ns = lp_now_ns() + o->open_timeout_ns;
+  enter_electing(p);
+  p->role_changed = 0;
+  p->next = registry;
+  registry = p;
+  pthread_mutex_unlock(&registry_lock);
+
+  if (lp_party_step(p, err) != 0) {
+    lp_party_unref(p);
+    return -1;
+  }
+  if (!p->opened && o->engine.error_if_exists) {
+    /* someone else holds it: the db exists */
+  }
+  if (p->state == P_FOLLOWER && o->engine.error_if_exists) {
+    lp_party_unref(p);
+    lp_err_set(err, LP_EEXIST, "open: %s exists (error_if_exists is true)", dir);
+    return -1;
+  }
+  *out = p;
+  return 0;
+}
+
+void lp_party_ref(lp_party *p) {
+  pthread_mutex_lock(&registry_lock);
+  p->refs++;
+  pthread_mutex_unlock(&registry_lock);
+}
+
+static void party_close(lp_party *p) {
+  if (p->client != NULL) lp_client_fail_all(p->client, LP_ECLOSED, "closed: the database was closed");
+  if (p->loop_session != NULL) lp_session_free(p->loop_session);
+  p->loop_session = NULL;
+  if (p->server != NULL) {
+    /* Remove the name first so that no one connects to a leader that is
+     * leaving; then stop serving; then close LevelDB, which releases the LOCK
+     * and wakes the followers' watches. */
+    lp_sock_unlink(p->path);
+    lp_server_stop(p->server);
+    p->server = NULL;
+  }
+  if (p->engine != NULL) lp_engine_close(p->engine);
+  p->engine = NULL;
+  close_conn(p);
+  close_watch(p);
+  if (p->client != NULL) lp_client_free(p->client);
+  p->client = NULL;
+  lp_buf_free(&p->inbuf);
+  lp_buf_free(&p->loop_out);
+  p->state = P_CLOSED;
+}
+
+void lp_party_unref(lp_party *p) {
+  lp_party **pp;
+  pthread_mutex_lock(&registry_lock);
+  if (--p->refs > 0) {
+    pthread_mutex_unlock(&registry_lock);
+    return;
+  }
+  for (pp = &registry; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&registry_lock);
+  party_close(p);
+  free(p->path);
+  free(p);
+}

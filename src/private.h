@@ -1,0 +1,557 @@
+/*
+ * levelparty: private header shared by every C file of the core.
+ *
+ * Parts (one file per concept; see docs/ARCHITECTURE.md):
+ *   buf.c      growable byte buffers, slices, error records, clocks
+ *   wire.c     the multileveldown 5.0.1 codec: pure, bytes in, messages out
+ *   engine.c   LevelDB access: open/close, get/put/del/batch/get_many, the
+ *              conjunction-range iterator, clear
+ *   server.c   the leader's server: its own thread and private libuv loop
+ *   client.c   the follower's client core: request table, replay in
+ *              submission order, iterator bookmarks; never touches a socket
+ *   elect.c    the socket file (long paths, permissions), lock probing and the
+ *              directory watch the election waits on
+ *   party.c    one object per (process, directory): role, promotion, the
+ *              follower's connection, the leader's worker; uses all of the above
+ *   lua_*.c    the Lua binding (levelparty.core); the only files that see a
+ *              lua_State, and only on the thread that owns it
+ *
+ * Nothing in this header is exported from the shared object except
+ * luaopen_levelparty_core.
+ */
+#ifndef LEVELPARTY_PRIVATE_H
+#define LEVELPARTY_PRIVATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define LP_SOCKET_NAME "level-party.sock"
+/* Largest frame (tag + body) either side accepts; the varint length is extra. */
+#define LP_MAX_FRAME_DEFAULT (64u * 1024u * 1024u)
+
+/* ------------------------------------------------------------------------ */
+/* Slices, buffers, errors (buf.c)                                            */
+/* ------------------------------------------------------------------------ */
+
+/* A borrowed byte range.  ptr == NULL means "absent" (a protobuf field that was
+ * not sent); ptr != NULL with len == 0 is a present, empty value. */
+typedef struct lp_slice {
+  const char *ptr;
+  size_t len;
+} lp_slice;
+
+#define LP_SLICE_NONE ((lp_slice){NULL, 0})
+
+/* A growable owned buffer.  ptr may be NULL while cap == 0. */
+typedef struct lp_buf {
+  char *ptr;
+  size_t len, cap;
+} lp_buf;
+
+int lp_buf_reserve(lp_buf *b, size_t extra);          /* 0 ok, -1 ENOMEM */
+int lp_buf_append(lp_buf *b, const void *p, size_t n); /* 0 ok, -1 ENOMEM */
+void lp_buf_consume(lp_buf *b, size_t n);              /* drop n bytes from the front */
+void lp_buf_free(lp_buf *b);
+/* Copies s into a fresh malloc'd block; an absent slice stays absent. */
+int lp_slice_dup(lp_slice s, lp_slice *out);
+void lp_slice_free(lp_slice *s);
+int lp_slice_cmp(lp_slice a, lp_slice b); /* bytewise, like LevelDB's comparator */
+
+/* Stable error codes.  Their names (lp_code_name) are what Lua sees. */
+typedef enum lp_code {
+  LP_OK = 0,
+  LP_EIO,         /* any other storage or system failure */
+  LP_ECORRUPT,    /* LevelDB reported corruption */
+  LP_ENOENT,      /* directory missing and create_if_missing=false, or parent missing */
+  LP_EEXIST,      /* error_if_exists=true and the db exists */
+  LP_EACCES,      /* permission denied */
+  LP_ENOTDIR,     /* the path is not a directory */
+  LP_ELOCKED,     /* the LOCK is held by someone who serves no socket */
+  LP_ECLOSED,     /* the handle (or iterator) was closed */
+  LP_ETIMEDOUT,   /* the operation's timeout expired */
+  LP_ELEADERLOST, /* retry=false and the leader went away with the request in flight */
+  LP_EPROTO,      /* the peer broke the wire protocol */
+  LP_ENOMEM,
+  LP_EINVAL,      /* a value the storage layer refuses (e.g. empty key) */
+  LP_EREMOTE,     /* the leader reported an error we cannot classify */
+  LP_CODE_MAX
+} lp_code;
+
+const char *lp_code_name(lp_code code); /* "EIO", "ECLOSED", ... */
+lp_code lp_code_from_name(const char *name, size_t len); /* LP_OK when unknown */
+
+/* An error result: a code and a message "op: detail". */
+typedef struct lp_err {
+  lp_code code;
+  char msg[512];
+} lp_err;
+
+void lp_err_set(lp_err *e, lp_code code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Classifies a LevelDB status string (e.g. "IO error: lock ...") into a code. */
+lp_code lp_code_from_leveldb(const char *status);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t lp_now_ns(void);
+
+/* ------------------------------------------------------------------------ */
+/* Ranges (shared by iterators and clear, on every side)                      */
+/* ------------------------------------------------------------------------ */
+
+/* A key range with options.  Bounds are a conjunction: a key is in range when it
+ * satisfies every bound that is present.  limit < 0 means no limit. */
+typedef struct lp_range {
+  lp_slice gt, gte, lt, lte;
+  int64_t limit;
+  int reverse;
+  int keys, values; /* iterators only: which sides the caller wants */
+} lp_range;
+
+/* keys = values = 1, limit = -1, forward, unbounded. */
+void lp_range_init(lp_range *r);
+/* 1 when key satisfies every bound of r. */
+int lp_range_contains(const lp_range *r, lp_slice key);
+
+/* ------------------------------------------------------------------------ */
+/* Wire codec (wire.c): multileveldown 5.0.1, see reference/level-party.md    */
+/* ------------------------------------------------------------------------ */
+
+/* client -> server tags */
+enum { LP_REQ_GET = 0, LP_REQ_PUT = 1, LP_REQ_DEL = 2, LP_REQ_BATCH = 3,
+       LP_REQ_ITER = 4, LP_REQ_CLEAR = 5, LP_REQ_GETMANY = 6 };
+/* server -> client tags */
+enum { LP_RES_CALLBACK = 0, LP_RES_ITERDATA = 1, LP_RES_GETMANY = 2 };
+
+/* Decoder results. */
+enum {
+  LP_WIRE_OK = 0,
+  LP_WIRE_EMPTY = 1,        /* zero-length payload: skip it */
+  LP_WIRE_NEED_MORE = 2,    /* lp_wire_next_frame: not a whole frame yet */
+  LP_WIRE_UNKNOWN_TAG = -1, /* tag outside the table */
+  LP_WIRE_MALFORMED = -2,   /* body does not decode, or a required field is missing */
+  LP_WIRE_TOO_BIG = -3      /* length prefix over the limit, or a varint over 10 bytes */
+};
+
+/* One batch operation.  type: 0 put, 1 del. */
+typedef struct lp_batch_op {
+  int type;
+  lp_slice key, value; /* value.ptr == NULL for del, or a put without value */
+} lp_batch_op;
+
+/* Iterator/clear options as they arrived: every field has its own presence so
+ * that the server can apply Node's decode defaults (reference 3.3). */
+typedef struct lp_wire_opts {
+  int present;                 /* the options sub-message was sent at all */
+  int has_keys, keys;
+  int has_values, values;
+  lp_slice gt, gte, lt, lte;   /* ptr == NULL when absent */
+  int has_limit;
+  int32_t limit;
+  int has_reverse, reverse;
+} lp_wire_opts;
+
+/* A decoded request.  Slices point into the payload that was decoded; they are
+ * valid as long as that memory is.  Repeated fields are kept as the raw body
+ * region and walked with lp_wire_next_op / lp_wire_next_key, which never fail
+ * on a request that lp_wire_decode_request accepted. */
+typedef struct lp_request {
+  int tag;
+  uint32_t id;
+  lp_slice key, value;   /* GET, PUT, DEL (value absent when not sent) */
+  uint32_t batch;        /* ITER: window; 0 means end the iterator */
+  int has_batch;
+  lp_wire_opts opts;     /* ITER, CLEAR */
+  size_t count;          /* BATCH: number of ops; GETMANY: number of keys */
+  lp_slice repeated;     /* BATCH, GETMANY: the body, for the walkers */
+} lp_request;
+
+/* A decoded response.  Same lifetime rule as lp_request. */
+typedef struct lp_response {
+  int tag;
+  uint32_t id;
+  lp_slice error;        /* absent when no error field */
+  lp_slice key, value;   /* CALLBACK: value; ITERDATA: key and value */
+  size_t count;          /* GETMANY: number of values */
+  lp_slice repeated;     /* GETMANY: the body, for lp_wire_next_value */
+} lp_response;
+
+/* Finds the next frame in buf[0..len).
+ * Returns LP_WIRE_OK with *payload (tag + body) and *consumed (prefix + payload
+ * bytes), LP_WIRE_EMPTY with *consumed = 1 for a zero-length frame,
+ * LP_WIRE_NEED_MORE, or LP_WIRE_TOO_BIG when the length exceeds max_frame. */
+int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame,
+                       lp_slice *payload, size_t *consumed);
+
+/* Decode a payload (tag byte + protobuf body).  LP_WIRE_OK, LP_WIRE_EMPTY,
+ * LP_WIRE_UNKNOWN_TAG or LP_WIRE_MALFORMED. */
+int lp_wire_decode_request(lp_slice payload, lp_request *out);
+int lp_wire_decode_response(lp_slice payload, lp_response *out);
+
+/* Walkers over repeated fields.  *cursor starts at 0.  Return 1 with the next
+ * element, 0 at the end. */
+int lp_wire_next_op(const lp_request *r, size_t *cursor, lp_batch_op *op);
+int lp_wire_next_key(const lp_request *r, size_t *cursor, lp_slice *key);
+int lp_wire_next_value(const lp_response *r, size_t *cursor, lp_slice *value); /* value.ptr NULL = not found */
+
+/* Encoders.  A request is built in two steps so that it can be replayed under a
+ * new id: first its "rest" (every field after the id, in field order) is
+ * encoded once, then lp_wire_frame() writes varint(len) tag 08 varint(id) rest.
+ * All return 0, or -1 when out of memory (the buffer is left as it was). */
+int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest);
+int lp_wire_rest_key(lp_buf *rest, lp_slice key);                  /* GET, DEL */
+int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value);  /* PUT */
+int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key, lp_slice value); /* one BATCH op; call per op */
+int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key);          /* one GETMANY key; call per key */
+/* ITER open: batch window then options, always with keys, values, limit and
+ * reverse explicit (reference 3.3). */
+int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r);
+/* ITER ack / end: just the window (0 = end). */
+int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch);
+/* CLEAR: options with the bounds, limit and reverse explicit. */
+int lp_wire_rest_clear(lp_buf *rest, const lp_range *r);
+
+/* Server-side encoders write whole frames.  err: NULL for none. */
+int lp_wire_put_callback(lp_buf *out, uint32_t id, const char *err, size_t errlen,
+                         lp_slice value /* absent = none */);
+int lp_wire_put_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value);
+int lp_wire_put_iterend(lp_buf *out, uint32_t id);
+int lp_wire_put_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen);
+/* GetManyCallback: the caller appends each value with lp_wire_rest_getmany_value
+ * into a scratch buffer, then frames it with this. */
+int lp_wire_rest_getmany_value(lp_buf *rest, lp_slice value /* absent = not found */);
+int lp_wire_put_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen,
+                        lp_slice values_rest);
+
+/* Varint helpers, exposed for tests. */
+size_t lp_varint_put(uint8_t out[10], uint64_t v);
+int lp_varint_get(const char *buf, size_t len, uint64_t *v, size_t *used); /* 1 ok, 0 need more, -1 bad */
+
+/* ------------------------------------------------------------------------ */
+/* Engine (engine.c): LevelDB access                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct lp_engine lp_engine;
+
+typedef struct lp_engine_opts {
+  int create_if_missing;     /* default 1 */
+  int error_if_exists;       /* default 0 */
+  int compression;           /* default 1 (snappy) */
+  size_t cache_size;         /* 0 = LevelDB default (8 MiB) */
+  size_t write_buffer_size;  /* 0 = default (4 MiB) */
+  size_t block_size;         /* 0 = default (4 KiB) */
+  int max_open_files;        /* 0 = default (1000) */
+  int bloom_bits;            /* 0 = no filter; we default to 10 in Lua */
+} lp_engine_opts;
+
+void lp_engine_opts_init(lp_engine_opts *o);
+
+/* Opens LevelDB at path (already realpath'd by the caller, which also guarantees
+ * that this process does not hold it: see party.c).  On failure returns NULL and
+ * fills err; a lock held by another process gives LP_ELOCKED with the LevelDB
+ * text.  Thread-safe. */
+lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err);
+/* Closes LevelDB and releases the LOCK.  No other call may be in progress or
+ * follow; iterators must have been closed. */
+void lp_engine_close(lp_engine *e);
+
+/* All of these may be called from any thread concurrently (LevelDB is
+ * thread-safe).  Return 0 ok, -1 with err filled. */
+/* get: 1 found (*val malloc'd, free with free()), 0 missing, -1 error */
+int lp_engine_get(lp_engine *e, lp_slice key, char **val, size_t *vlen, lp_err *err);
+int lp_engine_put(lp_engine *e, lp_slice key, lp_slice value, int sync, lp_err *err);
+int lp_engine_del(lp_engine *e, lp_slice key, int sync, lp_err *err);
+
+typedef struct lp_batch lp_batch; /* wraps leveldb_writebatch_t; not thread-safe */
+lp_batch *lp_batch_new(void);
+void lp_batch_put(lp_batch *b, lp_slice key, lp_slice value);
+void lp_batch_del(lp_batch *b, lp_slice key);
+void lp_batch_clear(lp_batch *b);
+size_t lp_batch_count(const lp_batch *b);
+size_t lp_batch_bytes(const lp_batch *b);
+void lp_batch_free(lp_batch *b);
+int lp_engine_write(lp_engine *e, lp_batch *b, int sync, lp_err *err);
+
+/* A range iterator with conjunction semantics, reverse and limit.  Each
+ * iterator is an implicit snapshot.  Not thread-safe itself. */
+typedef struct lp_engine_iter lp_engine_iter;
+lp_engine_iter *lp_engine_iter_open(lp_engine *e, const lp_range *r, lp_err *err);
+/* 1 with the next entry (slices valid until the next call on it), 0 at the end
+ * (also once the limit is reached), -1 with err. */
+int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_err *err);
+void lp_engine_iter_close(lp_engine_iter *it);
+
+/* Deletes up to max_ops keys of the range (limit and reverse honoured across
+ * calls through *state, which starts zeroed).  Returns 1 when more remain, 0 when
+ * done, -1 on error.  Lets callers clear huge ranges in slices. */
+typedef struct lp_clear_state { int64_t deleted; lp_slice resume; int started; } lp_clear_state;
+int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st,
+                         size_t max_ops, int sync, lp_err *err);
+void lp_clear_state_free(lp_clear_state *st);
+
+/* LevelDB property (e.g. "leveldb.stats"); malloc'd string or NULL. */
+char *lp_engine_property(lp_engine *e, const char *name);
+
+/* ------------------------------------------------------------------------ */
+/* Leader server (server.c)                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct lp_server lp_server;
+
+typedef struct lp_server_opts {
+  size_t max_frame;          /* LP_MAX_FRAME_DEFAULT */
+  size_t max_conn_buffer;    /* bytes of unsent replies per connection before the
+                                server stops reading that connection (default 8 MiB) */
+  int allow_other_users;     /* 0: refuse peers whose uid differs (SO_PEERCRED) */
+  void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
+  void *log_ud;
+} lp_server_opts;
+
+void lp_server_opts_init(lp_server_opts *o);
+
+/* Starts the server thread on an already listening socket (ownership of
+ * listen_fd passes to the server).  The engine must outlive the server. */
+lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o, lp_err *err);
+/* Stops accepting, closes every connection, joins the thread. Idempotent on NULL. */
+void lp_server_stop(lp_server *s);
+/* Number of currently connected followers (for tests and role()). */
+int lp_server_connections(lp_server *s);
+
+/* ------------------------------------------------------------------------ */
+/* Socket file, lock probe, directory watch (elect.c)                         */
+/* ------------------------------------------------------------------------ */
+
+/* Creates <dir>/level-party.sock listening, with no window in which the name
+ * refers to a socket that does not accept: binds a temporary name in dir
+ * (through /proc/self/fd/N when the path would not fit in sun_path), sets its
+ * mode from the directory's write permissions, listens, then renames it over
+ * LP_SOCKET_NAME (replacing any stale file).  Returns a nonblocking fd or -1. */
+int lp_sock_listen(const char *dir, lp_err *err);
+/* Removes <dir>/level-party.sock (the leader's clean close). */
+void lp_sock_unlink(const char *dir);
+/* Connects to <dir>/level-party.sock (long paths through /proc/self/fd).
+ * Returns a nonblocking fd, or -errno (ENOENT, ECONNREFUSED, ...). */
+int lp_sock_connect(const char *dir);
+
+/* Asks who holds <dir>/LOCK without taking it (F_GETLK on a read-only fd, which
+ * never releases a lock of this process and raises no close-write event).
+ * Returns the holder's pid, 0 when free, -1 when it cannot tell. */
+pid_t lp_lock_holder(const char *dir);
+
+/* A watch on the directory that becomes readable when LOCK is closed by a
+ * writer (its holder exited or closed the db) or the socket name appears. */
+typedef struct lp_watch { int fd; } lp_watch;
+int lp_watch_open(lp_watch *w, const char *dir, lp_err *err); /* 0 / -1 */
+void lp_watch_drain(lp_watch *w);  /* read and discard pending events */
+void lp_watch_close(lp_watch *w);
+
+/* ------------------------------------------------------------------------ */
+/* Server session (server.c): one connection's protocol state, no I/O         */
+/* ------------------------------------------------------------------------ */
+
+/* The protocol half of a follower connection: decodes requests, runs them on
+ * the engine, encodes replies, and keeps that connection's open iterators with
+ * their windows.  server.c drives one per socket; party.c drives one over
+ * memory when a follower is promoted, so that requests and iterators it had in
+ * flight are finished by its own engine exactly as a new leader would (this
+ * replaces level-party's self-connection).  Not thread-safe; owned by whoever
+ * drives it. */
+typedef struct lp_session lp_session;
+
+lp_session *lp_session_new(lp_engine *e, size_t max_frame);
+void lp_session_free(lp_session *s); /* closes its iterators */
+/* Consumes as many whole frames of in[0..len) as there are and appends every
+ * reply to out.  Iterator entries are produced here too, but at most `budget`
+ * of them in this call.  Returns the number of bytes consumed (a partial frame
+ * at the end is left for the next call), or -1 with err filled when the peer
+ * broke the protocol (oversized frame, unknown tag, malformed body): the
+ * connection must then be closed. */
+long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out,
+                      size_t budget, lp_err *err);
+/* Produces up to `budget` more iterator entries for iterators whose window is
+ * still open.  Returns 1 when some window is still open (call again), else 0. */
+int lp_session_pump(lp_session *s, lp_buf *out, size_t budget);
+/* Executes one decoded request (not ITER) and appends its reply. */
+void lp_session_execute(lp_engine *e, const lp_request *r, lp_buf *out);
+
+/* ------------------------------------------------------------------------ */
+/* Follower client core (client.c): no sockets, no Lua, no clocks of its own  */
+/* ------------------------------------------------------------------------ */
+
+/* The request table of one follower connection.  Requests are identified by a
+ * token that grows with submission order; wire ids are small and dense (the
+ * lowest free slot, as Node does) and never decide replay order.  Bytes to send
+ * accumulate in lp_client_out(); received bytes go in through lp_client_feed().
+ * On a lost connection lp_client_reset() forgets the wire state and
+ * lp_client_replay() re-frames every pending request in token order, then
+ * reopens every iterator right after its bookmark. */
+typedef struct lp_client lp_client;
+typedef struct lp_citer lp_citer;
+
+typedef struct lp_client_opts {
+  uint32_t window;     /* iterator window (entries) asked for; default 1024 */
+  size_t max_frame;    /* LP_MAX_FRAME_DEFAULT */
+} lp_client_opts;
+void lp_client_opts_init(lp_client_opts *o);
+
+lp_client *lp_client_new(const lp_client_opts *o);
+void lp_client_free(lp_client *c); /* frees pending requests and iterators */
+
+/* Queues a request.  rest is the encoded body after the id (lp_wire_rest_*),
+ * copied.  deadline_ns: absolute lp_now_ns() time, or 0 for none.  Returns the
+ * token (> 0) or 0 when out of memory. */
+uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadline_ns);
+
+/* Bytes waiting to be written; the transport writes a prefix and then calls
+ * lp_buf_consume on it. */
+lp_buf *lp_client_out(lp_client *c);
+
+/* Feeds received bytes.  Completes requests and fills iterator buffers.  Returns
+ * 0, or -1 with err when the peer broke the protocol (the caller then closes the
+ * connection and calls lp_client_reset).  Unknown ids are ignored. */
+int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err);
+
+/* State of a request.  0 pending, 1 done.  A token that is unknown (already
+ * taken) counts as done. */
+int lp_client_done(lp_client *c, uint64_t token);
+
+/* The outcome of a finished request, owned by the caller after take:
+ * code != LP_OK for a local failure (ETIMEDOUT, ELEADERLOST, ECLOSED) with msg;
+ * else payload holds the reply frame's payload (tag + body), to decode with
+ * lp_wire_decode_response. */
+typedef struct lp_result {
+  lp_code code;
+  char *msg;        /* malloc'd or NULL */
+  lp_buf payload;
+} lp_result;
+/* Moves the result of a finished request out of the table (0), or -1 when the
+ * token is not finished or unknown. */
+int lp_client_take(lp_client *c, uint64_t token, lp_result *res);
+void lp_result_free(lp_result *res);
+
+/* Drops a request the caller no longer waits for (e.g. its coroutine was
+ * collected).  Its wire id stays reserved until its reply arrives or a reset. */
+void lp_client_forget(lp_client *c, uint64_t token);
+
+/* Number of requests (not forgotten) still waiting for a reply, and of open
+ * iterators; both zero means "flushed". */
+size_t lp_client_pending(lp_client *c);
+size_t lp_client_iterators(lp_client *c);
+
+/* Timeouts: earliest deadline among pending requests and iterator waits, or 0.
+ * lp_client_expire finishes every request whose deadline <= now with
+ * LP_ETIMEDOUT and returns how many it finished. */
+uint64_t lp_client_next_deadline(lp_client *c);
+size_t lp_client_expire(lp_client *c, uint64_t now_ns);
+
+/* The connection is gone.  The out buffer is cleared, every wire id is freed,
+ * iterators drop entries received but not consumed.  Pending requests stay. */
+void lp_client_reset(lp_client *c);
+/* A new connection (or a loopback session) is ready: appends to out every
+ * pending request in token order, then every open iterator's reopen (options
+ * rewritten from its bookmark: forward drops gt/gte and sends gt = last key
+ * consumed; reverse drops lt/lte and sends lt = it; limit = limit - consumed). */
+void lp_client_replay(lp_client *c);
+/* retry=false: finish every pending request with code/msg, and put every open
+ * iterator into the error state with them. */
+void lp_client_fail_all(lp_client *c, lp_code code, const char *msg);
+
+/* Remote iterators.  The range is copied; keys are always requested on the wire
+ * (for the bookmark) and stripped by lp_client_iter_next when the caller did not
+ * ask for them. */
+lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r);
+/* 1 with the next entry (slices valid until the next call on this iterator;
+ * a side the caller did not ask for is an absent slice), 0 at the end, -1 with
+ * err (remote error, ECLOSED, ETIMEDOUT, ELEADERLOST), 2 when no entry is
+ * buffered yet: the caller must wait for input (and may set a deadline with
+ * lp_client_iter_wait_deadline).  Consuming entries appends acks to out. */
+int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *value, lp_err *err);
+void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_ns);
+/* 1 when lp_client_iter_next would not return 2. */
+int lp_client_iter_ready(lp_client *c, lp_citer *it);
+/* Ends the iterator (sends batch:0 when it is open on the wire) and frees it. */
+void lp_client_iter_close(lp_client *c, lp_citer *it);
+
+/* ------------------------------------------------------------------------ */
+/* Party (party.c): one per (process, directory)                              */
+/* ------------------------------------------------------------------------ */
+
+/* Every handle a process opens on one directory shares one party, found by the
+ * directory's realpath.  That is what keeps two spellings of a path from giving
+ * two LevelDB handles, and keeps a process from ever calling leveldb_open on a
+ * directory whose LOCK it holds (a failed second open would drop that lock).
+ *
+ * States: ELECTING (no leader known: the election runs in lp_party_step),
+ * FOLLOWER (connected), LEADER (engine + server thread), CLOSED.  A follower
+ * that wins an election keeps its client and finishes what it had in flight
+ * through an in-memory lp_session on its own engine (the loopback).
+ *
+ * A party is driven from one thread at a time (the thread of the Lua state that
+ * uses it); only the server thread runs concurrently, and it only touches the
+ * engine. */
+typedef struct lp_party lp_party;
+
+enum { LP_ROLE_CLOSED = 0, LP_ROLE_LEADER = 1, LP_ROLE_FOLLOWER = 2 };
+
+typedef struct lp_party_opts {
+  lp_engine_opts engine;
+  lp_server_opts server;
+  lp_client_opts client;
+  int retry;                  /* replay in-flight requests across leader changes */
+  uint64_t open_timeout_ns;   /* how long open waits for a leader that serves */
+} lp_party_opts;
+
+void lp_party_opts_init(lp_party_opts *o);
+
+/* Finds this process's party for dir or starts one (the first election step
+ * runs at once, without waiting).  *out holds a new reference. */
+int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err);
+void lp_party_ref(lp_party *p);
+/* Drops a reference; the last one closes: the leader stops its server, removes
+ * the socket and closes LevelDB; a follower disconnects.  Pending requests of a
+ * closed party finish with LP_ECLOSED. */
+void lp_party_unref(lp_party *p);
+
+int lp_party_role(const lp_party *p);
+/* 1 once the first election has ended (leader, or follower that connected). */
+int lp_party_opened(const lp_party *p);
+const char *lp_party_path(const lp_party *p);
+lp_engine *lp_party_engine(lp_party *p);   /* NULL unless leader */
+/* The follower client, created on first use unless leader; NULL when leader
+ * without leftovers, closed, or out of memory. */
+lp_client *lp_party_client(lp_party *p);
+/* Incremented whenever a request or iterator may have progressed. */
+uint64_t lp_party_progress(const lp_party *p);
+/* Role changes observed since the last call (for on_role); returns the new role
+ * once per change, else -1. */
+int lp_party_take_role_change(lp_party *p);
+
+/* Queues a request on the follower client (creating it if needed) and tries to
+ * send it at once.  Returns the token, 0 on ENOMEM. */
+uint64_t lp_party_submit(lp_party *p, int tag, lp_slice rest, uint64_t deadline_ns);
+/* Sends what the client has queued, without blocking. */
+void lp_party_flush(lp_party *p);
+
+/* Does all work that is due without blocking: writes, reads, election steps,
+ * the loopback, deadlines.  Returns 0, or -1 with err when the *first* election
+ * failed for good (LP_ELOCKED after open_timeout, or an open error). */
+int lp_party_step(lp_party *p, lp_err *err);
+/* What the next step waits for: fd (-1: none), events (POLLIN/POLLOUT bits),
+ * timeout_ms (-1: none; 0: step again at once). */
+void lp_party_pollinfo(lp_party *p, int *fd, int *events, int *timeout_ms);
+/* Blocking mode: steps and polls until the condition holds.  Returns 0, or -1
+ * with err when the first election failed. */
+int lp_party_wait_opened(lp_party *p, lp_err *err);
+int lp_party_wait_token(lp_party *p, uint64_t token, lp_err *err);
+int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err);
+
+/* Bumped whenever the fd lp_party_pollinfo names changes, even when the new
+ * one reuses the number (a poller must then register it again). */
+unsigned lp_party_fd_generation(const lp_party *p);
+/* Pid of the process holding the LOCK while electing, for messages (0 unknown). */
+pid_t lp_party_lock_holder(const lp_party *p);
+
+#endif

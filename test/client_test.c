@@ -1,0 +1,1206 @@
+/*
+ * client_test.c: the follower client core (src/client.c).
+ *
+ * Part 1 checks the bytes the client writes and how it reads hand-built
+ * replies (ids, replay order, timeouts, iterator flow control) with the codec
+ * alone.  Part 2 runs the client against a real LevelDB through lp_session over
+ * memory, with leader changes (reset, new session, replay) at random points of
+ * iterator streams, and checks exactly-once, in-order delivery and the bound on
+ * buffered entries.
+ *
+ * Build: see the comment at the end of the file.
+ */
+#include "../src/private.h"
+
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int failures, checks;
+
+static void check(int ok, const char *fmt, ...) {
+  va_list ap;
+  checks++;
+  if (!ok) failures++;
+  printf(ok ? "ok - " : "not ok - ");
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  printf("\n");
+}
+
+/* Quiet check for loops: prints only on failure, counts once per group. */
+static int qfail;
+static void qcheck(int ok, const char *fmt, ...) {
+  va_list ap;
+  if (ok || qfail > 20) return;
+  qfail++;
+  failures++;
+  printf("not ok - ");
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  printf("\n");
+}
+
+#define S(s) ((lp_slice){(s), strlen(s)})
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return (uint32_t)(rng_state >> 11);
+}
+
+static int slice_eq(lp_slice a, const char *s) {
+  return a.ptr && a.len == strlen(s) && memcmp(a.ptr, s, a.len) == 0;
+}
+
+static int buf_is(const lp_buf *b, const char *hex) {
+  size_t n = 0;
+  unsigned v;
+  const char *p = hex;
+  while (*p) {
+    if (*p == ' ') { p++; continue; }
+    if (sscanf(p, "%2x", &v) != 1) return 0;
+    if (n >= b->len || (unsigned char)b->ptr[n] != v) return 0;
+    n++;
+    p += 2;
+  }
+  return n == b->len;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Request helpers                                                            */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t sub_key(lp_client *c, int tag, const char *k, uint64_t dl) {
+  lp_buf r = {0};
+  uint64_t t;
+  if (lp_wire_rest_key(&r, S(k))) return 0;
+  t = lp_client_submit(c, tag, (lp_slice){r.ptr, r.len}, dl);
+  lp_buf_free(&r);
+  return t;
+}
+
+static uint64_t sub_put(lp_client *c, const char *k, const char *v, uint64_t dl) {
+  lp_buf r = {0};
+  uint64_t t;
+  if (lp_wire_rest_put(&r, S(k), S(v))) return 0;
+  t = lp_client_submit(c, LP_REQ_PUT, (lp_slice){r.ptr, r.len}, dl);
+  lp_buf_free(&r);
+  return t;
+}
+
+/* Decodes every whole frame of b as requests, up to max.  Returns the count or
+ * -1 when something does not decode.  The requests point into b. */
+static int decode_reqs(const lp_buf *b, lp_request *rq, int max) {
+  size_t off = 0;
+  int n = 0;
+  while (off < b->len) {
+    lp_slice pl;
+    size_t used;
+    int w = lp_wire_next_frame(b->ptr + off, b->len - off, LP_MAX_FRAME_DEFAULT, &pl, &used);
+    if (w != LP_WIRE_OK) return -1;
+    if (n >= max) return -1;
+    if (lp_wire_decode_request(pl, &rq[n]) != LP_WIRE_OK) return -1;
+    n++;
+    off += used;
+  }
+  return n;
+}
+
+/* Takes a finished request and decodes its reply.  Returns the lp_result code
+ * (LP_OK with *resp filled; resp's slices point into res->payload). */
+static int take(lp_client *c, uint64_t t, lp_result *res, lp_response *resp) {
+  memset(res, 0, sizeof *res);
+  if (lp_client_take(c, t, res)) return -100;
+  if (res->code != LP_OK) return (int)res->code;
+  if (lp_wire_decode_response((lp_slice){res->payload.ptr, res->payload.len}, resp) != LP_WIRE_OK)
+    return -101;
+  return LP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Part 1: codec level                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void test_frames(void) {
+  lp_client *c = lp_client_new(NULL);
+  lp_buf *out = lp_client_out(c);
+  uint64_t t1, t2;
+  lp_request rq[8];
+  lp_buf rest = {0};
+
+  t1 = sub_key(c, LP_REQ_GET, "k1", 0);
+  check(t1 > 0 && buf_is(out, "07 00 08 00 12 02 6b 31"), "get('k1') id 0 frames as 07 00 08 00 12 02 6b31");
+  out->len = 0;
+  lp_wire_rest_batch_op(&rest, 0, S("k2"), S("22"));
+  lp_wire_rest_batch_op(&rest, 1, S("k9"), LP_SLICE_NONE);
+  t2 = lp_client_submit(c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
+  check(t2 == t1 + 1, "tokens grow with submission");
+  check(buf_is(out, "1d 03 08 01 12 0d 0a 03 707574 12 02 6b32 1a 02 3232 12 09 0a 03 64656c 12 02 6b39"),
+        "batch frame with id 1 matches the reference layout");
+  check(decode_reqs(out, rq, 8) == 1 && rq[0].tag == LP_REQ_BATCH && rq[0].id == 1 && rq[0].count == 2,
+        "batch frame decodes with two ops");
+  check(lp_client_pending(c) == 2, "two pending");
+  check(lp_client_submit(c, LP_REQ_ITER, (lp_slice){rest.ptr, rest.len}, 0) == 0,
+        "submit refuses the iterator tag");
+  check(lp_client_submit(c, 42, (lp_slice){rest.ptr, rest.len}, 0) == 0, "submit refuses unknown tags");
+  lp_buf_free(&rest);
+  lp_client_free(c); /* frees the pending requests */
+}
+
+/* The replies used by the split test, all addressed to requests 0..3. */
+static void build_replies(lp_buf *b) {
+  lp_buf vals = {0};
+  lp_wire_put_callback(b, 2, NULL, 0, LP_SLICE_NONE);              /* put ok */
+  lp_buf_append(b, "\x00", 1);                                      /* empty frame */
+  lp_wire_put_callback(b, 9, NULL, 0, S("nobody"));                  /* unknown id */
+  lp_wire_put_iterdata(b, 5, S("a"), S("b"));                       /* unknown iterator */
+  lp_wire_rest_getmany_value(&vals, S("{\"x\":1}"));
+  lp_wire_rest_getmany_value(&vals, LP_SLICE_NONE);
+  lp_wire_rest_getmany_value(&vals, S("2"));
+  lp_wire_put_getmany(b, 3, NULL, 0, (lp_slice){vals.ptr, vals.len});
+  lp_wire_put_callback(b, 1, "NotFound: ", 10, LP_SLICE_NONE);      /* get miss */
+  lp_wire_put_callback(b, 0, NULL, 0, S("{\"x\":1}"));              /* get hit */
+  lp_buf_free(&vals);
+}
+
+static int run_split(const lp_buf *replies, size_t cut1, size_t cut2, int bytewise) {
+  lp_client *c = lp_client_new(NULL);
+  uint64_t tg, tm, tp, tgm;
+  lp_buf rest = {0};
+  lp_err err;
+  lp_result res;
+  lp_response r;
+  int ok = 1;
+  size_t i, cur = 0;
+  tg = sub_key(c, LP_REQ_GET, "k1", 0);
+  tm = sub_key(c, LP_REQ_GET, "nope", 0);
+  tp = sub_put(c, "k", "v", 0);
+  lp_wire_rest_getmany_key(&rest, S("k1"));
+  lp_wire_rest_getmany_key(&rest, S("nope"));
+  lp_wire_rest_getmany_key(&rest, S("k2"));
+  tgm = lp_client_submit(c, LP_REQ_GETMANY, (lp_slice){rest.ptr, rest.len}, 0);
+  lp_buf_free(&rest);
+  if (bytewise) {
+    for (i = 0; i < replies->len; i++)
+      if (lp_client_feed(c, replies->ptr + i, 1, &err)) ok = 0;
+  } else {
+    size_t cuts[3] = {cut1, cut2, replies->len};
+    for (i = 0; i < 3; i++) {
+      if (cuts[i] < cur) continue;
+      if (lp_client_feed(c, replies->ptr + cur, cuts[i] - cur, &err)) ok = 0;
+      cur = cuts[i];
+    }
+  }
+  ok = ok && lp_client_pending(c) == 0;
+  ok = ok && take(c, tg, &res, &r) == LP_OK && r.tag == LP_RES_CALLBACK && r.id == 0 &&
+       slice_eq(r.value, "{\"x\":1}") && !r.error.ptr;
+  lp_result_free(&res);
+  ok = ok && take(c, tm, &res, &r) == LP_OK && slice_eq(r.error, "NotFound: ");
+  lp_result_free(&res);
+  ok = ok && take(c, tp, &res, &r) == LP_OK && !r.error.ptr && !r.value.ptr;
+  lp_result_free(&res);
+  if (ok && take(c, tgm, &res, &r) == LP_OK && r.tag == LP_RES_GETMANY && r.count == 3) {
+    size_t cursor = 0;
+    lp_slice v[3];
+    for (i = 0; i < 3; i++) ok = ok && lp_wire_next_value(&r, &cursor, &v[i]) == 1;
+    ok = ok && slice_eq(v[0], "{\"x\":1}") && v[1].ptr == NULL && slice_eq(v[2], "2");
+  } else {
+    ok = 0;
+  }
+  lp_result_free(&res);
+  ok = ok && lp_client_take(c, tg, &res) == -1 && lp_client_done(c, tg) == 1;
+  lp_client_free(c);
+  return ok;
+}
+
+static void test_feed_splits(void) {
+  lp_buf replies = {0};
+  size_t a, b, bad = 0, runs = 0;
+  build_replies(&replies);
+  check(run_split(&replies, replies.len, replies.len, 0), "replies in any order, fed whole");
+  check(run_split(&replies, 0, 0, 1), "replies fed one byte at a time");
+  for (a = 0; a <= replies.len; a++) {
+    runs++;
+    if (!run_split(&replies, a, a, 0)) bad++;
+  }
+  check(bad == 0, "replies split at every byte boundary (%zu of %zu splits failed)", bad, runs);
+  bad = runs = 0;
+  for (a = 0; a <= replies.len; a += 3)
+    for (b = a; b <= replies.len; b += 5) {
+      runs++;
+      if (!run_split(&replies, a, b, 0)) bad++;
+    }
+  check(bad == 0, "replies split in three pieces (%zu of %zu failed)", bad, runs);
+  lp_buf_free(&replies);
+}
+
+static uint32_t last_id(lp_client *c) {
+  lp_request rq[64];
+  int n = decode_reqs(lp_client_out(c), rq, 64);
+  return n > 0 ? rq[n - 1].id : 0xFFFFFFFFu;
+}
+
+static void reply_ok(lp_client *c, uint32_t id) {
+  lp_buf b = {0};
+  lp_err err;
+  lp_wire_put_callback(&b, id, NULL, 0, LP_SLICE_NONE);
+  lp_client_feed(c, b.ptr, b.len, &err);
+  lp_buf_free(&b);
+}
+
+static void test_ids(void) {
+  lp_client *c = lp_client_new(NULL);
+  lp_result res;
+  uint64_t t[8];
+  int i, ok = 1;
+  for (i = 0; i < 3; i++) {
+    t[i] = sub_key(c, LP_REQ_GET, "a", 0);
+    ok = ok && last_id(c) == (uint32_t)i;
+  }
+  check(ok, "ids start at 0 and are dense");
+  reply_ok(c, 1);
+  check(lp_client_done(c, t[1]) && !lp_client_done(c, t[0]), "reply completes only its id");
+  t[3] = sub_key(c, LP_REQ_GET, "a", 0);
+  check(last_id(c) == 1, "a freed id is reused at once");
+  reply_ok(c, 2);
+  reply_ok(c, 0);
+  t[4] = sub_key(c, LP_REQ_GET, "a", 0);
+  check(last_id(c) == 0, "lowest free slot first (0)");
+  t[5] = sub_key(c, LP_REQ_GET, "a", 0);
+  check(last_id(c) == 2, "then the next lowest (2)");
+  t[6] = sub_key(c, LP_REQ_GET, "a", 0);
+  check(last_id(c) == 3, "then a new slot (3)");
+  check(lp_client_pending(c) == 4, "pending counts 4");
+  for (i = 0; i < 7; i++) {
+    if (lp_client_take(c, t[i], &res) == 0) lp_result_free(&res);
+  }
+  check(lp_client_done(c, t[6]) == 0, "pending request is not done");
+  check(lp_client_done(c, 999) == 1, "unknown token counts as done");
+  lp_client_free(c);
+}
+
+/* Reference 4.1: get x (id 0) pending, put old (id 1), get x done, put new
+ * reuses id 0; after reset + replay, put old must come before put new. */
+static void test_replay_order(void) {
+  lp_client *c = lp_client_new(NULL);
+  lp_request rq[8];
+  uint64_t tg, told, tnew, tg2;
+  int n;
+  tg = sub_key(c, LP_REQ_GET, "x", 0);
+  told = sub_put(c, "k", "old", 0);
+  reply_ok(c, 0);
+  tnew = sub_put(c, "k", "new", 0);
+  check(last_id(c) == 0, "put new reuses id 0");
+  lp_client_reset(c);
+  check(lp_client_out(c)->len == 0 && lp_client_pending(c) == 2, "reset clears out, keeps pending");
+  lp_client_replay(c);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 2 && rq[0].tag == LP_REQ_PUT && slice_eq(rq[0].value, "old") &&
+            rq[1].tag == LP_REQ_PUT && slice_eq(rq[1].value, "new"),
+        "replay sends put old then put new (submission order)");
+  check(n == 2 && rq[0].id == 0 && rq[1].id == 1, "replayed ids are fresh and dense");
+  check(lp_client_done(c, tg) == 1, "done request stays done across reset");
+  /* A request submitted between reset and replay is framed in order too. */
+  lp_client_reset(c);
+  tg2 = sub_key(c, LP_REQ_GET, "y", 0);
+  lp_client_replay(c);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 3 && slice_eq(rq[0].value, "old") && slice_eq(rq[1].value, "new") &&
+            rq[2].tag == LP_REQ_GET && slice_eq(rq[2].key, "y"),
+        "request submitted after reset comes after older ones, no duplicate");
+  (void)told;
+  (void)tnew;
+  (void)tg2;
+  lp_client_free(c);
+}
+
+static void test_timeouts(void) {
+  lp_client *c = lp_client_new(NULL);
+  lp_result res;
+  uint64_t t0, t1, t2, t3;
+  int rc;
+  t0 = sub_key(c, LP_REQ_GET, "a", 100);
+  t1 = sub_key(c, LP_REQ_GET, "b", 50);
+  t2 = sub_key(c, LP_REQ_GET, "c", 0);
+  check(lp_client_next_deadline(c) == 50, "next deadline is the earliest");
+  check(lp_client_expire(c, 49) == 0, "nothing expires early");
+  check(lp_client_expire(c, 50) == 1 && lp_client_done(c, t1) && !lp_client_done(c, t0),
+        "expire finishes the due request only");
+  check(lp_client_next_deadline(c) == 100, "next deadline moves on");
+  rc = lp_client_take(c, t1, &res);
+  check(rc == 0 && res.code == LP_ETIMEDOUT && res.msg && strstr(res.msg, "timeout") != NULL,
+        "timed-out request has ETIMEDOUT: %s", res.msg ? res.msg : "(null)");
+  lp_result_free(&res);
+  t3 = sub_key(c, LP_REQ_GET, "d", 0);
+  check(last_id(c) == 3, "timed-out request keeps its id reserved (new one got 3)");
+  reply_ok(c, 1); /* the late reply of the timed-out request */
+  check(!lp_client_done(c, t3) && lp_client_pending(c) == 3, "late reply lands on no one");
+  sub_key(c, LP_REQ_GET, "e", 0);
+  check(last_id(c) == 1, "after the late reply id 1 is free again");
+  lp_client_expire(c, 1000);
+  check(lp_client_done(c, t0) && lp_client_next_deadline(c) == 0, "all deadlines expired");
+  /* forget */
+  lp_client_forget(c, t2);
+  check(lp_client_pending(c) == 2 && lp_client_done(c, t2), "forgotten request is not pending");
+  sub_key(c, LP_REQ_GET, "f", 0);
+  check(last_id(c) == 4, "forgotten request keeps its id reserved");
+  lp_client_free(c);
+}
+
+static void test_mismatch_and_errors(void) {
+  lp_client *c;
+  lp_client_opts o;
+  lp_buf b = {0};
+  lp_err err;
+  lp_result res;
+  uint64_t t;
+  c = lp_client_new(NULL);
+  t = sub_key(c, LP_REQ_GET, "a", 0);
+  lp_wire_put_getmany(&b, 0, NULL, 0, (lp_slice){"", 0});
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0, "feed accepts a reply of the wrong type");
+  check(lp_client_take(c, t, &res) == 0 && res.code == LP_EREMOTE,
+        "GETMANY reply to a GET completes it with EREMOTE");
+  lp_result_free(&res);
+  b.len = 0;
+  lp_buf_append(&b, "\x03\x09\x08\x00", 4); /* unknown response tag 9 */
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0, "unknown reply tag is ignored");
+  b.len = 0;
+  lp_buf_append(&b, "\x03\x00\x0a\x00", 4); /* callback without id */
+  check(lp_client_feed(c, b.ptr, b.len, &err) == -1 && err.code == LP_EPROTO,
+        "malformed reply is a protocol error");
+  lp_client_free(c);
+
+  lp_client_opts_init(&o);
+  o.max_frame = 16;
+  c = lp_client_new(&o);
+  t = sub_key(c, LP_REQ_GET, "a", 0);
+  b.len = 0;
+  lp_wire_put_callback(&b, 0, NULL, 0, S("0123456789abcdefghij"));
+  check(lp_client_feed(c, b.ptr, 1, &err) == -1 && err.code == LP_EPROTO,
+        "frame over max_frame is a protocol error as soon as its length is known");
+  lp_client_reset(c);
+  b.len = 0;
+  lp_wire_put_callback(&b, 0, NULL, 0, S("0123"));
+  lp_client_replay(c);
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && lp_client_done(c, t),
+        "after reset and replay a small reply completes the request");
+  lp_buf_free(&b);
+  lp_client_free(c);
+}
+
+static void test_fail_all(void) {
+  lp_client *c = lp_client_new(NULL);
+  lp_result res;
+  lp_range r;
+  lp_citer *it;
+  lp_slice k, v;
+  lp_err err;
+  uint64_t t0, t1;
+  t0 = sub_key(c, LP_REQ_GET, "a", 10);
+  t1 = sub_put(c, "b", "c", 0);
+  lp_range_init(&r);
+  it = lp_client_iter_open(c, &r);
+  check(lp_client_iterators(c) == 1, "one iterator open");
+  lp_client_fail_all(c, LP_ELEADERLOST, "connection to leader lost");
+  check(lp_client_pending(c) == 0 && lp_client_done(c, t0) && lp_client_done(c, t1),
+        "fail_all finishes every pending request");
+  check(lp_client_take(c, t1, &res) == 0 && res.code == LP_ELEADERLOST && res.msg &&
+            strcmp(res.msg, "connection to leader lost") == 0,
+        "with the given code and message");
+  lp_result_free(&res);
+  check(lp_client_next_deadline(c) == 0, "no deadline left");
+  check(lp_client_iter_next(c, it, &k, &v, &err) == -1 && err.code == LP_ELEADERLOST,
+        "iterator is in the error state");
+  lp_client_replay(c);
+  check(lp_client_out(c)->len == 0, "nothing is replayed after fail_all");
+  lp_client_iter_close(c, it);
+  check(lp_client_iterators(c) == 0, "iterator closed");
+  lp_client_free(c); /* t0 result not taken: freed here */
+}
+
+static void feed_entry(lp_client *c, uint32_t id, const char *k, const char *v) {
+  lp_buf b = {0};
+  lp_err err;
+  lp_wire_put_iterdata(&b, id, S(k), v ? S(v) : LP_SLICE_NONE);
+  if (lp_client_feed(c, b.ptr, b.len, &err)) printf("# feed failed: %s\n", err.msg);
+  lp_buf_free(&b);
+}
+
+static void test_iter_codec(void) {
+  lp_client_opts o;
+  lp_client *c;
+  lp_citer *it, *it2;
+  lp_range r;
+  lp_request rq[8];
+  lp_slice k, v;
+  lp_err err;
+  lp_buf b = {0};
+  int n, rc;
+  memset(&err, 0, sizeof err);
+  lp_client_opts_init(&o);
+  o.window = 32;
+  c = lp_client_new(&o);
+  lp_range_init(&r);
+  r.gte = S("k2");
+  r.limit = 3;
+  it = lp_client_iter_open(c, &r);
+  check(buf_is(lp_client_out(c), "13 04 08 00 10 03 1a 0c 08 01 10 01 22 02 6b32 38 06 40 00"),
+        "open with gte and limit 3 asks for a window of 3 (reference frame, batch capped)");
+  lp_client_out(c)->len = 0;
+  lp_client_iter_close(c, it);
+  check(buf_is(lp_client_out(c), "05 04 08 00 10 00"), "close sends {id, batch:0}");
+  lp_client_out(c)->len = 0;
+  /* closed with 3 entries outstanding: id 0 stays reserved */
+  lp_range_init(&r);
+  it = lp_client_iter_open(c, &r);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && rq[0].id == 1 && rq[0].batch == 32 && rq[0].opts.present && rq[0].opts.keys &&
+            rq[0].opts.values && rq[0].opts.has_limit && rq[0].opts.limit == -1,
+        "closed iterator's id stays reserved while entries may arrive; open asks window 32");
+  lp_client_out(c)->len = 0;
+  feed_entry(c, 0, "stale1", "x");
+  feed_entry(c, 0, "stale2", "x");
+  check(!lp_client_iter_ready(c, it), "stale entries for the closed id are dropped");
+  lp_wire_put_iterend(&b, 0);
+  lp_client_feed(c, b.ptr, b.len, &err);
+  it2 = lp_client_iter_open(c, &r);
+  check(last_id(c) == 0, "after the old stream's end, id 0 is free again");
+  lp_client_iter_close(c, it2);
+  lp_client_out(c)->len = 0;
+  /* flow control with window 32: ack only when exhausted and <= 16 buffered */
+  {
+    int i, acks = 0;
+    char key[16];
+    for (i = 0; i < 32; i++) {
+      snprintf(key, sizeof key, "k%02d", i);
+      feed_entry(c, 1, key, "v");
+    }
+    check(lp_client_out(c)->len == 0, "no ack while more than window/2 are buffered");
+    for (i = 0; i < 15; i++) lp_client_iter_next(c, it, &k, &v, &err);
+    check(lp_client_out(c)->len == 0, "no ack at 17 buffered");
+    rc = lp_client_iter_next(c, it, &k, &v, &err);
+    check(rc == 1 && slice_eq(k, "k15") && slice_eq(v, "v"), "entries come in order");
+    check(buf_is(lp_client_out(c), "05 04 08 01 10 20"), "ack {id, batch:32} at 16 buffered (reference bytes)");
+    lp_client_out(c)->len = 0;
+    for (i = 0; i < 16; i++) lp_client_iter_next(c, it, &k, &v, &err);
+    check(lp_client_out(c)->len == 0, "no second ack while the window is open");
+    check(lp_client_iter_next(c, it, &k, &v, &err) == 2, "2 when nothing is buffered");
+    lp_client_iter_wait_deadline(c, it, 500);
+    check(lp_client_next_deadline(c) == 500, "iterator wait deadline counts");
+    feed_entry(c, 1, "k32", "v");
+    check(lp_client_next_deadline(c) == 0, "an entry clears the wait deadline");
+    lp_client_iter_next(c, it, &k, &v, &err);
+    /* end marker: after buffered entries; then batch:0 and the id is freed */
+    feed_entry(c, 1, "k33", "v");
+    b.len = 0;
+    lp_wire_put_iterend(&b, 1);
+    lp_client_feed(c, b.ptr, b.len, &err);
+    check(buf_is(lp_client_out(c), "05 04 08 01 10 00"), "end marker makes the client send batch:0");
+    rc = lp_client_iter_next(c, it, &k, &v, &err);
+    check(rc == 1 && slice_eq(k, "k33"), "buffered entry before the end");
+    check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "then 0 at the end");
+    check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "and 0 again");
+    (void)acks;
+  }
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+
+  /* errors */
+  lp_range_init(&r);
+  it = lp_client_iter_open(c, &r);
+  b.len = 0;
+  lp_wire_put_itererror(&b, last_id(c), "EIO: iterator: disk on fire", 27);
+  lp_client_feed(c, b.ptr, b.len, &err);
+  rc = lp_client_iter_next(c, it, &k, &v, &err);
+  check(rc == -1 && err.code == LP_EIO && strcmp(err.msg, "iterator: EIO: iterator: disk on fire") == 0,
+        "remote error keeps its code: %s", err.msg);
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+  it = lp_client_iter_open(c, &r);
+  b.len = 0;
+  lp_wire_put_itererror(&b, last_id(c), "too many open iterators", 23);
+  lp_client_feed(c, b.ptr, b.len, &err);
+  rc = lp_client_iter_next(c, it, &k, &v, &err);
+  check(rc == -1 && err.code == LP_EREMOTE, "unclassified error text gives EREMOTE");
+  lp_client_iter_close(c, it);
+  /* timeout of a wait */
+  it = lp_client_iter_open(c, &r);
+  lp_client_iter_wait_deadline(c, it, 77);
+  check(lp_client_expire(c, 76) == 0 && lp_client_expire(c, 77) == 1, "iterator wait expires");
+  rc = lp_client_iter_next(c, it, &k, &v, &err);
+  check(rc == -1 && err.code == LP_ETIMEDOUT, "expired iterator returns ETIMEDOUT");
+  lp_client_iter_close(c, it);
+  /* keys-only and values-only stripping; values on the wire only when wanted */
+  lp_client_out(c)->len = 0;
+  lp_range_init(&r);
+  r.keys = 0;
+  it = lp_client_iter_open(c, &r);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 1, "values-only still asks for keys");
+  feed_entry(c, rq[0].id, "kk", "vv");
+  rc = lp_client_iter_next(c, it, &k, &v, &err);
+  check(rc == 1 && k.ptr == NULL && slice_eq(v, "vv"), "key stripped for a values-only iterator");
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+  r.keys = 1;
+  r.values = 0;
+  it = lp_client_iter_open(c, &r);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 0, "keys-only does not ask for values");
+  feed_entry(c, rq[0].id, "kk", "");
+  rc = lp_client_iter_next(c, it, &k, &v, &err);
+  check(rc == 1 && slice_eq(k, "kk") && v.ptr == NULL, "value stripped for a keys-only iterator");
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+  /* too many entries is a protocol error */
+  lp_range_init(&r);
+  r.limit = 2;
+  it = lp_client_iter_open(c, &r);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && rq[0].batch == 2, "window capped by the limit");
+  lp_client_out(c)->len = 0;
+  feed_entry(c, rq[0].id, "a", "1");
+  check(lp_client_out(c)->len == 0, "no batch:0 before the limit is reached");
+  feed_entry(c, rq[0].id, "b", "1");
+  {
+    lp_request e[2];
+    check(decode_reqs(lp_client_out(c), e, 2) == 1 && e[0].id == rq[0].id && e[0].has_batch && e[0].batch == 0 &&
+              !e[0].opts.present,
+          "all limit entries received: batch:0 sent at once");
+  }
+  check(lp_client_iter_next(c, it, &k, &v, &err) == 1 && lp_client_iter_next(c, it, &k, &v, &err) == 1 &&
+            lp_client_iter_next(c, it, &k, &v, &err) == 0,
+        "limit 2 gives 2 entries then the end");
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+  lp_range_init(&r);
+  o.window = 2;
+  lp_client_free(c);
+  c = lp_client_new(&o);
+  it = lp_client_iter_open(c, &r);
+  feed_entry(c, 0, "a", "1");
+  feed_entry(c, 0, "b", "1");
+  b.len = 0;
+  lp_wire_put_iterdata(&b, 0, S("c"), S("1"));
+  check(lp_client_feed(c, b.ptr, b.len, &err) == -1 && err.code == LP_EPROTO,
+        "an entry beyond the granted window is a protocol error");
+  lp_client_reset(c);
+  lp_client_iter_close(c, it);
+  check(lp_client_out(c)->len == 0, "closing an iterator that is off the wire sends nothing");
+  /* limit 0 */
+  r.limit = 0;
+  it = lp_client_iter_open(c, &r);
+  check(it && lp_client_out(c)->len == 0 && lp_client_iter_next(c, it, &k, &v, &err) == 0,
+        "limit 0 ends locally without touching the wire");
+  lp_client_iter_close(c, it);
+  lp_buf_free(&b);
+  lp_client_free(c);
+}
+
+/* Reopen options after a reset, decoded from the client's own bytes. */
+static void test_iter_reopen(void) {
+  lp_client_opts o;
+  lp_client *c;
+  lp_citer *it;
+  lp_range r;
+  lp_request rq[8];
+  lp_slice k, v;
+  lp_err err;
+  int n;
+  lp_client_opts_init(&o);
+  o.window = 8;
+  c = lp_client_new(&o);
+
+  lp_range_init(&r);
+  r.gte = S("b");
+  r.lte = S("y");
+  r.limit = 10;
+  it = lp_client_iter_open(c, &r);
+  feed_entry(c, 0, "b", "1");
+  feed_entry(c, 0, "c", "1");
+  feed_entry(c, 0, "d", "1");
+  lp_client_iter_next(c, it, &k, &v, &err);
+  lp_client_iter_next(c, it, &k, &v, &err);
+  lp_client_reset(c);
+  check(!lp_client_iter_ready(c, it), "reset drops buffered entries");
+  lp_client_replay(c);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].id == 0 && slice_eq(rq[0].opts.gt, "c") &&
+            rq[0].opts.gte.ptr == NULL && slice_eq(rq[0].opts.lte, "y") && rq[0].opts.limit == 8 &&
+            rq[0].batch == 8,
+        "forward reopen: gt = bookmark, gte removed, lte kept, limit 10 - 2");
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+
+  lp_range_init(&r);
+  r.gt = S("a");
+  r.lt = S("x");
+  r.reverse = 1;
+  it = lp_client_iter_open(c, &r);
+  lp_client_reset(c);
+  lp_client_replay(c);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && slice_eq(rq[0].opts.gt, "a") && slice_eq(rq[0].opts.lt, "x") && rq[0].opts.reverse &&
+            rq[0].opts.limit == -1,
+        "reopen before any consumption resends the original range");
+  lp_client_out(c)->len = 0;
+  feed_entry(c, 0, "w", "1");
+  lp_client_iter_next(c, it, &k, &v, &err);
+  lp_client_reset(c);
+  lp_client_replay(c);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && slice_eq(rq[0].opts.lt, "w") && rq[0].opts.lte.ptr == NULL &&
+            slice_eq(rq[0].opts.gt, "a") && rq[0].opts.reverse,
+        "reverse reopen: lt = bookmark, gt kept");
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+
+  /* an iterator whose end arrived but whose entries were dropped is reopened;
+   * one that the caller saw end stays ended */
+  lp_range_init(&r);
+  it = lp_client_iter_open(c, &r);
+  feed_entry(c, 0, "a", "1");
+  {
+    lp_buf b = {0};
+    lp_wire_put_iterend(&b, 0);
+    lp_client_feed(c, b.ptr, b.len, &err);
+    lp_buf_free(&b);
+  }
+  lp_client_reset(c);
+  lp_client_replay(c);
+  n = decode_reqs(lp_client_out(c), rq, 8);
+  check(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].batch == 8, "end with unconsumed entries is refetched");
+  lp_client_out(c)->len = 0;
+  {
+    lp_buf b = {0};
+    lp_wire_put_iterend(&b, 0);
+    lp_client_feed(c, b.ptr, b.len, &err);
+    lp_buf_free(&b);
+  }
+  check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "ended");
+  lp_client_reset(c);
+  lp_client_replay(c);
+  check(lp_client_out(c)->len == 0, "ended iterator is not reopened");
+  lp_client_iter_close(c, it);
+  lp_client_free(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Part 2: against LevelDB through lp_session over memory                     */
+/* ------------------------------------------------------------------------ */
+
+#define NKEYS 10000
+#define WINDOW 64
+
+static char tmpdir[] = "/tmp/lp_client_test.XXXXXX";
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f) {
+  (void)st; (void)flag; (void)f;
+  return remove(p);
+}
+
+typedef struct loop {
+  lp_engine *eng;
+  lp_session *s;
+  lp_client *c;
+  lp_buf sout;   /* session output not yet fed to the client */
+  lp_buf tin;    /* test-side copy of the bytes fed, for counting entries */
+  long recv_entries; /* iterator entries fed since the last reset */
+  int proto_errors;
+} loop;
+
+/* Counts whole iterator data frames in the bytes handed to the client. */
+static void count_fed(loop *L, const char *p, size_t n) {
+  size_t off = 0;
+  lp_buf_append(&L->tin, p, n);
+  while (off < L->tin.len) {
+    lp_slice pl;
+    size_t used;
+    lp_response r;
+    int w = lp_wire_next_frame(L->tin.ptr + off, L->tin.len - off, LP_MAX_FRAME_DEFAULT, &pl, &used);
+    if (w == LP_WIRE_NEED_MORE) break;
+    off += used;
+    if (w != LP_WIRE_OK) continue;
+    if (lp_wire_decode_response(pl, &r) == LP_WIRE_OK && r.tag == LP_RES_ITERDATA &&
+        !r.error.ptr && (r.key.ptr || r.value.ptr))
+      L->recv_entries++;
+  }
+  lp_buf_consume(&L->tin, off);
+}
+
+/* One random step of transport: client -> session, pump, session -> client
+ * (possibly a partial prefix).  Returns 1 when something moved. */
+static int loop_step(loop *L, int all) {
+  lp_buf *out = lp_client_out(L->c);
+  lp_err err;
+  int moved = 0;
+  if (out->len) {
+    size_t n = all ? out->len : 1 + rnd() % out->len;
+    long used = lp_session_input(L->s, out->ptr, n, &L->sout, all ? 100000 : 1 + rnd() % 100, &err);
+    if (used < 0) {
+      L->proto_errors++;
+      return 0;
+    }
+    if (used > 0) moved = 1;
+    lp_buf_consume(out, (size_t)used);
+  }
+  if (lp_session_pump(L->s, &L->sout, all ? 100000 : 1 + rnd() % 100)) moved = 1;
+  if (L->sout.len) {
+    size_t n = all ? L->sout.len : 1 + rnd() % L->sout.len;
+    count_fed(L, L->sout.ptr, n);
+    if (lp_client_feed(L->c, L->sout.ptr, n, &err)) {
+      printf("# client feed: %s\n", err.msg);
+      L->proto_errors++;
+    }
+    lp_buf_consume(&L->sout, n);
+    moved = 1;
+  }
+  return moved;
+}
+
+static void loop_flush(loop *L) {
+  int guard = 0;
+  while (loop_step(L, 1) && guard++ < 100000) {}
+}
+
+/* Checks the reopen frames the way a Node leader would see them. */
+static int nodeish_ok(lp_client *c) {
+  lp_request rq[256];
+  int n = decode_reqs(lp_client_out(c), rq, 256), i;
+  if (n < 0) return 0;
+  for (i = 0; i < n; i++) {
+    if (rq[i].tag != LP_REQ_ITER || !rq[i].opts.present) continue;
+    if (rq[i].opts.gt.ptr && rq[i].opts.gte.ptr) return 0;
+    if (rq[i].opts.lt.ptr && rq[i].opts.lte.ptr) return 0;
+    if (!rq[i].opts.has_keys || !rq[i].opts.keys || !rq[i].opts.has_limit) return 0;
+  }
+  return 1;
+}
+
+static int nodeish_failures;
+
+/* Leader change: the connection drops, a new leader (a fresh session on the
+ * same data) takes over, the client replays. */
+static void leader_change(loop *L) {
+  lp_client_reset(L->c);
+  lp_session_free(L->s);
+  L->s = lp_session_new(L->eng, LP_MAX_FRAME_DEFAULT);
+  L->sout.len = 0;
+  L->tin.len = 0;
+  L->recv_entries = 0;
+  lp_client_replay(L->c);
+  if (!nodeish_ok(L->c)) nodeish_failures++;
+}
+
+static void keyname(char *b, int i) { snprintf(b, 16, "k%05d", i); }
+static void valname(char *b, int i) { snprintf(b, 24, "value-%d-%s", i, (i % 7) ? "x" : ""); }
+
+static void fill(lp_engine *e) {
+  lp_batch *b = lp_batch_new();
+  lp_err err;
+  char k[16], v[24];
+  int i;
+  for (i = 0; i < NKEYS; i++) {
+    keyname(k, i);
+    valname(v, i);
+    lp_batch_put(b, S(k), S(v));
+    if (i % 1000 == 999) {
+      if (lp_engine_write(e, b, 0, &err)) printf("# write: %s\n", err.msg);
+      lp_batch_clear(b);
+    }
+  }
+  lp_batch_free(b);
+}
+
+static int wait_done(loop *L, uint64_t t) {
+  int guard = 0;
+  while (!lp_client_done(L->c, t) && guard++ < 1000) loop_step(L, 1);
+  return lp_client_done(L->c, t);
+}
+
+static void test_requests(loop *L) {
+  uint64_t t;
+  lp_result res;
+  lp_response r;
+  lp_buf rest = {0};
+  lp_range range;
+  size_t cursor = 0;
+  lp_slice v1, v2, v3;
+  int rc;
+
+  t = sub_put(L->c, "zput", "hello", 0);
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "put round trip");
+  lp_result_free(&res);
+  t = sub_key(L->c, LP_REQ_GET, "zput", 0);
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && slice_eq(r.value, "hello"),
+        "get round trip");
+  lp_result_free(&res);
+  t = sub_key(L->c, LP_REQ_DEL, "zput", 0);
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "del round trip");
+  lp_result_free(&res);
+  t = sub_key(L->c, LP_REQ_GET, "zput", 0);
+  rc = wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK;
+  check(rc && r.error.ptr && r.error.len >= 8 && memcmp(r.error.ptr, "NotFound", 8) == 0,
+        "get of a deleted key: NotFound");
+  lp_result_free(&res);
+  lp_wire_rest_batch_op(&rest, 0, S("zb1"), S("1"));
+  lp_wire_rest_batch_op(&rest, 0, S("zb2"), S("2"));
+  lp_wire_rest_batch_op(&rest, 1, S("zb1"), LP_SLICE_NONE);
+  t = lp_client_submit(L->c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "batch round trip");
+  lp_result_free(&res);
+  rest.len = 0;
+  lp_wire_rest_getmany_key(&rest, S("zb1"));
+  lp_wire_rest_getmany_key(&rest, S("zb2"));
+  lp_wire_rest_getmany_key(&rest, S("k00042"));
+  t = lp_client_submit(L->c, LP_REQ_GETMANY, (lp_slice){rest.ptr, rest.len}, 0);
+  rc = wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && r.tag == LP_RES_GETMANY && r.count == 3 &&
+       lp_wire_next_value(&r, &cursor, &v1) && lp_wire_next_value(&r, &cursor, &v2) &&
+       lp_wire_next_value(&r, &cursor, &v3);
+  check(rc && v1.ptr == NULL && slice_eq(v2, "2") && slice_eq(v3, "value-42-"),
+        "getMany round trip (missing, batch-written, preloaded)");
+  lp_result_free(&res);
+  rest.len = 0;
+  lp_range_init(&range);
+  range.gte = S("zb");
+  range.lt = S("zc");
+  lp_wire_rest_clear(&rest, &range);
+  t = lp_client_submit(L->c, LP_REQ_CLEAR, (lp_slice){rest.ptr, rest.len}, 0);
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "clear round trip");
+  lp_result_free(&res);
+  t = sub_key(L->c, LP_REQ_GET, "zb2", 0);
+  rc = wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK;
+  check(rc && r.error.ptr != NULL, "cleared key is gone");
+  lp_result_free(&res);
+
+  /* Replay order through a real leader (reference 4.1): put old stays pending
+   * while put new reuses id 0; the leader dies; the new one must end with new. */
+  {
+    uint64_t tg, told, tnew;
+    lp_err err;
+    lp_buf *out = lp_client_out(L->c);
+    lp_buf replies = {0};
+    size_t off = 0;
+    tg = sub_key(L->c, LP_REQ_GET, "zx", 0);
+    told = sub_put(L->c, "zorder", "old", 0);
+    /* the old leader receives both but only the get's reply gets back */
+    lp_session_input(L->s, out->ptr, out->len, &replies, 1000, &err);
+    out->len = 0;
+    while (off < replies.len) {
+      lp_slice pl;
+      size_t used;
+      lp_response rr;
+      if (lp_wire_next_frame(replies.ptr + off, replies.len - off, LP_MAX_FRAME_DEFAULT, &pl, &used) !=
+          LP_WIRE_OK)
+        break;
+      if (lp_wire_decode_response(pl, &rr) == LP_WIRE_OK && rr.id == 0)
+        lp_client_feed(L->c, replies.ptr + off, used, &err);
+      off += used;
+    }
+    lp_buf_free(&replies);
+    tnew = sub_put(L->c, "zorder", "new", 0);
+    check(lp_client_done(L->c, tg) && !lp_client_done(L->c, told) && last_id(L->c) == 0,
+          "4.1 setup: get done, put old pending, put new on id 0");
+    leader_change(L);
+    loop_flush(L);
+    check(lp_client_done(L->c, told) && lp_client_done(L->c, tnew), "both puts acknowledged after replay");
+    if (!lp_client_take(L->c, tg, &res)) lp_result_free(&res);
+    if (!lp_client_take(L->c, told, &res)) lp_result_free(&res);
+    if (!lp_client_take(L->c, tnew, &res)) lp_result_free(&res);
+    t = sub_key(L->c, LP_REQ_GET, "zorder", 0);
+    check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && slice_eq(r.value, "new"),
+          "final value is 'new' (submission order, no lost update)");
+    lp_result_free(&res);
+    t = sub_key(L->c, LP_REQ_DEL, "zorder", 0);
+    check(wait_done(L, t), "cleanup del");
+    if (!lp_client_take(L->c, t, &res)) lp_result_free(&res);
+  }
+  lp_buf_free(&rest);
+}
+
+/* Expected index sequence for a range over k00000..k09999. */
+static int expected(const lp_range *r, int *seq) {
+  int n = 0, i;
+  char k[16];
+  for (i = 0; i < NKEYS; i++) {
+    keyname(k, i);
+    if (lp_range_contains(r, S(k))) seq[n++] = i;
+  }
+  if (r->reverse)
+    for (i = 0; i < n / 2; i++) {
+      int t = seq[i];
+      seq[i] = seq[n - 1 - i];
+      seq[n - 1 - i] = t;
+    }
+  if (r->limit >= 0 && n > r->limit) n = (int)r->limit;
+  return n;
+}
+
+static int keyindex(lp_slice k) {
+  char b[16];
+  if (k.len != 6 || k.ptr[0] != 'k') return -1;
+  memcpy(b, k.ptr + 1, 5);
+  b[5] = 0;
+  return atoi(b);
+}
+
+/* Streams one iterator to its end, with leader changes at random points.
+ * Returns the number of leader changes done. */
+static int run_iter(loop *L, const lp_range *r, const char *desc, double change_p, long *max_buf) {
+  static int seq[NKEYS];
+  int n = expected(r, seq), got = 0, changes = 0, stalls = 0, ok = 1;
+  long consumed_since_reset = 0;
+  lp_citer *it;
+  lp_slice k, v;
+  lp_err err;
+  char kb[16], vb[24];
+  loop_flush(L);
+  L->recv_entries = 0;
+  it = lp_client_iter_open(L->c, r);
+  if (!it) {
+    check(0, "%s: open", desc);
+    return 0;
+  }
+  for (;;) {
+    int steps = (int)(rnd() % 4), i, rc, burst;
+    for (i = 0; i < steps; i++) loop_step(L, 0);
+    burst = 1 + (int)(rnd() % 80);
+    rc = 2;
+    for (i = 0; i < burst; i++) {
+      long buffered = L->recv_entries - consumed_since_reset;
+      if (buffered > *max_buf) *max_buf = buffered;
+      rc = lp_client_iter_next(L->c, it, &k, &v, &err);
+      if (rc != 1) break;
+      consumed_since_reset++;
+      if (got >= n) {
+        ok = 0;
+        qcheck(0, "%s: more entries than expected (%d)", desc, n);
+        break;
+      }
+      keyname(kb, seq[got]);
+      valname(vb, seq[got]);
+      if (r->keys) {
+        if (!slice_eq(k, kb)) {
+          qcheck(0, "%s: entry %d key %.*s, want %s", desc, got, (int)k.len, k.ptr ? k.ptr : "", kb);
+          ok = 0;
+        }
+      } else if (k.ptr) {
+        qcheck(0, "%s: key not stripped", desc);
+        ok = 0;
+      }
+      if (r->values) {
+        if (!slice_eq(v, vb)) {
+          qcheck(0, "%s: entry %d value mismatch (want %s)", desc, got, vb);
+          ok = 0;
+        }
+      } else if (v.ptr) {
+        qcheck(0, "%s: value not stripped", desc);
+        ok = 0;
+      }
+      got++;
+      if (change_p > 0 && (double)(rnd() % 1000000) / 1e6 < change_p) {
+        leader_change(L);
+        consumed_since_reset = 0;
+        changes++;
+      }
+    }
+    if (!ok) break;
+    if (rc == 0) break;
+    if (rc == -1) {
+      qcheck(0, "%s: error %s", desc, err.msg);
+      ok = 0;
+      break;
+    }
+    if (rc == 2) {
+      if (change_p > 0 && rnd() % 50 == 0) {
+        leader_change(L);
+        consumed_since_reset = 0;
+        changes++;
+      }
+      if (!loop_step(L, 1) && !lp_client_iter_ready(L->c, it)) {
+        if (++stalls > 3) {
+          qcheck(0, "%s: stalled after %d of %d entries", desc, got, n);
+          ok = 0;
+          break;
+        }
+      } else {
+        stalls = 0;
+      }
+    }
+  }
+  if (ok && got != n) {
+    qcheck(0, "%s: got %d entries, want %d", desc, got, n);
+    ok = 0;
+  }
+  lp_client_iter_close(L->c, it);
+  loop_flush(L);
+  if (!ok) failures += 0;
+  return ok ? changes + 1 : 0;
+}
+
+static void test_iterators(loop *L) {
+  static const char *const lows[] = {"none", "gt", "gte"};
+  static const char *const highs[] = {"none", "lt", "lte"};
+  static const int64_t limits[] = {-1, 1, 100, 3000};
+  static const char *const modes[] = {"kv", "keys", "values"};
+  int rev, lo, hi, li, mo, combos = 0, okcombos = 0, changes = 0;
+  long max_buf = 0;
+  char lowk[16], highk[16], desc[128];
+  for (rev = 0; rev < 2; rev++)
+    for (lo = 0; lo < 3; lo++)
+      for (hi = 0; hi < 3; hi++)
+        for (li = 0; li < 4; li++)
+          for (mo = 0; mo < 3; mo++) {
+            lp_range r;
+            int res;
+            lp_range_init(&r);
+            r.reverse = rev;
+            keyname(lowk, (int)(rnd() % 3000));
+            keyname(highk, 7000 + (int)(rnd() % 3000));
+            if (lo == 1) r.gt = S(lowk);
+            if (lo == 2) r.gte = S(lowk);
+            if (hi == 1) r.lt = S(highk);
+            if (hi == 2) r.lte = S(highk);
+            r.limit = limits[li];
+            r.keys = mo != 2;
+            r.values = mo != 1;
+            snprintf(desc, sizeof desc, "%s %s=%s %s=%s limit %lld %s", rev ? "reverse" : "forward",
+                     lows[lo], lowk, highs[hi], highk, (long long)r.limit, modes[mo]);
+            combos++;
+            res = run_iter(L, &r, desc, 0.002, &max_buf);
+            if (res) {
+              okcombos++;
+              changes += res - 1;
+            }
+          }
+  check(okcombos == combos, "%d of %d iterator shapes streamed exactly once, in order, across %d leader changes",
+        okcombos, combos, changes);
+  check(changes > 50, "leader changes happened mid-stream (%d)", changes);
+  check(max_buf <= WINDOW * 3 / 2, "buffered entries never exceeded 1.5 x window (max %ld, window %d)", max_buf,
+        WINDOW);
+  check(nodeish_failures == 0, "no reopen frame carried gt with gte or lt with lte (%d bad)", nodeish_failures);
+  check(L->proto_errors == 0, "no protocol errors on either side (%d)", L->proto_errors);
+
+  /* several iterators and requests interleaved on one connection */
+  {
+    lp_range r1, r2;
+    lp_citer *a, *b;
+    lp_slice k, v;
+    lp_err err;
+    int na = 0, nb = 0, ra = 2, rb = 2, guard = 0, ok = 1;
+    uint64_t t;
+    lp_range_init(&r1);
+    lp_range_init(&r2);
+    r2.reverse = 1;
+    a = lp_client_iter_open(L->c, &r1);
+    b = lp_client_iter_open(L->c, &r2);
+    t = sub_put(L->c, "k00005", "value-5-x", 0); /* same value: the expected data stays */
+    while ((ra || rb) && guard++ < 200000) {
+      loop_step(L, 0);
+      if (ra) {
+        ra = lp_client_iter_next(L->c, a, &k, &v, &err);
+        if (ra == 1) ok = ok && keyindex(k) == na++;
+        if (ra == -1) ok = 0, ra = 0;
+      }
+      if (rb) {
+        rb = lp_client_iter_next(L->c, b, &k, &v, &err);
+        if (rb == 1) ok = ok && keyindex(k) == NKEYS - 1 - nb++;
+        if (rb == -1) ok = 0, rb = 0;
+      }
+      if (rnd() % 3000 == 0) leader_change(L);
+    }
+    check(ok && na == NKEYS && nb == NKEYS && lp_client_done(L->c, t),
+          "two iterators and a put interleaved with leader changes (%d, %d)", na, nb);
+    lp_client_iter_close(L->c, a);
+    lp_client_iter_close(L->c, b);
+    if (lp_client_done(L->c, t)) {
+      lp_result res;
+      if (!lp_client_take(L->c, t, &res)) lp_result_free(&res);
+    }
+    check(lp_client_pending(L->c) == 0 && lp_client_iterators(L->c) == 0, "flushed");
+  }
+  /* an iterator closed mid-stream: its stale entries never reach the next one */
+  {
+    lp_range r1;
+    lp_citer *a;
+    lp_slice k, v;
+    lp_err err;
+    int i, ok = 1, rc;
+    lp_range_init(&r1);
+    a = lp_client_iter_open(L->c, &r1);
+    loop_step(L, 1); /* the first window is on its way */
+    lp_client_iter_next(L->c, a, &k, &v, &err);
+    lp_client_iter_close(L->c, a);
+    r1.reverse = 1;
+    a = lp_client_iter_open(L->c, &r1);
+    for (i = 0; i < 500 && ok; i++) {
+      int guard = 0;
+      while ((rc = lp_client_iter_next(L->c, a, &k, &v, &err)) == 2 && guard++ < 100) loop_step(L, 0);
+      ok = rc == 1 && keyindex(k) == NKEYS - 1 - i;
+    }
+    check(ok, "an iterator opened after an early close gets only its own entries");
+    lp_client_iter_close(L->c, a);
+    loop_flush(L);
+  }
+}
+
+int main(void) {
+  loop L;
+  lp_engine_opts eo;
+  lp_client_opts co;
+  lp_err err;
+  const char *seed = getenv("LP_TEST_SEED");
+  if (seed) rng_state = strtoull(seed, NULL, 0) | 1;
+  printf("# seed 0x%llx\n", (unsigned long long)rng_state);
+
+  test_frames();
+  test_feed_splits();
+  test_ids();
+  test_replay_order();
+  test_timeouts();
+  test_mismatch_and_errors();
+  test_fail_all();
+  test_iter_codec();
+  test_iter_reopen();
+
+  memset(&L, 0, sizeof L);
+  if (!mkdtemp(tmpdir)) {
+    check(0, "mkdtemp");
+    return 1;
+  }
+  lp_engine_opts_init(&eo);
+  L.eng = lp_engine_open(tmpdir, &eo, &err);
+  check(L.eng != NULL, "engine opens in %s", tmpdir);
+  if (L.eng) {
+    fill(L.eng);
+    L.s = lp_session_new(L.eng, LP_MAX_FRAME_DEFAULT);
+    lp_client_opts_init(&co);
+    co.window = WINDOW;
+    L.c = lp_client_new(&co);
+    test_requests(&L);
+    test_iterators(&L);
+    lp_client_free(L.c);
+    lp_session_free(L.s);
+    lp_buf_free(&L.sout);
+    lp_buf_free(&L.tin);
+    lp_engine_close(L.eng);
+  }
+  nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+  printf("# %d checks, %d failed\n", checks, failures);
+  return failures ? 1 : 0;
+}
+
+/*
+ * Build and run (from the repository root):
+ *   gcc -std=gnu99 -D_GNU_SOURCE -g -fsanitize=address,undefined -Isrc \
+ *       test/client_test.c src/client.c src/wire.c src/buf.c src/engine.c src/server.c \
+ *       -lleveldb -luv -lpthread -o /tmp/client_test && /tmp/client_test
+ */
