@@ -80,7 +80,7 @@ local function api_script(enc)
     { gt = K[2], lt = K[6] }, { gte = K[2], lte = K[6] }, { gt = K[1], lte = K[7] }, { gte = K[3], lt = K[8] },
     { reverse = true }, { reverse = true, gt = K[2], lte = K[6] }, { reverse = true, gte = K[3], lt = K[7] },
     { limit = 3 }, { limit = 3, reverse = true }, { gte = K[3], limit = 2 }, { lt = K[7], limit = 2, reverse = true },
-    { limit = -1 }, { limit = 100 },
+    { limit = 100 },
     { keys = false }, { values = false }, { keys = false, reverse = true, limit = 2 },
     { values = false, gt = K[4] }, { keys = true, values = true, lte = K[4] },
     { gt = K[8] }, { lt = K[1] }, { gt = K[6], lt = K[2] }, { gte = K[4], lte = K[4] },
@@ -180,6 +180,21 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
         compare_runs(ref, got)
       end)
     end
+
+    interop("limit = -1 means no limit for Lua iter and clear, as for Node", function()
+      local dir = H.mkdtemp("limit")
+      local N = H.start("node", dir)
+      local Lf = H.start("lua", dir)
+      N:ok({ op = "batch", ops = { { type = "put", key = "a", value = "1" }, { type = "put", key = "b", value = "2" } } })
+      local want = { { key = "a", value = "1" }, { key = "b", value = "2" } }
+      assert.are.same(want, N:ok({ op = "readStream", options = { limit = -1 } }).entries)
+      local r = Lf:call({ op = "readStream", options = { limit = -1 } })
+      assert(r.ok, "Lua iter{limit=-1}: " .. H.json.encode(r))
+      assert.are.same(want, r.entries)
+      r = Lf:call({ op = "clear", range = { limit = -1 } })
+      assert(r.ok, "Lua clear{limit=-1}: " .. H.json.encode(r))
+      assert.are.same({}, N:ok({ op = "readStream", options = {} }).entries)
+    end)
 
     interop("json values put by Node read back as the same table in Lua, and the other way round", function()
       local dir = H.mkdtemp("json")
@@ -345,6 +360,12 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
     end
     local acked_before = {}
     for _, wr in ipairs(writers) do acked_before[wr] = #wr.w:progress_of(wr.id) end
+    for _, st in ipairs(streamers) do
+      assert(st.w.replies[st.id] == nil, "the kill must land mid-stream: " .. st.w:describe() .. " already ended")
+    end
+    for _, wr in ipairs(writers) do
+      assert(wr.w.replies[wr.id] == nil, "the kill must land mid-writes: " .. wr.w:describe() .. " already ended")
+    end
     leader:kill9()
 
     if force then

@@ -43,7 +43,6 @@
  */
 #include "private.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 

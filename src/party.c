@@ -299,6 +299,7 @@ void lp_party_flush(lp_party *p) {
 /* Reads everything available from the leader.  Returns 1 if bytes arrived. */
 static int follower_read(lp_party *p) {
   int got = 0;
+  if (p->client == NULL && lp_party_client(p) == NULL) return 0;
   if (p->inbuf.cap < 65536 && lp_buf_reserve(&p->inbuf, 65536) != 0) return 0;
   for (;;) {
     ssize_t n = recv(p->fd, p->inbuf.ptr, p->inbuf.cap, MSG_DONTWAIT);
@@ -410,7 +411,7 @@ void lp_party_pollinfo(lp_party *p, int *fd, int *events, int *timeout_ms) {
     case P_FOLLOWER:
       *fd = p->fd;
       *events = POLLIN;
-      if (lp_client_out(p->client)->len > 0) *events |= POLLOUT;
+      if (p->client != NULL && lp_client_out(p->client)->len > 0) *events |= POLLOUT;
       break;
     case P_ELECTING:
       *fd = p->watch.fd;

@@ -35,11 +35,11 @@ local function luv_adaptor()
 	return adaptor
 end
 
--- true when this call should yield instead of blocking
+-- true when this call should yield instead of blocking: in a coroutine that
+-- can yield, once the application loaded luv (as with luv's coro-* helpers,
+-- the coroutine is resumed from luv's loop: the application runs uv.run()).
 local function async_mode()
-	local uv = loaded.luv
-	if uv == nil or not isyieldable() then return false end
-	if uv.loop_mode() == nil then return false end
+	if loaded.luv == nil or not isyieldable() then return false end
 	if adaptor == nil then luv_adaptor() end
 	return true
 end

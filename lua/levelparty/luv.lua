@@ -38,22 +38,24 @@ local drivers = {}   -- party lightuserdata -> driver
 local Driver = {}
 Driver.__index = Driver
 
--- Coroutines that gave up the loop for one turn (time slice over).
-local ticking, tick_timer = {}, nil
+-- Coroutines that gave up the loop for one turn (time slice over).  An idle
+-- handle, not a 0 ms timer: libuv runs a timer re-armed with 0 ms again in the
+-- same pass, which would starve every other timer.
+local ticking, tick_idle = {}, nil
 
 local function run_ticks()
 	local list = ticking
 	ticking = {}
 	slice_begin()
 	for i = 1, #list do resume(list[i]) end
-	if #ticking == 0 then tick_timer:stop() end
+	if #ticking == 0 then tick_idle:stop() end
 end
 
 --- Lets the loop run once, then returns (from inside a coroutine).
 function _M.tick()
-	if tick_timer == nil then tick_timer = uv.new_timer() end
+	if tick_idle == nil then tick_idle = uv.new_idle() end
 	ticking[#ticking + 1] = coroutine_running()
-	if #ticking == 1 then tick_timer:start(0, 0, run_ticks) end
+	if #ticking == 1 then tick_idle:start(run_ticks) end
 	coroutine_yield()
 end
 
