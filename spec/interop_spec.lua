@@ -244,6 +244,7 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
   ----------------------------------------------------------------------------------------------
 
   local STREAM_N = 3000 -- more than any read-ahead window, so the kill lands mid-stream
+  local WRITES = 1000   -- per writer, 3 ms apart: still writing when the streams reach the kill point
 
   local function preload(w, prefix, n)
     local ops = {}
@@ -344,13 +345,13 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
 
     for i, wr in ipairs(writers) do
       wr.prefix = ("w-%d-%s-"):format(i, wr.w.kind)
-      wr.id = wr.w:send({ op = "write", prefix = wr.prefix, count = 300, interval_ms = 3 })
+      wr.id = wr.w:send({ op = "write", prefix = wr.prefix, count = WRITES, interval_ms = 3 })
     end
     for _, st in ipairs(streamers) do
       st.id = st.w:send({ op = "stream", options = st.spec.options, delay_ms = 1 })
     end
     for _, wr in ipairs(writers) do wr.w:wait_progress(wr.id, 30, 60) end
-    for _, st in ipairs(streamers) do st.w:wait_progress(st.id, 300, 60) end
+    for _, st in ipairs(streamers) do st.w:wait_progress(st.id, 200, 60) end
 
     local stopped = {}
     if force then
@@ -385,7 +386,7 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
     for _, wr in ipairs(writers) do
       local r = wr.w:wait_reply(wr.id, 120)
       assert(r.ok, wr.w:describe() .. " writer failed: " .. H.json.encode(r))
-      assert.are.equal(300, #wr.w:progress_of(wr.id))
+      assert.are.equal(WRITES, #wr.w:progress_of(wr.id))
       assert.is_true(#wr.w:progress_of(wr.id) > acked_before[wr], "writer carried on")
     end
     for _, st in ipairs(streamers) do

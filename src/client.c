@@ -40,6 +40,21 @@
  * still send; when an iterator is closed early its id is kept reserved (an
  * orphan slot counting down those frames) so that stale entries cannot land on
  * a newer iterator that would reuse the id.
+ *
+ * Choices the header leaves open:
+ *   - A reply whose type does not fit the request (GetManyCallback for a Get,
+ *     Callback for a GetMany) finishes it with LP_EREMOTE; unknown reply tags
+ *     and empty frames are ignored (as Node does); a body that does not decode,
+ *     an oversized frame, an iterator entry without a key or beyond the window
+ *     make lp_client_feed fail with LP_EPROTO.
+ *   - An iterator's end or error (remote, or local from fail_all / expire)
+ *     comes after the entries already buffered.  A remote end or error whose
+ *     entries were dropped by a reset is forgotten, and the iterator reopens.
+ *   - lp_client_replay begins with lp_client_reset, so it is correct on a
+ *     first connection too (requests framed before it are re-framed once, in
+ *     token order); call it before writing anything on the new connection.
+ *   - lp_client_iterators counts iterator handles not yet closed;
+ *     lp_client_expire counts timed-out iterator waits along with requests.
  */
 #include "private.h"
 

@@ -1168,9 +1168,11 @@ static void test_corrupt(void) {
     memset(&err, 0, sizeof err);
     while ((rc = lp_engine_iter_next(it, &k, &v, &err)) == 1)
       n++;
+    /* LevelDB reports a short table as "IO error: ...: Invalid argument" (the
+     * footer read) or as a corruption, depending on where it is cut. */
     check(truncated > 0 && rc == -1 && strncmp(err.msg, "iterator: ", 10) == 0 &&
-              err.code == LP_ECORRUPT,
-          "iterator over truncated tables fails with \"iterator: Corruption...\"",
+              (err.code == LP_ECORRUPT || err.code == LP_EIO),
+          "iterator over truncated tables fails with \"iterator: <leveldb error>\"",
           "%d files truncated, %d entries, rc %d, code %s msg %s", truncated, n, rc,
           lp_code_name(err.code), err.msg);
     rc = lp_engine_iter_next(it, &k, &v, &err);

@@ -759,6 +759,38 @@ static void test_pipelined(void) {
   req_key(&b, LP_REQ_GET, 4, "a2");
   send_buf(&c, &b);
   EXPECT(&c, "\x07\x00\x08\x04\x1a\x02v2", "empty frames are skipped");
+
+  /* getMany edge cases */
+  lp_wire_frame(&b, LP_REQ_GETMANY, 5, (lp_slice){"", 0});
+  send_buf(&c, &b);
+  EXPECT(&c, "\x03\x02\x08\x05", "getMany of no keys");
+  {
+    lp_buf rest = {0};
+    lp_wire_rest_getmany_key(&rest, S("a1"));
+    lp_wire_rest_getmany_key(&rest, S(""));
+    lp_wire_frame(&b, LP_REQ_GETMANY, 6, (lp_slice){rest.ptr, rest.len});
+    lp_buf_free(&rest);
+  }
+  send_buf(&c, &b);
+  EXPECT(&c, "\x22\x02\x08\x06\x12\x1dkey cannot be an empty Buffer",
+         "getMany with an empty key is refused");
+
+  /* half-close: requests sent before EOF are still answered, then close */
+  for (uint32_t i = 0; i < 10; i++) req_key(&b, LP_REQ_GET, i, "a1");
+  send_buf(&c, &b);
+  shutdown(c.fd, SHUT_WR);
+  int replies = 0;
+  for (;;) {
+    lp_slice raw;
+    int rc = read_frame(&c, &raw, NULL, 3000);
+    if (rc != 1) {
+      check(rc == -1, "server closes after answering a half-closed peer", "rc %d", rc);
+      break;
+    }
+    replies++;
+    frame_done(&c, raw);
+  }
+  check(replies == 10, "a half-closed peer gets its replies", "%d of 10", replies);
   lp_buf_free(&b);
   client_close(&c);
 }
@@ -934,7 +966,7 @@ static void test_slow_reader(void) {
     free(got);
     usleep(20000);
   }
-  check(worst < 0.5, "other clients are served while one reader stalls", "worst %.3fs", worst);
+  check(worst < 2.0, "other clients are served while one reader stalls", "worst %.3fs", worst);
   long rss1 = rss_kib();
   printf("# stalled reader: RSS grew %ld KiB, worst latency of the other client %.1f ms\n",
          rss1 - rss0, worst * 1000);
