@@ -37,6 +37,8 @@ build = {
   type = "builtin",
   modules = {
     levelparty = "lua/levelparty/init.lua",
+    ["levelparty.encoding"] = "lua/levelparty/encoding.lua",
+    ["levelparty.luv"] = "lua/levelparty/luv.lua",
     ["levelparty.core"] = {
       sources = {
         "src/buf.c",

@@ -17,6 +17,9 @@ unavailable() {
 	exit 3
 }
 
+# LEVELPARTY_NO_NODE=1 simulates a machine without Node (checks the specs' pending path).
+[ "${LEVELPARTY_NO_NODE:-0}" = 1 ] && unavailable "disabled by LEVELPARTY_NO_NODE=1"
+
 # Never replace a node that is already installed (it may come from elsewhere than apt).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

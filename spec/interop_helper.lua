@@ -14,7 +14,7 @@ H.DEFAULT_TIMEOUT = 30 -- seconds; generous, only reached when something is brok
 local function script_dir()
   local src = debug.getinfo(1, "S").source:gsub("^@", "")
   local d = src:match("^(.*)/[^/]*$") or "."
-  if d:sub(1, 1) ~= "/" then d = uv.cwd() .. "/" .. d end
+  if d:sub(1, 1) ~= "/" then d = (uv.cwd() .. "/" .. d):gsub("/%./", "/"):gsub("/%.$", "") end
   return d
 end
 

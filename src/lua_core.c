@@ -21,6 +21,7 @@
 #include "private.h"
 #include "compat.h"
 
+#include <dlfcn.h>
 #include <leveldb/c.h>
 #include <lualib.h>
 #include <poll.h>
@@ -59,8 +60,12 @@ struct lua_iter {
   lp_citer *remote;
   int keys, values;
   int open;
+  int has_err;         /* a failure met after a page's entries: next page */
+  lp_err err;
   lua_iter *prev, *next;
 };
+
+#define PAGE_ENTRIES 256
 
 typedef struct lua_clear {
   lua_db *db;
@@ -419,6 +424,20 @@ static int db_forget(lua_State *L) {
   return 0;
 }
 
+/* db:set_polled(bool): the luv driver polls this party's fds */
+static int db_set_polled(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party != NULL) lp_party_set_polled(d->party, lua_toboolean(L, 2));
+  return 0;
+}
+
+/* db:reap(): the driver dropped its poll handle: close retired fds */
+static int db_reap(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party != NULL) lp_party_reap(d->party);
+  return 0;
+}
+
 static int db_flush(lua_State *L) {
   lua_db *d = check_db(L);
   if (d->party != NULL) lp_party_flush(d->party);
@@ -498,16 +517,73 @@ static int db_del(lua_State *L) {
   return submit(L, d, LP_REQ_DEL, &rest, OP_WRITE, "del", async);
 }
 
-/* db:batch(async, ops, sync): ops is a validated array of {type, key, value}
- * with encoded strings; type "put" or "del". */
+/* Reads operation i of the ops table at index 3: pushes nothing, fills
+ * *is_put, *k, *v (valid while the table holds them).  numbers_ok: the key
+ * encoding turns numbers into strings (utf8).  Returns NULL, or the reason
+ * the operation is misuse. */
+static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, lp_slice *k, lp_slice *v) {
+  const char *type;
+  int kt, vt;
+  lua_rawgeti(L, 3, (int)i);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return "table expected";
+  }
+  lua_getfield(L, -1, "type");
+  type = lua_tostring(L, -1);
+  *is_put = type != NULL && strcmp(type, "put") == 0;
+  if (!*is_put && (type == NULL || strcmp(type, "del") != 0)) {
+    lua_pop(L, 2);
+    return "type must be \"put\" or \"del\"";
+  }
+  lua_getfield(L, -2, "key");
+  kt = lua_type(L, -1);
+  if (kt != LUA_TSTRING && !(numbers_ok && kt == LUA_TNUMBER)) {
+    lua_pop(L, 3);
+    return "key must be a string";
+  }
+  k->ptr = lua_tolstring(L, -1, &k->len);
+  if (k->len == 0) {
+    lua_pop(L, 3);
+    return "key must not be empty";
+  }
+  v->ptr = NULL;
+  v->len = 0;
+  if (*is_put) {
+    lua_getfield(L, -3, "value");
+    vt = lua_type(L, -1);
+    if (vt != LUA_TSTRING && !(numbers_ok && vt == LUA_TNUMBER)) {
+      lua_pop(L, 4);
+      return "value must be a string";
+    }
+    v->ptr = lua_tolstring(L, -1, &v->len);
+    lua_pop(L, 1);
+  }
+  /* the key and value strings stay referenced by the op table, which the ops
+   * table (argument 3) references: safe to use after popping */
+  lua_pop(L, 3);
+  return NULL;
+}
+
+static int batch_misuse(lua_State *L, size_t i, const char *why) {
+  lua_pushboolean(L, 0);
+  lua_pushfstring(L, "batch: bad operation #%d (%s)", (int)i, why);
+  return 2;
+}
+
+/* db:batch(async, ops, sync, numbers_ok): ops is an array of {type, key,
+ * value} with string keys and values (or numbers when numbers_ok); type "put"
+ * or "del".  Misuse returns false, msg (the Lua layer raises it at the
+ * caller's line). */
 static int db_batch(lua_State *L) {
   lua_db *d = check_db(L);
-  int sync, async;
+  int sync, async, numbers_ok;
   size_t n, i;
   lp_engine *e;
   async = lua_toboolean(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   sync = lua_isnil(L, 4) ? d->sync : lua_toboolean(L, 4);
+  numbers_ok = lua_toboolean(L, 5);
   if (d->party == NULL) return push_closed(L, "batch");
   n = lua_rawlen(L, 3);
   e = lp_party_engine(d->party);
@@ -519,24 +595,15 @@ static int db_batch(lua_State *L) {
     b = lp_batch_new();
     if (b == NULL) return push_err(L, LP_ENOMEM, "batch: out of memory");
     for (i = 1; i <= n; i++) {
-      lp_slice k, v = LP_SLICE_NONE;
+      lp_slice k, v;
       int is_put;
-      lua_rawgeti(L, 3, (int)i);
-      lua_getfield(L, -1, "type");
-      is_put = lua_tostring(L, -1) != NULL && strcmp(lua_tostring(L, -1), "put") == 0;
-      lua_getfield(L, -2, "key");
-      k.ptr = lua_tolstring(L, -1, &k.len);
-      if (is_put) {
-        lua_getfield(L, -3, "value");
-        v.ptr = lua_tolstring(L, -1, &v.len);
-      }
-      if (k.ptr == NULL || (is_put && v.ptr == NULL)) {
+      const char *why = read_op(L, i, numbers_ok, &is_put, &k, &v);
+      if (why != NULL) {
         lp_batch_free(b);
-        return luaL_error(L, "batch: operation %d is not a validated {type, key, value}", (int)i);
+        return batch_misuse(L, i, why);
       }
       if (is_put) lp_batch_put(b, k, v);
       else lp_batch_del(b, k);
-      lua_pop(L, is_put ? 4 : 3);
     }
     r = lp_engine_write(e, b, sync, &err);
     lp_batch_free(b);
@@ -546,23 +613,14 @@ static int db_batch(lua_State *L) {
   } else {
     lp_buf rest = {NULL, 0, 0};
     for (i = 1; i <= n; i++) {
-      lp_slice k, v = LP_SLICE_NONE;
+      lp_slice k, v;
       int is_put, r;
-      lua_rawgeti(L, 3, (int)i);
-      lua_getfield(L, -1, "type");
-      is_put = lua_tostring(L, -1) != NULL && strcmp(lua_tostring(L, -1), "put") == 0;
-      lua_getfield(L, -2, "key");
-      k.ptr = lua_tolstring(L, -1, &k.len);
-      if (is_put) {
-        lua_getfield(L, -3, "value");
-        v.ptr = lua_tolstring(L, -1, &v.len);
-      }
-      if (k.ptr == NULL || (is_put && v.ptr == NULL)) {
+      const char *why = read_op(L, i, numbers_ok, &is_put, &k, &v);
+      if (why != NULL) {
         lp_buf_free(&rest);
-        return luaL_error(L, "batch: operation %d is not a validated {type, key, value}", (int)i);
+        return batch_misuse(L, i, why);
       }
       r = lp_wire_rest_batch_op(&rest, is_put ? 0 : 1, k, v);
-      lua_pop(L, is_put ? 4 : 3);
       if (r != 0) {
         lp_buf_free(&rest);
         return push_err(L, LP_ENOMEM, "batch: out of memory");
@@ -817,6 +875,72 @@ static int iter_next(lua_State *L) {
   return push_lperr(L, &err);
 }
 
+/* it:page(async, t) -> n | PENDING | YIELD | nil, msg, code
+ * Fills t[1..] with up to PAGE_ENTRIES entries (k, v, k, v... or one side per
+ * entry when the caller asked for one; `true` when neither) and returns how
+ * many entries; 0 at the end.  One call per page keeps the per-entry cost of
+ * crossing into C and of deciding how to wait off the iteration. */
+static int iter_page(lua_State *L) {
+  lua_iter *it = check_iter(L);
+  int async = lua_toboolean(L, 2);
+  int n = 0, slot = 0, r = 1;
+  lp_slice k, v;
+  lp_err err;
+  luaL_checktype(L, 3, LUA_TTABLE);
+  if (it->has_err) {
+    it->has_err = 0;
+    return push_lperr(L, &it->err);
+  }
+  if (!it->open) {
+    if (it->db->party == NULL) return push_closed(L, "iterator");
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  if (it->local != NULL) {
+    if (async && slice_over()) return push_yield(L);
+    while (n < PAGE_ENTRIES && (r = lp_engine_iter_next(it->local, &k, &v, &err)) == 1) {
+      if (it->keys) { lua_pushlstring(L, k.ptr, k.len); lua_rawseti(L, 3, ++slot); }
+      if (it->values) { lua_pushlstring(L, v.ptr, v.len); lua_rawseti(L, 3, ++slot); }
+      if (!it->keys && !it->values) { lua_pushboolean(L, 1); lua_rawseti(L, 3, ++slot); }
+      n++;
+    }
+  } else {
+    lp_party *p = it->db->party;
+    lp_client *c = lp_party_client(p);
+    for (;;) {
+      while (n < PAGE_ENTRIES && (r = lp_client_iter_next(c, it->remote, &k, &v, &err)) == 1) {
+        if (it->keys) { lua_pushlstring(L, k.ptr ? k.ptr : "", k.len); lua_rawseti(L, 3, ++slot); }
+        if (it->values) { lua_pushlstring(L, v.ptr ? v.ptr : "", v.len); lua_rawseti(L, 3, ++slot); }
+        if (!it->keys && !it->values) { lua_pushboolean(L, 1); lua_rawseti(L, 3, ++slot); }
+        n++;
+      }
+      if (lp_client_out(c)->len > 0) lp_party_flush(p);
+      if (r != 2 || n > 0) break;
+      lp_client_iter_wait_deadline(c, it->remote, deadline_of(it->db));
+      if (async) {
+        lua_pushlightuserdata(L, PENDING);
+        return 1;
+      }
+      if (lp_party_wait_iter(p, it->remote, &err) != 0) {
+        r = -1;
+        break;
+      }
+    }
+  }
+  if (r == 1 || r == 2) { /* a full page, or what was buffered */
+    lua_pushinteger(L, n);
+    return 1;
+  }
+  iter_release(it);
+  if (r < 0) {
+    if (n == 0) return push_lperr(L, &err);
+    it->has_err = 1;
+    it->err = err;
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 /* it:ready() -> true when next() would not return PENDING */
 static int iter_ready(lua_State *L) {
   lua_iter *it = check_iter(L);
@@ -859,14 +983,14 @@ static const luaL_Reg db_methods[] = {
   {"close", db_close}, {"role", db_role}, {"role_change", db_role_change},
   {"opened", db_opened}, {"party", db_party}, {"path", db_path}, {"step", db_step},
   {"pollinfo", db_pollinfo}, {"done", db_done}, {"result", db_result},
-  {"forget", db_forget}, {"flush", db_flush}, {"get", db_get}, {"put", db_put},
+  {"forget", db_forget}, {"flush", db_flush}, {"set_polled", db_set_polled}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
   {"del", db_del}, {"batch", db_batch}, {"get_many", db_get_many}, {"clear", db_clear},
   {"clear_begin", db_clear_begin}, {"is_leader", db_is_leader}, {"iter", db_iter},
   {NULL, NULL}
 };
 
 static const luaL_Reg iter_methods[] = {
-  {"next", iter_next}, {"ready", iter_ready}, {"close", iter_close}, {"db", iter_db},
+  {"next", iter_next}, {"page", iter_page}, {"ready", iter_ready}, {"close", iter_close}, {"db", iter_db},
   {NULL, NULL}
 };
 
@@ -898,8 +1022,18 @@ static int iter_gc(lua_State *L) {
   return 0;
 }
 
+/* LevelDB's background compaction thread never exits.  If lua_close() unloaded
+ * this module (and with it libleveldb) while that thread still runs, the
+ * process would crash at exit; so the module pins itself in memory. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_module, &info) && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 int luaopen_levelparty_core(lua_State *L);
 int luaopen_levelparty_core(lua_State *L) {
+  pin_module();
   new_class(L, DB_MT, db_methods, db_gc);
   luaL_getmetatable(L, DB_MT);
   lua_pushcfunction(L, db_tostring);

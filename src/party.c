@@ -47,6 +47,9 @@ struct lp_party {
   uint64_t progress;
   int role_changed;           /* a role change not yet reported */
   unsigned fd_gen;            /* bumped whenever the fd to poll changes */
+  int polled;                 /* an event loop polls our fds (the luv driver) */
+  int dead[8];                /* fds retired while polled: closed by lp_party_reap */
+  int ndead;
 
   /* leader */
   lp_engine *engine;
@@ -126,7 +129,8 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
   char *real;
   if (stat(dir, &st) != 0) {
     if (errno != ENOENT) {
-      lp_err_set(err, errno == EACCES ? LP_EACCES : LP_EIO, "open: %s: %s", dir, strerror(errno));
+      lp_code c = errno == EACCES ? LP_EACCES : errno == ENOTDIR ? LP_ENOTDIR : LP_EIO;
+      lp_err_set(err, c, "open: %s: %s", dir, strerror(errno));
       return NULL;
     }
     if (!eo->create_if_missing) {
@@ -148,19 +152,39 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
   return real;
 }
 
-static void close_watch(lp_party *p) {
-  if (p->watch.fd >= 0) {
-    lp_watch_close(&p->watch);
-    p->fd_gen++;
+/* An fd we stop using.  While an event loop polls it, closing it at once
+ * would leave the loop polling a closed (or reused) number: it is kept open
+ * until the poller has dropped it and calls lp_party_reap. */
+static void retire_fd(lp_party *p, int fd) {
+  p->fd_gen++;
+  if (!p->polled) {
+    close(fd);
+    return;
   }
+  if (p->ndead == (int)(sizeof p->dead / sizeof p->dead[0])) {
+    close(p->dead[0]);
+    memmove(p->dead, p->dead + 1, sizeof p->dead - sizeof p->dead[0]);
+    p->ndead--;
+  }
+  p->dead[p->ndead++] = fd;
+}
+
+void lp_party_reap(lp_party *p) {
+  while (p->ndead > 0) close(p->dead[--p->ndead]);
+}
+
+void lp_party_set_polled(lp_party *p, int polled) {
+  p->polled = polled;
+  if (!polled) lp_party_reap(p);
+}
+
+static void close_watch(lp_party *p) {
+  if (p->watch.fd >= 0) retire_fd(p, p->watch.fd);
   p->watch.fd = -1;
 }
 
 static void close_conn(lp_party *p) {
-  if (p->fd >= 0) {
-    close(p->fd);
-    p->fd_gen++;
-  }
+  if (p->fd >= 0) retire_fd(p, p->fd);
   p->fd = -1;
 }
 
@@ -196,9 +220,8 @@ static void become_leader(lp_party *p, lp_engine *e) {
     p->has_fatal = 1;
     return;
   }
-  p->server = lp_server_start(e, lfd, &p->opts.server, &err);
+  p->server = lp_server_start(e, lfd, &p->opts.server, &err); /* owns lfd, even on failure */
   if (p->server == NULL) {
-    close(lfd);
     lp_sock_unlink(p->path);
     lp_engine_close(e);
     p->fatal = err;
@@ -416,6 +439,10 @@ void lp_party_pollinfo(lp_party *p, int *fd, int *events, int *timeout_ms) {
     case P_ELECTING:
       *fd = p->watch.fd;
       *events = POLLIN;
+      if (p->next_try_ns == 0) { /* an election step is due now */
+        *timeout_ms = 0;
+        return;
+      }
       deadline = p->next_try_ns;
       if (!p->opened && (deadline == 0 || p->open_deadline_ns < deadline))
         deadline = p->open_deadline_ns;
@@ -562,6 +589,7 @@ static void party_close(lp_party *p) {
   p->engine = NULL;
   close_conn(p);
   close_watch(p);
+  lp_party_reap(p);
   if (p->client != NULL) lp_client_free(p->client);
   p->client = NULL;
   lp_buf_free(&p->inbuf);

@@ -551,6 +551,11 @@ int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err);
 /* Bumped whenever the fd lp_party_pollinfo names changes, even when the new
  * one reuses the number (a poller must then register it again). */
 unsigned lp_party_fd_generation(const lp_party *p);
+/* An event loop polls the fds lp_party_pollinfo names (1) or not (0).  While
+ * polled, fds the party stops using stay open until lp_party_reap, which the
+ * poller calls once it has dropped its handle on them. */
+void lp_party_set_polled(lp_party *p, int polled);
+void lp_party_reap(lp_party *p);
 /* Pid of the process holding the LOCK while electing, for messages (0 unknown). */
 pid_t lp_party_lock_holder(const lp_party *p);
 

@@ -724,6 +724,11 @@ static int conn_process(srv_conn *c) {
     long used = lp_session_input(c->sess, c->in.ptr + off, piece, &c->out, SRV_PUMP_CHUNK, &err);
     if (used < 0) {
       srv_log(s, "closing connection pid %ld: %s", c->pid, err.msg);
+      /* best effort: the replies to the frames before the bad one */
+      if (!c->writing && c->out.len > 0) {
+        uv_buf_t b = uv_buf_init(c->out.ptr, (unsigned)c->out.len);
+        (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+      }
       conn_close(c);
       return -1;
     }
@@ -824,11 +829,11 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   c->srv = s;
   c->pid = -1;
   c->uid = -1;
-  c->pipe.data = c;
   if (uv_pipe_init(&s->loop, &c->pipe, 0) < 0) {
     free(c);
     return;
   }
+  c->pipe.data = c;
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;

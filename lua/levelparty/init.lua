@@ -31,7 +31,10 @@ local _M = {
 -- application can be running luv's loop without having required it.
 local adaptor
 local function luv_adaptor()
-	if adaptor == nil and loaded.luv ~= nil then adaptor = require "levelparty.luv" end
+	if adaptor == nil and loaded.luv ~= nil then
+		adaptor = require "levelparty.luv"
+		adaptor.on_error = function(co, err) return _M.on_error(co, err) end
+	end
 	return adaptor
 end
 
@@ -49,6 +52,11 @@ function _M.on_error(co, err)
 	io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
 end
 
+-- Misuse raises at the caller's line: `lvl` counts the frames between the
+-- public method and here (3 when a method calls misuse itself).
+local function misuse_at(lvl, fname, fmt, ...)
+	error(format("%s: " .. fmt, fname, ...), lvl)
+end
 local function misuse(fname, fmt, ...)
 	error(format("%s: " .. fmt, fname, ...), 3)
 end
@@ -68,20 +76,25 @@ local OPEN_OPTIONS = {
 	allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
 }
 
-local function check_options(fname, opts, known)
+local function check_options(fname, opts, known, lvl)
+	lvl = lvl or 4
 	if opts == nil then return {} end
-	if type(opts) ~= "table" then misuse(fname, "bad argument (options must be a table, got %s)", type(opts)) end
+	if type(opts) ~= "table" then misuse_at(lvl, fname, "bad argument (options must be a table, got %s)", type(opts)) end
 	for k, v in pairs(opts) do
 		local want = known[k]
-		if want == nil then misuse(fname, "unknown option '%s'", tostring(k)) end
+		if want == nil then misuse_at(lvl, fname, "unknown option '%s'", tostring(k)) end
 		if want == "encoding" then
 			if type(v) ~= "string" and type(v) ~= "table" then
-				misuse(fname, "option '%s' must be an encoding name or table, got %s", k, type(v))
+				misuse_at(lvl, fname, "option '%s' must be an encoding name or table, got %s", k, type(v))
 			end
 		elseif want ~= "any" and type(v) ~= want then
-			misuse(fname, "option '%s' must be a %s, got %s", k, want, type(v))
+			misuse_at(lvl, fname, "option '%s' must be a %s, got %s", k, want, type(v))
 		end
-		if want == "number" and (v ~= v or v < 0) then misuse(fname, "option '%s' must be >= 0", k) end
+		-- a negative limit means "no limit", as in Node
+		if want == "number" and k ~= "limit" and (v ~= v or v < 0) then
+			misuse_at(lvl, fname, "option '%s' must be >= 0", k)
+		end
+		if v ~= v then misuse_at(lvl, fname, "option '%s' must be a number, got NaN", k) end
 	end
 	return opts
 end
@@ -105,19 +118,28 @@ end
 
 local party_handles = {}   -- party -> number of open Lua handles (for the luv driver)
 
-local function encode_key(self, fname, key, argn)
-	if key == nil then misuse(fname, "bad argument #%d (key expected, got nil)", argn) end
+local function encode_key(self, fname, key, argn, lvl)
+	lvl = lvl or 4
+	if key == nil then misuse_at(lvl, fname, "bad argument #%d (key expected, got nil)", argn) end
 	local k, want = self._kenc.encode(key)
-	if k == nil then misuse(fname, "bad argument #%d (key must be %s, got %s)", argn, want, type(key)) end
-	if k == "" then misuse(fname, "bad argument #%d (key must not be empty)", argn) end
+	if k == nil then misuse_at(lvl, fname, "bad argument #%d (key must be %s, got %s)", argn, want, type(key)) end
+	if k == "" then misuse_at(lvl, fname, "bad argument #%d (key must not be empty)", argn) end
 	return k
 end
 
-local function encode_value(self, fname, value, argn)
-	if value == nil then misuse(fname, "bad argument #%d (value expected, got nil)", argn) end
+local function encode_value(self, fname, value, argn, lvl)
+	lvl = lvl or 4
+	if value == nil then misuse_at(lvl, fname, "bad argument #%d (value expected, got nil)", argn) end
 	local v, want = self._venc.encode(value)
-	if v == nil then misuse(fname, "bad argument #%d (value must be %s, got %s)", argn, want, type(value)) end
+	if v == nil then misuse_at(lvl, fname, "bad argument #%d (value must be %s, got %s)", argn, want, type(value)) end
 	return v
+end
+
+-- db.method(...) instead of db:method(...)
+local function check_self(self, fname)
+	if type(self) ~= "table" or rawget(self, "_c") == nil then
+		error(format("%s: call it as a method (db:%s(...)), got %s as self", fname, fname, type(self)), 3)
+	end
 end
 
 local function decode_value(self, fname, v)
@@ -157,6 +179,7 @@ end
 
 --- db:get(key [, opts]) -> value | nil | nil, msg, code
 function DB:get(key, opts, extra)
+	check_self(self, "get")
 	if extra ~= nil then too_many("get", 2) end
 	if opts ~= nil then check_options("get", opts, READ_OPTIONS) end
 	local c, k = self._c, encode_key(self, "get", key, 1)
@@ -165,12 +188,16 @@ function DB:get(key, opts, extra)
 	while v == YIELD do adaptor.tick() v, err, code = c:get(true, k) end
 	if v == PENDING then v, err, code = finish(self, "get", v, err)
 	elseif not async then after_blocking(self) end
-	if v == nil then return nil, err, code end
+	if v == nil then
+		if err == nil then return nil end -- a missing key is one nil
+		return nil, err, code
+	end
 	return decode_value(self, "get", v)
 end
 
 --- db:put(key, value [, opts]) -> true | nil, msg, code
 function DB:put(key, value, opts, extra)
+	check_self(self, "put")
 	if extra ~= nil then too_many("put", 3) end
 	local sync
 	if opts ~= nil then sync = check_options("put", opts, WRITE_OPTIONS).sync end
@@ -186,6 +213,7 @@ end
 
 --- db:del(key [, opts]) -> true | nil, msg, code
 function DB:del(key, opts, extra)
+	check_self(self, "del")
 	if extra ~= nil then too_many("del", 2) end
 	local sync
 	if opts ~= nil then sync = check_options("del", opts, WRITE_OPTIONS).sync end
@@ -202,24 +230,28 @@ local function encode_ops(self, fname, ops)
 	local out = {}
 	for i = 1, #ops do
 		local op = ops[i]
-		if type(op) ~= "table" then misuse(fname, "bad operation #%d (table expected, got %s)", i, type(op)) end
+		if type(op) ~= "table" then misuse_at(4, fname, "bad operation #%d (table expected, got %s)", i, type(op)) end
 		local t = op.type
 		if t == "put" then
-			out[i] = { type = "put", key = encode_key(self, fname, op.key, i), value = encode_value(self, fname, op.value, i) }
+			out[i] = { type = "put", key = encode_key(self, fname, op.key, i, 5), value = encode_value(self, fname, op.value, i, 5) }
 		elseif t == "del" then
-			out[i] = { type = "del", key = encode_key(self, fname, op.key, i) }
+			out[i] = { type = "del", key = encode_key(self, fname, op.key, i, 5) }
 		else
-			misuse(fname, "bad operation #%d (type must be \"put\" or \"del\", got %s)", i, tostring(t))
+			misuse_at(4, fname, "bad operation #%d (type must be \"put\" or \"del\", got %s)", i, tostring(t))
 		end
 	end
 	return out
 end
 
-local function write_ops(self, encoded, sync)
+-- Writes ops.  With identity encodings the caller's own table goes to C,
+-- which validates it (misuse comes back as false, msg and is raised here).
+local function write_ops(self, ops, sync, lvl)
 	local c = self._c
+	local numbers_ok = self._kenc.name == "utf8" and self._venc.name == "utf8"
 	local async = async_mode()
-	local ok, err, code = c:batch(async, encoded, sync)
-	while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, encoded, sync) end
+	local ok, err, code = c:batch(async, ops, sync, numbers_ok)
+	while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, ops, sync, numbers_ok) end
+	if ok == false then error(err, lvl or 3) end
 	if ok == PENDING then return finish(self, "batch", ok, err) end
 	if not async then after_blocking(self) end
 	return ok, err, code
@@ -256,11 +288,12 @@ function Batch:write(opts, extra)
 	local sync
 	if opts ~= nil then sync = check_options("batch:write", opts, WRITE_OPTIONS).sync end
 	self._written = true
-	return write_ops(self._db, self._ops, sync)
+	return write_ops(self._db, self._ops, sync, 3)
 end
 
 --- db:batch(ops [, opts]) -> true | nil, msg, code; db:batch() -> chained batch
 function DB:batch(ops, opts, extra)
+	check_self(self, "batch")
 	if extra ~= nil then too_many("batch", 2) end
 	if ops == nil then
 		if opts ~= nil then misuse("batch", "options go to batch:write()") end
@@ -269,11 +302,13 @@ function DB:batch(ops, opts, extra)
 	if type(ops) ~= "table" then misuse("batch", "bad argument #1 (table of operations expected, got %s)", type(ops)) end
 	local sync
 	if opts ~= nil then sync = check_options("batch", opts, WRITE_OPTIONS).sync end
-	return write_ops(self, encode_ops(self, "batch", ops), sync)
+	if self._kenc.identity and self._venc.identity then return write_ops(self, ops, sync, 3) end
+	return write_ops(self, encode_ops(self, "batch", ops), sync, 3)
 end
 
 --- db:get_many(keys [, opts]) -> { v1, nil, v3, n = 3 } | nil, msg, code
 function DB:get_many(keys, opts, extra)
+	check_self(self, "get_many")
 	if extra ~= nil then too_many("get_many", 2) end
 	if type(keys) ~= "table" then misuse("get_many", "bad argument #1 (table of keys expected, got %s)", type(keys)) end
 	if opts ~= nil then check_options("get_many", opts, READ_OPTIONS) end
@@ -303,12 +338,12 @@ end
 local function encode_range(self, fname, opts)
 	local r = {}
 	if opts == nil then return r end
-	check_options(fname, opts, RANGE_OPTIONS)
+	check_options(fname, opts, RANGE_OPTIONS, 5)
 	for _, b in ipairs { "gt", "gte", "lt", "lte" } do
 		local v = opts[b]
 		if v ~= nil then
 			local k, want = self._kenc.encode(v)
-			if k == nil then misuse(fname, "option '%s' must be %s, got %s", b, want, type(v)) end
+			if k == nil then misuse_at(4, fname, "option '%s' must be %s, got %s", b, want, type(v)) end
 			r[b] = k
 		end
 	end
@@ -320,6 +355,7 @@ end
 
 --- db:clear([range [, opts]]) -> true | nil, msg, code
 function DB:clear(range, opts, extra)
+	check_self(self, "clear")
 	if extra ~= nil then too_many("clear", 2) end
 	local sync
 	if opts ~= nil then sync = check_options("clear", opts, WRITE_OPTIONS).sync end
@@ -340,37 +376,61 @@ function DB:clear(range, opts, extra)
 	return ok, err, code
 end
 
--- iterators
+-- iterators: C hands over a page of entries per call (it:page), and the
+-- iterator serves them from that table.
 local Iterator = {}
 Iterator.__index = Iterator
 Iterator.__name = "levelparty.iterator"
 
+local function refill(self)
+	local it, page = self._it, self._page
+	local async = async_mode()
+	local n, err, code = it:page(async, page)
+	while n == PENDING or n == YIELD do
+		if n == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
+		n, err, code = it:page(true, page)
+	end
+	if not async and self._remote then after_blocking(self._db) end
+	return n, err, code
+end
+
 --- it:next() -> key, value (or the one side asked for) | nil at the end |
 -- nil, msg, code on failure
 function Iterator:next()
-	local it = self._it
-	local async = async_mode()
-	local a, b, e = it:next(async)
-	while a == PENDING or a == YIELD do
-		if a == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
-		a, b, e = it:next(true)
-	end
-	if not async and self._remote then after_blocking(self._db) end
-	if a == nil then return nil, b, e end
-	local db = self._db
-	if self._decode_keys and self._keys then a = db._kenc.decode(a) end
-	if self._values and not db._venc.identity then
-		if self._keys then
-			local v, err, code = decode_value(db, "iterator", b)
-			if err then return nil, err, code end
-			b = v
-		else
-			local v, err, code = decode_value(db, "iterator", a)
-			if err then return nil, err, code end
-			a = v
+	local i = self._i
+	if i > self._n then
+		if self._done then return nil end
+		local n, err, code = refill(self)
+		if n == nil or n == 0 then
+			self._done = true
+			self._n, self._i = 0, 1
+			return nil, err, code
 		end
+		self._n = n * self._stride
+		i = 1
 	end
-	return a, b
+	local page, db = self._page, self._db
+	if self._stride == 2 then
+		self._i = i + 2
+		local k, v = page[i], page[i + 1]
+		if self._decode_keys then k = db._kenc.decode(k) end
+		if self._decode_values then
+			local val, err, code = decode_value(db, "iterator", v)
+			if err then return nil, err, code end
+			v = val
+		end
+		return k, v
+	end
+	self._i = i + 1
+	local x = page[i]
+	if self._keys then
+		if self._decode_keys then x = db._kenc.decode(x) end
+	elseif self._values and self._decode_values then
+		local val, err, code = decode_value(db, "iterator", x)
+		if err then return nil, err, code end
+		x = val
+	end
+	return x
 end
 
 -- the generic for calls the iterator: failures raise there
@@ -381,6 +441,7 @@ function Iterator:__call()
 end
 
 function Iterator:close()
+	self._done, self._n = true, 0
 	return self._it:close()
 end
 Iterator.__close = Iterator.close
@@ -388,31 +449,31 @@ Iterator.__gc = Iterator.close
 
 --- for k, v in db:iter{gt=, gte=, lt=, lte=, reverse=, limit=, keys=, values=} do ... end
 function DB:iter(opts, extra)
+	check_self(self, "iter")
 	if extra ~= nil then too_many("iter", 1) end
 	local r = encode_range(self, "iter", opts)
 	local c = self._c
 	local it, err, code = c:iter(r)
-	if it == nil then error(format("iter: %s (%s)", tostring(err), tostring(code)), 2) end
+	if it == nil then error(format("%s (%s)", tostring(err), tostring(code)), 2) end
+	local keys, values = r.keys ~= false, r.values ~= false
 	local obj = setmetatable({
-		_it = it, _db = self, _remote = not c:is_leader(),
-		_keys = r.keys ~= false, _values = r.values ~= false,
-		_decode_keys = not self._kenc.identity,
+		_it = it, _db = self, _remote = not c:is_leader(), _page = {}, _n = 0, _i = 1,
+		_stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
+		_decode_keys = keys and not self._kenc.identity,
+		_decode_values = values and not self._venc.identity,
 	}, Iterator)
 	return obj, nil, nil, obj
 end
 
 --- db:role() -> "leader" | "follower" | "closed"
 function DB:role()
+	check_self(self, "role")
 	return self._c:role()
 end
 
---- db:close() -> true (idempotent; also __gc and __close)
-function DB:close()
-	if rawget(self, "_closed") then return true end
-	self._closed = true
-	local c = self._c
-	local party = c:party()
-	c:close()
+-- Closes core handle c (of party).  The luv driver of the party goes with
+-- its last handle, before the core closes the fds the driver polls.
+local function release(c, party)
 	if party then
 		local n = (party_handles[party] or 1) - 1
 		if n <= 0 then
@@ -422,10 +483,33 @@ function DB:close()
 			party_handles[party] = n
 		end
 	end
+	c:close()
+end
+
+--- db:close() -> true (idempotent; also __gc and __close)
+function DB:close()
+	check_self(self, "close")
+	if rawget(self, "_closed") then return true end
+	self._closed = true
+	release(self._c, self._party)
 	return true
 end
 DB.__close = DB.close
-DB.__gc = DB.close
+DB.__gc = function(self) if not rawget(self, "_closed") then self._closed = true release(self._c, self._party) end end
+
+-- Lua 5.1/LuaJIT do not finalize tables: a proxy userdata does it for them.
+local newproxy = newproxy
+local function attach_finalizer(self, c, party)
+	if newproxy == nil or _VERSION ~= "Lua 5.1" then return end
+	local proxy = newproxy(true)
+	getmetatable(proxy).__gc = function()
+		if not rawget(self, "_closed") then
+			self._closed = true
+			release(c, party)
+		end
+	end
+	self._finalizer = proxy
+end
 
 --- levelparty.open(dir [, opts]) -> db | nil, msg, code
 function _M.open(dir, opts, extra)
@@ -449,15 +533,21 @@ function _M.open(dir, opts, extra)
 			return nil, err, code
 		end
 	end
-	local self = setmetatable({
-		_c = c, _path = c:path(), _kenc = kenc, _venc = venc, _on_role = opts.on_role,
-	}, DB)
 	local party = c:party()
+	local self = setmetatable({
+		_c = c, _party = party, _path = c:path(), _kenc = kenc, _venc = venc, _on_role = opts.on_role,
+	}, DB)
+	attach_finalizer(self, c, party)
 	party_handles[party] = (party_handles[party] or 0) + 1
 	local a = luv_adaptor()
 	if a then
 		local on_role = opts.on_role
-		a.watch(c, on_role and function(role) on_role(role, self) end)
+		-- the driver must not keep the handle alive: it holds it weakly
+		local weak = setmetatable({ self }, { __mode = "v" })
+		a.watch(c, on_role and function(role)
+			local h = weak[1]
+			if h then on_role(role, h) end
+		end)
 	end
 	return self
 end

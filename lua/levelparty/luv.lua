@@ -59,21 +59,33 @@ function _M.tick()
 	coroutine_yield()
 end
 
+-- The core handle the driver uses; held weakly so that a handle the
+-- application dropped can be collected (its finalizer releases the driver).
+function Driver:core()
+	return self.cref[1]
+end
+
 function Driver:arm()
-	local c = self.c
+	local c = self:core()
+	if c == nil then return end
 	local fd, events, timeout, gen = c:pollinfo()
 	if fd ~= self.fd or gen ~= self.gen then
 		if self.poll then self.poll:close() self.poll = nil end
+		c:reap() -- fds the party retired: safe to close now that nothing polls them
 		self.fd, self.gen = fd, gen
-		if fd >= 0 then self.poll = uv.new_poll(fd) end
+		if fd >= 0 then self.poll = assert(uv.new_poll(fd)) end
 	end
+	-- While nobody waits the handles are unref'd: an idle follower still
+	-- notices its leader's death (and may win the election) while the loop
+	-- runs, but never keeps uv.run() from returning.
 	local waiting = self.nwait > 0
 	if self.poll then
 		self.poll:start(events or "r", self.on_event)
 		if waiting then self.poll:ref() else self.poll:unref() end
 	end
-	if timeout >= 0 and waiting then
+	if timeout >= 0 then
 		self.timer:start(timeout, 0, self.on_event)
+		if waiting then self.timer:ref() else self.timer:unref() end
 	else
 		self.timer:stop()
 	end
@@ -81,7 +93,8 @@ end
 
 -- Something happened: step the party and resume whoever can go on.
 function Driver:run()
-	local c = self.c
+	local c = self:core()
+	if c == nil then return end
 	slice_begin()
 	local progress, err, code = c:step()
 	local ready = {}
@@ -115,7 +128,7 @@ function Driver:run()
 		local r = ready[i]
 		resume(r[1], r[2], r[3], r[4])
 	end
-	if self.c:role() ~= "closed" then self:arm() end
+	if c:role() ~= "closed" then self:arm() end
 end
 
 local function get_driver(c)
@@ -123,13 +136,14 @@ local function get_driver(c)
 	local d = drivers[key]
 	if d == nil then
 		d = setmetatable({
-			c = c, tokens = {}, iters = {}, openers = {}, nwait = 0, fd = -1, gen = nil,
+			cref = setmetatable({}, { __mode = "v" }), tokens = {}, iters = {}, openers = {}, nwait = 0, fd = -1, gen = nil,
 			timer = uv.new_timer(), progress = -1,
 		}, Driver)
 		d.on_event = function() d:run() end
 		drivers[key] = d
 	end
-	d.c = c
+	d.cref[1] = c
+	c:set_polled(true)
 	return d
 end
 _M.driver = get_driver
@@ -184,6 +198,11 @@ function _M.release(party)
 	if d.poll then d.poll:close() d.poll = nil end
 	if not d.timer:is_closing() then d.timer:close() end
 	drivers[party] = nil
+	local c = d:core()
+	if c then c:set_polled(false) end
+	-- Let the close callbacks run now when nobody runs the loop: luv crashes
+	-- at exit on handles whose close never completed.
+	if uv.loop_mode() == nil then uv.run("nowait") end
 	-- coroutines still waiting get their requests' outcome (ECLOSED) on resume
 	for _, co in pairs(d.tokens) do resume(co) end
 	for _, co in pairs(d.iters) do resume(co) end
