@@ -371,10 +371,15 @@ describe("retry=false", function()
 			local id = f:send("!get k")
 			P.wait_sent(f, id)
 			if g then
-				-- g takes over first, so f's new leader is another process
+				-- g takes over first, so f's new leader is another process: f is
+				-- stopped over the election (else, blocked in its get, it sees the
+				-- EOF first and wins)
+				f:kill("sigstop")
+				P.wait_until(function() return P.state(f.pid) == "T" end, 5, "f to stop")
 				P.kill_and_wait(l, "sigkill")
 				assert.same({ "ok", "v" }, sr(g:call("get k", 10)))
 				assert.same({ "ok", "leader" }, sr(g:call("role")))
+				f:kill("sigcont")
 			else
 				P.kill_and_wait(l, "sigkill")
 			end

@@ -7,7 +7,7 @@
 
 #include <lua.h>
 #include <lauxlib.h>
-#if defined(LP_LUAJIT) && !defined(LUAJIT_VERSION)
+#if (defined(LP_LUAJIT) || defined(LUA_LJDIR)) && !defined(LUAJIT_VERSION)
 #include <luajit.h>
 #endif
 

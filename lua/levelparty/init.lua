@@ -16,6 +16,8 @@ local pairs, ipairs, next = pairs, ipairs, next
 local format = string.format
 local loaded = package.loaded
 local PENDING, YIELD = core.PENDING, core.YIELD
+-- the core's methods, called directly on the hot paths (set at first open)
+local core_get, core_put
 
 local isyieldable = coroutine.isyieldable or function()
 	local co, main = coroutine.running()
@@ -161,6 +163,8 @@ local function after_blocking(self)
 		local on_role = self._on_role
 		if on_role then on_role(role, self) end
 	end
+	-- a leader stays leader until closed: its calls can skip this from now on
+	if c:is_leader() then self._leader = true end
 	if adaptor then adaptor.kick(c) end
 end
 
@@ -179,35 +183,45 @@ end
 
 --- db:get(key [, opts]) -> value | nil | nil, msg, code
 function DB:get(key, opts, extra)
-	check_self(self, "get")
+	if type(self) ~= "table" then check_self(self, "get") end
 	if extra ~= nil then too_many("get", 2) end
 	if opts ~= nil then check_options("get", opts, READ_OPTIONS) end
-	local c, k = self._c, encode_key(self, "get", key, 1)
-	local async = async_mode()
-	local v, err, code = c:get(async, k)
-	while v == YIELD do adaptor.tick() v, err, code = c:get(true, k) end
+	local c, k = self._c, key
+	if c == nil then check_self(self, "get") end
+	-- fast path: a non-empty string under an identity key encoding
+	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "get", key, 1) end
+	local async = loaded.luv ~= nil and async_mode()
+	local v, err, code = core_get(c, async, k)
+	if v == YIELD then
+		repeat adaptor.tick() v, err, code = core_get(c, true, k) until v ~= YIELD
+	end
 	if v == PENDING then v, err, code = finish(self, "get", v, err)
-	elseif not async then after_blocking(self) end
+	elseif not self._leader then after_blocking(self) end
 	if v == nil then
 		if err == nil then return nil end -- a missing key is one nil
 		return nil, err, code
 	end
+	if self._vid then return v end
 	return decode_value(self, "get", v)
 end
 
 --- db:put(key, value [, opts]) -> true | nil, msg, code
 function DB:put(key, value, opts, extra)
-	check_self(self, "put")
+	if type(self) ~= "table" then check_self(self, "put") end
 	if extra ~= nil then too_many("put", 3) end
 	local sync
 	if opts ~= nil then sync = check_options("put", opts, WRITE_OPTIONS).sync end
-	local c = self._c
-	local k, v = encode_key(self, "put", key, 1), encode_value(self, "put", value, 2)
-	local async = async_mode()
-	local ok, err, code = c:put(async, k, v, sync)
-	while ok == YIELD do adaptor.tick() ok, err, code = c:put(true, k, v, sync) end
+	local c, k, v = self._c, key, value
+	if c == nil then check_self(self, "put") end
+	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "put", key, 1) end
+	if type(v) ~= "string" or not self._vid then v = encode_value(self, "put", value, 2) end
+	local async = loaded.luv ~= nil and async_mode()
+	local ok, err, code = core_put(c, async, k, v, sync)
+	if ok == YIELD then
+		repeat adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) until ok ~= YIELD
+	end
 	if ok == PENDING then return finish(self, "put", ok, err) end
-	if not async then after_blocking(self) end
+	if not self._leader then after_blocking(self) end
 	return ok, err, code
 end
 
@@ -217,12 +231,13 @@ function DB:del(key, opts, extra)
 	if extra ~= nil then too_many("del", 2) end
 	local sync
 	if opts ~= nil then sync = check_options("del", opts, WRITE_OPTIONS).sync end
-	local c, k = self._c, encode_key(self, "del", key, 1)
-	local async = async_mode()
+	local c, k = self._c, key
+	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "del", key, 1) end
+	local async = loaded.luv ~= nil and async_mode()
 	local ok, err, code = c:del(async, k, sync)
 	while ok == YIELD do adaptor.tick() ok, err, code = c:del(true, k, sync) end
 	if ok == PENDING then return finish(self, "del", ok, err) end
-	if not async then after_blocking(self) end
+	if not self._leader then after_blocking(self) end
 	return ok, err, code
 end
 
@@ -435,6 +450,12 @@ end
 
 -- the generic for calls the iterator: failures raise there
 function Iterator:__call()
+	local i = self._i
+	if i <= self._n and self._plain then -- key and value, no decoding
+		self._i = i + 2
+		local page = self._page
+		return page[i], page[i + 1]
+	end
 	local a, b, e = self:next()
 	if a == nil and b ~= nil then error(format("%s (%s)", b, tostring(e)), 2) end
 	return a, b
@@ -461,6 +482,7 @@ function DB:iter(opts, extra)
 		_stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
 		_decode_keys = keys and not self._kenc.identity,
 		_decode_values = values and not self._venc.identity,
+		_plain = keys and values and self._kenc.identity and self._venc.identity,
 	}, Iterator)
 	return obj, nil, nil, obj
 end
@@ -525,6 +547,10 @@ function _M.open(dir, opts, extra)
 	local async = async_mode()
 	local c, err, code = core.open(dir, opts, async)
 	if c == nil then return nil, err, code end
+	if core_get == nil then
+		local methods = getmetatable(c).__index
+		core_get, core_put = methods.get, methods.put
+	end
 	if async and not c:opened() then
 		local ok
 		ok, err, code = adaptor.wait_open(c)
@@ -536,6 +562,7 @@ function _M.open(dir, opts, extra)
 	local party = c:party()
 	local self = setmetatable({
 		_c = c, _party = party, _path = c:path(), _kenc = kenc, _venc = venc, _on_role = opts.on_role,
+		_kid = kenc.identity, _vid = venc.identity, _leader = c:is_leader(),
 	}, DB)
 	attach_finalizer(self, c, party)
 	party_handles[party] = (party_handles[party] or 0) + 1
