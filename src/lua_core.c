@@ -277,6 +277,7 @@ static int open_db(lua_State *L) {
   o.client.max_frame = o.server.max_frame;
   o.client.window = (uint32_t)field_num(L, 2, "window", o.client.window);
   o.retry = field_bool(L, 2, "retry", 1);
+  o.log = field_bool(L, 2, "log", 1);
   t = field_num(L, 2, "open_timeout", 10);
   o.open_timeout_ns = (uint64_t)(t * 1e9);
   if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);

@@ -87,6 +87,7 @@ void lp_party_opts_init(lp_party_opts *o) {
   lp_client_opts_init(&o->client);
   o->retry = 1;
   o->open_timeout_ns = 10ull * 1000000000ull;
+  o->log = 1;
 }
 
 int lp_party_role(const lp_party *p) {
@@ -211,9 +212,26 @@ static void on_leader_lost(lp_party *p) {
   enter_electing(p);
 }
 
+/* The server thread's log: one line per event, written with a single write(2)
+ * so that lines from several threads never interleave.  ud is the party's
+ * path, which outlives the server. */
+static void log_stderr(void *ud, const char *msg) {
+  char line[1024];
+  int n = snprintf(line, sizeof line, "levelparty[%ld] leader %s: %s\n", (long)getpid(),
+                   (const char *)ud, msg);
+  if (n > 0) {
+    ssize_t w = write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    (void)w;
+  }
+}
+
 static void become_leader(lp_party *p, lp_engine *e) {
   lp_err err;
   int lfd = lp_sock_listen(p->path, &err);
+  if (p->opts.log && p->opts.server.log == NULL) {
+    p->opts.server.log = log_stderr;
+    p->opts.server.log_ud = p->path;
+  }
   if (lfd < 0) {
     lp_engine_close(e);
     p->fatal = err;
@@ -470,7 +488,11 @@ uint64_t lp_party_submit(lp_party *p, int tag, lp_slice rest, uint64_t deadline_
   uint64_t token;
   if (ensure_client(p) != 0) return 0;
   token = lp_client_submit(p->client, tag, rest, deadline_ns);
-  if (token != 0 && p->state == P_FOLLOWER) lp_party_flush(p);
+  /* Latency first: a lone request goes out now.  With others in flight it
+   * waits for the batch: the poller flushes once per turn (and the fd is
+   * polled for POLLOUT meanwhile), so N requests cost one write, not N. */
+  if (token != 0 && p->state == P_FOLLOWER && (!p->polled || lp_client_pending(p->client) <= 1))
+    lp_party_flush(p);
   if (token != 0 && p->loop_session != NULL) p->loop_busy = 1;
   return token;
 }

@@ -502,6 +502,7 @@ typedef struct lp_party_opts {
   lp_client_opts client;
   int retry;                  /* replay in-flight requests across leader changes */
   uint64_t open_timeout_ns;   /* how long open waits for a leader that serves */
+  int log;                    /* as leader, log refused peers and protocol errors to stderr */
 } lp_party_opts;
 
 void lp_party_opts_init(lp_party_opts *o);

@@ -35,7 +35,7 @@ local adaptor
 local function luv_adaptor()
 	if adaptor == nil and loaded.luv ~= nil then
 		adaptor = require "levelparty.luv"
-		adaptor.on_error = function(co, err) return _M.on_error(co, err) end
+		adaptor.set_error_handler(function(co, err) return _M.on_error(co, err) end)
 	end
 	return adaptor
 end
@@ -76,6 +76,7 @@ local OPEN_OPTIONS = {
 	key_encoding = "encoding", value_encoding = "encoding",
 	sync = "boolean", timeout = "number", open_timeout = "number", retry = "boolean",
 	allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
+	log = "boolean",
 }
 
 local function check_options(fname, opts, known, lvl)
@@ -477,6 +478,11 @@ function DB:iter(opts, extra)
 	local it, err, code = c:iter(r)
 	if it == nil then error(format("%s (%s)", tostring(err), tostring(code)), 2) end
 	local keys, values = r.keys ~= false, r.values ~= false
+	local iters = self._iters
+	if iters == nil then
+		iters = setmetatable({}, { __mode = "k" })
+		self._iters = iters
+	end
 	local obj = setmetatable({
 		_it = it, _db = self, _remote = not c:is_leader(), _page = {}, _n = 0, _i = 1,
 		_stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
@@ -484,6 +490,7 @@ function DB:iter(opts, extra)
 		_decode_values = values and not self._venc.identity,
 		_plain = keys and values and self._kenc.identity and self._venc.identity,
 	}, Iterator)
+	iters[obj] = true
 	return obj, nil, nil, obj
 end
 
@@ -513,6 +520,12 @@ function DB:close()
 	check_self(self, "close")
 	if rawget(self, "_closed") then return true end
 	self._closed = true
+	-- entries an iterator holds in its page are not served after close: its
+	-- next call asks the (closed) core, which answers ECLOSED
+	local iters = rawget(self, "_iters")
+	if iters then
+		for it in pairs(iters) do it._n, it._i = 0, 1 end
+	end
 	release(self._c, self._party)
 	return true
 end

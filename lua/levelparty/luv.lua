@@ -22,15 +22,17 @@ local slice_begin = core.slice_begin
 
 local _M = {}
 
--- Called with (coroutine, error) when a coroutine we resumed dies of an error.
-function _M.default_on_error(co, err)
+-- Called with (coroutine, error) when a coroutine we resumed dies of an
+-- error; the public module installs levelparty.on_error here.
+local report = function(co, err)
 	io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
 end
-_M.on_error = _M.default_on_error
+
+function _M.set_error_handler(fn) report = fn end
 
 local function resume(co, ...)
 	local ok, err = coroutine_resume(co, ...)
-	if not ok then _M.on_error(co, err) end
+	if not ok then report(co, err) end
 end
 
 local drivers = {}   -- party lightuserdata -> driver
@@ -95,6 +97,7 @@ end
 function Driver:run()
 	local c = self:core()
 	if c == nil then return end
+	self.running = true
 	slice_begin()
 	local progress, err, code = c:step()
 	local ready = {}
@@ -128,12 +131,19 @@ function Driver:run()
 		local r = ready[i]
 		resume(r[1], r[2], r[3], r[4])
 	end
+	self.running = false
+	-- what the resumed coroutines asked for goes out in one write
+	c:flush()
 	if c:role() ~= "closed" then self:arm() end
 end
 
+local by_core = setmetatable({}, { __mode = "k" }) -- core handle -> driver
+
 local function get_driver(c)
+	local d = by_core[c]
+	if d ~= nil and d.cref[1] == c then return d end
 	local key = c:party()
-	local d = drivers[key]
+	d = drivers[key]
 	if d == nil then
 		d = setmetatable({
 			cref = setmetatable({}, { __mode = "v" }), tokens = {}, iters = {}, openers = {}, nwait = 0, fd = -1, gen = nil,
@@ -144,6 +154,7 @@ local function get_driver(c)
 	end
 	d.cref[1] = c
 	c:set_polled(true)
+	by_core[c] = d
 	return d
 end
 _M.driver = get_driver
@@ -154,7 +165,8 @@ function _M.wait_token(c, token)
 	local d = get_driver(c)
 	d.tokens[token] = coroutine_running()
 	d.nwait = d.nwait + 1
-	d:arm()
+	-- inside run() the driver arms once when it is done
+	if not d.running then d:arm() end
 	coroutine_yield()
 end
 
@@ -163,7 +175,7 @@ function _M.wait_iter(c, it)
 	local d = get_driver(c)
 	d.iters[it] = coroutine_running()
 	d.nwait = d.nwait + 1
-	d:arm()
+	if not d.running then d:arm() end
 	coroutine_yield()
 end
 
