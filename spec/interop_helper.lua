@@ -36,6 +36,10 @@ function H.node_available()
     local out = p:read("a") or ""
     local ok, _, code = p:close()
     out = out:gsub("%s+$", "")
+    -- Lua 5.1/LuaJIT's close gives no exit status: judge by what it printed
+    if code == nil and ok then
+      code = (out:find("node available:", 1, true) and not out:find("node unavailable:", 1, true)) and 0 or 3
+    end
     if ok and code == 0 then
       node_ok = true
     else

@@ -66,6 +66,8 @@ struct lua_iter {
 };
 
 #define PAGE_ENTRIES 256
+#define BIG_BATCH_OPS 2000
+#define BIG_BATCH_BYTES (256u * 1024u)
 
 typedef struct lua_clear {
   lua_db *db;
@@ -403,7 +405,12 @@ static int db_pollinfo(lua_State *L) {
 static int db_done(lua_State *L) {
   lua_db *d = check_db(L);
   uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
-  lp_client *c = d->party ? lp_party_client(d->party) : NULL;
+  lp_client *c;
+  if (token & LP_JOB_TOKEN) {
+    lua_pushboolean(L, d->party == NULL || lp_party_job_done(d->party, token));
+    return 1;
+  }
+  c = d->party ? lp_party_client(d->party) : NULL;
   lua_pushboolean(L, c == NULL || lp_client_done(c, token));
   return 1;
 }
@@ -413,6 +420,16 @@ static int db_result(lua_State *L) {
   uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
   const char *opname = luaL_checkstring(L, 3);
   int op = strcmp(opname, "get") == 0 ? OP_GET : strcmp(opname, "get_many") == 0 ? OP_GETMANY : OP_WRITE;
+  if (token & LP_JOB_TOKEN) {
+    lp_err err;
+    int rc;
+    if (d->party == NULL) return push_closed(L, opname);
+    rc = lp_party_job_take(d->party, token, &err);
+    if (rc == -2) return push_err(L, LP_EIO, "result: unknown request");
+    if (rc != 0) return push_lperr(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (d->party == NULL || lp_party_client(d->party) == NULL) return push_closed(L, opname);
   return push_result(L, d, token, op, opname);
 }
@@ -605,6 +622,16 @@ static int db_batch(lua_State *L) {
       }
       if (is_put) lp_batch_put(b, k, v);
       else lp_batch_del(b, k);
+    }
+    /* A batch that takes LevelDB about a time slice or more goes to the
+     * party's worker when the caller can wait by yielding. */
+    if (async && (lp_batch_count(b) >= BIG_BATCH_OPS || lp_batch_bytes(b) >= BIG_BATCH_BYTES)) {
+      uint64_t token = lp_party_write_job(d->party, b, sync);
+      if (token != 0) {
+        lua_pushlightuserdata(L, PENDING);
+        lua_pushinteger(L, (lua_Integer)token);
+        return 2;
+      }
     }
     r = lp_engine_write(e, b, sync, &err);
     lp_batch_free(b);

@@ -557,6 +557,18 @@ unsigned lp_party_fd_generation(const lp_party *p);
  * poller calls once it has dropped its handle on them. */
 void lp_party_set_polled(lp_party *p, int polled);
 void lp_party_reap(lp_party *p);
+/* A leader's long writes (big batches) from a coroutine run on the party's
+ * worker thread, so the Lua thread's loop keeps running.  Job tokens have
+ * LP_JOB_TOKEN set and live apart from the client's request tokens; the
+ * worker signals an eventfd that lp_party_pollinfo names while jobs run.
+ * lp_party_write_job takes the batch.  Returns the token, or 0 (ENOMEM, or
+ * not leader: the caller then writes inline). */
+#define LP_JOB_TOKEN (1ull << 62)
+uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync);
+/* 1 when the job is finished (or unknown). */
+int lp_party_job_done(lp_party *p, uint64_t token);
+/* Takes a finished job's outcome: 0 ok, -1 with err; -2 unknown token. */
+int lp_party_job_take(lp_party *p, uint64_t token, lp_err *err);
 /* Pid of the process holding the LOCK while electing, for messages (0 unknown). */
 pid_t lp_party_lock_holder(const lp_party *p);
 

@@ -503,16 +503,18 @@ end
 -- Closes core handle c (of party).  The luv driver of the party goes with
 -- its last handle, before the core closes the fds the driver polls.
 local function release(c, party)
+	local resume_waiters
 	if party then
 		local n = (party_handles[party] or 1) - 1
 		if n <= 0 then
 			party_handles[party] = nil
-			if adaptor then adaptor.release(party) end
+			if adaptor then resume_waiters = adaptor.release(party) end
 		else
 			party_handles[party] = n
 		end
 	end
 	c:close()
+	if resume_waiters then resume_waiters() end
 end
 
 --- db:close() -> true (idempotent; also __gc and __close)

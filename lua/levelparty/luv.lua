@@ -203,10 +203,12 @@ function _M.kick(c)
 	if d and d.nwait > 0 then d.timer:start(0, 0, d.on_event) end
 end
 
---- The last handle of a party closed: close its driver.
+--- The last handle of a party is closing: close its driver.  Returns a
+-- function that resumes the coroutines still waiting; call it once the core
+-- handle is closed, so that they find their requests finished with ECLOSED.
 function _M.release(party)
 	local d = drivers[party]
-	if d == nil then return end
+	if d == nil then return nil end
 	if d.poll then d.poll:close() d.poll = nil end
 	if not d.timer:is_closing() then d.timer:close() end
 	drivers[party] = nil
@@ -215,10 +217,11 @@ function _M.release(party)
 	-- Let the close callbacks run now when nobody runs the loop: luv crashes
 	-- at exit on handles whose close never completed.
 	if uv.loop_mode() == nil then uv.run("nowait") end
-	-- coroutines still waiting get their requests' outcome (ECLOSED) on resume
-	for _, co in pairs(d.tokens) do resume(co) end
-	for _, co in pairs(d.iters) do resume(co) end
-	for co in pairs(d.openers) do resume(co, nil, "open: the database was closed", "ECLOSED") end
+	return function()
+		for _, co in pairs(d.tokens) do resume(co) end
+		for _, co in pairs(d.iters) do resume(co) end
+		for co in pairs(d.openers) do resume(co, nil, "open: the database was closed", "ECLOSED") end
+	end
 end
 
 --- True when a call from here should yield rather than block: inside a
