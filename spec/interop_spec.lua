@@ -235,7 +235,8 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
       assert.are.equal("Key not found in database [nope]", r.error)
       assert.is_true(H.normalize(N:ok({ op = "getMany", keys = { "nope" } }).values)[1] == nil)
       -- the socket Node found is the one level-party uses
-      assert.is_true(os.execute("test -S '" .. dir .. "/level-party.sock'") == true)
+      local rc = os.execute("test -S '" .. dir .. "/level-party.sock'")
+      assert.is_true(rc == true or rc == 0) -- 5.4 gives true, 5.1/LuaJIT 0
     end)
   end)
 

@@ -563,7 +563,7 @@ void lp_party_reap(lp_party *p);
  * worker signals an eventfd that lp_party_pollinfo names while jobs run.
  * lp_party_write_job takes the batch.  Returns the token, or 0 (ENOMEM, or
  * not leader: the caller then writes inline). */
-#define LP_JOB_TOKEN (1ull << 62)
+#define LP_JOB_TOKEN (1ull << 48) /* exact in a double (LuaJIT numbers) */
 uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync);
 /* 1 when the job is finished (or unknown). */
 int lp_party_job_done(lp_party *p, uint64_t token);

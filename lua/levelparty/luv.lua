@@ -159,24 +159,25 @@ local function get_driver(c)
 end
 _M.driver = get_driver
 
---- Waits (yielding) until the request `token` of core handle c is done.
-function _M.wait_token(c, token)
-	if c:done(token) then return end
+-- Parks the running coroutine in `list` under `key` until run() resumes it.
+local function park(c, list, key)
 	local d = get_driver(c)
-	d.tokens[token] = coroutine_running()
+	d[list][key] = coroutine_running()
 	d.nwait = d.nwait + 1
 	-- inside run() the driver arms once when it is done
 	if not d.running then d:arm() end
-	coroutine_yield()
+	return coroutine_yield()
+end
+
+--- Waits (yielding) until the request `token` of core handle c is done.
+function _M.wait_token(c, token)
+	if c:done(token) then return end
+	park(c, "tokens", token)
 end
 
 --- Waits until iterator it can give its next entry.
 function _M.wait_iter(c, it)
-	local d = get_driver(c)
-	d.iters[it] = coroutine_running()
-	d.nwait = d.nwait + 1
-	if not d.running then d:arm() end
-	coroutine_yield()
+	park(c, "iters", it)
 end
 
 --- Waits until the first election of c ended; returns true or nil, msg, code.
@@ -184,7 +185,7 @@ function _M.wait_open(c)
 	local d = get_driver(c)
 	d.openers[coroutine_running()] = true
 	d.nwait = d.nwait + 1
-	d:arm()
+	if not d.running then d:arm() end
 	return coroutine_yield()
 end
 
