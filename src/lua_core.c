@@ -49,6 +49,7 @@ typedef struct lua_iter lua_iter;
 
 typedef struct lua_db {
   lp_party *party;     /* NULL once closed */
+  lp_buf scratch;      /* encodes get/put/del requests; reused, freed at close */
   lua_iter *iters;     /* open iterators of this handle */
   uint64_t timeout_ns; /* per follower request; 0: none */
   int sync;            /* default for writes */
@@ -230,11 +231,11 @@ static int push_result(lua_State *L, lua_db *d, uint64_t token, int op, const ch
 
 /* Submits a follower request; returns PENDING, token in async mode, else
  * waits and pushes the result. */
-static int submit(lua_State *L, lua_db *d, int tag, lp_buf *rest, int op, const char *opname,
+/* rest is copied by the client: the caller keeps (and frees, or reuses) it. */
+static int submit(lua_State *L, lua_db *d, int tag, const lp_buf *rest, int op, const char *opname,
                   int async) {
   lp_err err;
   uint64_t token = lp_party_submit(d->party, tag, (lp_slice){rest->ptr, rest->len}, deadline_of(d));
-  lp_buf_free(rest);
   if (token == 0) return push_err(L, LP_ENOMEM, "out of memory");
   if (async) {
     lua_pushlightuserdata(L, PENDING);
@@ -338,6 +339,7 @@ static int db_close(lua_State *L) {
     lp_party_unref(d->party);
     d->party = NULL;
   }
+  lp_buf_free(&d->scratch);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -468,7 +470,6 @@ static int db_get(lua_State *L) {
   int async = lua_toboolean(L, 2);
   lp_slice key = check_slice(L, 3);
   lp_engine *e;
-  lp_buf rest = {NULL, 0, 0};
   if (d->party == NULL) return push_closed(L, "get");
   e = lp_party_engine(d->party);
   if (e != NULL) {
@@ -489,8 +490,9 @@ static int db_get(lua_State *L) {
     }
     return push_lperr(L, &err);
   }
-  if (lp_wire_rest_key(&rest, key) != 0) return push_err(L, LP_ENOMEM, "get: out of memory");
-  return submit(L, d, LP_REQ_GET, &rest, OP_GET, "get", async);
+  d->scratch.len = 0;
+  if (lp_wire_rest_key(&d->scratch, key) != 0) return push_err(L, LP_ENOMEM, "get: out of memory");
+  return submit(L, d, LP_REQ_GET, &d->scratch, OP_GET, "get", async);
 }
 
 /* db:put(async, key, value, sync) */
@@ -500,7 +502,6 @@ static int db_put(lua_State *L) {
   lp_slice key = check_slice(L, 3), value = check_slice(L, 4);
   int sync = lua_isnil(L, 5) ? d->sync : lua_toboolean(L, 5);
   lp_engine *e;
-  lp_buf rest = {NULL, 0, 0};
   if (d->party == NULL) return push_closed(L, "put");
   e = lp_party_engine(d->party);
   if (e != NULL) {
@@ -510,8 +511,9 @@ static int db_put(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (lp_wire_rest_put(&rest, key, value) != 0) return push_err(L, LP_ENOMEM, "put: out of memory");
-  return submit(L, d, LP_REQ_PUT, &rest, OP_WRITE, "put", async);
+  d->scratch.len = 0;
+  if (lp_wire_rest_put(&d->scratch, key, value) != 0) return push_err(L, LP_ENOMEM, "put: out of memory");
+  return submit(L, d, LP_REQ_PUT, &d->scratch, OP_WRITE, "put", async);
 }
 
 /* db:del(async, key, sync) */
@@ -521,7 +523,6 @@ static int db_del(lua_State *L) {
   lp_slice key = check_slice(L, 3);
   int sync = lua_isnil(L, 4) ? d->sync : lua_toboolean(L, 4);
   lp_engine *e;
-  lp_buf rest = {NULL, 0, 0};
   if (d->party == NULL) return push_closed(L, "del");
   e = lp_party_engine(d->party);
   if (e != NULL) {
@@ -531,8 +532,9 @@ static int db_del(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (lp_wire_rest_key(&rest, key) != 0) return push_err(L, LP_ENOMEM, "del: out of memory");
-  return submit(L, d, LP_REQ_DEL, &rest, OP_WRITE, "del", async);
+  d->scratch.len = 0;
+  if (lp_wire_rest_key(&d->scratch, key) != 0) return push_err(L, LP_ENOMEM, "del: out of memory");
+  return submit(L, d, LP_REQ_DEL, &d->scratch, OP_WRITE, "del", async);
 }
 
 /* Reads operation i of the ops table at index 3: pushes nothing, fills
@@ -654,7 +656,11 @@ static int db_batch(lua_State *L) {
         return push_err(L, LP_ENOMEM, "batch: out of memory");
       }
     }
-    return submit(L, d, LP_REQ_BATCH, &rest, OP_WRITE, "batch", async);
+    {
+      int nres = submit(L, d, LP_REQ_BATCH, &rest, OP_WRITE, "batch", async);
+      lp_buf_free(&rest);
+      return nres;
+    }
   }
 }
 
@@ -709,7 +715,11 @@ static int db_get_many(lua_State *L) {
       }
       lua_pop(L, 1);
     }
-    return submit(L, d, LP_REQ_GETMANY, &rest, OP_GETMANY, "get_many", async);
+    {
+      int nres = submit(L, d, LP_REQ_GETMANY, &rest, OP_GETMANY, "get_many", async);
+      lp_buf_free(&rest);
+      return nres;
+    }
   }
 }
 
@@ -723,7 +733,11 @@ static int db_clear(lua_State *L) {
   if (d->party == NULL) return push_closed(L, "clear");
   read_range(L, 3, &r);
   if (lp_wire_rest_clear(&rest, &r) != 0) return push_err(L, LP_ENOMEM, "clear: out of memory");
-  return submit(L, d, LP_REQ_CLEAR, &rest, OP_WRITE, "clear", async);
+  {
+    int n = submit(L, d, LP_REQ_CLEAR, &rest, OP_WRITE, "clear", async);
+    lp_buf_free(&rest);
+    return n;
+  }
 }
 
 static int db_is_leader(lua_State *L) {
