@@ -733,9 +733,7 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
     lp_party_unref(p);
     return -1;
   }
-  if (!p->opened && o->engine.error_if_exists) {
-    /* someone else holds it: the db exists */
-  }
+  /* A follower found the db served by someone else: it exists. */
   if (p->state == P_FOLLOWER && o->engine.error_if_exists) {
     lp_party_unref(p);
     lp_err_set(err, LP_EEXIST, "open: %s exists (error_if_exists is true)", dir);
