@@ -858,65 +858,6 @@ static int db_iter(lua_State *L) {
   return 1;
 }
 
-static int push_entry(lua_State *L, const lua_iter *it, lp_slice k, lp_slice v) {
-  int n = 0;
-  if (it->keys) {
-    lua_pushlstring(L, k.ptr ? k.ptr : "", k.ptr ? k.len : 0);
-    n++;
-  }
-  if (it->values) {
-    lua_pushlstring(L, v.ptr ? v.ptr : "", v.ptr ? v.len : 0);
-    n++;
-  }
-  if (n == 0) {
-    lua_pushboolean(L, 1);
-    n = 1;
-  }
-  return n;
-}
-
-/* it:next(async) -> key, value | nil (end) | PENDING | YIELD | nil, msg, code */
-static int iter_next(lua_State *L) {
-  lua_iter *it = check_iter(L);
-  int async = lua_toboolean(L, 2);
-  lp_slice k, v;
-  lp_err err;
-  int r;
-  if (!it->open) {
-    if (it->db->party == NULL) return push_closed(L, "iterator");
-    lua_pushnil(L);
-    return 1;
-  }
-  if (it->local != NULL) {
-    if (async && slice_over()) return push_yield(L);
-    r = lp_engine_iter_next(it->local, &k, &v, &err);
-  } else {
-    lp_party *p = it->db->party;
-    lp_client *c = lp_party_client(p);
-    for (;;) {
-      r = lp_client_iter_next(c, it->remote, &k, &v, &err);
-      if (lp_client_out(c)->len > 0) lp_party_flush(p);
-      if (r != 2) break;
-      lp_client_iter_wait_deadline(c, it->remote, deadline_of(it->db));
-      if (async) {
-        lua_pushlightuserdata(L, PENDING);
-        return 1;
-      }
-      if (lp_party_wait_iter(p, it->remote, &err) != 0) {
-        r = -1;
-        break;
-      }
-    }
-  }
-  if (r == 1) return push_entry(L, it, k, v);
-  iter_release(it);
-  if (r == 0) {
-    lua_pushnil(L);
-    return 1;
-  }
-  return push_lperr(L, &err);
-}
-
 /* it:page(async, t) -> n | PENDING | YIELD | nil, msg, code
  * Fills t[1..] with up to PAGE_ENTRIES entries (k, v, k, v... or one side per
  * entry when the caller asked for one; `true` when neither) and returns how
@@ -1032,7 +973,7 @@ static const luaL_Reg db_methods[] = {
 };
 
 static const luaL_Reg iter_methods[] = {
-  {"next", iter_next}, {"page", iter_page}, {"ready", iter_ready}, {"close", iter_close}, {"db", iter_db},
+  {"page", iter_page}, {"ready", iter_ready}, {"close", iter_close}, {"db", iter_db},
   {NULL, NULL}
 };
 
