@@ -436,14 +436,6 @@ static int db_result(lua_State *L) {
   return push_result(L, d, token, op, opname);
 }
 
-static int db_forget(lua_State *L) {
-  lua_db *d = check_db(L);
-  uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
-  lp_client *c = d->party ? lp_party_client(d->party) : NULL;
-  if (c != NULL) lp_client_forget(c, token);
-  return 0;
-}
-
 /* db:set_polled(bool): the luv driver polls this party's fds */
 static int db_set_polled(lua_State *L) {
   lua_db *d = check_db(L);
@@ -858,6 +850,24 @@ static int db_iter(lua_State *L) {
   return 1;
 }
 
+/* Stores one entry in the page table (argument 3) after slot: the sides the
+ * caller asked for, or `true` when neither.  Returns the last slot used. */
+static int page_put(lua_State *L, const lua_iter *it, lp_slice k, lp_slice v, int slot) {
+  if (it->keys) {
+    lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
+    lua_rawseti(L, 3, ++slot);
+  }
+  if (it->values) {
+    lua_pushlstring(L, v.ptr ? v.ptr : "", v.len);
+    lua_rawseti(L, 3, ++slot);
+  }
+  if (!it->keys && !it->values) {
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, 3, ++slot);
+  }
+  return slot;
+}
+
 /* it:page(async, t) -> n | PENDING | YIELD | nil, msg, code
  * Fills t[1..] with up to PAGE_ENTRIES entries (k, v, k, v... or one side per
  * entry when the caller asked for one; `true` when neither) and returns how
@@ -882,9 +892,7 @@ static int iter_page(lua_State *L) {
   if (it->local != NULL) {
     if (async && slice_over()) return push_yield(L);
     while (n < PAGE_ENTRIES && (r = lp_engine_iter_next(it->local, &k, &v, &err)) == 1) {
-      if (it->keys) { lua_pushlstring(L, k.ptr, k.len); lua_rawseti(L, 3, ++slot); }
-      if (it->values) { lua_pushlstring(L, v.ptr, v.len); lua_rawseti(L, 3, ++slot); }
-      if (!it->keys && !it->values) { lua_pushboolean(L, 1); lua_rawseti(L, 3, ++slot); }
+      slot = page_put(L, it, k, v, slot);
       n++;
     }
   } else {
@@ -892,9 +900,7 @@ static int iter_page(lua_State *L) {
     lp_client *c = lp_party_client(p);
     for (;;) {
       while (n < PAGE_ENTRIES && (r = lp_client_iter_next(c, it->remote, &k, &v, &err)) == 1) {
-        if (it->keys) { lua_pushlstring(L, k.ptr ? k.ptr : "", k.len); lua_rawseti(L, 3, ++slot); }
-        if (it->values) { lua_pushlstring(L, v.ptr ? v.ptr : "", v.len); lua_rawseti(L, 3, ++slot); }
-        if (!it->keys && !it->values) { lua_pushboolean(L, 1); lua_rawseti(L, 3, ++slot); }
+        slot = page_put(L, it, k, v, slot);
         n++;
       }
       if (lp_client_out(c)->len > 0) lp_party_flush(p);
@@ -939,13 +945,6 @@ static int iter_close(lua_State *L) {
   return 1;
 }
 
-static int iter_db(lua_State *L) {
-  check_iter(L);
-  lp_getuservalue(L, 1);
-  lua_rawgeti(L, -1, 1);
-  return 1;
-}
-
 static int db_gc(lua_State *L) {
   db_close(L);
   return 0;
@@ -966,14 +965,14 @@ static const luaL_Reg db_methods[] = {
   {"close", db_close}, {"role", db_role}, {"role_change", db_role_change},
   {"opened", db_opened}, {"party", db_party}, {"path", db_path}, {"step", db_step},
   {"pollinfo", db_pollinfo}, {"done", db_done}, {"result", db_result},
-  {"forget", db_forget}, {"flush", db_flush}, {"set_polled", db_set_polled}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
+  {"flush", db_flush}, {"set_polled", db_set_polled}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
   {"del", db_del}, {"batch", db_batch}, {"get_many", db_get_many}, {"clear", db_clear},
   {"clear_begin", db_clear_begin}, {"is_leader", db_is_leader}, {"iter", db_iter},
   {NULL, NULL}
 };
 
 static const luaL_Reg iter_methods[] = {
-  {"page", iter_page}, {"ready", iter_ready}, {"close", iter_close}, {"db", iter_db},
+  {"page", iter_page}, {"ready", iter_ready}, {"close", iter_close},
   {NULL, NULL}
 };
 

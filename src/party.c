@@ -77,7 +77,6 @@ struct lp_party {
   uint64_t backoff_ns;
   uint64_t open_deadline_ns;  /* first election only */
   pid_t holder;               /* last seen LOCK holder */
-  int connect_errno;          /* last connect failure */
   lp_err fatal;               /* first election failed for good */
   int has_fatal;
 
@@ -94,7 +93,6 @@ struct lp_party {
   lp_job *jobs;               /* every job not yet taken, oldest first */
   int job_fd;                 /* eventfd the worker signals; -1 until started */
   uint64_t next_job;
-  int jobs_running;
 
   struct lp_party *next;      /* registry */
 };
@@ -128,7 +126,6 @@ lp_client *lp_party_client(lp_party *p) {
   return p->client;
 }
 uint64_t lp_party_progress(const lp_party *p) { return p->progress; }
-pid_t lp_party_lock_holder(const lp_party *p) { return p->holder; }
 unsigned lp_party_fd_generation(const lp_party *p) { return p->fd_gen; }
 
 int lp_party_take_role_change(lp_party *p) {
@@ -334,7 +331,6 @@ static void elect_step(lp_party *p) {
     become_follower(p, fd);
     return;
   }
-  p->connect_errno = -fd;
   p->next_try_ns = now + p->backoff_ns;
   p->backoff_ns = p->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : p->backoff_ns * 2;
 }
@@ -478,7 +474,6 @@ uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync) {
   pthread_mutex_lock(&p->job_lock);
   for (tail = &p->jobs; *tail != NULL; tail = &(*tail)->next) {}
   *tail = j;
-  p->jobs_running++;
   pthread_cond_signal(&p->job_cond);
   pthread_mutex_unlock(&p->job_lock);
   return j->token;
@@ -520,10 +515,7 @@ int lp_party_job_take(lp_party *p, uint64_t token, lp_err *err) {
 static void jobs_collect(lp_party *p) {
   uint64_t n;
   if (!p->worker_started) return;
-  if (read(p->job_fd, &n, sizeof n) == (ssize_t)sizeof n) {
-    p->jobs_running -= (int)n;
-    p->progress++;
-  }
+  if (read(p->job_fd, &n, sizeof n) == (ssize_t)sizeof n) p->progress++;
 }
 
 /* Stops the worker after the jobs queued have run (close must not lose an

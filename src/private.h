@@ -569,7 +569,5 @@ uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync);
 int lp_party_job_done(lp_party *p, uint64_t token);
 /* Takes a finished job's outcome: 0 ok, -1 with err; -2 unknown token. */
 int lp_party_job_take(lp_party *p, uint64_t token, lp_err *err);
-/* Pid of the process holding the LOCK while electing, for messages (0 unknown). */
-pid_t lp_party_lock_holder(const lp_party *p);
 
 #endif

@@ -11,8 +11,8 @@
 local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
 
-local type, error, select, tostring, setmetatable, rawget = type, error, select, tostring, setmetatable, rawget
-local pairs, ipairs, next = pairs, ipairs, next
+local type, error, tostring, setmetatable, rawget = type, error, tostring, setmetatable, rawget
+local pairs, ipairs = pairs, ipairs
 local format = string.format
 local loaded = package.loaded
 local PENDING, YIELD = core.PENDING, core.YIELD
@@ -155,31 +155,31 @@ local function decode_value(self, fname, v)
 	return val
 end
 
--- Finishes a core call: yields to the loop while it is PENDING or YIELD.
--- `again` re-issues the call after a YIELD (the time slice was over).
-local function after_blocking(self)
+-- After a follower's blocking call: report a role change the call caused (it
+-- may have won an election), and look at coroutines whose replies it read.
+-- A leader stays leader until closed, so its calls skip this.
+local function after_blocking(self, async)
+	if async or self._leader then return end
 	local c = self._c
 	local role = c:role_change()
 	if role then
 		local on_role = self._on_role
 		if on_role then on_role(role, self) end
 	end
-	-- a leader stays leader until closed: its calls can skip this from now on
 	if c:is_leader() then self._leader = true end
 	if adaptor then adaptor.kick(c) end
 end
 
-local function finish(self, op, a, b, e)
+-- Every core call (after its YIELD loop) ends here: a follower's request in
+-- flight (PENDING, token) is waited for by yielding; anything else is the
+-- call's own result.
+local function outcome(self, op, async, a, b, e)
 	if a == PENDING then
 		adaptor.wait_token(self._c, b)
 		return self._c:result(b, op)
 	end
+	after_blocking(self, async)
 	return a, b, e
-end
-
-local function check_open_state(self, fname)
-	if rawget(self, "_closed") then return false end
-	return true
 end
 
 --- db:get(key [, opts]) -> value | nil | nil, msg, code
@@ -196,8 +196,7 @@ function DB:get(key, opts, extra)
 	if v == YIELD then
 		repeat adaptor.tick() v, err, code = core_get(c, true, k) until v ~= YIELD
 	end
-	if v == PENDING then v, err, code = finish(self, "get", v, err)
-	elseif not self._leader then after_blocking(self) end
+	v, err, code = outcome(self, "get", async, v, err, code)
 	if v == nil then
 		if err == nil then return nil end -- a missing key is one nil
 		return nil, err, code
@@ -221,9 +220,7 @@ function DB:put(key, value, opts, extra)
 	if ok == YIELD then
 		repeat adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) until ok ~= YIELD
 	end
-	if ok == PENDING then return finish(self, "put", ok, err) end
-	if not self._leader then after_blocking(self) end
-	return ok, err, code
+	return outcome(self, "put", async, ok, err, code)
 end
 
 --- db:del(key [, opts]) -> true | nil, msg, code
@@ -237,9 +234,7 @@ function DB:del(key, opts, extra)
 	local async = loaded.luv ~= nil and async_mode()
 	local ok, err, code = c:del(async, k, sync)
 	while ok == YIELD do adaptor.tick() ok, err, code = c:del(true, k, sync) end
-	if ok == PENDING then return finish(self, "del", ok, err) end
-	if not self._leader then after_blocking(self) end
-	return ok, err, code
+	return outcome(self, "del", async, ok, err, code)
 end
 
 local function encode_ops(self, fname, ops)
@@ -268,9 +263,7 @@ local function write_ops(self, ops, sync, lvl)
 	local ok, err, code = c:batch(async, ops, sync, numbers_ok)
 	while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, ops, sync, numbers_ok) end
 	if ok == false then error(err, lvl or 3) end
-	if ok == PENDING then return finish(self, "batch", ok, err) end
-	if not async then after_blocking(self) end
-	return ok, err, code
+	return outcome(self, "batch", async, ok, err, code)
 end
 
 -- chained batch: db:batch() -> b; b:put(k, v), b:del(k), b:clear(), b:write()
@@ -335,8 +328,7 @@ function DB:get_many(keys, opts, extra)
 	local async = async_mode()
 	local t, err, code = c:get_many(async, enc)
 	while t == YIELD do adaptor.tick() t, err, code = c:get_many(true, enc) end
-	if t == PENDING then t, err, code = finish(self, "get_many", t, err)
-	elseif not async then after_blocking(self) end
+	t, err, code = outcome(self, "get_many", async, t, err, code)
 	if t == nil then return nil, err, code end
 	if not self._venc.identity then
 		for i = 1, n do
@@ -386,10 +378,7 @@ function DB:clear(range, opts, extra)
 		while ok == YIELD do adaptor.tick() ok, err, code = cl:step(true, sync) end
 		return ok, err, code
 	end
-	local ok, err, code = c:clear(async, r)
-	if ok == PENDING then return finish(self, "clear", ok, err) end
-	if not async then after_blocking(self) end
-	return ok, err, code
+	return outcome(self, "clear", async, c:clear(async, r))
 end
 
 -- iterators: C hands over a page of entries per call (it:page), and the
@@ -406,7 +395,7 @@ local function refill(self)
 		if n == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
 		n, err, code = it:page(true, page)
 	end
-	if not async and self._remote then after_blocking(self._db) end
+	after_blocking(self._db, async)
 	return n, err, code
 end
 
@@ -484,7 +473,7 @@ function DB:iter(opts, extra)
 		self._iters = iters
 	end
 	local obj = setmetatable({
-		_it = it, _db = self, _remote = not c:is_leader(), _page = {}, _n = 0, _i = 1,
+		_it = it, _db = self, _page = {}, _n = 0, _i = 1,
 		_stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
 		_decode_keys = keys and not self._kenc.identity,
 		_decode_values = values and not self._venc.identity,
@@ -500,9 +489,19 @@ function DB:role()
 	return self._c:role()
 end
 
--- Closes core handle c (of party).  The luv driver of the party goes with
--- its last handle, before the core closes the fds the driver polls.
-local function release(c, party)
+-- The one close of a handle, for close, __gc, __close and LuaJIT's proxy
+-- finalizer.  Entries an iterator holds in its page are not served after
+-- close (its next call asks the closed core, which answers ECLOSED).  The luv
+-- driver of the party goes with its last handle, before the core closes the
+-- fds the driver polls; coroutines still waiting resume after the close.
+local function close_handle(self)
+	if rawget(self, "_closed") then return end
+	self._closed = true
+	local iters = rawget(self, "_iters")
+	if iters then
+		for it in pairs(iters) do it._n, it._i = 0, 1 end
+	end
+	local c, party = self._c, self._party
 	local resume_waiters
 	if party then
 		local n = (party_handles[party] or 1) - 1
@@ -520,31 +519,18 @@ end
 --- db:close() -> true (idempotent; also __gc and __close)
 function DB:close()
 	check_self(self, "close")
-	if rawget(self, "_closed") then return true end
-	self._closed = true
-	-- entries an iterator holds in its page are not served after close: its
-	-- next call asks the (closed) core, which answers ECLOSED
-	local iters = rawget(self, "_iters")
-	if iters then
-		for it in pairs(iters) do it._n, it._i = 0, 1 end
-	end
-	release(self._c, self._party)
+	close_handle(self)
 	return true
 end
 DB.__close = DB.close
-DB.__gc = function(self) if not rawget(self, "_closed") then self._closed = true release(self._c, self._party) end end
+DB.__gc = close_handle
 
 -- Lua 5.1/LuaJIT do not finalize tables: a proxy userdata does it for them.
 local newproxy = newproxy
-local function attach_finalizer(self, c, party)
+local function attach_finalizer(self)
 	if newproxy == nil or _VERSION ~= "Lua 5.1" then return end
 	local proxy = newproxy(true)
-	getmetatable(proxy).__gc = function()
-		if not rawget(self, "_closed") then
-			self._closed = true
-			release(c, party)
-		end
-	end
+	getmetatable(proxy).__gc = function() close_handle(self) end
 	self._finalizer = proxy
 end
 
@@ -579,7 +565,7 @@ function _M.open(dir, opts, extra)
 		_c = c, _party = party, _path = c:path(), _kenc = kenc, _venc = venc, _on_role = opts.on_role,
 		_kid = kenc.identity, _vid = venc.identity, _leader = c:is_leader(),
 	}, DB)
-	attach_finalizer(self, c, party)
+	attach_finalizer(self)
 	party_handles[party] = (party_handles[party] or 0) + 1
 	local a = luv_adaptor()
 	if a then
@@ -596,6 +582,5 @@ end
 
 -- the raw core, for tests and tools
 _M._core = core
-_M._async_mode = async_mode
 
 return _M

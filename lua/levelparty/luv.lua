@@ -17,7 +17,7 @@ local uv = require "luv"
 local core = require "levelparty.core"
 
 local coroutine_running, coroutine_yield, coroutine_resume = coroutine.running, coroutine.yield, coroutine.resume
-local pairs, next, setmetatable = pairs, next, setmetatable
+local pairs, setmetatable = pairs, setmetatable
 local slice_begin = core.slice_begin
 
 local _M = {}
@@ -157,7 +157,6 @@ local function get_driver(c)
 	by_core[c] = d
 	return d
 end
-_M.driver = get_driver
 
 -- Parks the running coroutine in `list` under `key` until run() resumes it.
 local function park(c, list, key)
@@ -225,12 +224,4 @@ function _M.release(party)
 	end
 end
 
---- True when a call from here should yield rather than block: inside a
--- coroutine that can yield, while luv's loop is running.
-function _M.can_wait()
-	return uv.loop_mode() ~= nil
-end
-
-_M._drivers = drivers
-_M._next = next
 return _M
