@@ -380,6 +380,49 @@ describe("iterator", function()
     collectgarbage()
   end)
 
+  it("it:next() and a for loop over one iterator share its position", function()
+    local all = {}
+    for i = 1, 700 do
+      all[i] = ("k%05d"):format(i)
+      assert(db:put(all[i], "v" .. i))
+    end
+    for _, reverse in ipairs { false, true } do
+      local it = db:iter { reverse = reverse }
+      local seen = {}
+      for _ = 1, 3 do seen[#seen + 1] = (it:next()) end
+      local n = 0
+      for k, v in it do -- no closing value: breaking leaves it open
+        seen[#seen + 1] = k
+        assert.equal("v" .. tonumber(k:sub(2)), v)
+        n = n + 1
+        if n == 300 then break end
+      end
+      for k in it.next, it do seen[#seen + 1] = k end
+      assert.equal(700, #seen)
+      for i = 1, 700 do assert.equal(all[reverse and 701 - i or i], seen[i]) end
+      assert.is_nil(it:next())
+    end
+  end)
+
+  it("a failure in a for loop raises ECLOSED at the loop's line", function()
+    for i = 1, 700 do assert(db:put(("k%05d"):format(i), "v")) end
+    for _, opts in ipairs { {}, { reverse = true }, { keys = false } } do
+      local it, n = db:iter(opts), 0
+      local line = debug.getinfo(1, "l").currentline + 2
+      local ok, err = pcall(function()
+        for _ in it do
+          n = n + 1
+          if n == 10 then db:close() end
+        end
+      end)
+      assert.is_false(ok)
+      assert.equal(10, n)
+      assert.matches("ECLOSED", err)
+      assert.matches("iterator_spec.lua:" .. line .. ":", err, 1, true)
+      db = assert(A.reopen(dir))
+    end
+  end)
+
   it("creating an iterator on a closed db raises", function()
     db:close()
     local ok, err = pcall(db.iter, db)

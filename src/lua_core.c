@@ -62,6 +62,7 @@ struct lua_iter {
   int keys, values;
   int open;
   int has_err;         /* a failure met after a page's entries: next page */
+  unsigned steps;      /* direct steps since the last time-slice check */
   lp_err err;
   lua_iter *prev, *next;
 };
@@ -529,26 +530,39 @@ static int db_del(lua_State *L) {
   return submit(L, d, LP_REQ_DEL, &d->scratch, OP_WRITE, "del", async);
 }
 
-/* Reads operation i of the ops table at index 3: pushes nothing, fills
- * *is_put, *k, *v (valid while the table holds them).  numbers_ok: the key
- * encoding turns numbers into strings (utf8).  Returns NULL, or the reason
- * the operation is misuse. */
+/* db_batch keeps these strings at fixed stack slots, so reading an op costs
+ * no C-string lookups: the names of an op's fields and its two types. */
+enum { OPS_ARG = 3, S_TYPE = 6, S_KEY, S_VALUE, S_PUT, S_DEL };
+
+static void push_op_strings(lua_State *L) {
+  lua_settop(L, S_TYPE - 1);
+  lua_pushliteral(L, "type");
+  lua_pushliteral(L, "key");
+  lua_pushliteral(L, "value");
+  lua_pushliteral(L, "put");
+  lua_pushliteral(L, "del");
+}
+
+/* Reads operation i of the ops table (argument OPS_ARG): pushes nothing,
+ * fills *is_put, *k, *v (valid while the table holds them).  numbers_ok: the
+ * key encoding turns numbers into strings (utf8).  Returns NULL, or the
+ * reason the operation is misuse. */
 static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, lp_slice *k, lp_slice *v) {
-  const char *type;
   int kt, vt;
-  lua_rawgeti(L, 3, (int)i);
+  lua_rawgeti(L, OPS_ARG, (int)i);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
     return "table expected";
   }
-  lua_getfield(L, -1, "type");
-  type = lua_tostring(L, -1);
-  *is_put = type != NULL && strcmp(type, "put") == 0;
-  if (!*is_put && (type == NULL || strcmp(type, "del") != 0)) {
+  lua_pushvalue(L, S_TYPE);
+  lua_gettable(L, -2);
+  *is_put = lua_rawequal(L, -1, S_PUT);
+  if (!*is_put && !lua_rawequal(L, -1, S_DEL)) {
     lua_pop(L, 2);
     return "type must be \"put\" or \"del\"";
   }
-  lua_getfield(L, -2, "key");
+  lua_pushvalue(L, S_KEY);
+  lua_gettable(L, -3);
   kt = lua_type(L, -1);
   if (kt != LUA_TSTRING && !(numbers_ok && kt == LUA_TNUMBER)) {
     lua_pop(L, 3);
@@ -562,7 +576,8 @@ static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, 
   v->ptr = NULL;
   v->len = 0;
   if (*is_put) {
-    lua_getfield(L, -3, "value");
+    lua_pushvalue(L, S_VALUE);
+    lua_gettable(L, -4);
     vt = lua_type(L, -1);
     if (vt != LUA_TSTRING && !(numbers_ok && vt == LUA_TNUMBER)) {
       lua_pop(L, 4);
@@ -571,8 +586,9 @@ static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, 
     v->ptr = lua_tolstring(L, -1, &v->len);
     lua_pop(L, 1);
   }
-  /* the key and value strings stay referenced by the op table, which the ops
-   * table (argument 3) references: safe to use after popping */
+  /* String fields stay referenced by the op table.  A number converted to a
+   * string lives only in the popped slot: callers copy k and v before the
+   * next call that can allocate (and so collect). */
   lua_pop(L, 3);
   return NULL;
 }
@@ -597,7 +613,8 @@ static int db_batch(lua_State *L) {
   sync = lua_isnil(L, 4) ? d->sync : lua_toboolean(L, 4);
   numbers_ok = lua_toboolean(L, 5);
   if (d->party == NULL) return push_closed(L, "batch");
-  n = lua_rawlen(L, 3);
+  n = lua_rawlen(L, OPS_ARG);
+  push_op_strings(L);
   e = lp_party_engine(d->party);
   if (e != NULL) {
     lp_batch *b;
@@ -930,6 +947,110 @@ static int iter_page(lua_State *L) {
   return 1;
 }
 
+/* One entry of a local iterator: key, value | nil at the end | nil, msg, code.
+ * The iterator is released at the end and on failure. */
+static int step_local(lua_State *L, lua_iter *it) {
+  lp_slice k, v;
+  lp_err err;
+  int r = lp_engine_iter_next(it->local, &k, &v, &err);
+  if (r == 1) {
+    lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
+    lua_pushlstring(L, v.ptr ? v.ptr : "", v.len);
+    return 2;
+  }
+  iter_release(it);
+  if (r == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  return push_lperr(L, &err);
+}
+
+/* it:step(async) -> key, value | nil at the end | nil, msg, code | YIELD
+ * One entry of a local iterator asked for both sides: the slow half of the
+ * direct step (iter_call) and it:next() of such iterators. */
+static int iter_step(lua_State *L) {
+  lua_iter *it = check_iter(L);
+  int async = lua_toboolean(L, 2);
+  if (it->has_err) {
+    it->has_err = 0;
+    return push_lperr(L, &it->err);
+  }
+  if (!it->open) {
+    if (it->db->party == NULL) return push_closed(L, "iterator");
+    lua_pushnil(L);
+    return 1;
+  }
+  luaL_argcheck(L, it->local != NULL && it->keys && it->values, 1,
+                "step: not a local iterator of keys and values");
+  if (async && slice_over()) return push_yield(L);
+  it->steps = 0;
+  return step_local(L, it);
+}
+
+#if LUA_VERSION_NUM >= 503
+/* Direct steps check the time slice once per DIRECT_SLICE_STEPS entries. */
+#define DIRECT_SLICE_STEPS 64
+
+/* The slow step's results are the whole stack once it returns. */
+static int iter_call_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+/* __call of iterator objects the generic for steps without a Lua frame
+ * (Lua 5.3+; local iterators of keys and values under identity encodings):
+ * iterator object (a table) -> key, value | nothing at the end.  The object
+ * holds its core iterator at [1].  Anything but a ready entry (a time slice
+ * to give back, the end after a failure, a closed db) goes to the Lua slow
+ * step, upvalue 1, which may yield: hence lua_callk.  Upvalue 2 is the core
+ * iterator metatable. */
+static int iter_call(lua_State *L) {
+  lua_iter *it = NULL;
+  if (lua_type(L, 1) == LUA_TTABLE && lua_rawgeti(L, 1, 1) == LUA_TUSERDATA &&
+      lua_getmetatable(L, -1)) {
+    if (lua_rawequal(L, -1, lua_upvalueindex(2))) it = (lua_iter *)lua_touserdata(L, -2);
+  }
+  lua_settop(L, 1);
+  if (it != NULL && it->open && it->local != NULL && !it->has_err &&
+      (++it->steps % DIRECT_SLICE_STEPS != 0 || !lua_isyieldable(L) || !slice_over())) {
+    lp_slice k, v;
+    lp_err err;
+    int r = lp_engine_iter_next(it->local, &k, &v, &err);
+    if (r == 1) {
+      lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
+      lua_pushlstring(L, v.ptr ? v.ptr : "", v.len);
+      return 2;
+    }
+    iter_release(it);
+    if (r == 0) return 0;
+    it->has_err = 1; /* the slow step raises it */
+    it->err = err;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_callk(L, 1, LUA_MULTRET, 0, iter_call_done);
+  return iter_call_done(L, LUA_OK, 0);
+}
+
+/* core.direct_call(slow) -> the __call function of direct iterators */
+static int direct_call(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  luaL_getmetatable(L, ITER_MT);
+  lua_pushcclosure(L, iter_call, 2);
+  return 1;
+}
+#endif
+
+/* it:is_local() -> true when the iterator reads this process's LevelDB */
+static int iter_is_local(lua_State *L) {
+  lua_iter *it = check_iter(L);
+  lua_pushboolean(L, it->local != NULL);
+  return 1;
+}
+
 /* it:ready() -> true when next() would not return PENDING */
 static int iter_ready(lua_State *L) {
   lua_iter *it = check_iter(L);
@@ -972,14 +1093,19 @@ static const luaL_Reg db_methods[] = {
 };
 
 static const luaL_Reg iter_methods[] = {
-  {"page", iter_page}, {"ready", iter_ready}, {"close", iter_close},
+  {"page", iter_page}, {"step", iter_step}, {"is_local", iter_is_local},
+  {"ready", iter_ready}, {"close", iter_close},
   {NULL, NULL}
 };
 
 static const luaL_Reg clear_methods[] = {{"step", clear_step}, {NULL, NULL}};
 
 static const luaL_Reg module_funcs[] = {
-  {"open", open_db}, {"slice_begin", slice_begin}, {"set_slice", set_slice}, {NULL, NULL}
+  {"open", open_db}, {"slice_begin", slice_begin}, {"set_slice", set_slice},
+#if LUA_VERSION_NUM >= 503
+  {"direct_call", direct_call},
+#endif
+  {NULL, NULL}
 };
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {

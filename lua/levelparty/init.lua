@@ -388,7 +388,7 @@ Iterator.__index = Iterator
 Iterator.__name = "levelparty.iterator"
 
 local function refill(self)
-	local it, page = self._it, self._page
+	local it, page = self[1], self._page
 	local async = async_mode()
 	local n, err, code = it:page(async, page)
 	while n == PENDING or n == YIELD do
@@ -399,9 +399,38 @@ local function refill(self)
 	return n, err, code
 end
 
+-- Direct iterators (Lua 5.3+, the leader's own LevelDB, keys and values
+-- under identity encodings): the generic for calls C for each entry
+-- (core.direct_call), with no Lua frame and no page; C hands anything but a
+-- ready entry to step_slow, which may yield.
+local function step(self)
+	local it = self[1]
+	local async = async_mode()
+	if not async then core.slice_begin() end -- no loop to give time back to
+	local k, v, code = it:step(async)
+	while k == YIELD do
+		adaptor.tick()
+		k, v, code = it:step(true)
+	end
+	return k, v, code
+end
+
+local function step_slow(self)
+	local k, v, code = step(self)
+	-- level 3: step_slow, the C step, the function running the for loop
+	if k == nil and v ~= nil then error(format("%s (%s)", v, tostring(code)), 3) end
+	return k, v
+end
+
 --- it:next() -> key, value (or the one side asked for) | nil at the end |
 -- nil, msg, code on failure
 function Iterator:next()
+	if self._direct then
+		if self._done then return nil end
+		local k, v, code = step(self)
+		if k == nil then self._done = true end
+		return k, v, code
+	end
 	local i = self._i
 	if i > self._n then
 		if self._done then return nil end
@@ -453,10 +482,17 @@ end
 
 function Iterator:close()
 	self._done, self._n = true, 0
-	return self._it:close()
+	return self[1]:close()
 end
 Iterator.__close = Iterator.close
 Iterator.__gc = Iterator.close
+
+local DirectIterator
+if core.direct_call then
+	DirectIterator = {}
+	for name, f in pairs(Iterator) do DirectIterator[name] = f end
+	DirectIterator.__call = core.direct_call(step_slow)
+end
 
 --- for k, v in db:iter{gt=, gte=, lt=, lte=, reverse=, limit=, keys=, values=} do ... end
 function DB:iter(opts, extra)
@@ -472,13 +508,16 @@ function DB:iter(opts, extra)
 		iters = setmetatable({}, { __mode = "k" })
 		self._iters = iters
 	end
+	local plain = keys and values and self._kenc.identity and self._venc.identity
+	local direct = plain and DirectIterator ~= nil and it:is_local()
 	local obj = setmetatable({
-		_it = it, _db = self, _page = {}, _n = 0, _i = 1,
+		it, -- [1]: the core iterator (where the direct step looks for it)
+		_db = self, _page = {}, _n = 0, _i = 1,
 		_stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
 		_decode_keys = keys and not self._kenc.identity,
 		_decode_values = values and not self._venc.identity,
-		_plain = keys and values and self._kenc.identity and self._venc.identity,
-	}, Iterator)
+		_plain = plain, _direct = direct,
+	}, direct and DirectIterator or Iterator)
 	iters[obj] = true
 	return obj, nil, nil, obj
 end
