@@ -236,6 +236,30 @@ describe("coroutines", function()
     assert.same({ "c1", "c" .. N, "m500", n = 3 }, t)
   end)
 
+  it("coroutines on a second handle of the directory join those of the first", function()
+    -- A coroutine waits on db; the main chunk's blocking call on db2 (same party) may read
+    -- its reply; then a coroutine on db2 starts waiting too.  Everyone is resumed.
+    local db2 = assert(A.reopen(dir))
+    local sts = {}
+    for round = 1, 20 do
+      sts[#sts + 1] = go(function()
+        assert(db:put("one" .. round, "1:" .. round))
+        return assert(db:get("one" .. round))
+      end)
+      assert.equal(true, db2:put("main" .. round, "m"))
+      sts[#sts + 1] = go(function()
+        assert(db2:put("two" .. round, "2:" .. round))
+        return assert(db2:get("two" .. round))
+      end)
+    end
+    wait_all(sts, 60)
+    for round = 1, 20 do
+      assert.equal("1:" .. round, sts[2 * round - 1].results[2])
+      assert.equal("2:" .. round, sts[2 * round].results[2])
+      assert.equal("m", db:get("main" .. round))
+    end
+  end)
+
   it("open and close inside a coroutine", function()
     db:close()
     local role, val

@@ -221,6 +221,11 @@ struct lp_client {
   idmap rids, iids;
   lp_citer *ihead, *itail;
   size_t niters;
+  /* finished-token log (lp_client_log_finished): tokens in finishing order */
+  uint64_t *fin;
+  size_t nfin, fincap;
+  int log_fin;      /* recording */
+  int fin_lost;     /* a token could not be recorded (out of memory) */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -297,6 +302,7 @@ void lp_client_free(lp_client *c) {
   }
   free(c->hb);
   free(c->dh);
+  free(c->fin);
   it = c->ihead;
   while (it) {
     lp_citer *n = it->next;
@@ -486,9 +492,24 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
 
 /* Takes q out of the pending structures.  If it still holds a wire id the
  * slot becomes an orphan: the reply may still come and must find no one. */
+static void log_finished(lp_client *c, uint64_t token) {
+  if (c->nfin == c->fincap) {
+    size_t cap = c->fincap ? c->fincap * 2 : 64;
+    uint64_t *fin = realloc(c->fin, cap * sizeof *fin);
+    if (fin == NULL) {
+      c->fin_lost = 1;
+      return;
+    }
+    c->fin = fin;
+    c->fincap = cap;
+  }
+  c->fin[c->nfin++] = token;
+}
+
 static void req_unpend(lp_client *c, creq *q) {
   if (q->done) return;
   q->done = 1;
+  if (c->log_fin) log_finished(c, q->token);
   if (q->prev) q->prev->next = q->next;
   else c->phead = q->next;
   if (q->next) q->next->prev = q->prev;
@@ -530,6 +551,21 @@ void lp_client_forget(lp_client *c, uint64_t token) {
   req_unpend(c, q); /* keeps the wire id reserved as an orphan */
   hash_remove(c, q);
   req_free(q);
+}
+
+void lp_client_log_finished(lp_client *c, int on) {
+  c->log_fin = on;
+  c->nfin = 0;
+  c->fin_lost = 0;
+}
+
+int lp_client_finished(lp_client *c, const uint64_t **tokens, size_t *n) {
+  int lost = c->fin_lost;
+  *tokens = c->fin;
+  *n = c->nfin;
+  c->nfin = 0;
+  c->fin_lost = 0;
+  return lost ? -1 : 0;
 }
 
 size_t lp_client_pending(lp_client *c) { return c->npending; }

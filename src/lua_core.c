@@ -418,6 +418,28 @@ static int db_done(lua_State *L) {
   return 1;
 }
 
+/* db:finished(t) -> n: stores in t[1..n] the tokens of the requests that
+ * finished since the last call (while the luv driver polls: see
+ * lp_client_log_finished), or returns -1 when the log lost some: the driver
+ * then asks after every token it waits for.  Worker jobs are not logged. */
+static int db_finished(lua_State *L) {
+  lua_db *d = check_db(L);
+  lp_client *c = d->party ? lp_party_client(d->party) : NULL;
+  const uint64_t *tokens;
+  size_t n = 0, i;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (c != NULL && lp_client_finished(c, &tokens, &n) != 0) {
+    lua_pushinteger(L, -1);
+    return 1;
+  }
+  for (i = 0; i < n; i++) {
+    lua_pushinteger(L, (lua_Integer)tokens[i]);
+    lua_rawseti(L, 2, (int)i + 1);
+  }
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
 static int db_result(lua_State *L) {
   lua_db *d = check_db(L);
   uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
@@ -1086,7 +1108,7 @@ static const luaL_Reg db_methods[] = {
   {"close", db_close}, {"role", db_role}, {"role_change", db_role_change},
   {"opened", db_opened}, {"party", db_party}, {"path", db_path}, {"step", db_step},
   {"pollinfo", db_pollinfo}, {"done", db_done}, {"result", db_result},
-  {"flush", db_flush}, {"set_polled", db_set_polled}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
+  {"flush", db_flush}, {"set_polled", db_set_polled}, {"finished", db_finished}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
   {"del", db_del}, {"batch", db_batch}, {"get_many", db_get_many}, {"clear", db_clear},
   {"clear_begin", db_clear_begin}, {"is_leader", db_is_leader}, {"iter", db_iter},
   {NULL, NULL}
@@ -1155,6 +1177,8 @@ int luaopen_levelparty_core(lua_State *L) {
   lua_setfield(L, -2, "PENDING");
   lua_pushlightuserdata(L, YIELD);
   lua_setfield(L, -2, "YIELD");
+  lua_pushnumber(L, (lua_Number)LP_JOB_TOKEN);
+  lua_setfield(L, -2, "JOB_TOKEN");
   lua_pushfstring(L, "leveldb %d.%d", leveldb_major_version(), leveldb_minor_version());
   lua_setfield(L, -2, "leveldb_version");
   slice_start_ns = lp_now_ns();

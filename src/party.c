@@ -124,9 +124,10 @@ int lp_party_role(const lp_party *p) {
 int lp_party_opened(const lp_party *p) { return p->opened; }
 const char *lp_party_path(const lp_party *p) { return p->path; }
 lp_engine *lp_party_engine(lp_party *p) { return p->state == P_LEADER ? p->engine : NULL; }
+static int ensure_client(lp_party *p);
+
 lp_client *lp_party_client(lp_party *p) {
-  if (p->client == NULL && p->state != P_LEADER && p->state != P_CLOSED)
-    p->client = lp_client_new(&p->opts.client);
+  if (p->client == NULL && p->state != P_LEADER && p->state != P_CLOSED) ensure_client(p);
   return p->client;
 }
 uint64_t lp_party_progress(const lp_party *p) { return p->progress; }
@@ -206,6 +207,10 @@ static void conn_blocking(lp_party *p) {
 }
 
 void lp_party_set_polled(lp_party *p, int polled) {
+  polled = polled != 0;
+  /* the log restarts only on a change: another handle of the party joining
+   * the driver must not drop tokens its waiters need */
+  if (p->client != NULL && polled != p->polled) lp_client_log_finished(p->client, polled);
   p->polled = polled;
   if (polled) p->fd_blocks = 0; /* libuv's poll makes the fd non-blocking */
   else {
@@ -226,7 +231,10 @@ static void close_conn(lp_party *p) {
 }
 
 static int ensure_client(lp_party *p) {
-  if (p->client == NULL) p->client = lp_client_new(&p->opts.client);
+  if (p->client == NULL) {
+    p->client = lp_client_new(&p->opts.client);
+    if (p->client != NULL) lp_client_log_finished(p->client, p->polled);
+  }
   return p->client != NULL ? 0 : -1;
 }
 

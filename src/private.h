@@ -436,6 +436,17 @@ void lp_result_free(lp_result *res);
  * collected).  Its wire id stays reserved until its reply arrives or a reset. */
 void lp_client_forget(lp_client *c, uint64_t token);
 
+/* The finished-token log, for a poller that resumes exactly the waiters of
+ * the requests that finished instead of asking after each one.  While on,
+ * every request that finishes (reply, failure, expiry, forget) has its token
+ * appended; switching it on or off empties it.  lp_client_finished hands
+ * over the tokens logged since its last call (valid until the next call
+ * into c) and empties the log; it returns -1 when some token could not be
+ * logged (out of memory): the caller must then check every token it waits
+ * for. */
+void lp_client_log_finished(lp_client *c, int on);
+int lp_client_finished(lp_client *c, const uint64_t **tokens, size_t *n);
+
 /* Number of requests (not forgotten) still waiting for a reply, and of open
  * iterators; both zero means "flushed". */
 size_t lp_client_pending(lp_client *c);

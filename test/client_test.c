@@ -357,6 +357,41 @@ static void test_timeouts(void) {
   lp_client_free(c);
 }
 
+/* The finished-token log the luv driver drains (lp_client_log_finished). */
+static void test_finished_log(void) {
+  lp_client *c = lp_client_new(NULL);
+  const uint64_t *fin;
+  size_t n;
+  uint64_t t[200];
+  int i, ok;
+  t[0] = sub_key(c, LP_REQ_GET, "a", 0);
+  reply_ok(c, 0);
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "off: nothing is logged");
+  lp_client_log_finished(c, 1);
+  t[1] = sub_key(c, LP_REQ_GET, "b", 0); /* id 0 */
+  t[2] = sub_key(c, LP_REQ_GET, "c", 10); /* id 1, deadline 10 */
+  t[3] = sub_key(c, LP_REQ_GET, "d", 0); /* id 2 */
+  t[4] = sub_key(c, LP_REQ_GET, "e", 0); /* id 3 */
+  reply_ok(c, 2);
+  lp_client_expire(c, 10);
+  lp_client_forget(c, t[4]);
+  reply_ok(c, 0);
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 4 && fin[0] == t[3] && fin[1] == t[2] &&
+            fin[2] == t[4] && fin[3] == t[1],
+        "on: reply, expiry, forget and reply logged in finishing order");
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "handing the log over empties it");
+  for (i = 0; i < 200; i++) t[i] = sub_key(c, LP_REQ_GET, "x", 0);
+  lp_client_fail_all(c, LP_ELEADERLOST, "gone");
+  ok = lp_client_finished(c, &fin, &n) == 0 && n == 200;
+  for (i = 0; ok && i < 200; i++) ok = fin[i] == t[i];
+  check(ok, "failing all logs every token, in order, past the first allocation");
+  t[0] = sub_key(c, LP_REQ_GET, "y", 0);
+  lp_client_fail_all(c, LP_ELEADERLOST, "gone");
+  lp_client_log_finished(c, 0);
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "switching it off empties it");
+  lp_client_free(c);
+}
+
 static void test_mismatch_and_errors(void) {
   lp_client *c;
   lp_client_opts o;
@@ -1166,6 +1201,7 @@ int main(void) {
   test_ids();
   test_replay_order();
   test_timeouts();
+  test_finished_log();
   test_mismatch_and_errors();
   test_fail_all();
   test_iter_codec();

@@ -17,8 +17,9 @@ local uv = require "luv"
 local core = require "levelparty.core"
 
 local coroutine_running, coroutine_yield, coroutine_resume = coroutine.running, coroutine.yield, coroutine.resume
-local pairs, setmetatable = pairs, setmetatable
+local next, pairs, setmetatable = next, pairs, setmetatable
 local slice_begin = core.slice_begin
+local JOB_TOKEN = core.JOB_TOKEN -- tokens of worker jobs are >= this
 
 local _M = {}
 
@@ -93,43 +94,78 @@ function Driver:arm()
 	end
 end
 
--- Something happened: step the party and resume whoever can go on.
+-- Something happened: step the party and resume whoever can go on.  The
+-- client logs the tokens of the requests that finished (db:finished), so the
+-- driver wakes exactly their waiters instead of asking after each token it
+-- waits for; worker jobs (big batches) are few and asked after.
 function Driver:run()
 	local c = self:core()
 	if c == nil then return end
 	self.running = true
 	slice_begin()
 	local progress, err, code = c:step()
-	local ready = {}
+	local ready, nready = {}, 0 -- coroutines to resume with no values
+	local opened                -- openers to resume, with their results
 	if progress == nil then
 		-- the first election failed for good: every opener gets the error
-		for co in pairs(self.openers) do ready[#ready + 1] = { co, nil, err, code } end
+		opened = {}
+		for co in pairs(self.openers) do opened[#opened + 1] = { co, nil, err, code } end
 		self.openers = {}
-	elseif c:opened() then
-		for co in pairs(self.openers) do ready[#ready + 1] = { co, true } end
+	elseif next(self.openers) ~= nil and c:opened() then
+		opened = {}
+		for co in pairs(self.openers) do opened[#opened + 1] = { co, true } end
 		self.openers = {}
+	end
+	local tokens, fin = self.tokens, self.fin
+	local n = c:finished(fin)
+	if n < 0 then
+		for token, co in pairs(tokens) do
+			if c:done(token) then
+				tokens[token] = nil
+				nready = nready + 1
+				ready[nready] = co
+			end
+		end
+	else
+		for i = 1, n do
+			local token = fin[i]
+			local co = tokens[token]
+			if co ~= nil then
+				tokens[token] = nil
+				nready = nready + 1
+				ready[nready] = co
+			end
+		end
+	end
+	local jobs = self.jobs
+	if next(jobs) ~= nil then
+		for token, co in pairs(jobs) do
+			if c:done(token) then
+				jobs[token] = nil
+				nready = nready + 1
+				ready[nready] = co
+			end
+		end
 	end
 	if progress ~= nil and progress ~= self.progress then
 		self.progress = progress
-		for token, co in pairs(self.tokens) do
-			if c:done(token) then
-				self.tokens[token] = nil
-				ready[#ready + 1] = { co }
-			end
-		end
 		for it, co in pairs(self.iters) do
 			if it:ready() then
 				self.iters[it] = nil
-				ready[#ready + 1] = { co }
+				nready = nready + 1
+				ready[nready] = co
 			end
 		end
 	end
-	self.nwait = self.nwait - #ready
+	self.nwait = self.nwait - nready - (opened and #opened or 0)
 	local role = c:role_change()
 	if role and self.on_role then self.on_role(role) end
-	for i = 1, #ready do
-		local r = ready[i]
-		resume(r[1], r[2], r[3], r[4])
+	for i = 1, nready do resume(ready[i]) end
+	if opened then
+		for i = 1, #opened do
+			local r = opened[i]
+			resume(r[1], r[2], r[3], r[4])
+		end
 	end
 	self.running = false
 	-- what the resumed coroutines asked for goes out in one write
@@ -146,7 +182,8 @@ local function get_driver(c)
 	d = drivers[key]
 	if d == nil then
 		d = setmetatable({
-			cref = setmetatable({}, { __mode = "v" }), tokens = {}, iters = {}, openers = {}, nwait = 0, fd = -1, gen = nil,
+			cref = setmetatable({}, { __mode = "v" }), tokens = {}, jobs = {}, fin = {}, iters = {}, openers = {},
+			nwait = 0, fd = -1, gen = nil,
 			timer = uv.new_timer(), progress = -1,
 		}, Driver)
 		d.on_event = function() d:run() end
@@ -171,7 +208,7 @@ end
 --- Waits (yielding) until the request `token` of core handle c is done.
 function _M.wait_token(c, token)
 	if c:done(token) then return end
-	park(c, "tokens", token)
+	park(c, token >= JOB_TOKEN and "jobs" or "tokens", token)
 end
 
 --- Waits until iterator it can give its next entry.
@@ -219,6 +256,7 @@ function _M.release(party)
 	if uv.loop_mode() == nil then uv.run("nowait") end
 	return function()
 		for _, co in pairs(d.tokens) do resume(co) end
+		for _, co in pairs(d.jobs) do resume(co) end
 		for _, co in pairs(d.iters) do resume(co) end
 		for co in pairs(d.openers) do resume(co, nil, "open: the database was closed", "ECLOSED") end
 	end
