@@ -565,54 +565,48 @@ static void push_op_strings(lua_State *L) {
   lua_pushliteral(L, "del");
 }
 
-/* Reads operation i of the ops table (argument OPS_ARG): pushes nothing,
- * fills *is_put, *k, *v (valid while the table holds them).  numbers_ok: the
- * key encoding turns numbers into strings (utf8).  Returns NULL, or the
- * reason the operation is misuse. */
+/* Pushes the field named at stack slot name of the op table at absolute
+ * index op, and points *s at it when it is a string (or a number when
+ * numbers_ok).  Returns 0, or -1 for any other type. */
+static int op_bytes(lua_State *L, int op, int name, int numbers_ok, lp_slice *s) {
+  int t;
+  lua_pushvalue(L, name);
+  lua_gettable(L, op);
+  t = lua_type(L, -1);
+  if (t != LUA_TSTRING && !(numbers_ok && t == LUA_TNUMBER)) return -1;
+  s->ptr = lua_tolstring(L, -1, &s->len);
+  return 0;
+}
+
+/* Reads operation i of the ops table (argument OPS_ARG): leaves the stack as
+ * it was, fills *is_put, *k, *v.  numbers_ok: the key encoding turns numbers
+ * into strings (utf8).  Returns NULL, or the reason the operation is misuse.
+ * String fields stay referenced by the op table; a number converted to a
+ * string lives only in a popped slot, so callers copy k and v before the next
+ * call that can allocate (and so collect). */
 static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, lp_slice *k, lp_slice *v) {
-  int kt, vt;
-  lua_rawgeti(L, OPS_ARG, (int)i);
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    return "table expected";
-  }
-  lua_pushvalue(L, S_TYPE);
-  lua_gettable(L, -2);
-  *is_put = lua_rawequal(L, -1, S_PUT);
-  if (!*is_put && !lua_rawequal(L, -1, S_DEL)) {
-    lua_pop(L, 2);
-    return "type must be \"put\" or \"del\"";
-  }
-  lua_pushvalue(L, S_KEY);
-  lua_gettable(L, -3);
-  kt = lua_type(L, -1);
-  if (kt != LUA_TSTRING && !(numbers_ok && kt == LUA_TNUMBER)) {
-    lua_pop(L, 3);
-    return "key must be a string";
-  }
-  k->ptr = lua_tolstring(L, -1, &k->len);
-  if (k->len == 0) {
-    lua_pop(L, 3);
-    return "key must not be empty";
-  }
+  int top = lua_gettop(L), op = top + 1;
+  const char *why = NULL;
   v->ptr = NULL;
   v->len = 0;
-  if (*is_put) {
-    lua_pushvalue(L, S_VALUE);
-    lua_gettable(L, -4);
-    vt = lua_type(L, -1);
-    if (vt != LUA_TSTRING && !(numbers_ok && vt == LUA_TNUMBER)) {
-      lua_pop(L, 4);
-      return "value must be a string";
-    }
-    v->ptr = lua_tolstring(L, -1, &v->len);
-    lua_pop(L, 1);
+  lua_rawgeti(L, OPS_ARG, (int)i);
+  if (!lua_istable(L, op)) {
+    why = "table expected";
+  } else {
+    lua_pushvalue(L, S_TYPE);
+    lua_gettable(L, op);
+    *is_put = lua_rawequal(L, -1, S_PUT);
+    if (!*is_put && !lua_rawequal(L, -1, S_DEL))
+      why = "type must be \"put\" or \"del\"";
+    else if (op_bytes(L, op, S_KEY, numbers_ok, k) != 0)
+      why = "key must be a string";
+    else if (k->len == 0)
+      why = "key must not be empty";
+    else if (*is_put && op_bytes(L, op, S_VALUE, numbers_ok, v) != 0)
+      why = "value must be a string";
   }
-  /* String fields stay referenced by the op table.  A number converted to a
-   * string lives only in the popped slot: callers copy k and v before the
-   * next call that can allocate (and so collect). */
-  lua_pop(L, 3);
-  return NULL;
+  lua_settop(L, top);
+  return why;
 }
 
 static int batch_misuse(lua_State *L, size_t i, const char *why) {
@@ -969,18 +963,25 @@ static int iter_page(lua_State *L) {
   return 1;
 }
 
-/* One entry of a local iterator: key, value | nil at the end | nil, msg, code.
- * The iterator is released at the end and on failure. */
-static int step_local(lua_State *L, lua_iter *it) {
+/* Advances a local iterator: pushes key and value and returns 1; otherwise
+ * releases the iterator and returns 0 at the end, -1 on failure (err). */
+static int local_next(lua_State *L, lua_iter *it, lp_err *err) {
   lp_slice k, v;
-  lp_err err;
-  int r = lp_engine_iter_next(it->local, &k, &v, &err);
+  int r = lp_engine_iter_next(it->local, &k, &v, err);
   if (r == 1) {
     lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
     lua_pushlstring(L, v.ptr ? v.ptr : "", v.len);
-    return 2;
+    return 1;
   }
   iter_release(it);
+  return r;
+}
+
+/* One entry of a local iterator: key, value | nil at the end | nil, msg, code. */
+static int step_local(lua_State *L, lua_iter *it) {
+  lp_err err;
+  int r = local_next(L, it, &err);
+  if (r == 1) return 2;
   if (r == 0) {
     lua_pushnil(L);
     return 1;
@@ -1037,15 +1038,9 @@ static int iter_call(lua_State *L) {
   lua_settop(L, 1);
   if (it != NULL && it->open && it->local != NULL && !it->has_err &&
       (++it->steps % DIRECT_SLICE_STEPS != 0 || !lua_isyieldable(L) || !slice_over())) {
-    lp_slice k, v;
     lp_err err;
-    int r = lp_engine_iter_next(it->local, &k, &v, &err);
-    if (r == 1) {
-      lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
-      lua_pushlstring(L, v.ptr ? v.ptr : "", v.len);
-      return 2;
-    }
-    iter_release(it);
+    int r = local_next(L, it, &err);
+    if (r == 1) return 2;
     if (r == 0) return 0;
     it->has_err = 1; /* the slow step raises it */
     it->err = err;

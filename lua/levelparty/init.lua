@@ -403,10 +403,8 @@ end
 -- under identity encodings): the generic for calls C for each entry
 -- (core.direct_call), with no Lua frame and no page; C hands anything but a
 -- ready entry to step_slow, which may yield.
-local function step(self)
+local function step(self, async)
 	local it = self[1]
-	local async = async_mode()
-	if not async then core.slice_begin() end -- no loop to give time back to
 	local k, v, code = it:step(async)
 	while k == YIELD do
 		adaptor.tick()
@@ -416,7 +414,11 @@ local function step(self)
 end
 
 local function step_slow(self)
-	local k, v, code = step(self)
+	local async = async_mode()
+	-- a coroutine with no luv loop to give time back to: C's next slice
+	-- check should not send every 64th entry here again
+	if not async then core.slice_begin() end
+	local k, v, code = step(self, async)
 	-- level 3: step_slow, the C step, the function running the for loop
 	if k == nil and v ~= nil then error(format("%s (%s)", v, tostring(code)), 3) end
 	return k, v
@@ -427,7 +429,7 @@ end
 function Iterator:next()
 	if self._direct then
 		if self._done then return nil end
-		local k, v, code = step(self)
+		local k, v, code = step(self, async_mode())
 		if k == nil then self._done = true end
 		return k, v, code
 	end

@@ -94,6 +94,19 @@ function Driver:arm()
 	end
 end
 
+-- Moves the waiters of the finished tokens of `waiting` (token -> coroutine)
+-- to ready[nready + 1 ...]; returns the new count.  Asks the core after each.
+local function take_done(c, waiting, ready, nready)
+	for token, co in pairs(waiting) do
+		if c:done(token) then
+			waiting[token] = nil
+			nready = nready + 1
+			ready[nready] = co
+		end
+	end
+	return nready
+end
+
 -- Something happened: step the party and resume whoever can go on.  The
 -- client logs the tokens of the requests that finished (db:finished), so the
 -- driver wakes exactly their waiters instead of asking after each token it
@@ -119,13 +132,7 @@ function Driver:run()
 	local tokens, fin = self.tokens, self.fin
 	local n = c:finished(fin)
 	if n < 0 then
-		for token, co in pairs(tokens) do
-			if c:done(token) then
-				tokens[token] = nil
-				nready = nready + 1
-				ready[nready] = co
-			end
-		end
+		nready = take_done(c, tokens, ready, nready)
 	else
 		for i = 1, n do
 			local token = fin[i]
@@ -137,16 +144,7 @@ function Driver:run()
 			end
 		end
 	end
-	local jobs = self.jobs
-	if next(jobs) ~= nil then
-		for token, co in pairs(jobs) do
-			if c:done(token) then
-				jobs[token] = nil
-				nready = nready + 1
-				ready[nready] = co
-			end
-		end
-	end
+	nready = take_done(c, self.jobs, ready, nready)
 	if progress ~= nil and progress ~= self.progress then
 		self.progress = progress
 		for it, co in pairs(self.iters) do
