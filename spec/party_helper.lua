@@ -112,11 +112,12 @@ function P.state(pid)
 	return s:match("^%d+ %b() (%S)")
 end
 
---- True when pid sleeps in poll/epoll (x86_64 and arm64 syscall numbers): a blocking
--- levelparty call that printed "sent" and then sleeps there has submitted its request.
+--- True when pid sleeps in poll/epoll or recvfrom (x86_64 and arm64 syscall numbers):
+-- a blocking levelparty call that printed "sent" and then sleeps there has submitted
+-- its request (a follower's blocking call waits for its reply in one recv).
 local POLL_SYSCALLS = {
-	x86_64 = { [7] = true, [271] = true, [232] = true, [281] = true, [441] = true },
-	aarch64 = { [73] = true, [22] = true, [441] = true },
+	x86_64 = { [7] = true, [271] = true, [232] = true, [281] = true, [441] = true, [45] = true },
+	aarch64 = { [73] = true, [22] = true, [441] = true, [207] = true },
 }
 local arch = (io.popen("uname -m"):read("*l"))
 function P.in_poll(pid)
@@ -132,7 +133,7 @@ end
 --- After w:send("!cmd"): waits for "sent <id>", then until the worker sleeps in poll.
 function P.wait_sent(w, id, timeout)
 	w:wait_line("^sent " .. id .. "$", timeout or 10)
-	helper.wait_until(function() return P.in_poll(w.pid) end, timeout or 10, "pid " .. w.pid .. " to wait in poll")
+	helper.wait_until(function() return P.in_poll(w.pid) end, timeout or 10, "pid " .. w.pid .. " to wait for its reply")
 end
 
 --- Sends sig and waits until the child has exited (reaped by luv).

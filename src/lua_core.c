@@ -466,6 +466,13 @@ static int db_set_polled(lua_State *L) {
   return 0;
 }
 
+/* db:poll_began(): the driver made a poll handle on the fd pollinfo named */
+static int db_poll_began(lua_State *L) {
+  lua_db *d = check_db(L);
+  if (d->party != NULL) lp_party_poll_began(d->party);
+  return 0;
+}
+
 /* db:reap(): the driver dropped its poll handle: close retired fds */
 static int db_reap(lua_State *L) {
   lua_db *d = check_db(L);
@@ -1103,7 +1110,7 @@ static const luaL_Reg db_methods[] = {
   {"close", db_close}, {"role", db_role}, {"role_change", db_role_change},
   {"opened", db_opened}, {"party", db_party}, {"path", db_path}, {"step", db_step},
   {"pollinfo", db_pollinfo}, {"done", db_done}, {"result", db_result},
-  {"flush", db_flush}, {"set_polled", db_set_polled}, {"finished", db_finished}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
+  {"flush", db_flush}, {"set_polled", db_set_polled}, {"poll_began", db_poll_began}, {"finished", db_finished}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
   {"del", db_del}, {"batch", db_batch}, {"get_many", db_get_many}, {"clear", db_clear},
   {"clear_begin", db_clear_begin}, {"is_leader", db_is_leader}, {"iter", db_iter},
   {NULL, NULL}

@@ -70,9 +70,10 @@ struct lp_party {
   /* follower */
   lp_client *client;
   int fd;                     /* connection to the leader, -1 when none */
-  int fd_blocks;              /* fd is in blocking mode (no O_NONBLOCK): only
-                               * while no loop polls it (libuv sets O_NONBLOCK);
-                               * every other send/recv passes MSG_DONTWAIT */
+  int fd_blocks;              /* fd is in blocking mode (no O_NONBLOCK; a new
+                               * poll handle sets it: lp_party_poll_began);
+                               * every send/recv but a blocking call's wait
+                               * passes MSG_DONTWAIT */
   lp_buf inbuf;               /* scratch for reads */
 
   /* electing */
@@ -197,12 +198,14 @@ void lp_party_reap(lp_party *p) {
   while (p->ndead > 0) close(p->dead[--p->ndead]);
 }
 
-/* Clears O_NONBLOCK on the follower's connection when no loop polls it, so
- * that a blocking call's wait is one recv (follower_wait_recv). */
+/* Clears O_NONBLOCK on the follower's connection, so that a blocking call's
+ * wait is one recv (follower_wait_recv).  A loop's poll handle does not mind:
+ * it only watches the fd, and every send/recv but that one passes
+ * MSG_DONTWAIT. */
 static void conn_blocking(lp_party *p) {
   int fl;
   p->fd_blocks = 0;
-  if (p->fd < 0 || p->polled || (fl = fcntl(p->fd, F_GETFL)) < 0) return;
+  if (p->fd < 0 || (fl = fcntl(p->fd, F_GETFL)) < 0) return;
   if ((fl & O_NONBLOCK) == 0 || fcntl(p->fd, F_SETFL, fl & ~O_NONBLOCK) == 0) p->fd_blocks = 1;
 }
 
@@ -212,11 +215,11 @@ void lp_party_set_polled(lp_party *p, int polled) {
    * the driver must not drop tokens its waiters need */
   if (p->client != NULL && polled != p->polled) lp_client_log_finished(p->client, polled);
   p->polled = polled;
-  if (polled) p->fd_blocks = 0; /* libuv's poll makes the fd non-blocking */
-  else {
-    lp_party_reap(p);
-    if (p->state == P_FOLLOWER) conn_blocking(p);
-  }
+  if (!polled) lp_party_reap(p);
+}
+
+void lp_party_poll_began(lp_party *p) {
+  if (p->state == P_FOLLOWER) conn_blocking(p);
 }
 
 static void close_watch(lp_party *p) {

@@ -567,6 +567,10 @@ unsigned lp_party_fd_generation(const lp_party *p);
  * polled, fds the party stops using stay open until lp_party_reap, which the
  * poller calls once it has dropped its handle on them. */
 void lp_party_set_polled(lp_party *p, int polled);
+/* The poller just made a poll handle on the fd lp_party_pollinfo named (libuv
+ * sets O_NONBLOCK on it): the party puts a follower's connection back in
+ * blocking mode, so that a blocking call still waits in one recv. */
+void lp_party_poll_began(lp_party *p);
 void lp_party_reap(lp_party *p);
 /* A leader's long writes (big batches) from a coroutine run on the party's
  * worker thread, so the Lua thread's loop keeps running.  Job tokens have

@@ -504,8 +504,13 @@ int lp_session_pump(lp_session *s, lp_buf *out, size_t budget) {
 #define SRV_TURN_BUDGET 512
 #define SRV_PUMP_CHUNK 64
 #define SRV_READ_CHUNK 65536
-/* Input run through the session between two checks of the output level. */
+/* Input run through the session between two checks of the output level; the
+ * replies of each piece go out before the next piece runs.  The first piece of
+ * a read is small, so that a follower with many requests in flight gets its
+ * first replies (and sends more) while the leader works on the rest: on two
+ * CPUs the two sides then overlap instead of taking turns. */
 #define SRV_INPUT_PIECE 4096
+#define SRV_FIRST_PIECE 512
 /* An input buffer larger than this is released once drained. */
 #define SRV_IN_KEEP (1u << 20)
 
@@ -619,13 +624,9 @@ static void conn_write_cb(uv_write_t *req, int status) {
 
 /* Hands c->out to the socket: a direct write first, the rest as one uv_write.
  * At most one uv_write is pending; bytes produced meanwhile wait in c->out.
- * After EOF the connection closes once everything is out. */
-static void conn_flush(srv_conn *c) {
-  if (c->closing || c->writing) return;
-  if (c->out.len == 0) {
-    if (c->eof) conn_close(c);
-    return;
-  }
+ * May close the connection (write error). */
+static void conn_write_out(srv_conn *c) {
+  if (c->closing || c->writing || c->out.len == 0) return;
   uv_buf_t b = uv_buf_init(c->out.ptr, (unsigned)c->out.len);
   int n = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
   if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
@@ -636,7 +637,6 @@ static void conn_flush(srv_conn *c) {
   if ((size_t)n == c->out.len) {
     c->out.len = 0;
     if (c->out.cap > SRV_IN_KEEP) lp_buf_free(&c->out);
-    if (c->eof) conn_close(c);
     return;
   }
   /* swap: the unsent tail becomes the in-flight buffer */
@@ -656,6 +656,12 @@ static void conn_flush(srv_conn *c) {
     return;
   }
   c->writing = 1;
+}
+
+/* conn_write_out; after EOF the connection closes once everything is out. */
+static void conn_flush(srv_conn *c) {
+  conn_write_out(c);
+  if (!c->closing && c->eof && !c->writing && c->out.len == 0) conn_close(c);
 }
 
 static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -703,14 +709,15 @@ static void conn_update_flow(srv_conn *c) {
  * left).  Returns -1 when the connection was closed. */
 static int conn_process(srv_conn *c) {
   lp_server *s = c->srv;
-  size_t off = 0;
+  size_t off = 0, piece_max = SRV_FIRST_PIECE;
   c->in_held = 0;
   while (off < c->in.len) {
     if (conn_unsent(c) > s->opts.max_conn_buffer) {
       c->in_held = 1;
       break;
     }
-    size_t rest = c->in.len - off, piece = rest < SRV_INPUT_PIECE ? rest : SRV_INPUT_PIECE;
+    size_t rest = c->in.len - off, piece = rest < piece_max ? rest : piece_max;
+    piece_max = SRV_INPUT_PIECE;
     if (piece < rest) {
       /* never cut a frame: a frame larger than the piece goes alone */
       lp_slice pl;
@@ -734,6 +741,10 @@ static int conn_process(srv_conn *c) {
     }
     if (used == 0) break; /* a partial frame */
     off += (size_t)used;
+    if (off < c->in.len) {
+      conn_write_out(c);
+      if (c->closing) return -1;
+    }
   }
   lp_buf_consume(&c->in, off);
   if (c->in.len == 0 && c->in.cap > SRV_IN_KEEP) lp_buf_free(&c->in);

@@ -74,16 +74,26 @@ function Driver:arm()
 	local fd, events, timeout, gen = c:pollinfo()
 	if fd ~= self.fd or gen ~= self.gen then
 		if self.poll then self.poll:close() self.poll = nil end
+		self.events = nil
 		c:reap() -- fds the party retired: safe to close now that nothing polls them
 		self.fd, self.gen = fd, gen
-		if fd >= 0 then self.poll = assert(uv.new_poll(fd)) end
+		if fd >= 0 then
+			self.poll = assert(uv.new_poll(fd))
+			c:poll_began() -- new_poll made the fd non-blocking; blocking calls wait in recv
+		end
 	end
 	-- While nobody waits the handles are unref'd: an idle follower still
 	-- notices its leader's death (and may win the election) while the loop
 	-- runs, but never keeps uv.run() from returning.
 	local waiting = self.nwait > 0
 	if self.poll then
-		self.poll:start(events or "r", self.on_event)
+		-- (re)starting a started poll costs libuv two epoll_ctl calls; libuv
+		-- stops it by itself after an error event
+		events = events or "r"
+		if events ~= self.events or not self.poll:is_active() then
+			self.poll:start(events, self.on_event)
+			self.events = events
+		end
 		if waiting then self.poll:ref() else self.poll:unref() end
 	end
 	if timeout >= 0 then
