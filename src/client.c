@@ -170,7 +170,7 @@ typedef struct creq creq;
 struct creq {
   uint64_t token;
   int tag;
-  char *rest; /* owned copy of the body after the id */
+  char *rest; /* copy of the body after the id, in the same allocation */
   size_t restlen;
   uint64_t deadline; /* 0 = none */
   int done;
@@ -258,7 +258,6 @@ void lp_result_free(lp_result *res) {
 }
 
 static void req_free(creq *q) {
-  free(q->rest);
   result_clear(&q->res);
   free(q);
 }
@@ -463,13 +462,11 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
   if (!c || tag < LP_REQ_GET || tag > LP_REQ_GETMANY || tag == LP_REQ_ITER) return 0;
   if (!rest.ptr && rest.len) return 0;
   if (hash_reserve(c) || (deadline_ns && dl_reserve(c))) return 0;
-  q = calloc(1, sizeof *q);
+  if (rest.len > SIZE_MAX - sizeof *q) return 0;
+  q = malloc(sizeof *q + rest.len); /* the request, then its body */
   if (!q) return 0;
-  q->rest = malloc(rest.len ? rest.len : 1);
-  if (!q->rest) {
-    free(q);
-    return 0;
-  }
+  memset(q, 0, sizeof *q);
+  q->rest = (char *)(q + 1);
   if (rest.len) memcpy(q->rest, rest.ptr, rest.len);
   q->restlen = rest.len;
   q->tag = tag;

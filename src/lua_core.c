@@ -98,7 +98,25 @@ static int push_closed(lua_State *L, const char *op) {
   return 3;
 }
 
-static lua_db *check_db(lua_State *L) { return (lua_db *)luaL_checkudata(L, 1, DB_MT); }
+/* Each class's metatable is also in the registry under the address of its key,
+ * so that checking `self` is a pointer lookup: luaL_checkudata looks the class
+ * name up as a string on every call, which is most of a cheap method's cost. */
+static char db_key, iter_key, clear_key;
+
+static void *check_class(lua_State *L, void *key, const char *name) {
+  void *p = lua_touserdata(L, 1);
+  if (p != NULL && lua_getmetatable(L, 1)) {
+    int same;
+    lua_pushlightuserdata(L, key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (same) return p;
+  }
+  return luaL_checkudata(L, 1, name); /* raises the usual error */
+}
+
+static lua_db *check_db(lua_State *L) { return (lua_db *)check_class(L, &db_key, DB_MT); }
 
 static lp_slice check_slice(lua_State *L, int i) {
   lp_slice s;
@@ -780,7 +798,7 @@ static int db_is_leader(lua_State *L) {
 
 /* ---------------------------------------------------------------- clear */
 
-static lua_clear *check_clear(lua_State *L) { return (lua_clear *)luaL_checkudata(L, 1, CLEAR_MT); }
+static lua_clear *check_clear(lua_State *L) { return (lua_clear *)check_class(L, &clear_key, CLEAR_MT); }
 
 static void clear_release(lua_clear *c) {
   lp_slice_free(&c->range.gt);
@@ -852,7 +870,7 @@ static int clear_gc(lua_State *L) {
 
 /* ---------------------------------------------------------------- iterators */
 
-static lua_iter *check_iter(lua_State *L) { return (lua_iter *)luaL_checkudata(L, 1, ITER_MT); }
+static lua_iter *check_iter(lua_State *L) { return (lua_iter *)check_class(L, &iter_key, ITER_MT); }
 
 /* db:iter(range) -> iterator | nil, msg, code */
 static int db_iter(lua_State *L) {
@@ -1132,8 +1150,12 @@ static const luaL_Reg module_funcs[] = {
   {NULL, NULL}
 };
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
+static void new_class(lua_State *L, const char *name, void *key, const luaL_Reg *methods,
+                      lua_CFunction gc) {
   luaL_newmetatable(L, name);
+  lua_pushlightuserdata(L, key);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__index");
@@ -1166,13 +1188,13 @@ static void pin_module(void) {
 int luaopen_levelparty_core(lua_State *L);
 int luaopen_levelparty_core(lua_State *L) {
   pin_module();
-  new_class(L, DB_MT, db_methods, db_gc);
+  new_class(L, DB_MT, &db_key, db_methods, db_gc);
   luaL_getmetatable(L, DB_MT);
   lua_pushcfunction(L, db_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
-  new_class(L, ITER_MT, iter_methods, iter_gc);
-  new_class(L, CLEAR_MT, clear_methods, clear_gc);
+  new_class(L, ITER_MT, &iter_key, iter_methods, iter_gc);
+  new_class(L, CLEAR_MT, &clear_key, clear_methods, clear_gc);
   lua_newtable(L);
   luaL_setfuncs(L, module_funcs, 0);
   lua_pushlightuserdata(L, PENDING);

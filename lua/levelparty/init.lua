@@ -17,7 +17,7 @@ local format = string.format
 local loaded = package.loaded
 local PENDING, YIELD = core.PENDING, core.YIELD
 -- the core's methods, called directly on the hot paths (set at first open)
-local core_get, core_put
+local core_get, core_put, core_result
 
 local isyieldable = coroutine.isyieldable or function()
 	local co, main = coroutine.running()
@@ -193,10 +193,15 @@ function DB:get(key, opts, extra)
 	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "get", key, 1) end
 	local async = loaded.luv ~= nil and async_mode()
 	local v, err, code = core_get(c, async, k)
-	if v == YIELD then
-		repeat adaptor.tick() v, err, code = core_get(c, true, k) until v ~= YIELD
+	if v == PENDING then -- outcome(), inlined for the common case
+		adaptor.wait_token(c, err)
+		v, err, code = core_result(c, err, "get")
+	else
+		if v == YIELD then
+			repeat adaptor.tick() v, err, code = core_get(c, true, k) until v ~= YIELD
+		end
+		v, err, code = outcome(self, "get", async, v, err, code)
 	end
-	v, err, code = outcome(self, "get", async, v, err, code)
 	if v == nil then
 		if err == nil then return nil end -- a missing key is one nil
 		return nil, err, code
@@ -217,6 +222,10 @@ function DB:put(key, value, opts, extra)
 	if type(v) ~= "string" or not self._vid then v = encode_value(self, "put", value, 2) end
 	local async = loaded.luv ~= nil and async_mode()
 	local ok, err, code = core_put(c, async, k, v, sync)
+	if ok == PENDING then -- outcome(), inlined for the common case
+		adaptor.wait_token(c, err)
+		return core_result(c, err, "put")
+	end
 	if ok == YIELD then
 		repeat adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) until ok ~= YIELD
 	end
@@ -591,7 +600,7 @@ function _M.open(dir, opts, extra)
 	if c == nil then return nil, err, code end
 	if core_get == nil then
 		local methods = getmetatable(c).__index
-		core_get, core_put = methods.get, methods.put
+		core_get, core_put, core_result = methods.get, methods.put, methods.result
 	end
 	if async and not c:opened() then
 		local ok

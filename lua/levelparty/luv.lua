@@ -168,7 +168,11 @@ function Driver:run()
 	self.nwait = self.nwait - nready - (opened and #opened or 0)
 	local role = c:role_change()
 	if role and self.on_role then self.on_role(role) end
-	for i = 1, nready do resume(ready[i]) end
+	for i = 1, nready do -- resume(), inlined: once per request
+		local co = ready[i]
+		local ok, rerr = coroutine_resume(co)
+		if not ok then report(co, rerr) end
+	end
 	if opened then
 		for i = 1, #opened do
 			local r = opened[i]
@@ -214,9 +218,15 @@ local function park(c, list, key)
 end
 
 --- Waits (yielding) until the request `token` of core handle c is done.
+-- (park, inlined: this runs once per request of every coroutine)
 function _M.wait_token(c, token)
 	if c:done(token) then return end
-	park(c, token >= JOB_TOKEN and "jobs" or "tokens", token)
+	local d = by_core[c]
+	if d == nil or d.cref[1] ~= c then d = get_driver(c) end
+	if token >= JOB_TOKEN then d.jobs[token] = coroutine_running() else d.tokens[token] = coroutine_running() end
+	d.nwait = d.nwait + 1
+	if not d.running then d:arm() end
+	return coroutine_yield()
 end
 
 --- Waits until iterator it can give its next entry.
