@@ -157,7 +157,9 @@ end
 
 -- After a follower's blocking call: report a role change the call caused (it
 -- may have won an election), and look at coroutines whose replies it read.
--- A leader stays leader until closed, so its calls skip this.
+-- A leader stays leader until closed, so its calls skip this.  (_leader is
+-- set when a change is seen here; a promotion the luv driver reported first
+-- leaves it unset, which costs this check, nothing else.)
 local function after_blocking(self, async)
 	if async or self._leader then return end
 	local c = self._c
@@ -165,9 +167,9 @@ local function after_blocking(self, async)
 	if role then
 		local on_role = self._on_role
 		if on_role then on_role(role, self) end
+		if c:is_leader() then self._leader = true end
 	end
-	if c:is_leader() then self._leader = true end
-	if adaptor then adaptor.kick(c) end
+	if adaptor then adaptor.kick(self._party) end
 end
 
 -- Every core call (after its YIELD loop) ends here: a follower's request in

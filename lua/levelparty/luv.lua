@@ -253,8 +253,8 @@ end
 
 --- After a blocking call on a party that also has coroutines waiting: their
 -- replies may have been read by the blocking call, so look again soon.
-function _M.kick(c)
-	local d = drivers[c:party() or false]
+function _M.kick(party)
+	local d = drivers[party]
 	if d and d.nwait > 0 then d.timer:start(0, 0, d.on_event) end
 end
 
