@@ -5,7 +5,8 @@
 --                     against bench/raw_leveldb.c on raw LevelDB, same workload
 --   follower (issue 3) a follower in this process against a leader process,
 --                     against bench/sock_floor.c (bare unix-socket round trips
---                     between two processes, the floor), plus failover times
+--                     between two processes, the floor; and the same with a C
+--                     server doing a LevelDB get per request), plus failover times
 --   node (issue 4)    a Node level-party follower against a Lua leader and
 --                     against a Node leader; a Lua follower against a Node leader
 --
@@ -260,6 +261,10 @@ for _, pin in ipairs(placements) do
 		assert(db:batch(ops))
 	end
 	db:close()
+	-- the floor with LevelDB's work: a C server doing a get of a random key per
+	-- request, on this same directory, before the leader opens it
+	local ldb_floor = assert(tonumber(sh(("%s/sock_floor --pin %s -n 20000 --leveldb '%s' --keys %d"):format(
+		bin, pin, d, N)):match("floor rtt_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
 	local ready = false
 	local leader = spawn({ "taskset", "-c", "0", lua, root .. "/spec/fixtures/holder.lua", d },
 		function(line) if line:find("^leader") then ready = true end end)
@@ -311,7 +316,9 @@ for _, pin in ipairs(placements) do
 	os.execute("rm -rf '" .. d .. "'")
 
 	local g = "follower"
+	report("floor", pin .. ": round trip + LevelDB get (C)", ldb_floor, nil, "floor rtt", floor.rtt_ops_per_sec)
 	report(g, pin .. ": get, one at a time", get1, nil, "floor rtt", floor.rtt_ops_per_sec, 0.8)
+	report(g, pin .. ": get, one at a time", get1, nil, "C+LevelDB", ldb_floor)
 	report(g, pin .. ": put, one at a time", put1, nil, "floor rtt", floor.rtt_ops_per_sec, 0.8)
 	report(g, pin .. ": get, 64 in flight", get64, nil, "floor 64", floor.pipelined64_ops_per_sec, 0.8)
 	print(("%-9s %-34s %12s  (goal: 400000 ops/s or 0.8x the floor: %s)"):format("", "", "",

@@ -22,11 +22,19 @@
  * --pin: none (default), same (both processes on the first allowed CPU), split
  * (server on the first allowed CPU, client on the second).
  *
+ * --leveldb DIR --keys K: instead of the phases above, one phase "rtt_leveldb":
+ * one request at a time as in rtt, but the request carries a key (key%013d,
+ * uniformly random below K) and the server answers with the value it reads
+ * from the LevelDB database in DIR (opened with levelparty's default options:
+ * snappy, LevelDB's 8 MiB block cache, a 10-bit bloom filter).  That is the
+ * least any leader must do per get, so it bounds what a follower can reach.
+ *
  * Output on stdout, one "floor <name> <value>" line each:
  *   floor pin <none|same:C|split:S,C>
  *   floor rtt_ops_per_sec X
  *   floor pipelined64_ops_per_sec Y
  *   floor stream_frames_per_sec Z
+ *   floor rtt_leveldb_ops_per_sec W      (with --leveldb only)
  */
 #include <errno.h>
 #include <sched.h>
@@ -38,6 +46,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <leveldb/c.h>
 
 #define REQ_LEN 30
 #define REP_LEN 20
@@ -166,13 +176,70 @@ static void client(int fd) {
   fflush(stdout);
 }
 
+/* --leveldb: a get per request.  Request: 1-byte length, 16-byte key.  Reply:
+ * 1-byte length (0xff: not found), the value (< 255 bytes). */
+#define KEY_LEN 16
+
+static void serve_leveldb(int fd, const char *dir) {
+  char *err = NULL;
+  leveldb_options_t *o = leveldb_options_create();
+  leveldb_filterpolicy_t *bloom = leveldb_filterpolicy_create_bloom(10);
+  leveldb_options_set_filter_policy(o, bloom);
+  leveldb_options_set_compression(o, leveldb_snappy_compression);
+  leveldb_t *db = leveldb_open(o, dir, &err);
+  if (db == NULL) {
+    fprintf(stderr, "sock_floor: leveldb_open %s: %s\n", dir, err ? err : "?");
+    exit(1);
+  }
+  leveldb_readoptions_t *ro = leveldb_readoptions_create();
+  char req[1 + KEY_LEN], rep[256];
+  for (long i = 0; i < rtt_ops; i++) {
+    read_all(fd, req, sizeof req, "server");
+    size_t vlen = 0;
+    char *v = leveldb_get(db, ro, req + 1, KEY_LEN, &vlen, &err);
+    if (err != NULL) die("server", err);
+    if (v == NULL || vlen > 254) {
+      rep[0] = (char)0xff;
+      vlen = 0;
+    } else {
+      rep[0] = (char)vlen;
+      memcpy(rep + 1, v, vlen);
+    }
+    leveldb_free(v);
+    write_all(fd, rep, 1 + vlen, "server");
+  }
+  leveldb_readoptions_destroy(ro);
+  leveldb_close(db);
+  leveldb_options_destroy(o);
+  leveldb_filterpolicy_destroy(bloom);
+}
+
+static void client_leveldb(int fd, long keys) {
+  uint64_t x = 88172645;
+  char req[32], rep[256];
+  double t0 = now_sec();
+  for (long i = 0; i < rtt_ops; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    req[0] = KEY_LEN;
+    snprintf(req + 1, sizeof req - 1, "key%013ld", (long)(x % (uint64_t)keys) % 10000000000000L);
+    write_all(fd, req, 1 + KEY_LEN, "client");
+    read_all(fd, rep, 1, "client");
+    if ((unsigned char)rep[0] == 0xff) die("client", "a key of the set was not found");
+    read_all(fd, rep + 1, (unsigned char)rep[0], "client");
+  }
+  printf("floor rtt_leveldb_ops_per_sec %.1f\n", (double)rtt_ops / (now_sec() - t0));
+  fflush(stdout);
+}
+
 static void usage(void) {
-  fprintf(stderr, "usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B (2..128)]\n");
+  fprintf(stderr, "usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B (2..128)]\n"
+                  "                  [--leveldb DIR --keys K]\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
-  const char *pin = "none";
+  const char *pin = "none", *ldb_dir = NULL;
+  long ldb_keys = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--pin") == 0 && i + 1 < argc) {
       pin = argv[++i];
@@ -181,6 +248,11 @@ int main(int argc, char **argv) {
       if (rtt_ops <= 0) usage();
       pipe_rounds = rtt_ops / 50 > 0 ? rtt_ops / 50 : 1;
       stream_frames = rtt_ops * 20;
+    } else if (strcmp(argv[i], "--leveldb") == 0 && i + 1 < argc) {
+      ldb_dir = argv[++i];
+    } else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
+      ldb_keys = strtol(argv[++i], NULL, 10);
+      if (ldb_keys <= 0) usage();
     } else if (strcmp(argv[i], "--stream-size") == 0 && i + 1 < argc) {
       frame_len = atoi(argv[++i]);
       if (frame_len < 2 || frame_len > 128) usage();
@@ -189,6 +261,7 @@ int main(int argc, char **argv) {
     }
   }
 
+  if ((ldb_dir == NULL) != (ldb_keys == 0)) usage();
   int server_cpu = -1, client_cpu = -1;
   if (strcmp(pin, "none") != 0) {
     cpu_set_t set;
@@ -218,12 +291,14 @@ int main(int argc, char **argv) {
   if (pid == 0) {
     close(sv[0]);
     if (server_cpu >= 0) pin_to(server_cpu);
-    serve(sv[1]);
+    if (ldb_dir != NULL) serve_leveldb(sv[1], ldb_dir);
+    else serve(sv[1]);
     _exit(0);
   }
   close(sv[1]);
   if (client_cpu >= 0) pin_to(client_cpu);
-  client(sv[0]);
+  if (ldb_dir != NULL) client_leveldb(sv[0], ldb_keys);
+  else client(sv[0]);
   close(sv[0]);
   int status;
   if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
