@@ -256,12 +256,14 @@ static int submit(lua_State *L, lua_db *d, int tag, const lp_buf *rest, int op, 
   lp_err err;
   uint64_t token = lp_party_submit(d->party, tag, (lp_slice){rest->ptr, rest->len}, deadline_of(d));
   if (token == 0) return push_err(L, LP_ENOMEM, "out of memory");
-  if (async) {
+  /* PENDING only while not done (a send that lost the leader with retry off
+   * finishes the request at once): the luv driver parks on it unasked */
+  if (async && !lp_client_done(lp_party_client(d->party), token)) {
     lua_pushlightuserdata(L, PENDING);
     lua_pushinteger(L, (lua_Integer)token);
     return 2;
   }
-  if (lp_party_wait_token(d->party, token, &err) != 0) {
+  if (!async && lp_party_wait_token(d->party, token, &err) != 0) {
     lp_client_forget(lp_party_client(d->party), token);
     return push_lperr(L, &err);
   }

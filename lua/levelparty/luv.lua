@@ -218,12 +218,19 @@ local function park(c, list, key)
 end
 
 --- Waits (yielding) until the request `token` of core handle c is done.
--- (park, inlined: this runs once per request of every coroutine)
+-- (park, inlined: this runs once per request of every coroutine.)  The core
+-- returns a request's token only while it is not done, and nothing steps the
+-- party between that return and this call, so a request token is parked
+-- unasked; a worker job may finish meanwhile on its thread, so it is asked.
 function _M.wait_token(c, token)
-	if c:done(token) then return end
 	local d = by_core[c]
 	if d == nil or d.cref[1] ~= c then d = get_driver(c) end
-	if token >= JOB_TOKEN then d.jobs[token] = coroutine_running() else d.tokens[token] = coroutine_running() end
+	if token >= JOB_TOKEN then
+		if c:done(token) then return end
+		d.jobs[token] = coroutine_running()
+	else
+		d.tokens[token] = coroutine_running()
+	end
 	d.nwait = d.nwait + 1
 	if not d.running then d:arm() end
 	return coroutine_yield()
