@@ -195,10 +195,12 @@ function DB:get(key, opts, extra)
 	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "get", key, 1) end
 	local async = loaded.luv ~= nil and async_mode()
 	local v, err, code = core_get(c, async, k)
-	if v == PENDING then -- outcome(), inlined for the common case
+	-- outcome(), inlined for the common cases: a follower's request in
+	-- flight, and a leader's answer (after which there is nothing to do)
+	if v == PENDING then
 		adaptor.wait_token(c, err)
 		v, err, code = core_result(c, err, "get")
-	else
+	elseif v == YIELD or not self._leader then
 		if v == YIELD then
 			repeat adaptor.tick() v, err, code = core_get(c, true, k) until v ~= YIELD
 		end
@@ -224,9 +226,11 @@ function DB:put(key, value, opts, extra)
 	if type(v) ~= "string" or not self._vid then v = encode_value(self, "put", value, 2) end
 	local async = loaded.luv ~= nil and async_mode()
 	local ok, err, code = core_put(c, async, k, v, sync)
-	if ok == PENDING then -- outcome(), inlined for the common case
+	if ok == PENDING then -- outcome(), inlined for the common cases (as in get)
 		adaptor.wait_token(c, err)
 		return core_result(c, err, "put")
+	elseif ok ~= YIELD and self._leader then
+		return ok, err, code
 	end
 	if ok == YIELD then
 		repeat adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) until ok ~= YIELD
