@@ -130,6 +130,17 @@ function P.in_poll(pid)
 	return n ~= nil and set[n] == true
 end
 
+--- The number of the system call pid sleeps in (nil when it runs), and this
+-- machine's number for recvfrom.
+function P.syscall(pid)
+	local f = io.open("/proc/" .. pid .. "/syscall")
+	if not f then return nil end
+	local n = f:read("*n")
+	f:close()
+	return n
+end
+P.RECVFROM = ({ x86_64 = 45, aarch64 = 207 })[arch]
+
 --- After w:send("!cmd"): waits for "sent <id>", then until the worker sleeps in poll.
 function P.wait_sent(w, id, timeout)
 	w:wait_line("^sent " .. id .. "$", timeout or 10)

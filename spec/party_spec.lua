@@ -262,6 +262,23 @@ describe("liveness", function()
 		end)
 	end
 
+	-- A sync worker runs luv's loop between its commands, so levelparty's driver polls its
+	-- connection (and libuv made the fd non-blocking); a blocking call must still wait for its
+	-- reply in one recv (one send and one recv per request), not in poll then recv.
+	test("a blocking follower call in a luv program waits for its reply in recvfrom", function()
+		if not P.RECVFROM then pending("recvfrom's number is not known on this machine") return end
+		local d = H.tmpdir("recvwait")
+		local l = P.worker(d, nil, "sync")
+		local f = P.worker(d, nil, "sync")
+		assert.equal("ok", (f:call("put k v")))
+		l:kill("sigstop")
+		P.wait_until(function() return P.state(l.pid) == "T" end, 5, "the leader to stop")
+		local id = f:send("get k")
+		P.wait_until(function() return P.syscall(f.pid) == P.RECVFROM end, 5, "the follower to wait in recvfrom")
+		l:kill("sigcont")
+		assert.same({ "ok", "v" }, sr(f:result(id, 5)))
+	end)
+
 	test("with the LOCK held by a process serving no socket, open fails with ELOCKED after open_timeout", function()
 		local d = H.tmpdir("locked")
 		local py = P.spawn_cmd("python3", { "-c", [[
