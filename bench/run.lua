@@ -263,8 +263,9 @@ for _, pin in ipairs(placements) do
 	db:close()
 	-- the floor with LevelDB's work: a C server doing a get of a random key per
 	-- request, on this same directory, before the leader opens it
-	local ldb_floor = assert(tonumber(sh(("%s/sock_floor --pin %s -n 20000 --leveldb '%s' --keys %d"):format(
-		bin, pin, d, N)):match("floor rtt_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
+	local ldb_out = sh(("%s/sock_floor --pin %s -n 20000 --leveldb '%s' --keys %d"):format(bin, pin, d, N))
+	local ldb_floor = assert(tonumber(ldb_out:match("floor rtt_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
+	local ldb_floor64 = assert(tonumber(ldb_out:match("floor pipelined64_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
 	local ready = false
 	local leader = spawn({ "taskset", "-c", "0", lua, root .. "/spec/fixtures/holder.lua", d },
 		function(line) if line:find("^leader") then ready = true end end)
@@ -275,14 +276,17 @@ for _, pin in ipairs(placements) do
 	assert(f:role() == "follower")
 	local M = math.min(N, 20000)
 	local rand = rng(88172645)
-	local gets = {}
+	local gets, puts, pvals = {}, {}, {}
 	for i = 1, M do gets[i] = key(rand(N)) end
+	-- fresh keys with full-size values: the gets below must keep reading the
+	-- seeded data, not small values this phase would leave in the memtable
+	for i = 1, M do puts[i] = key(N + i) pvals[i] = value_of(puts[i]) end
 	collectgarbage()
 	local t = clock()
 	for i = 1, M do assert(f:get(gets[i])) end
 	local get1 = M / (clock() - t)
 	t = clock()
-	for i = 1, M do assert(f:put(gets[i], "x")) end
+	for i = 1, M do assert(f:put(puts[i], pvals[i])) end
 	local put1 = M / (clock() - t)
 
 	-- 64 coroutines in flight
@@ -320,9 +324,11 @@ for _, pin in ipairs(placements) do
 	report(g, pin .. ": get, one at a time", get1, nil, "floor rtt", floor.rtt_ops_per_sec, 0.8)
 	report(g, pin .. ": get, one at a time", get1, nil, "C+LevelDB", ldb_floor)
 	report(g, pin .. ": put, one at a time", put1, nil, "floor rtt", floor.rtt_ops_per_sec, 0.8)
+	report("floor", pin .. ": 64 in flight + LevelDB gets (C)", ldb_floor64, nil, "floor 64", floor.pipelined64_ops_per_sec)
 	report(g, pin .. ": get, 64 in flight", get64, nil, "floor 64", floor.pipelined64_ops_per_sec, 0.8)
 	print(("%-9s %-34s %12s  (goal: 400000 ops/s or 0.8x the floor: %s)"):format("", "", "",
 		(get64 >= 400000 or get64 >= 0.8 * floor.pipelined64_ops_per_sec) and "met" or "MISSED"))
+	report(g, pin .. ": get, 64 in flight", get64, nil, "C+LevelDB", ldb_floor64)
 	report(g, pin .. ": stream (blocking)", stream, "entries/s", "1M/s goal", 1e6, 1.0)
 	report(g, pin .. ": stream (coroutine)", stream_co, "entries/s", "1M/s goal", 1e6, 1.0)
 end

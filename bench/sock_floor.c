@@ -22,19 +22,21 @@
  * --pin: none (default), same (both processes on the first allowed CPU), split
  * (server on the first allowed CPU, client on the second).
  *
- * --leveldb DIR --keys K: instead of the phases above, one phase "rtt_leveldb":
- * one request at a time as in rtt, but the request carries a key (key%013d,
- * uniformly random below K) and the server answers with the value it reads
- * from the LevelDB database in DIR (opened with levelparty's default options:
- * snappy, LevelDB's 8 MiB block cache, a 10-bit bloom filter).  That is the
- * least any leader must do per get, so it bounds what a follower can reach.
+ * --leveldb DIR --keys K: instead of the phases above, "rtt_leveldb" and
+ * "pipelined64_leveldb": as rtt and pipelined64, but each request carries a key
+ * (key%013d, uniformly random below K) and the server answers with the value it
+ * reads from the LevelDB database in DIR (opened with levelparty's default
+ * options: snappy, LevelDB's 8 MiB block cache, a 10-bit bloom filter).  That
+ * is the least any leader must do per get, so it bounds what a follower can
+ * reach.
  *
  * Output on stdout, one "floor <name> <value>" line each:
  *   floor pin <none|same:C|split:S,C>
  *   floor rtt_ops_per_sec X
  *   floor pipelined64_ops_per_sec Y
  *   floor stream_frames_per_sec Z
- *   floor rtt_leveldb_ops_per_sec W      (with --leveldb only)
+ *   floor rtt_leveldb_ops_per_sec W, floor pipelined64_leveldb_ops_per_sec V
+ *                                        (with --leveldb, instead of the others)
  */
 #include <errno.h>
 #include <sched.h>
@@ -177,8 +179,10 @@ static void client(int fd) {
 }
 
 /* --leveldb: a get per request.  Request: 1-byte length, 16-byte key.  Reply:
- * 1-byte length (0xff: not found), the value (< 255 bytes). */
+ * 1-byte length (0xff: not found), the value (< 255 bytes).  The server
+ * answers every whole request of a read with one write, as serve() does. */
 #define KEY_LEN 16
+#define LREQ_LEN (1 + KEY_LEN)
 
 static void serve_leveldb(int fd, const char *dir) {
   char *err = NULL;
@@ -192,21 +196,32 @@ static void serve_leveldb(int fd, const char *dir) {
     exit(1);
   }
   leveldb_readoptions_t *ro = leveldb_readoptions_create();
-  char req[1 + KEY_LEN], rep[256];
-  for (long i = 0; i < rtt_ops; i++) {
-    read_all(fd, req, sizeof req, "server");
-    size_t vlen = 0;
-    char *v = leveldb_get(db, ro, req + 1, KEY_LEN, &vlen, &err);
-    if (err != NULL) die("server", err);
-    if (v == NULL || vlen > 254) {
-      rep[0] = (char)0xff;
-      vlen = 0;
-    } else {
-      rep[0] = (char)vlen;
-      memcpy(rep + 1, v, vlen);
+  static char in[CHUNK + LREQ_LEN], out[(CHUNK / LREQ_LEN + 1) * 256];
+  long todo = rtt_ops + pipe_rounds * DEPTH;
+  size_t have = 0;
+  while (todo > 0) {
+    ssize_t r = read(fd, in + have, CHUNK);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { if (r == 0) errno = 0; die("server", "read"); }
+    have += (size_t)r;
+    size_t reqs = have / LREQ_LEN, olen = 0;
+    for (size_t i = 0; i < reqs; i++) {
+      size_t vlen = 0;
+      char *v = leveldb_get(db, ro, in + i * LREQ_LEN + 1, KEY_LEN, &vlen, &err);
+      if (err != NULL) die("server", err);
+      if (v == NULL || vlen > 254) {
+        out[olen++] = (char)0xff;
+      } else {
+        out[olen++] = (char)vlen;
+        memcpy(out + olen, v, vlen);
+        olen += vlen;
+      }
+      leveldb_free(v);
     }
-    leveldb_free(v);
-    write_all(fd, rep, 1 + vlen, "server");
+    write_all(fd, out, olen, "server");
+    memmove(in, in + reqs * LREQ_LEN, have - reqs * LREQ_LEN);
+    have -= reqs * LREQ_LEN;
+    todo -= (long)reqs;
   }
   leveldb_readoptions_destroy(ro);
   leveldb_close(db);
@@ -214,20 +229,56 @@ static void serve_leveldb(int fd, const char *dir) {
   leveldb_filterpolicy_destroy(bloom);
 }
 
+static uint64_t key_rng = 88172645;
+
+static void put_request(char *p, long keys) {
+  char k[32];
+  key_rng ^= key_rng << 13; key_rng ^= key_rng >> 7; key_rng ^= key_rng << 17;
+  snprintf(k, sizeof k, "key%013ld", (long)(key_rng % (uint64_t)keys) % 10000000000000L);
+  p[0] = KEY_LEN;
+  memcpy(p + 1, k, KEY_LEN);
+}
+
+/* Reads n replies. */
+static void read_replies(int fd, int n) {
+  static char buf[CHUNK];
+  static size_t have = 0;
+  while (n > 0) {
+    size_t pos = 0;
+    while (n > 0 && pos < have) {
+      unsigned char len = (unsigned char)buf[pos];
+      if (len == 0xff) die("client", "a key of the set was not found");
+      if (pos + 1 + len > have) break;
+      pos += 1 + (size_t)len;
+      n--;
+    }
+    memmove(buf, buf + pos, have - pos);
+    have -= pos;
+    if (n == 0) break;
+    ssize_t r = read(fd, buf + have, sizeof buf - have);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { if (r == 0) errno = 0; die("client", "read"); }
+    have += (size_t)r;
+  }
+}
+
 static void client_leveldb(int fd, long keys) {
-  uint64_t x = 88172645;
-  char req[32], rep[256];
+  char req[LREQ_LEN * DEPTH];
   double t0 = now_sec();
   for (long i = 0; i < rtt_ops; i++) {
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    req[0] = KEY_LEN;
-    snprintf(req + 1, sizeof req - 1, "key%013ld", (long)(x % (uint64_t)keys) % 10000000000000L);
-    write_all(fd, req, 1 + KEY_LEN, "client");
-    read_all(fd, rep, 1, "client");
-    if ((unsigned char)rep[0] == 0xff) die("client", "a key of the set was not found");
-    read_all(fd, rep + 1, (unsigned char)rep[0], "client");
+    put_request(req, keys);
+    write_all(fd, req, LREQ_LEN, "client");
+    read_replies(fd, 1);
   }
   printf("floor rtt_leveldb_ops_per_sec %.1f\n", (double)rtt_ops / (now_sec() - t0));
+  fflush(stdout);
+  t0 = now_sec();
+  for (long i = 0; i < pipe_rounds; i++) {
+    for (int j = 0; j < DEPTH; j++) put_request(req + j * LREQ_LEN, keys);
+    write_all(fd, req, sizeof req, "client");
+    read_replies(fd, DEPTH);
+  }
+  printf("floor pipelined64_leveldb_ops_per_sec %.1f\n", (double)(pipe_rounds * DEPTH) / (now_sec() - t0));
   fflush(stdout);
 }
 
