@@ -193,7 +193,7 @@ function DB:get(key, opts, extra)
 	if c == nil then check_self(self, "get") end
 	-- fast path: a non-empty string under an identity key encoding
 	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "get", key, 1) end
-	local async = loaded.luv ~= nil and async_mode()
+	local async = loaded.luv ~= nil and isyieldable() and async_mode() -- (the first two: async_mode's, inlined)
 	local v, err, code = core_get(c, async, k)
 	-- outcome(), inlined for the common cases: a follower's request in
 	-- flight, and a leader's answer (after which there is nothing to do)
@@ -224,7 +224,7 @@ function DB:put(key, value, opts, extra)
 	if c == nil then check_self(self, "put") end
 	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "put", key, 1) end
 	if type(v) ~= "string" or not self._vid then v = encode_value(self, "put", value, 2) end
-	local async = loaded.luv ~= nil and async_mode()
+	local async = loaded.luv ~= nil and isyieldable() and async_mode()
 	local ok, err, code = core_put(c, async, k, v, sync)
 	if ok == PENDING then -- outcome(), inlined for the common cases (as in get)
 		adaptor.wait_token(c, err)
