@@ -193,7 +193,8 @@ function DB:get(key, opts, extra)
 	if c == nil then check_self(self, "get") end
 	-- fast path: a non-empty string under an identity key encoding
 	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "get", key, 1) end
-	local async = loaded.luv ~= nil and isyieldable() and async_mode() -- (the first two: async_mode's, inlined)
+	-- async_mode()'s own tests first: no call at all outside coroutines
+	local async = loaded.luv ~= nil and isyieldable() and async_mode()
 	local v, err, code = core_get(c, async, k)
 	-- outcome(), inlined for the common cases: a follower's request in
 	-- flight, and a leader's answer (after which there is nothing to do)
