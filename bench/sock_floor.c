@@ -104,11 +104,18 @@ static void pin_to(int cpu) {
   if (sched_setaffinity(0, sizeof set, &set) != 0) die("pin", "sched_setaffinity");
 }
 
-/* Replies to every whole request it reads, one write per read, then streams. */
-static void serve(int fd) {
-  static char in[CHUNK + REQ_LEN], out[(CHUNK / REQ_LEN + 1) * REP_LEN], chunk[CHUNK];
-  char rep[REP_LEN];
-  fill_frame(rep, REP_LEN);
+/* --leveldb's requests: 1-byte length, 16-byte key (see serve_leveldb). */
+#define KEY_LEN 16
+#define LREQ_LEN (1 + KEY_LEN)
+#define MAX_REP 256 /* the largest reply an answer function writes */
+
+/* Writes the reply to one request at out; returns its length (<= MAX_REP). */
+typedef size_t answer_fn(void *ctx, const char *req, char *out);
+
+/* Serves rtt_ops + pipe_rounds * DEPTH requests of req_len bytes: answers
+ * every whole request of a read, then writes all those replies at once. */
+static void serve_requests(int fd, size_t req_len, answer_fn *answer, void *ctx) {
+  static char in[CHUNK + REQ_LEN], out[(CHUNK / LREQ_LEN + 1) * MAX_REP];
   long todo = rtt_ops + pipe_rounds * DEPTH;
   size_t have = 0;
   while (todo > 0) {
@@ -116,13 +123,27 @@ static void serve(int fd) {
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) { if (r == 0) errno = 0; die("server", "read"); }
     have += (size_t)r;
-    size_t reqs = have / REQ_LEN, olen = 0;
-    for (size_t i = 0; i < reqs; i++, olen += REP_LEN) memcpy(out + olen, rep, REP_LEN);
+    size_t reqs = have / req_len, olen = 0;
+    for (size_t i = 0; i < reqs; i++) olen += answer(ctx, in + i * req_len, out + olen);
     write_all(fd, out, olen, "server");
-    memmove(in, in + reqs * REQ_LEN, have - reqs * REQ_LEN);
-    have -= reqs * REQ_LEN;
+    memmove(in, in + reqs * req_len, have - reqs * req_len);
+    have -= reqs * req_len;
     todo -= (long)reqs;
   }
+}
+
+static size_t answer_floor(void *ctx, const char *req, char *out) {
+  (void)req;
+  memcpy(out, ctx, REP_LEN);
+  return REP_LEN;
+}
+
+/* Replies to every whole request it reads, one write per read, then streams. */
+static void serve(int fd) {
+  static char chunk[CHUNK];
+  char rep[REP_LEN];
+  fill_frame(rep, REP_LEN);
+  serve_requests(fd, REQ_LEN, answer_floor, rep);
   char go;
   read_all(fd, &go, 1, "server");
   int per_chunk = CHUNK / frame_len;
@@ -181,8 +202,27 @@ static void client(int fd) {
 /* --leveldb: a get per request.  Request: 1-byte length, 16-byte key.  Reply:
  * 1-byte length (0xff: not found), the value (< 255 bytes).  The server
  * answers every whole request of a read with one write, as serve() does. */
-#define KEY_LEN 16
-#define LREQ_LEN (1 + KEY_LEN)
+typedef struct {
+  leveldb_t *db;
+  leveldb_readoptions_t *ro;
+} ldb_ctx;
+
+static size_t answer_leveldb(void *ctx, const char *req, char *out) {
+  ldb_ctx *l = ctx;
+  char *err = NULL;
+  size_t vlen = 0;
+  char *v = leveldb_get(l->db, l->ro, req + 1, KEY_LEN, &vlen, &err);
+  if (err != NULL) die("server", err);
+  if (v == NULL || vlen > MAX_REP - 2) {
+    out[0] = (char)0xff;
+    vlen = 0;
+  } else {
+    out[0] = (char)vlen;
+    memcpy(out + 1, v, vlen);
+  }
+  leveldb_free(v);
+  return 1 + vlen;
+}
 
 static void serve_leveldb(int fd, const char *dir) {
   char *err = NULL;
@@ -190,41 +230,16 @@ static void serve_leveldb(int fd, const char *dir) {
   leveldb_filterpolicy_t *bloom = leveldb_filterpolicy_create_bloom(10);
   leveldb_options_set_filter_policy(o, bloom);
   leveldb_options_set_compression(o, leveldb_snappy_compression);
-  leveldb_t *db = leveldb_open(o, dir, &err);
-  if (db == NULL) {
+  ldb_ctx l;
+  l.db = leveldb_open(o, dir, &err);
+  if (l.db == NULL) {
     fprintf(stderr, "sock_floor: leveldb_open %s: %s\n", dir, err ? err : "?");
     exit(1);
   }
-  leveldb_readoptions_t *ro = leveldb_readoptions_create();
-  static char in[CHUNK + LREQ_LEN], out[(CHUNK / LREQ_LEN + 1) * 256];
-  long todo = rtt_ops + pipe_rounds * DEPTH;
-  size_t have = 0;
-  while (todo > 0) {
-    ssize_t r = read(fd, in + have, CHUNK);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) { if (r == 0) errno = 0; die("server", "read"); }
-    have += (size_t)r;
-    size_t reqs = have / LREQ_LEN, olen = 0;
-    for (size_t i = 0; i < reqs; i++) {
-      size_t vlen = 0;
-      char *v = leveldb_get(db, ro, in + i * LREQ_LEN + 1, KEY_LEN, &vlen, &err);
-      if (err != NULL) die("server", err);
-      if (v == NULL || vlen > 254) {
-        out[olen++] = (char)0xff;
-      } else {
-        out[olen++] = (char)vlen;
-        memcpy(out + olen, v, vlen);
-        olen += vlen;
-      }
-      leveldb_free(v);
-    }
-    write_all(fd, out, olen, "server");
-    memmove(in, in + reqs * LREQ_LEN, have - reqs * LREQ_LEN);
-    have -= reqs * LREQ_LEN;
-    todo -= (long)reqs;
-  }
-  leveldb_readoptions_destroy(ro);
-  leveldb_close(db);
+  l.ro = leveldb_readoptions_create();
+  serve_requests(fd, LREQ_LEN, answer_leveldb, &l);
+  leveldb_readoptions_destroy(l.ro);
+  leveldb_close(l.db);
   leveldb_options_destroy(o);
   leveldb_filterpolicy_destroy(bloom);
 }

@@ -112,36 +112,34 @@ function P.state(pid)
 	return s:match("^%d+ %b() (%S)")
 end
 
---- True when pid sleeps in poll/epoll or recvfrom (x86_64 and arm64 syscall numbers):
--- a blocking levelparty call that printed "sent" and then sleeps there has submitted
--- its request (a follower's blocking call waits for its reply in one recv).
-local POLL_SYSCALLS = {
-	x86_64 = { [7] = true, [271] = true, [232] = true, [281] = true, [441] = true, [45] = true },
-	aarch64 = { [73] = true, [22] = true, [441] = true, [207] = true },
-}
+--- The number of the system call pid sleeps in (false when it runs, nil when there
+-- is no such process), and this machine's number for recvfrom.
 local arch = (io.popen("uname -m"):read("*l"))
-function P.in_poll(pid)
-	local f = io.open("/proc/" .. pid .. "/syscall")
-	if not f then return false end
-	local n = f:read("*n")
-	f:close()
-	local set = POLL_SYSCALLS[arch]
-	if not set then return true end -- unknown arch: rely on the "sent" line alone
-	return n ~= nil and set[n] == true
-end
-
---- The number of the system call pid sleeps in (nil when it runs), and this
--- machine's number for recvfrom.
 function P.syscall(pid)
 	local f = io.open("/proc/" .. pid .. "/syscall")
 	if not f then return nil end
 	local n = f:read("*n")
 	f:close()
-	return n
+	return n or false
 end
 P.RECVFROM = ({ x86_64 = 45, aarch64 = 207 })[arch]
 
---- After w:send("!cmd"): waits for "sent <id>", then until the worker sleeps in poll.
+--- True when pid sleeps in poll/epoll or recvfrom (x86_64 and arm64 syscall numbers):
+-- a blocking levelparty call that printed "sent" and then sleeps there has submitted
+-- its request (a follower's blocking call waits for its reply in one recv).
+local POLL_SYSCALLS = ({
+	x86_64 = { [7] = true, [271] = true, [232] = true, [281] = true, [441] = true },
+	aarch64 = { [73] = true, [22] = true, [441] = true },
+})[arch]
+if POLL_SYSCALLS then POLL_SYSCALLS[P.RECVFROM] = true end
+function P.in_poll(pid)
+	local n = P.syscall(pid)
+	if n == nil then return false end
+	if not POLL_SYSCALLS then return true end -- unknown arch: rely on the "sent" line alone
+	return POLL_SYSCALLS[n] == true
+end
+
+--- After w:send("!cmd"): waits for "sent <id>", then until the worker sleeps waiting (P.in_poll).
 function P.wait_sent(w, id, timeout)
 	w:wait_line("^sent " .. id .. "$", timeout or 10)
 	helper.wait_until(function() return P.in_poll(w.pid) end, timeout or 10, "pid " .. w.pid .. " to wait for its reply")

@@ -248,8 +248,8 @@ static int push_result(lua_State *L, lua_db *d, uint64_t token, int op, const ch
   return n;
 }
 
-/* Submits a follower request; returns PENDING, token in async mode, else
- * waits and pushes the result. */
+/* Submits a follower request; returns PENDING, token in async mode while it
+ * is in flight, else (blocking mode: after waiting) pushes the result. */
 /* rest is copied by the client: the caller keeps (and frees, or reuses) it. */
 static int submit(lua_State *L, lua_db *d, int tag, const lp_buf *rest, int op, const char *opname,
                   int async) {
