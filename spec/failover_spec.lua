@@ -198,6 +198,9 @@ describe("requests in flight at the leader's death", function()
 			assert.equal("0", rest)
 			assert.same({ "ok", "60 fails=0" }, sr(f:result(id2, 10)))
 			assert.same({ "ok", "a60" }, sr(f:call("get K", 10)))
+			-- the reset connection was the party's business: nothing on stderr (luv
+			-- printed "EBADF: bad file descriptor" while it polled the socket itself)
+			assert.equal("", f:stderr_text())
 			local roles = { f = select(2, f:call("role")), g = g and select(2, g:call("role")) }
 			if g then
 				assert.is_true((roles.f == "leader") ~= (roles.g == "leader"), "exactly one leader")

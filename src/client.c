@@ -182,10 +182,10 @@ struct creq {
   lp_result res;       /* valid once done */
 };
 
-/* One buffered iterator entry: a single block, key then value. */
+/* One buffered iterator entry: its key then its value, at off in the
+ * iterator's byte arena (it->bytes). */
 typedef struct centry {
-  char *blk;
-  size_t klen, vlen;
+  size_t off, klen, vlen;
   int hasv;
 } centry;
 
@@ -196,9 +196,12 @@ struct lp_citer {
   lp_range r;            /* the caller's range; bounds are owned copies */
   int64_t consumed;      /* entries returned to the caller */
   centry cur;            /* last entry returned (its key is the bookmark);
-                            kept until the next entry is returned */
+                            kept until the next entry is returned; valid
+                            once consumed > 0 */
   centry *q;             /* ring of entries received and not consumed */
-  size_t qhead, qlen, qcap;
+  size_t qhead, qlen, qcap; /* qcap: 0 or a power of two */
+  lp_buf bytes;          /* arena: cur's bytes, then the queued entries' in
+                            queue order; compacted, not freed, per entry */
   int on_wire;
   uint32_t id;
   uint32_t granted, recv; /* window last sent; entries received since */
@@ -262,24 +265,15 @@ static void req_free(creq *q) {
   free(q);
 }
 
-static void entry_free(centry *e) {
-  free(e->blk);
-  memset(e, 0, sizeof *e);
-}
-
+/* Drops the queued entries; keeps cur (the bookmark). */
 static void iter_drop_buffer(lp_citer *it) {
-  while (it->qlen) {
-    entry_free(&it->q[it->qhead]);
-    it->qhead = (it->qhead + 1) % it->qcap;
-    it->qlen--;
-  }
-  it->qhead = 0;
+  it->qlen = it->qhead = 0;
+  it->bytes.len = it->consumed > 0 ? it->cur.off + it->cur.klen + it->cur.vlen : 0;
 }
 
 static void iter_free(lp_citer *it) {
-  iter_drop_buffer(it);
   free(it->q);
-  entry_free(&it->cur);
+  lp_buf_free(&it->bytes);
   lp_slice_free(&it->r.gt);
   lp_slice_free(&it->r.gte);
   lp_slice_free(&it->r.lt);
@@ -618,7 +612,7 @@ static int iter_wire_open(lp_client *c, lp_citer *it) {
   uint32_t g = c->o.window, id;
   w.keys = 1; /* always: the key is the bookmark */
   if (it->consumed > 0) {
-    lp_slice bm = {it->cur.blk, it->cur.klen};
+    lp_slice bm = {it->bytes.ptr + it->cur.off, it->cur.klen};
     if (!w.reverse) {
       w.gt = bm;
       w.gte = LP_SLICE_NONE;
@@ -699,6 +693,21 @@ static void iter_maybe_ack(lp_client *c, lp_citer *it) {
   it->recv = 0;
 }
 
+/* Moves the live bytes of the arena (cur's, then the queued entries') to its
+ * start when that makes room for `need` more; offsets follow. */
+static void iter_compact(lp_citer *it, size_t need) {
+  size_t keep, i;
+  if (it->bytes.cap - it->bytes.len >= need) return;
+  if (it->consumed > 0) keep = it->cur.off;
+  else if (it->qlen) keep = it->q[it->qhead].off;
+  else keep = it->bytes.len;
+  if (keep == 0) return;
+  memmove(it->bytes.ptr, it->bytes.ptr + keep, it->bytes.len - keep);
+  it->bytes.len -= keep;
+  if (it->consumed > 0) it->cur.off -= keep;
+  for (i = 0; i < it->qlen; i++) it->q[(it->qhead + i) & (it->qcap - 1)].off -= keep;
+}
+
 static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
   centry e;
   size_t need;
@@ -706,7 +715,7 @@ static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
     size_t ncap = it->qcap ? it->qcap * 2 : 16, i;
     centry *nq = malloc(ncap * sizeof *nq);
     if (!nq) return -1;
-    for (i = 0; i < it->qlen; i++) nq[i] = it->q[(it->qhead + i) % it->qcap];
+    for (i = 0; i < it->qlen; i++) nq[i] = it->q[(it->qhead + i) & (it->qcap - 1)];
     free(it->q);
     it->q = nq;
     it->qcap = ncap;
@@ -717,11 +726,14 @@ static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
   e.hasv = value.ptr != NULL;
   need = e.klen + e.vlen;
   if (need < e.klen) return -1;
-  e.blk = malloc(need + 1); /* +1: a present empty slice gets a non-NULL ptr */
-  if (!e.blk) return -1;
-  if (e.klen) memcpy(e.blk, key.ptr, e.klen);
-  if (e.vlen) memcpy(e.blk + e.klen, value.ptr, e.vlen);
-  it->q[(it->qhead + it->qlen) % it->qcap] = e;
+  /* +1: a present empty slice still gets a non-NULL pointer */
+  iter_compact(it, need + 1);
+  if (lp_buf_reserve(&it->bytes, need + 1) != 0) return -1;
+  e.off = it->bytes.len;
+  if (e.klen) memcpy(it->bytes.ptr + e.off, key.ptr, e.klen);
+  if (e.vlen) memcpy(it->bytes.ptr + e.off + e.klen, value.ptr, e.vlen);
+  it->bytes.len += need;
+  it->q[(it->qhead + it->qlen) & (it->qcap - 1)] = e;
   it->qlen++;
   return 0;
 }
@@ -730,15 +742,14 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
   *key = LP_SLICE_NONE;
   *value = LP_SLICE_NONE;
   if (it->qlen) {
-    entry_free(&it->cur);
+    const char *blk;
     it->cur = it->q[it->qhead];
-    memset(&it->q[it->qhead], 0, sizeof it->q[it->qhead]);
-    it->qhead = (it->qhead + 1) % it->qcap;
+    it->qhead = (it->qhead + 1) & (it->qcap - 1);
     it->qlen--;
     it->consumed++;
-    if (it->r.keys) *key = (lp_slice){it->cur.blk, it->cur.klen};
-    if (it->r.values && it->cur.hasv)
-      *value = (lp_slice){it->cur.blk + it->cur.klen, it->cur.vlen};
+    blk = it->bytes.ptr + it->cur.off;
+    if (it->r.keys) *key = (lp_slice){blk, it->cur.klen};
+    if (it->r.values && it->cur.hasv) *value = (lp_slice){blk + it->cur.klen, it->cur.vlen};
     if (it->r.limit >= 0 && it->consumed >= it->r.limit && it->term == IT_NONE) {
       it->term = IT_END;
       it->term_local = 1;

@@ -24,7 +24,6 @@
 #include <dlfcn.h>
 #include <leveldb/c.h>
 #include <lualib.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -410,19 +409,14 @@ static int db_step(lua_State *L) {
   return 1;
 }
 
-/* db:pollinfo() -> fd (-1 none), "r" | "rw" | nil, timeout_ms (-1 none),
- * generation (changes whenever the fd must be registered again) */
+/* db:pollinfo() -> fd (-1 none; poll it for reading), timeout_ms (-1 none) */
 static int db_pollinfo(lua_State *L) {
   lua_db *d = check_db(L);
-  int fd = -1, ev = 0, tmo = -1;
-  if (d->party != NULL) lp_party_pollinfo(d->party, &fd, &ev, &tmo);
+  int fd = -1, tmo = -1;
+  if (d->party != NULL) lp_party_pollinfo(d->party, &fd, &tmo);
   lua_pushinteger(L, fd);
-  if (ev & POLLOUT) lua_pushliteral(L, "rw");
-  else if (ev & POLLIN) lua_pushliteral(L, "r");
-  else lua_pushnil(L);
   lua_pushinteger(L, tmo);
-  lua_pushinteger(L, d->party != NULL ? (lua_Integer)lp_party_fd_generation(d->party) : -1);
-  return 4;
+  return 2;
 }
 
 static int db_done(lua_State *L) {
@@ -479,24 +473,10 @@ static int db_result(lua_State *L) {
   return push_result(L, d, token, op, opname);
 }
 
-/* db:set_polled(bool): the luv driver polls this party's fds */
+/* db:set_polled(bool): the luv driver polls this party (db:pollinfo's fd) */
 static int db_set_polled(lua_State *L) {
   lua_db *d = check_db(L);
   if (d->party != NULL) lp_party_set_polled(d->party, lua_toboolean(L, 2));
-  return 0;
-}
-
-/* db:poll_began(): the driver made a poll handle on the fd pollinfo named */
-static int db_poll_began(lua_State *L) {
-  lua_db *d = check_db(L);
-  if (d->party != NULL) lp_party_poll_began(d->party);
-  return 0;
-}
-
-/* db:reap(): the driver dropped its poll handle: close retired fds */
-static int db_reap(lua_State *L) {
-  lua_db *d = check_db(L);
-  if (d->party != NULL) lp_party_reap(d->party);
   return 0;
 }
 
@@ -1004,6 +984,25 @@ static int local_next(lua_State *L, lua_iter *it, lp_err *err) {
   return r;
 }
 
+/* Advances a remote iterator over what is buffered: pushes key and value and
+ * returns 1; 2 when nothing is buffered yet (the caller waits); otherwise
+ * releases the iterator and returns 0 at the end, -1 on failure (err).  The
+ * window acks that consuming entries queues go out at once. */
+static int remote_next(lua_State *L, lua_iter *it, lp_err *err) {
+  lp_party *p = it->db->party;
+  lp_client *c = lp_party_client(p);
+  lp_slice k, v;
+  int r = lp_client_iter_next(c, it->remote, &k, &v, err);
+  if (r == 1) {
+    lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
+    lua_pushlstring(L, v.ptr ? v.ptr : "", v.len);
+  }
+  if (lp_client_out(c)->len > 0) lp_party_flush(p);
+  if (r == 1 || r == 2) return r;
+  iter_release(it);
+  return r;
+}
+
 /* One entry of a local iterator: key, value | nil at the end | nil, msg, code. */
 static int step_local(lua_State *L, lua_iter *it) {
   lp_err err;
@@ -1016,12 +1015,14 @@ static int step_local(lua_State *L, lua_iter *it) {
   return push_lperr(L, &err);
 }
 
-/* it:step(async) -> key, value | nil at the end | nil, msg, code | YIELD
- * One entry of a local iterator asked for both sides: the slow half of the
- * direct step (iter_call) and it:next() of such iterators. */
+/* it:step(async) -> key, value | nil at the end | nil, msg, code | YIELD |
+ * PENDING (a remote iterator with nothing buffered, in async mode: wait for
+ * it:ready()).  One entry of an iterator asked for both sides: the slow half
+ * of the direct step (iter_call) and it:next() of such iterators. */
 static int iter_step(lua_State *L) {
   lua_iter *it = check_iter(L);
   int async = lua_toboolean(L, 2);
+  lp_err err;
   if (it->has_err) {
     it->has_err = 0;
     return push_lperr(L, &it->err);
@@ -1031,11 +1032,28 @@ static int iter_step(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  luaL_argcheck(L, it->local != NULL && it->keys && it->values, 1,
-                "step: not a local iterator of keys and values");
+  luaL_argcheck(L, it->keys && it->values, 1, "step: not an iterator of keys and values");
   if (async && slice_over()) return push_yield(L);
   it->steps = 0;
-  return step_local(L, it);
+  if (it->local != NULL) return step_local(L, it);
+  for (;;) {
+    int r = remote_next(L, it, &err);
+    if (r == 1) return 2;
+    if (r == 0) {
+      lua_pushnil(L);
+      return 1;
+    }
+    if (r < 0) return push_lperr(L, &err);
+    lp_client_iter_wait_deadline(lp_party_client(it->db->party), it->remote, deadline_of(it->db));
+    if (async) {
+      lua_pushlightuserdata(L, PENDING);
+      return 1;
+    }
+    if (lp_party_wait_iter(it->db->party, it->remote, &err) != 0) {
+      iter_release(it);
+      return push_lperr(L, &err);
+    }
+  }
 }
 
 #if LUA_VERSION_NUM >= 503
@@ -1050,7 +1068,8 @@ static int iter_call_done(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* __call of iterator objects the generic for steps without a Lua frame
- * (Lua 5.3+; local iterators of keys and values under identity encodings):
+ * (Lua 5.3+; iterators of keys and values under identity encodings, the
+ * leader's own LevelDB or a follower's buffered entries):
  * iterator object (a table) -> key, value | nothing at the end.  The object
  * holds its core iterator at [1].  Anything but a ready entry (a time slice
  * to give back, the end after a failure, a closed db) goes to the Lua slow
@@ -1063,14 +1082,16 @@ static int iter_call(lua_State *L) {
     if (lua_rawequal(L, -1, lua_upvalueindex(2))) it = (lua_iter *)lua_touserdata(L, -2);
   }
   lua_settop(L, 1);
-  if (it != NULL && it->open && it->local != NULL && !it->has_err &&
+  if (it != NULL && it->open && !it->has_err &&
       (++it->steps % DIRECT_SLICE_STEPS != 0 || !lua_isyieldable(L) || !slice_over())) {
     lp_err err;
-    int r = local_next(L, it, &err);
+    int r = it->local != NULL ? local_next(L, it, &err) : remote_next(L, it, &err);
     if (r == 1) return 2;
     if (r == 0) return 0;
-    it->has_err = 1; /* the slow step raises it */
-    it->err = err;
+    if (r < 0) {
+      it->has_err = 1; /* the slow step raises it */
+      it->err = err;
+    } /* 2: nothing buffered; the slow step waits */
   }
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
@@ -1087,13 +1108,6 @@ static int direct_call(lua_State *L) {
   return 1;
 }
 #endif
-
-/* it:is_local() -> true when the iterator reads this process's LevelDB */
-static int iter_is_local(lua_State *L) {
-  lua_iter *it = check_iter(L);
-  lua_pushboolean(L, it->local != NULL);
-  return 1;
-}
 
 /* it:ready() -> true when next() would not return PENDING */
 static int iter_ready(lua_State *L) {
@@ -1130,14 +1144,14 @@ static const luaL_Reg db_methods[] = {
   {"close", db_close}, {"role", db_role}, {"role_change", db_role_change},
   {"opened", db_opened}, {"party", db_party}, {"path", db_path}, {"step", db_step},
   {"pollinfo", db_pollinfo}, {"done", db_done}, {"result", db_result},
-  {"flush", db_flush}, {"set_polled", db_set_polled}, {"poll_began", db_poll_began}, {"finished", db_finished}, {"reap", db_reap}, {"get", db_get}, {"put", db_put},
+  {"flush", db_flush}, {"set_polled", db_set_polled}, {"finished", db_finished}, {"get", db_get}, {"put", db_put},
   {"del", db_del}, {"batch", db_batch}, {"get_many", db_get_many}, {"clear", db_clear},
   {"clear_begin", db_clear_begin}, {"is_leader", db_is_leader}, {"iter", db_iter},
   {NULL, NULL}
 };
 
 static const luaL_Reg iter_methods[] = {
-  {"page", iter_page}, {"step", iter_step}, {"is_local", iter_is_local},
+  {"page", iter_page}, {"step", iter_step},
   {"ready", iter_ready}, {"close", iter_close},
   {NULL, NULL}
 };

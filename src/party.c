@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -58,10 +59,13 @@ struct lp_party {
   lp_party_opts opts;
   uint64_t progress;
   int role_changed;           /* a role change not yet reported */
-  unsigned fd_gen;            /* bumped whenever the fd to poll changes */
-  int polled;                 /* an event loop polls our fds (the luv driver) */
-  int dead[8];                /* fds retired while polled: closed by lp_party_reap */
-  int ndead;
+  int polled;                 /* an event loop polls this party (the luv driver) */
+  int epfd;                   /* what such a loop polls: an epoll set of ours that
+                               * holds the one fd the party waits on; -1 until
+                               * lp_party_pollinfo first runs */
+  int ep_fd;                  /* the fd in epfd (-1: none); leaves it before it
+                               * is closed (drop_fd) */
+  unsigned ep_events;         /* its EPOLLIN / EPOLLOUT */
 
   /* leader */
   lp_engine *engine;
@@ -70,10 +74,9 @@ struct lp_party {
   /* follower */
   lp_client *client;
   int fd;                     /* connection to the leader, -1 when none */
-  int fd_blocks;              /* fd is in blocking mode (no O_NONBLOCK; a new
-                               * poll handle sets it: lp_party_poll_began);
-                               * every send/recv but a blocking call's wait
-                               * passes MSG_DONTWAIT */
+  int fd_blocks;              /* fd is in blocking mode (no O_NONBLOCK): every
+                               * send/recv but a blocking call's wait passes
+                               * MSG_DONTWAIT */
   lp_buf inbuf;               /* scratch for reads */
 
   /* electing */
@@ -132,7 +135,6 @@ lp_client *lp_party_client(lp_party *p) {
   return p->client;
 }
 uint64_t lp_party_progress(const lp_party *p) { return p->progress; }
-unsigned lp_party_fd_generation(const lp_party *p) { return p->fd_gen; }
 
 int lp_party_take_role_change(lp_party *p) {
   if (!p->role_changed) return -1;
@@ -177,31 +179,19 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
   return real;
 }
 
-/* An fd we stop using.  While an event loop polls it, closing it at once
- * would leave the loop polling a closed (or reused) number: it is kept open
- * until the poller has dropped it and calls lp_party_reap. */
-static void retire_fd(lp_party *p, int fd) {
-  p->fd_gen++;
-  if (!p->polled) {
-    close(fd);
-    return;
+/* An fd we stop using: out of our epoll set first, so that the set never
+ * holds a closed (or reused) number. */
+static void drop_fd(lp_party *p, int fd) {
+  if (fd == p->ep_fd) {
+    (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
+    p->ep_fd = -1;
   }
-  if (p->ndead == (int)(sizeof p->dead / sizeof p->dead[0])) {
-    close(p->dead[0]);
-    memmove(p->dead, p->dead + 1, sizeof p->dead - sizeof p->dead[0]);
-    p->ndead--;
-  }
-  p->dead[p->ndead++] = fd;
-}
-
-void lp_party_reap(lp_party *p) {
-  while (p->ndead > 0) close(p->dead[--p->ndead]);
+  close(fd);
 }
 
 /* Clears O_NONBLOCK on the follower's connection, so that a blocking call's
- * wait is one recv (follower_wait_recv).  A loop's poll handle does not mind:
- * it only watches the fd, and every send/recv but that one passes
- * MSG_DONTWAIT. */
+ * wait is one recv (follower_wait_recv).  Every other send/recv passes
+ * MSG_DONTWAIT, and no event loop ever sees this fd (it polls epfd). */
 static void conn_blocking(lp_party *p) {
   int fl;
   p->fd_blocks = 0;
@@ -215,20 +205,15 @@ void lp_party_set_polled(lp_party *p, int polled) {
    * the driver must not drop tokens its waiters need */
   if (p->client != NULL && polled != p->polled) lp_client_log_finished(p->client, polled);
   p->polled = polled;
-  if (!polled) lp_party_reap(p);
-}
-
-void lp_party_poll_began(lp_party *p) {
-  if (p->state == P_FOLLOWER) conn_blocking(p);
 }
 
 static void close_watch(lp_party *p) {
-  if (p->watch.fd >= 0) retire_fd(p, p->watch.fd);
+  if (p->watch.fd >= 0) drop_fd(p, p->watch.fd);
   p->watch.fd = -1;
 }
 
 static void close_conn(lp_party *p) {
-  if (p->fd >= 0) retire_fd(p, p->fd);
+  if (p->fd >= 0) drop_fd(p, p->fd);
   p->fd = -1;
   p->fd_blocks = 0;
 }
@@ -314,7 +299,6 @@ static void become_leader(lp_party *p, lp_engine *e) {
 
 static void become_follower(lp_party *p, int fd) {
   p->fd = fd;
-  p->fd_gen++;
   conn_blocking(p);
   close_watch(p);
   set_state(p, P_FOLLOWER);
@@ -333,7 +317,6 @@ static void elect_step(lp_party *p) {
 
   if (p->watch.fd < 0) {
     if (lp_watch_open(&p->watch, p->path, &err) != 0) p->watch.fd = -1;
-    p->fd_gen++;
   }
   if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
 
@@ -500,7 +483,6 @@ uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync) {
       return 0;
     }
     p->worker_started = 1;
-    p->fd_gen++;
   }
   j = calloc(1, sizeof *j);
   if (j == NULL) return 0;
@@ -569,7 +551,7 @@ static void worker_stop(lp_party *p) {
     lp_batch_free(j->b);
     free(j);
   }
-  close(p->job_fd);
+  drop_fd(p, p->job_fd);
   p->job_fd = -1;
   pthread_mutex_destroy(&p->job_lock);
   pthread_cond_destroy(&p->job_cond);
@@ -622,7 +604,9 @@ int lp_party_step(lp_party *p, lp_err *err) {
   return 0;
 }
 
-void lp_party_pollinfo(lp_party *p, int *fd, int *events, int *timeout_ms) {
+/* What the party waits for now: fd (-1: none), events (POLLIN/POLLOUT),
+ * timeout_ms (-1: none; 0: step again at once). */
+static void party_wants(lp_party *p, int *fd, int *events, int *timeout_ms) {
   uint64_t now = lp_now_ns(), deadline = 0;
   *fd = -1;
   *events = 0;
@@ -667,6 +651,42 @@ void lp_party_pollinfo(lp_party *p, int *fd, int *events, int *timeout_ms) {
   }
 }
 
+/* With no epoll set (epoll_create1 or epoll_ctl failed: EMFILE, ENOMEM), the
+ * loop looks in this often instead. */
+#define EPOLL_FALLBACK_MS 10
+
+void lp_party_pollinfo(lp_party *p, int *fd, int *timeout_ms) {
+  int want, events;
+  unsigned ep;
+  party_wants(p, &want, &events, timeout_ms);
+  *fd = -1;
+  if (p->epfd < 0 && p->state != P_CLOSED) p->epfd = epoll_create1(EPOLL_CLOEXEC);
+  ep = (events & POLLIN ? EPOLLIN : 0u) | (events & POLLOUT ? EPOLLOUT : 0u);
+  if (p->epfd >= 0 && want != p->ep_fd) {
+    if (p->ep_fd >= 0) (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->ep_fd, NULL);
+    p->ep_fd = -1;
+    if (want >= 0) {
+      struct epoll_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.events = ep;
+      ev.data.fd = want;
+      if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, want, &ev) == 0) {
+        p->ep_fd = want;
+        p->ep_events = ep;
+      }
+    }
+  } else if (p->epfd >= 0 && want >= 0 && ep != p->ep_events) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = ep;
+    ev.data.fd = want;
+    if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, want, &ev) == 0) p->ep_events = ep;
+  }
+  if (p->epfd >= 0) *fd = p->epfd;
+  if (want >= 0 && want != p->ep_fd && (*timeout_ms < 0 || *timeout_ms > EPOLL_FALLBACK_MS))
+    *timeout_ms = EPOLL_FALLBACK_MS;
+}
+
 uint64_t lp_party_submit(lp_party *p, int tag, lp_slice rest, uint64_t deadline_ns) {
   uint64_t token;
   if (ensure_client(p) != 0) return 0;
@@ -695,7 +715,7 @@ static int follower_wait_recv(lp_party *p) {
 static void wait_once(lp_party *p) {
   int fd, events, timeout;
   struct pollfd pf;
-  lp_party_pollinfo(p, &fd, &events, &timeout);
+  party_wants(p, &fd, &events, &timeout);
   if (fd < 0 && timeout < 0) timeout = 100; /* nothing to wait on: should not happen */
   pf.fd = fd;
   pf.events = (short)events;
@@ -763,6 +783,7 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   p->fd = -1;
   p->watch.fd = -1;
   p->job_fd = -1;
+  p->epfd = p->ep_fd = -1;
   p->open_deadline_ns = lp_now_ns() + o->open_timeout_ns;
   enter_electing(p);
   p->role_changed = 0;
@@ -807,7 +828,8 @@ static void party_close(lp_party *p) {
   p->engine = NULL;
   close_conn(p);
   close_watch(p);
-  lp_party_reap(p);
+  if (p->epfd >= 0) close(p->epfd); /* the loop's poll handle on it went first */
+  p->epfd = -1;
   if (p->client != NULL) lp_client_free(p->client);
   p->client = NULL;
   lp_buf_free(&p->inbuf);

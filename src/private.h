@@ -474,8 +474,9 @@ void lp_client_fail_all(lp_client *c, lp_code code, const char *msg);
  * (for the bookmark) and stripped by lp_client_iter_next when the caller did not
  * ask for them. */
 lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r);
-/* 1 with the next entry (slices valid until the next call on this iterator;
- * a side the caller did not ask for is an absent slice), 0 at the end, -1 with
+/* 1 with the next entry (slices valid until the next call on this iterator
+ * or the next lp_client_feed, which may move the iterator's buffer; a side
+ * the caller did not ask for is an absent slice), 0 at the end, -1 with
  * err (remote error, ECLOSED, ETIMEDOUT, ELEADERLOST), 2 when no entry is
  * buffered yet: the caller must wait for input (and may set a deadline with
  * lp_client_iter_wait_deadline).  Consuming entries appends acks to out. */
@@ -551,27 +552,23 @@ void lp_party_flush(lp_party *p);
  * the loopback, deadlines.  Returns 0, or -1 with err when the *first* election
  * failed for good (LP_ELOCKED after open_timeout, or an open error). */
 int lp_party_step(lp_party *p, lp_err *err);
-/* What the next step waits for: fd (-1: none), events (POLLIN/POLLOUT bits),
- * timeout_ms (-1: none; 0: step again at once). */
-void lp_party_pollinfo(lp_party *p, int *fd, int *events, int *timeout_ms);
+/* What an event loop polls for reading before the next step: fd (-1: none) is
+ * the party's own epoll set, which holds whatever the party waits on now (the
+ * follower's connection, the election's watch, the worker's eventfd) with
+ * the events it needs; timeout_ms (-1: none; 0: step again at once).  The fd
+ * stays the same for the party's life, and no loop ever polls the party's
+ * sockets themselves (a reset connection is the party's business). */
+void lp_party_pollinfo(lp_party *p, int *fd, int *timeout_ms);
 /* Blocking mode: steps and polls until the condition holds.  Returns 0, or -1
  * with err when the first election failed. */
 int lp_party_wait_opened(lp_party *p, lp_err *err);
 int lp_party_wait_token(lp_party *p, uint64_t token, lp_err *err);
 int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err);
 
-/* Bumped whenever the fd lp_party_pollinfo names changes, even when the new
- * one reuses the number (a poller must then register it again). */
-unsigned lp_party_fd_generation(const lp_party *p);
-/* An event loop polls the fds lp_party_pollinfo names (1) or not (0).  While
- * polled, fds the party stops using stay open until lp_party_reap, which the
- * poller calls once it has dropped its handle on them. */
+/* An event loop polls the fd lp_party_pollinfo names (1) or not (0): while
+ * it does, finished requests are logged for it and requests submitted in one
+ * turn go out in one write. */
 void lp_party_set_polled(lp_party *p, int polled);
-/* The poller just made a poll handle on the fd lp_party_pollinfo named (libuv
- * sets O_NONBLOCK on it): the party puts a follower's connection back in
- * blocking mode, so that a blocking call still waits in one recv. */
-void lp_party_poll_began(lp_party *p);
-void lp_party_reap(lp_party *p);
 /* A leader's long writes (big batches) from a coroutine run on the party's
  * worker thread, so the Lua thread's loop keeps running.  Job tokens have
  * LP_JOB_TOKEN set and live apart from the client's request tokens; the

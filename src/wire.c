@@ -65,6 +65,19 @@ int lp_varint_get(const char *buf, size_t len, uint64_t *v, size_t *used)
   return -1; /* not reached: the tenth byte either ends or is refused */
 }
 
+/* lp_varint_get with the one-byte case inline: field keys, ids and the
+ * lengths of keys and values mostly fit in one byte, and the decoder reads
+ * several per entry. */
+static inline int varint_get(const char *buf, size_t len, uint64_t *v, size_t *used)
+{
+  if (len > 0 && (uint8_t)buf[0] < 0x80) {
+    *v = (uint8_t)buf[0];
+    *used = 1;
+    return 1;
+  }
+  return lp_varint_get(buf, len, v, used);
+}
+
 static size_t varint_len(uint64_t v)
 {
   size_t n = 1;
@@ -109,7 +122,7 @@ int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame,
     max_frame = LP_MAX_FRAME_DEFAULT;
   *payload = LP_SLICE_NONE;
   *consumed = 0;
-  rc = lp_varint_get(buf, len, &n, &used);
+  rc = varint_get(buf, len, &n, &used);
   if (rc == 0)
     return LP_WIRE_NEED_MORE;
   if (rc < 0 || n > (uint64_t)max_frame)
@@ -161,7 +174,7 @@ static int read_field(reader *r, field *f)
   if (r->p == r->end)
     return 0;
   left = (size_t)(r->end - r->p);
-  if (lp_varint_get(r->p, left, &key, &used) != 1)
+  if (varint_get(r->p, left, &key, &used) != 1)
     return -1;
   r->p += used;
   left -= used;
@@ -173,7 +186,7 @@ static int read_field(reader *r, field *f)
   f->s = LP_SLICE_NONE;
   switch (f->wt) {
   case WT_VARINT:
-    if (lp_varint_get(r->p, left, &f->v, &used) != 1)
+    if (varint_get(r->p, left, &f->v, &used) != 1)
       return -1;
     r->p += used;
     return 1;
@@ -184,7 +197,7 @@ static int read_field(reader *r, field *f)
       return -1;
     break;
   case WT_BYTES:
-    if (lp_varint_get(r->p, left, &n, &used) != 1)
+    if (varint_get(r->p, left, &n, &used) != 1)
       return -1;
     r->p += used;
     left -= used;

@@ -193,8 +193,10 @@ function DB:get(key, opts, extra)
 	if c == nil then check_self(self, "get") end
 	-- fast path: a non-empty string under an identity key encoding
 	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "get", key, 1) end
-	-- async_mode()'s own tests first: no call at all outside coroutines
-	local async = loaded.luv ~= nil and isyieldable() and async_mode()
+	-- async_mode(), inlined: once the adaptor is loaded (luv was), a
+	-- yieldable coroutine is all it takes
+	local async = false
+	if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
 	local v, err, code = core_get(c, async, k)
 	-- outcome(), inlined for the common cases: a follower's request in
 	-- flight, and a leader's answer (after which there is nothing to do)
@@ -225,7 +227,8 @@ function DB:put(key, value, opts, extra)
 	if c == nil then check_self(self, "put") end
 	if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "put", key, 1) end
 	if type(v) ~= "string" or not self._vid then v = encode_value(self, "put", value, 2) end
-	local async = loaded.luv ~= nil and isyieldable() and async_mode()
+	local async = false -- as in get
+	if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
 	local ok, err, code = core_put(c, async, k, v, sync)
 	if ok == PENDING then -- outcome(), inlined for the common cases (as in get)
 		adaptor.wait_token(c, err)
@@ -415,17 +418,19 @@ local function refill(self)
 	return n, err, code
 end
 
--- Direct iterators (Lua 5.3+, the leader's own LevelDB, keys and values
--- under identity encodings): the generic for calls C for each entry
--- (core.direct_call), with no Lua frame and no page; C hands anything but a
--- ready entry to step_slow, which may yield.
+-- Direct iterators (Lua 5.3+, keys and values under identity encodings):
+-- the generic for calls C for each entry (core.direct_call), with no Lua
+-- frame and no page, from the leader's LevelDB or from the entries a
+-- follower has buffered; C hands anything but a ready entry to step_slow,
+-- which may yield or wait.
 local function step(self, async)
 	local it = self[1]
 	local k, v, code = it:step(async)
-	while k == YIELD do
-		adaptor.tick()
+	while k == YIELD or k == PENDING do
+		if k == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
 		k, v, code = it:step(true)
 	end
+	after_blocking(self._db, async)
 	return k, v, code
 end
 
@@ -527,7 +532,7 @@ function DB:iter(opts, extra)
 		self._iters = iters
 	end
 	local plain = keys and values and self._kenc.identity and self._venc.identity
-	local direct = plain and DirectIterator ~= nil and it:is_local()
+	local direct = plain and DirectIterator ~= nil
 	local obj = setmetatable({
 		it, -- [1]: the core iterator (where the direct step looks for it)
 		_db = self, _page = {}, _n = 0, _i = 1,

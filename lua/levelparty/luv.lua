@@ -1,8 +1,9 @@
 -- levelparty.luv: the adaptor that waits by yielding, on luv's loop.
 --
 -- One driver per party (per directory in this process), because libuv allows
--- one poll handle per file descriptor.  The C core says what it waits for
--- (db:pollinfo: an fd, its events, a timeout); the driver polls that with
+-- one poll handle per file descriptor.  The C core says what to wait for
+-- (db:pollinfo: an fd to poll for reading, which is the party's own epoll set
+-- and stays the same for its life, and a timeout); the driver polls that with
 -- uv.new_poll and a timer, calls db:step() when something happens, and
 -- resumes the coroutines whose requests, iterators or open completed.
 --
@@ -71,29 +72,19 @@ end
 function Driver:arm()
 	local c = self:core()
 	if c == nil then return end
-	local fd, events, timeout, gen = c:pollinfo()
-	if fd ~= self.fd or gen ~= self.gen then
+	local fd, timeout = c:pollinfo()
+	if fd ~= self.fd then -- at the first arm, or when the party could not make its epoll set
 		if self.poll then self.poll:close() self.poll = nil end
-		self.events = nil
-		c:reap() -- fds the party retired: safe to close now that nothing polls them
-		self.fd, self.gen = fd, gen
-		if fd >= 0 then
-			self.poll = assert(uv.new_poll(fd))
-			c:poll_began() -- new_poll made the fd non-blocking; blocking calls wait in recv
-		end
+		self.fd = fd
+		if fd >= 0 then self.poll = assert(uv.new_poll(fd)) end
 	end
 	-- While nobody waits the handles are unref'd: an idle follower still
 	-- notices its leader's death (and may win the election) while the loop
 	-- runs, but never keeps uv.run() from returning.
 	local waiting = self.nwait > 0
 	if self.poll then
-		-- (re)starting a started poll costs libuv two epoll_ctl calls; libuv
-		-- stops it by itself after an error event
-		events = events or "r"
-		if events ~= self.events or not self.poll:is_active() then
-			self.poll:start(events, self.on_event)
-			self.events = events
-		end
+		-- started once: restarting a started poll costs libuv two epoll_ctl
+		if not self.poll:is_active() then self.poll:start("r", self.on_event) end
 		if waiting then self.poll:ref() else self.poll:unref() end
 	end
 	if timeout >= 0 then
@@ -195,7 +186,7 @@ local function get_driver(c)
 	if d == nil then
 		d = setmetatable({
 			cref = setmetatable({}, { __mode = "v" }), tokens = {}, jobs = {}, fin = {}, iters = {}, openers = {},
-			nwait = 0, fd = -1, gen = nil,
+			nwait = 0, fd = -1,
 			timer = uv.new_timer(), progress = -1,
 		}, Driver)
 		d.on_event = function() d:run() end
