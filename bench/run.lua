@@ -6,7 +6,9 @@
 --   follower (issue 3) a follower in this process against a leader process,
 --                     against bench/sock_floor.c (bare unix-socket round trips
 --                     between two processes, the floor; and the same with a C
---                     server doing a LevelDB get per request), plus failover times
+--                     server doing a LevelDB get per request, waiting in a
+--                     blocking read or, as a leader's loop does, in
+--                     epoll_wait), plus failover times
 --   node (issue 4)    a Node level-party follower against a Lua leader and
 --                     against a Node leader; a Lua follower against a Node leader
 --
@@ -287,6 +289,9 @@ for _, pin in ipairs(placements) do
 	local ldb_out = sh(("%s/sock_floor --pin %s -n 20000 --leveldb '%s' --keys %d"):format(bin, pin, d, N))
 	local ldb_floor = assert(tonumber(ldb_out:match("floor rtt_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
 	local ldb_floor64 = assert(tonumber(ldb_out:match("floor pipelined64_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
+	-- and that server waiting in epoll_wait, as any server with an event loop
+	local ldbe_out = sh(("%s/sock_floor --pin %s -n 20000 --epoll --leveldb '%s' --keys %d"):format(bin, pin, d, N))
+	local ldbe_floor = assert(tonumber(ldbe_out:match("floor rtt_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --epoll failed")
 	local ready = false
 	local leader = spawn({ "taskset", "-c", "0", lua, root .. "/spec/fixtures/holder.lua", d },
 		function(line) if line:find("^leader") then ready = true end end)
@@ -342,8 +347,10 @@ for _, pin in ipairs(placements) do
 
 	local g = "follower"
 	report("floor", pin .. ": round trip + LevelDB get (C)", ldb_floor, nil, "floor rtt", floor.rtt_ops_per_sec)
+	report("floor", pin .. ": + LevelDB get, in epoll (C)", ldbe_floor, nil, "floor rtt", floor.rtt_ops_per_sec)
 	report(g, pin .. ": get, one at a time", get1, nil, "floor rtt", floor.rtt_ops_per_sec, 0.8)
 	report(g, pin .. ": get, one at a time", get1, nil, "C+LevelDB", ldb_floor)
+	report(g, pin .. ": get, one at a time", get1, nil, "C+LDB+epoll", ldbe_floor)
 	report(g, pin .. ": put, one at a time", put1, nil, "floor rtt", floor.rtt_ops_per_sec, 0.8)
 	report("floor", pin .. ": 64 in flight + LevelDB gets (C)", ldb_floor64, nil, "floor 64", floor.pipelined64_ops_per_sec)
 	report(g, pin .. ": get, 64 in flight", get64, nil, "floor 64", floor.pipelined64_ops_per_sec, 0.8)

@@ -3,7 +3,7 @@
  * processes can do over one AF_UNIX stream socket with no LevelDB, no
  * protocol decoding and no event loop.  A follower can never beat it.
  *
- * usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B]
+ * usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B] [--epoll]
  *
  * The server is a forked process (the Lua bench measures a follower talking to
  * a leader in another process); the pair is a socketpair, which is the same
@@ -18,6 +18,13 @@
  *               can, packed into 64 KiB writes; the client reads 64 KiB at a
  *               time and walks every frame's length prefix
  * Frames are a one-byte varint length and that many bytes, as on the wire.
+ *
+ * --epoll: the server waits for each request in epoll_wait before it reads, as
+ * any server with an event loop does (levelparty's leader waits in libuv's),
+ * instead of in a blocking read.  The difference across CPUs: a blocking read
+ * is woken early, as soon as the client consumed the previous reply (the
+ * write-space wake-up), so that wake-up's latency overlaps the client's work;
+ * an epoll wait for input is woken only by the next request.
  *
  * --pin: none (default), same (both processes on the first allowed CPU), split
  * (server on the first allowed CPU, client on the second).
@@ -44,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -57,6 +65,7 @@
 #define CHUNK (64 * 1024)
 
 static long rtt_ops = 100000;
+static int server_epoll; /* --epoll */
 static long pipe_rounds = 2000;    /* x DEPTH requests */
 static long stream_frames = 2000000;
 static int frame_len = 124;
@@ -118,7 +127,17 @@ static void serve_requests(int fd, size_t req_len, answer_fn *answer, void *ctx)
   static char in[CHUNK + REQ_LEN], out[(CHUNK / LREQ_LEN + 1) * MAX_REP];
   long todo = rtt_ops + pipe_rounds * DEPTH;
   size_t have = 0;
+  int ep = -1;
+  if (server_epoll) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) die("server", "epoll");
+  }
   while (todo > 0) {
+    if (ep >= 0) {
+      struct epoll_event ev;
+      if (epoll_wait(ep, &ev, 1, -1) < 0 && errno != EINTR) die("server", "epoll_wait");
+    }
     ssize_t r = read(fd, in + have, CHUNK);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) { if (r == 0) errno = 0; die("server", "read"); }
@@ -130,6 +149,7 @@ static void serve_requests(int fd, size_t req_len, answer_fn *answer, void *ctx)
     have -= reqs * req_len;
     todo -= (long)reqs;
   }
+  if (ep >= 0) close(ep);
 }
 
 static size_t answer_floor(void *ctx, const char *req, char *out) {
@@ -299,7 +319,7 @@ static void client_leveldb(int fd, long keys) {
 
 static void usage(void) {
   fprintf(stderr, "usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B (2..128)]\n"
-                  "                  [--leveldb DIR --keys K]\n");
+                  "                  [--leveldb DIR --keys K] [--epoll]\n");
   exit(2);
 }
 
@@ -319,6 +339,8 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
       ldb_keys = strtol(argv[++i], NULL, 10);
       if (ldb_keys <= 0) usage();
+    } else if (strcmp(argv[i], "--epoll") == 0) {
+      server_epoll = 1;
     } else if (strcmp(argv[i], "--stream-size") == 0 && i + 1 < argc) {
       frame_len = atoi(argv[++i]);
       if (frame_len < 2 || frame_len > 128) usage();
