@@ -655,6 +655,14 @@ static void party_wants(lp_party *p, int *fd, int *events, int *timeout_ms) {
  * loop looks in this often instead. */
 #define EPOLL_FALLBACK_MS 10
 
+static int ep_ctl(lp_party *p, int op, int fd, unsigned events) {
+  struct epoll_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.events = events;
+  ev.data.fd = fd;
+  return epoll_ctl(p->epfd, op, fd, &ev);
+}
+
 void lp_party_pollinfo(lp_party *p, int *fd, int *timeout_ms) {
   int want, events;
   unsigned ep;
@@ -665,22 +673,12 @@ void lp_party_pollinfo(lp_party *p, int *fd, int *timeout_ms) {
   if (p->epfd >= 0 && want != p->ep_fd) {
     if (p->ep_fd >= 0) (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->ep_fd, NULL);
     p->ep_fd = -1;
-    if (want >= 0) {
-      struct epoll_event ev;
-      memset(&ev, 0, sizeof ev);
-      ev.events = ep;
-      ev.data.fd = want;
-      if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, want, &ev) == 0) {
-        p->ep_fd = want;
-        p->ep_events = ep;
-      }
+    if (want >= 0 && ep_ctl(p, EPOLL_CTL_ADD, want, ep) == 0) {
+      p->ep_fd = want;
+      p->ep_events = ep;
     }
   } else if (p->epfd >= 0 && want >= 0 && ep != p->ep_events) {
-    struct epoll_event ev;
-    memset(&ev, 0, sizeof ev);
-    ev.events = ep;
-    ev.data.fd = want;
-    if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, want, &ev) == 0) p->ep_events = ep;
+    if (ep_ctl(p, EPOLL_CTL_MOD, want, ep) == 0) p->ep_events = ep;
   }
   if (p->epfd >= 0) *fd = p->epfd;
   if (want >= 0 && want != p->ep_fd && (*timeout_ms < 0 || *timeout_ms > EPOLL_FALLBACK_MS))
