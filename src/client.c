@@ -708,6 +708,26 @@ static void iter_compact(lp_citer *it, size_t need) {
   for (i = 0; i < it->qlen; i++) it->q[(it->qhead + i) & (it->qcap - 1)].off -= keep;
 }
 
+/* An arena that grew past this for a burst of large entries is given back
+ * once the caller has consumed everything buffered. */
+#define ITER_ARENA_KEEP ((size_t)1 << 20)
+#define ITER_ARENA_MIN ((size_t)1 << 16)
+
+/* Nothing is queued: moves cur's bytes to the start and shrinks the arena. */
+static void iter_shrink(lp_citer *it) {
+  size_t live = it->cur.klen + it->cur.vlen;
+  size_t cap = live + 1 > ITER_ARENA_MIN ? live + 1 : ITER_ARENA_MIN;
+  char *p;
+  memmove(it->bytes.ptr, it->bytes.ptr + it->cur.off, live);
+  it->cur.off = 0;
+  it->bytes.len = live;
+  if (cap >= it->bytes.cap) return;
+  p = realloc(it->bytes.ptr, cap);
+  if (p == NULL) return; /* keeps the larger block */
+  it->bytes.ptr = p;
+  it->bytes.cap = cap;
+}
+
 static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
   centry e;
   size_t need;
@@ -747,6 +767,7 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
     it->qhead = (it->qhead + 1) & (it->qcap - 1);
     it->qlen--;
     it->consumed++;
+    if (it->qlen == 0 && it->bytes.cap > ITER_ARENA_KEEP) iter_shrink(it);
     blk = it->bytes.ptr + it->cur.off;
     if (it->r.keys) *key = (lp_slice){blk, it->cur.klen};
     if (it->r.values && it->cur.hasv) *value = (lp_slice){blk + it->cur.klen, it->cur.vlen};
