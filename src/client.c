@@ -481,8 +481,7 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
   return q->token;
 }
 
-/* Takes q out of the pending structures.  If it still holds a wire id the
- * slot becomes an orphan: the reply may still come and must find no one. */
+/* Appends token to the finished-token log (lp_client_log_finished). */
 static void log_finished(lp_client *c, uint64_t token) {
   if (c->nfin == c->fincap) {
     size_t cap = c->fincap ? c->fincap * 2 : 64;
@@ -497,6 +496,8 @@ static void log_finished(lp_client *c, uint64_t token) {
   c->fin[c->nfin++] = token;
 }
 
+/* Takes q out of the pending structures.  If it still holds a wire id the
+ * slot becomes an orphan: the reply may still come and must find no one. */
 static void req_unpend(lp_client *c, creq *q) {
   if (q->done) return;
   q->done = 1;

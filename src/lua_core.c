@@ -908,6 +908,16 @@ static int page_put(lua_State *L, const lua_iter *it, lp_slice k, lp_slice v, in
   return slot;
 }
 
+/* A remote iterator has nothing buffered.  Async: sets its deadline and
+ * returns 1 (the caller returns PENDING and the driver waits for it:ready()).
+ * Blocking: waits for entries (or the end) and returns 0, or -1 with err. */
+static int remote_wait(lua_iter *it, int async, lp_err *err) {
+  lp_party *p = it->db->party;
+  lp_client_iter_wait_deadline(lp_party_client(p), it->remote, deadline_of(it->db));
+  if (async) return 1;
+  return lp_party_wait_iter(p, it->remote, err) != 0 ? -1 : 0;
+}
+
 /* it:page(async, t) -> n | PENDING | YIELD | nil, msg, code
  * Fills t[1..] with up to PAGE_ENTRIES entries (k, v, k, v... or one side per
  * entry when the caller asked for one; `true` when neither) and returns how
@@ -945,15 +955,12 @@ static int iter_page(lua_State *L) {
       }
       if (lp_client_out(c)->len > 0) lp_party_flush(p);
       if (r != 2 || n > 0) break;
-      lp_client_iter_wait_deadline(c, it->remote, deadline_of(it->db));
-      if (async) {
+      r = remote_wait(it, async, &err);
+      if (r > 0) {
         lua_pushlightuserdata(L, PENDING);
         return 1;
       }
-      if (lp_party_wait_iter(p, it->remote, &err) != 0) {
-        r = -1;
-        break;
-      }
+      if (r < 0) break;
     }
   }
   if (r == 1 || r == 2) { /* a full page, or what was buffered */
@@ -1003,18 +1010,6 @@ static int remote_next(lua_State *L, lua_iter *it, lp_err *err) {
   return r;
 }
 
-/* One entry of a local iterator: key, value | nil at the end | nil, msg, code. */
-static int step_local(lua_State *L, lua_iter *it) {
-  lp_err err;
-  int r = local_next(L, it, &err);
-  if (r == 1) return 2;
-  if (r == 0) {
-    lua_pushnil(L);
-    return 1;
-  }
-  return push_lperr(L, &err);
-}
-
 /* it:step(async) -> key, value | nil at the end | nil, msg, code | YIELD |
  * PENDING (a remote iterator with nothing buffered, in async mode: wait for
  * it:ready()).  One entry of an iterator asked for both sides: the slow half
@@ -1035,21 +1030,20 @@ static int iter_step(lua_State *L) {
   luaL_argcheck(L, it->keys && it->values, 1, "step: not an iterator of keys and values");
   if (async && slice_over()) return push_yield(L);
   it->steps = 0;
-  if (it->local != NULL) return step_local(L, it);
-  for (;;) {
-    int r = remote_next(L, it, &err);
+  for (;;) { /* local_next never returns 2 */
+    int r = it->local != NULL ? local_next(L, it, &err) : remote_next(L, it, &err);
     if (r == 1) return 2;
     if (r == 0) {
       lua_pushnil(L);
       return 1;
     }
     if (r < 0) return push_lperr(L, &err);
-    lp_client_iter_wait_deadline(lp_party_client(it->db->party), it->remote, deadline_of(it->db));
-    if (async) {
+    r = remote_wait(it, async, &err);
+    if (r > 0) {
       lua_pushlightuserdata(L, PENDING);
       return 1;
     }
-    if (lp_party_wait_iter(it->db->party, it->remote, &err) != 0) {
+    if (r < 0) {
       iter_release(it);
       return push_lperr(L, &err);
     }

@@ -390,7 +390,8 @@ static int follower_read(lp_party *p, int wait) {
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (wait && !got) p->fd_blocks = 0; /* someone made it non-blocking */
+      /* not in blocking mode after all: blocking waits go through poll */
+      if (wait && !got) p->fd_blocks = 0;
       break;
     } else {
       on_leader_lost(p); /* EOF or reset */

@@ -406,16 +406,22 @@ local Iterator = {}
 Iterator.__index = Iterator
 Iterator.__name = "levelparty.iterator"
 
-local function refill(self)
-	local it, page = self[1], self._page
-	local async = async_mode()
-	local n, err, code = it:page(async, page)
-	while n == PENDING or n == YIELD do
-		if n == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
-		n, err, code = it:page(true, page)
+-- Calls the core iterator's `method` (page or step) until it has an answer:
+-- on YIELD it gives the loop a turn, on PENDING (async only) it waits for
+-- entries from the leader.
+local function iter_call_core(self, method, async, arg)
+	local it = self[1]
+	local a, b, e = it[method](it, async, arg)
+	while a == PENDING or a == YIELD do
+		if a == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
+		a, b, e = it[method](it, true, arg)
 	end
 	after_blocking(self._db, async)
-	return n, err, code
+	return a, b, e
+end
+
+local function refill(self)
+	return iter_call_core(self, "page", async_mode(), self._page)
 end
 
 -- Direct iterators (Lua 5.3+, keys and values under identity encodings):
@@ -424,14 +430,7 @@ end
 -- follower has buffered; C hands anything but a ready entry to step_slow,
 -- which may yield or wait.
 local function step(self, async)
-	local it = self[1]
-	local k, v, code = it:step(async)
-	while k == YIELD or k == PENDING do
-		if k == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
-		k, v, code = it:step(true)
-	end
-	after_blocking(self._db, async)
-	return k, v, code
+	return iter_call_core(self, "step", async)
 end
 
 local function step_slow(self)
