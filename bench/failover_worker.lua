@@ -11,16 +11,16 @@ local db = assert(levelparty.open(dir, { timeout = 10 }))
 io.stdout:write("ready ", db:role(), "\n")
 io.stdout:flush()
 if want == "leader" then
-	io.stdin:read("a")
-	os.exit(0)
+  io.stdin:read("a")
+  os.exit(0)
 end
 local i = 0
 while true do
-	i = i % 20000 + 1
-	local started = uv.hrtime()
-	local v = db:get(("key%013d"):format(i))
-	if v then
-		io.stdout:write("ok ", ("%d %d"):format(started, uv.hrtime()), "\n")
-		io.stdout:flush()
-	end
+  i = i % 20000 + 1
+  local started = uv.hrtime()
+  local v = db:get(("key%013d"):format(i))
+  if v then
+    io.stdout:write("ok ", ("%d %d"):format(started, uv.hrtime()), "\n")
+    io.stdout:flush()
+  end
 end

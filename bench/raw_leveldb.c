@@ -31,11 +31,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define KEY_LEN 16
-#define VAL_LEN 100
-#define BATCHES 100
+#define KEY_LEN    16
+#define VAL_LEN    100
+#define BATCHES    100
 #define BATCH_SIZE 1000
-#define ITER_RUNS 5
+#define ITER_RUNS  5
 
 static double now_sec(void) {
   struct timespec ts;
@@ -55,12 +55,11 @@ static uint64_t rng_next(void) {
 
 /* key holds KEY_BUF bytes; i < 10^13 always fits in KEY_LEN. */
 #define KEY_BUF 32
-static void make_key(char key[KEY_BUF], long i) {
-  snprintf(key, KEY_BUF, "key%013ld", i);
-}
+static void make_key(char key[KEY_BUF], long i) { snprintf(key, KEY_BUF, "key%013ld", i); }
 
 static void make_value(char val[VAL_LEN], const char key[KEY_LEN]) {
-  for (size_t j = 0; j < VAL_LEN; j++) val[j] = key[j % KEY_LEN];
+  for (size_t j = 0; j < VAL_LEN; j++)
+    val[j] = key[j % KEY_LEN];
 }
 
 static void check(char *err, const char *what) {
@@ -123,18 +122,25 @@ int main(int argc, char **argv) {
   char *err = NULL;
   leveldb_t *db = leveldb_open(opt, dir, &err);
   check(err, "open");
-  fprintf(stderr, "raw_leveldb: leveldb %d.%d, n=%ld, puts %s, key 16 B, value 100 B, "
-          "snappy, default cache, bloom %s\n", leveldb_major_version(),
-          leveldb_minor_version(), n, shuffle ? "shuffled" : "ascending",
+  fprintf(stderr,
+          "raw_leveldb: leveldb %d.%d, n=%ld, puts %s, key 16 B, value 100 B, "
+          "snappy, default cache, bloom %s\n",
+          leveldb_major_version(), leveldb_minor_version(), n, shuffle ? "shuffled" : "ascending",
           bloom ? "10 bits" : "off");
 
   long *order = malloc((size_t)n * sizeof *order);
-  if (order == NULL) { fprintf(stderr, "raw_leveldb: out of memory\n"); return 1; }
-  for (long i = 0; i < n; i++) order[i] = i;
+  if (order == NULL) {
+    fprintf(stderr, "raw_leveldb: out of memory\n");
+    return 1;
+  }
+  for (long i = 0; i < n; i++)
+    order[i] = i;
   if (shuffle) {
     for (long i = n - 1; i > 0; i--) {
       long j = (long)(rng_next() % (uint64_t)(i + 1));
-      long t = order[i]; order[i] = order[j]; order[j] = t;
+      long t = order[i];
+      order[i] = order[j];
+      order[j] = t;
     }
   }
 
@@ -160,7 +166,10 @@ int main(int argc, char **argv) {
     leveldb_free(v);
   }
   report("get", n, now_sec() - t0);
-  if (found != n) { fprintf(stderr, "raw_leveldb: get found %ld of %ld\n", found, n); return 1; }
+  if (found != n) {
+    fprintf(stderr, "raw_leveldb: get found %ld of %ld\n", found, n);
+    return 1;
+  }
 
   /* The iteration is short (tens of ms) and this machine noisy: it runs
    * ITER_RUNS times and the median rate is reported (bench/run.lua does the
@@ -187,7 +196,8 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  for (int run = 0; run < ITER_RUNS; run++) fprintf(stderr, "iter run %d: %.0f\n", run, rates[run]);
+  for (int run = 0; run < ITER_RUNS; run++)
+    fprintf(stderr, "iter run %d: %.0f\n", run, rates[run]);
   qsort(rates, ITER_RUNS, sizeof rates[0], cmp_double);
   report("iter", 1, 1.0 / rates[ITER_RUNS / 2]);
 

@@ -61,12 +61,12 @@
 
 #define REQ_LEN 30
 #define REP_LEN 20
-#define DEPTH 64
-#define CHUNK (64 * 1024)
+#define DEPTH   64
+#define CHUNK   (64 * 1024)
 
 static long rtt_ops = 100000;
-static int server_epoll; /* --epoll */
-static long pipe_rounds = 2000;    /* x DEPTH requests */
+static int server_epoll;        /* --epoll */
+static long pipe_rounds = 2000; /* x DEPTH requests */
 static long stream_frames = 2000000;
 static int frame_len = 124;
 
@@ -95,7 +95,10 @@ static void read_all(int fd, char *p, size_t n, const char *who) {
   while (n > 0) {
     ssize_t r = read(fd, p, n);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) { if (r == 0) errno = 0; die(who, "read"); }
+    if (r <= 0) {
+      if (r == 0) errno = 0;
+      die(who, "read");
+    }
     p += r;
     n -= (size_t)r;
   }
@@ -103,7 +106,8 @@ static void read_all(int fd, char *p, size_t n, const char *who) {
 
 static void fill_frame(char *p, int len) {
   p[0] = (char)(len - 1);
-  for (int i = 1; i < len; i++) p[i] = (char)('a' + i % 26);
+  for (int i = 1; i < len; i++)
+    p[i] = (char)('a' + i % 26);
 }
 
 static void pin_to(int cpu) {
@@ -114,9 +118,9 @@ static void pin_to(int cpu) {
 }
 
 /* --leveldb's requests: 1-byte length, 16-byte key (see serve_leveldb). */
-#define KEY_LEN 16
+#define KEY_LEN  16
 #define LREQ_LEN (1 + KEY_LEN)
-#define MAX_REP 256 /* the largest reply an answer function writes */
+#define MAX_REP  256 /* the largest reply an answer function writes */
 
 /* Writes the reply to one request at out; returns its length (<= MAX_REP). */
 typedef size_t answer_fn(void *ctx, const char *req, char *out);
@@ -140,10 +144,14 @@ static void serve_requests(int fd, size_t req_len, answer_fn *answer, void *ctx)
     }
     ssize_t r = read(fd, in + have, CHUNK);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) { if (r == 0) errno = 0; die("server", "read"); }
+    if (r <= 0) {
+      if (r == 0) errno = 0;
+      die("server", "read");
+    }
     have += (size_t)r;
     size_t reqs = have / req_len, olen = 0;
-    for (size_t i = 0; i < reqs; i++) olen += answer(ctx, in + i * req_len, out + olen);
+    for (size_t i = 0; i < reqs; i++)
+      olen += answer(ctx, in + i * req_len, out + olen);
     write_all(fd, out, olen, "server");
     memmove(in, in + reqs * req_len, have - reqs * req_len);
     have -= reqs * req_len;
@@ -167,7 +175,8 @@ static void serve(int fd) {
   char go;
   read_all(fd, &go, 1, "server");
   int per_chunk = CHUNK / frame_len;
-  for (int i = 0; i < per_chunk; i++) fill_frame(chunk + (size_t)i * (size_t)frame_len, frame_len);
+  for (int i = 0; i < per_chunk; i++)
+    fill_frame(chunk + (size_t)i * (size_t)frame_len, frame_len);
   for (long left = stream_frames; left > 0;) {
     long k = left < per_chunk ? left : per_chunk;
     write_all(fd, chunk, (size_t)k * (size_t)frame_len, "server");
@@ -177,7 +186,8 @@ static void serve(int fd) {
 
 static void client(int fd) {
   char req[REQ_LEN * DEPTH], rep[REP_LEN * DEPTH];
-  for (int i = 0; i < DEPTH; i++) fill_frame(req + i * REQ_LEN, REQ_LEN);
+  for (int i = 0; i < DEPTH; i++)
+    fill_frame(req + i * REQ_LEN, REQ_LEN);
 
   double t0 = now_sec();
   for (long i = 0; i < rtt_ops; i++) {
@@ -203,7 +213,10 @@ static void client(int fd) {
   while (frames < stream_frames) {
     ssize_t r = read(fd, buf, sizeof buf);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) { if (r == 0) errno = 0; die("client", "stream read"); }
+    if (r <= 0) {
+      if (r == 0) errno = 0;
+      die("client", "stream read");
+    }
     for (size_t pos = 0; pos < (size_t)r;) {
       if (skip == 0) {
         skip = (unsigned char)buf[pos++]; /* one-byte varint: frames are < 128 */
@@ -268,7 +281,9 @@ static uint64_t key_rng = 88172645;
 
 static void put_request(char *p, long keys) {
   char k[32];
-  key_rng ^= key_rng << 13; key_rng ^= key_rng >> 7; key_rng ^= key_rng << 17;
+  key_rng ^= key_rng << 13;
+  key_rng ^= key_rng >> 7;
+  key_rng ^= key_rng << 17;
   snprintf(k, sizeof k, "key%013ld", (long)(key_rng % (uint64_t)keys) % 10000000000000L);
   p[0] = KEY_LEN;
   memcpy(p + 1, k, KEY_LEN);
@@ -292,7 +307,10 @@ static void read_replies(int fd, int n) {
     if (n == 0) break;
     ssize_t r = read(fd, buf + have, sizeof buf - have);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) { if (r == 0) errno = 0; die("client", "read"); }
+    if (r <= 0) {
+      if (r == 0) errno = 0;
+      die("client", "read");
+    }
     have += (size_t)r;
   }
 }
@@ -309,17 +327,20 @@ static void client_leveldb(int fd, long keys) {
   fflush(stdout);
   t0 = now_sec();
   for (long i = 0; i < pipe_rounds; i++) {
-    for (int j = 0; j < DEPTH; j++) put_request(req + j * LREQ_LEN, keys);
+    for (int j = 0; j < DEPTH; j++)
+      put_request(req + j * LREQ_LEN, keys);
     write_all(fd, req, sizeof req, "client");
     read_replies(fd, DEPTH);
   }
-  printf("floor pipelined64_leveldb_ops_per_sec %.1f\n", (double)(pipe_rounds * DEPTH) / (now_sec() - t0));
+  printf("floor pipelined64_leveldb_ops_per_sec %.1f\n",
+         (double)(pipe_rounds * DEPTH) / (now_sec() - t0));
   fflush(stdout);
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B (2..128)]\n"
-                  "                  [--leveldb DIR --keys K] [--epoll]\n");
+  fprintf(stderr,
+          "usage: sock_floor [--pin none|same|split] [-n RTT_OPS] [--stream-size B (2..128)]\n"
+          "                  [--leveldb DIR --keys K] [--epoll]\n");
   exit(2);
 }
 
@@ -360,16 +381,22 @@ int main(int argc, char **argv) {
     if (strcmp(pin, "same") == 0) {
       server_cpu = client_cpu = cpus[0];
     } else if (strcmp(pin, "split") == 0) {
-      if (found < 2) { fprintf(stderr, "sock_floor: --pin split needs two CPUs\n"); return 2; }
+      if (found < 2) {
+        fprintf(stderr, "sock_floor: --pin split needs two CPUs\n");
+        return 2;
+      }
       server_cpu = cpus[0];
       client_cpu = cpus[1];
     } else {
       usage();
     }
   }
-  if (server_cpu < 0) printf("floor pin none\n");
-  else if (server_cpu == client_cpu) printf("floor pin same:%d\n", server_cpu);
-  else printf("floor pin split:%d,%d\n", server_cpu, client_cpu);
+  if (server_cpu < 0)
+    printf("floor pin none\n");
+  else if (server_cpu == client_cpu)
+    printf("floor pin same:%d\n", server_cpu);
+  else
+    printf("floor pin split:%d,%d\n", server_cpu, client_cpu);
   fflush(stdout);
 
   int sv[2];
@@ -379,14 +406,18 @@ int main(int argc, char **argv) {
   if (pid == 0) {
     close(sv[0]);
     if (server_cpu >= 0) pin_to(server_cpu);
-    if (ldb_dir != NULL) serve_leveldb(sv[1], ldb_dir);
-    else serve(sv[1]);
+    if (ldb_dir != NULL)
+      serve_leveldb(sv[1], ldb_dir);
+    else
+      serve(sv[1]);
     _exit(0);
   }
   close(sv[1]);
   if (client_cpu >= 0) pin_to(client_cpu);
-  if (ldb_dir != NULL) client_leveldb(sv[0], ldb_keys);
-  else client(sv[0]);
+  if (ldb_dir != NULL)
+    client_leveldb(sv[0], ldb_keys);
+  else
+    client(sv[0]);
   close(sv[0]);
   int status;
   if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {

@@ -13,8 +13,8 @@ root=$(cd "$(dirname "$0")/.." && pwd) || { echo "node unavailable: cannot find 
 cd "$root" || { echo "node unavailable: cannot cd to $root"; exit 3; }
 
 unavailable() {
-	echo "node unavailable: $*"
-	exit 3
+  echo "node unavailable: $*"
+  exit 3
 }
 
 # LEVELPARTY_NO_NODE=1 simulates a machine without Node (checks the specs' pending path).
@@ -22,20 +22,20 @@ unavailable() {
 
 # Never replace a node that is already installed (it may come from elsewhere than apt).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-		echo "node-deps: installing nodejs and npm with apt-get" >&2
-		if ! command -v node >/dev/null 2>&1; then
-			DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm >&2 ||
-				{ apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm >&2; } ||
-				unavailable "apt-get install nodejs npm failed"
-		else
-			DEBIAN_FRONTEND=noninteractive apt-get install -y npm >&2 ||
-				{ apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y npm >&2; } ||
-				unavailable "apt-get install npm failed"
-		fi
-	fi
-	command -v node >/dev/null 2>&1 || unavailable "no node executable (and cannot apt-get it)"
-	command -v npm >/dev/null 2>&1 || unavailable "no npm executable (and cannot apt-get it)"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "node-deps: installing nodejs and npm with apt-get" >&2
+    if ! command -v node >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm >&2 ||
+        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm >&2; } ||
+        unavailable "apt-get install nodejs npm failed"
+    else
+      DEBIAN_FRONTEND=noninteractive apt-get install -y npm >&2 ||
+        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y npm >&2; } ||
+        unavailable "apt-get install npm failed"
+    fi
+  fi
+  command -v node >/dev/null 2>&1 || unavailable "no node executable (and cannot apt-get it)"
+  command -v npm >/dev/null 2>&1 || unavailable "no npm executable (and cannot apt-get it)"
 fi
 
 major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null) || unavailable "node does not run"
@@ -45,14 +45,14 @@ major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null) || unavailabl
 
 stamp=node_modules/.levelparty-package-lock.json
 if [ ! -f node_modules/level-party/package.json ] || ! cmp -s package-lock.json "$stamp"; then
-	echo "node-deps: npm ci" >&2
-	npm ci --no-audit --no-fund >&2 || unavailable "npm ci failed (registry unreachable?)"
-	cp package-lock.json "$stamp" || unavailable "cannot write $stamp"
+  echo "node-deps: npm ci" >&2
+  npm ci --no-audit --no-fund >&2 || unavailable "npm ci failed (registry unreachable?)"
+  cp package-lock.json "$stamp" || unavailable "cannot write $stamp"
 fi
 
 # leveldown must load (prebuilt binary for this platform, or a compiled one).
 node -e 'require("level-party")' >/dev/null 2>&1 ||
-	unavailable "require('level-party') fails: $(node -e 'require("level-party")' 2>&1 | grep -m1 -i error)"
+  unavailable "require('level-party') fails: $(node -e 'require("level-party")' 2>&1 | grep -m1 -i error)"
 
 echo "node available: $(node --version), level-party $(node -p 'require("level-party/package.json").version')"
 exit 0

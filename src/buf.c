@@ -20,42 +20,34 @@
 
 #define LP_BUF_MIN_CAP 64u
 
-int lp_buf_reserve(lp_buf *b, size_t extra)
-{
+int lp_buf_reserve(lp_buf *b, size_t extra) {
   size_t need, cap;
   char *p;
 
-  if (extra > SIZE_MAX - b->len)
-    return -1;
+  if (extra > SIZE_MAX - b->len) return -1;
   need = b->len + extra;
-  if (need <= b->cap)
-    return 0;
+  if (need <= b->cap) return 0;
   if (need > (size_t)PTRDIFF_MAX) /* no allocator can satisfy it */
     return -1;
   cap = b->cap ? b->cap : LP_BUF_MIN_CAP;
   while (cap < need)
     cap = cap > SIZE_MAX / 2 ? need : cap * 2;
   p = realloc(b->ptr, cap);
-  if (p == NULL)
-    return -1;
+  if (p == NULL) return -1;
   b->ptr = p;
   b->cap = cap;
   return 0;
 }
 
-int lp_buf_append(lp_buf *b, const void *p, size_t n)
-{
-  if (n == 0)
-    return 0;
-  if (lp_buf_reserve(b, n) != 0)
-    return -1;
+int lp_buf_append(lp_buf *b, const void *p, size_t n) {
+  if (n == 0) return 0;
+  if (lp_buf_reserve(b, n) != 0) return -1;
   memcpy(b->ptr + b->len, p, n);
   b->len += n;
   return 0;
 }
 
-void lp_buf_consume(lp_buf *b, size_t n)
-{
+void lp_buf_consume(lp_buf *b, size_t n) {
   if (n >= b->len) {
     b->len = 0;
     return;
@@ -64,8 +56,7 @@ void lp_buf_consume(lp_buf *b, size_t n)
   b->len -= n;
 }
 
-void lp_buf_free(lp_buf *b)
-{
+void lp_buf_free(lp_buf *b) {
   free(b->ptr);
   b->ptr = NULL;
   b->len = b->cap = 0;
@@ -77,8 +68,7 @@ void lp_buf_free(lp_buf *b)
 
 /* A present empty slice gets a 1-byte block so that its ptr stays non-NULL
  * (presence is carried by ptr, see private.h). */
-int lp_slice_dup(lp_slice s, lp_slice *out)
-{
+int lp_slice_dup(lp_slice s, lp_slice *out) {
   char *p;
 
   if (s.ptr == NULL) {
@@ -90,15 +80,13 @@ int lp_slice_dup(lp_slice s, lp_slice *out)
     *out = LP_SLICE_NONE;
     return -1;
   }
-  if (s.len)
-    memcpy(p, s.ptr, s.len);
+  if (s.len) memcpy(p, s.ptr, s.len);
   out->ptr = p;
   out->len = s.len;
   return 0;
 }
 
-void lp_slice_free(lp_slice *s)
-{
+void lp_slice_free(lp_slice *s) {
   /* The slice came from lp_slice_dup; the const only protects readers. */
   free((void *)(uintptr_t)s->ptr);
   *s = LP_SLICE_NONE;
@@ -106,15 +94,12 @@ void lp_slice_free(lp_slice *s)
 
 /* memcmp on the common prefix, then the shorter sorts first: LevelDB's
  * BytewiseComparator.  An absent slice compares like an empty one. */
-int lp_slice_cmp(lp_slice a, lp_slice b)
-{
+int lp_slice_cmp(lp_slice a, lp_slice b) {
   size_t n = a.len < b.len ? a.len : b.len;
   int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
 
-  if (c != 0)
-    return c < 0 ? -1 : 1;
-  if (a.len == b.len)
-    return 0;
+  if (c != 0) return c < 0 ? -1 : 1;
+  if (a.len == b.len) return 0;
   return a.len < b.len ? -1 : 1;
 }
 
@@ -123,68 +108,59 @@ int lp_slice_cmp(lp_slice a, lp_slice b)
 /* ------------------------------------------------------------------------ */
 
 static const char *const code_names[LP_CODE_MAX] = {
-  [LP_OK] = "OK",
-  [LP_EIO] = "EIO",
-  [LP_ECORRUPT] = "ECORRUPT",
-  [LP_ENOENT] = "ENOENT",
-  [LP_EEXIST] = "EEXIST",
-  [LP_EACCES] = "EACCES",
-  [LP_ENOTDIR] = "ENOTDIR",
-  [LP_ELOCKED] = "ELOCKED",
-  [LP_ECLOSED] = "ECLOSED",
-  [LP_ETIMEDOUT] = "ETIMEDOUT",
-  [LP_ELEADERLOST] = "ELEADERLOST",
-  [LP_EPROTO] = "EPROTO",
-  [LP_ENOMEM] = "ENOMEM",
-  [LP_EINVAL] = "EINVAL",
-  [LP_EREMOTE] = "EREMOTE",
+    [LP_OK] = "OK",
+    [LP_EIO] = "EIO",
+    [LP_ECORRUPT] = "ECORRUPT",
+    [LP_ENOENT] = "ENOENT",
+    [LP_EEXIST] = "EEXIST",
+    [LP_EACCES] = "EACCES",
+    [LP_ENOTDIR] = "ENOTDIR",
+    [LP_ELOCKED] = "ELOCKED",
+    [LP_ECLOSED] = "ECLOSED",
+    [LP_ETIMEDOUT] = "ETIMEDOUT",
+    [LP_ELEADERLOST] = "ELEADERLOST",
+    [LP_EPROTO] = "EPROTO",
+    [LP_ENOMEM] = "ENOMEM",
+    [LP_EINVAL] = "EINVAL",
+    [LP_EREMOTE] = "EREMOTE",
 };
 
 /* Out-of-range codes are reported as "EIO" rather than a NULL the caller
  * would have to check. */
-const char *lp_code_name(lp_code code)
-{
-  if ((int)code < 0 || (int)code >= LP_CODE_MAX || code_names[code] == NULL)
-    return "EIO";
+const char *lp_code_name(lp_code code) {
+  if ((int)code < 0 || (int)code >= LP_CODE_MAX || code_names[code] == NULL) return "EIO";
   return code_names[code];
 }
 
-lp_code lp_code_from_name(const char *name, size_t len)
-{
+lp_code lp_code_from_name(const char *name, size_t len) {
   int i;
 
-  if (name == NULL)
-    return LP_OK;
+  if (name == NULL) return LP_OK;
   for (i = 0; i < LP_CODE_MAX; i++) {
     const char *n = code_names[i];
-    if (n != NULL && strlen(n) == len && memcmp(n, name, len) == 0)
-      return (lp_code)i;
+    if (n != NULL && strlen(n) == len && memcmp(n, name, len) == 0) return (lp_code)i;
   }
   return LP_OK;
 }
 
-void lp_err_set(lp_err *e, lp_code code, const char *fmt, ...)
-{
+void lp_err_set(lp_err *e, lp_code code, const char *fmt, ...) {
   va_list ap;
   char tmp[sizeof e->msg];
 
-  if (e == NULL)
-    return;
+  if (e == NULL) return;
   e->code = code;
   tmp[0] = '\0';
   if (fmt != NULL) {
     /* Formatted through a copy so that an argument may be e->msg itself
      * (prefixing an earlier message); vsnprintf truncates and terminates. */
     va_start(ap, fmt);
-    if (vsnprintf(tmp, sizeof tmp, fmt, ap) < 0)
-      tmp[0] = '\0';
+    if (vsnprintf(tmp, sizeof tmp, fmt, ap) < 0) tmp[0] = '\0';
     va_end(ap);
   }
   memcpy(e->msg, tmp, sizeof tmp);
 }
 
-static int has_prefix(const char *s, const char *prefix)
-{
+static int has_prefix(const char *s, const char *prefix) {
   return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
@@ -192,36 +168,25 @@ static int has_prefix(const char *s, const char *prefix)
  * matched here are the ones LevelDB 1.23 produces (reference toolchain.md
  * section 3); the strerror parts are the C locale's.  Order matters: a lock
  * failure is ELOCKED whatever errno text follows it. */
-lp_code lp_code_from_leveldb(const char *status)
-{
-  if (status == NULL)
-    return LP_EIO;
-  if (has_prefix(status, "IO error: lock "))
-    return LP_ELOCKED;
-  if (strstr(status, "Permission denied") != NULL)
-    return LP_EACCES;
-  if (strstr(status, "Not a directory") != NULL)
-    return LP_ENOTDIR;
+lp_code lp_code_from_leveldb(const char *status) {
+  if (status == NULL) return LP_EIO;
+  if (has_prefix(status, "IO error: lock ")) return LP_ELOCKED;
+  if (strstr(status, "Permission denied") != NULL) return LP_EACCES;
+  if (strstr(status, "Not a directory") != NULL) return LP_ENOTDIR;
   if (has_prefix(status, "Invalid argument:")) {
-    if (strstr(status, "exists (error_if_exists is true)") != NULL)
-      return LP_EEXIST;
-    if (strstr(status, "does not exist (create_if_missing is false)") != NULL)
-      return LP_ENOENT;
+    if (strstr(status, "exists (error_if_exists is true)") != NULL) return LP_EEXIST;
+    if (strstr(status, "does not exist (create_if_missing is false)") != NULL) return LP_ENOENT;
     return LP_EINVAL;
   }
-  if (has_prefix(status, "NotFound:"))
-    return LP_ENOENT;
-  if (has_prefix(status, "Corruption:"))
-    return LP_ECORRUPT;
+  if (has_prefix(status, "NotFound:")) return LP_ENOENT;
+  if (has_prefix(status, "Corruption:")) return LP_ECORRUPT;
   return LP_EIO;
 }
 
-uint64_t lp_now_ns(void)
-{
+uint64_t lp_now_ns(void) {
   struct timespec ts;
 
-  if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-    return 0;
+  if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0;
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
@@ -229,8 +194,7 @@ uint64_t lp_now_ns(void)
 /* Ranges                                                                     */
 /* ------------------------------------------------------------------------ */
 
-void lp_range_init(lp_range *r)
-{
+void lp_range_init(lp_range *r) {
   memset(r, 0, sizeof *r);
   r->gt = r->gte = r->lt = r->lte = LP_SLICE_NONE;
   r->limit = -1;
@@ -241,15 +205,10 @@ void lp_range_init(lp_range *r)
 /* Conjunction of the bounds that are present (ptr != NULL); a present empty
  * bound is a real bound (gt "" excludes only the empty key, lt "" excludes
  * everything). */
-int lp_range_contains(const lp_range *r, lp_slice key)
-{
-  if (r->gt.ptr != NULL && lp_slice_cmp(key, r->gt) <= 0)
-    return 0;
-  if (r->gte.ptr != NULL && lp_slice_cmp(key, r->gte) < 0)
-    return 0;
-  if (r->lt.ptr != NULL && lp_slice_cmp(key, r->lt) >= 0)
-    return 0;
-  if (r->lte.ptr != NULL && lp_slice_cmp(key, r->lte) > 0)
-    return 0;
+int lp_range_contains(const lp_range *r, lp_slice key) {
+  if (r->gt.ptr != NULL && lp_slice_cmp(key, r->gt) <= 0) return 0;
+  if (r->gte.ptr != NULL && lp_slice_cmp(key, r->gte) < 0) return 0;
+  if (r->lt.ptr != NULL && lp_slice_cmp(key, r->lt) >= 0) return 0;
+  if (r->lte.ptr != NULL && lp_slice_cmp(key, r->lte) > 0) return 0;
   return 1;
 }

@@ -62,7 +62,7 @@
 #include <string.h>
 
 #define TIMEOUT_MSG "timeout: no reply from the leader within the timeout"
-#define NO_HEAP ((size_t)-1)
+#define NO_HEAP     ((size_t)-1)
 
 /* ------------------------------------------------------------------------ */
 /* Id maps: lowest free slot first                                           */
@@ -176,10 +176,10 @@ struct creq {
   int done;
   int on_wire; /* id is valid and its slot points here */
   uint32_t id;
-  size_t hidx;         /* index in the deadline heap, NO_HEAP when not there */
-  creq *prev, *next;   /* pending list (token order), only while pending */
-  creq *hnext;         /* token hash chain */
-  lp_result res;       /* valid once done */
+  size_t hidx;       /* index in the deadline heap, NO_HEAP when not there */
+  creq *prev, *next; /* pending list (token order), only while pending */
+  creq *hnext;       /* token hash chain */
+  lp_result res;     /* valid once done */
 };
 
 /* One buffered iterator entry: its key then its value, at off in the
@@ -192,16 +192,16 @@ typedef struct centry {
 enum { IT_NONE = 0, IT_END, IT_ERROR };
 
 struct lp_citer {
-  lp_citer *prev, *next; /* c->iters, opening order */
-  lp_range r;            /* the caller's range; bounds are owned copies */
-  int64_t consumed;      /* entries returned to the caller */
-  centry cur;            /* last entry returned (its key is the bookmark);
-                            kept until the next entry is returned; valid
-                            once consumed > 0 */
-  centry *q;             /* ring of entries received and not consumed */
+  lp_citer *prev, *next;    /* c->iters, opening order */
+  lp_range r;               /* the caller's range; bounds are owned copies */
+  int64_t consumed;         /* entries returned to the caller */
+  centry cur;               /* last entry returned (its key is the bookmark);
+                               kept until the next entry is returned; valid
+                               once consumed > 0 */
+  centry *q;                /* ring of entries received and not consumed */
   size_t qhead, qlen, qcap; /* qcap: 0 or a power of two */
-  lp_buf bytes;          /* arena: cur's bytes, then the queued entries' in
-                            queue order; compacted, not freed, per entry */
+  lp_buf bytes;             /* arena: cur's bytes, then the queued entries' in
+                               queue order; compacted, not freed, per entry */
   int on_wire;
   uint32_t id;
   uint32_t granted, recv; /* window last sent; entries received since */
@@ -227,8 +227,8 @@ struct lp_client {
   /* finished-token log (lp_client_log_finished): tokens in finishing order */
   uint64_t *fin;
   size_t nfin, fincap;
-  int log_fin;      /* recording */
-  int fin_lost;     /* a token could not be recorded (out of memory) */
+  int log_fin;  /* recording */
+  int fin_lost; /* a token could not be recorded (out of memory) */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -243,8 +243,10 @@ void lp_client_opts_init(lp_client_opts *o) {
 lp_client *lp_client_new(const lp_client_opts *o) {
   lp_client *c = calloc(1, sizeof *c);
   if (!c) return NULL;
-  if (o) c->o = *o;
-  else lp_client_opts_init(&c->o);
+  if (o)
+    c->o = *o;
+  else
+    lp_client_opts_init(&c->o);
   if (c->o.window == 0) c->o.window = 1024;
   if (c->o.max_frame == 0) c->o.max_frame = LP_MAX_FRAME_DEFAULT;
   return c;
@@ -474,8 +476,10 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
   hash_insert(c, q);
   if (deadline_ns) dl_push(c, q);
   q->prev = c->ptail;
-  if (c->ptail) c->ptail->next = q;
-  else c->phead = q;
+  if (c->ptail)
+    c->ptail->next = q;
+  else
+    c->phead = q;
   c->ptail = q;
   c->npending++;
   return q->token;
@@ -502,10 +506,14 @@ static void req_unpend(lp_client *c, creq *q) {
   if (q->done) return;
   q->done = 1;
   if (c->log_fin) log_finished(c, q->token);
-  if (q->prev) q->prev->next = q->next;
-  else c->phead = q->next;
-  if (q->next) q->next->prev = q->prev;
-  else c->ptail = q->prev;
+  if (q->prev)
+    q->prev->next = q->next;
+  else
+    c->phead = q->next;
+  if (q->next)
+    q->next->prev = q->prev;
+  else
+    c->ptail = q->prev;
   q->prev = q->next = NULL;
   dl_remove(c, q);
   c->npending--;
@@ -571,8 +579,7 @@ size_t lp_client_iterators(lp_client *c) { return c->niters; }
 static int iter_send_window(lp_client *c, lp_citer *it, uint32_t batch) {
   c->scratch.len = 0;
   if (lp_wire_rest_iter_window(&c->scratch, batch)) return -1;
-  return lp_wire_frame(&c->out, LP_REQ_ITER, it->id,
-                       (lp_slice){c->scratch.ptr, c->scratch.len});
+  return lp_wire_frame(&c->out, LP_REQ_ITER, it->id, (lp_slice){c->scratch.ptr, c->scratch.len});
 }
 
 /* Takes the iterator off the wire: sends {id, batch:0} when asked, and leaves
@@ -580,8 +587,9 @@ static int iter_send_window(lp_client *c, lp_citer *it, uint32_t batch) {
 static void iter_unwire(lp_client *c, lp_citer *it, int send_end, uint32_t left) {
   idslot *s;
   if (!it->on_wire) return;
-  if (send_end) (void)iter_send_window(c, it, 0); /* ENOMEM: the server keeps
-                                                      it until disconnection */
+  if (send_end)
+    (void)iter_send_window(c, it, 0); /* ENOMEM: the server keeps
+                                          it until disconnection */
   s = idmap_get(&c->iids, it->id);
   if (s) {
     if (left) {
@@ -669,8 +677,10 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
     }
   }
   it->prev = c->itail;
-  if (c->itail) c->itail->next = it;
-  else c->ihead = it;
+  if (c->itail)
+    c->itail->next = it;
+  else
+    c->ihead = it;
   c->itail = it;
   c->niters++;
   return it;
@@ -699,20 +709,24 @@ static void iter_maybe_ack(lp_client *c, lp_citer *it) {
 static void iter_compact(lp_citer *it, size_t need) {
   size_t keep, i;
   if (it->bytes.cap - it->bytes.len >= need) return;
-  if (it->consumed > 0) keep = it->cur.off;
-  else if (it->qlen) keep = it->q[it->qhead].off;
-  else keep = it->bytes.len;
+  if (it->consumed > 0)
+    keep = it->cur.off;
+  else if (it->qlen)
+    keep = it->q[it->qhead].off;
+  else
+    keep = it->bytes.len;
   if (keep == 0) return;
   memmove(it->bytes.ptr, it->bytes.ptr + keep, it->bytes.len - keep);
   it->bytes.len -= keep;
   if (it->consumed > 0) it->cur.off -= keep;
-  for (i = 0; i < it->qlen; i++) it->q[(it->qhead + i) & (it->qcap - 1)].off -= keep;
+  for (i = 0; i < it->qlen; i++)
+    it->q[(it->qhead + i) & (it->qcap - 1)].off -= keep;
 }
 
 /* An arena that grew past this for a burst of large entries is given back
  * once the caller has consumed everything buffered. */
 #define ITER_ARENA_KEEP ((size_t)1 << 20)
-#define ITER_ARENA_MIN ((size_t)1 << 16)
+#define ITER_ARENA_MIN  ((size_t)1 << 16)
 
 /* Nothing is queued: moves cur's bytes to the start and shrinks the arena. */
 static void iter_shrink(lp_citer *it) {
@@ -736,7 +750,8 @@ static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
     size_t ncap = it->qcap ? it->qcap * 2 : 16, i;
     centry *nq = malloc(ncap * sizeof *nq);
     if (!nq) return -1;
-    for (i = 0; i < it->qlen; i++) nq[i] = it->q[(it->qhead + i) & (it->qcap - 1)];
+    for (i = 0; i < it->qlen; i++)
+      nq[i] = it->q[(it->qhead + i) & (it->qcap - 1)];
     free(it->q);
     it->q = nq;
     it->qcap = ncap;
@@ -803,10 +818,14 @@ int lp_client_iter_ready(lp_client *c, lp_citer *it) {
 void lp_client_iter_close(lp_client *c, lp_citer *it) {
   if (!it) return;
   iter_unwire(c, it, 1, it->term == IT_NONE ? iter_outstanding(it) : 0);
-  if (it->prev) it->prev->next = it->next;
-  else c->ihead = it->next;
-  if (it->next) it->next->prev = it->prev;
-  else c->itail = it->prev;
+  if (it->prev)
+    it->prev->next = it->next;
+  else
+    c->ihead = it->next;
+  if (it->next)
+    it->next->prev = it->prev;
+  else
+    c->itail = it->prev;
   c->niters--;
   iter_free(it);
 }
@@ -850,7 +869,8 @@ static lp_code code_of_text(const char *t, size_t n) {
   size_t j = 1;
   lp_code code;
   if (n < 4 || t[0] != 'E') return LP_EREMOTE;
-  while (j < n && t[j] >= 'A' && t[j] <= 'Z') j++;
+  while (j < n && t[j] >= 'A' && t[j] <= 'Z')
+    j++;
   if (j < 2 || j + 1 >= n || t[j] != ':' || t[j + 1] != ' ') return LP_EREMOTE;
   code = lp_code_from_name(t, j);
   return code == LP_OK ? LP_EREMOTE : code;
@@ -864,8 +884,10 @@ static int on_iterdata(lp_client *c, const lp_response *r, lp_err *err) {
   if (!s) return 0;
   it = s->ptr;
   if (!it) { /* closed early: count down what the server may still send */
-    if (is_error || is_end || s->left <= 1) idmap_release(&c->iids, r->id);
-    else s->left--;
+    if (is_error || is_end || s->left <= 1)
+      idmap_release(&c->iids, r->id);
+    else
+      s->left--;
     return 0;
   }
   it->deadline = 0;
@@ -909,14 +931,10 @@ static int on_payload(lp_client *c, lp_slice payload, lp_err *err) {
   if (d == LP_WIRE_EMPTY || d == LP_WIRE_UNKNOWN_TAG) return 0; /* as Node */
   if (d != LP_WIRE_OK) return proto_err(err, "malformed reply");
   switch (r.tag) {
-  case LP_RES_CALLBACK:
-  case LP_RES_GETMANY:
-    on_reply(c, &r, payload);
-    return 0;
-  case LP_RES_ITERDATA:
-    return on_iterdata(c, &r, err);
-  default:
-    return 0;
+    case LP_RES_CALLBACK:
+    case LP_RES_GETMANY: on_reply(c, &r, payload); return 0;
+    case LP_RES_ITERDATA: return on_iterdata(c, &r, err);
+    default: return 0;
   }
 }
 
@@ -1007,7 +1025,8 @@ void lp_client_reset(lp_client *c) {
   lp_citer *it;
   c->out.len = 0;
   c->in.len = 0;
-  for (q = c->phead; q; q = q->next) q->on_wire = 0;
+  for (q = c->phead; q; q = q->next)
+    q->on_wire = 0;
   idmap_clear(&c->rids);
   idmap_clear(&c->iids);
   for (it = c->ihead; it; it = it->next) {
@@ -1050,7 +1069,8 @@ void lp_client_replay(lp_client *c) {
 void lp_client_fail_all(lp_client *c, lp_code code, const char *msg) {
   lp_citer *it;
   if (!msg) msg = "";
-  while (c->phead) req_fail(c, c->phead, code, msg);
+  while (c->phead)
+    req_fail(c, c->phead, code, msg);
   for (it = c->ihead; it; it = it->next)
     if (it->term == IT_NONE) iter_set_error(c, it, code, msg);
 }

@@ -18,7 +18,8 @@
 static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   for (; l->name; l++) {
     int i;
-    for (i = 0; i < nup; i++) lua_pushvalue(L, -nup);
+    for (i = 0; i < nup; i++)
+      lua_pushvalue(L, -nup);
     lua_pushcclosure(L, l->func, nup);
     lua_setfield(L, -(nup + 2), l->name);
   }
@@ -37,7 +38,7 @@ static inline void luaL_setmetatable(lua_State *L, const char *tname) {
   lua_setmetatable(L, -2);
 }
 #endif
-#define lua_rawlen(L, i) lua_objlen(L, (i))
+#define lua_rawlen(L, i)      lua_objlen(L, (i))
 #define lp_newuserdata(L, sz) lua_newuserdata(L, (sz))
 #define lp_setuservalue(L, i) lua_setfenv(L, (i))
 #define lp_getuservalue(L, i) lua_getfenv(L, (i))

@@ -38,8 +38,7 @@ static unsigned long tmp_counter;
 
 /* Joins dir and name with exactly one '/' between them.  Returns a malloc'd
  * string, or NULL when out of memory. */
-static char *path_join(const char *dir, const char *name)
-{
+static char *path_join(const char *dir, const char *name) {
   size_t dl = strlen(dir), nl = strlen(name);
   int slash = dl > 0 && dir[dl - 1] == '/';
   char *p = malloc(dl + nl + 2);
@@ -50,48 +49,35 @@ static char *path_join(const char *dir, const char *name)
   return p;
 }
 
-static size_t joined_len(const char *dir, const char *name)
-{
+static size_t joined_len(const char *dir, const char *name) {
   size_t dl = strlen(dir);
   return dl + (dl > 0 && dir[dl - 1] == '/' ? 0 : 1) + strlen(name);
 }
 
 /* The error code for a failed system call on the socket path. */
-static lp_code code_from_errno(int e)
-{
+static lp_code code_from_errno(int e) {
   switch (e) {
-  case EACCES:
-  case EPERM:
-    return LP_EACCES;
-  case ENOENT:
-    return LP_ENOENT;
-  case ENOTDIR:
-    return LP_ENOTDIR;
-  case ENOMEM:
-    return LP_ENOMEM;
-  default:
-    return LP_EIO;
+    case EACCES:
+    case EPERM: return LP_EACCES;
+    case ENOENT: return LP_ENOENT;
+    case ENOTDIR: return LP_ENOTDIR;
+    case ENOMEM: return LP_ENOMEM;
+    default: return LP_EIO;
   }
 }
 
 /* 1 when /proc/self/fd can be used to reach a directory by descriptor. */
-static int proc_fd_available(void)
-{
-  return access("/proc/self/fd", X_OK) == 0;
-}
+static int proc_fd_available(void) { return access("/proc/self/fd", X_OK) == 0; }
 
 /* 1 when dir/name does not fit in sun_path and must go through /proc. */
-static int needs_proc(const char *dir, const char *name)
-{
+static int needs_proc(const char *dir, const char *name) {
   return joined_len(dir, name) > SUN_PATH_MAX;
 }
 
 /* Fills addr with a path for `name` in the directory: dir/name when that fits
  * in sun_path, else /proc/self/fd/<dirfd>/name.  Returns the address length,
  * or 0 when neither fits (which only a very long name could cause). */
-static socklen_t make_addr(struct sockaddr_un *addr, const char *dir, int dirfd,
-                           const char *name)
-{
+static socklen_t make_addr(struct sockaddr_un *addr, const char *dir, int dirfd, const char *name) {
   size_t n;
   memset(addr, 0, sizeof(*addr));
   addr->sun_family = AF_UNIX;
@@ -103,8 +89,7 @@ static socklen_t make_addr(struct sockaddr_un *addr, const char *dir, int dirfd,
     memcpy(addr->sun_path + n, name, nl);
     n += nl;
   } else {
-    int r = snprintf(addr->sun_path, sizeof(addr->sun_path), "/proc/self/fd/%d/%s",
-                     dirfd, name);
+    int r = snprintf(addr->sun_path, sizeof(addr->sun_path), "/proc/self/fd/%d/%s", dirfd, name);
     if (r < 0 || (size_t)r > SUN_PATH_MAX) return 0;
     n = (size_t)r;
   }
@@ -114,8 +99,7 @@ static socklen_t make_addr(struct sockaddr_un *addr, const char *dir, int dirfd,
 
 /* The directory as an O_PATH descriptor: enough for *at calls, fstat and the
  * /proc/self/fd magic link, and needs no read permission on the directory. */
-static int open_dir(const char *dir)
-{
+static int open_dir(const char *dir) {
   int fd;
   do {
     fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -126,24 +110,21 @@ static int open_dir(const char *dir)
 /* Socket file mode from the directory's mode: the socket can be reached only
  * by users who may write the data directory.  (connect() needs write
  * permission on the socket file.) */
-static mode_t sock_mode(mode_t dirmode)
-{
+static mode_t sock_mode(mode_t dirmode) {
   mode_t m = S_IRUSR | S_IWUSR;
   if (dirmode & S_IWGRP) m |= S_IRGRP | S_IWGRP;
   if (dirmode & S_IWOTH) m |= S_IROTH | S_IWOTH;
   return m;
 }
 
-static void set_too_long(lp_err *err, const char *op, const char *path)
-{
+static void set_too_long(lp_err *err, const char *op, const char *path) {
   lp_err_set(err, LP_EIO,
              "%s: socket path %s is %zu bytes, more than the %zu a unix socket address "
              "can hold, and /proc/self/fd is unavailable",
              op, path, strlen(path), (size_t)SUN_PATH_MAX);
 }
 
-int lp_sock_listen(const char *dir, lp_err *err)
-{
+int lp_sock_listen(const char *dir, lp_err *err) {
   char *final = path_join(dir, LP_SOCKET_NAME);
   char tmp[64];
   struct sockaddr_un addr;
@@ -209,8 +190,7 @@ fail:
 
 /* The caller must still hold the LOCK: afterwards the name may already be a
  * new leader's socket. */
-void lp_sock_unlink(const char *dir)
-{
+void lp_sock_unlink(const char *dir) {
   int dirfd = open_dir(dir);
   if (dirfd >= 0) {
     unlinkat(dirfd, LP_SOCKET_NAME, 0); /* ENOENT and others: nothing to do */
@@ -222,8 +202,7 @@ void lp_sock_unlink(const char *dir)
   }
 }
 
-int lp_sock_connect(const char *dir)
-{
+int lp_sock_connect(const char *dir) {
   struct sockaddr_un addr;
   socklen_t alen;
   int dirfd = -1, fd, e = 0;
@@ -268,8 +247,7 @@ int lp_sock_connect(const char *dir)
  * lock reports -1.  Both mean "held, by whom we can't tell": we return -1,
  * never 0, so that a held lock is never mistaken for a free one.
  */
-pid_t lp_lock_holder(const char *dir)
-{
+pid_t lp_lock_holder(const char *dir) {
   char *p = path_join(dir, "LOCK");
   struct flock fl;
   int fd, r;
@@ -305,8 +283,7 @@ pid_t lp_lock_holder(const char *dir)
  *   IN_CREATE: LOCK or the directory's first files appeared;
  *   IN_DELETE_SELF / IN_MOVE_SELF: the directory itself went away.
  */
-int lp_watch_open(lp_watch *w, const char *dir, lp_err *err)
-{
+int lp_watch_open(lp_watch *w, const char *dir, lp_err *err) {
   int fd, e;
   w->fd = -1;
   fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -316,8 +293,8 @@ int lp_watch_open(lp_watch *w, const char *dir, lp_err *err)
     return -1;
   }
   if (inotify_add_watch(fd, dir,
-                        IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF |
-                            IN_MOVE_SELF | IN_ONLYDIR) < 0) {
+                        IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF |
+                            IN_ONLYDIR) < 0) {
     e = errno;
     close(fd);
     lp_err_set(err, code_from_errno(e), "watch: %s: %s", dir, strerror(e));
@@ -327,8 +304,7 @@ int lp_watch_open(lp_watch *w, const char *dir, lp_err *err)
   return 0;
 }
 
-void lp_watch_drain(lp_watch *w)
-{
+void lp_watch_drain(lp_watch *w) {
   /* Aligned for struct inotify_event; big enough for several events. */
   char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
   if (w->fd < 0) return;
@@ -340,8 +316,7 @@ void lp_watch_drain(lp_watch *w)
   }
 }
 
-void lp_watch_close(lp_watch *w)
-{
+void lp_watch_close(lp_watch *w) {
   if (w->fd >= 0) close(w->fd);
   w->fd = -1;
 }

@@ -23,30 +23,26 @@
 struct lp_engine {
   leveldb_t *db;
   leveldb_options_t *options;
-  leveldb_cache_t *cache;           /* NULL: LevelDB's default 8 MiB cache */
-  leveldb_filterpolicy_t *filter;   /* NULL: no bloom filter */
-  leveldb_readoptions_t *ropts;     /* defaults: fill_cache, no snapshot */
-  leveldb_writeoptions_t *wopts;    /* sync = 0 */
+  leveldb_cache_t *cache;             /* NULL: LevelDB's default 8 MiB cache */
+  leveldb_filterpolicy_t *filter;     /* NULL: no bloom filter */
+  leveldb_readoptions_t *ropts;       /* defaults: fill_cache, no snapshot */
+  leveldb_writeoptions_t *wopts;      /* sync = 0 */
   leveldb_writeoptions_t *wopts_sync; /* sync = 1 */
 };
 
 /* LevelDB reads a Slice(NULL, 0) as empty, but passing NULL to memcpy even
  * with a zero length is undefined: give it a real address instead. */
-static const char *bytes_of(lp_slice s) {
-  return s.ptr ? s.ptr : "";
-}
+static const char *bytes_of(lp_slice s) { return s.ptr ? s.ptr : ""; }
 
 /* Reports a LevelDB error string (malloc'd by LevelDB) as "op: text" and frees
  * it. */
 static void fail_leveldb(lp_err *err, const char *op, char *status) {
-  if (err)
-    lp_err_set(err, lp_code_from_leveldb(status), "%s: %s", op, status);
+  if (err) lp_err_set(err, lp_code_from_leveldb(status), "%s: %s", op, status);
   leveldb_free(status);
 }
 
 static void fail_nomem(lp_err *err, const char *op) {
-  if (err)
-    lp_err_set(err, LP_ENOMEM, "%s: out of memory", op);
+  if (err) lp_err_set(err, LP_ENOMEM, "%s: out of memory", op);
 }
 
 void lp_engine_opts_init(lp_engine_opts *o) {
@@ -60,20 +56,13 @@ void lp_engine_opts_init(lp_engine_opts *o) {
 /* Frees whatever part of e has been created; e->db is closed first so that
  * LevelDB stops using the cache and filter before they go. */
 static void engine_free(lp_engine *e) {
-  if (e->db)
-    leveldb_close(e->db);
-  if (e->options)
-    leveldb_options_destroy(e->options);
-  if (e->filter)
-    leveldb_filterpolicy_destroy(e->filter);
-  if (e->cache)
-    leveldb_cache_destroy(e->cache);
-  if (e->ropts)
-    leveldb_readoptions_destroy(e->ropts);
-  if (e->wopts)
-    leveldb_writeoptions_destroy(e->wopts);
-  if (e->wopts_sync)
-    leveldb_writeoptions_destroy(e->wopts_sync);
+  if (e->db) leveldb_close(e->db);
+  if (e->options) leveldb_options_destroy(e->options);
+  if (e->filter) leveldb_filterpolicy_destroy(e->filter);
+  if (e->cache) leveldb_cache_destroy(e->cache);
+  if (e->ropts) leveldb_readoptions_destroy(e->ropts);
+  if (e->wopts) leveldb_writeoptions_destroy(e->wopts);
+  if (e->wopts_sync) leveldb_writeoptions_destroy(e->wopts_sync);
   free(e);
 }
 
@@ -83,8 +72,7 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
   char *status = NULL;
 
   if (!path) {
-    if (err)
-      lp_err_set(err, LP_EINVAL, "open: no path");
+    if (err) lp_err_set(err, LP_EINVAL, "open: no path");
     return NULL;
   }
   if (!o) {
@@ -100,8 +88,7 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
   e->ropts = leveldb_readoptions_create();
   e->wopts = leveldb_writeoptions_create();
   e->wopts_sync = leveldb_writeoptions_create();
-  if (!e->options || !e->ropts || !e->wopts || !e->wopts_sync)
-    goto nomem;
+  if (!e->options || !e->ropts || !e->wopts || !e->wopts_sync) goto nomem;
   leveldb_writeoptions_set_sync(e->wopts, 0);
   leveldb_writeoptions_set_sync(e->wopts_sync, 1);
 
@@ -111,22 +98,18 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
                                                              : leveldb_no_compression);
   if (o->cache_size > 0) {
     e->cache = leveldb_cache_create_lru(o->cache_size);
-    if (!e->cache)
-      goto nomem;
+    if (!e->cache) goto nomem;
     leveldb_options_set_cache(e->options, e->cache);
   }
   if (o->bloom_bits > 0) {
     e->filter = leveldb_filterpolicy_create_bloom(o->bloom_bits);
-    if (!e->filter)
-      goto nomem;
+    if (!e->filter) goto nomem;
     leveldb_options_set_filter_policy(e->options, e->filter);
   }
   if (o->write_buffer_size > 0)
     leveldb_options_set_write_buffer_size(e->options, o->write_buffer_size);
-  if (o->block_size > 0)
-    leveldb_options_set_block_size(e->options, o->block_size);
-  if (o->max_open_files > 0)
-    leveldb_options_set_max_open_files(e->options, o->max_open_files);
+  if (o->block_size > 0) leveldb_options_set_block_size(e->options, o->block_size);
+  if (o->max_open_files > 0) leveldb_options_set_max_open_files(e->options, o->max_open_files);
 
   e->db = leveldb_open(e->options, path, &status);
   if (status) {
@@ -139,8 +122,7 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
     engine_free(e);
     return NULL;
   }
-  if (!e->db)
-    goto nomem;
+  if (!e->db) goto nomem;
   return e;
 
 nomem:
@@ -150,8 +132,7 @@ nomem:
 }
 
 void lp_engine_close(lp_engine *e) {
-  if (e)
-    engine_free(e);
+  if (e) engine_free(e);
 }
 
 /* The value is LevelDB's own malloc'd copy (leveldb_free is free() in this
@@ -164,8 +145,7 @@ int lp_engine_get(lp_engine *e, lp_slice key, char **val, size_t *vlen, lp_err *
   char *v = leveldb_get(e->db, e->ropts, bytes_of(key), key.len, &n, &status);
 
   if (status) {
-    if (v)
-      leveldb_free(v);
+    if (v) leveldb_free(v);
     fail_leveldb(err, "get", status);
     *val = NULL;
     *vlen = 0;
@@ -179,8 +159,8 @@ int lp_engine_get(lp_engine *e, lp_slice key, char **val, size_t *vlen, lp_err *
 int lp_engine_put(lp_engine *e, lp_slice key, lp_slice value, int sync, lp_err *err) {
   char *status = NULL;
 
-  leveldb_put(e->db, sync ? e->wopts_sync : e->wopts, bytes_of(key), key.len,
-              bytes_of(value), value.len, &status);
+  leveldb_put(e->db, sync ? e->wopts_sync : e->wopts, bytes_of(key), key.len, bytes_of(value),
+              value.len, &status);
   if (status) {
     fail_leveldb(err, "put", status);
     return -1;
@@ -200,8 +180,7 @@ int lp_engine_del(lp_engine *e, lp_slice key, int sync, lp_err *err) {
 }
 
 char *lp_engine_property(lp_engine *e, const char *name) {
-  if (!e || !name)
-    return NULL;
+  if (!e || !name) return NULL;
   /* malloc'd by LevelDB; leveldb_free is free(). */
   return leveldb_property_value(e->db, name);
 }
@@ -221,8 +200,7 @@ struct lp_batch {
 lp_batch *lp_batch_new(void) {
   lp_batch *b = malloc(sizeof *b);
 
-  if (!b)
-    return NULL;
+  if (!b) return NULL;
   b->wb = leveldb_writebatch_create();
   if (!b->wb) {
     free(b);
@@ -251,17 +229,12 @@ void lp_batch_clear(lp_batch *b) {
   b->bytes = 0;
 }
 
-size_t lp_batch_count(const lp_batch *b) {
-  return b->count;
-}
+size_t lp_batch_count(const lp_batch *b) { return b->count; }
 
-size_t lp_batch_bytes(const lp_batch *b) {
-  return b->bytes;
-}
+size_t lp_batch_bytes(const lp_batch *b) { return b->bytes; }
 
 void lp_batch_free(lp_batch *b) {
-  if (!b)
-    return;
+  if (!b) return;
   leveldb_writebatch_destroy(b->wb);
   free(b);
 }
@@ -335,17 +308,15 @@ static void reduce_bounds(const lp_range *r, lp_slice *lo, int *lo_excl, lp_slic
 /* Allocates an iterator over [lo, hi] (each bound optional, inclusive or not)
  * with the bounds copied into the same block, and creates LevelDB's iterator
  * (that is when its snapshot is taken). */
-static lp_engine_iter *iter_create(lp_engine *e, lp_slice lo, int lo_excl, lp_slice hi,
-                                   int hi_excl, int reverse, int64_t limit) {
+static lp_engine_iter *iter_create(lp_engine *e, lp_slice lo, int lo_excl, lp_slice hi, int hi_excl,
+                                   int reverse, int64_t limit) {
   lp_engine_iter *it;
   char *p;
   size_t extra = lo.len + hi.len;
 
-  if (extra < lo.len || extra > SIZE_MAX - sizeof *it - 1)
-    return NULL;
+  if (extra < lo.len || extra > SIZE_MAX - sizeof *it - 1) return NULL;
   it = malloc(sizeof *it + extra + 1);
-  if (!it)
-    return NULL;
+  if (!it) return NULL;
   p = (char *)(it + 1);
   if (lo.ptr) {
     memcpy(p, lo.ptr, lo.len);
@@ -399,8 +370,7 @@ lp_engine_iter *lp_engine_iter_open(lp_engine *e, const lp_range *r, lp_err *err
 static int below_lower(const lp_engine_iter *it, lp_slice k) {
   int c;
 
-  if (!it->lo.ptr)
-    return 0;
+  if (!it->lo.ptr) return 0;
   c = lp_slice_cmp(k, it->lo);
   return c < 0 || (c == 0 && it->lo_excl);
 }
@@ -408,8 +378,7 @@ static int below_lower(const lp_engine_iter *it, lp_slice k) {
 static int above_upper(const lp_engine_iter *it, lp_slice k) {
   int c;
 
-  if (!it->hi.ptr)
-    return 0;
+  if (!it->hi.ptr) return 0;
   c = lp_slice_cmp(k, it->hi);
   return c > 0 || (c == 0 && it->hi_excl);
 }
@@ -419,8 +388,7 @@ static int check_error(lp_engine_iter *it, lp_err *err) {
   char *status = NULL;
 
   leveldb_iter_get_error(it->it, &status);
-  if (!status)
-    return 0;
+  if (!status) return 0;
   fail_leveldb(err, "iterator", status);
   it->state = IT_ERROR;
   return 1;
@@ -439,11 +407,9 @@ static int iter_position(lp_engine_iter *it, lp_err *err) {
   }
   if (it->hi.ptr) {
     leveldb_iter_seek(it->it, bytes_of(it->hi), it->hi.len);
-    if (leveldb_iter_valid(it->it))
-      return 0;
+    if (leveldb_iter_valid(it->it)) return 0;
     /* Invalid either because every key is < hi or because of an error. */
-    if (check_error(it, err))
-      return -1;
+    if (check_error(it, err)) return -1;
   }
   leveldb_iter_seek_to_last(it->it);
   return 0;
@@ -454,64 +420,58 @@ int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_e
   size_t n;
 
   switch (it->state) {
-  case IT_END:
-    return 0;
-  case IT_ERROR: {
-    char *status = NULL;
-    leveldb_iter_get_error(it->it, &status);
-    if (status)
-      fail_leveldb(err, "iterator", status);
-    else if (err)
-      lp_err_set(err, LP_EIO, "iterator: failed");
-    return -1;
-  }
-  case IT_FRESH:
-    if (it->remaining == 0) {
-      it->state = IT_END;
-      return 0;
-    }
-    it->state = IT_RUNNING;
-    if (iter_position(it, err) < 0)
+    case IT_END: return 0;
+    case IT_ERROR: {
+      char *status = NULL;
+      leveldb_iter_get_error(it->it, &status);
+      if (status)
+        fail_leveldb(err, "iterator", status);
+      else if (err)
+        lp_err_set(err, LP_EIO, "iterator: failed");
       return -1;
-    break;
-  default: /* IT_RUNNING: move past the entry returned last time */
-    if (it->remaining == 0) {
-      it->state = IT_END;
-      return 0;
     }
-    if (it->reverse)
-      leveldb_iter_prev(it->it);
-    else
-      leveldb_iter_next(it->it);
-    break;
+    case IT_FRESH:
+      if (it->remaining == 0) {
+        it->state = IT_END;
+        return 0;
+      }
+      it->state = IT_RUNNING;
+      if (iter_position(it, err) < 0) return -1;
+      break;
+    default: /* IT_RUNNING: move past the entry returned last time */
+      if (it->remaining == 0) {
+        it->state = IT_END;
+        return 0;
+      }
+      if (it->reverse)
+        leveldb_iter_prev(it->it);
+      else
+        leveldb_iter_next(it->it);
+      break;
   }
 
   for (;;) {
     if (!leveldb_iter_valid(it->it)) {
-      if (check_error(it, err))
-        return -1;
+      if (check_error(it, err)) return -1;
       it->state = IT_END;
       return 0;
     }
     k.ptr = leveldb_iter_key(it->it, &n);
     k.len = n;
     if (it->reverse) {
-      if (below_lower(it, k))
-        break;
+      if (below_lower(it, k)) break;
       if (above_upper(it, k)) {
         leveldb_iter_prev(it->it);
         continue;
       }
     } else {
-      if (above_upper(it, k))
-        break;
+      if (above_upper(it, k)) break;
       if (below_lower(it, k)) {
         leveldb_iter_next(it->it);
         continue;
       }
     }
-    if (it->remaining > 0)
-      it->remaining--;
+    if (it->remaining > 0) it->remaining--;
     *key = it->keys ? k : LP_SLICE_NONE;
     if (it->values) {
       value->ptr = leveldb_iter_value(it->it, &n);
@@ -526,8 +486,7 @@ int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_e
 }
 
 void lp_engine_iter_close(lp_engine_iter *it) {
-  if (!it)
-    return;
+  if (!it) return;
   leveldb_iter_destroy(it->it);
   free(it);
 }
@@ -542,8 +501,8 @@ void lp_engine_iter_close(lp_engine_iter *it) {
  * already deleted are not scanned again as tombstones.  Each call takes a new
  * snapshot; st->deleted counts keys deleted so far against r->limit.  A failed
  * call leaves *st unchanged, so it may be retried. */
-int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st,
-                         size_t max_ops, int sync, lp_err *err) {
+int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, size_t max_ops,
+                         int sync, lp_err *err) {
   lp_slice lo, hi, k, v;
   int lo_excl, hi_excl, rc, more = 0;
   int64_t remaining;
@@ -558,8 +517,7 @@ int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st,
     lp_range_init(&all);
     r = &all;
   }
-  if (st->started == 2)
-    return 0;
+  if (st->started == 2) return 0;
   if (r->limit >= 0) {
     remaining = r->limit - st->deleted;
     if (remaining <= 0) {
@@ -569,8 +527,7 @@ int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st,
   } else {
     remaining = -1;
   }
-  if (max_ops == 0)
-    max_ops = SIZE_MAX; /* no per-call cap */
+  if (max_ops == 0) max_ops = SIZE_MAX; /* no per-call cap */
 
   reduce_bounds(r, &lo, &lo_excl, &hi, &hi_excl);
   if (st->started && st->resume.ptr) {
@@ -611,18 +568,15 @@ int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st,
     }
   }
   lp_engine_iter_close(it);
-  if (rc < 0)
-    goto fail;
+  if (rc < 0) goto fail;
 
   if (n > 0) {
-    if (lp_engine_write(e, b, sync, err) < 0)
-      goto fail;
+    if (lp_engine_write(e, b, sync, err) < 0) goto fail;
     /* last.ptr is NULL when the last key was empty: keep it present. */
     lp_slice last_key = {last.ptr ? last.ptr : "", last.len};
     /* On failure resume stays absent: the keys are deleted, so the next call
      * scanning from the range's start again is still correct, just slower. */
-    if (more)
-      (void)lp_slice_dup(last_key, &resume);
+    if (more) (void)lp_slice_dup(last_key, &resume);
   }
   lp_batch_free(b);
   lp_buf_free(&last);
@@ -639,8 +593,7 @@ fail:
 }
 
 void lp_clear_state_free(lp_clear_state *st) {
-  if (!st)
-    return;
+  if (!st) return;
   lp_slice_free(&st->resume);
   st->resume = LP_SLICE_NONE;
   st->deleted = 0;

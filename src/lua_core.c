@@ -27,22 +27,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DB_MT "levelparty.db"
-#define ITER_MT "levelparty.iterator"
+#define DB_MT    "levelparty.db"
+#define ITER_MT  "levelparty.iterator"
 #define CLEAR_MT "levelparty.clearer"
 
 static char pending_tag, yield_tag;
 #define PENDING ((void *)&pending_tag)
-#define YIELD ((void *)&yield_tag)
+#define YIELD   ((void *)&yield_tag)
 
 /* The time slice: async leader calls return YIELD once the coroutine that
  * runs them has had the loop for slice_ns.  Per OS thread, like a lua_State. */
 static __thread uint64_t slice_start_ns;
 static uint64_t slice_ns = 2000000; /* 2 ms */
 
-static int slice_over(void) {
-  return lp_now_ns() - slice_start_ns > slice_ns;
-}
+static int slice_over(void) { return lp_now_ns() - slice_start_ns > slice_ns; }
 
 typedef struct lua_iter lua_iter;
 
@@ -55,24 +53,24 @@ typedef struct lua_db {
 } lua_db;
 
 struct lua_iter {
-  lua_db *db;          /* valid while open: the user value keeps it alive */
+  lua_db *db; /* valid while open: the user value keeps it alive */
   lp_engine_iter *local;
   lp_citer *remote;
   int keys, values;
   int open;
-  int has_err;         /* a failure met after a page's entries: next page */
-  unsigned steps;      /* direct steps since the last time-slice check */
+  int has_err;    /* a failure met after a page's entries: next page */
+  unsigned steps; /* direct steps since the last time-slice check */
   lp_err err;
   lua_iter *prev, *next;
 };
 
-#define PAGE_ENTRIES 256
-#define BIG_BATCH_OPS 2000
+#define PAGE_ENTRIES    256
+#define BIG_BATCH_OPS   2000
 #define BIG_BATCH_BYTES (256u * 1024u)
 
 typedef struct lua_clear {
   lua_db *db;
-  lp_range range;      /* bounds owned (lp_slice_dup) */
+  lp_range range; /* bounds owned (lp_slice_dup) */
   lp_clear_state st;
   int done;
 } lua_clear;
@@ -172,8 +170,10 @@ static uint64_t deadline_of(const lua_db *d) {
 static int push_remote_err(lua_State *L, const char *op, lp_slice text) {
   size_t i = 0;
   lp_code code = LP_OK;
-  while (i < text.len && text.ptr[i] >= 'A' && text.ptr[i] <= 'Z') i++;
-  if (i > 1 && i + 1 < text.len && text.ptr[0] == 'E' && text.ptr[i] == ':' && text.ptr[i + 1] == ' ')
+  while (i < text.len && text.ptr[i] >= 'A' && text.ptr[i] <= 'Z')
+    i++;
+  if (i > 1 && i + 1 < text.len && text.ptr[0] == 'E' && text.ptr[i] == ':' &&
+      text.ptr[i + 1] == ' ')
     code = lp_code_from_name(text.ptr, i);
   lua_pushnil(L);
   if (code != LP_OK) {
@@ -222,8 +222,10 @@ static int push_result(lua_State *L, lua_db *d, uint64_t token, int op, const ch
       n = push_remote_err(L, opname, r.error);
     }
   } else if (op == OP_GET) {
-    if (r.value.ptr != NULL) lua_pushlstring(L, r.value.ptr, r.value.len);
-    else lua_pushliteral(L, "");
+    if (r.value.ptr != NULL)
+      lua_pushlstring(L, r.value.ptr, r.value.len);
+    else
+      lua_pushliteral(L, "");
     n = 1;
   } else if (op == OP_GETMANY) {
     size_t cur = 0, i = 0;
@@ -346,8 +348,10 @@ static void iter_release(lua_iter *it) {
   }
   it->local = NULL;
   it->remote = NULL;
-  if (it->prev) it->prev->next = it->next;
-  else d->iters = it->next;
+  if (it->prev)
+    it->prev->next = it->next;
+  else
+    d->iters = it->next;
   if (it->next) it->next->prev = it->prev;
   it->prev = it->next = NULL;
 }
@@ -355,7 +359,8 @@ static void iter_release(lua_iter *it) {
 static int db_close(lua_State *L) {
   lua_db *d = check_db(L);
   if (d->party != NULL) {
-    while (d->iters != NULL) iter_release(d->iters);
+    while (d->iters != NULL)
+      iter_release(d->iters);
     lp_party_unref(d->party);
     d->party = NULL;
   }
@@ -367,7 +372,9 @@ static int db_close(lua_State *L) {
 static int db_role(lua_State *L) {
   lua_db *d = check_db(L);
   int role = d->party ? lp_party_role(d->party) : LP_ROLE_CLOSED;
-  lua_pushstring(L, role == LP_ROLE_LEADER ? "leader" : role == LP_ROLE_FOLLOWER ? "follower" : "closed");
+  lua_pushstring(L, role == LP_ROLE_LEADER     ? "leader"
+                    : role == LP_ROLE_FOLLOWER ? "follower"
+                                               : "closed");
   return 1;
 }
 
@@ -375,7 +382,9 @@ static int db_role_change(lua_State *L) {
   lua_db *d = check_db(L);
   int role = d->party ? lp_party_take_role_change(d->party) : -1;
   if (role < 0) return 0;
-  lua_pushstring(L, role == LP_ROLE_LEADER ? "leader" : role == LP_ROLE_FOLLOWER ? "follower" : "closed");
+  lua_pushstring(L, role == LP_ROLE_LEADER     ? "leader"
+                    : role == LP_ROLE_FOLLOWER ? "follower"
+                                               : "closed");
   return 1;
 }
 
@@ -458,7 +467,9 @@ static int db_result(lua_State *L) {
   lua_db *d = check_db(L);
   uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
   const char *opname = luaL_checkstring(L, 3);
-  int op = strcmp(opname, "get") == 0 ? OP_GET : strcmp(opname, "get_many") == 0 ? OP_GETMANY : OP_WRITE;
+  int op = strcmp(opname, "get") == 0        ? OP_GET
+           : strcmp(opname, "get_many") == 0 ? OP_GETMANY
+                                             : OP_WRITE;
   if (token & LP_JOB_TOKEN) {
     lp_err err;
     int rc;
@@ -534,7 +545,8 @@ static int db_put(lua_State *L) {
     return 1;
   }
   d->scratch.len = 0;
-  if (lp_wire_rest_put(&d->scratch, key, value) != 0) return push_err(L, LP_ENOMEM, "put: out of memory");
+  if (lp_wire_rest_put(&d->scratch, key, value) != 0)
+    return push_err(L, LP_ENOMEM, "put: out of memory");
   return submit(L, d, LP_REQ_PUT, &d->scratch, OP_WRITE, "put", async);
 }
 
@@ -591,7 +603,8 @@ static int op_bytes(lua_State *L, int op, int name, int numbers_ok, lp_slice *s)
  * String fields stay referenced by the op table; a number converted to a
  * string lives only in a popped slot, so callers copy k and v before the next
  * call that can allocate (and so collect). */
-static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, lp_slice *k, lp_slice *v) {
+static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, lp_slice *k,
+                           lp_slice *v) {
   int top = lua_gettop(L), op = top + 1;
   const char *why = NULL;
   v->ptr = NULL;
@@ -654,8 +667,10 @@ static int db_batch(lua_State *L) {
         lp_batch_free(b);
         return batch_misuse(L, i, why);
       }
-      if (is_put) lp_batch_put(b, k, v);
-      else lp_batch_del(b, k);
+      if (is_put)
+        lp_batch_put(b, k, v);
+      else
+        lp_batch_del(b, k);
     }
     /* A batch that takes LevelDB about a time slice or more goes to the
      * party's worker when the caller can wait by yielding. */
@@ -780,7 +795,9 @@ static int db_is_leader(lua_State *L) {
 
 /* ---------------------------------------------------------------- clear */
 
-static lua_clear *check_clear(lua_State *L) { return (lua_clear *)check_class(L, &clear_key, CLEAR_MT); }
+static lua_clear *check_clear(lua_State *L) {
+  return (lua_clear *)check_class(L, &clear_key, CLEAR_MT);
+}
 
 static void clear_release(lua_clear *c) {
   lp_slice_free(&c->range.gt);
@@ -1125,7 +1142,8 @@ static int db_gc(lua_State *L) {
 
 static int db_tostring(lua_State *L) {
   lua_db *d = check_db(L);
-  if (d->party == NULL) lua_pushfstring(L, "levelparty.db{closed}: %p", (void *)d);
+  if (d->party == NULL)
+    lua_pushfstring(L, "levelparty.db{closed}: %p", (void *)d);
   else {
     int role = lp_party_role(d->party);
     lua_pushfstring(L, "levelparty.db{path=%s;role=%s}: %p", lp_party_path(d->party),
@@ -1134,31 +1152,45 @@ static int db_tostring(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg db_methods[] = {
-  {"close", db_close}, {"role", db_role}, {"role_change", db_role_change},
-  {"opened", db_opened}, {"party", db_party}, {"path", db_path}, {"step", db_step},
-  {"pollinfo", db_pollinfo}, {"done", db_done}, {"result", db_result},
-  {"flush", db_flush}, {"set_polled", db_set_polled}, {"finished", db_finished}, {"get", db_get}, {"put", db_put},
-  {"del", db_del}, {"batch", db_batch}, {"get_many", db_get_many}, {"clear", db_clear},
-  {"clear_begin", db_clear_begin}, {"is_leader", db_is_leader}, {"iter", db_iter},
-  {NULL, NULL}
-};
+static const luaL_Reg db_methods[] = {{"close", db_close},
+                                      {"role", db_role},
+                                      {"role_change", db_role_change},
+                                      {"opened", db_opened},
+                                      {"party", db_party},
+                                      {"path", db_path},
+                                      {"step", db_step},
+                                      {"pollinfo", db_pollinfo},
+                                      {"done", db_done},
+                                      {"result", db_result},
+                                      {"flush", db_flush},
+                                      {"set_polled", db_set_polled},
+                                      {"finished", db_finished},
+                                      {"get", db_get},
+                                      {"put", db_put},
+                                      {"del", db_del},
+                                      {"batch", db_batch},
+                                      {"get_many", db_get_many},
+                                      {"clear", db_clear},
+                                      {"clear_begin", db_clear_begin},
+                                      {"is_leader", db_is_leader},
+                                      {"iter", db_iter},
+                                      {NULL, NULL}};
 
-static const luaL_Reg iter_methods[] = {
-  {"page", iter_page}, {"step", iter_step},
-  {"ready", iter_ready}, {"close", iter_close},
-  {NULL, NULL}
-};
+static const luaL_Reg iter_methods[] = {{"page", iter_page},
+                                        {"step", iter_step},
+                                        {"ready", iter_ready},
+                                        {"close", iter_close},
+                                        {NULL, NULL}};
 
 static const luaL_Reg clear_methods[] = {{"step", clear_step}, {NULL, NULL}};
 
-static const luaL_Reg module_funcs[] = {
-  {"open", open_db}, {"slice_begin", slice_begin}, {"set_slice", set_slice},
+static const luaL_Reg module_funcs[] = {{"open", open_db},
+                                        {"slice_begin", slice_begin},
+                                        {"set_slice", set_slice},
 #if LUA_VERSION_NUM >= 503
-  {"direct_call", direct_call},
+                                        {"direct_call", direct_call},
 #endif
-  {NULL, NULL}
-};
+                                        {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, void *key, const luaL_Reg *methods,
                       lua_CFunction gc) {

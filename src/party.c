@@ -37,9 +37,9 @@
 
 enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
 
-#define BACKOFF_MIN_NS (1000000ull)     /* 1 ms */
-#define BACKOFF_MAX_NS (200000000ull)   /* 200 ms */
-#define LOOPBACK_BUDGET 1024            /* iterator entries per loopback turn */
+#define BACKOFF_MIN_NS  (1000000ull)   /* 1 ms */
+#define BACKOFF_MAX_NS  (200000000ull) /* 200 ms */
+#define LOOPBACK_BUDGET 1024           /* iterator entries per loopback turn */
 
 /* A write handed to the worker thread.  The Lua thread owns the list; the
  * worker only reads b/sync and writes rc/err/done under job_lock. */
@@ -52,20 +52,20 @@ typedef struct lp_job {
 } lp_job;
 
 struct lp_party {
-  char *path;                 /* realpath of the directory; registry key */
+  char *path; /* realpath of the directory; registry key */
   int refs;
   int state;
-  int opened;                 /* the first election has ended */
+  int opened; /* the first election has ended */
   lp_party_opts opts;
   uint64_t progress;
-  int role_changed;           /* a role change not yet reported */
-  int polled;                 /* an event loop polls this party (the luv driver) */
-  int epfd;                   /* what such a loop polls: an epoll set of ours that
-                               * holds the one fd the party waits on; -1 until
-                               * lp_party_pollinfo first runs */
-  int ep_fd;                  /* the fd in epfd (-1: none); leaves it before it
-                               * is closed (drop_fd) */
-  unsigned ep_events;         /* its EPOLLIN / EPOLLOUT */
+  int role_changed;   /* a role change not yet reported */
+  int polled;         /* an event loop polls this party (the luv driver) */
+  int epfd;           /* what such a loop polls: an epoll set of ours that
+                       * holds the one fd the party waits on; -1 until
+                       * lp_party_pollinfo first runs */
+  int ep_fd;          /* the fd in epfd (-1: none); leaves it before it
+                       * is closed (drop_fd) */
+  unsigned ep_events; /* its EPOLLIN / EPOLLOUT */
 
   /* leader */
   lp_engine *engine;
@@ -73,36 +73,36 @@ struct lp_party {
 
   /* follower */
   lp_client *client;
-  int fd;                     /* connection to the leader, -1 when none */
-  int fd_blocks;              /* fd is in blocking mode (no O_NONBLOCK): every
-                               * send/recv but a blocking call's wait passes
-                               * MSG_DONTWAIT */
-  lp_buf inbuf;               /* scratch for reads */
+  int fd;        /* connection to the leader, -1 when none */
+  int fd_blocks; /* fd is in blocking mode (no O_NONBLOCK): every
+                  * send/recv but a blocking call's wait passes
+                  * MSG_DONTWAIT */
+  lp_buf inbuf;  /* scratch for reads */
 
   /* electing */
-  lp_watch watch;             /* fd -1 when closed */
-  uint64_t next_try_ns;       /* backup timer for the next election step */
+  lp_watch watch;       /* fd -1 when closed */
+  uint64_t next_try_ns; /* backup timer for the next election step */
   uint64_t backoff_ns;
-  uint64_t open_deadline_ns;  /* first election only */
-  pid_t holder;               /* last seen LOCK holder */
-  lp_err fatal;               /* first election failed for good */
+  uint64_t open_deadline_ns; /* first election only */
+  pid_t holder;              /* last seen LOCK holder */
+  lp_err fatal;              /* first election failed for good */
   int has_fatal;
 
   /* loopback after promotion: the client's leftovers run on our own engine */
   lp_session *loop_session;
   lp_buf loop_out;
-  int loop_busy;              /* loopback has more to do right now */
+  int loop_busy; /* loopback has more to do right now */
 
   /* the leader's worker for long writes (started on first use) */
   pthread_t worker;
   int worker_started, worker_stop;
   pthread_mutex_t job_lock;
   pthread_cond_t job_cond;
-  lp_job *jobs;               /* every job not yet taken, oldest first */
-  int job_fd;                 /* eventfd the worker signals; -1 until started */
+  lp_job *jobs; /* every job not yet taken, oldest first */
+  int job_fd;   /* eventfd the worker signals; -1 until started */
   uint64_t next_job;
 
-  struct lp_party *next;      /* registry */
+  struct lp_party *next; /* registry */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -165,8 +165,10 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
       return NULL;
     }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-      lp_code c = errno == ENOENT ? LP_ENOENT : errno == EACCES ? LP_EACCES
-                : errno == ENOTDIR ? LP_ENOTDIR : LP_EIO;
+      lp_code c = errno == ENOENT    ? LP_ENOENT
+                  : errno == EACCES  ? LP_EACCES
+                  : errno == ENOTDIR ? LP_ENOTDIR
+                                     : LP_EIO;
       lp_err_set(err, c, "open: cannot create %s: %s", dir, strerror(errno));
       return NULL;
     }
@@ -238,8 +240,9 @@ static void on_leader_lost(lp_party *p) {
   if (p->client != NULL) {
     lp_client_reset(p->client);
     if (!p->opts.retry)
-      lp_client_fail_all(p->client, LP_ELEADERLOST,
-                         "leader lost: the connection to the leader closed with the request in flight");
+      lp_client_fail_all(
+          p->client, LP_ELEADERLOST,
+          "leader lost: the connection to the leader closed with the request in flight");
   }
   enter_electing(p);
 }
@@ -441,10 +444,12 @@ static void *worker_main(void *arg) {
   pthread_mutex_lock(&p->job_lock);
   for (;;) {
     lp_job *j;
-    for (j = p->jobs; j != NULL && j->done; j = j->next) {}
+    for (j = p->jobs; j != NULL && j->done; j = j->next) {
+    }
     while (j == NULL && !p->worker_stop) {
       pthread_cond_wait(&p->job_cond, &p->job_lock);
-      for (j = p->jobs; j != NULL && j->done; j = j->next) {}
+      for (j = p->jobs; j != NULL && j->done; j = j->next) {
+      }
     }
     if (j == NULL) break; /* stopping, nothing left */
     pthread_mutex_unlock(&p->job_lock);
@@ -491,7 +496,8 @@ uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync) {
   j->b = b;
   j->sync = sync;
   pthread_mutex_lock(&p->job_lock);
-  for (tail = &p->jobs; *tail != NULL; tail = &(*tail)->next) {}
+  for (tail = &p->jobs; *tail != NULL; tail = &(*tail)->next) {
+  }
   *tail = j;
   pthread_cond_signal(&p->job_cond);
   pthread_mutex_unlock(&p->job_lock);
@@ -504,7 +510,10 @@ int lp_party_job_done(lp_party *p, uint64_t token) {
   if (!p->worker_started) return 1;
   pthread_mutex_lock(&p->job_lock);
   for (j = p->jobs; j != NULL; j = j->next)
-    if (j->token == token) { done = j->done; break; }
+    if (j->token == token) {
+      done = j->done;
+      break;
+    }
   pthread_mutex_unlock(&p->job_lock);
   return done;
 }
@@ -583,8 +592,7 @@ int lp_party_step(lp_party *p, lp_err *err) {
       if (p->loop_session != NULL && p->client != NULL) loopback_run(p);
       jobs_collect(p);
       break;
-    default:
-      break;
+    default: break;
   }
   now = lp_now_ns();
   if (p->state == P_ELECTING && !p->opened && now >= p->open_deadline_ns) {
@@ -639,8 +647,7 @@ static void party_wants(lp_party *p, int *fd, int *events, int *timeout_ms) {
         *events = POLLIN;
       }
       break;
-    default:
-      return;
+    default: return;
   }
   if (p->client != NULL) {
     uint64_t d = lp_client_next_deadline(p->client);
@@ -811,7 +818,8 @@ void lp_party_ref(lp_party *p) {
 }
 
 static void party_close(lp_party *p) {
-  if (p->client != NULL) lp_client_fail_all(p->client, LP_ECLOSED, "closed: the database was closed");
+  if (p->client != NULL)
+    lp_client_fail_all(p->client, LP_ECLOSED, "closed: the database was closed");
   if (p->loop_session != NULL) lp_session_free(p->loop_session);
   p->loop_session = NULL;
   worker_stop(p);

@@ -49,7 +49,7 @@ typedef struct lp_buf {
   size_t len, cap;
 } lp_buf;
 
-int lp_buf_reserve(lp_buf *b, size_t extra);          /* 0 ok, -1 ENOMEM */
+int lp_buf_reserve(lp_buf *b, size_t extra);           /* 0 ok, -1 ENOMEM */
 int lp_buf_append(lp_buf *b, const void *p, size_t n); /* 0 ok, -1 ENOMEM */
 void lp_buf_consume(lp_buf *b, size_t n);              /* drop n bytes from the front */
 void lp_buf_free(lp_buf *b);
@@ -73,12 +73,12 @@ typedef enum lp_code {
   LP_ELEADERLOST, /* retry=false and the leader went away with the request in flight */
   LP_EPROTO,      /* the peer broke the wire protocol */
   LP_ENOMEM,
-  LP_EINVAL,      /* a value the storage layer refuses (e.g. empty key) */
-  LP_EREMOTE,     /* the leader reported an error we cannot classify */
+  LP_EINVAL,  /* a value the storage layer refuses (e.g. empty key) */
+  LP_EREMOTE, /* the leader reported an error we cannot classify */
   LP_CODE_MAX
 } lp_code;
 
-const char *lp_code_name(lp_code code); /* "EIO", "ECLOSED", ... */
+const char *lp_code_name(lp_code code);                  /* "EIO", "ECLOSED", ... */
 lp_code lp_code_from_name(const char *name, size_t len); /* LP_OK when unknown */
 
 /* An error result: a code and a message "op: detail". */
@@ -121,8 +121,15 @@ int lp_range_contains(const lp_range *r, lp_slice key);
 /* ------------------------------------------------------------------------ */
 
 /* client -> server tags */
-enum { LP_REQ_GET = 0, LP_REQ_PUT = 1, LP_REQ_DEL = 2, LP_REQ_BATCH = 3,
-       LP_REQ_ITER = 4, LP_REQ_CLEAR = 5, LP_REQ_GETMANY = 6 };
+enum {
+  LP_REQ_GET = 0,
+  LP_REQ_PUT = 1,
+  LP_REQ_DEL = 2,
+  LP_REQ_BATCH = 3,
+  LP_REQ_ITER = 4,
+  LP_REQ_CLEAR = 5,
+  LP_REQ_GETMANY = 6
+};
 /* server -> client tags */
 enum { LP_RES_CALLBACK = 0, LP_RES_ITERDATA = 1, LP_RES_GETMANY = 2 };
 
@@ -145,10 +152,10 @@ typedef struct lp_batch_op {
 /* Iterator/clear options as they arrived: every field has its own presence so
  * that the server can apply Node's decode defaults (reference 3.3). */
 typedef struct lp_wire_opts {
-  int present;                 /* the options sub-message was sent at all */
+  int present; /* the options sub-message was sent at all */
   int has_keys, keys;
   int has_values, values;
-  lp_slice gt, gte, lt, lte;   /* ptr == NULL when absent */
+  lp_slice gt, gte, lt, lte; /* ptr == NULL when absent */
   int has_limit;
   int32_t limit;
   int has_reverse, reverse;
@@ -161,30 +168,30 @@ typedef struct lp_wire_opts {
 typedef struct lp_request {
   int tag;
   uint32_t id;
-  lp_slice key, value;   /* GET, PUT, DEL (value absent when not sent) */
-  uint32_t batch;        /* ITER: window; 0 means end the iterator */
+  lp_slice key, value; /* GET, PUT, DEL (value absent when not sent) */
+  uint32_t batch;      /* ITER: window; 0 means end the iterator */
   int has_batch;
-  lp_wire_opts opts;     /* ITER, CLEAR */
-  size_t count;          /* BATCH: number of ops; GETMANY: number of keys */
-  lp_slice repeated;     /* BATCH, GETMANY: the body, for the walkers */
+  lp_wire_opts opts; /* ITER, CLEAR */
+  size_t count;      /* BATCH: number of ops; GETMANY: number of keys */
+  lp_slice repeated; /* BATCH, GETMANY: the body, for the walkers */
 } lp_request;
 
 /* A decoded response.  Same lifetime rule as lp_request. */
 typedef struct lp_response {
   int tag;
   uint32_t id;
-  lp_slice error;        /* absent when no error field */
-  lp_slice key, value;   /* CALLBACK: value; ITERDATA: key and value */
-  size_t count;          /* GETMANY: number of values */
-  lp_slice repeated;     /* GETMANY: the body, for lp_wire_next_value */
+  lp_slice error;      /* absent when no error field */
+  lp_slice key, value; /* CALLBACK: value; ITERDATA: key and value */
+  size_t count;        /* GETMANY: number of values */
+  lp_slice repeated;   /* GETMANY: the body, for lp_wire_next_value */
 } lp_response;
 
 /* Finds the next frame in buf[0..len).
  * Returns LP_WIRE_OK with *payload (tag + body) and *consumed (prefix + payload
  * bytes), LP_WIRE_EMPTY with *consumed = 1 for a zero-length frame,
  * LP_WIRE_NEED_MORE, or LP_WIRE_TOO_BIG when the length exceeds max_frame. */
-int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame,
-                       lp_slice *payload, size_t *consumed);
+int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame, lp_slice *payload,
+                       size_t *consumed);
 
 /* Decode a payload (tag byte + protobuf body).  LP_WIRE_OK, LP_WIRE_EMPTY,
  * LP_WIRE_UNKNOWN_TAG or LP_WIRE_MALFORMED. */
@@ -195,17 +202,19 @@ int lp_wire_decode_response(lp_slice payload, lp_response *out);
  * element, 0 at the end. */
 int lp_wire_next_op(const lp_request *r, size_t *cursor, lp_batch_op *op);
 int lp_wire_next_key(const lp_request *r, size_t *cursor, lp_slice *key);
-int lp_wire_next_value(const lp_response *r, size_t *cursor, lp_slice *value); /* value.ptr NULL = not found */
+int lp_wire_next_value(const lp_response *r, size_t *cursor,
+                       lp_slice *value); /* value.ptr NULL = not found */
 
 /* Encoders.  A request is built in two steps so that it can be replayed under a
  * new id: first its "rest" (every field after the id, in field order) is
  * encoded once, then lp_wire_frame() writes varint(len) tag 08 varint(id) rest.
  * All return 0, or -1 when out of memory (the buffer is left as it was). */
 int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest);
-int lp_wire_rest_key(lp_buf *rest, lp_slice key);                  /* GET, DEL */
-int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value);  /* PUT */
-int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key, lp_slice value); /* one BATCH op; call per op */
-int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key);          /* one GETMANY key; call per key */
+int lp_wire_rest_key(lp_buf *rest, lp_slice key);                 /* GET, DEL */
+int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value); /* PUT */
+int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key,
+                          lp_slice value);                /* one BATCH op; call per op */
+int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key); /* one GETMANY key; call per key */
 /* ITER open: batch window then options, always with keys, values, limit and
  * reverse explicit (reference 3.3). */
 int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r);
@@ -228,7 +237,8 @@ int lp_wire_put_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen
 
 /* Varint helpers, exposed for tests. */
 size_t lp_varint_put(uint8_t out[10], uint64_t v);
-int lp_varint_get(const char *buf, size_t len, uint64_t *v, size_t *used); /* 1 ok, 0 need more, -1 bad */
+int lp_varint_get(const char *buf, size_t len, uint64_t *v,
+                  size_t *used); /* 1 ok, 0 need more, -1 bad */
 
 /* ------------------------------------------------------------------------ */
 /* Engine (engine.c): LevelDB access                                         */
@@ -237,14 +247,14 @@ int lp_varint_get(const char *buf, size_t len, uint64_t *v, size_t *used); /* 1 
 typedef struct lp_engine lp_engine;
 
 typedef struct lp_engine_opts {
-  int create_if_missing;     /* default 1 */
-  int error_if_exists;       /* default 0 */
-  int compression;           /* default 1 (snappy) */
-  size_t cache_size;         /* 0 = LevelDB default (8 MiB) */
-  size_t write_buffer_size;  /* 0 = default (4 MiB) */
-  size_t block_size;         /* 0 = default (4 KiB) */
-  int max_open_files;        /* 0 = default (1000) */
-  int bloom_bits;            /* 0 = no filter; we default to 10 in Lua */
+  int create_if_missing;    /* default 1 */
+  int error_if_exists;      /* default 0 */
+  int compression;          /* default 1 (snappy) */
+  size_t cache_size;        /* 0 = LevelDB default (8 MiB) */
+  size_t write_buffer_size; /* 0 = default (4 MiB) */
+  size_t block_size;        /* 0 = default (4 KiB) */
+  int max_open_files;       /* 0 = default (1000) */
+  int bloom_bits;           /* 0 = no filter; we default to 10 in Lua */
 } lp_engine_opts;
 
 void lp_engine_opts_init(lp_engine_opts *o);
@@ -287,9 +297,13 @@ void lp_engine_iter_close(lp_engine_iter *it);
 /* Deletes up to max_ops keys of the range (limit and reverse honoured across
  * calls through *state, which starts zeroed).  Returns 1 when more remain, 0 when
  * done, -1 on error.  Lets callers clear huge ranges in slices. */
-typedef struct lp_clear_state { int64_t deleted; lp_slice resume; int started; } lp_clear_state;
-int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st,
-                         size_t max_ops, int sync, lp_err *err);
+typedef struct lp_clear_state {
+  int64_t deleted;
+  lp_slice resume;
+  int started;
+} lp_clear_state;
+int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, size_t max_ops,
+                         int sync, lp_err *err);
 void lp_clear_state_free(lp_clear_state *st);
 
 /* LevelDB property (e.g. "leveldb.stats"); malloc'd string or NULL. */
@@ -302,10 +316,10 @@ char *lp_engine_property(lp_engine *e, const char *name);
 typedef struct lp_server lp_server;
 
 typedef struct lp_server_opts {
-  size_t max_frame;          /* LP_MAX_FRAME_DEFAULT */
-  size_t max_conn_buffer;    /* bytes of unsent replies per connection before the
-                                server stops reading that connection (default 8 MiB) */
-  int allow_other_users;     /* 0: refuse peers whose uid differs (SO_PEERCRED) */
+  size_t max_frame;                       /* LP_MAX_FRAME_DEFAULT */
+  size_t max_conn_buffer;                 /* bytes of unsent replies per connection before the
+                                             server stops reading that connection (default 8 MiB) */
+  int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED) */
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
 } lp_server_opts;
@@ -343,9 +357,11 @@ pid_t lp_lock_holder(const char *dir);
 
 /* A watch on the directory that becomes readable when LOCK is closed by a
  * writer (its holder exited or closed the db) or the socket name appears. */
-typedef struct lp_watch { int fd; } lp_watch;
+typedef struct lp_watch {
+  int fd;
+} lp_watch;
 int lp_watch_open(lp_watch *w, const char *dir, lp_err *err); /* 0 / -1 */
-void lp_watch_drain(lp_watch *w);  /* read and discard pending events */
+void lp_watch_drain(lp_watch *w);                             /* read and discard pending events */
 void lp_watch_close(lp_watch *w);
 
 /* ------------------------------------------------------------------------ */
@@ -369,8 +385,8 @@ void lp_session_free(lp_session *s); /* closes its iterators */
  * at the end is left for the next call), or -1 with err filled when the peer
  * broke the protocol (oversized frame, unknown tag, malformed body): the
  * connection must then be closed. */
-long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out,
-                      size_t budget, lp_err *err);
+long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
+                      lp_err *err);
 /* Produces up to `budget` more iterator entries for iterators whose window is
  * still open.  Returns 1 when some window is still open (call again), else 0. */
 int lp_session_pump(lp_session *s, lp_buf *out, size_t budget);
@@ -392,8 +408,8 @@ typedef struct lp_client lp_client;
 typedef struct lp_citer lp_citer;
 
 typedef struct lp_client_opts {
-  uint32_t window;     /* iterator window (entries) asked for; default 1024 */
-  size_t max_frame;    /* LP_MAX_FRAME_DEFAULT */
+  uint32_t window;  /* iterator window (entries) asked for; default 1024 */
+  size_t max_frame; /* LP_MAX_FRAME_DEFAULT */
 } lp_client_opts;
 void lp_client_opts_init(lp_client_opts *o);
 
@@ -424,7 +440,7 @@ int lp_client_done(lp_client *c, uint64_t token);
  * lp_wire_decode_response. */
 typedef struct lp_result {
   lp_code code;
-  char *msg;        /* malloc'd or NULL */
+  char *msg; /* malloc'd or NULL */
   lp_buf payload;
 } lp_result;
 /* Moves the result of a finished request out of the table (0), or -1 when the
@@ -512,9 +528,9 @@ typedef struct lp_party_opts {
   lp_engine_opts engine;
   lp_server_opts server;
   lp_client_opts client;
-  int retry;                  /* replay in-flight requests across leader changes */
-  uint64_t open_timeout_ns;   /* how long open waits for a leader that serves */
-  int log;                    /* as leader, log refused peers and protocol errors to stderr */
+  int retry;                /* replay in-flight requests across leader changes */
+  uint64_t open_timeout_ns; /* how long open waits for a leader that serves */
+  int log;                  /* as leader, log refused peers and protocol errors to stderr */
 } lp_party_opts;
 
 void lp_party_opts_init(lp_party_opts *o);
@@ -532,7 +548,7 @@ int lp_party_role(const lp_party *p);
 /* 1 once the first election has ended (leader, or follower that connected). */
 int lp_party_opened(const lp_party *p);
 const char *lp_party_path(const lp_party *p);
-lp_engine *lp_party_engine(lp_party *p);   /* NULL unless leader */
+lp_engine *lp_party_engine(lp_party *p); /* NULL unless leader */
 /* The follower client, created on first use unless leader; NULL when leader
  * without leftovers, closed, or out of memory. */
 lp_client *lp_party_client(lp_party *p);

@@ -37,9 +37,9 @@
 /* Keys deleted per lp_engine_clear_step call while running a CLEAR. */
 #define SESS_CLEAR_STEP 1024
 
-#define MSG_EMPTY_KEY "key cannot be an empty Buffer"
+#define MSG_EMPTY_KEY  "key cannot be an empty Buffer"
 #define MSG_NULL_VALUE "value cannot be `null` or `undefined`"
-#define MSG_NOT_FOUND "NotFound: "
+#define MSG_NOT_FOUND  "NotFound: "
 
 /* One iterator of a session.  `it` is NULL once the iterator has ended (end
  * marker or error sent, or never opened): the record stays until the client
@@ -50,7 +50,7 @@ typedef struct sess_iter {
   int ended;
   int keys, values;
   lp_engine_iter *it;
-  struct sess_iter *hnext;      /* hash chain */
+  struct sess_iter *hnext;       /* hash chain */
   struct sess_iter *prev, *next; /* all iterators, in pump order */
 } sess_iter;
 
@@ -63,9 +63,7 @@ struct lp_session {
   size_t live; /* iterators with !ended && window > 0 */
 };
 
-static int iter_live(const sess_iter *it) {
-  return !it->ended && it->window > 0;
-}
+static int iter_live(const sess_iter *it) { return !it->ended && it->window > 0; }
 
 static size_t id_hash(uint32_t id, size_t nbuckets) {
   return (size_t)((id * 2654435761u) >> 7) & (nbuckets - 1);
@@ -101,7 +99,10 @@ static int iter_insert(lp_session *s, sess_iter *it) {
   s->buckets[h] = it;
   it->prev = s->tail;
   it->next = NULL;
-  if (s->tail) s->tail->next = it; else s->head = it;
+  if (s->tail)
+    s->tail->next = it;
+  else
+    s->head = it;
   s->tail = it;
   s->count++;
   s->live += (size_t)iter_live(it);
@@ -109,8 +110,14 @@ static int iter_insert(lp_session *s, sess_iter *it) {
 }
 
 static void iter_unlink_list(lp_session *s, sess_iter *it) {
-  if (it->prev) it->prev->next = it->next; else s->head = it->next;
-  if (it->next) it->next->prev = it->prev; else s->tail = it->prev;
+  if (it->prev)
+    it->prev->next = it->next;
+  else
+    s->head = it->next;
+  if (it->next)
+    it->next->prev = it->prev;
+  else
+    s->tail = it->prev;
   it->prev = it->next = NULL;
 }
 
@@ -118,7 +125,10 @@ static void iter_move_to_tail(lp_session *s, sess_iter *it) {
   if (s->tail == it) return;
   iter_unlink_list(s, it);
   it->prev = s->tail;
-  if (s->tail) s->tail->next = it; else s->head = it;
+  if (s->tail)
+    s->tail->next = it;
+  else
+    s->head = it;
   s->tail = it;
 }
 
@@ -132,7 +142,8 @@ static void iter_finish(lp_session *s, sess_iter *it) {
 
 static void iter_remove(lp_session *s, sess_iter *it) {
   sess_iter **pp = &s->buckets[id_hash(it->id, s->nbuckets)];
-  while (*pp != it) pp = &(*pp)->hnext;
+  while (*pp != it)
+    pp = &(*pp)->hnext;
   *pp = it->hnext;
   iter_unlink_list(s, it);
   iter_finish(s, it);
@@ -150,7 +161,8 @@ lp_session *lp_session_new(lp_engine *e, size_t max_frame) {
 
 void lp_session_free(lp_session *s) {
   if (!s) return;
-  while (s->head) iter_remove(s, s->head);
+  while (s->head)
+    iter_remove(s, s->head);
   free(s->buckets);
   free(s);
 }
@@ -222,8 +234,7 @@ static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
 static int exec_del(lp_engine *e, const lp_request *r, lp_buf *out) {
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   lp_err err;
-  if (lp_engine_del(e, r->key, 0, &err) < 0)
-    return reply_storage_err(out, r->id, "del", &err);
+  if (lp_engine_del(e, r->key, 0, &err) < 0) return reply_storage_err(out, r->id, "del", &err);
   return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
@@ -240,8 +251,10 @@ static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
   if (!b) return reply_err(out, r->id, "ENOMEM: batch: out of memory");
   cur = 0;
   while (lp_wire_next_op(r, &cur, &op)) {
-    if (op.type == 0) lp_batch_put(b, op.key, op.value);
-    else lp_batch_del(b, op.key);
+    if (op.type == 0)
+      lp_batch_put(b, op.key, op.value);
+    else
+      lp_batch_del(b, op.key);
   }
   lp_err err;
   int rc = lp_engine_write(e, b, 0, &err);
@@ -258,7 +271,8 @@ static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
     memset(&st, 0, sizeof st);
     lp_err err;
     int rc;
-    do rc = lp_engine_clear_step(e, &range, &st, SESS_CLEAR_STEP, 0, &err);
+    do
+      rc = lp_engine_clear_step(e, &range, &st, SESS_CLEAR_STEP, 0, &err);
     while (rc == 1);
     lp_clear_state_free(&st);
     if (rc < 0) return reply_storage_err(out, r->id, "clear", &err);
@@ -306,13 +320,13 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
 /* Returns 0, or -1 when out of memory (the reply may be missing). */
 static int session_execute(lp_engine *e, const lp_request *r, lp_buf *out) {
   switch (r->tag) {
-  case LP_REQ_GET: return exec_get(e, r, out);
-  case LP_REQ_PUT: return exec_put(e, r, out);
-  case LP_REQ_DEL: return exec_del(e, r, out);
-  case LP_REQ_BATCH: return exec_batch(e, r, out);
-  case LP_REQ_CLEAR: return exec_clear(e, r, out);
-  case LP_REQ_GETMANY: return exec_getmany(e, r, out);
-  default: return 0; /* ITER is the session's business */
+    case LP_REQ_GET: return exec_get(e, r, out);
+    case LP_REQ_PUT: return exec_put(e, r, out);
+    case LP_REQ_DEL: return exec_del(e, r, out);
+    case LP_REQ_BATCH: return exec_batch(e, r, out);
+    case LP_REQ_CLEAR: return exec_clear(e, r, out);
+    case LP_REQ_GETMANY: return exec_getmany(e, r, out);
+    default: return 0; /* ITER is the session's business */
   }
 }
 
@@ -373,7 +387,10 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
   if (range.limit == 0) {
     /* zero entries: never touch the engine, end at once */
     it->ended = 1;
-    if (iter_insert(s, it) < 0) { free(it); return -1; }
+    if (iter_insert(s, it) < 0) {
+      free(it);
+      return -1;
+    }
     *res = it;
     return lp_wire_put_iterend(out, r->id);
   }
@@ -383,7 +400,10 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
   it->it = lp_engine_iter_open(s->eng, &range, &err);
   if (!it->it) {
     it->ended = 1;
-    if (iter_insert(s, it) < 0) { free(it); return -1; }
+    if (iter_insert(s, it) < 0) {
+      free(it);
+      return -1;
+    }
     *res = it;
     char msg[sizeof err.msg + 64];
     int n = storage_err(msg, sizeof msg, "iterator", &err);
@@ -419,13 +439,12 @@ static int session_iter(lp_session *s, const lp_request *r, lp_buf *out, size_t 
 }
 
 static const char *tag_name(int tag) {
-  static const char *const names[] = {"get", "put", "del", "batch", "iterator", "clear",
-                                      "getMany"};
+  static const char *const names[] = {"get", "put", "del", "batch", "iterator", "clear", "getMany"};
   return tag >= 0 && tag < 7 ? names[tag] : "unknown";
 }
 
-long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out,
-                      size_t budget, lp_err *err) {
+long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
+                      lp_err *err) {
   size_t off = 0;
   while (off < len) {
     lp_slice payload;
@@ -502,8 +521,8 @@ int lp_session_pump(lp_session *s, lp_buf *out, size_t budget) {
 /* Iterator entries produced per connection per loop turn, and per pump call
  * inside it (the output size is checked between calls). */
 #define SRV_TURN_BUDGET 512
-#define SRV_PUMP_CHUNK 64
-#define SRV_READ_CHUNK 65536
+#define SRV_PUMP_CHUNK  64
+#define SRV_READ_CHUNK  65536
 /* Input run through the session between two checks of the output level; the
  * replies of each piece go out before the next piece runs.  The first piece of
  * a read is small, so that a follower with many requests in flight gets its
@@ -523,13 +542,13 @@ struct lp_server {
   uv_pipe_t listener;
   uv_async_t stop_async;
   uv_idle_t pump_idle;
-  uv_pipe_t spare;   /* takes a pending fd when a connection cannot be allocated */
+  uv_pipe_t spare; /* takes a pending fd when a connection cannot be allocated */
   int spare_busy;
   pthread_t thread;
   int thread_started;
-  int stopping;      /* server thread only */
-  int nconns;        /* atomic: accepted, not yet closed */
-  srv_conn *conns;   /* every open connection (also refused ones until closed) */
+  int stopping;    /* server thread only */
+  int nconns;      /* atomic: accepted, not yet closed */
+  srv_conn *conns; /* every open connection (also refused ones until closed) */
 };
 
 /* One accepted connection.  Owned by the server thread.  Freed in its close
@@ -543,14 +562,14 @@ struct srv_conn {
   lp_buf out;      /* replies produced, not yet handed to libuv */
   lp_buf inflight; /* bytes of the pending uv_write, from inflight_off */
   size_t inflight_off;
-  int writing;     /* a uv_write is pending */
-  int reading;     /* uv_read_start is active */
-  int blocked;     /* over max_conn_buffer: not reading, not pumping */
-  int pumping;     /* some iterator window is open */
-  int eof;         /* peer finished sending: close after the output drains */
-  int in_held;     /* c->in may hold whole frames not yet run (output was full) */
+  int writing; /* a uv_write is pending */
+  int reading; /* uv_read_start is active */
+  int blocked; /* over max_conn_buffer: not reading, not pumping */
+  int pumping; /* some iterator window is open */
+  int eof;     /* peer finished sending: close after the output drains */
+  int in_held; /* c->in may hold whole frames not yet run (output was full) */
   int closing;
-  int counted;     /* included in nconns */
+  int counted; /* included in nconns */
   long pid;
   long uid;
   srv_conn *prev, *next;
@@ -587,7 +606,10 @@ static size_t conn_unsent(const srv_conn *c) {
 static void conn_close_cb(uv_handle_t *h) {
   srv_conn *c = h->data;
   lp_server *s = c->srv;
-  if (c->prev) c->prev->next = c->next; else s->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   if (c->counted) __atomic_fetch_sub(&s->nconns, 1, __ATOMIC_ACQ_REL);
   lp_session_free(c->sess);
@@ -646,8 +668,7 @@ static void conn_write_out(srv_conn *c) {
   t.len = 0;
   if (t.cap > SRV_IN_KEEP) lp_buf_free(&t);
   c->out = t;
-  b = uv_buf_init(c->inflight.ptr + c->inflight_off,
-                  (unsigned)(c->inflight.len - c->inflight_off));
+  b = uv_buf_init(c->inflight.ptr + c->inflight_off, (unsigned)(c->inflight.len - c->inflight_off));
   c->wreq.data = c;
   if (uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, conn_write_cb) < 0) {
     c->inflight.len = 0;
@@ -683,8 +704,10 @@ static void pump_idle_cb(uv_idle_t *h);
  * below half of it. */
 static void conn_level(srv_conn *c) {
   size_t unsent = conn_unsent(c), max = c->srv->opts.max_conn_buffer;
-  if (!c->blocked && unsent > max) c->blocked = 1;
-  else if (c->blocked && unsent < max / 2) c->blocked = 0;
+  if (!c->blocked && unsent > max)
+    c->blocked = 1;
+  else if (c->blocked && unsent < max / 2)
+    c->blocked = 0;
 }
 
 /* Starts or stops reading and pumping from the output level. */
@@ -693,8 +716,7 @@ static void conn_update_flow(srv_conn *c) {
   conn_level(c);
   int want_read = !c->blocked && !c->eof && !c->closing && !c->in_held;
   if (want_read && !c->reading) {
-    if (uv_read_start((uv_stream_t *)&c->pipe, conn_alloc_cb, conn_read_cb) == 0)
-      c->reading = 1;
+    if (uv_read_start((uv_stream_t *)&c->pipe, conn_alloc_cb, conn_read_cb) == 0) c->reading = 1;
   } else if (!want_read && c->reading) {
     uv_read_stop((uv_stream_t *)&c->pipe);
     c->reading = 0;
@@ -897,7 +919,8 @@ static void srv_stop_cb(uv_async_t *h) {
   s->stopping = 1;
   uv_close((uv_handle_t *)&s->listener, NULL);
   uv_close((uv_handle_t *)&s->pump_idle, NULL);
-  for (srv_conn *c = s->conns; c; c = c->next) conn_close(c);
+  for (srv_conn *c = s->conns; c; c = c->next)
+    conn_close(c);
   uv_close((uv_handle_t *)&s->stop_async, NULL);
 }
 
@@ -918,7 +941,10 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
     return NULL;
   }
   s->eng = e;
-  if (o) s->opts = *o; else lp_server_opts_init(&s->opts);
+  if (o)
+    s->opts = *o;
+  else
+    lp_server_opts_init(&s->opts);
   if (s->opts.max_frame == 0) s->opts.max_frame = LP_MAX_FRAME_DEFAULT;
   if (s->opts.max_conn_buffer == 0) s->opts.max_conn_buffer = 8u * 1024u * 1024u;
 
@@ -972,8 +998,7 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
   return s;
 
 fail_handles:
-  lp_err_set(err, rc == UV_ENOMEM ? LP_ENOMEM : LP_EIO, "server: %s: %s", what,
-             uv_strerror(rc));
+  lp_err_set(err, rc == UV_ENOMEM ? LP_ENOMEM : LP_EIO, "server: %s: %s", what, uv_strerror(rc));
   uv_walk(&s->loop, srv_walk_close, NULL);
   uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);

@@ -30,8 +30,7 @@
 /* Varints                                                                    */
 /* ------------------------------------------------------------------------ */
 
-size_t lp_varint_put(uint8_t out[10], uint64_t v)
-{
+size_t lp_varint_put(uint8_t out[10], uint64_t v) {
   size_t n = 0;
 
   while (v >= 0x80) {
@@ -44,17 +43,14 @@ size_t lp_varint_put(uint8_t out[10], uint64_t v)
 
 /* The tenth byte may only carry the 64th bit: a continuation there (an
  * eleventh byte) or higher bits (overflow) are refused. */
-int lp_varint_get(const char *buf, size_t len, uint64_t *v, size_t *used)
-{
+int lp_varint_get(const char *buf, size_t len, uint64_t *v, size_t *used) {
   const uint8_t *p = (const uint8_t *)buf;
   uint64_t r = 0;
   size_t i;
 
   for (i = 0; i < 10; i++) {
-    if (i >= len)
-      return 0;
-    if (i == 9 && p[i] > 1)
-      return -1;
+    if (i >= len) return 0;
+    if (i == 9 && p[i] > 1) return -1;
     r |= (uint64_t)(p[i] & 0x7f) << (7 * i);
     if ((p[i] & 0x80) == 0) {
       *v = r;
@@ -68,8 +64,7 @@ int lp_varint_get(const char *buf, size_t len, uint64_t *v, size_t *used)
 /* lp_varint_get with the one-byte case inline: field keys, ids and the
  * lengths of keys and values mostly fit in one byte, and the decoder reads
  * several per entry. */
-static inline int varint_get(const char *buf, size_t len, uint64_t *v, size_t *used)
-{
+static inline int varint_get(const char *buf, size_t len, uint64_t *v, size_t *used) {
   if (len > 0 && (uint8_t)buf[0] < 0x80) {
     *v = (uint8_t)buf[0];
     *used = 1;
@@ -78,8 +73,7 @@ static inline int varint_get(const char *buf, size_t len, uint64_t *v, size_t *u
   return lp_varint_get(buf, len, v, used);
 }
 
-static size_t varint_len(uint64_t v)
-{
+static size_t varint_len(uint64_t v) {
   size_t n = 1;
 
   while (v >= 0x80) {
@@ -90,13 +84,9 @@ static size_t varint_len(uint64_t v)
 }
 
 /* sint32 zigzag, without relying on signed shifts or overflow. */
-static uint32_t zigzag32(int32_t n)
-{
-  return ((uint32_t)n << 1) ^ (n < 0 ? 0xffffffffu : 0u);
-}
+static uint32_t zigzag32(int32_t n) { return ((uint32_t)n << 1) ^ (n < 0 ? 0xffffffffu : 0u); }
 
-static int32_t unzigzag32(uint32_t z)
-{
+static int32_t unzigzag32(uint32_t z) {
   uint32_t u = (z >> 1) ^ (0u - (z & 1u));
   int32_t r;
 
@@ -111,28 +101,23 @@ static int32_t unzigzag32(uint32_t z)
 /* max_frame == 0 stands for LP_MAX_FRAME_DEFAULT: a peer never gets an
  * unbounded buffer out of us.  A zero-length frame gives LP_WIRE_EMPTY with
  * *consumed = the prefix size (1 for the canonical "00"). */
-int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame,
-                       lp_slice *payload, size_t *consumed)
-{
+int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame, lp_slice *payload,
+                       size_t *consumed) {
   uint64_t n;
   size_t used;
   int rc;
 
-  if (max_frame == 0)
-    max_frame = LP_MAX_FRAME_DEFAULT;
+  if (max_frame == 0) max_frame = LP_MAX_FRAME_DEFAULT;
   *payload = LP_SLICE_NONE;
   *consumed = 0;
   rc = varint_get(buf, len, &n, &used);
-  if (rc == 0)
-    return LP_WIRE_NEED_MORE;
-  if (rc < 0 || n > (uint64_t)max_frame)
-    return LP_WIRE_TOO_BIG;
+  if (rc == 0) return LP_WIRE_NEED_MORE;
+  if (rc < 0 || n > (uint64_t)max_frame) return LP_WIRE_TOO_BIG;
   if (n == 0) {
     *consumed = used;
     return LP_WIRE_EMPTY;
   }
-  if ((uint64_t)(len - used) < n)
-    return LP_WIRE_NEED_MORE;
+  if ((uint64_t)(len - used) < n) return LP_WIRE_NEED_MORE;
   payload->ptr = buf + used;
   payload->len = (size_t)n;
   *consumed = used + (size_t)n;
@@ -152,12 +137,11 @@ typedef struct reader {
 typedef struct field {
   uint32_t num;
   int wt;
-  uint64_t v;   /* WT_VARINT */
-  lp_slice s;   /* WT_BYTES (also the raw bytes of fixed fields) */
+  uint64_t v; /* WT_VARINT */
+  lp_slice s; /* WT_BYTES (also the raw bytes of fixed fields) */
 } field;
 
-static reader reader_of(lp_slice s)
-{
+static reader reader_of(lp_slice s) {
   reader r;
 
   r.p = s.ptr;
@@ -166,46 +150,37 @@ static reader reader_of(lp_slice s)
 }
 
 /* Reads one field.  1 read, 0 clean end of input, -1 malformed. */
-static int read_field(reader *r, field *f)
-{
+static int read_field(reader *r, field *f) {
   uint64_t key, n;
   size_t used, left;
 
-  if (r->p == r->end)
-    return 0;
+  if (r->p == r->end) return 0;
   left = (size_t)(r->end - r->p);
-  if (varint_get(r->p, left, &key, &used) != 1)
-    return -1;
+  if (varint_get(r->p, left, &key, &used) != 1) return -1;
   r->p += used;
   left -= used;
-  if (key > 0xffffffffu || (key >> 3) == 0)
-    return -1;
+  if (key > 0xffffffffu || (key >> 3) == 0) return -1;
   f->num = (uint32_t)(key >> 3);
   f->wt = (int)(key & 7);
   f->v = 0;
   f->s = LP_SLICE_NONE;
   switch (f->wt) {
-  case WT_VARINT:
-    if (varint_get(r->p, left, &f->v, &used) != 1)
-      return -1;
-    r->p += used;
-    return 1;
-  case WT_FIXED64:
-  case WT_FIXED32:
-    n = f->wt == WT_FIXED64 ? 8 : 4;
-    if (left < n)
-      return -1;
-    break;
-  case WT_BYTES:
-    if (varint_get(r->p, left, &n, &used) != 1)
-      return -1;
-    r->p += used;
-    left -= used;
-    if (n > left)
-      return -1;
-    break;
-  default: /* 3, 4: groups; 6, 7: undefined */
-    return -1;
+    case WT_VARINT:
+      if (varint_get(r->p, left, &f->v, &used) != 1) return -1;
+      r->p += used;
+      return 1;
+    case WT_FIXED64:
+    case WT_FIXED32:
+      n = f->wt == WT_FIXED64 ? 8 : 4;
+      if (left < n) return -1;
+      break;
+    case WT_BYTES:
+      if (varint_get(r->p, left, &n, &used) != 1) return -1;
+      r->p += used;
+      left -= used;
+      if (n > left) return -1;
+      break;
+    default: /* 3, 4: groups; 6, 7: undefined */ return -1;
   }
   f->s.ptr = r->p;
   f->s.len = (size_t)n;
@@ -214,8 +189,7 @@ static int read_field(reader *r, field *f)
 }
 
 /* Batch.Operation {1 type, 2 key, 3 value}; type and key required. */
-static int decode_op(lp_slice body, lp_batch_op *op)
-{
+static int decode_op(lp_slice body, lp_batch_op *op) {
   reader r = reader_of(body);
   field f;
   lp_slice type = LP_SLICE_NONE;
@@ -224,8 +198,7 @@ static int decode_op(lp_slice body, lp_batch_op *op)
   op->type = -1;
   op->key = op->value = LP_SLICE_NONE;
   while ((rc = read_field(&r, &f)) == 1) {
-    if (f.num >= 1 && f.num <= 3 && f.wt != WT_BYTES)
-      return -1;
+    if (f.num >= 1 && f.num <= 3 && f.wt != WT_BYTES) return -1;
     if (f.num == 1)
       type = f.s;
     else if (f.num == 2)
@@ -233,22 +206,19 @@ static int decode_op(lp_slice body, lp_batch_op *op)
     else if (f.num == 3)
       op->value = f.s;
   }
-  if (rc < 0 || type.ptr == NULL || op->key.ptr == NULL || type.len != 3)
-    return -1;
+  if (rc < 0 || type.ptr == NULL || op->key.ptr == NULL || type.len != 3) return -1;
   if (memcmp(type.ptr, "put", 3) == 0)
     op->type = 0;
   else if (memcmp(type.ptr, "del", 3) == 0)
     op->type = 1;
   else
     return -1;
-  if (op->type == 1)
-    op->value = LP_SLICE_NONE; /* a del's value means nothing */
+  if (op->type == 1) op->value = LP_SLICE_NONE; /* a del's value means nothing */
   return 0;
 }
 
 /* GetManyCallback.Value {1 value}; absent value = not found. */
-static int decode_value(lp_slice body, lp_slice *value)
-{
+static int decode_value(lp_slice body, lp_slice *value) {
   reader r = reader_of(body);
   field f;
   int rc;
@@ -256,8 +226,7 @@ static int decode_value(lp_slice body, lp_slice *value)
   *value = LP_SLICE_NONE;
   while ((rc = read_field(&r, &f)) == 1) {
     if (f.num == 1) {
-      if (f.wt != WT_BYTES)
-        return -1;
+      if (f.wt != WT_BYTES) return -1;
       *value = f.s;
     }
   }
@@ -266,8 +235,7 @@ static int decode_value(lp_slice body, lp_slice *value)
 
 /* Iterator.Options (with_kv) or Clear.ClearOptions (fields 1 and 2 unknown).
  * A repeated options field replaces the earlier one, as in Node. */
-static int decode_opts(lp_slice body, int with_kv, lp_wire_opts *o)
-{
+static int decode_opts(lp_slice body, int with_kv, lp_wire_opts *o) {
   reader r = reader_of(body);
   field f;
   int rc;
@@ -277,46 +245,43 @@ static int decode_opts(lp_slice body, int with_kv, lp_wire_opts *o)
   o->present = 1;
   while ((rc = read_field(&r, &f)) == 1) {
     switch (f.num) {
-    case 1:
-    case 2:
-      if (!with_kv)
+      case 1:
+      case 2:
+        if (!with_kv) break;
+        if (f.wt != WT_VARINT) return -1;
+        if (f.num == 1) {
+          o->has_keys = 1;
+          o->keys = f.v != 0;
+        } else {
+          o->has_values = 1;
+          o->values = f.v != 0;
+        }
         break;
-      if (f.wt != WT_VARINT)
-        return -1;
-      if (f.num == 1) {
-        o->has_keys = 1;
-        o->keys = f.v != 0;
-      } else {
-        o->has_values = 1;
-        o->values = f.v != 0;
-      }
-      break;
-    case 3: case 4: case 5: case 6:
-      if (f.wt != WT_BYTES)
-        return -1;
-      if (f.num == 3)
-        o->gt = f.s;
-      else if (f.num == 4)
-        o->gte = f.s;
-      else if (f.num == 5)
-        o->lt = f.s;
-      else
-        o->lte = f.s;
-      break;
-    case 7:
-      if (f.wt != WT_VARINT)
-        return -1;
-      o->has_limit = 1;
-      o->limit = unzigzag32((uint32_t)f.v);
-      break;
-    case 8:
-      if (f.wt != WT_VARINT)
-        return -1;
-      o->has_reverse = 1;
-      o->reverse = f.v != 0;
-      break;
-    default:
-      break;
+      case 3:
+      case 4:
+      case 5:
+      case 6:
+        if (f.wt != WT_BYTES) return -1;
+        if (f.num == 3)
+          o->gt = f.s;
+        else if (f.num == 4)
+          o->gte = f.s;
+        else if (f.num == 5)
+          o->lt = f.s;
+        else
+          o->lte = f.s;
+        break;
+      case 7:
+        if (f.wt != WT_VARINT) return -1;
+        o->has_limit = 1;
+        o->limit = unzigzag32((uint32_t)f.v);
+        break;
+      case 8:
+        if (f.wt != WT_VARINT) return -1;
+        o->has_reverse = 1;
+        o->reverse = f.v != 0;
+        break;
+      default: break;
     }
   }
   return rc;
@@ -326,8 +291,7 @@ static int decode_opts(lp_slice body, int with_kv, lp_wire_opts *o)
 /* Request and response decoders                                              */
 /* ------------------------------------------------------------------------ */
 
-int lp_wire_decode_request(lp_slice payload, lp_request *out)
-{
+int lp_wire_decode_request(lp_slice payload, lp_request *out) {
   reader r;
   field f;
   lp_slice body;
@@ -337,83 +301,69 @@ int lp_wire_decode_request(lp_slice payload, lp_request *out)
   memset(out, 0, sizeof *out);
   out->key = out->value = out->repeated = LP_SLICE_NONE;
   out->opts.gt = out->opts.gte = out->opts.lt = out->opts.lte = LP_SLICE_NONE;
-  if (payload.ptr == NULL || payload.len == 0)
-    return LP_WIRE_EMPTY;
+  if (payload.ptr == NULL || payload.len == 0) return LP_WIRE_EMPTY;
   tag = (uint8_t)payload.ptr[0];
   out->tag = tag;
-  if (tag > LP_REQ_GETMANY)
-    return LP_WIRE_UNKNOWN_TAG;
+  if (tag > LP_REQ_GETMANY) return LP_WIRE_UNKNOWN_TAG;
   body.ptr = payload.ptr + 1;
   body.len = payload.len - 1;
   r = reader_of(body);
   while ((rc = read_field(&r, &f)) == 1) {
     if (f.num == 1) { /* id, in every request */
-      if (f.wt != WT_VARINT)
-        return LP_WIRE_MALFORMED;
+      if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
       out->id = (uint32_t)f.v;
       has_id = 1;
       continue;
     }
     switch (tag) {
-    case LP_REQ_GET:
-    case LP_REQ_DEL:
-    case LP_REQ_PUT:
-      if (f.num == 2 || (f.num == 3 && tag == LP_REQ_PUT)) {
-        if (f.wt != WT_BYTES)
-          return LP_WIRE_MALFORMED;
-        if (f.num == 2)
-          out->key = f.s;
-        else
-          out->value = f.s;
-      }
-      break;
-    case LP_REQ_BATCH:
-      if (f.num == 2) {
-        if (f.wt != WT_BYTES || decode_op(f.s, &op) != 0)
-          return LP_WIRE_MALFORMED;
-        out->count++;
-      }
-      break;
-    case LP_REQ_GETMANY:
-      if (f.num == 2) {
-        if (f.wt != WT_BYTES)
-          return LP_WIRE_MALFORMED;
-        out->count++;
-      }
-      break;
-    case LP_REQ_ITER:
-      if (f.num == 2) {
-        if (f.wt != WT_VARINT)
-          return LP_WIRE_MALFORMED;
-        out->batch = (uint32_t)f.v;
-        out->has_batch = 1;
-      } else if (f.num == 3) {
-        if (f.wt != WT_BYTES || decode_opts(f.s, 1, &out->opts) != 0)
-          return LP_WIRE_MALFORMED;
-      }
-      break;
-    case LP_REQ_CLEAR:
-      if (f.num == 2) {
-        if (f.wt != WT_BYTES || decode_opts(f.s, 0, &out->opts) != 0)
-          return LP_WIRE_MALFORMED;
-      }
-      break;
-    default:
-      break;
+      case LP_REQ_GET:
+      case LP_REQ_DEL:
+      case LP_REQ_PUT:
+        if (f.num == 2 || (f.num == 3 && tag == LP_REQ_PUT)) {
+          if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+          if (f.num == 2)
+            out->key = f.s;
+          else
+            out->value = f.s;
+        }
+        break;
+      case LP_REQ_BATCH:
+        if (f.num == 2) {
+          if (f.wt != WT_BYTES || decode_op(f.s, &op) != 0) return LP_WIRE_MALFORMED;
+          out->count++;
+        }
+        break;
+      case LP_REQ_GETMANY:
+        if (f.num == 2) {
+          if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+          out->count++;
+        }
+        break;
+      case LP_REQ_ITER:
+        if (f.num == 2) {
+          if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
+          out->batch = (uint32_t)f.v;
+          out->has_batch = 1;
+        } else if (f.num == 3) {
+          if (f.wt != WT_BYTES || decode_opts(f.s, 1, &out->opts) != 0) return LP_WIRE_MALFORMED;
+        }
+        break;
+      case LP_REQ_CLEAR:
+        if (f.num == 2) {
+          if (f.wt != WT_BYTES || decode_opts(f.s, 0, &out->opts) != 0) return LP_WIRE_MALFORMED;
+        }
+        break;
+      default: break;
     }
   }
-  if (rc < 0 || !has_id)
+  if (rc < 0 || !has_id) return LP_WIRE_MALFORMED;
+  if ((tag == LP_REQ_GET || tag == LP_REQ_PUT || tag == LP_REQ_DEL) && out->key.ptr == NULL)
     return LP_WIRE_MALFORMED;
-  if ((tag == LP_REQ_GET || tag == LP_REQ_PUT || tag == LP_REQ_DEL) &&
-      out->key.ptr == NULL)
-    return LP_WIRE_MALFORMED;
-  if (tag == LP_REQ_BATCH || tag == LP_REQ_GETMANY)
-    out->repeated = body;
+  if (tag == LP_REQ_BATCH || tag == LP_REQ_GETMANY) out->repeated = body;
   return LP_WIRE_OK;
 }
 
-int lp_wire_decode_response(lp_slice payload, lp_response *out)
-{
+int lp_wire_decode_response(lp_slice payload, lp_response *out) {
   reader r;
   field f;
   lp_slice body, v;
@@ -421,56 +371,46 @@ int lp_wire_decode_response(lp_slice payload, lp_response *out)
 
   memset(out, 0, sizeof *out);
   out->error = out->key = out->value = out->repeated = LP_SLICE_NONE;
-  if (payload.ptr == NULL || payload.len == 0)
-    return LP_WIRE_EMPTY;
+  if (payload.ptr == NULL || payload.len == 0) return LP_WIRE_EMPTY;
   tag = (uint8_t)payload.ptr[0];
   out->tag = tag;
-  if (tag > LP_RES_GETMANY)
-    return LP_WIRE_UNKNOWN_TAG;
+  if (tag > LP_RES_GETMANY) return LP_WIRE_UNKNOWN_TAG;
   body.ptr = payload.ptr + 1;
   body.len = payload.len - 1;
   r = reader_of(body);
   while ((rc = read_field(&r, &f)) == 1) {
     switch (f.num) {
-    case 1:
-      if (f.wt != WT_VARINT)
-        return LP_WIRE_MALFORMED;
-      out->id = (uint32_t)f.v;
-      has_id = 1;
-      break;
-    case 2:
-      if (f.wt != WT_BYTES)
-        return LP_WIRE_MALFORMED;
-      out->error = f.s;
-      break;
-    case 3:
-      if (f.wt != WT_BYTES)
-        return LP_WIRE_MALFORMED;
-      if (tag == LP_RES_CALLBACK) {
-        out->value = f.s;
-      } else if (tag == LP_RES_ITERDATA) {
-        out->key = f.s;
-      } else {
-        if (decode_value(f.s, &v) != 0)
-          return LP_WIRE_MALFORMED;
-        out->count++;
-      }
-      break;
-    case 4:
-      if (tag == LP_RES_ITERDATA) {
-        if (f.wt != WT_BYTES)
-          return LP_WIRE_MALFORMED;
-        out->value = f.s;
-      }
-      break;
-    default:
-      break;
+      case 1:
+        if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
+        out->id = (uint32_t)f.v;
+        has_id = 1;
+        break;
+      case 2:
+        if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+        out->error = f.s;
+        break;
+      case 3:
+        if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+        if (tag == LP_RES_CALLBACK) {
+          out->value = f.s;
+        } else if (tag == LP_RES_ITERDATA) {
+          out->key = f.s;
+        } else {
+          if (decode_value(f.s, &v) != 0) return LP_WIRE_MALFORMED;
+          out->count++;
+        }
+        break;
+      case 4:
+        if (tag == LP_RES_ITERDATA) {
+          if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+          out->value = f.s;
+        }
+        break;
+      default: break;
     }
   }
-  if (rc < 0 || !has_id)
-    return LP_WIRE_MALFORMED;
-  if (tag == LP_RES_GETMANY)
-    out->repeated = body;
+  if (rc < 0 || !has_id) return LP_WIRE_MALFORMED;
+  if (tag == LP_RES_GETMANY) out->repeated = body;
   return LP_WIRE_OK;
 }
 
@@ -481,13 +421,11 @@ int lp_wire_decode_response(lp_slice payload, lp_response *out)
 /* Finds the next occurrence of length-delimited field `num` in body, starting
  * at *cursor (an offset into body).  Safe on any input: stops at the first
  * byte that does not parse. */
-static int next_repeated(lp_slice body, size_t *cursor, uint32_t num, lp_slice *s)
-{
+static int next_repeated(lp_slice body, size_t *cursor, uint32_t num, lp_slice *s) {
   reader r;
   field f;
 
-  if (body.ptr == NULL || *cursor >= body.len)
-    return 0;
+  if (body.ptr == NULL || *cursor >= body.len) return 0;
   r.p = body.ptr + *cursor;
   r.end = body.ptr + body.len;
   while (read_field(&r, &f) == 1) {
@@ -501,36 +439,28 @@ static int next_repeated(lp_slice body, size_t *cursor, uint32_t num, lp_slice *
   return 0;
 }
 
-int lp_wire_next_op(const lp_request *r, size_t *cursor, lp_batch_op *op)
-{
+int lp_wire_next_op(const lp_request *r, size_t *cursor, lp_batch_op *op) {
   lp_slice s;
 
-  if (r->tag != LP_REQ_BATCH)
-    return 0;
+  if (r->tag != LP_REQ_BATCH) return 0;
   while (next_repeated(r->repeated, cursor, 2, &s)) {
-    if (decode_op(s, op) == 0)
-      return 1;
+    if (decode_op(s, op) == 0) return 1;
     /* only reachable on a request the decoder refused: skip the element */
   }
   return 0;
 }
 
-int lp_wire_next_key(const lp_request *r, size_t *cursor, lp_slice *key)
-{
-  if (r->tag != LP_REQ_GETMANY)
-    return 0;
+int lp_wire_next_key(const lp_request *r, size_t *cursor, lp_slice *key) {
+  if (r->tag != LP_REQ_GETMANY) return 0;
   return next_repeated(r->repeated, cursor, 2, key);
 }
 
-int lp_wire_next_value(const lp_response *r, size_t *cursor, lp_slice *value)
-{
+int lp_wire_next_value(const lp_response *r, size_t *cursor, lp_slice *value) {
   lp_slice s;
 
-  if (r->tag != LP_RES_GETMANY)
-    return 0;
+  if (r->tag != LP_RES_GETMANY) return 0;
   while (next_repeated(r->repeated, cursor, 3, &s)) {
-    if (decode_value(s, value) == 0)
-      return 1;
+    if (decode_value(s, value) == 0) return 1;
   }
   return 0;
 }
@@ -544,24 +474,14 @@ int lp_wire_next_value(const lp_response *r, size_t *cursor, lp_slice *value)
 #define KEY(num, wt) ((uint8_t)(((num) << 3) | (wt)))
 
 /* Size of a length-delimited field holding n bytes. */
-static size_t bytes_field_len(size_t n)
-{
-  return 1 + varint_len(n) + n;
-}
+static size_t bytes_field_len(size_t n) { return 1 + varint_len(n) + n; }
 
-static size_t varint_field_len(uint64_t v)
-{
-  return 1 + varint_len(v);
-}
+static size_t varint_field_len(uint64_t v) { return 1 + varint_len(v); }
 
 /* The writers below assume the space was reserved. */
-static void w_byte(lp_buf *b, uint8_t c)
-{
-  b->ptr[b->len++] = (char)c;
-}
+static void w_byte(lp_buf *b, uint8_t c) { b->ptr[b->len++] = (char)c; }
 
-static void w_varint(lp_buf *b, uint64_t v)
-{
+static void w_varint(lp_buf *b, uint64_t v) {
   uint8_t tmp[10];
   size_t n = lp_varint_put(tmp, v);
 
@@ -569,46 +489,37 @@ static void w_varint(lp_buf *b, uint64_t v)
   b->len += n;
 }
 
-static void w_raw(lp_buf *b, const char *p, size_t n)
-{
+static void w_raw(lp_buf *b, const char *p, size_t n) {
   if (n) {
     memcpy(b->ptr + b->len, p, n);
     b->len += n;
   }
 }
 
-static void w_bytes_field(lp_buf *b, uint8_t key, const char *p, size_t n)
-{
+static void w_bytes_field(lp_buf *b, uint8_t key, const char *p, size_t n) {
   w_byte(b, key);
   w_varint(b, n);
   w_raw(b, p, n);
 }
 
-static void w_varint_field(lp_buf *b, uint8_t key, uint64_t v)
-{
+static void w_varint_field(lp_buf *b, uint8_t key, uint64_t v) {
   w_byte(b, key);
   w_varint(b, v);
 }
 
 /* Sum of sizes; saturates so that lp_buf_reserve refuses an impossible one. */
-static size_t add_sz(size_t a, size_t b)
-{
-  return a > SIZE_MAX - b ? SIZE_MAX : a + b;
-}
+static size_t add_sz(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
 
 /* Reserves room for one whole frame whose body after the id is `after_id`
  * bytes, and writes varint(len) tag 08 varint(id).  -1 on ENOMEM (nothing
  * written) or a tag that does not fit a byte. */
-static int frame_begin(lp_buf *out, int tag, uint32_t id, size_t after_id)
-{
+static int frame_begin(lp_buf *out, int tag, uint32_t id, size_t after_id) {
   size_t payload, total;
 
-  if (tag < 0 || tag > 255)
-    return -1;
+  if (tag < 0 || tag > 255) return -1;
   payload = add_sz(1 + varint_field_len(id), after_id);
   total = add_sz(varint_len(payload), payload);
-  if (total == SIZE_MAX || lp_buf_reserve(out, total) != 0)
-    return -1;
+  if (total == SIZE_MAX || lp_buf_reserve(out, total) != 0) return -1;
   w_varint(out, payload);
   w_byte(out, (uint8_t)tag);
   w_varint_field(out, KEY(1, WT_VARINT), id);
@@ -616,120 +527,89 @@ static int frame_begin(lp_buf *out, int tag, uint32_t id, size_t after_id)
 }
 
 /* rest must not point into out (out may move). */
-int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest)
-{
-  if (frame_begin(out, tag, id, rest.len) != 0)
-    return -1;
+int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest) {
+  if (frame_begin(out, tag, id, rest.len) != 0) return -1;
   w_raw(out, rest.ptr, rest.len);
   return 0;
 }
 
 /* Required bytes fields (keys) are always written; an absent one goes out
  * empty so that the frame stays decodable and the peer reports the empty key. */
-int lp_wire_rest_key(lp_buf *rest, lp_slice key)
-{
-  if (lp_buf_reserve(rest, bytes_field_len(key.len)) != 0)
-    return -1;
+int lp_wire_rest_key(lp_buf *rest, lp_slice key) {
+  if (lp_buf_reserve(rest, bytes_field_len(key.len)) != 0) return -1;
   w_bytes_field(rest, KEY(2, WT_BYTES), key.ptr, key.len);
   return 0;
 }
 
 /* The value is written only when present; Node's server answers a missing
  * value with its own error. */
-int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value)
-{
+int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value) {
   size_t n = bytes_field_len(key.len);
 
-  if (value.ptr != NULL)
-    n = add_sz(n, bytes_field_len(value.len));
-  if (lp_buf_reserve(rest, n) != 0)
-    return -1;
+  if (value.ptr != NULL) n = add_sz(n, bytes_field_len(value.len));
+  if (lp_buf_reserve(rest, n) != 0) return -1;
   w_bytes_field(rest, KEY(2, WT_BYTES), key.ptr, key.len);
-  if (value.ptr != NULL)
-    w_bytes_field(rest, KEY(3, WT_BYTES), value.ptr, value.len);
+  if (value.ptr != NULL) w_bytes_field(rest, KEY(3, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
 /* type 0 put (value written when present), 1 del (never a value); any other
  * type is refused with -1. */
-int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key, lp_slice value)
-{
+int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key, lp_slice value) {
   size_t inner;
 
-  if (type != 0 && type != 1)
-    return -1;
+  if (type != 0 && type != 1) return -1;
   inner = add_sz(bytes_field_len(3), bytes_field_len(key.len));
-  if (type == 0 && value.ptr != NULL)
-    inner = add_sz(inner, bytes_field_len(value.len));
-  if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0)
-    return -1;
+  if (type == 0 && value.ptr != NULL) inner = add_sz(inner, bytes_field_len(value.len));
+  if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0) return -1;
   w_byte(rest, KEY(2, WT_BYTES));
   w_varint(rest, inner);
   w_bytes_field(rest, KEY(1, WT_BYTES), type == 0 ? "put" : "del", 3);
   w_bytes_field(rest, KEY(2, WT_BYTES), key.ptr, key.len);
-  if (type == 0 && value.ptr != NULL)
-    w_bytes_field(rest, KEY(3, WT_BYTES), value.ptr, value.len);
+  if (type == 0 && value.ptr != NULL) w_bytes_field(rest, KEY(3, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
-int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key)
-{
-  return lp_wire_rest_key(rest, key);
-}
+int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key) { return lp_wire_rest_key(rest, key); }
 
 /* lp_range.limit is int64; on the wire it is sint32.  Negative means no
  * limit (-1); larger than INT32_MAX is clamped. */
-static int32_t wire_limit(int64_t limit)
-{
-  if (limit < 0)
-    return -1;
-  if (limit > INT32_MAX)
-    return INT32_MAX;
+static int32_t wire_limit(int64_t limit) {
+  if (limit < 0) return -1;
+  if (limit > INT32_MAX) return INT32_MAX;
   return (int32_t)limit;
 }
 
 /* Options body: [1 keys, 2 values] 3 gt, 4 gte, 5 lt, 6 lte (when present;
  * present empty bounds go out empty), 7 limit, 8 reverse. */
-static size_t opts_len(const lp_range *r, int with_kv)
-{
+static size_t opts_len(const lp_range *r, int with_kv) {
   size_t n = with_kv ? 4 : 0;
 
-  if (r->gt.ptr != NULL)
-    n = add_sz(n, bytes_field_len(r->gt.len));
-  if (r->gte.ptr != NULL)
-    n = add_sz(n, bytes_field_len(r->gte.len));
-  if (r->lt.ptr != NULL)
-    n = add_sz(n, bytes_field_len(r->lt.len));
-  if (r->lte.ptr != NULL)
-    n = add_sz(n, bytes_field_len(r->lte.len));
+  if (r->gt.ptr != NULL) n = add_sz(n, bytes_field_len(r->gt.len));
+  if (r->gte.ptr != NULL) n = add_sz(n, bytes_field_len(r->gte.len));
+  if (r->lt.ptr != NULL) n = add_sz(n, bytes_field_len(r->lt.len));
+  if (r->lte.ptr != NULL) n = add_sz(n, bytes_field_len(r->lte.len));
   n = add_sz(n, varint_field_len(zigzag32(wire_limit(r->limit))));
   return add_sz(n, 2);
 }
 
-static void w_opts(lp_buf *b, const lp_range *r, int with_kv)
-{
+static void w_opts(lp_buf *b, const lp_range *r, int with_kv) {
   if (with_kv) {
     w_varint_field(b, KEY(1, WT_VARINT), r->keys ? 1 : 0);
     w_varint_field(b, KEY(2, WT_VARINT), r->values ? 1 : 0);
   }
-  if (r->gt.ptr != NULL)
-    w_bytes_field(b, KEY(3, WT_BYTES), r->gt.ptr, r->gt.len);
-  if (r->gte.ptr != NULL)
-    w_bytes_field(b, KEY(4, WT_BYTES), r->gte.ptr, r->gte.len);
-  if (r->lt.ptr != NULL)
-    w_bytes_field(b, KEY(5, WT_BYTES), r->lt.ptr, r->lt.len);
-  if (r->lte.ptr != NULL)
-    w_bytes_field(b, KEY(6, WT_BYTES), r->lte.ptr, r->lte.len);
+  if (r->gt.ptr != NULL) w_bytes_field(b, KEY(3, WT_BYTES), r->gt.ptr, r->gt.len);
+  if (r->gte.ptr != NULL) w_bytes_field(b, KEY(4, WT_BYTES), r->gte.ptr, r->gte.len);
+  if (r->lt.ptr != NULL) w_bytes_field(b, KEY(5, WT_BYTES), r->lt.ptr, r->lt.len);
+  if (r->lte.ptr != NULL) w_bytes_field(b, KEY(6, WT_BYTES), r->lte.ptr, r->lte.len);
   w_varint_field(b, KEY(7, WT_VARINT), zigzag32(wire_limit(r->limit)));
   w_varint_field(b, KEY(8, WT_VARINT), r->reverse ? 1 : 0);
 }
 
-int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r)
-{
+int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r) {
   size_t inner = opts_len(r, 1);
 
-  if (lp_buf_reserve(rest, add_sz(varint_field_len(batch), bytes_field_len(inner))) != 0)
-    return -1;
+  if (lp_buf_reserve(rest, add_sz(varint_field_len(batch), bytes_field_len(inner))) != 0) return -1;
   w_varint_field(rest, KEY(2, WT_VARINT), batch);
   w_byte(rest, KEY(3, WT_BYTES));
   w_varint(rest, inner);
@@ -737,20 +617,16 @@ int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r)
   return 0;
 }
 
-int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch)
-{
-  if (lp_buf_reserve(rest, varint_field_len(batch)) != 0)
-    return -1;
+int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch) {
+  if (lp_buf_reserve(rest, varint_field_len(batch)) != 0) return -1;
   w_varint_field(rest, KEY(2, WT_VARINT), batch);
   return 0;
 }
 
-int lp_wire_rest_clear(lp_buf *rest, const lp_range *r)
-{
+int lp_wire_rest_clear(lp_buf *rest, const lp_range *r) {
   size_t inner = opts_len(r, 0);
 
-  if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0)
-    return -1;
+  if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0) return -1;
   w_byte(rest, KEY(2, WT_BYTES));
   w_varint(rest, inner);
   w_opts(rest, r, 0);
@@ -758,83 +634,63 @@ int lp_wire_rest_clear(lp_buf *rest, const lp_range *r)
 }
 
 /* Callback {1 id, [2 error], [3 value]}. */
-int lp_wire_put_callback(lp_buf *out, uint32_t id, const char *err, size_t errlen,
-                         lp_slice value)
-{
+int lp_wire_put_callback(lp_buf *out, uint32_t id, const char *err, size_t errlen, lp_slice value) {
   size_t n = 0;
 
-  if (err != NULL)
-    n = bytes_field_len(errlen);
-  if (value.ptr != NULL)
-    n = add_sz(n, bytes_field_len(value.len));
-  if (frame_begin(out, LP_RES_CALLBACK, id, n) != 0)
-    return -1;
-  if (err != NULL)
-    w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
-  if (value.ptr != NULL)
-    w_bytes_field(out, KEY(3, WT_BYTES), value.ptr, value.len);
+  if (err != NULL) n = bytes_field_len(errlen);
+  if (value.ptr != NULL) n = add_sz(n, bytes_field_len(value.len));
+  if (frame_begin(out, LP_RES_CALLBACK, id, n) != 0) return -1;
+  if (err != NULL) w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
+  if (value.ptr != NULL) w_bytes_field(out, KEY(3, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
 /* IteratorData entry {1 id, 3 key, 4 value}: both sides always written, an
  * absent one as an empty field, because Node's client takes an entry with
  * neither field for the end marker (reference 3.6). */
-int lp_wire_put_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value)
-{
+int lp_wire_put_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value) {
   size_t n = add_sz(bytes_field_len(key.len), bytes_field_len(value.len));
 
-  if (frame_begin(out, LP_RES_ITERDATA, id, n) != 0)
-    return -1;
+  if (frame_begin(out, LP_RES_ITERDATA, id, n) != 0) return -1;
   w_bytes_field(out, KEY(3, WT_BYTES), key.ptr, key.len);
   w_bytes_field(out, KEY(4, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
-int lp_wire_put_iterend(lp_buf *out, uint32_t id)
-{
+int lp_wire_put_iterend(lp_buf *out, uint32_t id) {
   return frame_begin(out, LP_RES_ITERDATA, id, 0);
 }
 
 /* IteratorData error {1 id, 2 error}; the error is always written (a NULL
  * err goes out as an empty string, which Node would not treat as an error). */
-int lp_wire_put_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen)
-{
-  if (err == NULL)
-    errlen = 0;
-  if (frame_begin(out, LP_RES_ITERDATA, id, bytes_field_len(errlen)) != 0)
-    return -1;
+int lp_wire_put_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen) {
+  if (err == NULL) errlen = 0;
+  if (frame_begin(out, LP_RES_ITERDATA, id, bytes_field_len(errlen)) != 0) return -1;
   w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
   return 0;
 }
 
 /* One Value of GetManyCallback: 1a len (0a len bytes) when found, 1a 00 when
  * not. */
-int lp_wire_rest_getmany_value(lp_buf *rest, lp_slice value)
-{
+int lp_wire_rest_getmany_value(lp_buf *rest, lp_slice value) {
   size_t inner = value.ptr != NULL ? bytes_field_len(value.len) : 0;
 
-  if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0)
-    return -1;
+  if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0) return -1;
   w_byte(rest, KEY(3, WT_BYTES));
   w_varint(rest, inner);
-  if (value.ptr != NULL)
-    w_bytes_field(rest, KEY(1, WT_BYTES), value.ptr, value.len);
+  if (value.ptr != NULL) w_bytes_field(rest, KEY(1, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
 /* GetManyCallback {1 id, [2 error], 3 values...}; values_rest must not point
  * into out. */
 int lp_wire_put_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen,
-                        lp_slice values_rest)
-{
+                        lp_slice values_rest) {
   size_t n = values_rest.len;
 
-  if (err != NULL)
-    n = add_sz(n, bytes_field_len(errlen));
-  if (frame_begin(out, LP_RES_GETMANY, id, n) != 0)
-    return -1;
-  if (err != NULL)
-    w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
+  if (err != NULL) n = add_sz(n, bytes_field_len(errlen));
+  if (frame_begin(out, LP_RES_GETMANY, id, n) != 0) return -1;
+  if (err != NULL) w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
   w_raw(out, values_rest.ptr, values_rest.len);
   return 0;
 }

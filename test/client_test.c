@@ -67,7 +67,10 @@ static int buf_is(const lp_buf *b, const char *hex) {
   unsigned v;
   const char *p = hex;
   while (*p) {
-    if (*p == ' ') { p++; continue; }
+    if (*p == ' ') {
+      p++;
+      continue;
+    }
     if (sscanf(p, "%2x", &v) != 1) return 0;
     if (n >= b->len || (unsigned char)b->ptr[n] != v) return 0;
     n++;
@@ -139,20 +142,25 @@ static void test_frames(void) {
   lp_buf rest = {0};
 
   t1 = sub_key(c, LP_REQ_GET, "k1", 0);
-  check(t1 > 0 && buf_is(out, "07 00 08 00 12 02 6b 31"), "get('k1') id 0 frames as 07 00 08 00 12 02 6b31");
+  check(t1 > 0 && buf_is(out, "07 00 08 00 12 02 6b 31"),
+        "get('k1') id 0 frames as 07 00 08 00 12 02 6b31");
   out->len = 0;
   lp_wire_rest_batch_op(&rest, 0, S("k2"), S("22"));
   lp_wire_rest_batch_op(&rest, 1, S("k9"), LP_SLICE_NONE);
   t2 = lp_client_submit(c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
   check(t2 == t1 + 1, "tokens grow with submission");
-  check(buf_is(out, "1d 03 08 01 12 0d 0a 03 707574 12 02 6b32 1a 02 3232 12 09 0a 03 64656c 12 02 6b39"),
-        "batch frame with id 1 matches the reference layout");
-  check(decode_reqs(out, rq, 8) == 1 && rq[0].tag == LP_REQ_BATCH && rq[0].id == 1 && rq[0].count == 2,
+  check(
+      buf_is(out,
+             "1d 03 08 01 12 0d 0a 03 707574 12 02 6b32 1a 02 3232 12 09 0a 03 64656c 12 02 6b39"),
+      "batch frame with id 1 matches the reference layout");
+  check(decode_reqs(out, rq, 8) == 1 && rq[0].tag == LP_REQ_BATCH && rq[0].id == 1 &&
+            rq[0].count == 2,
         "batch frame decodes with two ops");
   check(lp_client_pending(c) == 2, "two pending");
   check(lp_client_submit(c, LP_REQ_ITER, (lp_slice){rest.ptr, rest.len}, 0) == 0,
         "submit refuses the iterator tag");
-  check(lp_client_submit(c, 42, (lp_slice){rest.ptr, rest.len}, 0) == 0, "submit refuses unknown tags");
+  check(lp_client_submit(c, 42, (lp_slice){rest.ptr, rest.len}, 0) == 0,
+        "submit refuses unknown tags");
   lp_buf_free(&rest);
   lp_client_free(c); /* frees the pending requests */
 }
@@ -160,16 +168,16 @@ static void test_frames(void) {
 /* The replies used by the split test, all addressed to requests 0..3. */
 static void build_replies(lp_buf *b) {
   lp_buf vals = {0};
-  lp_wire_put_callback(b, 2, NULL, 0, LP_SLICE_NONE);              /* put ok */
-  lp_buf_append(b, "\x00", 1);                                      /* empty frame */
-  lp_wire_put_callback(b, 9, NULL, 0, S("nobody"));                  /* unknown id */
-  lp_wire_put_iterdata(b, 5, S("a"), S("b"));                       /* unknown iterator */
+  lp_wire_put_callback(b, 2, NULL, 0, LP_SLICE_NONE); /* put ok */
+  lp_buf_append(b, "\x00", 1);                        /* empty frame */
+  lp_wire_put_callback(b, 9, NULL, 0, S("nobody"));   /* unknown id */
+  lp_wire_put_iterdata(b, 5, S("a"), S("b"));         /* unknown iterator */
   lp_wire_rest_getmany_value(&vals, S("{\"x\":1}"));
   lp_wire_rest_getmany_value(&vals, LP_SLICE_NONE);
   lp_wire_rest_getmany_value(&vals, S("2"));
   lp_wire_put_getmany(b, 3, NULL, 0, (lp_slice){vals.ptr, vals.len});
-  lp_wire_put_callback(b, 1, "NotFound: ", 10, LP_SLICE_NONE);      /* get miss */
-  lp_wire_put_callback(b, 0, NULL, 0, S("{\"x\":1}"));              /* get hit */
+  lp_wire_put_callback(b, 1, "NotFound: ", 10, LP_SLICE_NONE); /* get miss */
+  lp_wire_put_callback(b, 0, NULL, 0, S("{\"x\":1}"));         /* get hit */
   lp_buf_free(&vals);
 }
 
@@ -212,7 +220,8 @@ static int run_split(const lp_buf *replies, size_t cut1, size_t cut2, int bytewi
   if (ok && take(c, tgm, &res, &r) == LP_OK && r.tag == LP_RES_GETMANY && r.count == 3) {
     size_t cursor = 0;
     lp_slice v[3];
-    for (i = 0; i < 3; i++) ok = ok && lp_wire_next_value(&r, &cursor, &v[i]) == 1;
+    for (i = 0; i < 3; i++)
+      ok = ok && lp_wire_next_value(&r, &cursor, &v[i]) == 1;
     ok = ok && slice_eq(v[0], "{\"x\":1}") && v[1].ptr == NULL && slice_eq(v[2], "2");
   } else {
     ok = 0;
@@ -368,10 +377,10 @@ static void test_finished_log(void) {
   reply_ok(c, 0);
   check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "off: nothing is logged");
   lp_client_log_finished(c, 1);
-  t[1] = sub_key(c, LP_REQ_GET, "b", 0); /* id 0 */
+  t[1] = sub_key(c, LP_REQ_GET, "b", 0);  /* id 0 */
   t[2] = sub_key(c, LP_REQ_GET, "c", 10); /* id 1, deadline 10 */
-  t[3] = sub_key(c, LP_REQ_GET, "d", 0); /* id 2 */
-  t[4] = sub_key(c, LP_REQ_GET, "e", 0); /* id 3 */
+  t[3] = sub_key(c, LP_REQ_GET, "d", 0);  /* id 2 */
+  t[4] = sub_key(c, LP_REQ_GET, "e", 0);  /* id 3 */
   reply_ok(c, 2);
   lp_client_expire(c, 10);
   lp_client_forget(c, t[4]);
@@ -380,10 +389,12 @@ static void test_finished_log(void) {
             fin[2] == t[4] && fin[3] == t[1],
         "on: reply, expiry, forget and reply logged in finishing order");
   check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "handing the log over empties it");
-  for (i = 0; i < 200; i++) t[i] = sub_key(c, LP_REQ_GET, "x", 0);
+  for (i = 0; i < 200; i++)
+    t[i] = sub_key(c, LP_REQ_GET, "x", 0);
   lp_client_fail_all(c, LP_ELEADERLOST, "gone");
   ok = lp_client_finished(c, &fin, &n) == 0 && n == 200;
-  for (i = 0; ok && i < 200; i++) ok = fin[i] == t[i];
+  for (i = 0; ok && i < 200; i++)
+    ok = fin[i] == t[i];
   check(ok, "failing all logs every token, in order, past the first allocation");
   t[0] = sub_key(c, LP_REQ_GET, "y", 0);
   lp_client_fail_all(c, LP_ELEADERLOST, "gone");
@@ -521,13 +532,16 @@ static void test_iter_codec(void) {
       feed_entry(c, 1, key, "v");
     }
     check(lp_client_out(c)->len == 0, "no ack while more than window/2 are buffered");
-    for (i = 0; i < 15; i++) lp_client_iter_next(c, it, &k, &v, &err);
+    for (i = 0; i < 15; i++)
+      lp_client_iter_next(c, it, &k, &v, &err);
     check(lp_client_out(c)->len == 0, "no ack at 17 buffered");
     rc = lp_client_iter_next(c, it, &k, &v, &err);
     check(rc == 1 && slice_eq(k, "k15") && slice_eq(v, "v"), "entries come in order");
-    check(buf_is(lp_client_out(c), "05 04 08 01 10 20"), "ack {id, batch:32} at 16 buffered (reference bytes)");
+    check(buf_is(lp_client_out(c), "05 04 08 01 10 20"),
+          "ack {id, batch:32} at 16 buffered (reference bytes)");
     lp_client_out(c)->len = 0;
-    for (i = 0; i < 16; i++) lp_client_iter_next(c, it, &k, &v, &err);
+    for (i = 0; i < 16; i++)
+      lp_client_iter_next(c, it, &k, &v, &err);
     check(lp_client_out(c)->len == 0, "no second ack while the window is open");
     check(lp_client_iter_next(c, it, &k, &v, &err) == 2, "2 when nothing is buffered");
     lp_client_iter_wait_deadline(c, it, 500);
@@ -540,7 +554,8 @@ static void test_iter_codec(void) {
     b.len = 0;
     lp_wire_put_iterend(&b, 1);
     lp_client_feed(c, b.ptr, b.len, &err);
-    check(buf_is(lp_client_out(c), "05 04 08 01 10 00"), "end marker makes the client send batch:0");
+    check(buf_is(lp_client_out(c), "05 04 08 01 10 00"),
+          "end marker makes the client send batch:0");
     rc = lp_client_iter_next(c, it, &k, &v, &err);
     check(rc == 1 && slice_eq(k, "k33"), "buffered entry before the end");
     check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "then 0 at the end");
@@ -556,7 +571,8 @@ static void test_iter_codec(void) {
   lp_wire_put_itererror(&b, last_id(c), "EIO: iterator: disk on fire", 27);
   lp_client_feed(c, b.ptr, b.len, &err);
   rc = lp_client_iter_next(c, it, &k, &v, &err);
-  check(rc == -1 && err.code == LP_EIO && strcmp(err.msg, "iterator: EIO: iterator: disk on fire") == 0,
+  check(rc == -1 && err.code == LP_EIO &&
+            strcmp(err.msg, "iterator: EIO: iterator: disk on fire") == 0,
         "remote error keeps its code: %s", err.msg);
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
@@ -580,7 +596,8 @@ static void test_iter_codec(void) {
   r.keys = 0;
   it = lp_client_iter_open(c, &r);
   n = decode_reqs(lp_client_out(c), rq, 8);
-  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 1, "values-only still asks for keys");
+  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 1,
+        "values-only still asks for keys");
   feed_entry(c, rq[0].id, "kk", "vv");
   rc = lp_client_iter_next(c, it, &k, &v, &err);
   check(rc == 1 && k.ptr == NULL && slice_eq(v, "vv"), "key stripped for a values-only iterator");
@@ -590,7 +607,8 @@ static void test_iter_codec(void) {
   r.values = 0;
   it = lp_client_iter_open(c, &r);
   n = decode_reqs(lp_client_out(c), rq, 8);
-  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 0, "keys-only does not ask for values");
+  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 0,
+        "keys-only does not ask for values");
   feed_entry(c, rq[0].id, "kk", "");
   rc = lp_client_iter_next(c, it, &k, &v, &err);
   check(rc == 1 && slice_eq(k, "kk") && v.ptr == NULL, "value stripped for a keys-only iterator");
@@ -608,11 +626,12 @@ static void test_iter_codec(void) {
   feed_entry(c, rq[0].id, "b", "1");
   {
     lp_request e[2];
-    check(decode_reqs(lp_client_out(c), e, 2) == 1 && e[0].id == rq[0].id && e[0].has_batch && e[0].batch == 0 &&
-              !e[0].opts.present,
+    check(decode_reqs(lp_client_out(c), e, 2) == 1 && e[0].id == rq[0].id && e[0].has_batch &&
+              e[0].batch == 0 && !e[0].opts.present,
           "all limit entries received: batch:0 sent at once");
   }
-  check(lp_client_iter_next(c, it, &k, &v, &err) == 1 && lp_client_iter_next(c, it, &k, &v, &err) == 1 &&
+  check(lp_client_iter_next(c, it, &k, &v, &err) == 1 &&
+            lp_client_iter_next(c, it, &k, &v, &err) == 1 &&
             lp_client_iter_next(c, it, &k, &v, &err) == 0,
         "limit 2 gives 2 entries then the end");
   lp_client_iter_close(c, it);
@@ -686,8 +705,8 @@ static void test_iter_arena(void) {
       if (got % 11 == 0) key[0] = '\0';
       qcheck(rc == 1 && k.ptr != NULL && k.len == strlen(key) && memcmp(k.ptr, key, k.len) == 0,
              "arena: entry %d's key", got);
-      qcheck(v.ptr != NULL && v.len == vlen && (vlen == 0 || (v.ptr[0] == 'a' + got % 26 &&
-                                                             v.ptr[vlen - 1] == 'a' + got % 26)),
+      qcheck(v.ptr != NULL && v.len == vlen &&
+                 (vlen == 0 || (v.ptr[0] == 'a' + got % 26 && v.ptr[vlen - 1] == 'a' + got % 26)),
              "arena: entry %d's value (%zu bytes)", got, vlen);
       memcpy(last, key, strlen(key) + 1);
       got++;
@@ -703,7 +722,8 @@ static void test_iter_arena(void) {
       lp_client_replay(c);
       n = decode_reqs(lp_client_out(c), rq, 4);
       qcheck(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].opts.gt.ptr != NULL &&
-                 rq[0].opts.gt.len == strlen(last) && memcmp(rq[0].opts.gt.ptr, last, strlen(last)) == 0,
+                 rq[0].opts.gt.len == strlen(last) &&
+                 memcmp(rq[0].opts.gt.ptr, last, strlen(last)) == 0,
              "arena: reopen after entry %d sends gt = the last key consumed", got);
       lp_client_out(c)->len = 0;
       fed = got;
@@ -712,7 +732,8 @@ static void test_iter_arena(void) {
     }
   }
   check(qfail == 0 && got == TOTAL,
-        "%d entries of 0..2900 bytes through the arena, whole and in order, %d resets with the right bookmark",
+        "%d entries of 0..2900 bytes through the arena, whole and in order, %d resets with the "
+        "right bookmark",
         got, resets);
   lp_client_iter_close(c, it);
 
@@ -746,7 +767,8 @@ static void test_iter_arena(void) {
     lp_client_replay(c);
     n = decode_reqs(lp_client_out(c), rq, 4);
     check(ok && n == 1 && slice_eq(rq[0].opts.gt, "big2.09"),
-          "3 bursts of 10 entries of 300 kB: whole, in order, and the bookmark survives the arena's shrinking");
+          "3 bursts of 10 entries of 300 kB: whole, in order, and the bookmark survives the "
+          "arena's shrinking");
     lp_client_iter_close(c, it);
   }
   lp_client_free(c);
@@ -794,8 +816,8 @@ static void test_iter_reopen(void) {
   lp_client_reset(c);
   lp_client_replay(c);
   n = decode_reqs(lp_client_out(c), rq, 8);
-  check(n == 1 && slice_eq(rq[0].opts.gt, "a") && slice_eq(rq[0].opts.lt, "x") && rq[0].opts.reverse &&
-            rq[0].opts.limit == -1,
+  check(n == 1 && slice_eq(rq[0].opts.gt, "a") && slice_eq(rq[0].opts.lt, "x") &&
+            rq[0].opts.reverse && rq[0].opts.limit == -1,
         "reopen before any consumption resends the original range");
   lp_client_out(c)->len = 0;
   feed_entry(c, 0, "w", "1");
@@ -823,7 +845,8 @@ static void test_iter_reopen(void) {
   lp_client_reset(c);
   lp_client_replay(c);
   n = decode_reqs(lp_client_out(c), rq, 8);
-  check(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].batch == 8, "end with unconsumed entries is refetched");
+  check(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].batch == 8,
+        "end with unconsumed entries is refetched");
   lp_client_out(c)->len = 0;
   {
     lp_buf b = {0};
@@ -843,13 +866,15 @@ static void test_iter_reopen(void) {
 /* Part 2: against LevelDB through lp_session over memory                     */
 /* ------------------------------------------------------------------------ */
 
-#define NKEYS 10000
+#define NKEYS  10000
 #define WINDOW 64
 
 static char tmpdir[] = "/tmp/lp_client_test.XXXXXX";
 
 static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f) {
-  (void)st; (void)flag; (void)f;
+  (void)st;
+  (void)flag;
+  (void)f;
   return remove(p);
 }
 
@@ -857,8 +882,8 @@ typedef struct loop {
   lp_engine *eng;
   lp_session *s;
   lp_client *c;
-  lp_buf sout;   /* session output not yet fed to the client */
-  lp_buf tin;    /* test-side copy of the bytes fed, for counting entries */
+  lp_buf sout;       /* session output not yet fed to the client */
+  lp_buf tin;        /* test-side copy of the bytes fed, for counting entries */
   long recv_entries; /* iterator entries fed since the last reset */
   int proto_errors;
 } loop;
@@ -871,12 +896,13 @@ static void count_fed(loop *L, const char *p, size_t n) {
     lp_slice pl;
     size_t used;
     lp_response r;
-    int w = lp_wire_next_frame(L->tin.ptr + off, L->tin.len - off, LP_MAX_FRAME_DEFAULT, &pl, &used);
+    int w =
+        lp_wire_next_frame(L->tin.ptr + off, L->tin.len - off, LP_MAX_FRAME_DEFAULT, &pl, &used);
     if (w == LP_WIRE_NEED_MORE) break;
     off += used;
     if (w != LP_WIRE_OK) continue;
-    if (lp_wire_decode_response(pl, &r) == LP_WIRE_OK && r.tag == LP_RES_ITERDATA &&
-        !r.error.ptr && (r.key.ptr || r.value.ptr))
+    if (lp_wire_decode_response(pl, &r) == LP_WIRE_OK && r.tag == LP_RES_ITERDATA && !r.error.ptr &&
+        (r.key.ptr || r.value.ptr))
       L->recv_entries++;
   }
   lp_buf_consume(&L->tin, off);
@@ -914,7 +940,8 @@ static int loop_step(loop *L, int all) {
 
 static void loop_flush(loop *L) {
   int guard = 0;
-  while (loop_step(L, 1) && guard++ < 100000) {}
+  while (loop_step(L, 1) && guard++ < 100000) {
+  }
 }
 
 /* Checks the reopen frames the way a Node leader would see them. */
@@ -968,7 +995,8 @@ static void fill(lp_engine *e) {
 
 static int wait_done(loop *L, uint64_t t) {
   int guard = 0;
-  while (!lp_client_done(L->c, t) && guard++ < 1000) loop_step(L, 1);
+  while (!lp_client_done(L->c, t) && guard++ < 1000)
+    loop_step(L, 1);
   return lp_client_done(L->c, t);
 }
 
@@ -1008,9 +1036,9 @@ static void test_requests(loop *L) {
   lp_wire_rest_getmany_key(&rest, S("zb2"));
   lp_wire_rest_getmany_key(&rest, S("k00042"));
   t = lp_client_submit(L->c, LP_REQ_GETMANY, (lp_slice){rest.ptr, rest.len}, 0);
-  rc = wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && r.tag == LP_RES_GETMANY && r.count == 3 &&
-       lp_wire_next_value(&r, &cursor, &v1) && lp_wire_next_value(&r, &cursor, &v2) &&
-       lp_wire_next_value(&r, &cursor, &v3);
+  rc = wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && r.tag == LP_RES_GETMANY &&
+       r.count == 3 && lp_wire_next_value(&r, &cursor, &v1) &&
+       lp_wire_next_value(&r, &cursor, &v2) && lp_wire_next_value(&r, &cursor, &v3);
   check(rc && v1.ptr == NULL && slice_eq(v2, "2") && slice_eq(v3, "value-42-"),
         "getMany round trip (missing, batch-written, preloaded)");
   lp_result_free(&res);
@@ -1044,8 +1072,8 @@ static void test_requests(loop *L) {
       lp_slice pl;
       size_t used;
       lp_response rr;
-      if (lp_wire_next_frame(replies.ptr + off, replies.len - off, LP_MAX_FRAME_DEFAULT, &pl, &used) !=
-          LP_WIRE_OK)
+      if (lp_wire_next_frame(replies.ptr + off, replies.len - off, LP_MAX_FRAME_DEFAULT, &pl,
+                             &used) != LP_WIRE_OK)
         break;
       if (lp_wire_decode_response(pl, &rr) == LP_WIRE_OK && rr.id == 0)
         lp_client_feed(L->c, replies.ptr + off, used, &err);
@@ -1057,7 +1085,8 @@ static void test_requests(loop *L) {
           "4.1 setup: get done, put old pending, put new on id 0");
     leader_change(L);
     loop_flush(L);
-    check(lp_client_done(L->c, told) && lp_client_done(L->c, tnew), "both puts acknowledged after replay");
+    check(lp_client_done(L->c, told) && lp_client_done(L->c, tnew),
+          "both puts acknowledged after replay");
     if (!lp_client_take(L->c, tg, &res)) lp_result_free(&res);
     if (!lp_client_take(L->c, told, &res)) lp_result_free(&res);
     if (!lp_client_take(L->c, tnew, &res)) lp_result_free(&res);
@@ -1117,7 +1146,8 @@ static int run_iter(loop *L, const lp_range *r, const char *desc, double change_
   }
   for (;;) {
     int steps = (int)(rnd() % 4), i, rc, burst;
-    for (i = 0; i < steps; i++) loop_step(L, 0);
+    for (i = 0; i < steps; i++)
+      loop_step(L, 0);
     burst = 1 + (int)(rnd() % 80);
     rc = 2;
     for (i = 0; i < burst; i++) {
@@ -1135,7 +1165,8 @@ static int run_iter(loop *L, const lp_range *r, const char *desc, double change_
       valname(vb, seq[got]);
       if (r->keys) {
         if (!slice_eq(k, kb)) {
-          qcheck(0, "%s: entry %d key %.*s, want %s", desc, got, (int)k.len, k.ptr ? k.ptr : "", kb);
+          qcheck(0, "%s: entry %d key %.*s, want %s", desc, got, (int)k.len, k.ptr ? k.ptr : "",
+                 kb);
           ok = 0;
         }
       } else if (k.ptr) {
@@ -1226,12 +1257,14 @@ static void test_iterators(loop *L) {
               changes += res - 1;
             }
           }
-  check(okcombos == combos, "%d of %d iterator shapes streamed exactly once, in order, across %d leader changes",
+  check(okcombos == combos,
+        "%d of %d iterator shapes streamed exactly once, in order, across %d leader changes",
         okcombos, combos, changes);
   check(changes > 50, "leader changes happened mid-stream (%d)", changes);
-  check(max_buf <= WINDOW * 3 / 2, "buffered entries never exceeded 1.5 x window (max %ld, window %d)", max_buf,
-        WINDOW);
-  check(nodeish_failures == 0, "no reopen frame carried gt with gte or lt with lte (%d bad)", nodeish_failures);
+  check(max_buf <= WINDOW * 3 / 2,
+        "buffered entries never exceeded 1.5 x window (max %ld, window %d)", max_buf, WINDOW);
+  check(nodeish_failures == 0, "no reopen frame carried gt with gte or lt with lte (%d bad)",
+        nodeish_failures);
   check(L->proto_errors == 0, "no protocol errors on either side (%d)", L->proto_errors);
 
   /* several iterators and requests interleaved on one connection */
@@ -1288,7 +1321,8 @@ static void test_iterators(loop *L) {
     a = lp_client_iter_open(L->c, &r1);
     for (i = 0; i < 500 && ok; i++) {
       int guard = 0;
-      while ((rc = lp_client_iter_next(L->c, a, &k, &v, &err)) == 2 && guard++ < 100) loop_step(L, 0);
+      while ((rc = lp_client_iter_next(L->c, a, &k, &v, &err)) == 2 && guard++ < 100)
+        loop_step(L, 0);
       ok = rc == 1 && keyindex(k) == NKEYS - 1 - i;
     }
     check(ok, "an iterator opened after an early close gets only its own entries");

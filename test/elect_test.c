@@ -27,8 +27,7 @@ static int failures;
 
 static void check(int cond, const char *what, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void check(int cond, const char *what, const char *fmt, ...)
-{
+static void check(int cond, const char *what, const char *fmt, ...) {
   if (cond) {
     printf("ok - %s\n", what);
   } else {
@@ -43,14 +42,12 @@ static void check(int cond, const char *what, const char *fmt, ...)
   fflush(stdout);
 }
 
-static void skip(const char *what, const char *why)
-{
+static void skip(const char *what, const char *why) {
   printf("ok - %s # SKIP %s\n", what, why);
   fflush(stdout);
 }
 
-static char *join(const char *a, const char *b)
-{
+static char *join(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   char *p = malloc(la + lb + 2);
   if (p == NULL) abort(); /* test code: out of memory is fatal */
@@ -60,8 +57,7 @@ static char *join(const char *a, const char *b)
   return p;
 }
 
-static int count_fds(void)
-{
+static int count_fds(void) {
   DIR *d = opendir("/proc/self/fd");
   struct dirent *e;
   int n = 0;
@@ -73,8 +69,7 @@ static int count_fds(void)
 }
 
 /* Describes the entries of dir (sorted, space separated) into out. */
-static void list_dir(const char *dir, char *out, size_t cap)
-{
+static void list_dir(const char *dir, char *out, size_t cap) {
   struct dirent **names;
   int n = scandir(dir, &names, NULL, alphasort), i;
   size_t used = 0;
@@ -94,22 +89,19 @@ static void list_dir(const char *dir, char *out, size_t cap)
   free(names);
 }
 
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
   (void)st;
   (void)ftw;
-  if (flag == FTW_DP) rmdir(p);
-  else unlink(p);
+  if (flag == FTW_DP)
+    rmdir(p);
+  else
+    unlink(p);
   return 0;
 }
 
-static void rm_rf(const char *p)
-{
-  nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
+static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
-static int readable(int fd, int timeout_ms)
-{
+static int readable(int fd, int timeout_ms) {
   struct pollfd p = {fd, POLLIN, 0};
   int r;
   do {
@@ -120,8 +112,7 @@ static int readable(int fd, int timeout_ms)
 
 /* Reads every pending inotify event; 1 when one of them has a mask bit of
  * `mask` and the name `name`. */
-static int saw_event(int fd, uint32_t mask, const char *name)
-{
+static int saw_event(int fd, uint32_t mask, const char *name) {
   char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
   int found = 0;
   for (;;) {
@@ -139,8 +130,7 @@ static int saw_event(int fd, uint32_t mask, const char *name)
 /* Waits up to timeout_ms for an event with `mask` on `name`, reading (and
  * dropping) every other event meanwhile.  A dying process closes its files
  * one after the other, so the first wakeup may come from another file. */
-static int wait_event(int fd, uint32_t mask, const char *name, int timeout_ms)
-{
+static int wait_event(int fd, uint32_t mask, const char *name, int timeout_ms) {
   int waited = 0;
   while (waited <= timeout_ms) {
     if (readable(fd, 50) && saw_event(fd, mask, name)) return 1;
@@ -149,15 +139,13 @@ static int wait_event(int fd, uint32_t mask, const char *name, int timeout_ms)
   return 0;
 }
 
-static int is_nonblock_cloexec(int fd)
-{
+static int is_nonblock_cloexec(int fd) {
   int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
   return fl >= 0 && (fl & O_NONBLOCK) && fdfl >= 0 && (fdfl & FD_CLOEXEC);
 }
 
 /* Listens in dir, connects, accepts, and sends bytes both ways. */
-static void roundtrip(const char *dir, const char *label)
-{
+static void roundtrip(const char *dir, const char *label) {
   char what[160], got[16];
   lp_err err;
   int lfd, cfd, afd = -1;
@@ -206,8 +194,7 @@ out:
 
 /* ------------------------------------------------------------------------ */
 
-static void test_short_and_long(const char *base, const char *shortdir, const char *longdir)
-{
+static void test_short_and_long(const char *base, const char *shortdir, const char *longdir) {
   char list[4096], what[160];
   char *p, *sock;
   struct stat st;
@@ -288,8 +275,7 @@ static void test_short_and_long(const char *base, const char *shortdir, const ch
 
       lp_sock_unlink(dirs[i]);
       r = lp_sock_connect(dirs[i]);
-      snprintf(what, sizeof(what), "%s: connect to a missing socket file gives -ENOENT",
-               labels[i]);
+      snprintf(what, sizeof(what), "%s: connect to a missing socket file gives -ENOENT", labels[i]);
       check(r == -ENOENT, what, "got %d", r);
       if (r >= 0) close(r);
       list_dir(dirs[i], list, sizeof(list));
@@ -338,8 +324,7 @@ static void test_short_and_long(const char *base, const char *shortdir, const ch
 
 /* ------------------------------------------------------------------------ */
 
-static void test_modes(const char *shortdir, const char *longdir)
-{
+static void test_modes(const char *shortdir, const char *longdir) {
   static const struct {
     mode_t dir, sock;
   } cases[] = {{0700, 0600}, {0770, 0660}, {0777, 0666}, {0755, 0600},
@@ -383,8 +368,7 @@ static void test_modes(const char *shortdir, const char *longdir)
 
 /* As another user (root only): the mode decides who may connect, and a dir
  * we cannot write refuses listen with LP_EACCES. */
-static void test_other_user(const char *base, const char *shortdir)
-{
+static void test_other_user(const char *base, const char *shortdir) {
   const uid_t nobody = 65534;
   lp_err err;
   int lfd, st;
@@ -427,8 +411,8 @@ static void test_other_user(const char *base, const char *shortdir)
   } else {
     check(WIFEXITED(st) && !(WEXITSTATUS(st) & 1),
           "another user cannot connect to a socket in a 0700 dir (-EACCES)", "status %#x", st);
-    check(WIFEXITED(st) && !(WEXITSTATUS(st) & 2),
-          "listen in an unwritable dir gives LP_EACCES", "status %#x", st);
+    check(WIFEXITED(st) && !(WEXITSTATUS(st) & 2), "listen in an unwritable dir gives LP_EACCES",
+          "status %#x", st);
   }
   if (lfd >= 0) close(lfd);
   lp_sock_unlink(shortdir);
@@ -445,8 +429,8 @@ static void test_other_user(const char *base, const char *shortdir)
     _exit(r >= 0 ? 0 : 1);
   }
   waitpid(pid, &st, 0);
-  check(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-        "another user can connect to a socket in a 0777 dir", "status %#x", st);
+  check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "another user can connect to a socket in a 0777 dir",
+        "status %#x", st);
   if (lfd >= 0) close(lfd);
   lp_sock_unlink(shortdir);
   chmod(shortdir, 0700);
@@ -457,8 +441,7 @@ static void test_other_user(const char *base, const char *shortdir)
 
 /* Without /proc, a long path is refused with a clear message, not truncated.
  * Runs in a child with a private mount namespace where /proc is unmounted. */
-static void test_no_proc(const char *longdir)
-{
+static void test_no_proc(const char *longdir) {
   int pfd[2], st;
   pid_t pid;
   char msg[600];
@@ -492,8 +475,8 @@ static void test_no_proc(const char *longdir)
   check(WIFEXITED(st) && !(WEXITSTATUS(st) & 1) && strncmp(msg, "listen: socket path ", 20) == 0 &&
             strstr(msg, "more than the 107 a unix socket address can hold, and /proc/self/fd "
                         "is unavailable") != NULL,
-        "long path without /proc: listen fails with LP_EIO and says why", "status %#x msg '%s'",
-        st, msg);
+        "long path without /proc: listen fails with LP_EIO and says why", "status %#x msg '%s'", st,
+        msg);
   check(WIFEXITED(st) && !(WEXITSTATUS(st) & 2),
         "long path without /proc: connect gives -ENAMETOOLONG", "status %#x", st);
   {
@@ -514,8 +497,7 @@ static leveldb_options_t *volatile child_opts;
  * (as LevelDB does), or opens LevelDB itself, then waits.  It writes one byte
  * to `ready` once it holds the lock, and _exit()s when `go` becomes readable
  * (or is killed before that). */
-static pid_t spawn_holder(const char *dir, int use_leveldb, int *go_w)
-{
+static pid_t spawn_holder(const char *dir, int use_leveldb, int *go_w) {
   int ready[2], go[2];
   pid_t pid;
   char c = 0;
@@ -565,8 +547,7 @@ static pid_t spawn_holder(const char *dir, int use_leveldb, int *go_w)
   return pid;
 }
 
-static void test_lock_and_watch(const char *base)
-{
+static void test_lock_and_watch(const char *base) {
   static const struct {
     int leveldb, kill;
     const char *label;
@@ -613,8 +594,10 @@ static void test_lock_and_watch(const char *base)
     snprintf(what, sizeof(what), "%s: probing twice still sees the holder", cases[i].label);
     check(holder == pid, what, "got %d", (int)holder);
 
-    if (cases[i].kill) kill(pid, SIGKILL);
-    else close(go); /* EOF: the child _exit()s */
+    if (cases[i].kill)
+      kill(pid, SIGKILL);
+    else
+      close(go); /* EOF: the child _exit()s */
     /* The first wakeup may come from another file the child had open (LevelDB
      * writes LOG, the log and MANIFEST), but the lock is released before any
      * of the dying child's files is closed: so the probe must say free as soon
@@ -698,8 +681,7 @@ out:
 
 /* ------------------------------------------------------------------------ */
 
-int main(void)
-{
+int main(void) {
   char base[] = "/tmp/lp-elect-XXXXXX";
   char longdir[400], *shortdir;
   int fds0 = count_fds();
@@ -725,8 +707,8 @@ int main(void)
     longdir[len] = '\0';
     mkdir(longdir, 0700);
   }
-  check(strlen(longdir) >= 245 && access(longdir, F_OK) == 0, "long dir created",
-        "%zu bytes", strlen(longdir));
+  check(strlen(longdir) >= 245 && access(longdir, F_OK) == 0, "long dir created", "%zu bytes",
+        strlen(longdir));
 
   test_short_and_long(base, shortdir, longdir);
   test_modes(shortdir, longdir);

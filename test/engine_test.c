@@ -40,9 +40,7 @@ static void check(int cond, const char *what, const char *fmt, ...) {
   printf("\n");
 }
 
-static lp_slice S(const char *s) {
-  return (lp_slice){s, strlen(s)};
-}
+static lp_slice S(const char *s) { return (lp_slice){s, strlen(s)}; }
 
 static void path_of(char *out, size_t n, const char *name) {
   snprintf(out, n, "%s/%s", base, name);
@@ -55,9 +53,7 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
   return remove(p);
 }
 
-static void rm_rf(const char *p) {
-  nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
+static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
 /* ------------------------------------------------------------------------ */
 /* The fixed key set and the brute-force reference                            */
@@ -68,12 +64,13 @@ typedef struct bytes {
   size_t n;
 } bytes;
 
-#define B(lit) {lit, sizeof(lit) - 1}
+#define B(lit)                                                                                     \
+  { lit, sizeof(lit) - 1 }
 
 /* Deliberately not sorted; different lengths, NUL and 0xff bytes, the empty key. */
 static const bytes KEYS[] = {
-    B("ba"), B("a"), B("aa"), B("aab"), B("ab"), B("b"), B("c"), B("\x00"),
-    B("a\x00"), B("\xff"), B("\xff\xff"), B(""), B("a\x00z"),
+    B("ba"),   B("a"),     B("aa"),   B("aab"),      B("ab"), B("b"),      B("c"),
+    B("\x00"), B("a\x00"), B("\xff"), B("\xff\xff"), B(""),   B("a\x00z"),
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
 
@@ -89,8 +86,7 @@ static int ref_cmp(const char *a, size_t an, const char *b, size_t bn) {
 
   for (i = 0; i < an && i < bn; i++) {
     unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
-    if (x != y)
-      return x < y ? -1 : 1;
+    if (x != y) return x < y ? -1 : 1;
   }
   return an == bn ? 0 : (an < bn ? -1 : 1);
 }
@@ -105,8 +101,7 @@ static void ref_sort(void) {
   for (i = 1; i < NKEYS; i++)
     for (j = i; j > 0; j--) {
       const bytes *a = &KEYS[ref_sorted[j - 1]], *b = &KEYS[ref_sorted[j]];
-      if (ref_cmp(a->p, a->n, b->p, b->n) <= 0)
-        break;
+      if (ref_cmp(a->p, a->n, b->p, b->n) <= 0) break;
       int t = ref_sorted[j];
       ref_sorted[j] = ref_sorted[j - 1];
       ref_sorted[j - 1] = t;
@@ -114,14 +109,10 @@ static void ref_sort(void) {
 }
 
 static int ref_in(const lp_range *r, const bytes *k) {
-  if (r->gt.ptr && ref_cmp(k->p, k->n, r->gt.ptr, r->gt.len) <= 0)
-    return 0;
-  if (r->gte.ptr && ref_cmp(k->p, k->n, r->gte.ptr, r->gte.len) < 0)
-    return 0;
-  if (r->lt.ptr && ref_cmp(k->p, k->n, r->lt.ptr, r->lt.len) >= 0)
-    return 0;
-  if (r->lte.ptr && ref_cmp(k->p, k->n, r->lte.ptr, r->lte.len) > 0)
-    return 0;
+  if (r->gt.ptr && ref_cmp(k->p, k->n, r->gt.ptr, r->gt.len) <= 0) return 0;
+  if (r->gte.ptr && ref_cmp(k->p, k->n, r->gte.ptr, r->gte.len) < 0) return 0;
+  if (r->lt.ptr && ref_cmp(k->p, k->n, r->lt.ptr, r->lt.len) >= 0) return 0;
+  if (r->lte.ptr && ref_cmp(k->p, k->n, r->lte.ptr, r->lte.len) > 0) return 0;
   return 1;
 }
 
@@ -131,10 +122,8 @@ static size_t ref_yield(const lp_range *r, int *out) {
 
   for (i = 0; i < NKEYS; i++) {
     int idx = ref_sorted[r->reverse ? NKEYS - 1 - i : i];
-    if (r->limit >= 0 && (int64_t)n >= r->limit)
-      break;
-    if (ref_in(r, &KEYS[idx]))
-      out[n++] = idx;
+    if (r->limit >= 0 && (int64_t)n >= r->limit) break;
+    if (ref_in(r, &KEYS[idx])) out[n++] = idx;
   }
   return n;
 }
@@ -150,8 +139,7 @@ static int key_index(lp_slice k) {
   size_t i;
 
   for (i = 0; i < NKEYS; i++)
-    if (KEYS[i].n == k.len && memcmp(KEYS[i].p, k.ptr, k.len) == 0)
-      return (int)i;
+    if (KEYS[i].n == k.len && memcmp(KEYS[i].p, k.ptr, k.len) == 0) return (int)i;
   return -1;
 }
 
@@ -181,14 +169,12 @@ static void describe(const lp_range *r, char *out, size_t n) {
   out[0] = '\0';
   for (i = 0; i < 4; i++) {
     size_t j;
-    if (!b[i]->ptr)
-      continue;
+    if (!b[i]->ptr) continue;
     used += (size_t)snprintf(out + used, n - used, "%s=\"", names[i]);
     for (j = 0; j < b[i]->len && used + 8 < n; j++)
       used += (size_t)snprintf(out + used, n - used, "\\x%02x", (unsigned char)b[i]->ptr[j]);
     used += (size_t)snprintf(out + used, n - used, "\" ");
-    if (used >= n)
-      return;
+    if (used >= n) return;
   }
   snprintf(out + used, n - used, "limit=%lld reverse=%d", (long long)r->limit, r->reverse);
 }
@@ -264,10 +250,10 @@ bad:
 static void set_bound(lp_range *r, int b, const bytes *v) {
   lp_slice s = {v->p, v->n};
   switch (b) {
-  case 0: r->gt = s; break;
-  case 1: r->gte = s; break;
-  case 2: r->lt = s; break;
-  default: r->lte = s; break;
+    case 0: r->gt = s; break;
+    case 1: r->gte = s; break;
+    case 2: r->lt = s; break;
+    default: r->lte = s; break;
   }
 }
 
@@ -318,8 +304,7 @@ static void test_persistence(void) {
   o.compression = 0;
   e = lp_engine_open(p, &o, &err);
   check(e != NULL, "open with every option set", "%s", err.msg);
-  if (!e)
-    return;
+  if (!e) return;
   rc = lp_engine_put(e, S("hello"), S("world"), 1, &err);
   check(rc == 0, "sync put", "%s", err.msg);
   rc = lp_engine_put(e, S("nosync"), S("x"), 0, &err);
@@ -328,8 +313,7 @@ static void test_persistence(void) {
 
   e = lp_engine_open(p, NULL, &err);
   check(e != NULL, "reopen with default options (NULL opts)", "%s", err.msg);
-  if (!e)
-    return;
+  if (!e) return;
   rc = lp_engine_get(e, S("hello"), &v, &vn, &err);
   check(rc == 1 && vn == 5 && memcmp(v, "world", 5) == 0, "data persists across close/reopen",
         "rc=%d", rc);
@@ -375,15 +359,14 @@ static void test_open_errors(void) {
   memset(&err, 0, sizeof err);
   e = lp_engine_open(p, &o, &err);
   check(e == NULL && err.code == LP_EEXIST && strncmp(err.msg, "open: ", 6) == 0,
-        "error_if_exists on an existing db gives EEXIST", "code %s msg %s",
-        lp_code_name(err.code), err.msg);
+        "error_if_exists on an existing db gives EEXIST", "code %s msg %s", lp_code_name(err.code),
+        err.msg);
   lp_engine_close(e);
 
   lp_engine_opts_init(&o);
   path_of(p, sizeof p, "afile");
   fd = open(p, O_CREAT | O_WRONLY, 0644);
-  if (fd >= 0)
-    close(fd);
+  if (fd >= 0) close(fd);
   memset(&err, 0, sizeof err);
   e = lp_engine_open(p, &o, &err);
   check(e == NULL && err.code == LP_ENOTDIR, "a path that is a file gives ENOTDIR",
@@ -393,8 +376,8 @@ static void test_open_errors(void) {
   snprintf(q, sizeof q, "%s/db", p);
   memset(&err, 0, sizeof err);
   e = lp_engine_open(q, &o, &err);
-  check(e == NULL && err.code == LP_ENOTDIR, "a path under a file gives ENOTDIR",
-        "code %s msg %s", lp_code_name(err.code), err.msg);
+  check(e == NULL && err.code == LP_ENOTDIR, "a path under a file gives ENOTDIR", "code %s msg %s",
+        lp_code_name(err.code), err.msg);
   lp_engine_close(e);
 
   path_of(p, sizeof p, "no/such/parent");
@@ -414,11 +397,9 @@ static int child_open(const char *path, int as_nobody, lp_err *out) {
   int status;
 
   memset(out, 0, sizeof *out);
-  if (pipe(fds) != 0)
-    return -1;
+  if (pipe(fds) != 0) return -1;
   pid = fork();
-  if (pid < 0)
-    return -1;
+  if (pid < 0) return -1;
   if (pid == 0) {
     lp_err err;
     lp_engine_opts o;
@@ -497,8 +478,7 @@ static void test_lock(void) {
   path_of(p, sizeof p, "locked");
   e = open_db("locked", &err);
   check(e != NULL, "open for the lock test", "%s", err.msg);
-  if (!e)
-    return;
+  if (!e) return;
   lp_engine_put(e, S("k"), S("v"), 0, &err);
   rc = child_open(p, 0, &cerr);
   check(rc == 0 && cerr.code == LP_ELOCKED && strncmp(cerr.msg, "open: IO error: lock ", 21) == 0,
@@ -553,14 +533,13 @@ static void test_kv(lp_engine *e) {
 
   rc = lp_engine_put(e, (lp_slice){"", 0}, S("ek"), 0, &err);
   rc = rc == 0 ? lp_engine_get(e, (lp_slice){"", 0}, &v, &vn, &err) : -1;
-  check(rc == 1 && vn == 2 && memcmp(v, "ek", 2) == 0, "empty key allowed at this layer",
-        "rc=%d", rc);
+  check(rc == 1 && vn == 2 && memcmp(v, "ek", 2) == 0, "empty key allowed at this layer", "rc=%d",
+        rc);
   free(v);
 
   rc = lp_engine_put(e, key, S("second"), 1, &err);
   rc = rc == 0 ? lp_engine_get(e, key, &v, &vn, &err) : -1;
-  check(rc == 1 && vn == 6 && memcmp(v, "second", 6) == 0, "overwrite with sync put", "rc=%d",
-        rc);
+  check(rc == 1 && vn == 6 && memcmp(v, "second", 6) == 0, "overwrite with sync put", "rc=%d", rc);
   free(v);
 
   rc = lp_engine_del(e, key, 0, &err);
@@ -594,8 +573,8 @@ static void test_batch(lp_engine *e) {
   lp_batch_del(b, S("b-1")); /* later ops in a batch win */
   lp_batch_put(b, S("b-1"), S("one"));
   check(lp_batch_count(b) == 5, "batch counts operations", "count %zu", lp_batch_count(b));
-  check(lp_batch_bytes(b) == (3 + 3) + (3 + 2) + 5 + 3 + (3 + 3), "batch counts bytes",
-        "bytes %zu", lp_batch_bytes(b));
+  check(lp_batch_bytes(b) == (3 + 3) + (3 + 2) + 5 + 3 + (3 + 3), "batch counts bytes", "bytes %zu",
+        lp_batch_bytes(b));
 
   /* An iterator opened before the write must see none of it (snapshot),
    * and after the write all of it is there at once. */
@@ -612,8 +591,8 @@ static void test_batch(lp_engine *e) {
   check(n == 1, "an iterator opened before the batch sees the old state only", "saw %d", n);
 
   rc = lp_engine_get(e, S("b-1"), &val, &vn, &err);
-  check(rc == 1 && vn == 3 && memcmp(val, "one", 3) == 0, "batch: last op on a key wins",
-        "rc=%d", rc);
+  check(rc == 1 && vn == 3 && memcmp(val, "one", 3) == 0, "batch: last op on a key wins", "rc=%d",
+        rc);
   free(val);
   rc = lp_engine_get(e, S("b-2"), &val, &vn, &err);
   check(rc == 1 && vn == 2, "batch put applied", "rc=%d", rc);
@@ -664,16 +643,14 @@ static void test_iter_combos(lp_engine *e) {
         for (li = 0; li < NLIMITS && !bad; li++) {
           r.limit = LIMITS[li];
           cases++;
-          if (iter_matches(e, &r, why, sizeof why) != 0)
-            bad = 1;
+          if (iter_matches(e, &r, why, sizeof why) != 0) bad = 1;
         }
       }
       {
         char what[128];
-        snprintf(what, sizeof what, "iterator %s%s%s%s%s%s (%zu cases)",
-                 mask & 1 ? "gt " : "", mask & 2 ? "gte " : "", mask & 4 ? "lt " : "",
-                 mask & 8 ? "lte " : "", mask ? "" : "unbounded ", rev ? "reverse" : "forward",
-                 cases);
+        snprintf(what, sizeof what, "iterator %s%s%s%s%s%s (%zu cases)", mask & 1 ? "gt " : "",
+                 mask & 2 ? "gte " : "", mask & 4 ? "lt " : "", mask & 8 ? "lte " : "",
+                 mask ? "" : "unbounded ", rev ? "reverse" : "forward", cases);
         check(!bad, what, "%s", why);
       }
     }
@@ -727,8 +704,8 @@ static void test_iter_specific(lp_engine *e) {
     r.gt = S("a");
     r.limit = 4;
     check(iter_matches(e, &r, why, sizeof why) == 0,
-          rev ? "keys-only reverse with gt and limit" : "keys-only forward with gt and limit",
-          "%s", why);
+          rev ? "keys-only reverse with gt and limit" : "keys-only forward with gt and limit", "%s",
+          why);
     r.keys = 0;
     check(iter_matches(e, &r, why, sizeof why) == 0,
           rev ? "neither keys nor values reverse" : "neither keys nor values forward", "%s", why);
@@ -763,19 +740,16 @@ static void test_iter_snapshot(lp_engine *e) {
       break;
     }
     value_of(want, ev, &en);
-    if (v.len != en || memcmp(v.ptr, ev, en) != 0)
-      ok = 0;
+    if (v.len != en || memcmp(v.ptr, ev, en) != 0) ok = 0;
     n++;
   }
-  if (ok && lp_engine_iter_next(fw, &k, &v, &err) != 0)
-    ok = 0;
+  if (ok && lp_engine_iter_next(fw, &k, &v, &err) != 0) ok = 0;
   for (i = 1; i < NKEYS; i++)
     if (lp_engine_iter_next(rv, &k, &v, &err) != 1 || key_index(k) != ref_sorted[NKEYS - 1 - i]) {
       ok2 = 0;
       break;
     }
-  if (ok2 && lp_engine_iter_next(rv, &k, &v, &err) != 0)
-    ok2 = 0;
+  if (ok2 && lp_engine_iter_next(rv, &k, &v, &err) != 0) ok2 = 0;
   lp_engine_iter_close(fw);
   lp_engine_iter_close(rv);
   check(ok, "forward iterator ignores writes made during iteration", "after %d entries", n);
@@ -792,8 +766,7 @@ static void test_iter_empty(void) {
 
   e = open_db("emptydb", &err);
   check(e != NULL, "open an empty db", "%s", err.msg);
-  if (!e)
-    return;
+  if (!e) return;
   for (rev = 0; rev < 2; rev++) {
     int mask;
     for (mask = 0; mask < 16; mask++) {
@@ -843,20 +816,17 @@ static void test_iter_large(void) {
   o.block_size = 512;
   e = lp_engine_open(p, &o, &err);
   check(e != NULL, "open the large db", "%s", err.msg);
-  if (!e)
-    return;
+  if (!e) return;
   for (i = 0; i < N && ok; i++) {
     char k[32], v[64];
     int kn = snprintf(k, sizeof k, "k%06d", i * 2); /* even numbers only */
     memset(v, 'a' + i % 26, sizeof v);
-    if (lp_engine_put(e, (lp_slice){k, (size_t)kn}, (lp_slice){v, sizeof v}, 0, &err) != 0)
-      ok = 0;
+    if (lp_engine_put(e, (lp_slice){k, (size_t)kn}, (lp_slice){v, sizeof v}, 0, &err) != 0) ok = 0;
   }
   lp_engine_close(e); /* flush the memtable to tables */
   e = lp_engine_open(p, &o, &err);
   check(ok && e != NULL, "write and reopen 5000 keys", "%s", err.msg);
-  if (!e)
-    return;
+  if (!e) return;
   {
     char *files = lp_engine_property(e, "leveldb.num-files-at-level0");
     char *stats = lp_engine_property(e, "leveldb.sstables");
@@ -881,8 +851,14 @@ static void test_iter_large(void) {
       lp_range_init(&r);
       r.reverse = rev;
       r.limit = lim;
-      if (lo_incl) r.gte = S(lo); else r.gt = S(lo);
-      if (hi_incl) r.lte = S(hi); else r.lt = S(hi);
+      if (lo_incl)
+        r.gte = S(lo);
+      else
+        r.gt = S(lo);
+      if (hi_incl)
+        r.lte = S(hi);
+      else
+        r.lt = S(hi);
       if (a < 0) a = 0;
       /* smallest even >= a (> a when exclusive), largest even <= bnd (< when exclusive) */
       first = lo_incl ? a : a + 1;
@@ -968,8 +944,7 @@ static int clear_case(lp_engine *e, const lp_range *r, size_t slice, char *why, 
   for (;;) {
     rc = lp_engine_clear_step(e, r, &st, slice, 0, &err);
     calls++;
-    if (rc != 1 || calls > 100)
-      break;
+    if (rc != 1 || calls > 100) break;
   }
   lp_clear_state_free(&st);
   if (rc != 0) {
@@ -1016,13 +991,11 @@ static void test_clear(lp_engine *e) {
           lp_range_init(&r);
           r.reverse = rev;
           for (b = 0; b < 4; b++)
-            if (mask & (1 << b))
-              set_bound(&r, b, &CANDS[rng() % NCANDS]);
+            if (mask & (1 << b)) set_bound(&r, b, &CANDS[rng() % NCANDS]);
           for (li = 0; li < NLIMITS && !bad; li++) {
             r.limit = LIMITS[li];
             cases++;
-            if (clear_case(e, &r, SLICES[si], why, sizeof why) != 0)
-              bad = 1;
+            if (clear_case(e, &r, SLICES[si], why, sizeof why) != 0) bad = 1;
           }
         }
       }
@@ -1074,14 +1047,11 @@ static void *worker_main(void *arg) {
     size_t vn;
     int kn = snprintf(k, sizeof k, "t%d-%04d", w->id, i);
     lp_slice key = {k, (size_t)kn};
-    if (lp_engine_put(w->e, key, key, i % 50 == 0, &err) != 0)
-      w->errors++;
-    if (lp_engine_get(w->e, key, &v, &vn, &err) != 1 || vn != (size_t)kn ||
-        memcmp(v, k, vn) != 0)
+    if (lp_engine_put(w->e, key, key, i % 50 == 0, &err) != 0) w->errors++;
+    if (lp_engine_get(w->e, key, &v, &vn, &err) != 1 || vn != (size_t)kn || memcmp(v, k, vn) != 0)
       w->errors++;
     free(v);
-    if (i % 3 == 0 && lp_engine_del(w->e, key, 0, &err) != 0)
-      w->errors++;
+    if (i % 3 == 0 && lp_engine_del(w->e, key, 0, &err) != 0) w->errors++;
     if (i % 50 == 0) {
       lp_range r;
       lp_engine_iter *it;
@@ -1094,8 +1064,7 @@ static void *worker_main(void *arg) {
       while (lp_engine_iter_next(it, &ik, &iv, &err) == 1)
         n++;
       lp_engine_iter_close(it);
-      if (n == 0)
-        w->errors++;
+      if (n == 0) w->errors++;
     }
   }
   return NULL;
@@ -1149,8 +1118,7 @@ static void test_corrupt(void) {
   for (i = 0; i < 100; i++) {
     struct stat sb;
     snprintf(f, sizeof f, "%s/%06d.ldb", p, i);
-    if (stat(f, &sb) == 0 && truncate(f, sb.st_size / 2) == 0)
-      truncated++;
+    if (stat(f, &sb) == 0 && truncate(f, sb.st_size / 2) == 0) truncated++;
   }
   e = lp_engine_open(p, &o, &err);
   if (!e) {

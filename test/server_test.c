@@ -84,9 +84,7 @@ static int log_wait(const char *needle, int ms) {
 /* Sockets                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static void sock_path(char *out, size_t n) {
-  snprintf(out, n, "%s/test.sock", tmpdir);
-}
+static void sock_path(char *out, size_t n) { snprintf(out, n, "%s/test.sock", tmpdir); }
 
 static int make_listener(void) {
   struct sockaddr_un a;
@@ -157,8 +155,8 @@ static int read_frame(client *c, lp_slice *raw, lp_slice *payload, int timeout_m
   for (;;) {
     lp_slice pl;
     size_t used;
-    int rc = lp_wire_next_frame(c->rx.ptr ? c->rx.ptr : "", c->rx.len, LP_MAX_FRAME_DEFAULT,
-                                &pl, &used);
+    int rc =
+        lp_wire_next_frame(c->rx.ptr ? c->rx.ptr : "", c->rx.len, LP_MAX_FRAME_DEFAULT, &pl, &used);
     if (rc == LP_WIRE_OK) {
       if (raw) *raw = (lp_slice){c->rx.ptr, used};
       if (payload) *payload = pl;
@@ -184,9 +182,7 @@ static int read_frame(client *c, lp_slice *raw, lp_slice *payload, int timeout_m
 }
 
 /* Drops the frame returned by the last read_frame. */
-static void frame_done(client *c, lp_slice raw) {
-  lp_buf_consume(&c->rx, raw.len);
-}
+static void frame_done(client *c, lp_slice raw) { lp_buf_consume(&c->rx, raw.len); }
 
 static char *hex(const char *p, size_t n) {
   static char out[4096]; /* main thread only */
@@ -230,9 +226,7 @@ static int closed_by_server(client *c, int ms) {
   }
 }
 
-static lp_slice S(const char *s) {
-  return (lp_slice){s, strlen(s)};
-}
+static lp_slice S(const char *s) { return (lp_slice){s, strlen(s)}; }
 
 /* Request builders. */
 static void req_key(lp_buf *out, int tag, uint32_t id, const char *key) {
@@ -251,8 +245,10 @@ static void req_put(lp_buf *out, uint32_t id, const char *key, const char *val) 
 
 static void req_iter(lp_buf *out, uint32_t id, uint32_t batch, const lp_range *r) {
   lp_buf rest = {0};
-  if (r) lp_wire_rest_iter(&rest, batch, r);
-  else lp_wire_rest_iter_window(&rest, batch);
+  if (r)
+    lp_wire_rest_iter(&rest, batch, r);
+  else
+    lp_wire_rest_iter_window(&rest, batch);
   lp_wire_frame(out, LP_REQ_ITER, id, (lp_slice){rest.ptr, rest.len});
   lp_buf_free(&rest);
 }
@@ -333,10 +329,12 @@ static int read_iter(client *c, uint32_t *id, char *k, char *v, int timeout_ms) 
       rc = 0;
     } else {
       rc = 1;
-      if (k) snprintf(k, 256, "%s%.*s", r.key.ptr ? "" : "<absent>", (int)r.key.len,
-                      r.key.ptr ? r.key.ptr : "");
-      if (v) snprintf(v, 2048, "%s%.*s", r.value.ptr ? "" : "<absent>", (int)r.value.len,
-                      r.value.ptr ? r.value.ptr : "");
+      if (k)
+        snprintf(k, 256, "%s%.*s", r.key.ptr ? "" : "<absent>", (int)r.key.len,
+                 r.key.ptr ? r.key.ptr : "");
+      if (v)
+        snprintf(v, 2048, "%s%.*s", r.value.ptr ? "" : "<absent>", (int)r.value.len,
+                 r.value.ptr ? r.value.ptr : "");
     }
   }
   frame_done(c, raw);
@@ -370,9 +368,7 @@ static long rss_kib(void) {
   return v;
 }
 
-static double now_s(void) {
-  return (double)lp_now_ns() / 1e9;
-}
+static double now_s(void) { return (double)lp_now_ns() / 1e9; }
 
 static int wait_conns(lp_server *s, int n, int ms) {
   for (int i = 0; i < ms / 5; i++) {
@@ -439,8 +435,9 @@ static void test_reference_frames(void) {
 
   static const char gm[] = "\x11\x06\x08\x07\x12\x02k1\x12\x04nope\x12\x02k2";
   send_all(c.fd, gm, sizeof gm - 1);
-  EXPECT(&c, "\x15\x02\x08\x07\x1a\x09\x0a\x07{\"x\":1}\x1a\x00\x1a\x03\x0a\x01"
-             "2",
+  EXPECT(&c,
+         "\x15\x02\x08\x07\x1a\x09\x0a\x07{\"x\":1}\x1a\x00\x1a\x03\x0a\x01"
+         "2",
          "getMany frame matches reference");
 
   req_key(&b, LP_REQ_DEL, 4, "never-there");
@@ -527,8 +524,14 @@ static void test_iterators(void) {
   /* options absent: whole db, keys and values; window of 2 */
   req_iter(&b, 0, 2, NULL);
   send_buf(&c, &b);
-  EXPECT(&c, "\x0b\x01\x08\x00\x1a\x02" "a0\x22\x02v0", "first entry frame");
-  EXPECT(&c, "\x0b\x01\x08\x00\x1a\x02" "a1\x22\x02v1", "second entry frame");
+  EXPECT(&c,
+         "\x0b\x01\x08\x00\x1a\x02"
+         "a0\x22\x02v0",
+         "first entry frame");
+  EXPECT(&c,
+         "\x0b\x01\x08\x00\x1a\x02"
+         "a1\x22\x02v1",
+         "second entry frame");
   check(silent(&c, 200), "window of 2 sends exactly 2 entries", "more arrived");
   req_iter(&b, 0, 3, NULL);
   send_buf(&c, &b);
@@ -549,7 +552,8 @@ static void test_iterators(void) {
   req_iter(&b, 0, 2, NULL);
   send_buf(&c, &b);
   n = 0;
-  while (read_iter(&c, NULL, NULL, NULL, 300) == 1) n++;
+  while (read_iter(&c, NULL, NULL, NULL, 300) == 1)
+    n++;
   check(n == 3, "each ack sets the window (1 then 2 -> 3 entries in all)", "%d", n);
   /* batch 0 closes; the same id then opens a fresh iterator */
   req_iter(&b, 0, 0, NULL);
@@ -572,7 +576,10 @@ static void test_iterators(void) {
   r.gte = S("a9");
   req_iter(&b, 0, 32, &r);
   send_buf(&c, &b);
-  EXPECT(&c, "\x0b\x01\x08\x00\x1a\x02" "a9\x22\x02v9", "entry a9");
+  EXPECT(&c,
+         "\x0b\x01\x08\x00\x1a\x02"
+         "a9\x22\x02v9",
+         "entry a9");
   EXPECT(&c, "\x03\x01\x08\x00", "end marker is 03 01 08 00");
   req_iter(&b, 0, 0, NULL);
 
@@ -599,7 +606,10 @@ static void test_iterators(void) {
   r.limit = 1;
   req_iter(&b, 3, 32, &r);
   send_buf(&c, &b);
-  EXPECT(&c, "\x09\x01\x08\x03\x1a\x02" "a5\x22\x00", "values=false sends an empty value field");
+  EXPECT(&c,
+         "\x09\x01\x08\x03\x1a\x02"
+         "a5\x22\x00",
+         "values=false sends an empty value field");
   EXPECT(&c, "\x03\x01\x08\x03", "end after it");
   lp_range_init(&r);
   r.values = 0;
@@ -645,8 +655,8 @@ static void test_iterators(void) {
                            "\x06\x40\x00";
   send_all(c.fd, rs, sizeof rs - 1);
   n = drain_iter(&c, keys, sizeof keys, 2000);
-  check(n == 3 && strcmp(keys, "k2,k3,k4") == 0, "reference createReadStream frame", "%d: %s",
-        n, keys);
+  check(n == 3 && strcmp(keys, "k2,k3,k4") == 0, "reference createReadStream frame", "%d: %s", n,
+        keys);
 
   /* two iterators at once on one connection, interleaved acks */
   lp_range_init(&r);
@@ -675,7 +685,9 @@ static void test_iterators(void) {
   r.lt = S("b");
   req_iter(&b, 0xffffffffu, 32, &r);
   send_buf(&c, &b);
-  EXPECT(&c, "\x0f\x01\x08\xff\xff\xff\xff\x0f\x1a\x02" "a9\x22\x02v9",
+  EXPECT(&c,
+         "\x0f\x01\x08\xff\xff\xff\xff\x0f\x1a\x02"
+         "a9\x22\x02v9",
          "iterator id 2^32-1 works");
   EXPECT(&c, "\x07\x01\x08\xff\xff\xff\xff\x0f", "and ends");
   req_iter(&b, 0xffffffffu, 0, NULL);
@@ -693,16 +705,19 @@ static void test_iterators(void) {
   for (;;) {
     char kk[256];
     int rc = read_iter(&c, &id, kk, NULL, 2000);
-    if (rc == 0) ends++;
+    if (rc == 0)
+      ends++;
     else if (rc == -1) {
       errs++;
       snprintf(emsg, sizeof emsg, "%s", kk);
       break;
-    } else break;
+    } else
+      break;
   }
   check(ends == 4096 && errs == 1 && strcmp(emsg, "too many open iterators") == 0 && id == 99999,
         "the 4097th open iterator is refused", "%d ends, %d errs, '%s'", ends, errs, emsg);
-  for (uint32_t i = 0; i < 4096; i++) req_iter(&b, 1000 + i, 0, NULL);
+  for (uint32_t i = 0; i < 4096; i++)
+    req_iter(&b, 1000 + i, 0, NULL);
   send_buf(&c, &b);
   lp_range_init(&r);
   r.gte = S("a9");
@@ -724,8 +739,10 @@ static void test_pipelined(void) {
   }
   lp_buf b = {0};
   for (uint32_t i = 0; i < 64; i++) {
-    if (i % 2) req_key(&b, LP_REQ_GET, i, "a1");
-    else req_put(&b, i, "p", "q");
+    if (i % 2)
+      req_key(&b, LP_REQ_GET, i, "a1");
+    else
+      req_put(&b, i, "p", "q");
   }
   send_buf(&c, &b);
   uint64_t seen = 0;
@@ -734,7 +751,8 @@ static void test_pipelined(void) {
     lp_slice raw, pl;
     lp_response r;
     if (read_frame(&c, &raw, &pl, 5000) != 1) break;
-    if (lp_wire_decode_response(pl, &r) != LP_WIRE_OK || r.id >= 64) bad++;
+    if (lp_wire_decode_response(pl, &r) != LP_WIRE_OK || r.id >= 64)
+      bad++;
     else {
       seen |= 1ull << r.id;
       if (r.id % 2 && !slice_is(r.value, "v1")) bad++;
@@ -776,7 +794,8 @@ static void test_pipelined(void) {
          "getMany with an empty key is refused");
 
   /* half-close: requests sent before EOF are still answered, then close */
-  for (uint32_t i = 0; i < 10; i++) req_key(&b, LP_REQ_GET, i, "a1");
+  for (uint32_t i = 0; i < 10; i++)
+    req_key(&b, LP_REQ_GET, i, "a1");
   send_buf(&c, &b);
   shutdown(c.fd, SHUT_WR);
   int replies = 0;
@@ -951,14 +970,17 @@ static void test_slow_reader(void) {
   r.lt = S("bih");
   req_iter(&b, 0, 1000000, &r);
   /* and a pile of pipelined gets it never reads either */
-  for (uint32_t i = 0; i < 2000; i++) req_key(&b, LP_REQ_GET, i, "big000001");
+  for (uint32_t i = 0; i < 2000; i++)
+    req_key(&b, LP_REQ_GET, i, "big000001");
   (void)fcntl(slow.fd, F_SETFL, O_NONBLOCK);
   size_t off = 0;
   double t_end = now_s() + 2.0;
   while (off < b.len && now_s() < t_end) {
     ssize_t w = send(slow.fd, b.ptr + off, b.len - off, MSG_NOSIGNAL);
-    if (w > 0) off += (size_t)w;
-    else usleep(10000);
+    if (w > 0)
+      off += (size_t)w;
+    else
+      usleep(10000);
   }
   b.len = 0;
 
@@ -990,7 +1012,8 @@ static void test_slow_reader(void) {
     if (read_frame(&slow, &raw, &pl, 5000) != 1) break;
     if (lp_wire_decode_response(pl, &resp) == LP_WIRE_OK) {
       if (resp.tag == LP_RES_ITERDATA) {
-        if (!resp.key.ptr && !resp.value.ptr) got_end = 1;
+        if (!resp.key.ptr && !resp.value.ptr)
+          got_end = 1;
         else {
           char want[32];
           snprintf(want, sizeof want, "big%06d", n);
@@ -1006,8 +1029,7 @@ static void test_slow_reader(void) {
   }
   check(n == 12288 && order_ok && got_end, "the stalled reader still gets every entry in order",
         "%d entries, order %d, end %d", n, order_ok, got_end);
-  check(gets == 2000, "and every pipelined get reply", "%d of 2000 (sent %zu bytes)", gets,
-        off);
+  check(gets == 2000, "and every pipelined get reply", "%d of 2000 (sent %zu bytes)", gets, off);
   client_close(&slow);
 
   /* clean up the big range */
@@ -1050,8 +1072,7 @@ static void test_stop_with_clients(void) {
   struct stat st;
   char path[300];
   sock_path(path, sizeof path);
-  check(stat(path, &st) == 0, "stop leaves the socket file to the caller", "%s",
-        strerror(errno));
+  check(stat(path, &st) == 0, "stop leaves the socket file to the caller", "%s", strerror(errno));
   client_close(&a);
   client_close(&busy);
   client_close(&partial);
@@ -1073,7 +1094,8 @@ static void test_start_stop(void) {
   client c;
   if (s && client_open(&c) == 0) {
     lp_buf b = {0};
-    for (int i = 0; i < 100; i++) req_key(&b, LP_REQ_GET, (uint32_t)i, "a1");
+    for (int i = 0; i < 100; i++)
+      req_key(&b, LP_REQ_GET, (uint32_t)i, "a1");
     send_buf(&c, &b);
     lp_server_stop(s);
     check(closed_by_server(&c, 2000), "stop while requests are in flight", "still open");

@@ -24,8 +24,7 @@ static void check(int cond, const char *what, const char *fmt, ...)
 #endif
     ;
 
-static void check(int cond, const char *what, const char *fmt, ...)
-{
+static void check(int cond, const char *what, const char *fmt, ...) {
   va_list ap;
 
   checks++;
@@ -46,8 +45,7 @@ static void check(int cond, const char *what, const char *fmt, ...)
 /* ------------------------------------------------------------------------ */
 
 /* Parses the reference notation into b (replacing its contents). */
-static void spec_bytes(lp_buf *b, const char *spec)
-{
+static void spec_bytes(lp_buf *b, const char *spec) {
   const char *s = spec;
 
   b->len = 0;
@@ -55,20 +53,16 @@ static void spec_bytes(lp_buf *b, const char *spec)
     if (*s == '"') {
       s++;
       while (*s && *s != '"') {
-        if (*s == '\\' && s[1])
-          s++;
-        if (lp_buf_append(b, s, 1) != 0)
-          abort();
+        if (*s == '\\' && s[1]) s++;
+        if (lp_buf_append(b, s, 1) != 0) abort();
         s++;
       }
-      if (*s == '"')
-        s++;
+      if (*s == '"') s++;
     } else if (strchr("0123456789abcdefABCDEF", *s) && s[1] &&
                strchr("0123456789abcdefABCDEF", s[1])) {
       char hex[3] = {s[0], s[1], 0};
       char c = (char)strtoul(hex, NULL, 16);
-      if (lp_buf_append(b, &c, 1) != 0)
-        abort();
+      if (lp_buf_append(b, &c, 1) != 0) abort();
       s += 2;
     } else {
       s++;
@@ -76,8 +70,7 @@ static void spec_bytes(lp_buf *b, const char *spec)
   }
 }
 
-static const char *hexof(const char *p, size_t n)
-{
+static const char *hexof(const char *p, size_t n) {
   static char out[4096];
   size_t i, o = 0;
 
@@ -87,8 +80,7 @@ static const char *hexof(const char *p, size_t n)
   return out;
 }
 
-static int same_bytes(const lp_buf *got, const char *spec, const char *what)
-{
+static int same_bytes(const lp_buf *got, const char *spec, const char *what) {
   lp_buf want = {0};
   int ok;
   char wanthex[4096];
@@ -101,8 +93,7 @@ static int same_bytes(const lp_buf *got, const char *spec, const char *what)
   return ok;
 }
 
-static lp_slice S(const char *s)
-{
+static lp_slice S(const char *s) {
   lp_slice r;
 
   r.ptr = s;
@@ -110,62 +101,51 @@ static lp_slice S(const char *s)
   return r;
 }
 
-static int slice_is(lp_slice s, const char *want)
-{
-  if (want == NULL)
-    return s.ptr == NULL;
+static int slice_is(lp_slice s, const char *want) {
+  if (want == NULL) return s.ptr == NULL;
   return s.ptr != NULL && s.len == strlen(want) && memcmp(s.ptr, want, s.len) == 0;
 }
 
-static const char *sdesc(lp_slice s)
-{
+static const char *sdesc(lp_slice s) {
   static char out[2][256];
   static int k;
   char *o = out[k++ & 1];
 
-  if (s.ptr == NULL)
-    return "(absent)";
+  if (s.ptr == NULL) return "(absent)";
   snprintf(o, 256, "'%.*s'", (int)(s.len > 200 ? 200 : s.len), s.ptr);
   return o;
 }
 
 /* Splits one frame out of a buffer holding exactly one frame. */
-static lp_slice one_payload(const lp_buf *b)
-{
+static lp_slice one_payload(const lp_buf *b) {
   lp_slice p = LP_SLICE_NONE;
   size_t used = 0;
   int rc = lp_wire_next_frame(b->ptr, b->len, LP_MAX_FRAME_DEFAULT, &p, &used);
 
-  if (rc != LP_WIRE_OK || used != b->len)
-    return LP_SLICE_NONE;
+  if (rc != LP_WIRE_OK || used != b->len) return LP_SLICE_NONE;
   return p;
 }
 
-static int decode_req_spec(const char *spec, lp_buf *hold, lp_request *r)
-{
+static int decode_req_spec(const char *spec, lp_buf *hold, lp_request *r) {
   lp_slice p;
 
   spec_bytes(hold, spec);
   p = one_payload(hold);
-  if (p.ptr == NULL)
-    return 99;
+  if (p.ptr == NULL) return 99;
   return lp_wire_decode_request(p, r);
 }
 
-static int decode_res_spec(const char *spec, lp_buf *hold, lp_response *r)
-{
+static int decode_res_spec(const char *spec, lp_buf *hold, lp_response *r) {
   lp_slice p;
 
   spec_bytes(hold, spec);
   p = one_payload(hold);
-  if (p.ptr == NULL)
-    return 99;
+  if (p.ptr == NULL) return 99;
   return lp_wire_decode_response(p, r);
 }
 
 /* Decodes a raw payload given in the notation (no length prefix). */
-static int decode_req_payload(const char *spec, lp_buf *hold, lp_request *r)
-{
+static int decode_req_payload(const char *spec, lp_buf *hold, lp_request *r) {
   lp_slice p;
 
   spec_bytes(hold, spec);
@@ -174,8 +154,7 @@ static int decode_req_payload(const char *spec, lp_buf *hold, lp_request *r)
   return lp_wire_decode_request(p, r);
 }
 
-static int decode_res_payload(const char *spec, lp_buf *hold, lp_response *r)
-{
+static int decode_res_payload(const char *spec, lp_buf *hold, lp_response *r) {
   lp_slice p;
 
   spec_bytes(hold, spec);
@@ -190,22 +169,22 @@ static int decode_res_payload(const char *spec, lp_buf *hold, lp_response *r)
 
 #define F_PUT "10 01 08 00 12 02 6b31 1a 07 7b2261223a317d"
 #define F_GET "07 00 08 00 12 02 6b31"
-#define F_BATCH "1d 03 08 00 12 0d (0a 03 \"put\" 12 02 \"k2\" 1a 02 \"22\") 12 09 (0a 03 \"del\" 12 02 \"k9\")"
+#define F_BATCH                                                                                    \
+  "1d 03 08 00 12 0d (0a 03 \"put\" 12 02 \"k2\" 1a 02 \"22\") 12 09 (0a 03 \"del\" 12 02 \"k9\")"
 #define F_GETMANY "11 06 08 00 12 02 \"k1\" 12 04 \"nope\" 12 02 \"k2\""
-#define F_CLEAR "0f 05 08 00 12 0a (22 01 \"x\" 2a 01 \"y\" 38 01 40 00)"
-#define F_ITER "13 04 08 00 10 20 1a 0c (08 01 10 01 22 02 \"k2\" 38 06 40 00)"
-#define F_ACK "05 04 08 00 10 20"
-#define F_END "05 04 08 00 10 00"
+#define F_CLEAR   "0f 05 08 00 12 0a (22 01 \"x\" 2a 01 \"y\" 38 01 40 00)"
+#define F_ITER    "13 04 08 00 10 20 1a 0c (08 01 10 01 22 02 \"k2\" 38 06 40 00)"
+#define F_ACK     "05 04 08 00 10 20"
+#define F_END     "05 04 08 00 10 00"
 
-#define F_GETHIT "0c 00 08 00 1a 07 7b2278223a317d"
-#define F_GETMISS "0f 00 08 05 12 0a \"NotFound: \""
-#define F_OK3 "03 00 08 03"
+#define F_GETHIT    "0c 00 08 00 1a 07 7b2278223a317d"
+#define F_GETMISS   "0f 00 08 05 12 0a \"NotFound: \""
+#define F_OK3       "03 00 08 03"
 #define F_GETMANYCB "15 02 08 07 1a 09 (0a 07 \"{\\\"x\\\":1}\") 1a 00 1a 03 (0a 01 \"2\")"
-#define F_ENTRY "0f 01 08 00 1a 01 \"a\" 22 07 \"{\\\"x\\\":1}\""
-#define F_ITEREND "03 01 08 00"
+#define F_ENTRY     "0f 01 08 00 1a 01 \"a\" 22 07 \"{\\\"x\\\":1}\""
+#define F_ITEREND   "03 01 08 00"
 
-static void test_request_examples(void)
-{
+static void test_request_examples(void) {
   lp_buf rest = {0}, out = {0}, hold = {0};
   lp_request r;
   lp_range rg;
@@ -313,16 +292,15 @@ static void test_request_examples(void)
   lp_wire_frame(&out, LP_REQ_ITER, 0, (lp_slice){rest.ptr, rest.len});
   same_bytes(&out, F_ACK, "encode iterator ack");
   rc = decode_req_spec(F_ACK, &hold, &r);
-  check(rc == LP_WIRE_OK && r.tag == LP_REQ_ITER && r.has_batch && r.batch == 32 &&
-            !r.opts.present,
+  check(rc == LP_WIRE_OK && r.tag == LP_REQ_ITER && r.has_batch && r.batch == 32 && !r.opts.present,
         "decode iterator ack", "rc=%d batch=%u present=%d", rc, r.batch, r.opts.present);
   rest.len = out.len = 0;
   lp_wire_rest_iter_window(&rest, 0);
   lp_wire_frame(&out, LP_REQ_ITER, 0, (lp_slice){rest.ptr, rest.len});
   same_bytes(&out, F_END, "encode iterator end");
   rc = decode_req_spec(F_END, &hold, &r);
-  check(rc == LP_WIRE_OK && r.has_batch && r.batch == 0 && !r.opts.present,
-        "decode iterator end", "rc=%d batch=%u", rc, r.batch);
+  check(rc == LP_WIRE_OK && r.has_batch && r.batch == 0 && !r.opts.present, "decode iterator end",
+        "rc=%d batch=%u", rc, r.batch);
 
   lp_buf_free(&rest);
   lp_buf_free(&out);
@@ -333,8 +311,7 @@ static void test_request_examples(void)
 /* 3.7 example frames: replies                                               */
 /* ------------------------------------------------------------------------ */
 
-static void test_reply_examples(void)
-{
+static void test_reply_examples(void) {
   lp_buf rest = {0}, out = {0}, hold = {0};
   lp_response r;
   lp_slice v;
@@ -394,8 +371,8 @@ static void test_reply_examples(void)
   lp_wire_put_iterend(&out, 0);
   same_bytes(&out, F_ITEREND, "encode iterator end marker");
   rc = decode_res_spec(F_ITEREND, &hold, &r);
-  check(rc == LP_WIRE_OK && r.tag == LP_RES_ITERDATA && r.key.ptr == NULL &&
-            r.value.ptr == NULL && r.error.ptr == NULL,
+  check(rc == LP_WIRE_OK && r.tag == LP_RES_ITERDATA && r.key.ptr == NULL && r.value.ptr == NULL &&
+            r.error.ptr == NULL,
         "decode iterator end marker", "rc=%d", rc);
 
   /* entries with a suppressed side keep the field, empty (3.6) */
@@ -414,8 +391,7 @@ static void test_reply_examples(void)
   lp_wire_put_itererror(&out, 1, "boom", 4);
   same_bytes(&out, "09 01 08 01 12 04 \"boom\"", "encode iterator error");
   rc = lp_wire_decode_response(one_payload(&out), &r);
-  check(rc == LP_WIRE_OK && slice_is(r.error, "boom") && r.key.ptr == NULL &&
-            r.value.ptr == NULL,
+  check(rc == LP_WIRE_OK && slice_is(r.error, "boom") && r.key.ptr == NULL && r.value.ptr == NULL,
         "decode iterator error", "rc=%d", rc);
 
   out.len = 0;
@@ -436,8 +412,7 @@ static void test_reply_examples(void)
 /* Varints and zigzag                                                         */
 /* ------------------------------------------------------------------------ */
 
-static void varint_case(uint64_t v, const char *spec)
-{
+static void varint_case(uint64_t v, const char *spec) {
   uint8_t tmp[10];
   size_t n = lp_varint_put(tmp, v), used = 0;
   lp_buf want = {0}, got = {0};
@@ -466,8 +441,7 @@ static void varint_case(uint64_t v, const char *spec)
   lp_buf_free(&got);
 }
 
-static void test_varints(void)
-{
+static void test_varints(void) {
   lp_buf b = {0};
   uint64_t v;
   size_t used;
@@ -504,8 +478,7 @@ static void test_varints(void)
 
 /* limit is sint32 on the wire: check the zigzag bytes through the encoder and
  * back through the decoder. */
-static void zigzag_case(int64_t limit, const char *limit_field, int32_t back_want)
-{
+static void zigzag_case(int64_t limit, const char *limit_field, int32_t back_want) {
   lp_buf rest = {0}, out = {0}, want = {0};
   lp_range rg;
   lp_request r;
@@ -523,21 +496,20 @@ static void zigzag_case(int64_t limit, const char *limit_field, int32_t back_wan
   lp_wire_frame(&out, LP_REQ_CLEAR, 1, (lp_slice){rest.ptr, rest.len});
   rc = lp_wire_decode_request(one_payload(&out), &r);
   snprintf(what, sizeof what, "limit %lld decodes as %d", (long long)limit, back_want);
-  check(rc == LP_WIRE_OK && r.opts.has_limit && r.opts.limit == back_want, what,
-        "rc=%d limit=%d", rc, r.opts.limit);
+  check(rc == LP_WIRE_OK && r.opts.has_limit && r.opts.limit == back_want, what, "rc=%d limit=%d",
+        rc, r.opts.limit);
   lp_buf_free(&rest);
   lp_buf_free(&out);
   lp_buf_free(&want);
 }
 
-static void test_zigzag(void)
-{
+static void test_zigzag(void) {
   zigzag_case(-1, "38 01", -1);
   zigzag_case(3, "38 06", 3);
   zigzag_case(0, "38 00", 0);
   zigzag_case(1, "38 02", 1);
   zigzag_case(INT32_MAX, "38 fe ff ff ff 0f", INT32_MAX);
-  zigzag_case(-7, "38 01", -1);               /* any negative means "no limit" */
+  zigzag_case(-7, "38 01", -1);                           /* any negative means "no limit" */
   zigzag_case(INT64_MAX, "38 fe ff ff ff 0f", INT32_MAX); /* clamped */
   zigzag_case((int64_t)INT32_MAX + 1, "38 fe ff ff ff 0f", INT32_MAX);
 
@@ -552,8 +524,8 @@ static void test_zigzag(void)
     check(rc == LP_WIRE_OK && r.opts.limit == INT32_MAX, "zigzag fffffffe decodes as INT32_MAX",
           "rc=%d limit=%d", rc, r.opts.limit);
     rc = decode_req_payload("05 08 01 12 02 38 05", &hold, &r);
-    check(rc == LP_WIRE_OK && r.opts.limit == -3, "zigzag 05 decodes as -3", "rc=%d limit=%d",
-          rc, r.opts.limit);
+    check(rc == LP_WIRE_OK && r.opts.limit == -3, "zigzag 05 decodes as -3", "rc=%d limit=%d", rc,
+          r.opts.limit);
     lp_buf_free(&hold);
   }
 }
@@ -562,8 +534,7 @@ static void test_zigzag(void)
 /* Frame splitting                                                            */
 /* ------------------------------------------------------------------------ */
 
-static void test_frames(void)
-{
+static void test_frames(void) {
   lp_buf all = {0}, acc = {0}, one = {0};
   lp_slice p;
   size_t used, i, nframes = 0, nempty = 0;
@@ -583,8 +554,7 @@ static void test_frames(void)
     lp_buf_append(&acc, all.ptr + i, 1);
     for (;;) {
       rc = lp_wire_next_frame(acc.ptr, acc.len, LP_MAX_FRAME_DEFAULT, &p, &used);
-      if (rc == LP_WIRE_NEED_MORE)
-        break;
+      if (rc == LP_WIRE_NEED_MORE) break;
       if (rc == LP_WIRE_EMPTY) {
         ok &= used == 1;
         nempty++;
@@ -609,8 +579,8 @@ static void test_frames(void)
   check(rc == LP_WIRE_NEED_MORE, "no bytes: need more", "rc=%d", rc);
   spec_bytes(&one, "00");
   rc = lp_wire_next_frame(one.ptr, one.len, 100, &p, &used);
-  check(rc == LP_WIRE_EMPTY && used == 1, "00 is an empty frame consuming 1", "rc=%d used=%zu",
-        rc, used);
+  check(rc == LP_WIRE_EMPTY && used == 1, "00 is an empty frame consuming 1", "rc=%d used=%zu", rc,
+        used);
   spec_bytes(&one, "80");
   rc = lp_wire_next_frame(one.ptr, one.len, 100, &p, &used);
   check(rc == LP_WIRE_NEED_MORE, "partial length prefix: need more", "rc=%d", rc);
@@ -646,8 +616,7 @@ static void test_frames(void)
 /* Decoder edge cases                                                         */
 /* ------------------------------------------------------------------------ */
 
-static void expect_req(const char *payload, int want_rc, const char *what)
-{
+static void expect_req(const char *payload, int want_rc, const char *what) {
   lp_buf hold = {0};
   lp_request r;
   int rc = decode_req_payload(payload, &hold, &r);
@@ -656,8 +625,7 @@ static void expect_req(const char *payload, int want_rc, const char *what)
   lp_buf_free(&hold);
 }
 
-static void expect_res(const char *payload, int want_rc, const char *what)
-{
+static void expect_res(const char *payload, int want_rc, const char *what) {
   lp_buf hold = {0};
   lp_response r;
   int rc = decode_res_payload(payload, &hold, &r);
@@ -666,8 +634,7 @@ static void expect_res(const char *payload, int want_rc, const char *what)
   lp_buf_free(&hold);
 }
 
-static void test_decoder_edges(void)
-{
+static void test_decoder_edges(void) {
   lp_buf hold = {0};
   lp_request r;
   lp_response s;
@@ -755,20 +722,20 @@ static void test_decoder_edges(void)
   rc = decode_req_payload("00 08 80 80 80 80 10 12 00", &hold, &r);
   check(rc == LP_WIRE_OK && r.id == 0, "id 2^32 keeps the low 32 bits", "rc=%d id=%u", rc, r.id);
   rc = decode_req_payload("04 1a 0b (40 05 38 06 22 01 \"a\" 10 00 08 02) 10 20 08 03", &hold, &r);
-  check(rc == LP_WIRE_OK && r.id == 3 && r.batch == 32 && r.opts.present &&
-            r.opts.reverse == 1 && r.opts.limit == 3 && slice_is(r.opts.gte, "a") &&
-            r.opts.has_values && r.opts.values == 0 && r.opts.has_keys && r.opts.keys == 1,
+  check(rc == LP_WIRE_OK && r.id == 3 && r.batch == 32 && r.opts.present && r.opts.reverse == 1 &&
+            r.opts.limit == 3 && slice_is(r.opts.gte, "a") && r.opts.has_values &&
+            r.opts.values == 0 && r.opts.has_keys && r.opts.keys == 1,
         "iterator options in any order, bool is any nonzero varint",
-        "rc=%d id=%u batch=%u rev=%d lim=%d keys=%d values=%d", rc, r.id, r.batch,
-        r.opts.reverse, r.opts.limit, r.opts.keys, r.opts.values);
+        "rc=%d id=%u batch=%u rev=%d lim=%d keys=%d values=%d", rc, r.id, r.batch, r.opts.reverse,
+        r.opts.limit, r.opts.keys, r.opts.values);
   rc = decode_req_payload("04 08 00 1a 00", &hold, &r);
   check(rc == LP_WIRE_OK && r.opts.present && !r.opts.has_keys && !r.opts.has_values &&
             !r.opts.has_limit && !r.opts.has_reverse && !r.has_batch,
         "present empty options: present with no fields", "rc=%d", rc);
   rc = decode_req_payload("04 08 00 1a 02 08 01 1a 02 10 01", &hold, &r);
   check(rc == LP_WIRE_OK && !r.opts.has_keys && r.opts.has_values,
-        "a second options field replaces the first", "rc=%d keys=%d values=%d", rc,
-        r.opts.has_keys, r.opts.has_values);
+        "a second options field replaces the first", "rc=%d keys=%d values=%d", rc, r.opts.has_keys,
+        r.opts.has_values);
   rc = decode_req_payload("05 08 00 12 04 (08 01 10 01)", &hold, &r);
   check(rc == LP_WIRE_OK && r.opts.present && !r.opts.has_keys && !r.opts.has_values,
         "clear options ignore fields 1 and 2", "rc=%d", rc);
@@ -838,9 +805,8 @@ static void test_decoder_edges(void)
   rc = decode_req_payload("01 08 00 12 00", &hold, &r);
   check(rc == LP_WIRE_OK && r.value.ptr == NULL, "put value absent stays absent", "rc=%d", rc);
   rc = decode_req_payload("04 08 00 1a 04 (1a 00 32 00)", &hold, &r);
-  check(rc == LP_WIRE_OK && r.opts.gt.ptr != NULL && r.opts.gt.len == 0 &&
-            r.opts.lte.ptr != NULL && r.opts.lte.len == 0 && r.opts.gte.ptr == NULL &&
-            r.opts.lt.ptr == NULL,
+  check(rc == LP_WIRE_OK && r.opts.gt.ptr != NULL && r.opts.gt.len == 0 && r.opts.lte.ptr != NULL &&
+            r.opts.lte.len == 0 && r.opts.gte.ptr == NULL && r.opts.lt.ptr == NULL,
         "options: present empty gt/lte, absent gte/lt", "rc=%d", rc);
   rc = decode_res_payload("00 08 00 12 00", &hold, &s);
   check(rc == LP_WIRE_OK && s.error.ptr != NULL && s.error.len == 0 && s.value.ptr == NULL,
@@ -853,8 +819,7 @@ static void test_decoder_edges(void)
 }
 
 /* The bounds present-but-empty on the wire, and rest_iter's explicit fields. */
-static void test_encoder_options(void)
-{
+static void test_encoder_options(void) {
   lp_buf rest = {0};
   lp_range rg;
 
@@ -923,8 +888,7 @@ static void test_encoder_options(void)
 /* buf.c                                                                      */
 /* ------------------------------------------------------------------------ */
 
-static void test_buf(void)
-{
+static void test_buf(void) {
   lp_buf b = {0};
   lp_slice d, e;
   size_t cap;
@@ -947,8 +911,8 @@ static void test_buf(void)
   check(b.ptr == NULL && b.len == 0 && b.cap == 0, "free resets to zero", "cap=%zu", b.cap);
   lp_buf_free(&b);
 
-  check(lp_slice_dup(LP_SLICE_NONE, &d) == 0 && d.ptr == NULL, "dup of absent is absent",
-        "ptr=%p", (const void *)d.ptr);
+  check(lp_slice_dup(LP_SLICE_NONE, &d) == 0 && d.ptr == NULL, "dup of absent is absent", "ptr=%p",
+        (const void *)d.ptr);
   check(lp_slice_dup(S(""), &d) == 0 && d.ptr != NULL && d.len == 0,
         "dup of present empty is present empty", "ptr=%p len=%zu", (const void *)d.ptr, d.len);
   lp_slice_free(&d);
@@ -961,14 +925,13 @@ static void test_buf(void)
   check(lp_slice_cmp(S("a"), S("ab")) < 0, "cmp prefix sorts first", "failed");
   check(lp_slice_cmp(S("ab"), S("ab")) == 0, "cmp equal", "failed");
   check(lp_slice_cmp(S(""), LP_SLICE_NONE) == 0, "cmp empty == absent", "failed");
-  check(lp_slice_cmp((lp_slice){"\xff", 1}, (lp_slice){"\x01", 1}) > 0,
-        "cmp is unsigned bytewise", "failed");
-  check(lp_slice_cmp((lp_slice){"a\0b", 3}, (lp_slice){"a\0a", 3}) > 0,
-        "cmp handles NUL bytes", "failed");
+  check(lp_slice_cmp((lp_slice){"\xff", 1}, (lp_slice){"\x01", 1}) > 0, "cmp is unsigned bytewise",
+        "failed");
+  check(lp_slice_cmp((lp_slice){"a\0b", 3}, (lp_slice){"a\0a", 3}) > 0, "cmp handles NUL bytes",
+        "failed");
 }
 
-static void test_codes(void)
-{
+static void test_codes(void) {
   int i, ok = 1;
   lp_err e;
 
@@ -1002,21 +965,24 @@ static void test_codes(void)
         "err_set may format its own message", "%s", e.msg);
 
   {
-    struct { const char *s; lp_code c; } cases[] = {
-      {"IO error: lock /tmp/x/db/LOCK: Resource temporarily unavailable", LP_ELOCKED},
-      {"IO error: lock /tmp/x/db/LOCK: already held by process", LP_ELOCKED},
-      {"IO error: /tmp/ro/LOCK: Permission denied", LP_EACCES},
-      {"NotFound: /tmp/nope/x/db/LOCK: No such file or directory", LP_ENOENT},
-      {"IO error: /tmp/file/LOCK: Not a directory", LP_ENOTDIR},
-      {"Invalid argument: /tmp/x/db: exists (error_if_exists is true)", LP_EEXIST},
-      {"Invalid argument: /tmp/x/db/CURRENT: does not exist (create_if_missing is false)",
-       LP_ENOENT},
-      {"Invalid argument: something else", LP_EINVAL},
-      {"Corruption: bad block", LP_ECORRUPT},
-      {"NotFound: ", LP_ENOENT},
-      {"IO error: /tmp/x/db/000005.log: No space left on device", LP_EIO},
-      {"Not implemented: x", LP_EIO},
-      {"", LP_EIO},
+    struct {
+      const char *s;
+      lp_code c;
+    } cases[] = {
+        {"IO error: lock /tmp/x/db/LOCK: Resource temporarily unavailable", LP_ELOCKED},
+        {"IO error: lock /tmp/x/db/LOCK: already held by process", LP_ELOCKED},
+        {"IO error: /tmp/ro/LOCK: Permission denied", LP_EACCES},
+        {"NotFound: /tmp/nope/x/db/LOCK: No such file or directory", LP_ENOENT},
+        {"IO error: /tmp/file/LOCK: Not a directory", LP_ENOTDIR},
+        {"Invalid argument: /tmp/x/db: exists (error_if_exists is true)", LP_EEXIST},
+        {"Invalid argument: /tmp/x/db/CURRENT: does not exist (create_if_missing is false)",
+         LP_ENOENT},
+        {"Invalid argument: something else", LP_EINVAL},
+        {"Corruption: bad block", LP_ECORRUPT},
+        {"NotFound: ", LP_ENOENT},
+        {"IO error: /tmp/x/db/000005.log: No space left on device", LP_EIO},
+        {"Not implemented: x", LP_EIO},
+        {"", LP_EIO},
     };
     size_t n;
     for (n = 0; n < sizeof cases / sizeof cases[0]; n++) {
@@ -1035,49 +1001,51 @@ static void test_codes(void)
   }
 }
 
-static void test_ranges(void)
-{
+static void test_ranges(void) {
   lp_range r;
-  struct { const char *gt, *gte, *lt, *lte, *key; int want; } cases[] = {
-    {NULL, NULL, NULL, NULL, "", 1},
-    {NULL, NULL, NULL, NULL, "anything", 1},
-    {"b", NULL, NULL, NULL, "a", 0},
-    {"b", NULL, NULL, NULL, "b", 0},
-    {"b", NULL, NULL, NULL, "b\x01", 1},
-    {"b", NULL, NULL, NULL, "c", 1},
-    {NULL, "b", NULL, NULL, "a", 0},
-    {NULL, "b", NULL, NULL, "b", 1},
-    {NULL, "b", NULL, NULL, "c", 1},
-    {NULL, NULL, "b", NULL, "a", 1},
-    {NULL, NULL, "b", NULL, "b", 0},
-    {NULL, NULL, "b", NULL, "ab", 1},
-    {NULL, NULL, NULL, "b", "b", 1},
-    {NULL, NULL, NULL, "b", "ba", 0},
-    {NULL, NULL, NULL, "b", "a", 1},
-    /* gt together with gte: both must hold (conjunction, not "gt wins") */
-    {"b", "a", NULL, NULL, "a", 0},
-    {"b", "a", NULL, NULL, "b", 0},
-    {"b", "a", NULL, NULL, "c", 1},
-    {"a", "c", NULL, NULL, "b", 0},
-    {"a", "c", NULL, NULL, "c", 1},
-    /* lt together with lte */
-    {NULL, NULL, "c", "b", "b", 1},
-    {NULL, NULL, "c", "b", "bb", 0},
-    {NULL, NULL, "b", "c", "b", 0},
-    {NULL, NULL, "b", "c", "a", 1},
-    /* all four */
-    {"a", "b", "y", "z", "b", 1},
-    {"a", "b", "y", "z", "y", 0},
-    {"a", "b", "y", "z", "m", 1},
-    {"a", "b", "y", "z", "a", 0},
-    /* empty bounds are real bounds */
-    {"", NULL, NULL, NULL, "", 0},
-    {"", NULL, NULL, NULL, "a", 1},
-    {NULL, "", NULL, NULL, "", 1},
-    {NULL, NULL, "", NULL, "a", 0},
-    {NULL, NULL, NULL, "", "", 1},
-    /* crossed bounds contain nothing */
-    {NULL, "z", "a", NULL, "m", 0},
+  struct {
+    const char *gt, *gte, *lt, *lte, *key;
+    int want;
+  } cases[] = {
+      {NULL, NULL, NULL, NULL, "", 1},
+      {NULL, NULL, NULL, NULL, "anything", 1},
+      {"b", NULL, NULL, NULL, "a", 0},
+      {"b", NULL, NULL, NULL, "b", 0},
+      {"b", NULL, NULL, NULL, "b\x01", 1},
+      {"b", NULL, NULL, NULL, "c", 1},
+      {NULL, "b", NULL, NULL, "a", 0},
+      {NULL, "b", NULL, NULL, "b", 1},
+      {NULL, "b", NULL, NULL, "c", 1},
+      {NULL, NULL, "b", NULL, "a", 1},
+      {NULL, NULL, "b", NULL, "b", 0},
+      {NULL, NULL, "b", NULL, "ab", 1},
+      {NULL, NULL, NULL, "b", "b", 1},
+      {NULL, NULL, NULL, "b", "ba", 0},
+      {NULL, NULL, NULL, "b", "a", 1},
+      /* gt together with gte: both must hold (conjunction, not "gt wins") */
+      {"b", "a", NULL, NULL, "a", 0},
+      {"b", "a", NULL, NULL, "b", 0},
+      {"b", "a", NULL, NULL, "c", 1},
+      {"a", "c", NULL, NULL, "b", 0},
+      {"a", "c", NULL, NULL, "c", 1},
+      /* lt together with lte */
+      {NULL, NULL, "c", "b", "b", 1},
+      {NULL, NULL, "c", "b", "bb", 0},
+      {NULL, NULL, "b", "c", "b", 0},
+      {NULL, NULL, "b", "c", "a", 1},
+      /* all four */
+      {"a", "b", "y", "z", "b", 1},
+      {"a", "b", "y", "z", "y", 0},
+      {"a", "b", "y", "z", "m", 1},
+      {"a", "b", "y", "z", "a", 0},
+      /* empty bounds are real bounds */
+      {"", NULL, NULL, NULL, "", 0},
+      {"", NULL, NULL, NULL, "a", 1},
+      {NULL, "", NULL, NULL, "", 1},
+      {NULL, NULL, "", NULL, "a", 0},
+      {NULL, NULL, NULL, "", "", 1},
+      /* crossed bounds contain nothing */
+      {NULL, "z", "a", NULL, "m", 0},
   };
   size_t i;
 
@@ -1089,14 +1057,10 @@ static void test_ranges(void)
     char what[200];
     int got;
     lp_range_init(&r);
-    if (cases[i].gt)
-      r.gt = S(cases[i].gt);
-    if (cases[i].gte)
-      r.gte = S(cases[i].gte);
-    if (cases[i].lt)
-      r.lt = S(cases[i].lt);
-    if (cases[i].lte)
-      r.lte = S(cases[i].lte);
+    if (cases[i].gt) r.gt = S(cases[i].gt);
+    if (cases[i].gte) r.gte = S(cases[i].gte);
+    if (cases[i].lt) r.lt = S(cases[i].lt);
+    if (cases[i].lte) r.lte = S(cases[i].lte);
     got = lp_range_contains(&r, S(cases[i].key));
     snprintf(what, sizeof what, "range gt=%s gte=%s lt=%s lte=%s contains '%s' == %d",
              cases[i].gt ? cases[i].gt : "-", cases[i].gte ? cases[i].gte : "-",
@@ -1106,8 +1070,7 @@ static void test_ranges(void)
   }
 }
 
-int main(void)
-{
+int main(void) {
   test_request_examples();
   test_reply_examples();
   test_varints();

@@ -17,68 +17,68 @@ local _M = {}
 local function identity(s) return s end
 
 local utf8 = {
-	name = "utf8",
-	encode = function(v)
-		local t = type(v)
-		if t == "string" then return v end
-		if t == "number" then return tostring(v) end
-		return nil, "a string or a number"
-	end,
-	decode = identity,
-	identity = true,
+  name = "utf8",
+  encode = function(v)
+    local t = type(v)
+    if t == "string" then return v end
+    if t == "number" then return tostring(v) end
+    return nil, "a string or a number"
+  end,
+  decode = identity,
+  identity = true,
 }
 
 local binary = {
-	name = "binary",
-	encode = function(v)
-		if type(v) == "string" then return v end
-		return nil, "a string"
-	end,
-	decode = identity,
-	identity = true,
+  name = "binary",
+  encode = function(v)
+    if type(v) == "string" then return v end
+    return nil, "a string"
+  end,
+  decode = identity,
+  identity = true,
 }
 
 local json_codec
 local function json()
-	if json_codec then return json_codec end
-	local ok, cjson = pcall(require, "cjson.safe")
-	if not ok then
-		return nil, "value encoding 'json' needs lua-cjson (apt-get install lua-cjson, or luarocks install lua-cjson)"
-	end
-	json_codec = {
-		name = "json",
-		encode = function(v)
-			local s, err = cjson.encode(v)
-			if s == nil then return nil, "a value lua-cjson can encode (" .. tostring(err) .. ")" end
-			return s
-		end,
-		decode = function(s)
-			local v, err = cjson.decode(s)
-			if v == nil and err ~= nil then return nil, err end
-			return v
-		end,
-	}
-	return json_codec
+  if json_codec then return json_codec end
+  local ok, cjson = pcall(require, "cjson.safe")
+  if not ok then
+    return nil, "value encoding 'json' needs lua-cjson (apt-get install lua-cjson, or luarocks install lua-cjson)"
+  end
+  json_codec = {
+    name = "json",
+    encode = function(v)
+      local s, err = cjson.encode(v)
+      if s == nil then return nil, "a value lua-cjson can encode (" .. tostring(err) .. ")" end
+      return s
+    end,
+    decode = function(s)
+      local v, err = cjson.decode(s)
+      if v == nil and err ~= nil then return nil, err end
+      return v
+    end,
+  }
+  return json_codec
 end
 
 --- Resolves an encoding option ("utf8", "binary", "json" or a codec table).
 -- Returns the codec, or nil and a message.
 function _M.resolve(opt)
-	if opt == nil or opt == "utf8" then return utf8 end
-	if opt == "binary" then return binary end
-	if opt == "json" then return json() end
-	if type(opt) == "table" and type(opt.encode) == "function" and type(opt.decode) == "function" then
-		return {
-			name = opt.name or "custom",
-			encode = function(v)
-				local s = opt.encode(v)
-				if type(s) ~= "string" then return nil, "a value the custom encoding turns into a string" end
-				return s
-			end,
-			decode = opt.decode,
-		}
-	end
-	return nil, "unknown encoding " .. tostring(opt) .. " (utf8, binary, json, or {encode=, decode=})"
+  if opt == nil or opt == "utf8" then return utf8 end
+  if opt == "binary" then return binary end
+  if opt == "json" then return json() end
+  if type(opt) == "table" and type(opt.encode) == "function" and type(opt.decode) == "function" then
+    return {
+      name = opt.name or "custom",
+      encode = function(v)
+        local s = opt.encode(v)
+        if type(s) ~= "string" then return nil, "a value the custom encoding turns into a string" end
+        return s
+      end,
+      decode = opt.decode,
+    }
+  end
+  return nil, "unknown encoding " .. tostring(opt) .. " (utf8, binary, json, or {encode=, decode=})"
 end
 
 return _M

@@ -27,14 +27,14 @@ local _M = {}
 -- Called with (coroutine, error) when a coroutine we resumed dies of an
 -- error; the public module installs levelparty.on_error here.
 local report = function(co, err)
-	io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
+  io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
 end
 
 function _M.set_error_handler(fn) report = fn end
 
 local function resume(co, ...)
-	local ok, err = coroutine_resume(co, ...)
-	if not ok then report(co, err) end
+  local ok, err = coroutine_resume(co, ...)
+  if not ok then report(co, err) end
 end
 
 local drivers = {}   -- party lightuserdata -> driver
@@ -48,64 +48,64 @@ Driver.__index = Driver
 local ticking, tick_idle = {}, nil
 
 local function run_ticks()
-	local list = ticking
-	ticking = {}
-	slice_begin()
-	for i = 1, #list do resume(list[i]) end
-	if #ticking == 0 then tick_idle:stop() end
+  local list = ticking
+  ticking = {}
+  slice_begin()
+  for i = 1, #list do resume(list[i]) end
+  if #ticking == 0 then tick_idle:stop() end
 end
 
 --- Lets the loop run once, then returns (from inside a coroutine).
 function _M.tick()
-	if tick_idle == nil then tick_idle = uv.new_idle() end
-	ticking[#ticking + 1] = coroutine_running()
-	if #ticking == 1 then tick_idle:start(run_ticks) end
-	coroutine_yield()
+  if tick_idle == nil then tick_idle = uv.new_idle() end
+  ticking[#ticking + 1] = coroutine_running()
+  if #ticking == 1 then tick_idle:start(run_ticks) end
+  coroutine_yield()
 end
 
 -- The core handle the driver uses; held weakly so that a handle the
 -- application dropped can be collected (its finalizer releases the driver).
 function Driver:core()
-	return self.cref[1]
+  return self.cref[1]
 end
 
 function Driver:arm()
-	local c = self:core()
-	if c == nil then return end
-	local fd, timeout = c:pollinfo()
-	if fd ~= self.fd then -- at the first arm, or when the party could not make its epoll set
-		if self.poll then self.poll:close() self.poll = nil end
-		self.fd = fd
-		if fd >= 0 then self.poll = assert(uv.new_poll(fd)) end
-	end
-	-- While nobody waits the handles are unref'd: an idle follower still
-	-- notices its leader's death (and may win the election) while the loop
-	-- runs, but never keeps uv.run() from returning.
-	local waiting = self.nwait > 0
-	if self.poll then
-		-- started once: restarting a started poll costs libuv two epoll_ctl
-		if not self.poll:is_active() then self.poll:start("r", self.on_event) end
-		if waiting then self.poll:ref() else self.poll:unref() end
-	end
-	if timeout >= 0 then
-		self.timer:start(timeout, 0, self.on_event)
-		if waiting then self.timer:ref() else self.timer:unref() end
-	else
-		self.timer:stop()
-	end
+  local c = self:core()
+  if c == nil then return end
+  local fd, timeout = c:pollinfo()
+  if fd ~= self.fd then -- at the first arm, or when the party could not make its epoll set
+    if self.poll then self.poll:close() self.poll = nil end
+    self.fd = fd
+    if fd >= 0 then self.poll = assert(uv.new_poll(fd)) end
+  end
+  -- While nobody waits the handles are unref'd: an idle follower still
+  -- notices its leader's death (and may win the election) while the loop
+  -- runs, but never keeps uv.run() from returning.
+  local waiting = self.nwait > 0
+  if self.poll then
+    -- started once: restarting a started poll costs libuv two epoll_ctl
+    if not self.poll:is_active() then self.poll:start("r", self.on_event) end
+    if waiting then self.poll:ref() else self.poll:unref() end
+  end
+  if timeout >= 0 then
+    self.timer:start(timeout, 0, self.on_event)
+    if waiting then self.timer:ref() else self.timer:unref() end
+  else
+    self.timer:stop()
+  end
 end
 
 -- Moves the waiters of the finished tokens of `waiting` (token -> coroutine)
 -- to ready[nready + 1 ...]; returns the new count.  Asks the core after each.
 local function take_done(c, waiting, ready, nready)
-	for token, co in pairs(waiting) do
-		if c:done(token) then
-			waiting[token] = nil
-			nready = nready + 1
-			ready[nready] = co
-		end
-	end
-	return nready
+  for token, co in pairs(waiting) do
+    if c:done(token) then
+      waiting[token] = nil
+      nready = nready + 1
+      ready[nready] = co
+    end
+  end
+  return nready
 end
 
 -- Something happened: step the party and resume whoever can go on.  The
@@ -113,99 +113,99 @@ end
 -- driver wakes exactly their waiters instead of asking after each token it
 -- waits for; worker jobs (big batches) are few and asked after.
 function Driver:run()
-	local c = self:core()
-	if c == nil then return end
-	self.running = true
-	slice_begin()
-	local progress, err, code = c:step()
-	local ready, nready = {}, 0 -- coroutines to resume with no values
-	local opened                -- openers to resume, with their results
-	if progress == nil then
-		-- the first election failed for good: every opener gets the error
-		opened = {}
-		for co in pairs(self.openers) do opened[#opened + 1] = { co, nil, err, code } end
-		self.openers = {}
-	elseif next(self.openers) ~= nil and c:opened() then
-		opened = {}
-		for co in pairs(self.openers) do opened[#opened + 1] = { co, true } end
-		self.openers = {}
-	end
-	local tokens, fin = self.tokens, self.fin
-	local n = c:finished(fin)
-	if n < 0 then
-		nready = take_done(c, tokens, ready, nready)
-	else
-		for i = 1, n do
-			local token = fin[i]
-			local co = tokens[token]
-			if co ~= nil then
-				tokens[token] = nil
-				nready = nready + 1
-				ready[nready] = co
-			end
-		end
-	end
-	nready = take_done(c, self.jobs, ready, nready)
-	if progress ~= nil and progress ~= self.progress then
-		self.progress = progress
-		for it, co in pairs(self.iters) do
-			if it:ready() then
-				self.iters[it] = nil
-				nready = nready + 1
-				ready[nready] = co
-			end
-		end
-	end
-	self.nwait = self.nwait - nready - (opened and #opened or 0)
-	local role = c:role_change()
-	if role and self.on_role then self.on_role(role) end
-	for i = 1, nready do -- resume(), inlined: once per request
-		local co = ready[i]
-		local ok, rerr = coroutine_resume(co)
-		if not ok then report(co, rerr) end
-	end
-	if opened then
-		for i = 1, #opened do
-			local r = opened[i]
-			resume(r[1], r[2], r[3], r[4])
-		end
-	end
-	self.running = false
-	-- what the resumed coroutines asked for goes out in one write
-	c:flush()
-	if c:role() ~= "closed" then self:arm() end
+  local c = self:core()
+  if c == nil then return end
+  self.running = true
+  slice_begin()
+  local progress, err, code = c:step()
+  local ready, nready = {}, 0 -- coroutines to resume with no values
+  local opened                -- openers to resume, with their results
+  if progress == nil then
+    -- the first election failed for good: every opener gets the error
+    opened = {}
+    for co in pairs(self.openers) do opened[#opened + 1] = { co, nil, err, code } end
+    self.openers = {}
+  elseif next(self.openers) ~= nil and c:opened() then
+    opened = {}
+    for co in pairs(self.openers) do opened[#opened + 1] = { co, true } end
+    self.openers = {}
+  end
+  local tokens, fin = self.tokens, self.fin
+  local n = c:finished(fin)
+  if n < 0 then
+    nready = take_done(c, tokens, ready, nready)
+  else
+    for i = 1, n do
+      local token = fin[i]
+      local co = tokens[token]
+      if co ~= nil then
+        tokens[token] = nil
+        nready = nready + 1
+        ready[nready] = co
+      end
+    end
+  end
+  nready = take_done(c, self.jobs, ready, nready)
+  if progress ~= nil and progress ~= self.progress then
+    self.progress = progress
+    for it, co in pairs(self.iters) do
+      if it:ready() then
+        self.iters[it] = nil
+        nready = nready + 1
+        ready[nready] = co
+      end
+    end
+  end
+  self.nwait = self.nwait - nready - (opened and #opened or 0)
+  local role = c:role_change()
+  if role and self.on_role then self.on_role(role) end
+  for i = 1, nready do -- resume(), inlined: once per request
+    local co = ready[i]
+    local ok, rerr = coroutine_resume(co)
+    if not ok then report(co, rerr) end
+  end
+  if opened then
+    for i = 1, #opened do
+      local r = opened[i]
+      resume(r[1], r[2], r[3], r[4])
+    end
+  end
+  self.running = false
+  -- what the resumed coroutines asked for goes out in one write
+  c:flush()
+  if c:role() ~= "closed" then self:arm() end
 end
 
 local by_core = setmetatable({}, { __mode = "k" }) -- core handle -> driver
 
 local function get_driver(c)
-	local d = by_core[c]
-	if d ~= nil and d.cref[1] == c then return d end
-	local key = c:party()
-	d = drivers[key]
-	if d == nil then
-		d = setmetatable({
-			cref = setmetatable({}, { __mode = "v" }), tokens = {}, jobs = {}, fin = {}, iters = {}, openers = {},
-			nwait = 0, fd = -1,
-			timer = uv.new_timer(), progress = -1,
-		}, Driver)
-		d.on_event = function() d:run() end
-		drivers[key] = d
-	end
-	d.cref[1] = c
-	c:set_polled(true)
-	by_core[c] = d
-	return d
+  local d = by_core[c]
+  if d ~= nil and d.cref[1] == c then return d end
+  local key = c:party()
+  d = drivers[key]
+  if d == nil then
+    d = setmetatable({
+      cref = setmetatable({}, { __mode = "v" }), tokens = {}, jobs = {}, fin = {}, iters = {}, openers = {},
+      nwait = 0, fd = -1,
+      timer = uv.new_timer(), progress = -1,
+    }, Driver)
+    d.on_event = function() d:run() end
+    drivers[key] = d
+  end
+  d.cref[1] = c
+  c:set_polled(true)
+  by_core[c] = d
+  return d
 end
 
 -- Parks the running coroutine in `list` under `key` until run() resumes it.
 local function park(c, list, key)
-	local d = get_driver(c)
-	d[list][key] = coroutine_running()
-	d.nwait = d.nwait + 1
-	-- inside run() the driver arms once when it is done
-	if not d.running then d:arm() end
-	return coroutine_yield()
+  local d = get_driver(c)
+  d[list][key] = coroutine_running()
+  d.nwait = d.nwait + 1
+  -- inside run() the driver arms once when it is done
+  if not d.running then d:arm() end
+  return coroutine_yield()
 end
 
 --- Waits (yielding) until the request `token` of core handle c is done.
@@ -214,68 +214,68 @@ end
 -- party between that return and this call, so a request token is parked
 -- unasked; a worker job may finish meanwhile on its thread, so it is asked.
 function _M.wait_token(c, token)
-	local d = by_core[c]
-	if d == nil or d.cref[1] ~= c then d = get_driver(c) end
-	if token >= JOB_TOKEN then
-		if c:done(token) then return end
-		d.jobs[token] = coroutine_running()
-	else
-		d.tokens[token] = coroutine_running()
-	end
-	d.nwait = d.nwait + 1
-	if not d.running then d:arm() end
-	return coroutine_yield()
+  local d = by_core[c]
+  if d == nil or d.cref[1] ~= c then d = get_driver(c) end
+  if token >= JOB_TOKEN then
+    if c:done(token) then return end
+    d.jobs[token] = coroutine_running()
+  else
+    d.tokens[token] = coroutine_running()
+  end
+  d.nwait = d.nwait + 1
+  if not d.running then d:arm() end
+  return coroutine_yield()
 end
 
 --- Waits until iterator it can give its next entry.
 function _M.wait_iter(c, it)
-	park(c, "iters", it)
+  park(c, "iters", it)
 end
 
 --- Waits until the first election of c ended; returns true or nil, msg, code.
 function _M.wait_open(c)
-	local d = get_driver(c)
-	d.openers[coroutine_running()] = true
-	d.nwait = d.nwait + 1
-	if not d.running then d:arm() end
-	return coroutine_yield()
+  local d = get_driver(c)
+  d.openers[coroutine_running()] = true
+  d.nwait = d.nwait + 1
+  if not d.running then d:arm() end
+  return coroutine_yield()
 end
 
 --- Keeps the driver of a follower polling, so that a leader's death is noticed
 -- while the loop runs; on_role is called with the new role.
 function _M.watch(c, on_role)
-	local d = get_driver(c)
-	if on_role then d.on_role = on_role end
-	d:arm()
+  local d = get_driver(c)
+  if on_role then d.on_role = on_role end
+  d:arm()
 end
 
 --- After a blocking call on a party that also has coroutines waiting: their
 -- replies may have been read by the blocking call, so look again soon.
 function _M.kick(party)
-	local d = drivers[party]
-	if d and d.nwait > 0 then d.timer:start(0, 0, d.on_event) end
+  local d = drivers[party]
+  if d and d.nwait > 0 then d.timer:start(0, 0, d.on_event) end
 end
 
 --- The last handle of a party is closing: close its driver.  Returns a
 -- function that resumes the coroutines still waiting; call it once the core
 -- handle is closed, so that they find their requests finished with ECLOSED.
 function _M.release(party)
-	local d = drivers[party]
-	if d == nil then return nil end
-	if d.poll then d.poll:close() d.poll = nil end
-	if not d.timer:is_closing() then d.timer:close() end
-	drivers[party] = nil
-	local c = d:core()
-	if c then c:set_polled(false) end
-	-- Let the close callbacks run now when nobody runs the loop: luv crashes
-	-- at exit on handles whose close never completed.
-	if uv.loop_mode() == nil then uv.run("nowait") end
-	return function()
-		for _, co in pairs(d.tokens) do resume(co) end
-		for _, co in pairs(d.jobs) do resume(co) end
-		for _, co in pairs(d.iters) do resume(co) end
-		for co in pairs(d.openers) do resume(co, nil, "open: the database was closed", "ECLOSED") end
-	end
+  local d = drivers[party]
+  if d == nil then return nil end
+  if d.poll then d.poll:close() d.poll = nil end
+  if not d.timer:is_closing() then d.timer:close() end
+  drivers[party] = nil
+  local c = d:core()
+  if c then c:set_polled(false) end
+  -- Let the close callbacks run now when nobody runs the loop: luv crashes
+  -- at exit on handles whose close never completed.
+  if uv.loop_mode() == nil then uv.run("nowait") end
+  return function()
+    for _, co in pairs(d.tokens) do resume(co) end
+    for _, co in pairs(d.jobs) do resume(co) end
+    for _, co in pairs(d.iters) do resume(co) end
+    for co in pairs(d.openers) do resume(co, nil, "open: the database was closed", "ECLOSED") end
+  end
 end
 
 return _M
