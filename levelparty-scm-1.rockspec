@@ -46,7 +46,7 @@ build = {
         "src/engine.c",
         "src/server.c",
         "src/client.c",
-        "src/elect.c",
+        "src/sockfile.c",
         "src/party.c",
         "src/lua_core.c",
       },

@@ -9,7 +9,7 @@
  *   server.c   the leader's server: its own thread and private libuv loop
  *   client.c   the follower's client core: request table, replay in
  *              submission order, iterator bookmarks; never touches a socket
- *   elect.c    the socket file (long paths, permissions), lock probing and the
+ *   sockfile.c the socket file (long paths, permissions), lock probing and the
  *              directory watch the election waits on
  *   party.c    one object per (process, directory): role, promotion, the
  *              follower's connection, the leader's worker; uses all of the above
@@ -335,7 +335,7 @@ void lp_server_stop(lp_server *s);
 int lp_server_connections(lp_server *s);
 
 /* ------------------------------------------------------------------------ */
-/* Socket file, lock probe, directory watch (elect.c)                         */
+/* Socket file, lock probe, directory watch (sockfile.c)                      */
 /* ------------------------------------------------------------------------ */
 
 /* Creates <dir>/level-party.sock listening, with no window in which the name

@@ -1,5 +1,5 @@
 /*
- * elect_test: the socket file (short and long paths, stale files, modes), the
+ * sockfile_test: the socket file (short and long paths, stale files, modes), the
  * LOCK probe and the directory watch, against real processes and LevelDB.
  */
 #include "private.h"
@@ -627,7 +627,7 @@ static void test_lock_and_watch(const char *base) {
     child_db = db; /* reachable from the probing child below */
     child_opts = o;
     check(db != NULL, "LevelDB opens here once the probe says free", "%s", e ? e : "?");
-    /* While this process holds it, the probe must not be used (see elect.c);
+    /* While this process holds it, the probe must not be used (see sockfile.c);
      * a child may, and sees us. */
     if (db != NULL) {
       int st;
@@ -682,7 +682,7 @@ out:
 /* ------------------------------------------------------------------------ */
 
 int main(void) {
-  char base[] = "/tmp/lp-elect-XXXXXX";
+  char base[] = "/tmp/lp-sockfile-XXXXXX";
   char longdir[400], *shortdir;
   int fds0 = count_fds();
   size_t len;

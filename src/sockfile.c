@@ -1,5 +1,5 @@
 /*
- * levelparty: the socket file, the lock probe and the directory watch.
+ * sockfile.c: the socket file, the lock probe and the directory watch.
  *
  * Everything here is a thin, synchronous layer over system calls; nothing
  * here decides who leads.  party.c combines these pieces:
