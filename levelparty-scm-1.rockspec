@@ -44,6 +44,7 @@ build = {
         "src/buf.c",
         "src/wire.c",
         "src/engine.c",
+        "src/session.c",
         "src/server.c",
         "src/client.c",
         "src/sockfile.c",

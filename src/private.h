@@ -6,6 +6,7 @@
  *   wire.c     the multileveldown 5.0.1 codec: pure, bytes in, messages out
  *   engine.c   LevelDB access: open/close, get/put/del/batch/get_many, the
  *              conjunction-range iterator, clear
+ *   session.c  one follower connection's protocol state (no I/O)
  *   server.c   the leader's server: its own thread and private libuv loop
  *   client.c   the follower's client core: request table, replay in
  *              submission order, iterator bookmarks; never touches a socket
@@ -365,7 +366,7 @@ void lp_watch_drain(lp_watch *w);                             /* read and discar
 void lp_watch_close(lp_watch *w);
 
 /* ------------------------------------------------------------------------ */
-/* Server session (server.c): one connection's protocol state, no I/O         */
+/* Server session (session.c): one connection's protocol state, no I/O        */
 /* ------------------------------------------------------------------------ */
 
 /* The protocol half of a follower connection: decodes requests, runs them on

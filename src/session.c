@@ -1,0 +1,498 @@
+/*
+ * session.c: lp_session, one follower connection's protocol state.
+ *
+ * Decodes requests, runs them on the engine, encodes the replies, and keeps
+ * the connection's open iterators with their windows.  No I/O, no clock, no
+ * thread of its own: server.c drives one per socket on its thread, party.c
+ * one over memory after a promotion.  Wire behaviour follows multileveldown
+ * 5.0.1's server (reference 3.5, 3.6) except that a peer that breaks the
+ * protocol is disconnected instead of being left hanging.
+ */
+#include "private.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Open iterators per session; beyond it an open is refused with an error. */
+#define SESS_MAX_ITERS 4096
+/* Keys deleted per lp_engine_clear_step call while running a CLEAR. */
+#define SESS_CLEAR_STEP 1024
+
+#define MSG_EMPTY_KEY  "key cannot be an empty Buffer"
+#define MSG_NULL_VALUE "value cannot be `null` or `undefined`"
+#define MSG_NOT_FOUND  "NotFound: "
+
+/* One iterator of a session.  `it` is NULL once the iterator has ended (end
+ * marker or error sent, or never opened): the record stays until the client
+ * sends batch:0, so that a late ack does not reopen it. */
+typedef struct sess_iter {
+  uint32_t id;
+  uint32_t window; /* entries still allowed before the next ack */
+  int ended;
+  int keys, values;
+  lp_engine_iter *it;
+  struct sess_iter *hnext;       /* hash chain */
+  struct sess_iter *prev, *next; /* all iterators, in pump order */
+} sess_iter;
+
+struct lp_session {
+  lp_engine *eng;
+  size_t max_frame;
+  sess_iter **buckets; /* nbuckets is a power of two; NULL while empty */
+  size_t nbuckets, count;
+  sess_iter *head, *tail;
+  size_t live; /* iterators with !ended && window > 0 */
+};
+
+static int iter_live(const sess_iter *it) { return !it->ended && it->window > 0; }
+
+static size_t id_hash(uint32_t id, size_t nbuckets) {
+  return (size_t)((id * 2654435761u) >> 7) & (nbuckets - 1);
+}
+
+static sess_iter *iter_find(lp_session *s, uint32_t id) {
+  if (!s->buckets) return NULL;
+  for (sess_iter *it = s->buckets[id_hash(id, s->nbuckets)]; it; it = it->hnext)
+    if (it->id == id) return it;
+  return NULL;
+}
+
+static int iter_table_grow(lp_session *s) {
+  size_t n = s->nbuckets ? s->nbuckets * 2 : 16;
+  sess_iter **b = calloc(n, sizeof *b);
+  if (!b) return -1;
+  for (sess_iter *it = s->head; it; it = it->next) {
+    size_t h = id_hash(it->id, n);
+    it->hnext = b[h];
+    b[h] = it;
+  }
+  free(s->buckets);
+  s->buckets = b;
+  s->nbuckets = n;
+  return 0;
+}
+
+/* Links a fresh record (id set) into the table and at the tail of the list. */
+static int iter_insert(lp_session *s, sess_iter *it) {
+  if (s->count + 1 > s->nbuckets && iter_table_grow(s) < 0) return -1;
+  size_t h = id_hash(it->id, s->nbuckets);
+  it->hnext = s->buckets[h];
+  s->buckets[h] = it;
+  it->prev = s->tail;
+  it->next = NULL;
+  if (s->tail)
+    s->tail->next = it;
+  else
+    s->head = it;
+  s->tail = it;
+  s->count++;
+  s->live += (size_t)iter_live(it);
+  return 0;
+}
+
+static void iter_unlink_list(lp_session *s, sess_iter *it) {
+  if (it->prev)
+    it->prev->next = it->next;
+  else
+    s->head = it->next;
+  if (it->next)
+    it->next->prev = it->prev;
+  else
+    s->tail = it->prev;
+  it->prev = it->next = NULL;
+}
+
+static void iter_move_to_tail(lp_session *s, sess_iter *it) {
+  if (s->tail == it) return;
+  iter_unlink_list(s, it);
+  it->prev = s->tail;
+  if (s->tail)
+    s->tail->next = it;
+  else
+    s->head = it;
+  s->tail = it;
+}
+
+/* Closes the engine iterator (the record stays). */
+static void iter_finish(lp_session *s, sess_iter *it) {
+  s->live -= (size_t)iter_live(it);
+  it->ended = 1;
+  if (it->it) lp_engine_iter_close(it->it);
+  it->it = NULL;
+}
+
+static void iter_remove(lp_session *s, sess_iter *it) {
+  sess_iter **pp = &s->buckets[id_hash(it->id, s->nbuckets)];
+  while (*pp != it)
+    pp = &(*pp)->hnext;
+  *pp = it->hnext;
+  iter_unlink_list(s, it);
+  iter_finish(s, it);
+  s->count--;
+  free(it);
+}
+
+lp_session *lp_session_new(lp_engine *e, size_t max_frame) {
+  lp_session *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->eng = e;
+  s->max_frame = max_frame ? max_frame : LP_MAX_FRAME_DEFAULT;
+  return s;
+}
+
+void lp_session_free(lp_session *s) {
+  if (!s) return;
+  while (s->head)
+    iter_remove(s, s->head);
+  free(s->buckets);
+  free(s);
+}
+
+/* Formats a storage failure as "<CODE>: <op>: <leveldb text>".  The engine's
+ * messages may already start with "<op>: "; it is then not repeated. */
+static int storage_err(char *dst, size_t n, const char *op, const lp_err *e) {
+  size_t oplen = strlen(op);
+  const char *code = lp_code_name(e->code != LP_OK ? e->code : LP_EIO);
+  int w;
+  if (strncmp(e->msg, op, oplen) == 0 && e->msg[oplen] == ':')
+    w = snprintf(dst, n, "%s: %s", code, e->msg);
+  else
+    w = snprintf(dst, n, "%s: %s: %s", code, op, e->msg);
+  if (w < 0) w = 0;
+  if ((size_t)w >= n) w = (int)n - 1;
+  return w;
+}
+
+static int reply_err(lp_buf *out, uint32_t id, const char *msg) {
+  return lp_wire_put_callback(out, id, msg, strlen(msg), LP_SLICE_NONE);
+}
+
+static int reply_storage_err(lp_buf *out, uint32_t id, const char *op, const lp_err *e) {
+  char msg[sizeof e->msg + 64];
+  int n = storage_err(msg, sizeof msg, op, e);
+  return lp_wire_put_callback(out, id, msg, (size_t)n, LP_SLICE_NONE);
+}
+
+/* Node's decode defaults (reference 3.3): options absent -> leveldown's
+ * defaults; present -> every missing field is the protobuf default. */
+static void range_from_opts(const lp_wire_opts *o, lp_range *r) {
+  lp_range_init(r);
+  if (!o->present) return;
+  r->keys = o->has_keys ? (o->keys != 0) : 0;
+  r->values = o->has_values ? (o->values != 0) : 0;
+  r->limit = o->has_limit ? (int64_t)o->limit : 0;
+  r->reverse = o->has_reverse ? (o->reverse != 0) : 0;
+  r->gt = o->gt;
+  r->gte = o->gte;
+  r->lt = o->lt;
+  r->lte = o->lte;
+}
+
+static int exec_get(lp_engine *e, const lp_request *r, lp_buf *out) {
+  if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
+  char *val = NULL;
+  size_t vlen = 0;
+  lp_err err;
+  int rc = lp_engine_get(e, r->key, &val, &vlen, &err);
+  if (rc < 0) return reply_storage_err(out, r->id, "get", &err);
+  if (rc == 0) return reply_err(out, r->id, MSG_NOT_FOUND);
+  /* a found empty value must still be a present field */
+  lp_slice v = {val ? val : "", vlen};
+  rc = lp_wire_put_callback(out, r->id, NULL, 0, v);
+  free(val);
+  return rc;
+}
+
+static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
+  if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
+  if (!r->value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
+  lp_err err;
+  if (lp_engine_put(e, r->key, r->value, 0, &err) < 0)
+    return reply_storage_err(out, r->id, "put", &err);
+  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+}
+
+static int exec_del(lp_engine *e, const lp_request *r, lp_buf *out) {
+  if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
+  lp_err err;
+  if (lp_engine_del(e, r->key, 0, &err) < 0) return reply_storage_err(out, r->id, "del", &err);
+  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+}
+
+static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
+  size_t cur = 0;
+  lp_batch_op op;
+  /* validate everything first: nothing is applied when one op is refused */
+  while (lp_wire_next_op(r, &cur, &op)) {
+    if (op.key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
+    if (op.type == 0 && !op.value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
+  }
+  if (r->count == 0) return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+  lp_batch *b = lp_batch_new();
+  if (!b) return reply_err(out, r->id, "ENOMEM: batch: out of memory");
+  cur = 0;
+  while (lp_wire_next_op(r, &cur, &op)) {
+    if (op.type == 0)
+      lp_batch_put(b, op.key, op.value);
+    else
+      lp_batch_del(b, op.key);
+  }
+  lp_err err;
+  int rc = lp_engine_write(e, b, 0, &err);
+  lp_batch_free(b);
+  if (rc < 0) return reply_storage_err(out, r->id, "batch", &err);
+  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+}
+
+static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
+  lp_range range;
+  range_from_opts(&r->opts, &range);
+  if (range.limit != 0) {
+    lp_clear_state st;
+    memset(&st, 0, sizeof st);
+    lp_err err;
+    int rc;
+    do
+      rc = lp_engine_clear_step(e, &range, &st, SESS_CLEAR_STEP, 0, &err);
+    while (rc == 1);
+    lp_clear_state_free(&st);
+    if (rc < 0) return reply_storage_err(out, r->id, "clear", &err);
+  }
+  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+}
+
+static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
+  lp_buf rest = {0};
+  size_t cur = 0;
+  lp_slice key;
+  int rc = 0;
+  while (lp_wire_next_key(r, &cur, &key)) {
+    if (key.len == 0) {
+      lp_buf_free(&rest);
+      return lp_wire_put_getmany(out, r->id, MSG_EMPTY_KEY, strlen(MSG_EMPTY_KEY),
+                                 (lp_slice){"", 0});
+    }
+  }
+  cur = 0;
+  while (lp_wire_next_key(r, &cur, &key)) {
+    char *val = NULL;
+    size_t vlen = 0;
+    lp_err err;
+    int g = lp_engine_get(e, key, &val, &vlen, &err);
+    if (g < 0) {
+      char msg[sizeof err.msg + 64];
+      int n = storage_err(msg, sizeof msg, "getMany", &err);
+      lp_buf_free(&rest);
+      return lp_wire_put_getmany(out, r->id, msg, (size_t)n, (lp_slice){"", 0});
+    }
+    lp_slice v = g == 1 ? (lp_slice){val ? val : "", vlen} : LP_SLICE_NONE;
+    rc = lp_wire_rest_getmany_value(&rest, v);
+    free(val);
+    if (rc < 0) break;
+  }
+  if (rc == 0) {
+    lp_slice vr = {rest.ptr ? rest.ptr : "", rest.len};
+    rc = lp_wire_put_getmany(out, r->id, NULL, 0, vr);
+  }
+  lp_buf_free(&rest);
+  return rc;
+}
+
+/* Returns 0, or -1 when out of memory (the reply may be missing). */
+static int session_execute(lp_engine *e, const lp_request *r, lp_buf *out) {
+  switch (r->tag) {
+    case LP_REQ_GET: return exec_get(e, r, out);
+    case LP_REQ_PUT: return exec_put(e, r, out);
+    case LP_REQ_DEL: return exec_del(e, r, out);
+    case LP_REQ_BATCH: return exec_batch(e, r, out);
+    case LP_REQ_CLEAR: return exec_clear(e, r, out);
+    case LP_REQ_GETMANY: return exec_getmany(e, r, out);
+    default: return 0; /* ITER is the session's business */
+  }
+}
+
+void lp_session_execute(lp_engine *e, const lp_request *r, lp_buf *out) {
+  (void)session_execute(e, r, out);
+}
+
+/* Produces up to budget entries of one iterator.  Returns the number of
+ * entries produced, or -1 when out of memory (the iterator is then ended). */
+static long iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t budget) {
+  long n = 0;
+  while ((size_t)n < budget && iter_live(it)) {
+    lp_slice k, v;
+    lp_err err;
+    int rc = lp_engine_iter_next(it->it, &k, &v, &err);
+    if (rc == 1) {
+      /* never both absent: a suppressed side is a present empty field */
+      lp_slice ks = it->keys ? k : (lp_slice){"", 0};
+      lp_slice vs = it->values ? v : (lp_slice){"", 0};
+      if (!ks.ptr) ks.ptr = "";
+      if (!vs.ptr) vs.ptr = "";
+      if (lp_wire_put_iterdata(out, it->id, ks, vs) < 0) {
+        iter_finish(s, it);
+        return -1;
+      }
+      it->window--;
+      if (it->window == 0) s->live--;
+      n++;
+    } else if (rc == 0) {
+      iter_finish(s, it);
+      if (lp_wire_put_iterend(out, it->id) < 0) return -1;
+    } else {
+      char msg[sizeof err.msg + 64];
+      int len = storage_err(msg, sizeof msg, "iterator", &err);
+      iter_finish(s, it);
+      if (lp_wire_put_itererror(out, it->id, msg, (size_t)len) < 0) return -1;
+    }
+  }
+  return n;
+}
+
+/* Opens a new iterator record for r (batch > 0, id unknown). */
+static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf *out) {
+  *res = NULL;
+  if (s->count >= SESS_MAX_ITERS) {
+    static const char msg[] = "too many open iterators";
+    return lp_wire_put_itererror(out, r->id, msg, sizeof msg - 1);
+  }
+  lp_range range;
+  range_from_opts(&r->opts, &range);
+  sess_iter *it = calloc(1, sizeof *it);
+  if (!it) return -1;
+  it->id = r->id;
+  it->keys = range.keys;
+  it->values = range.values;
+  it->window = 0;
+
+  if (range.limit == 0) {
+    /* zero entries: never touch the engine, end at once */
+    it->ended = 1;
+    if (iter_insert(s, it) < 0) {
+      free(it);
+      return -1;
+    }
+    *res = it;
+    return lp_wire_put_iterend(out, r->id);
+  }
+
+  lp_err err;
+  /* the bounds point into the request: the engine copies them */
+  it->it = lp_engine_iter_open(s->eng, &range, &err);
+  if (!it->it) {
+    it->ended = 1;
+    if (iter_insert(s, it) < 0) {
+      free(it);
+      return -1;
+    }
+    *res = it;
+    char msg[sizeof err.msg + 64];
+    int n = storage_err(msg, sizeof msg, "iterator", &err);
+    return lp_wire_put_itererror(out, r->id, msg, (size_t)n);
+  }
+  if (iter_insert(s, it) < 0) {
+    lp_engine_iter_close(it->it);
+    free(it);
+    return -1;
+  }
+  *res = it;
+  return 0;
+}
+
+/* Handles one ITER message.  *budget is decreased by the entries produced. */
+static int session_iter(lp_session *s, const lp_request *r, lp_buf *out, size_t *budget) {
+  sess_iter *it = iter_find(s, r->id);
+  if (r->batch == 0) {
+    if (it) iter_remove(s, it);
+    return 0;
+  }
+  if (!it) {
+    if (iter_open(s, r, &it, out) < 0) return -1;
+    if (!it) return 0;
+  }
+  s->live -= (size_t)iter_live(it);
+  it->window = r->batch;
+  s->live += (size_t)iter_live(it);
+  long n = iter_produce(s, it, out, *budget);
+  if (n < 0) return -1;
+  *budget -= (size_t)n;
+  return 0;
+}
+
+static const char *tag_name(int tag) {
+  static const char *const names[] = {"get", "put", "del", "batch", "iterator", "clear", "getMany"};
+  return tag >= 0 && tag < 7 ? names[tag] : "unknown";
+}
+
+long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
+                      lp_err *err) {
+  size_t off = 0;
+  while (off < len) {
+    lp_slice payload;
+    size_t used = 0;
+    int rc = lp_wire_next_frame(in + off, len - off, s->max_frame, &payload, &used);
+    if (rc == LP_WIRE_NEED_MORE) break;
+    if (rc == LP_WIRE_EMPTY) {
+      off += used ? used : 1;
+      continue;
+    }
+    if (rc == LP_WIRE_TOO_BIG) {
+      uint64_t n = 0;
+      size_t vused = 0;
+      if (lp_varint_get(in + off, len - off, &n, &vused) == 1)
+        lp_err_set(err, LP_EPROTO, "frame of %" PRIu64 " bytes exceeds the limit of %zu", n,
+                   s->max_frame);
+      else
+        lp_err_set(err, LP_EPROTO, "bad frame length prefix");
+      return -1;
+    }
+    if (rc != LP_WIRE_OK) {
+      lp_err_set(err, LP_EPROTO, "bad frame");
+      return -1;
+    }
+    off += used;
+    lp_request req;
+    memset(&req, 0, sizeof req);
+    rc = lp_wire_decode_request(payload, &req);
+    if (rc == LP_WIRE_EMPTY) continue;
+    if (rc == LP_WIRE_UNKNOWN_TAG) {
+      lp_err_set(err, LP_EPROTO, "unknown request tag %u",
+                 payload.len ? (unsigned)(unsigned char)payload.ptr[0] : 0u);
+      return -1;
+    }
+    if (rc != LP_WIRE_OK) {
+      lp_err_set(err, LP_EPROTO, "malformed %s request (%zu bytes)",
+                 tag_name(payload.len ? (unsigned char)payload.ptr[0] : -1), payload.len);
+      return -1;
+    }
+    if (req.tag == LP_REQ_ITER)
+      rc = session_iter(s, &req, out, &budget);
+    else
+      rc = session_execute(s->eng, &req, out);
+    if (rc < 0) {
+      lp_err_set(err, LP_ENOMEM, "out of memory while replying to %s", tag_name(req.tag));
+      return -1;
+    }
+  }
+  return (long)off;
+}
+
+int lp_session_pump(lp_session *s, lp_buf *out, size_t budget) {
+  /* Round robin: an iterator that used up the budget goes to the back of the
+   * list so that the next call starts with the others. */
+  sess_iter *it = s->head, *stop = s->tail;
+  while (it && budget > 0 && s->live > 0) {
+    sess_iter *next = it->next;
+    int last = it == stop;
+    if (iter_live(it)) {
+      long n = iter_produce(s, it, out, budget);
+      if (n > 0) budget -= (size_t)n;
+      if (n >= 0 && iter_live(it)) iter_move_to_tail(s, it);
+    }
+    if (last) break;
+    it = next;
+  }
+  return s->live > 0;
+}
