@@ -509,7 +509,7 @@ int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, si
   lp_engine_iter *it;
   lp_batch *b;
   lp_buf last = {NULL, 0, 0};
-  lp_slice resume = LP_SLICE_NONE;
+  lp_slice resume = LP_SLICE_NONE, last_key;
   size_t n = 0;
   lp_range all;
 
@@ -573,7 +573,8 @@ int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, si
   if (n > 0) {
     if (lp_engine_write(e, b, sync, err) < 0) goto fail;
     /* last.ptr is NULL when the last key was empty: keep it present. */
-    lp_slice last_key = {last.ptr ? last.ptr : "", last.len};
+    last_key.ptr = last.ptr ? last.ptr : "";
+    last_key.len = last.len;
     /* On failure resume stays absent: the keys are deleted, so the next call
      * scanning from the range's start again is still correct, just slower. */
     if (more) (void)lp_slice_dup(last_key, &resume);

@@ -77,9 +77,9 @@ struct srv_conn {
 
 static void srv_log(lp_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void srv_log(lp_server *s, const char *fmt, ...) {
-  if (!s->opts.log) return;
   char msg[640];
   va_list ap;
+  if (!s->opts.log) return;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
@@ -148,9 +148,12 @@ static void conn_write_cb(uv_write_t *req, int status) {
  * At most one uv_write is pending; bytes produced meanwhile wait in c->out.
  * May close the connection (write error). */
 static void conn_write_out(srv_conn *c) {
+  uv_buf_t b;
+  lp_buf t;
+  int n;
   if (c->closing || c->writing || c->out.len == 0) return;
-  uv_buf_t b = uv_buf_init(c->out.ptr, (unsigned)c->out.len);
-  int n = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+  b = uv_buf_init(c->out.ptr, (unsigned)c->out.len);
+  n = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
   if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
   if (n < 0) {
     conn_close(c);
@@ -162,7 +165,7 @@ static void conn_write_out(srv_conn *c) {
     return;
   }
   /* swap: the unsent tail becomes the in-flight buffer */
-  lp_buf t = c->inflight;
+  t = c->inflight;
   c->inflight = c->out;
   c->inflight_off = (size_t)n;
   t.len = 0;
@@ -187,12 +190,13 @@ static void conn_flush(srv_conn *c) {
 
 static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   srv_conn *c = h->data;
+  size_t room;
   (void)suggested;
   if (lp_buf_reserve(&c->in, SRV_READ_CHUNK) < 0) {
     *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
     return;
   }
-  size_t room = c->in.cap - c->in.len;
+  room = c->in.cap - c->in.len;
   if (room > UINT32_MAX) room = UINT32_MAX;
   *buf = uv_buf_init(c->in.ptr + c->in.len, (unsigned)room);
 }
@@ -213,8 +217,9 @@ static void conn_level(srv_conn *c) {
 /* Starts or stops reading and pumping from the output level. */
 static void conn_update_flow(srv_conn *c) {
   lp_server *s = c->srv;
+  int want_read;
   conn_level(c);
-  int want_read = !c->blocked && !c->eof && !c->closing && !c->in_held;
+  want_read = !c->blocked && !c->eof && !c->closing && !c->in_held;
   if (want_read && !c->reading) {
     if (uv_read_start((uv_stream_t *)&c->pipe, conn_alloc_cb, conn_read_cb) == 0) c->reading = 1;
   } else if (!want_read && c->reading) {
@@ -234,11 +239,15 @@ static int conn_process(srv_conn *c) {
   size_t off = 0, piece_max = SRV_FIRST_PIECE;
   c->in_held = 0;
   while (off < c->in.len) {
+    size_t rest, piece;
+    lp_err err;
+    long used;
     if (conn_unsent(c) > s->opts.max_conn_buffer) {
       c->in_held = 1;
       break;
     }
-    size_t rest = c->in.len - off, piece = rest < piece_max ? rest : piece_max;
+    rest = c->in.len - off;
+    piece = rest < piece_max ? rest : piece_max;
     piece_max = SRV_INPUT_PIECE;
     if (piece < rest) {
       /* never cut a frame: a frame larger than the piece goes alone */
@@ -249,8 +258,7 @@ static int conn_process(srv_conn *c) {
           fl > piece)
         piece = fl;
     }
-    lp_err err;
-    long used = lp_session_input(c->sess, c->in.ptr + off, piece, &c->out, SRV_PUMP_CHUNK, &err);
+    used = lp_session_input(c->sess, c->in.ptr + off, piece, &c->out, SRV_PUMP_CHUNK, &err);
     if (used < 0) {
       srv_log(s, "closing connection pid %ld: %s", c->pid, err.msg);
       /* best effort: the replies to the frames before the bad one */
@@ -302,8 +310,9 @@ static void conn_pump(srv_conn *c) {
 
 static void pump_idle_cb(uv_idle_t *h) {
   lp_server *s = h->data;
+  srv_conn *c, *next;
   int more = 0;
-  for (srv_conn *c = s->conns, *next; c; c = next) {
+  for (c = s->conns; c; c = next) {
     next = c->next;
     if (c->closing || !c->pumping || c->blocked) continue;
     conn_pump(c);
@@ -342,11 +351,16 @@ static void spare_close_cb(uv_handle_t *h) {
 
 static void srv_connection_cb(uv_stream_t *ls, int status) {
   lp_server *s = ls->data;
+  srv_conn *c;
+  uv_os_fd_t fd = -1;
+  struct ucred cred;
+  socklen_t clen = sizeof cred;
+  int rc;
   if (status < 0) {
     srv_log(s, "accept failed: %s", uv_strerror(status));
     return;
   }
-  srv_conn *c = calloc(1, sizeof *c);
+  c = calloc(1, sizeof *c);
   if (!c) {
     /* The pending fd must be taken or libuv stops accepting: take it with the
      * spare handle and close it at once. */
@@ -370,15 +384,12 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
-  int rc = uv_accept(ls, (uv_stream_t *)&c->pipe);
+  rc = uv_accept(ls, (uv_stream_t *)&c->pipe);
   if (rc < 0) {
     srv_log(s, "accept failed: %s", uv_strerror(rc));
     conn_close(c);
     return;
   }
-  uv_os_fd_t fd = -1;
-  struct ucred cred;
-  socklen_t clen = sizeof cred;
   if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0 &&
       getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 && clen == sizeof cred) {
     c->pid = (long)cred.pid;
@@ -415,11 +426,12 @@ static void srv_walk_close(uv_handle_t *h, void *arg) {
 
 static void srv_stop_cb(uv_async_t *h) {
   lp_server *s = h->data;
+  srv_conn *c;
   if (s->stopping) return;
   s->stopping = 1;
   uv_close((uv_handle_t *)&s->listener, NULL);
   uv_close((uv_handle_t *)&s->pump_idle, NULL);
-  for (srv_conn *c = s->conns; c; c = c->next)
+  for (c = s->conns; c; c = c->next)
     conn_close(c);
   uv_close((uv_handle_t *)&s->stop_async, NULL);
 }
@@ -435,6 +447,9 @@ static void *srv_thread(void *arg) {
 
 lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o, lp_err *err) {
   lp_server *s = calloc(1, sizeof *s);
+  const char *what;
+  sigset_t all, old;
+  int rc, prc;
   if (!s) {
     close(listen_fd);
     lp_err_set(err, LP_ENOMEM, "server: out of memory");
@@ -448,7 +463,7 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
   if (s->opts.max_frame == 0) s->opts.max_frame = LP_MAX_FRAME_DEFAULT;
   if (s->opts.max_conn_buffer == 0) s->opts.max_conn_buffer = 8u * 1024u * 1024u;
 
-  int rc = uv_loop_init(&s->loop);
+  rc = uv_loop_init(&s->loop);
   if (rc < 0) {
     close(listen_fd);
     lp_err_set(err, LP_EIO, "server: uv_loop_init: %s", uv_strerror(rc));
@@ -457,7 +472,7 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
   }
   s->loop.data = s;
   /* from here on every failure closes the handles and runs the loop dry */
-  const char *what = "uv_pipe_init";
+  what = "uv_pipe_init";
   rc = uv_pipe_init(&s->loop, &s->listener, 0);
   if (rc < 0) {
     close(listen_fd);
@@ -484,10 +499,9 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
 
   /* the server thread takes no signals: the host's handlers stay on its own
    * threads, and a write to a vanished peer gives EPIPE, not SIGPIPE */
-  sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  int prc = pthread_create(&s->thread, NULL, srv_thread, s);
+  prc = pthread_create(&s->thread, NULL, srv_thread, s);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (prc != 0) {
     rc = uv_translate_sys_error(prc);

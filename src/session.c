@@ -53,17 +53,18 @@ static size_t id_hash(uint32_t id, size_t nbuckets) {
 }
 
 static sess_iter *iter_find(lp_session *s, uint32_t id) {
+  sess_iter *it;
   if (!s->buckets) return NULL;
-  for (sess_iter *it = s->buckets[id_hash(id, s->nbuckets)]; it; it = it->hnext)
+  for (it = s->buckets[id_hash(id, s->nbuckets)]; it; it = it->hnext)
     if (it->id == id) return it;
   return NULL;
 }
 
 static int iter_table_grow(lp_session *s) {
   size_t n = s->nbuckets ? s->nbuckets * 2 : 16;
-  sess_iter **b = calloc(n, sizeof *b);
+  sess_iter **b = calloc(n, sizeof *b), *it;
   if (!b) return -1;
-  for (sess_iter *it = s->head; it; it = it->next) {
+  for (it = s->head; it; it = it->next) {
     size_t h = id_hash(it->id, n);
     it->hnext = b[h];
     b[h] = it;
@@ -76,8 +77,9 @@ static int iter_table_grow(lp_session *s) {
 
 /* Links a fresh record (id set) into the table and at the tail of the list. */
 static int iter_insert(lp_session *s, sess_iter *it) {
+  size_t h;
   if (s->count + 1 > s->nbuckets && iter_table_grow(s) < 0) return -1;
-  size_t h = id_hash(it->id, s->nbuckets);
+  h = id_hash(it->id, s->nbuckets);
   it->hnext = s->buckets[h];
   s->buckets[h] = it;
   it->prev = s->tail;
@@ -191,32 +193,35 @@ static void range_from_opts(const lp_wire_opts *o, lp_range *r) {
 }
 
 static int exec_get(lp_engine *e, const lp_request *r, lp_buf *out) {
-  if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   char *val = NULL;
   size_t vlen = 0;
   lp_err err;
-  int rc = lp_engine_get(e, r->key, &val, &vlen, &err);
+  lp_slice v;
+  int rc;
+  if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
+  rc = lp_engine_get(e, r->key, &val, &vlen, &err);
   if (rc < 0) return reply_storage_err(out, r->id, "get", &err);
   if (rc == 0) return reply_err(out, r->id, MSG_NOT_FOUND);
   /* a found empty value must still be a present field */
-  lp_slice v = {val ? val : "", vlen};
+  v.ptr = val ? val : "";
+  v.len = vlen;
   rc = lp_wire_put_callback(out, r->id, NULL, 0, v);
   free(val);
   return rc;
 }
 
 static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
+  lp_err err;
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   if (!r->value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
-  lp_err err;
   if (lp_engine_put(e, r->key, r->value, 0, &err) < 0)
     return reply_storage_err(out, r->id, "put", &err);
   return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
 static int exec_del(lp_engine *e, const lp_request *r, lp_buf *out) {
-  if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   lp_err err;
+  if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   if (lp_engine_del(e, r->key, 0, &err) < 0) return reply_storage_err(out, r->id, "del", &err);
   return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
@@ -224,13 +229,16 @@ static int exec_del(lp_engine *e, const lp_request *r, lp_buf *out) {
 static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
   size_t cur = 0;
   lp_batch_op op;
+  lp_batch *b;
+  lp_err err;
+  int rc;
   /* validate everything first: nothing is applied when one op is refused */
   while (lp_wire_next_op(r, &cur, &op)) {
     if (op.key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
     if (op.type == 0 && !op.value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
   }
   if (r->count == 0) return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
-  lp_batch *b = lp_batch_new();
+  b = lp_batch_new();
   if (!b) return reply_err(out, r->id, "ENOMEM: batch: out of memory");
   cur = 0;
   while (lp_wire_next_op(r, &cur, &op)) {
@@ -239,8 +247,7 @@ static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
     else
       lp_batch_del(b, op.key);
   }
-  lp_err err;
-  int rc = lp_engine_write(e, b, 0, &err);
+  rc = lp_engine_write(e, b, 0, &err);
   lp_batch_free(b);
   if (rc < 0) return reply_storage_err(out, r->id, "batch", &err);
   return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
@@ -251,9 +258,9 @@ static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
   range_from_opts(&r->opts, &range);
   if (range.limit != 0) {
     lp_clear_state st;
-    memset(&st, 0, sizeof st);
     lp_err err;
     int rc;
+    memset(&st, 0, sizeof st);
     do
       rc = lp_engine_clear_step(e, &range, &st, SESS_CLEAR_STEP, 0, &err);
     while (rc == 1);
@@ -280,6 +287,7 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
     char *val = NULL;
     size_t vlen = 0;
     lp_err err;
+    lp_slice v;
     int g = lp_engine_get(e, key, &val, &vlen, &err);
     if (g < 0) {
       char msg[sizeof err.msg + 64];
@@ -287,7 +295,7 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
       lp_buf_free(&rest);
       return lp_wire_put_getmany(out, r->id, msg, (size_t)n, (lp_slice){"", 0});
     }
-    lp_slice v = g == 1 ? (lp_slice){val ? val : "", vlen} : LP_SLICE_NONE;
+    v = g == 1 ? (lp_slice){val ? val : "", vlen} : LP_SLICE_NONE;
     rc = lp_wire_rest_getmany_value(&rest, v);
     free(val);
     if (rc < 0) break;
@@ -353,14 +361,16 @@ static long iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t budge
 
 /* Opens a new iterator record for r (batch > 0, id unknown). */
 static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf *out) {
+  lp_range range;
+  lp_err err;
+  sess_iter *it;
   *res = NULL;
   if (s->count >= SESS_MAX_ITERS) {
     static const char msg[] = "too many open iterators";
     return lp_wire_put_itererror(out, r->id, msg, sizeof msg - 1);
   }
-  lp_range range;
   range_from_opts(&r->opts, &range);
-  sess_iter *it = calloc(1, sizeof *it);
+  it = calloc(1, sizeof *it);
   if (!it) return -1;
   it->id = r->id;
   it->keys = range.keys;
@@ -378,18 +388,18 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
     return lp_wire_put_iterend(out, r->id);
   }
 
-  lp_err err;
   /* the bounds point into the request: the engine copies them */
   it->it = lp_engine_iter_open(s->eng, &range, &err);
   if (!it->it) {
+    char msg[sizeof err.msg + 64];
+    int n;
     it->ended = 1;
     if (iter_insert(s, it) < 0) {
       free(it);
       return -1;
     }
     *res = it;
-    char msg[sizeof err.msg + 64];
-    int n = storage_err(msg, sizeof msg, "iterator", &err);
+    n = storage_err(msg, sizeof msg, "iterator", &err);
     return lp_wire_put_itererror(out, r->id, msg, (size_t)n);
   }
   if (iter_insert(s, it) < 0) {
@@ -404,6 +414,7 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
 /* Handles one ITER message.  *budget is decreased by the entries produced. */
 static int session_iter(lp_session *s, const lp_request *r, lp_buf *out, size_t *budget) {
   sess_iter *it = iter_find(s, r->id);
+  long n;
   if (r->batch == 0) {
     if (it) iter_remove(s, it);
     return 0;
@@ -415,7 +426,7 @@ static int session_iter(lp_session *s, const lp_request *r, lp_buf *out, size_t 
   s->live -= (size_t)iter_live(it);
   it->window = r->batch;
   s->live += (size_t)iter_live(it);
-  long n = iter_produce(s, it, out, *budget);
+  n = iter_produce(s, it, out, *budget);
   if (n < 0) return -1;
   *budget -= (size_t)n;
   return 0;
@@ -431,6 +442,7 @@ long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, si
   size_t off = 0;
   while (off < len) {
     lp_slice payload;
+    lp_request req;
     size_t used = 0;
     int rc = lp_wire_next_frame(in + off, len - off, s->max_frame, &payload, &used);
     if (rc == LP_WIRE_NEED_MORE) break;
@@ -453,7 +465,6 @@ long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, si
       return -1;
     }
     off += used;
-    lp_request req;
     memset(&req, 0, sizeof req);
     rc = lp_wire_decode_request(payload, &req);
     if (rc == LP_WIRE_EMPTY) continue;
