@@ -48,6 +48,7 @@ build = {
         "src/server.c",
         "src/client.c",
         "src/sockfile.c",
+        "src/worker.c",
         "src/party.c",
         "src/lua_core.c",
       },

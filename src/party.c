@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,16 +39,6 @@ enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
 #define BACKOFF_MIN_NS  (1000000ull)   /* 1 ms */
 #define BACKOFF_MAX_NS  (200000000ull) /* 200 ms */
 #define LOOPBACK_BUDGET 1024           /* iterator entries per loopback turn */
-
-/* A write handed to the worker thread.  The Lua thread owns the list; the
- * worker only reads b/sync and writes rc/err/done under job_lock. */
-typedef struct lp_job {
-  uint64_t token;
-  lp_batch *b;
-  int sync, done, rc;
-  lp_err err;
-  struct lp_job *next;
-} lp_job;
 
 struct lp_party {
   char *path; /* realpath of the directory; registry key */
@@ -93,14 +82,7 @@ struct lp_party {
   lp_buf loop_out;
   int loop_busy; /* loopback has more to do right now */
 
-  /* the leader's worker for long writes (started on first use) */
-  pthread_t worker;
-  int worker_started, worker_stop;
-  pthread_mutex_t job_lock;
-  pthread_cond_t job_cond;
-  lp_job *jobs; /* every job not yet taken, oldest first */
-  int job_fd;   /* eventfd the worker signals; -1 until started */
-  uint64_t next_job;
+  lp_worker *worker; /* the leader's long writes; NULL until first used */
 
   struct lp_party *next; /* registry */
 };
@@ -181,13 +163,17 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
   return real;
 }
 
-/* An fd we stop using: out of our epoll set first, so that the set never
- * holds a closed (or reused) number. */
-static void drop_fd(lp_party *p, int fd) {
+/* An fd we are about to close leaves our epoll set first, so that the set
+ * never holds a closed (or reused) number. */
+static void ep_forget(lp_party *p, int fd) {
   if (fd == p->ep_fd) {
     (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
     p->ep_fd = -1;
   }
+}
+
+static void drop_fd(lp_party *p, int fd) {
+  ep_forget(p, fd);
   close(fd);
 }
 
@@ -438,134 +424,18 @@ static void loopback_run(lp_party *p) {
   p->loop_busy = 1;
 }
 
-/* The worker: runs queued jobs in order, one engine write each. */
-static void *worker_main(void *arg) {
-  lp_party *p = arg;
-  pthread_mutex_lock(&p->job_lock);
-  for (;;) {
-    lp_job *j;
-    for (j = p->jobs; j != NULL && j->done; j = j->next) {
-    }
-    while (j == NULL && !p->worker_stop) {
-      pthread_cond_wait(&p->job_cond, &p->job_lock);
-      for (j = p->jobs; j != NULL && j->done; j = j->next) {
-      }
-    }
-    if (j == NULL) break; /* stopping, nothing left */
-    pthread_mutex_unlock(&p->job_lock);
-    {
-      lp_err err;
-      int rc = lp_engine_write(p->engine, j->b, j->sync, &err);
-      uint64_t one = 1;
-      ssize_t w;
-      pthread_mutex_lock(&p->job_lock);
-      j->rc = rc;
-      if (rc != 0) j->err = err;
-      j->done = 1;
-      pthread_mutex_unlock(&p->job_lock);
-      w = write(p->job_fd, &one, sizeof one);
-      (void)w;
-    }
-    pthread_mutex_lock(&p->job_lock);
-  }
-  pthread_mutex_unlock(&p->job_lock);
-  return NULL;
-}
-
 uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync) {
-  lp_job *j, **tail;
   if (p->state != P_LEADER) return 0;
-  if (!p->worker_started) {
-    p->job_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (p->job_fd < 0) return 0;
-    pthread_mutex_init(&p->job_lock, NULL);
-    pthread_cond_init(&p->job_cond, NULL);
-    p->worker_stop = 0;
-    if (pthread_create(&p->worker, NULL, worker_main, p) != 0) {
-      close(p->job_fd);
-      p->job_fd = -1;
-      pthread_mutex_destroy(&p->job_lock);
-      pthread_cond_destroy(&p->job_cond);
-      return 0;
-    }
-    p->worker_started = 1;
-  }
-  j = calloc(1, sizeof *j);
-  if (j == NULL) return 0;
-  j->token = LP_JOB_TOKEN | ++p->next_job;
-  j->b = b;
-  j->sync = sync;
-  pthread_mutex_lock(&p->job_lock);
-  for (tail = &p->jobs; *tail != NULL; tail = &(*tail)->next) {
-  }
-  *tail = j;
-  pthread_cond_signal(&p->job_cond);
-  pthread_mutex_unlock(&p->job_lock);
-  return j->token;
+  if (p->worker == NULL && (p->worker = lp_worker_start(p->engine)) == NULL) return 0;
+  return lp_worker_submit(p->worker, b, sync);
 }
 
 int lp_party_job_done(lp_party *p, uint64_t token) {
-  lp_job *j;
-  int done = 1;
-  if (!p->worker_started) return 1;
-  pthread_mutex_lock(&p->job_lock);
-  for (j = p->jobs; j != NULL; j = j->next)
-    if (j->token == token) {
-      done = j->done;
-      break;
-    }
-  pthread_mutex_unlock(&p->job_lock);
-  return done;
+  return p->worker == NULL || lp_worker_done(p->worker, token);
 }
 
 int lp_party_job_take(lp_party *p, uint64_t token, lp_err *err) {
-  lp_job **pj, *j = NULL;
-  int rc = -2;
-  if (!p->worker_started) return -2;
-  pthread_mutex_lock(&p->job_lock);
-  for (pj = &p->jobs; *pj != NULL; pj = &(*pj)->next) {
-    if ((*pj)->token == token && (*pj)->done) {
-      j = *pj;
-      *pj = j->next;
-      break;
-    }
-  }
-  pthread_mutex_unlock(&p->job_lock);
-  if (j == NULL) return -2;
-  rc = j->rc;
-  if (rc != 0) *err = j->err;
-  lp_batch_free(j->b);
-  free(j);
-  return rc;
-}
-
-/* Collects the worker's signals; counts finished jobs as progress. */
-static void jobs_collect(lp_party *p) {
-  uint64_t n;
-  if (!p->worker_started) return;
-  if (read(p->job_fd, &n, sizeof n) == (ssize_t)sizeof n) p->progress++;
-}
-
-/* Stops the worker after the jobs queued have run (close must not lose an
- * acknowledged-to-be write), then frees what nobody took. */
-static void worker_stop(lp_party *p) {
-  lp_job *j;
-  if (!p->worker_started) return;
-  pthread_mutex_lock(&p->job_lock);
-  p->worker_stop = 1;
-  pthread_cond_signal(&p->job_cond);
-  pthread_mutex_unlock(&p->job_lock);
-  pthread_join(p->worker, NULL);
-  while ((j = p->jobs) != NULL) {
-    p->jobs = j->next;
-    lp_batch_free(j->b);
-    free(j);
-  }
-  drop_fd(p, p->job_fd);
-  p->job_fd = -1;
-  pthread_mutex_destroy(&p->job_lock);
-  pthread_cond_destroy(&p->job_cond);
-  p->worker_started = 0;
+  return p->worker != NULL ? lp_worker_take(p->worker, token, err) : -2;
 }
 
 int lp_party_step(lp_party *p, lp_err *err) {
@@ -590,7 +460,7 @@ int lp_party_step(lp_party *p, lp_err *err) {
       break;
     case P_LEADER:
       if (p->loop_session != NULL && p->client != NULL) loopback_run(p);
-      jobs_collect(p);
+      if (p->worker != NULL && lp_worker_collect(p->worker)) p->progress++;
       break;
     default: break;
   }
@@ -642,8 +512,8 @@ static void party_wants(lp_party *p, int *fd, int *events, int *timeout_ms) {
         *timeout_ms = 0;
         return;
       }
-      if (p->worker_started) { /* the worker's eventfd, idle or not */
-        *fd = p->job_fd;
+      if (p->worker != NULL) { /* the worker's eventfd, idle or not */
+        *fd = lp_worker_fd(p->worker);
         *events = POLLIN;
       }
       break;
@@ -788,7 +658,6 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   p->opts = *o;
   p->fd = -1;
   p->watch.fd = -1;
-  p->job_fd = -1;
   p->epfd = p->ep_fd = -1;
   p->open_deadline_ns = lp_now_ns() + o->open_timeout_ns;
   enter_electing(p);
@@ -822,7 +691,11 @@ static void party_close(lp_party *p) {
     lp_client_fail_all(p->client, LP_ECLOSED, "closed: the database was closed");
   if (p->loop_session != NULL) lp_session_free(p->loop_session);
   p->loop_session = NULL;
-  worker_stop(p);
+  if (p->worker != NULL) {
+    ep_forget(p, lp_worker_fd(p->worker));
+    lp_worker_stop(p->worker);
+    p->worker = NULL;
+  }
   if (p->server != NULL) {
     /* Remove the name first so that no one connects to a leader that is
      * leaving; then stop serving; then close LevelDB, which releases the LOCK

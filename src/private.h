@@ -12,8 +12,9 @@
  *              submission order, iterator bookmarks; never touches a socket
  *   sockfile.c the socket file (long paths, permissions), lock probing and the
  *              directory watch the election waits on
+ *   worker.c   the leader's worker thread for long writes
  *   party.c    one object per (process, directory): role, promotion, the
- *              follower's connection, the leader's worker; uses all of the above
+ *              follower's connection; uses all of the above
  *   lua_*.c    the Lua binding (levelparty.core); the only files that see a
  *              lua_State, and only on the thread that owns it
  *
@@ -505,6 +506,29 @@ int lp_client_iter_ready(lp_client *c, lp_citer *it);
 void lp_client_iter_close(lp_client *c, lp_citer *it);
 
 /* ------------------------------------------------------------------------ */
+/* Worker (worker.c): the leader's thread for long writes                     */
+/* ------------------------------------------------------------------------ */
+
+/* Writes queued batches on the engine, in order, on a thread of its own, and
+ * signals an eventfd for each one finished.  Driven from one thread (the
+ * party's); the engine must outlive it. */
+typedef struct lp_worker lp_worker;
+/* Set in every job token, never in a client request token. */
+#define LP_JOB_TOKEN (1ull << 48)         /* exact in a double (LuaJIT numbers) */
+lp_worker *lp_worker_start(lp_engine *e); /* NULL: out of memory or threads */
+/* Queues a batch (taken: freed when its outcome is taken or at stop).
+ * Returns a token with LP_JOB_TOKEN set, or 0 when out of memory. */
+uint64_t lp_worker_submit(lp_worker *w, lp_batch *b, int sync);
+int lp_worker_done(lp_worker *w, uint64_t token); /* 1 finished (or unknown) */
+/* A finished job's outcome: 0 ok, -1 with err; -2 unknown or unfinished. */
+int lp_worker_take(lp_worker *w, uint64_t token, lp_err *err);
+int lp_worker_fd(const lp_worker *w); /* the eventfd: readable once a job finished */
+int lp_worker_collect(lp_worker *w);  /* drains the eventfd; 1 when a job finished */
+/* Runs every queued job, joins the thread, frees what was not taken and
+ * closes the eventfd.  No-op on NULL. */
+void lp_worker_stop(lp_worker *w);
+
+/* ------------------------------------------------------------------------ */
 /* Party (party.c): one per (process, directory)                              */
 /* ------------------------------------------------------------------------ */
 
@@ -587,12 +611,11 @@ int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err);
  * turn go out in one write. */
 void lp_party_set_polled(lp_party *p, int polled);
 /* A leader's long writes (big batches) from a coroutine run on the party's
- * worker thread, so the Lua thread's loop keeps running.  Job tokens have
- * LP_JOB_TOKEN set and live apart from the client's request tokens; the
- * worker signals an eventfd that lp_party_pollinfo names while jobs run.
+ * worker (started on first use), so the Lua thread's loop keeps running.
+ * Job tokens live apart from the client's request tokens (LP_JOB_TOKEN); the
+ * worker's eventfd is what lp_party_pollinfo names while jobs run.
  * lp_party_write_job takes the batch.  Returns the token, or 0 (ENOMEM, or
  * not leader: the caller then writes inline). */
-#define LP_JOB_TOKEN (1ull << 48) /* exact in a double (LuaJIT numbers) */
 uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync);
 /* 1 when the job is finished (or unknown). */
 int lp_party_job_done(lp_party *p, uint64_t token);

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1092,6 +1093,48 @@ static void test_threads(lp_engine *e) {
         "%d started, %d errors", started, errors);
 }
 
+/* The leader's worker (worker.c): jobs run in order, each signals the
+ * eventfd, outcomes are taken once, and stop runs what is still queued. */
+static void test_worker(lp_engine *e) {
+  lp_worker *w = lp_worker_start(e);
+  lp_batch *b[3];
+  uint64_t t[3];
+  lp_err err;
+  char *v = NULL;
+  size_t vn;
+  int i, done = 0, rc[3];
+
+  check(w != NULL, "worker: starts", "lp_worker_start failed");
+  if (w == NULL) return;
+  for (i = 0; i < 3; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "job%d", i);
+    b[i] = lp_batch_new();
+    lp_batch_put(b[i], S(key), S("v"));
+    t[i] = lp_worker_submit(w, b[i], 0);
+  }
+  check(t[0] != 0 && (t[0] & LP_JOB_TOKEN) && t[1] > t[0] && t[2] > t[1],
+        "worker: job tokens carry LP_JOB_TOKEN and grow", "%llx %llx %llx",
+        (unsigned long long)t[0], (unsigned long long)t[1], (unsigned long long)t[2]);
+  for (i = 0; i < 2000 && !done; i++) {
+    struct pollfd pf = {lp_worker_fd(w), POLLIN, 0};
+    (void)poll(&pf, 1, 10);
+    (void)lp_worker_collect(w);
+    done = lp_worker_done(w, t[0]) && lp_worker_done(w, t[1]);
+  }
+  check(done, "worker: jobs finish and signal the eventfd", "not done after 20 s");
+  rc[0] = lp_worker_take(w, t[0], &err);
+  rc[1] = lp_worker_take(w, t[0], &err);
+  rc[2] = lp_worker_take(w, LP_JOB_TOKEN | 999, &err);
+  check(rc[0] == 0 && rc[1] == -2 && rc[2] == -2, "worker: an outcome is taken once", "%d %d %d",
+        rc[0], rc[1], rc[2]);
+  lp_worker_stop(w); /* job 1 was not taken; job 2 may still be queued */
+  rc[0] = lp_engine_get(e, S("job2"), &v, &vn, &err);
+  free(v);
+  check(rc[0] == 1, "worker: stop runs the jobs still queued", "get: %d", rc[0]);
+  lp_worker_stop(NULL);
+}
+
 /* Truncated table files: iterators and get must report errors, not crash. */
 static void test_corrupt(void) {
   char p[256], f[600];
@@ -1203,6 +1246,7 @@ int main(void) {
     test_null_range(e);
     test_clear(e);
     test_threads(e);
+    test_worker(e);
     lp_engine_close(e);
   }
   test_iter_empty();
