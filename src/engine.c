@@ -189,9 +189,8 @@ char *lp_engine_property(lp_engine *e, const char *name) {
 /* Batches                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* count and bytes mirror what was added since creation or the last clear;
- * bytes is the sum of key and value lengths (LevelDB's own framing is not
- * counted). */
+/* count and bytes mirror what was added since creation; bytes is the sum of key and value lengths
+ * (LevelDB's own framing is not counted). */
 struct lp_batch {
   leveldb_writebatch_t *wb;
   size_t count, bytes;
@@ -223,12 +222,6 @@ void lp_batch_del(lp_batch *b, lp_slice key) {
   b->bytes += key.len;
 }
 
-void lp_batch_clear(lp_batch *b) {
-  leveldb_writebatch_clear(b->wb);
-  b->count = 0;
-  b->bytes = 0;
-}
-
 size_t lp_batch_count(const lp_batch *b) { return b->count; }
 
 size_t lp_batch_bytes(const lp_batch *b) { return b->bytes; }
@@ -239,7 +232,7 @@ void lp_batch_free(lp_batch *b) {
   free(b);
 }
 
-/* The batch is left as it was: the caller clears or frees it. */
+/* The batch is left as it was: the caller frees it. */
 int lp_engine_write(lp_engine *e, lp_batch *b, int sync, lp_err *err) {
   char *status = NULL;
 

@@ -166,7 +166,7 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
 /* An fd we are about to close leaves our epoll set first, so that the set
  * never holds a closed (or reused) number. */
 static void ep_forget(lp_party *p, int fd) {
-  if (fd == p->ep_fd) {
+  if (fd >= 0 && fd == p->ep_fd) {
     (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
     p->ep_fd = -1;
   }
@@ -196,8 +196,8 @@ void lp_party_set_polled(lp_party *p, int polled) {
 }
 
 static void close_watch(lp_party *p) {
-  if (p->watch.fd >= 0) drop_fd(p, p->watch.fd);
-  p->watch.fd = -1;
+  ep_forget(p, p->watch.fd);
+  lp_watch_close(&p->watch);
 }
 
 static void close_conn(lp_party *p) {
@@ -678,12 +678,6 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   }
   *out = p;
   return 0;
-}
-
-void lp_party_ref(lp_party *p) {
-  pthread_mutex_lock(&registry_lock);
-  p->refs++;
-  pthread_mutex_unlock(&registry_lock);
 }
 
 static void party_close(lp_party *p) {

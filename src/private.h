@@ -115,8 +115,9 @@ typedef struct lp_range {
 
 /* keys = values = 1, limit = -1, forward, unbounded. */
 void lp_range_init(lp_range *r);
-/* 1 when key satisfies every bound of r. */
-int lp_range_contains(const lp_range *r, lp_slice key);
+
+/* Used by the C tests only */
+int lp_range_contains(const lp_range *r, lp_slice key); /* 1: key satisfies every bound */
 
 /* ------------------------------------------------------------------------ */
 /* Wire codec (wire.c): multileveldown 5.0.1, see reference/level-party.md    */
@@ -256,7 +257,7 @@ typedef struct lp_engine_opts {
   size_t write_buffer_size; /* 0 = default (4 MiB) */
   size_t block_size;        /* 0 = default (4 KiB) */
   int max_open_files;       /* 0 = default (1000) */
-  int bloom_bits;           /* 0 = no filter; we default to 10 in Lua */
+  int bloom_bits;           /* bits per key of a bloom filter; 0 = none */
 } lp_engine_opts;
 
 void lp_engine_opts_init(lp_engine_opts *o);
@@ -281,7 +282,6 @@ typedef struct lp_batch lp_batch; /* wraps leveldb_writebatch_t; not thread-safe
 lp_batch *lp_batch_new(void);
 void lp_batch_put(lp_batch *b, lp_slice key, lp_slice value);
 void lp_batch_del(lp_batch *b, lp_slice key);
-void lp_batch_clear(lp_batch *b);
 size_t lp_batch_count(const lp_batch *b);
 size_t lp_batch_bytes(const lp_batch *b);
 void lp_batch_free(lp_batch *b);
@@ -308,8 +308,8 @@ int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, si
                          int sync, lp_err *err);
 void lp_clear_state_free(lp_clear_state *st);
 
-/* LevelDB property (e.g. "leveldb.stats"); malloc'd string or NULL. */
-char *lp_engine_property(lp_engine *e, const char *name);
+/* Used by the C tests only */
+char *lp_engine_property(lp_engine *e, const char *name); /* malloc'd, or NULL */
 
 /* ------------------------------------------------------------------------ */
 /* Leader server (server.c)                                                   */
@@ -333,8 +333,9 @@ void lp_server_opts_init(lp_server_opts *o);
 lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o, lp_err *err);
 /* Stops accepting, closes every connection, joins the thread. Idempotent on NULL. */
 void lp_server_stop(lp_server *s);
-/* Number of currently connected followers (for tests and role()). */
-int lp_server_connections(lp_server *s);
+
+/* Used by the C tests only */
+int lp_server_connections(lp_server *s); /* followers connected now; 0 for NULL */
 
 /* ------------------------------------------------------------------------ */
 /* Socket file, lock probe, directory watch (sockfile.c)                      */
@@ -392,8 +393,6 @@ long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, si
 /* Produces up to `budget` more iterator entries for iterators whose window is
  * still open.  Returns 1 when some window is still open (call again), else 0. */
 int lp_session_pump(lp_session *s, lp_buf *out, size_t budget);
-/* Executes one decoded request (not ITER) and appends its reply. */
-void lp_session_execute(lp_engine *e, const lp_request *r, lp_buf *out);
 
 /* ------------------------------------------------------------------------ */
 /* Follower client core (client.c): no sockets, no Lua, no clocks of its own  */
@@ -563,7 +562,6 @@ void lp_party_opts_init(lp_party_opts *o);
 /* Finds this process's party for dir or starts one (the first election step
  * runs at once, without waiting).  *out holds a new reference. */
 int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err);
-void lp_party_ref(lp_party *p);
 /* Drops a reference; the last one closes: the leader stops its server, removes
  * the socket and closes LevelDB; a follower disconnects.  Pending requests of a
  * closed party finish with LP_ECLOSED. */

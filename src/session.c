@@ -321,10 +321,6 @@ static int session_execute(lp_engine *e, const lp_request *r, lp_buf *out) {
   }
 }
 
-void lp_session_execute(lp_engine *e, const lp_request *r, lp_buf *out) {
-  (void)session_execute(e, r, out);
-}
-
 /* Produces up to budget entries of one iterator.  Returns the number of
  * entries produced, or -1 when out of memory (the iterator is then ended). */
 static long iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t budget) {

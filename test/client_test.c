@@ -987,7 +987,8 @@ static void fill(lp_engine *e) {
     lp_batch_put(b, S(k), S(v));
     if (i % 1000 == 999) {
       if (lp_engine_write(e, b, 0, &err)) printf("# write: %s\n", err.msg);
-      lp_batch_clear(b);
+      lp_batch_free(b);
+      b = lp_batch_new();
     }
   }
   lp_batch_free(b);
