@@ -268,12 +268,12 @@ static void req_free(creq *q) {
 }
 
 /* Drops the queued entries; keeps cur (the bookmark). */
-static void iter_drop_buffer(lp_citer *it) {
+static void citer_drop_buffer(lp_citer *it) {
   it->qlen = it->qhead = 0;
   it->bytes.len = it->consumed > 0 ? it->cur.off + it->cur.klen + it->cur.vlen : 0;
 }
 
-static void iter_free(lp_citer *it) {
+static void citer_free(lp_citer *it) {
   free(it->q);
   lp_buf_free(&it->bytes);
   lp_slice_free(&it->r.gt);
@@ -301,7 +301,7 @@ void lp_client_free(lp_client *c) {
   it = c->ihead;
   while (it) {
     lp_citer *n = it->next;
-    iter_free(it);
+    citer_free(it);
     it = n;
   }
   idmap_free(&c->rids);
@@ -576,7 +576,7 @@ size_t lp_client_iterators(lp_client *c) { return c->niters; }
 /* ------------------------------------------------------------------------ */
 
 /* Appends {id, batch} for the iterator's current id.  0 ok, -1 ENOMEM. */
-static int iter_send_window(lp_client *c, lp_citer *it, uint32_t batch) {
+static int citer_send_window(lp_client *c, lp_citer *it, uint32_t batch) {
   c->scratch.len = 0;
   if (lp_wire_rest_iter_window(&c->scratch, batch)) return -1;
   return lp_wire_frame(&c->out, LP_REQ_ITER, it->id, (lp_slice){c->scratch.ptr, c->scratch.len});
@@ -584,11 +584,11 @@ static int iter_send_window(lp_client *c, lp_citer *it, uint32_t batch) {
 
 /* Takes the iterator off the wire: sends {id, batch:0} when asked, and leaves
  * the id reserved while the server may still send `left` frames on it. */
-static void iter_unwire(lp_client *c, lp_citer *it, int send_end, uint32_t left) {
+static void citer_unwire(lp_client *c, lp_citer *it, int send_end, uint32_t left) {
   idslot *s;
   if (!it->on_wire) return;
   if (send_end)
-    (void)iter_send_window(c, it, 0); /* ENOMEM: the server keeps
+    (void)citer_send_window(c, it, 0); /* ENOMEM: the server keeps
                                           it until disconnection */
   s = idmap_get(&c->iids, it->id);
   if (s) {
@@ -603,20 +603,20 @@ static void iter_unwire(lp_client *c, lp_citer *it, int send_end, uint32_t left)
   it->granted = it->recv = 0;
 }
 
-static uint32_t iter_outstanding(const lp_citer *it) {
+static uint32_t citer_outstanding(const lp_citer *it) {
   return it->granted > it->recv ? it->granted - it->recv : 0;
 }
 
-static void iter_set_error(lp_client *c, lp_citer *it, lp_code code, const char *msg) {
+static void citer_set_error(lp_client *c, lp_citer *it, lp_code code, const char *msg) {
   it->term = IT_ERROR;
   it->term_local = 1;
   lp_err_set(&it->err, code, "%s", msg);
   it->deadline = 0;
-  iter_unwire(c, it, 1, iter_outstanding(it));
+  citer_unwire(c, it, 1, citer_outstanding(it));
 }
 
 /* Sends the open (or reopen from the bookmark) under a fresh id. */
-static int iter_wire_open(lp_client *c, lp_citer *it) {
+static int citer_wire_open(lp_client *c, lp_citer *it) {
   lp_range w = it->r;
   uint32_t g = c->o.window, id;
   w.keys = 1; /* always: the key is the bookmark */
@@ -662,7 +662,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   it->r.gt = it->r.gte = it->r.lt = it->r.lte = LP_SLICE_NONE;
   if (lp_slice_dup(r->gt, &it->r.gt) || lp_slice_dup(r->gte, &it->r.gte) ||
       lp_slice_dup(r->lt, &it->r.lt) || lp_slice_dup(r->lte, &it->r.lte)) {
-    iter_free(it);
+    citer_free(it);
     return NULL;
   }
   if (it->r.limit < 0) it->r.limit = -1;
@@ -670,9 +670,9 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
     it->term = IT_END;
     it->term_local = 1;
   } else {
-    rc = iter_wire_open(c, it);
+    rc = citer_wire_open(c, it);
     if (rc < 0) {
-      iter_free(it);
+      citer_free(it);
       return NULL;
     }
   }
@@ -689,7 +689,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
 /* Refills the server's window when it is exhausted and the caller has caught
  * up to window/2 buffered entries.  On ENOMEM nothing changes, so the next call
  * tries again. */
-static void iter_maybe_ack(lp_client *c, lp_citer *it) {
+static void citer_maybe_ack(lp_client *c, lp_citer *it) {
   uint32_t g = c->o.window;
   if (!it->on_wire || it->term != IT_NONE) return;
   if (it->recv < it->granted) return;
@@ -699,14 +699,14 @@ static void iter_maybe_ack(lp_client *c, lp_citer *it) {
     if (rem <= 0) return;
     if (rem < (int64_t)g) g = (uint32_t)rem;
   }
-  if (iter_send_window(c, it, g)) return;
+  if (citer_send_window(c, it, g)) return;
   it->granted = g;
   it->recv = 0;
 }
 
 /* Moves the live bytes of the arena (cur's, then the queued entries') to its
  * start when that makes room for `need` more; offsets follow. */
-static void iter_compact(lp_citer *it, size_t need) {
+static void citer_compact(lp_citer *it, size_t need) {
   size_t keep, i;
   if (it->bytes.cap - it->bytes.len >= need) return;
   if (it->consumed > 0)
@@ -729,7 +729,7 @@ static void iter_compact(lp_citer *it, size_t need) {
 #define ITER_ARENA_MIN  ((size_t)1 << 16)
 
 /* Nothing is queued: moves cur's bytes to the start and shrinks the arena. */
-static void iter_shrink(lp_citer *it) {
+static void citer_shrink(lp_citer *it) {
   size_t live = it->cur.klen + it->cur.vlen;
   size_t cap = live + 1 > ITER_ARENA_MIN ? live + 1 : ITER_ARENA_MIN;
   char *p;
@@ -743,7 +743,7 @@ static void iter_shrink(lp_citer *it) {
   it->bytes.cap = cap;
 }
 
-static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
+static int citer_push(lp_citer *it, lp_slice key, lp_slice value) {
   centry e;
   size_t need;
   if (it->qlen == it->qcap) {
@@ -763,7 +763,7 @@ static int iter_push(lp_citer *it, lp_slice key, lp_slice value) {
   need = e.klen + e.vlen;
   if (need < e.klen) return -1;
   /* +1: a present empty slice still gets a non-NULL pointer */
-  iter_compact(it, need + 1);
+  citer_compact(it, need + 1);
   if (lp_buf_reserve(&it->bytes, need + 1) != 0) return -1;
   e.off = it->bytes.len;
   if (e.klen) memcpy(it->bytes.ptr + e.off, key.ptr, e.klen);
@@ -783,16 +783,16 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
     it->qhead = (it->qhead + 1) & (it->qcap - 1);
     it->qlen--;
     it->consumed++;
-    if (it->qlen == 0 && it->bytes.cap > ITER_ARENA_KEEP) iter_shrink(it);
+    if (it->qlen == 0 && it->bytes.cap > ITER_ARENA_KEEP) citer_shrink(it);
     blk = it->bytes.ptr + it->cur.off;
     if (it->r.keys) *key = (lp_slice){blk, it->cur.klen};
     if (it->r.values && it->cur.hasv) *value = (lp_slice){blk + it->cur.klen, it->cur.vlen};
     if (it->r.limit >= 0 && it->consumed >= it->r.limit && it->term == IT_NONE) {
       it->term = IT_END;
       it->term_local = 1;
-      iter_unwire(c, it, 1, iter_outstanding(it));
+      citer_unwire(c, it, 1, citer_outstanding(it));
     } else {
-      iter_maybe_ack(c, it);
+      citer_maybe_ack(c, it);
     }
     return 1;
   }
@@ -801,7 +801,7 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
     if (err) *err = it->err;
     return -1;
   }
-  iter_maybe_ack(c, it); /* retries an ack that failed for memory */
+  citer_maybe_ack(c, it); /* retries an ack that failed for memory */
   return 2;
 }
 
@@ -817,7 +817,7 @@ int lp_client_iter_ready(lp_client *c, lp_citer *it) {
 
 void lp_client_iter_close(lp_client *c, lp_citer *it) {
   if (!it) return;
-  iter_unwire(c, it, 1, it->term == IT_NONE ? iter_outstanding(it) : 0);
+  citer_unwire(c, it, 1, it->term == IT_NONE ? citer_outstanding(it) : 0);
   if (it->prev)
     it->prev->next = it->next;
   else
@@ -827,7 +827,7 @@ void lp_client_iter_close(lp_client *c, lp_citer *it) {
   else
     c->itail = it->prev;
   c->niters--;
-  iter_free(it);
+  citer_free(it);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -897,20 +897,20 @@ static int on_iterdata(lp_client *c, const lp_response *r, lp_err *err) {
     it->term_local = 0;
     lp_err_set(&it->err, code_of_text(r->error.ptr, r->error.len), "iterator: %.*s", (int)n,
                r->error.ptr);
-    iter_unwire(c, it, 1, 0);
+    citer_unwire(c, it, 1, 0);
     return 0;
   }
   if (is_end) {
     it->term = IT_END;
     it->term_local = 0;
-    iter_unwire(c, it, 1, 0);
+    citer_unwire(c, it, 1, 0);
     return 0;
   }
   if (!r->key.ptr) return proto_err(err, "iterator entry without a key");
   if (it->recv >= it->granted) return proto_err(err, "iterator entry beyond the window");
   it->recv++;
-  if (iter_push(it, r->key, r->value)) {
-    iter_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+  if (citer_push(it, r->key, r->value)) {
+    citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
     return 0;
   }
   if (it->r.limit >= 0 && it->consumed + (int64_t)it->qlen >= it->r.limit) {
@@ -918,10 +918,10 @@ static int on_iterdata(lp_client *c, const lp_response *r, lp_err *err) {
      * is exhausted too, since we never grant more than is missing). */
     it->term = IT_END;
     it->term_local = 0;
-    iter_unwire(c, it, 1, iter_outstanding(it));
+    citer_unwire(c, it, 1, citer_outstanding(it));
     return 0;
   }
-  iter_maybe_ack(c, it);
+  citer_maybe_ack(c, it);
   return 0;
 }
 
@@ -1008,7 +1008,7 @@ size_t lp_client_expire(lp_client *c, uint64_t now_ns) {
   for (it = c->ihead; it; it = it->next) {
     if (!it->deadline || it->deadline > now_ns) continue;
     if (it->term == IT_NONE && it->qlen == 0) {
-      iter_set_error(c, it, LP_ETIMEDOUT, TIMEOUT_MSG);
+      citer_set_error(c, it, LP_ETIMEDOUT, TIMEOUT_MSG);
       n++;
     }
     it->deadline = 0;
@@ -1033,7 +1033,7 @@ void lp_client_reset(lp_client *c) {
     it->on_wire = 0;
     it->granted = it->recv = 0;
     if (it->qlen) {
-      iter_drop_buffer(it);
+      citer_drop_buffer(it);
       /* An end or error the server sent after the dropped entries must be
        * fetched again with them; one we decided locally stays. */
       if (!it->term_local) it->term = IT_NONE;
@@ -1056,12 +1056,12 @@ void lp_client_replay(lp_client *c) {
   for (it = c->ihead; it; it = it->next) {
     int rc;
     if (it->term != IT_NONE) continue;
-    rc = iter_wire_open(c, it);
+    rc = citer_wire_open(c, it);
     if (rc > 0) {
       it->term = IT_END;
       it->term_local = 1;
     } else if (rc < 0) {
-      iter_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+      citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
     }
   }
 }
@@ -1072,5 +1072,5 @@ void lp_client_fail_all(lp_client *c, lp_code code, const char *msg) {
   while (c->phead)
     req_fail(c, c->phead, code, msg);
   for (it = c->ihead; it; it = it->next)
-    if (it->term == IT_NONE) iter_set_error(c, it, code, msg);
+    if (it->term == IT_NONE) citer_set_error(c, it, code, msg);
 }

@@ -301,8 +301,8 @@ static void reduce_bounds(const lp_range *r, lp_slice *lo, int *lo_excl, lp_slic
 /* Allocates an iterator over [lo, hi] (each bound optional, inclusive or not)
  * with the bounds copied into the same block, and creates LevelDB's iterator
  * (that is when its snapshot is taken). */
-static lp_engine_iter *iter_create(lp_engine *e, lp_slice lo, int lo_excl, lp_slice hi, int hi_excl,
-                                   int reverse, int64_t limit) {
+static lp_engine_iter *eiter_create(lp_engine *e, lp_slice lo, int lo_excl, lp_slice hi,
+                                    int hi_excl, int reverse, int64_t limit) {
   lp_engine_iter *it;
   char *p;
   size_t extra = lo.len + hi.len;
@@ -350,7 +350,7 @@ lp_engine_iter *lp_engine_iter_open(lp_engine *e, const lp_range *r, lp_err *err
     r = &all;
   }
   reduce_bounds(r, &lo, &lo_excl, &hi, &hi_excl);
-  it = iter_create(e, lo, lo_excl, hi, hi_excl, r->reverse, r->limit);
+  it = eiter_create(e, lo, lo_excl, hi, hi_excl, r->reverse, r->limit);
   if (!it) {
     fail_nomem(err, "iterator");
     return NULL;
@@ -390,7 +390,7 @@ static int check_error(lp_engine_iter *it, lp_err *err) {
 /* Positions a fresh iterator on its first candidate.  Forward: at lo or the
  * first key.  Reverse: at hi, or at the last key when nothing is >= hi; keys
  * above the upper bound are then stepped over by the main loop. */
-static int iter_position(lp_engine_iter *it, lp_err *err) {
+static int eiter_position(lp_engine_iter *it, lp_err *err) {
   if (!it->reverse) {
     if (it->lo.ptr)
       leveldb_iter_seek(it->it, bytes_of(it->lo), it->lo.len);
@@ -429,7 +429,7 @@ int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_e
         return 0;
       }
       it->state = IT_RUNNING;
-      if (iter_position(it, err) < 0) return -1;
+      if (eiter_position(it, err) < 0) return -1;
       break;
     default: /* IT_RUNNING: move past the entry returned last time */
       if (it->remaining == 0) {
@@ -534,7 +534,7 @@ int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, si
       lo_excl = 1;
     }
   }
-  it = iter_create(e, lo, lo_excl, hi, hi_excl, r->reverse, remaining);
+  it = eiter_create(e, lo, lo_excl, hi, hi_excl, r->reverse, remaining);
   b = lp_batch_new();
   if (!it || !b) {
     lp_engine_iter_close(it);

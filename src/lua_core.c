@@ -98,7 +98,7 @@ static int push_closed(lua_State *L, const char *op) {
 /* Each class's metatable is also in the registry under the address of its key,
  * so that checking `self` is a pointer lookup: luaL_checkudata looks the class
  * name up as a string on every call, which is most of a cheap method's cost. */
-static char db_key, iter_key, clear_key;
+static char db_key, liter_key, clear_key;
 
 static void *check_class(lua_State *L, void *key, const char *name) {
   void *p = lua_touserdata(L, 1);
@@ -334,7 +334,7 @@ static int set_slice(lua_State *L) {
 
 /* ---------------------------------------------------------------- db */
 
-static void iter_release(lua_iter *it) {
+static void liter_release(lua_iter *it) {
   lua_db *d = it->db;
   if (!it->open) return;
   it->open = 0;
@@ -360,7 +360,7 @@ static int db_close(lua_State *L) {
   lua_db *d = check_db(L);
   if (d->party != NULL) {
     while (d->iters != NULL)
-      iter_release(d->iters);
+      liter_release(d->iters);
     lp_party_unref(d->party);
     d->party = NULL;
   }
@@ -869,7 +869,9 @@ static int clear_gc(lua_State *L) {
 
 /* ---------------------------------------------------------------- iterators */
 
-static lua_iter *check_iter(lua_State *L) { return (lua_iter *)check_class(L, &iter_key, ITER_MT); }
+static lua_iter *check_iter(lua_State *L) {
+  return (lua_iter *)check_class(L, &liter_key, ITER_MT);
+}
 
 /* db:iter(range) -> iterator | nil, msg, code */
 static int db_iter(lua_State *L) {
@@ -940,7 +942,7 @@ static int remote_wait(lua_iter *it, int async, lp_err *err) {
  * entry when the caller asked for one; `true` when neither) and returns how
  * many entries; 0 at the end.  One call per page keeps the per-entry cost of
  * crossing into C and of deciding how to wait off the iteration. */
-static int iter_page(lua_State *L) {
+static int liter_page(lua_State *L) {
   lua_iter *it = check_iter(L);
   int async = lua_toboolean(L, 2);
   int n = 0, slot = 0, r = 1;
@@ -984,7 +986,7 @@ static int iter_page(lua_State *L) {
     lua_pushinteger(L, n);
     return 1;
   }
-  iter_release(it);
+  liter_release(it);
   if (r < 0) {
     if (n == 0) return push_lperr(L, &err);
     it->has_err = 1;
@@ -1004,7 +1006,7 @@ static int local_next(lua_State *L, lua_iter *it, lp_err *err) {
     lua_pushlstring(L, v.ptr ? v.ptr : "", v.len);
     return 1;
   }
-  iter_release(it);
+  liter_release(it);
   return r;
 }
 
@@ -1023,15 +1025,15 @@ static int remote_next(lua_State *L, lua_iter *it, lp_err *err) {
   }
   if (lp_client_out(c)->len > 0) lp_party_flush(p);
   if (r == 1 || r == 2) return r;
-  iter_release(it);
+  liter_release(it);
   return r;
 }
 
 /* it:step(async) -> key, value | nil at the end | nil, msg, code | YIELD |
  * PENDING (a remote iterator with nothing buffered, in async mode: wait for
  * it:ready()).  One entry of an iterator asked for both sides: the slow half
- * of the direct step (iter_call) and it:next() of such iterators. */
-static int iter_step(lua_State *L) {
+ * of the direct step (liter_call) and it:next() of such iterators. */
+static int liter_step(lua_State *L) {
   lua_iter *it = check_iter(L);
   int async = lua_toboolean(L, 2);
   lp_err err;
@@ -1061,7 +1063,7 @@ static int iter_step(lua_State *L) {
       return 1;
     }
     if (r < 0) {
-      iter_release(it);
+      liter_release(it);
       return push_lperr(L, &err);
     }
   }
@@ -1072,7 +1074,7 @@ static int iter_step(lua_State *L) {
 #define DIRECT_SLICE_STEPS 64
 
 /* The slow step's results are the whole stack once it returns. */
-static int iter_call_done(lua_State *L, int status, lua_KContext ctx) {
+static int liter_call_done(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   return lua_gettop(L);
@@ -1086,7 +1088,7 @@ static int iter_call_done(lua_State *L, int status, lua_KContext ctx) {
  * to give back, the end after a failure, a closed db) goes to the Lua slow
  * step, upvalue 1, which may yield: hence lua_callk.  Upvalue 2 is the core
  * iterator metatable. */
-static int iter_call(lua_State *L) {
+static int liter_call(lua_State *L) {
   lua_iter *it = NULL;
   if (lua_type(L, 1) == LUA_TTABLE && lua_rawgeti(L, 1, 1) == LUA_TUSERDATA &&
       lua_getmetatable(L, -1)) {
@@ -1106,8 +1108,8 @@ static int iter_call(lua_State *L) {
   }
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
-  lua_callk(L, 1, LUA_MULTRET, 0, iter_call_done);
-  return iter_call_done(L, LUA_OK, 0);
+  lua_callk(L, 1, LUA_MULTRET, 0, liter_call_done);
+  return liter_call_done(L, LUA_OK, 0);
 }
 
 /* core.direct_call(slow) -> the __call function of direct iterators */
@@ -1115,22 +1117,22 @@ static int direct_call(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
   luaL_getmetatable(L, ITER_MT);
-  lua_pushcclosure(L, iter_call, 2);
+  lua_pushcclosure(L, liter_call, 2);
   return 1;
 }
 #endif
 
 /* it:ready() -> true when next() would not return PENDING */
-static int iter_ready(lua_State *L) {
+static int liter_ready(lua_State *L) {
   lua_iter *it = check_iter(L);
   lua_pushboolean(L, !it->open || it->local != NULL || it->db->party == NULL ||
                          lp_client_iter_ready(lp_party_client(it->db->party), it->remote));
   return 1;
 }
 
-static int iter_close(lua_State *L) {
+static int liter_close(lua_State *L) {
   lua_iter *it = check_iter(L);
-  if (it->open) iter_release(it);
+  if (it->open) liter_release(it);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -1176,11 +1178,11 @@ static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"iter", db_iter},
                                       {NULL, NULL}};
 
-static const luaL_Reg iter_methods[] = {{"page", iter_page},
-                                        {"step", iter_step},
-                                        {"ready", iter_ready},
-                                        {"close", iter_close},
-                                        {NULL, NULL}};
+static const luaL_Reg liter_methods[] = {{"page", liter_page},
+                                         {"step", liter_step},
+                                         {"ready", liter_ready},
+                                         {"close", liter_close},
+                                         {NULL, NULL}};
 
 static const luaL_Reg clear_methods[] = {{"step", clear_step}, {NULL, NULL}};
 
@@ -1212,9 +1214,9 @@ static void new_class(lua_State *L, const char *name, void *key, const luaL_Reg 
   lua_pop(L, 1);
 }
 
-static int iter_gc(lua_State *L) {
+static int liter_gc(lua_State *L) {
   lua_iter *it = check_iter(L);
-  if (it->open) iter_release(it);
+  if (it->open) liter_release(it);
   return 0;
 }
 
@@ -1235,7 +1237,7 @@ int luaopen_levelparty_core(lua_State *L) {
   lua_pushcfunction(L, db_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
-  new_class(L, ITER_MT, &iter_key, iter_methods, iter_gc);
+  new_class(L, ITER_MT, &liter_key, liter_methods, liter_gc);
   new_class(L, CLEAR_MT, &clear_key, clear_methods, clear_gc);
   lua_newtable(L);
   luaL_setfuncs(L, module_funcs, 0);

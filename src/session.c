@@ -46,13 +46,13 @@ struct lp_session {
   size_t live; /* iterators with !ended && window > 0 */
 };
 
-static int iter_live(const sess_iter *it) { return !it->ended && it->window > 0; }
+static int sess_iter_live(const sess_iter *it) { return !it->ended && it->window > 0; }
 
 static size_t id_hash(uint32_t id, size_t nbuckets) {
   return (size_t)((id * 2654435761u) >> 7) & (nbuckets - 1);
 }
 
-static sess_iter *iter_find(lp_session *s, uint32_t id) {
+static sess_iter *sess_iter_find(lp_session *s, uint32_t id) {
   sess_iter *it;
   if (!s->buckets) return NULL;
   for (it = s->buckets[id_hash(id, s->nbuckets)]; it; it = it->hnext)
@@ -60,7 +60,7 @@ static sess_iter *iter_find(lp_session *s, uint32_t id) {
   return NULL;
 }
 
-static int iter_table_grow(lp_session *s) {
+static int sess_iter_table_grow(lp_session *s) {
   size_t n = s->nbuckets ? s->nbuckets * 2 : 16;
   sess_iter **b = calloc(n, sizeof *b), *it;
   if (!b) return -1;
@@ -76,9 +76,9 @@ static int iter_table_grow(lp_session *s) {
 }
 
 /* Links a fresh record (id set) into the table and at the tail of the list. */
-static int iter_insert(lp_session *s, sess_iter *it) {
+static int sess_iter_insert(lp_session *s, sess_iter *it) {
   size_t h;
-  if (s->count + 1 > s->nbuckets && iter_table_grow(s) < 0) return -1;
+  if (s->count + 1 > s->nbuckets && sess_iter_table_grow(s) < 0) return -1;
   h = id_hash(it->id, s->nbuckets);
   it->hnext = s->buckets[h];
   s->buckets[h] = it;
@@ -90,11 +90,11 @@ static int iter_insert(lp_session *s, sess_iter *it) {
     s->head = it;
   s->tail = it;
   s->count++;
-  s->live += (size_t)iter_live(it);
+  s->live += (size_t)sess_iter_live(it);
   return 0;
 }
 
-static void iter_unlink_list(lp_session *s, sess_iter *it) {
+static void sess_iter_unlink_list(lp_session *s, sess_iter *it) {
   if (it->prev)
     it->prev->next = it->next;
   else
@@ -106,9 +106,9 @@ static void iter_unlink_list(lp_session *s, sess_iter *it) {
   it->prev = it->next = NULL;
 }
 
-static void iter_move_to_tail(lp_session *s, sess_iter *it) {
+static void sess_iter_move_to_tail(lp_session *s, sess_iter *it) {
   if (s->tail == it) return;
-  iter_unlink_list(s, it);
+  sess_iter_unlink_list(s, it);
   it->prev = s->tail;
   if (s->tail)
     s->tail->next = it;
@@ -118,20 +118,20 @@ static void iter_move_to_tail(lp_session *s, sess_iter *it) {
 }
 
 /* Closes the engine iterator (the record stays). */
-static void iter_finish(lp_session *s, sess_iter *it) {
-  s->live -= (size_t)iter_live(it);
+static void sess_iter_finish(lp_session *s, sess_iter *it) {
+  s->live -= (size_t)sess_iter_live(it);
   it->ended = 1;
   if (it->it) lp_engine_iter_close(it->it);
   it->it = NULL;
 }
 
-static void iter_remove(lp_session *s, sess_iter *it) {
+static void sess_iter_remove(lp_session *s, sess_iter *it) {
   sess_iter **pp = &s->buckets[id_hash(it->id, s->nbuckets)];
   while (*pp != it)
     pp = &(*pp)->hnext;
   *pp = it->hnext;
-  iter_unlink_list(s, it);
-  iter_finish(s, it);
+  sess_iter_unlink_list(s, it);
+  sess_iter_finish(s, it);
   s->count--;
   free(it);
 }
@@ -147,7 +147,7 @@ lp_session *lp_session_new(lp_engine *e, size_t max_frame) {
 void lp_session_free(lp_session *s) {
   if (!s) return;
   while (s->head)
-    iter_remove(s, s->head);
+    sess_iter_remove(s, s->head);
   free(s->buckets);
   free(s);
 }
@@ -323,9 +323,9 @@ static int session_execute(lp_engine *e, const lp_request *r, lp_buf *out) {
 
 /* Produces up to budget entries of one iterator.  Returns the number of
  * entries produced, or -1 when out of memory (the iterator is then ended). */
-static long iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t budget) {
+static long sess_iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t budget) {
   long n = 0;
-  while ((size_t)n < budget && iter_live(it)) {
+  while ((size_t)n < budget && sess_iter_live(it)) {
     lp_slice k, v;
     lp_err err;
     int rc = lp_engine_iter_next(it->it, &k, &v, &err);
@@ -336,19 +336,19 @@ static long iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t budge
       if (!ks.ptr) ks.ptr = "";
       if (!vs.ptr) vs.ptr = "";
       if (lp_wire_put_iterdata(out, it->id, ks, vs) < 0) {
-        iter_finish(s, it);
+        sess_iter_finish(s, it);
         return -1;
       }
       it->window--;
       if (it->window == 0) s->live--;
       n++;
     } else if (rc == 0) {
-      iter_finish(s, it);
+      sess_iter_finish(s, it);
       if (lp_wire_put_iterend(out, it->id) < 0) return -1;
     } else {
       char msg[sizeof err.msg + 64];
       int len = storage_err(msg, sizeof msg, "iterator", &err);
-      iter_finish(s, it);
+      sess_iter_finish(s, it);
       if (lp_wire_put_itererror(out, it->id, msg, (size_t)len) < 0) return -1;
     }
   }
@@ -356,7 +356,7 @@ static long iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t budge
 }
 
 /* Opens a new iterator record for r (batch > 0, id unknown). */
-static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf *out) {
+static int sess_iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf *out) {
   lp_range range;
   lp_err err;
   sess_iter *it;
@@ -376,7 +376,7 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
   if (range.limit == 0) {
     /* zero entries: never touch the engine, end at once */
     it->ended = 1;
-    if (iter_insert(s, it) < 0) {
+    if (sess_iter_insert(s, it) < 0) {
       free(it);
       return -1;
     }
@@ -390,7 +390,7 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
     char msg[sizeof err.msg + 64];
     int n;
     it->ended = 1;
-    if (iter_insert(s, it) < 0) {
+    if (sess_iter_insert(s, it) < 0) {
       free(it);
       return -1;
     }
@@ -398,7 +398,7 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
     n = storage_err(msg, sizeof msg, "iterator", &err);
     return lp_wire_put_itererror(out, r->id, msg, (size_t)n);
   }
-  if (iter_insert(s, it) < 0) {
+  if (sess_iter_insert(s, it) < 0) {
     lp_engine_iter_close(it->it);
     free(it);
     return -1;
@@ -409,20 +409,20 @@ static int iter_open(lp_session *s, const lp_request *r, sess_iter **res, lp_buf
 
 /* Handles one ITER message.  *budget is decreased by the entries produced. */
 static int session_iter(lp_session *s, const lp_request *r, lp_buf *out, size_t *budget) {
-  sess_iter *it = iter_find(s, r->id);
+  sess_iter *it = sess_iter_find(s, r->id);
   long n;
   if (r->batch == 0) {
-    if (it) iter_remove(s, it);
+    if (it) sess_iter_remove(s, it);
     return 0;
   }
   if (!it) {
-    if (iter_open(s, r, &it, out) < 0) return -1;
+    if (sess_iter_open(s, r, &it, out) < 0) return -1;
     if (!it) return 0;
   }
-  s->live -= (size_t)iter_live(it);
+  s->live -= (size_t)sess_iter_live(it);
   it->window = r->batch;
-  s->live += (size_t)iter_live(it);
-  n = iter_produce(s, it, out, *budget);
+  s->live += (size_t)sess_iter_live(it);
+  n = sess_iter_produce(s, it, out, *budget);
   if (n < 0) return -1;
   *budget -= (size_t)n;
   return 0;
@@ -493,10 +493,10 @@ int lp_session_pump(lp_session *s, lp_buf *out, size_t budget) {
   while (it && budget > 0 && s->live > 0) {
     sess_iter *next = it->next;
     int last = it == stop;
-    if (iter_live(it)) {
-      long n = iter_produce(s, it, out, budget);
+    if (sess_iter_live(it)) {
+      long n = sess_iter_produce(s, it, out, budget);
       if (n > 0) budget -= (size_t)n;
-      if (n >= 0 && iter_live(it)) iter_move_to_tail(s, it);
+      if (n >= 0 && sess_iter_live(it)) sess_iter_move_to_tail(s, it);
     }
     if (last) break;
     it = next;
