@@ -42,18 +42,18 @@ static uint64_t slice_ns = 2000000; /* 2 ms */
 
 static int slice_over(void) { return lp_now_ns() - slice_start_ns > slice_ns; }
 
-typedef struct lua_iter lua_iter;
+typedef struct liter liter_t;
 
-typedef struct lua_db {
+typedef struct ldb {
   lp_party *party;     /* NULL once closed */
   lp_buf scratch;      /* encodes get/put/del requests; reused, freed at close */
-  lua_iter *iters;     /* open iterators of this handle */
+  liter_t *iters;      /* open iterators of this handle */
   uint64_t timeout_ns; /* per follower request; 0: none */
   int sync;            /* default for writes */
-} lua_db;
+} ldb_t;
 
-struct lua_iter {
-  lua_db *db; /* valid while open: the user value keeps it alive */
+struct liter {
+  ldb_t *db; /* valid while open: the user value keeps it alive */
   lp_engine_iter *local;
   lp_citer *remote;
   int keys, values;
@@ -61,19 +61,19 @@ struct lua_iter {
   int has_err;    /* a failure met after a page's entries: next page */
   unsigned steps; /* direct steps since the last time-slice check */
   lp_err err;
-  lua_iter *prev, *next;
+  liter_t *prev, *next;
 };
 
 #define PAGE_ENTRIES    256
 #define BIG_BATCH_OPS   2000
 #define BIG_BATCH_BYTES (256u * 1024u)
 
-typedef struct lua_clear {
-  lua_db *db;
+typedef struct lclear {
+  ldb_t *db;
   lp_range range; /* bounds owned (lp_slice_dup) */
   lp_clear_state st;
   int done;
-} lua_clear;
+} lclear_t;
 
 enum { OP_GET, OP_WRITE, OP_GETMANY };
 
@@ -113,7 +113,7 @@ static void *check_class(lua_State *L, void *key, const char *name) {
   return luaL_checkudata(L, 1, name); /* raises the usual error */
 }
 
-static lua_db *check_db(lua_State *L) { return (lua_db *)check_class(L, &db_key, DB_MT); }
+static ldb_t *check_db(lua_State *L) { return (ldb_t *)check_class(L, &db_key, DB_MT); }
 
 static lp_slice check_slice(lua_State *L, int i) {
   lp_slice s;
@@ -161,7 +161,7 @@ static void read_range(lua_State *L, int t, lp_range *r) {
   r->limit = limit < 0 ? -1 : limit > 9e18 ? INT64_MAX : (int64_t)limit;
 }
 
-static uint64_t deadline_of(const lua_db *d) {
+static uint64_t deadline_of(const ldb_t *d) {
   return d->timeout_ns ? lp_now_ns() + d->timeout_ns : 0;
 }
 
@@ -196,7 +196,7 @@ static int is_notfound(lp_slice text) {
 }
 
 /* Pushes the outcome of a finished follower request. */
-static int push_result(lua_State *L, lua_db *d, uint64_t token, int op, const char *opname) {
+static int push_result(lua_State *L, ldb_t *d, uint64_t token, int op, const char *opname) {
   lp_result res;
   lp_response r;
   int n;
@@ -252,7 +252,7 @@ static int push_result(lua_State *L, lua_db *d, uint64_t token, int op, const ch
 /* Submits a follower request; returns PENDING, token in async mode while it
  * is in flight, else (blocking mode: after waiting) pushes the result. */
 /* rest is copied by the client: the caller keeps (and frees, or reuses) it. */
-static int submit(lua_State *L, lua_db *d, int tag, const lp_buf *rest, int op, const char *opname,
+static int submit(lua_State *L, ldb_t *d, int tag, const lp_buf *rest, int op, const char *opname,
                   int async) {
   lp_err err;
   uint64_t token = lp_party_submit(d->party, tag, (lp_slice){rest->ptr, rest->len}, deadline_of(d));
@@ -284,7 +284,7 @@ static int open_db(lua_State *L) {
   lp_party_opts o;
   lp_err err;
   lp_party *party;
-  lua_db *d;
+  ldb_t *d;
   double t;
   luaL_checktype(L, 2, LUA_TTABLE);
   blocking = !lua_toboolean(L, 3);
@@ -310,7 +310,7 @@ static int open_db(lua_State *L) {
     lp_party_unref(party);
     return push_lperr(L, &err);
   }
-  d = (lua_db *)lp_newuserdata(L, sizeof *d);
+  d = (ldb_t *)lp_newuserdata(L, sizeof *d);
   memset(d, 0, sizeof *d);
   d->party = party;
   t = field_num(L, 2, "timeout", 0);
@@ -334,8 +334,8 @@ static int set_slice(lua_State *L) {
 
 /* ---------------------------------------------------------------- db */
 
-static void liter_release(lua_iter *it) {
-  lua_db *d = it->db;
+static void liter_release(liter_t *it) {
+  ldb_t *d = it->db;
   if (!it->open) return;
   it->open = 0;
   if (it->local != NULL) lp_engine_iter_close(it->local);
@@ -357,7 +357,7 @@ static void liter_release(lua_iter *it) {
 }
 
 static int db_close(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   if (d->party != NULL) {
     while (d->iters != NULL)
       liter_release(d->iters);
@@ -369,40 +369,44 @@ static int db_close(lua_State *L) {
   return 1;
 }
 
+/* The names db:role() reports (LP_ROLE_*). */
+static const char *role_name(int role) {
+  switch (role) {
+    case LP_ROLE_LEADER: return "leader";
+    case LP_ROLE_FOLLOWER: return "follower";
+    default: return "closed";
+  }
+}
+
 static int db_role(lua_State *L) {
-  lua_db *d = check_db(L);
-  int role = d->party ? lp_party_role(d->party) : LP_ROLE_CLOSED;
-  lua_pushstring(L, role == LP_ROLE_LEADER     ? "leader"
-                    : role == LP_ROLE_FOLLOWER ? "follower"
-                                               : "closed");
+  ldb_t *d = check_db(L);
+  lua_pushstring(L, role_name(d->party ? lp_party_role(d->party) : LP_ROLE_CLOSED));
   return 1;
 }
 
 static int db_role_change(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   int role = d->party ? lp_party_take_role_change(d->party) : -1;
   if (role < 0) return 0;
-  lua_pushstring(L, role == LP_ROLE_LEADER     ? "leader"
-                    : role == LP_ROLE_FOLLOWER ? "follower"
-                                               : "closed");
+  lua_pushstring(L, role_name(role));
   return 1;
 }
 
 static int db_opened(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   lua_pushboolean(L, d->party != NULL && lp_party_opened(d->party));
   return 1;
 }
 
 static int db_party(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   if (d->party == NULL) return 0;
   lua_pushlightuserdata(L, d->party);
   return 1;
 }
 
 static int db_path(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   if (d->party == NULL) return 0;
   lua_pushstring(L, lp_party_path(d->party));
   return 1;
@@ -410,7 +414,7 @@ static int db_path(lua_State *L) {
 
 /* db:step() -> progress counter | nil, msg, code (the first election failed) */
 static int db_step(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   lp_err err;
   if (d->party == NULL) return push_closed(L, "open");
   if (lp_party_step(d->party, &err) != 0) return push_lperr(L, &err);
@@ -420,7 +424,7 @@ static int db_step(lua_State *L) {
 
 /* db:pollinfo() -> fd (-1 none; poll it for reading), timeout_ms (-1 none) */
 static int db_pollinfo(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   int fd = -1, tmo = -1;
   if (d->party != NULL) lp_party_pollinfo(d->party, &fd, &tmo);
   lua_pushinteger(L, fd);
@@ -429,7 +433,7 @@ static int db_pollinfo(lua_State *L) {
 }
 
 static int db_done(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
   lp_client *c;
   if (token & LP_JOB_TOKEN) {
@@ -446,7 +450,7 @@ static int db_done(lua_State *L) {
  * lp_client_log_finished), or returns -1 when the log lost some: the driver
  * then asks after every token it waits for.  Worker jobs are not logged. */
 static int db_finished(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   lp_client *c = d->party ? lp_party_client(d->party) : NULL;
   const uint64_t *tokens;
   size_t n = 0, i;
@@ -464,7 +468,7 @@ static int db_finished(lua_State *L) {
 }
 
 static int db_result(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
   const char *opname = luaL_checkstring(L, 3);
   int op = strcmp(opname, "get") == 0        ? OP_GET
@@ -486,20 +490,20 @@ static int db_result(lua_State *L) {
 
 /* db:set_polled(bool): the luv driver polls this party (db:pollinfo's fd) */
 static int db_set_polled(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   if (d->party != NULL) lp_party_set_polled(d->party, lua_toboolean(L, 2));
   return 0;
 }
 
 static int db_flush(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   if (d->party != NULL) lp_party_flush(d->party);
   return 0;
 }
 
 /* db:get(async, key) */
 static int db_get(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   int async = lua_toboolean(L, 2);
   lp_slice key = check_slice(L, 3);
   lp_engine *e;
@@ -530,7 +534,7 @@ static int db_get(lua_State *L) {
 
 /* db:put(async, key, value, sync) */
 static int db_put(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   int async = lua_toboolean(L, 2);
   lp_slice key = check_slice(L, 3), value = check_slice(L, 4);
   int sync = lua_isnil(L, 5) ? d->sync : lua_toboolean(L, 5);
@@ -552,7 +556,7 @@ static int db_put(lua_State *L) {
 
 /* db:del(async, key, sync) */
 static int db_del(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   int async = lua_toboolean(L, 2);
   lp_slice key = check_slice(L, 3);
   int sync = lua_isnil(L, 4) ? d->sync : lua_toboolean(L, 4);
@@ -640,7 +644,7 @@ static int batch_misuse(lua_State *L, size_t i, const char *why) {
  * or "del".  Misuse returns false, msg (the Lua layer raises it at the
  * caller's line). */
 static int db_batch(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   int sync, async, numbers_ok;
   size_t n, i;
   lp_engine *e;
@@ -713,7 +717,7 @@ static int db_batch(lua_State *L) {
 
 /* db:get_many(async, keys) -> array with n */
 static int db_get_many(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   int async;
   size_t n, i;
   lp_engine *e;
@@ -773,7 +777,7 @@ static int db_get_many(lua_State *L) {
 /* db:clear(async, range): follower only (a request); the leader uses
  * db:clear_begin(range) and steps it. */
 static int db_clear(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   lp_range r;
   lp_buf rest = {NULL, 0, 0};
   int async = lua_toboolean(L, 2);
@@ -788,18 +792,18 @@ static int db_clear(lua_State *L) {
 }
 
 static int db_is_leader(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   lua_pushboolean(L, d->party != NULL && lp_party_engine(d->party) != NULL);
   return 1;
 }
 
 /* ---------------------------------------------------------------- clear */
 
-static lua_clear *check_clear(lua_State *L) {
-  return (lua_clear *)check_class(L, &clear_key, CLEAR_MT);
+static lclear_t *check_clear(lua_State *L) {
+  return (lclear_t *)check_class(L, &clear_key, CLEAR_MT);
 }
 
-static void clear_release(lua_clear *c) {
+static void clear_release(lclear_t *c) {
   lp_slice_free(&c->range.gt);
   lp_slice_free(&c->range.gte);
   lp_slice_free(&c->range.lt);
@@ -809,12 +813,12 @@ static void clear_release(lua_clear *c) {
 }
 
 static int db_clear_begin(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   lp_range r;
-  lua_clear *c;
+  lclear_t *c;
   if (d->party == NULL) return push_closed(L, "clear");
   read_range(L, 2, &r);
-  c = (lua_clear *)lp_newuserdata(L, sizeof *c);
+  c = (lclear_t *)lp_newuserdata(L, sizeof *c);
   memset(c, 0, sizeof *c);
   c->db = d;
   c->range = r;
@@ -834,7 +838,7 @@ static int db_clear_begin(lua_State *L) {
 
 /* c:step(async, sync) -> true (done) | YIELD | nil, msg, code */
 static int clear_step(lua_State *L) {
-  lua_clear *c = check_clear(L);
+  lclear_t *c = check_clear(L);
   int async = lua_toboolean(L, 2), sync = lua_toboolean(L, 3);
   lp_engine *e;
   lp_err err;
@@ -862,27 +866,25 @@ static int clear_step(lua_State *L) {
 }
 
 static int clear_gc(lua_State *L) {
-  lua_clear *c = check_clear(L);
+  lclear_t *c = check_clear(L);
   if (!c->done) clear_release(c);
   return 0;
 }
 
 /* ---------------------------------------------------------------- iterators */
 
-static lua_iter *check_iter(lua_State *L) {
-  return (lua_iter *)check_class(L, &liter_key, ITER_MT);
-}
+static liter_t *check_iter(lua_State *L) { return (liter_t *)check_class(L, &liter_key, ITER_MT); }
 
 /* db:iter(range) -> iterator | nil, msg, code */
 static int db_iter(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   lp_range r;
-  lua_iter *it;
+  liter_t *it;
   lp_engine *e;
   lp_err err;
   if (d->party == NULL) return push_closed(L, "iter");
   read_range(L, 2, &r);
-  it = (lua_iter *)lp_newuserdata(L, sizeof *it);
+  it = (liter_t *)lp_newuserdata(L, sizeof *it);
   memset(it, 0, sizeof *it);
   it->db = d;
   it->keys = r.keys;
@@ -911,7 +913,7 @@ static int db_iter(lua_State *L) {
 
 /* Stores one entry in the page table (argument 3) after slot: the sides the
  * caller asked for, or `true` when neither.  Returns the last slot used. */
-static int page_put(lua_State *L, const lua_iter *it, lp_slice k, lp_slice v, int slot) {
+static int page_put(lua_State *L, const liter_t *it, lp_slice k, lp_slice v, int slot) {
   if (it->keys) {
     lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
     lua_rawseti(L, 3, ++slot);
@@ -930,7 +932,7 @@ static int page_put(lua_State *L, const lua_iter *it, lp_slice k, lp_slice v, in
 /* A remote iterator has nothing buffered.  Async: sets its deadline and
  * returns 1 (the caller returns PENDING and the driver waits for it:ready()).
  * Blocking: waits for entries (or the end) and returns 0, or -1 with err. */
-static int remote_wait(lua_iter *it, int async, lp_err *err) {
+static int remote_wait(liter_t *it, int async, lp_err *err) {
   lp_party *p = it->db->party;
   lp_client_iter_wait_deadline(lp_party_client(p), it->remote, deadline_of(it->db));
   if (async) return 1;
@@ -943,7 +945,7 @@ static int remote_wait(lua_iter *it, int async, lp_err *err) {
  * many entries; 0 at the end.  One call per page keeps the per-entry cost of
  * crossing into C and of deciding how to wait off the iteration. */
 static int liter_page(lua_State *L) {
-  lua_iter *it = check_iter(L);
+  liter_t *it = check_iter(L);
   int async = lua_toboolean(L, 2);
   int n = 0, slot = 0, r = 1;
   lp_slice k, v;
@@ -998,7 +1000,7 @@ static int liter_page(lua_State *L) {
 
 /* Advances a local iterator: pushes key and value and returns 1; otherwise
  * releases the iterator and returns 0 at the end, -1 on failure (err). */
-static int local_next(lua_State *L, lua_iter *it, lp_err *err) {
+static int local_next(lua_State *L, liter_t *it, lp_err *err) {
   lp_slice k, v;
   int r = lp_engine_iter_next(it->local, &k, &v, err);
   if (r == 1) {
@@ -1014,7 +1016,7 @@ static int local_next(lua_State *L, lua_iter *it, lp_err *err) {
  * returns 1; 2 when nothing is buffered yet (the caller waits); otherwise
  * releases the iterator and returns 0 at the end, -1 on failure (err).  The
  * window acks that consuming entries queues go out at once. */
-static int remote_next(lua_State *L, lua_iter *it, lp_err *err) {
+static int remote_next(lua_State *L, liter_t *it, lp_err *err) {
   lp_party *p = it->db->party;
   lp_client *c = lp_party_client(p);
   lp_slice k, v;
@@ -1034,7 +1036,7 @@ static int remote_next(lua_State *L, lua_iter *it, lp_err *err) {
  * it:ready()).  One entry of an iterator asked for both sides: the slow half
  * of the direct step (liter_call) and it:next() of such iterators. */
 static int liter_step(lua_State *L) {
-  lua_iter *it = check_iter(L);
+  liter_t *it = check_iter(L);
   int async = lua_toboolean(L, 2);
   lp_err err;
   if (it->has_err) {
@@ -1089,10 +1091,10 @@ static int liter_call_done(lua_State *L, int status, lua_KContext ctx) {
  * step, upvalue 1, which may yield: hence lua_callk.  Upvalue 2 is the core
  * iterator metatable. */
 static int liter_call(lua_State *L) {
-  lua_iter *it = NULL;
+  liter_t *it = NULL;
   if (lua_type(L, 1) == LUA_TTABLE && lua_rawgeti(L, 1, 1) == LUA_TUSERDATA &&
       lua_getmetatable(L, -1)) {
-    if (lua_rawequal(L, -1, lua_upvalueindex(2))) it = (lua_iter *)lua_touserdata(L, -2);
+    if (lua_rawequal(L, -1, lua_upvalueindex(2))) it = (liter_t *)lua_touserdata(L, -2);
   }
   lua_settop(L, 1);
   if (it != NULL && it->open && !it->has_err &&
@@ -1124,14 +1126,14 @@ static int direct_call(lua_State *L) {
 
 /* it:ready() -> true when next() would not return PENDING */
 static int liter_ready(lua_State *L) {
-  lua_iter *it = check_iter(L);
+  liter_t *it = check_iter(L);
   lua_pushboolean(L, !it->open || it->local != NULL || it->db->party == NULL ||
                          lp_client_iter_ready(lp_party_client(it->db->party), it->remote));
   return 1;
 }
 
 static int liter_close(lua_State *L) {
-  lua_iter *it = check_iter(L);
+  liter_t *it = check_iter(L);
   if (it->open) liter_release(it);
   lua_pushboolean(L, 1);
   return 1;
@@ -1143,14 +1145,12 @@ static int db_gc(lua_State *L) {
 }
 
 static int db_tostring(lua_State *L) {
-  lua_db *d = check_db(L);
+  ldb_t *d = check_db(L);
   if (d->party == NULL)
     lua_pushfstring(L, "levelparty.db{closed}: %p", (void *)d);
-  else {
-    int role = lp_party_role(d->party);
+  else
     lua_pushfstring(L, "levelparty.db{path=%s;role=%s}: %p", lp_party_path(d->party),
-                    role == LP_ROLE_LEADER ? "leader" : "follower", (void *)d);
-  }
+                    role_name(lp_party_role(d->party)), (void *)d);
   return 1;
 }
 
@@ -1215,7 +1215,7 @@ static void new_class(lua_State *L, const char *name, void *key, const luaL_Reg 
 }
 
 static int liter_gc(lua_State *L) {
-  lua_iter *it = check_iter(L);
+  liter_t *it = check_iter(L);
   if (it->open) liter_release(it);
   return 0;
 }
