@@ -261,15 +261,15 @@ static void encode_response(const lp_response *r, lp_buf *out) {
 
   switch (r->tag) {
     case LP_RES_CALLBACK:
-      REQUIRE(lp_wire_put_callback(out, r->id, r->error.ptr, r->error.len, r->value) == 0);
+      REQUIRE(lp_wire_enc_callback(out, r->id, r->error.ptr, r->error.len, r->value) == 0);
       break;
     case LP_RES_ITERDATA:
       if (r->error.ptr != NULL)
-        REQUIRE(lp_wire_put_itererror(out, r->id, r->error.ptr, r->error.len) == 0);
+        REQUIRE(lp_wire_enc_itererror(out, r->id, r->error.ptr, r->error.len) == 0);
       else if (r->key.ptr != NULL || r->value.ptr != NULL)
-        REQUIRE(lp_wire_put_iterdata(out, r->id, r->key, r->value) == 0);
+        REQUIRE(lp_wire_enc_iterdata(out, r->id, r->key, r->value) == 0);
       else
-        REQUIRE(lp_wire_put_iterend(out, r->id) == 0);
+        REQUIRE(lp_wire_enc_iterend(out, r->id) == 0);
       break;
     case LP_RES_GETMANY:
       while (lp_wire_next_value(r, &cur, &v)) {
@@ -277,7 +277,7 @@ static void encode_response(const lp_response *r, lp_buf *out) {
         n++;
       }
       REQUIRE(n == r->count);
-      REQUIRE(lp_wire_put_getmany(out, r->id, r->error.ptr, r->error.len, buf_slice(&rest)) == 0);
+      REQUIRE(lp_wire_enc_getmany(out, r->id, r->error.ptr, r->error.len, buf_slice(&rest)) == 0);
       break;
     default: fail("decoded response with an unknown tag");
   }
@@ -675,15 +675,15 @@ static void valid_frame(lp_buf *out) {
       lp_wire_rest_clear(&rest, &rg);
       lp_wire_frame(out, LP_REQ_CLEAR, id, buf_slice(&rest));
       break;
-    case 7: lp_wire_put_callback(out, id, below(2) ? "NotFound: " : NULL, 10, b); break;
-    case 8: lp_wire_put_iterdata(out, id, a, b); break;
-    case 9: lp_wire_put_iterend(out, id); break;
-    case 10: lp_wire_put_itererror(out, id, "boom", 4); break;
+    case 7: lp_wire_enc_callback(out, id, below(2) ? "NotFound: " : NULL, 10, b); break;
+    case 8: lp_wire_enc_iterdata(out, id, a, b); break;
+    case 9: lp_wire_enc_iterend(out, id); break;
+    case 10: lp_wire_enc_itererror(out, id, "boom", 4); break;
     case 11:
       n = below(5);
       for (i = 0; i < n; i++)
         lp_wire_rest_getmany_value(&rest, below(2) ? a : b);
-      lp_wire_put_getmany(out, id, below(4) ? NULL : "err", 3, buf_slice(&rest));
+      lp_wire_enc_getmany(out, id, below(4) ? NULL : "err", 3, buf_slice(&rest));
       break;
     case 12:
     case 13: {

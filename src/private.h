@@ -226,16 +226,17 @@ int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch);
 /* CLEAR: options with the bounds, limit and reverse explicit. */
 int lp_wire_rest_clear(lp_buf *rest, const lp_range *r);
 
-/* Server-side encoders write whole frames.  err: NULL for none. */
-int lp_wire_put_callback(lp_buf *out, uint32_t id, const char *err, size_t errlen,
+/* Server side: lp_wire_enc_* encode a whole reply frame (varint length, tag,
+ * id and fields) onto out.  err: NULL for none. */
+int lp_wire_enc_callback(lp_buf *out, uint32_t id, const char *err, size_t errlen,
                          lp_slice value /* absent = none */);
-int lp_wire_put_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value);
-int lp_wire_put_iterend(lp_buf *out, uint32_t id);
-int lp_wire_put_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen);
+int lp_wire_enc_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value);
+int lp_wire_enc_iterend(lp_buf *out, uint32_t id);
+int lp_wire_enc_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen);
 /* GetManyCallback: the caller appends each value with lp_wire_rest_getmany_value
  * into a scratch buffer, then frames it with this. */
 int lp_wire_rest_getmany_value(lp_buf *rest, lp_slice value /* absent = not found */);
-int lp_wire_put_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen,
+int lp_wire_enc_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen,
                         lp_slice values_rest);
 
 /* Varint helpers, exposed for tests. */

@@ -168,13 +168,13 @@ static int storage_err(char *dst, size_t n, const char *op, const lp_err *e) {
 }
 
 static int reply_err(lp_buf *out, uint32_t id, const char *msg) {
-  return lp_wire_put_callback(out, id, msg, strlen(msg), LP_SLICE_NONE);
+  return lp_wire_enc_callback(out, id, msg, strlen(msg), LP_SLICE_NONE);
 }
 
 static int reply_storage_err(lp_buf *out, uint32_t id, const char *op, const lp_err *e) {
   char msg[sizeof e->msg + 64];
   int n = storage_err(msg, sizeof msg, op, e);
-  return lp_wire_put_callback(out, id, msg, (size_t)n, LP_SLICE_NONE);
+  return lp_wire_enc_callback(out, id, msg, (size_t)n, LP_SLICE_NONE);
 }
 
 /* Node's decode defaults (reference 3.3): options absent -> leveldown's
@@ -205,7 +205,7 @@ static int exec_get(lp_engine *e, const lp_request *r, lp_buf *out) {
   /* a found empty value must still be a present field */
   v.ptr = val ? val : "";
   v.len = vlen;
-  rc = lp_wire_put_callback(out, r->id, NULL, 0, v);
+  rc = lp_wire_enc_callback(out, r->id, NULL, 0, v);
   free(val);
   return rc;
 }
@@ -216,14 +216,14 @@ static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
   if (!r->value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
   if (lp_engine_put(e, r->key, r->value, 0, &err) < 0)
     return reply_storage_err(out, r->id, "put", &err);
-  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+  return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
 static int exec_del(lp_engine *e, const lp_request *r, lp_buf *out) {
   lp_err err;
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   if (lp_engine_del(e, r->key, 0, &err) < 0) return reply_storage_err(out, r->id, "del", &err);
-  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+  return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
 static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
@@ -237,7 +237,7 @@ static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
     if (op.key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
     if (op.type == 0 && !op.value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
   }
-  if (r->count == 0) return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+  if (r->count == 0) return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
   b = lp_batch_new();
   if (!b) return reply_err(out, r->id, "ENOMEM: batch: out of memory");
   cur = 0;
@@ -250,7 +250,7 @@ static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
   rc = lp_engine_write(e, b, 0, &err);
   lp_batch_free(b);
   if (rc < 0) return reply_storage_err(out, r->id, "batch", &err);
-  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+  return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
 static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
@@ -267,7 +267,7 @@ static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
     lp_clear_state_free(&st);
     if (rc < 0) return reply_storage_err(out, r->id, "clear", &err);
   }
-  return lp_wire_put_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
+  return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
 static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
@@ -278,7 +278,7 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
   while (lp_wire_next_key(r, &cur, &key)) {
     if (key.len == 0) {
       lp_buf_free(&rest);
-      return lp_wire_put_getmany(out, r->id, MSG_EMPTY_KEY, strlen(MSG_EMPTY_KEY),
+      return lp_wire_enc_getmany(out, r->id, MSG_EMPTY_KEY, strlen(MSG_EMPTY_KEY),
                                  (lp_slice){"", 0});
     }
   }
@@ -293,7 +293,7 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
       char msg[sizeof err.msg + 64];
       int n = storage_err(msg, sizeof msg, "getMany", &err);
       lp_buf_free(&rest);
-      return lp_wire_put_getmany(out, r->id, msg, (size_t)n, (lp_slice){"", 0});
+      return lp_wire_enc_getmany(out, r->id, msg, (size_t)n, (lp_slice){"", 0});
     }
     v = g == 1 ? (lp_slice){val ? val : "", vlen} : LP_SLICE_NONE;
     rc = lp_wire_rest_getmany_value(&rest, v);
@@ -302,7 +302,7 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
   }
   if (rc == 0) {
     lp_slice vr = {rest.ptr ? rest.ptr : "", rest.len};
-    rc = lp_wire_put_getmany(out, r->id, NULL, 0, vr);
+    rc = lp_wire_enc_getmany(out, r->id, NULL, 0, vr);
   }
   lp_buf_free(&rest);
   return rc;
@@ -335,7 +335,7 @@ static long sess_iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t 
       lp_slice vs = it->values ? v : (lp_slice){"", 0};
       if (!ks.ptr) ks.ptr = "";
       if (!vs.ptr) vs.ptr = "";
-      if (lp_wire_put_iterdata(out, it->id, ks, vs) < 0) {
+      if (lp_wire_enc_iterdata(out, it->id, ks, vs) < 0) {
         sess_iter_finish(s, it);
         return -1;
       }
@@ -344,12 +344,12 @@ static long sess_iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t 
       n++;
     } else if (rc == 0) {
       sess_iter_finish(s, it);
-      if (lp_wire_put_iterend(out, it->id) < 0) return -1;
+      if (lp_wire_enc_iterend(out, it->id) < 0) return -1;
     } else {
       char msg[sizeof err.msg + 64];
       int len = storage_err(msg, sizeof msg, "iterator", &err);
       sess_iter_finish(s, it);
-      if (lp_wire_put_itererror(out, it->id, msg, (size_t)len) < 0) return -1;
+      if (lp_wire_enc_itererror(out, it->id, msg, (size_t)len) < 0) return -1;
     }
   }
   return n;
@@ -363,7 +363,7 @@ static int sess_iter_open(lp_session *s, const lp_request *r, sess_iter **res, l
   *res = NULL;
   if (s->count >= SESS_MAX_ITERS) {
     static const char msg[] = "too many open iterators";
-    return lp_wire_put_itererror(out, r->id, msg, sizeof msg - 1);
+    return lp_wire_enc_itererror(out, r->id, msg, sizeof msg - 1);
   }
   range_from_opts(&r->opts, &range);
   it = calloc(1, sizeof *it);
@@ -381,7 +381,7 @@ static int sess_iter_open(lp_session *s, const lp_request *r, sess_iter **res, l
       return -1;
     }
     *res = it;
-    return lp_wire_put_iterend(out, r->id);
+    return lp_wire_enc_iterend(out, r->id);
   }
 
   /* the bounds point into the request: the engine copies them */
@@ -396,7 +396,7 @@ static int sess_iter_open(lp_session *s, const lp_request *r, sess_iter **res, l
     }
     *res = it;
     n = storage_err(msg, sizeof msg, "iterator", &err);
-    return lp_wire_put_itererror(out, r->id, msg, (size_t)n);
+    return lp_wire_enc_itererror(out, r->id, msg, (size_t)n);
   }
   if (sess_iter_insert(s, it) < 0) {
     lp_engine_iter_close(it->it);

@@ -634,7 +634,7 @@ int lp_wire_rest_clear(lp_buf *rest, const lp_range *r) {
 }
 
 /* Callback {1 id, [2 error], [3 value]}. */
-int lp_wire_put_callback(lp_buf *out, uint32_t id, const char *err, size_t errlen, lp_slice value) {
+int lp_wire_enc_callback(lp_buf *out, uint32_t id, const char *err, size_t errlen, lp_slice value) {
   size_t n = 0;
 
   if (err != NULL) n = bytes_field_len(errlen);
@@ -648,7 +648,7 @@ int lp_wire_put_callback(lp_buf *out, uint32_t id, const char *err, size_t errle
 /* IteratorData entry {1 id, 3 key, 4 value}: both sides always written, an
  * absent one as an empty field, because Node's client takes an entry with
  * neither field for the end marker (reference 3.6). */
-int lp_wire_put_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value) {
+int lp_wire_enc_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value) {
   size_t n = add_sz(bytes_field_len(key.len), bytes_field_len(value.len));
 
   if (frame_begin(out, LP_RES_ITERDATA, id, n) != 0) return -1;
@@ -657,13 +657,13 @@ int lp_wire_put_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value)
   return 0;
 }
 
-int lp_wire_put_iterend(lp_buf *out, uint32_t id) {
+int lp_wire_enc_iterend(lp_buf *out, uint32_t id) {
   return frame_begin(out, LP_RES_ITERDATA, id, 0);
 }
 
 /* IteratorData error {1 id, 2 error}; the error is always written (a NULL
  * err goes out as an empty string, which Node would not treat as an error). */
-int lp_wire_put_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen) {
+int lp_wire_enc_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen) {
   if (err == NULL) errlen = 0;
   if (frame_begin(out, LP_RES_ITERDATA, id, bytes_field_len(errlen)) != 0) return -1;
   w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
@@ -684,7 +684,7 @@ int lp_wire_rest_getmany_value(lp_buf *rest, lp_slice value) {
 
 /* GetManyCallback {1 id, [2 error], 3 values...}; values_rest must not point
  * into out. */
-int lp_wire_put_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen,
+int lp_wire_enc_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen,
                         lp_slice values_rest) {
   size_t n = values_rest.len;
 

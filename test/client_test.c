@@ -168,16 +168,16 @@ static void test_frames(void) {
 /* The replies used by the split test, all addressed to requests 0..3. */
 static void build_replies(lp_buf *b) {
   lp_buf vals = {0};
-  lp_wire_put_callback(b, 2, NULL, 0, LP_SLICE_NONE); /* put ok */
+  lp_wire_enc_callback(b, 2, NULL, 0, LP_SLICE_NONE); /* put ok */
   lp_buf_append(b, "\x00", 1);                        /* empty frame */
-  lp_wire_put_callback(b, 9, NULL, 0, S("nobody"));   /* unknown id */
-  lp_wire_put_iterdata(b, 5, S("a"), S("b"));         /* unknown iterator */
+  lp_wire_enc_callback(b, 9, NULL, 0, S("nobody"));   /* unknown id */
+  lp_wire_enc_iterdata(b, 5, S("a"), S("b"));         /* unknown iterator */
   lp_wire_rest_getmany_value(&vals, S("{\"x\":1}"));
   lp_wire_rest_getmany_value(&vals, LP_SLICE_NONE);
   lp_wire_rest_getmany_value(&vals, S("2"));
-  lp_wire_put_getmany(b, 3, NULL, 0, (lp_slice){vals.ptr, vals.len});
-  lp_wire_put_callback(b, 1, "NotFound: ", 10, LP_SLICE_NONE); /* get miss */
-  lp_wire_put_callback(b, 0, NULL, 0, S("{\"x\":1}"));         /* get hit */
+  lp_wire_enc_getmany(b, 3, NULL, 0, (lp_slice){vals.ptr, vals.len});
+  lp_wire_enc_callback(b, 1, "NotFound: ", 10, LP_SLICE_NONE); /* get miss */
+  lp_wire_enc_callback(b, 0, NULL, 0, S("{\"x\":1}"));         /* get hit */
   lp_buf_free(&vals);
 }
 
@@ -262,7 +262,7 @@ static uint32_t last_id(lp_client *c) {
 static void reply_ok(lp_client *c, uint32_t id) {
   lp_buf b = {0};
   lp_err err;
-  lp_wire_put_callback(&b, id, NULL, 0, LP_SLICE_NONE);
+  lp_wire_enc_callback(&b, id, NULL, 0, LP_SLICE_NONE);
   lp_client_feed(c, b.ptr, b.len, &err);
   lp_buf_free(&b);
 }
@@ -412,7 +412,7 @@ static void test_mismatch_and_errors(void) {
   uint64_t t;
   c = lp_client_new(NULL);
   t = sub_key(c, LP_REQ_GET, "a", 0);
-  lp_wire_put_getmany(&b, 0, NULL, 0, (lp_slice){"", 0});
+  lp_wire_enc_getmany(&b, 0, NULL, 0, (lp_slice){"", 0});
   check(lp_client_feed(c, b.ptr, b.len, &err) == 0, "feed accepts a reply of the wrong type");
   check(lp_client_take(c, t, &res) == 0 && res.code == LP_EREMOTE,
         "GETMANY reply to a GET completes it with EREMOTE");
@@ -431,12 +431,12 @@ static void test_mismatch_and_errors(void) {
   c = lp_client_new(&o);
   t = sub_key(c, LP_REQ_GET, "a", 0);
   b.len = 0;
-  lp_wire_put_callback(&b, 0, NULL, 0, S("0123456789abcdefghij"));
+  lp_wire_enc_callback(&b, 0, NULL, 0, S("0123456789abcdefghij"));
   check(lp_client_feed(c, b.ptr, 1, &err) == -1 && err.code == LP_EPROTO,
         "frame over max_frame is a protocol error as soon as its length is known");
   lp_client_reset(c);
   b.len = 0;
-  lp_wire_put_callback(&b, 0, NULL, 0, S("0123"));
+  lp_wire_enc_callback(&b, 0, NULL, 0, S("0123"));
   lp_client_replay(c);
   check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && lp_client_done(c, t),
         "after reset and replay a small reply completes the request");
@@ -477,7 +477,7 @@ static void test_fail_all(void) {
 static void feed_entry(lp_client *c, uint32_t id, const char *k, const char *v) {
   lp_buf b = {0};
   lp_err err;
-  lp_wire_put_iterdata(&b, id, S(k), v ? S(v) : LP_SLICE_NONE);
+  lp_wire_enc_iterdata(&b, id, S(k), v ? S(v) : LP_SLICE_NONE);
   if (lp_client_feed(c, b.ptr, b.len, &err)) printf("# feed failed: %s\n", err.msg);
   lp_buf_free(&b);
 }
@@ -517,7 +517,7 @@ static void test_iter_codec(void) {
   feed_entry(c, 0, "stale1", "x");
   feed_entry(c, 0, "stale2", "x");
   check(!lp_client_iter_ready(c, it), "stale entries for the closed id are dropped");
-  lp_wire_put_iterend(&b, 0);
+  lp_wire_enc_iterend(&b, 0);
   lp_client_feed(c, b.ptr, b.len, &err);
   it2 = lp_client_iter_open(c, &r);
   check(last_id(c) == 0, "after the old stream's end, id 0 is free again");
@@ -552,7 +552,7 @@ static void test_iter_codec(void) {
     /* end marker: after buffered entries; then batch:0 and the id is freed */
     feed_entry(c, 1, "k33", "v");
     b.len = 0;
-    lp_wire_put_iterend(&b, 1);
+    lp_wire_enc_iterend(&b, 1);
     lp_client_feed(c, b.ptr, b.len, &err);
     check(buf_is(lp_client_out(c), "05 04 08 01 10 00"),
           "end marker makes the client send batch:0");
@@ -568,7 +568,7 @@ static void test_iter_codec(void) {
   lp_range_init(&r);
   it = lp_client_iter_open(c, &r);
   b.len = 0;
-  lp_wire_put_itererror(&b, last_id(c), "EIO: iterator: disk on fire", 27);
+  lp_wire_enc_itererror(&b, last_id(c), "EIO: iterator: disk on fire", 27);
   lp_client_feed(c, b.ptr, b.len, &err);
   rc = lp_client_iter_next(c, it, &k, &v, &err);
   check(rc == -1 && err.code == LP_EIO &&
@@ -578,7 +578,7 @@ static void test_iter_codec(void) {
   lp_client_out(c)->len = 0;
   it = lp_client_iter_open(c, &r);
   b.len = 0;
-  lp_wire_put_itererror(&b, last_id(c), "too many open iterators", 23);
+  lp_wire_enc_itererror(&b, last_id(c), "too many open iterators", 23);
   lp_client_feed(c, b.ptr, b.len, &err);
   rc = lp_client_iter_next(c, it, &k, &v, &err);
   check(rc == -1 && err.code == LP_EREMOTE, "unclassified error text gives EREMOTE");
@@ -644,7 +644,7 @@ static void test_iter_codec(void) {
   feed_entry(c, 0, "a", "1");
   feed_entry(c, 0, "b", "1");
   b.len = 0;
-  lp_wire_put_iterdata(&b, 0, S("c"), S("1"));
+  lp_wire_enc_iterdata(&b, 0, S("c"), S("1"));
   check(lp_client_feed(c, b.ptr, b.len, &err) == -1 && err.code == LP_EPROTO,
         "an entry beyond the granted window is a protocol error");
   lp_client_reset(c);
@@ -838,7 +838,7 @@ static void test_iter_reopen(void) {
   feed_entry(c, 0, "a", "1");
   {
     lp_buf b = {0};
-    lp_wire_put_iterend(&b, 0);
+    lp_wire_enc_iterend(&b, 0);
     lp_client_feed(c, b.ptr, b.len, &err);
     lp_buf_free(&b);
   }
@@ -850,7 +850,7 @@ static void test_iter_reopen(void) {
   lp_client_out(c)->len = 0;
   {
     lp_buf b = {0};
-    lp_wire_put_iterend(&b, 0);
+    lp_wire_enc_iterend(&b, 0);
     lp_client_feed(c, b.ptr, b.len, &err);
     lp_buf_free(&b);
   }

@@ -318,7 +318,7 @@ static void test_reply_examples(void) {
   size_t cur;
   int rc;
 
-  lp_wire_put_callback(&out, 0, NULL, 0, S("{\"x\":1}"));
+  lp_wire_enc_callback(&out, 0, NULL, 0, S("{\"x\":1}"));
   same_bytes(&out, F_GETHIT, "encode get hit");
   rc = decode_res_spec(F_GETHIT, &hold, &r);
   check(rc == LP_WIRE_OK && r.tag == LP_RES_CALLBACK && r.id == 0 && r.error.ptr == NULL &&
@@ -326,14 +326,14 @@ static void test_reply_examples(void) {
         "decode get hit", "rc=%d err=%s value=%s", rc, sdesc(r.error), sdesc(r.value));
 
   out.len = 0;
-  lp_wire_put_callback(&out, 5, "NotFound: ", 10, LP_SLICE_NONE);
+  lp_wire_enc_callback(&out, 5, "NotFound: ", 10, LP_SLICE_NONE);
   same_bytes(&out, F_GETMISS, "encode get miss");
   rc = decode_res_spec(F_GETMISS, &hold, &r);
   check(rc == LP_WIRE_OK && r.id == 5 && slice_is(r.error, "NotFound: ") && r.value.ptr == NULL,
         "decode get miss", "rc=%d err=%s value=%s", rc, sdesc(r.error), sdesc(r.value));
 
   out.len = 0;
-  lp_wire_put_callback(&out, 3, NULL, 0, LP_SLICE_NONE);
+  lp_wire_enc_callback(&out, 3, NULL, 0, LP_SLICE_NONE);
   same_bytes(&out, F_OK3, "encode put/del/batch ok");
   rc = decode_res_spec(F_OK3, &hold, &r);
   check(rc == LP_WIRE_OK && r.id == 3 && r.error.ptr == NULL && r.value.ptr == NULL,
@@ -343,7 +343,7 @@ static void test_reply_examples(void) {
   lp_wire_rest_getmany_value(&rest, S("{\"x\":1}"));
   lp_wire_rest_getmany_value(&rest, LP_SLICE_NONE);
   lp_wire_rest_getmany_value(&rest, S("2"));
-  lp_wire_put_getmany(&out, 7, NULL, 0, (lp_slice){rest.ptr, rest.len});
+  lp_wire_enc_getmany(&out, 7, NULL, 0, (lp_slice){rest.ptr, rest.len});
   same_bytes(&out, F_GETMANYCB, "encode getMany callback");
   rc = decode_res_spec(F_GETMANYCB, &hold, &r);
   check(rc == LP_WIRE_OK && r.tag == LP_RES_GETMANY && r.id == 7 && r.count == 3 &&
@@ -360,7 +360,7 @@ static void test_reply_examples(void) {
   }
 
   out.len = 0;
-  lp_wire_put_iterdata(&out, 0, S("a"), S("{\"x\":1}"));
+  lp_wire_enc_iterdata(&out, 0, S("a"), S("{\"x\":1}"));
   same_bytes(&out, F_ENTRY, "encode iterator entry");
   rc = decode_res_spec(F_ENTRY, &hold, &r);
   check(rc == LP_WIRE_OK && r.tag == LP_RES_ITERDATA && slice_is(r.key, "a") &&
@@ -368,7 +368,7 @@ static void test_reply_examples(void) {
         "decode iterator entry", "rc=%d key=%s value=%s", rc, sdesc(r.key), sdesc(r.value));
 
   out.len = 0;
-  lp_wire_put_iterend(&out, 0);
+  lp_wire_enc_iterend(&out, 0);
   same_bytes(&out, F_ITEREND, "encode iterator end marker");
   rc = decode_res_spec(F_ITEREND, &hold, &r);
   check(rc == LP_WIRE_OK && r.tag == LP_RES_ITERDATA && r.key.ptr == NULL && r.value.ptr == NULL &&
@@ -377,10 +377,10 @@ static void test_reply_examples(void) {
 
   /* entries with a suppressed side keep the field, empty (3.6) */
   out.len = 0;
-  lp_wire_put_iterdata(&out, 2, S("k"), LP_SLICE_NONE);
+  lp_wire_enc_iterdata(&out, 2, S("k"), LP_SLICE_NONE);
   same_bytes(&out, "08 01 08 02 1a 01 \"k\" 22 00", "iterdata with values off writes 22 00");
   out.len = 0;
-  lp_wire_put_iterdata(&out, 2, LP_SLICE_NONE, LP_SLICE_NONE);
+  lp_wire_enc_iterdata(&out, 2, LP_SLICE_NONE, LP_SLICE_NONE);
   same_bytes(&out, "07 01 08 02 1a 00 22 00", "iterdata with both absent writes both empty");
   rc = lp_wire_decode_response(one_payload(&out), &r);
   check(rc == LP_WIRE_OK && r.key.ptr != NULL && r.key.len == 0 && r.value.ptr != NULL &&
@@ -388,19 +388,19 @@ static void test_reply_examples(void) {
         "empty iterdata decodes as present empty key and value", "rc=%d", rc);
 
   out.len = 0;
-  lp_wire_put_itererror(&out, 1, "boom", 4);
+  lp_wire_enc_itererror(&out, 1, "boom", 4);
   same_bytes(&out, "09 01 08 01 12 04 \"boom\"", "encode iterator error");
   rc = lp_wire_decode_response(one_payload(&out), &r);
   check(rc == LP_WIRE_OK && slice_is(r.error, "boom") && r.key.ptr == NULL && r.value.ptr == NULL,
         "decode iterator error", "rc=%d", rc);
 
   out.len = 0;
-  lp_wire_put_callback(&out, 1, "", 0, S(""));
+  lp_wire_enc_callback(&out, 1, "", 0, S(""));
   same_bytes(&out, "07 00 08 01 12 00 1a 00", "callback with present empty error and value");
 
   out.len = 0;
   rest.len = 0;
-  lp_wire_put_getmany(&out, 1, "bad", 3, (lp_slice){NULL, 0});
+  lp_wire_enc_getmany(&out, 1, "bad", 3, (lp_slice){NULL, 0});
   same_bytes(&out, "08 02 08 01 12 03 \"bad\"", "getMany callback with error and no values");
 
   lp_buf_free(&rest);
@@ -874,7 +874,7 @@ static void test_encoder_options(void) {
     char big[300];
     int rc;
     memset(big, 'v', sizeof big);
-    lp_wire_put_callback(&out, 0xffffffffu, NULL, 0, (lp_slice){big, sizeof big});
+    lp_wire_enc_callback(&out, 0xffffffffu, NULL, 0, (lp_slice){big, sizeof big});
     rc = lp_wire_decode_response(one_payload(&out), &s);
     check(rc == LP_WIRE_OK && s.id == 0xffffffffu && s.value.len == 300 &&
               out.len == 2 + 1 + 6 + 1 + 2 + 300,
