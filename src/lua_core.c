@@ -484,7 +484,7 @@ static int db_result(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (d->party == NULL || lp_party_client(d->party) == NULL) return push_closed(L, opname);
+  if (d->party == NULL || lp_party_ensure_client(d->party) == NULL) return push_closed(L, opname);
   return push_result(L, d, token, op, opname);
 }
 
@@ -899,7 +899,7 @@ static int db_iter(lua_State *L) {
     it->local = lp_engine_iter_open(e, &r, &err);
     if (it->local == NULL) return push_lperr(L, &err);
   } else {
-    lp_client *c = lp_party_client(d->party);
+    lp_client *c = lp_party_ensure_client(d->party);
     if (c == NULL || (it->remote = lp_client_iter_open(c, &r)) == NULL)
       return push_err(L, LP_ENOMEM, "iter: out of memory");
     lp_party_flush(d->party);

@@ -110,12 +110,7 @@ int lp_party_role(const lp_party *p) {
 int lp_party_opened(const lp_party *p) { return p->opened; }
 const char *lp_party_path(const lp_party *p) { return p->path; }
 lp_engine *lp_party_engine(lp_party *p) { return p->state == P_LEADER ? p->engine : NULL; }
-static int ensure_client(lp_party *p);
-
-lp_client *lp_party_client(lp_party *p) {
-  if (p->client == NULL && p->state != P_LEADER && p->state != P_CLOSED) ensure_client(p);
-  return p->client;
-}
+lp_client *lp_party_client(lp_party *p) { return p->client; }
 uint64_t lp_party_progress(const lp_party *p) { return p->progress; }
 
 int lp_party_take_role_change(lp_party *p) {
@@ -212,6 +207,11 @@ static int ensure_client(lp_party *p) {
     if (p->client != NULL) lp_client_log_finished(p->client, p->polled);
   }
   return p->client != NULL ? 0 : -1;
+}
+
+lp_client *lp_party_ensure_client(lp_party *p) {
+  if (p->state != P_LEADER && p->state != P_CLOSED) (void)ensure_client(p);
+  return p->client;
 }
 
 static void enter_electing(lp_party *p) {
@@ -362,7 +362,7 @@ void lp_party_flush(lp_party *p) {
 static int follower_read(lp_party *p, int wait) {
   int got = 0;
   int flags = wait ? 0 : MSG_DONTWAIT;
-  if (p->client == NULL && lp_party_client(p) == NULL) return 0;
+  if (lp_party_ensure_client(p) == NULL) return 0;
   if (p->inbuf.cap < 65536 && lp_buf_reserve(&p->inbuf, 65536) != 0) return 0;
   for (;;) {
     ssize_t n = recv(p->fd, p->inbuf.ptr, p->inbuf.cap, flags);

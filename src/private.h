@@ -573,9 +573,12 @@ int lp_party_role(const lp_party *p);
 int lp_party_opened(const lp_party *p);
 const char *lp_party_path(const lp_party *p);
 lp_engine *lp_party_engine(lp_party *p); /* NULL unless leader */
-/* The follower client, created on first use unless leader; NULL when leader
- * without leftovers, closed, or out of memory. */
+/* The follower client (a promoted leader keeps it while its loopback runs),
+ * or NULL when there is none. */
 lp_client *lp_party_client(lp_party *p);
+/* lp_party_client, creating the client first unless leader or closed; NULL
+ * when leader without leftovers, closed, or out of memory. */
+lp_client *lp_party_ensure_client(lp_party *p);
 /* Incremented whenever a request or iterator may have progressed. */
 uint64_t lp_party_progress(const lp_party *p);
 /* Role changes observed since the last call (for on_role); returns the new role
