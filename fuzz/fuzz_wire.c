@@ -124,9 +124,9 @@ static void encode_request(const lp_request *r, lp_buf *out) {
     case LP_REQ_PUT: REQUIRE(lp_wire_rest_put(&rest, r->key, r->value) == 0); break;
     case LP_REQ_BATCH:
       while (lp_wire_next_op(r, &cur, &op)) {
-        REQUIRE(op.type == 0 || op.type == 1);
+        REQUIRE(op.type == LP_OP_PUT || op.type == LP_OP_DEL);
         REQUIRE(op.key.ptr != NULL);
-        REQUIRE(op.type == 0 || op.value.ptr == NULL);
+        REQUIRE(op.type == LP_OP_PUT || op.value.ptr == NULL);
         REQUIRE(lp_wire_rest_batch_op(&rest, op.type, op.key, op.value) == 0);
         n++;
       }
@@ -403,7 +403,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     rq.repeated = rs.repeated = whole;
     rq.tag = LP_REQ_BATCH;
     for (cur = last = steps = 0; lp_wire_next_op(&rq, &cur, &op); steps++, last = cur)
-      REQUIRE(cur > last && cur <= size && (op.type == 0 || op.type == 1) && op.key.ptr);
+      REQUIRE(cur > last && cur <= size && (op.type == LP_OP_PUT || op.type == LP_OP_DEL) &&
+              op.key.ptr);
     rq.tag = LP_REQ_GETMANY;
     for (cur = last = steps = 0; lp_wire_next_key(&rq, &cur, &s); steps++, last = cur)
       REQUIRE(cur > last && cur <= size && s.ptr >= p && s.ptr + s.len <= p + size);

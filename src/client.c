@@ -236,8 +236,8 @@ struct lp_client {
 /* ------------------------------------------------------------------------ */
 
 void lp_client_opts_init(lp_client_opts *o) {
-  o->window = 1024;
-  o->max_frame = LP_MAX_FRAME_DEFAULT;
+  o->window = LP_DEFAULT_WINDOW;
+  o->max_frame = LP_DEFAULT_MAX_FRAME;
 }
 
 lp_client *lp_client_new(const lp_client_opts *o) {
@@ -247,8 +247,8 @@ lp_client *lp_client_new(const lp_client_opts *o) {
     c->o = *o;
   else
     lp_client_opts_init(&c->o);
-  if (c->o.window == 0) c->o.window = 1024;
-  if (c->o.max_frame == 0) c->o.max_frame = LP_MAX_FRAME_DEFAULT;
+  if (c->o.window == 0) c->o.window = LP_DEFAULT_WINDOW;
+  if (c->o.max_frame == 0) c->o.max_frame = LP_DEFAULT_MAX_FRAME;
   return c;
 }
 

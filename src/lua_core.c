@@ -289,22 +289,24 @@ static int open_db(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   blocking = !lua_toboolean(L, 3);
   lp_party_opts_init(&o);
-  o.engine.create_if_missing = field_bool(L, 2, "create_if_missing", 1);
-  o.engine.error_if_exists = field_bool(L, 2, "error_if_exists", 0);
-  o.engine.compression = field_bool(L, 2, "compression", 1);
-  o.engine.cache_size = (size_t)field_num(L, 2, "cache_size", 0);
-  o.engine.write_buffer_size = (size_t)field_num(L, 2, "write_buffer_size", 0);
-  o.engine.block_size = (size_t)field_num(L, 2, "block_size", 0);
-  o.engine.max_open_files = (int)field_num(L, 2, "max_open_files", 0);
-  o.engine.bloom_bits = (int)field_num(L, 2, "bloom_bits", 10);
-  o.server.allow_other_users = field_bool(L, 2, "allow_other_users", 0);
-  o.server.max_frame = (size_t)field_num(L, 2, "max_frame", LP_MAX_FRAME_DEFAULT);
+  /* every field the table leaves out keeps what lp_party_opts_init set */
+  o.engine.create_if_missing = field_bool(L, 2, "create_if_missing", o.engine.create_if_missing);
+  o.engine.error_if_exists = field_bool(L, 2, "error_if_exists", o.engine.error_if_exists);
+  o.engine.compression = field_bool(L, 2, "compression", o.engine.compression);
+  o.engine.cache_size = (size_t)field_num(L, 2, "cache_size", (double)o.engine.cache_size);
+  o.engine.write_buffer_size =
+      (size_t)field_num(L, 2, "write_buffer_size", (double)o.engine.write_buffer_size);
+  o.engine.block_size = (size_t)field_num(L, 2, "block_size", (double)o.engine.block_size);
+  o.engine.max_open_files = (int)field_num(L, 2, "max_open_files", o.engine.max_open_files);
+  o.engine.bloom_bits = (int)field_num(L, 2, "bloom_bits", o.engine.bloom_bits);
+  o.server.allow_other_users = field_bool(L, 2, "allow_other_users", o.server.allow_other_users);
+  o.server.max_frame = (size_t)field_num(L, 2, "max_frame", (double)o.server.max_frame);
   o.client.max_frame = o.server.max_frame;
   o.client.window = (uint32_t)field_num(L, 2, "window", o.client.window);
-  o.retry = field_bool(L, 2, "retry", 1);
-  o.log = field_bool(L, 2, "log", 1);
-  t = field_num(L, 2, "open_timeout", 10);
-  o.open_timeout_ns = (uint64_t)(t * 1e9);
+  o.retry = field_bool(L, 2, "retry", o.retry);
+  o.log = field_bool(L, 2, "log", o.log);
+  t = field_num(L, 2, "open_timeout", -1); /* seconds; the Lua layer refuses < 0 */
+  if (t >= 0) o.open_timeout_ns = (uint64_t)(t * 1e9);
   if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);
   if (blocking && !lp_party_opened(party) && lp_party_wait_opened(party, &err) != 0) {
     lp_party_unref(party);
@@ -701,7 +703,7 @@ static int db_batch(lua_State *L) {
         lp_buf_free(&rest);
         return batch_misuse(L, i, why);
       }
-      r = lp_wire_rest_batch_op(&rest, is_put ? 0 : 1, k, v);
+      r = lp_wire_rest_batch_op(&rest, is_put ? LP_OP_PUT : LP_OP_DEL, k, v);
       if (r != 0) {
         lp_buf_free(&rest);
         return push_err(L, LP_ENOMEM, "batch: out of memory");
@@ -851,7 +853,7 @@ static int clear_step(lua_State *L) {
     return push_closed(L, "clear");
   }
   for (;;) {
-    int r = lp_engine_clear_step(e, &c->range, &c->st, 1000, sync, &err);
+    int r = lp_engine_clear_step(e, &c->range, &c->st, LP_CLEAR_STEP, sync, &err);
     if (r < 0) {
       clear_release(c);
       return push_lperr(L, &err);

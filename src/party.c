@@ -39,6 +39,13 @@ enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
 #define BACKOFF_MIN_NS  (1000000ull)   /* 1 ms */
 #define BACKOFF_MAX_NS  (200000000ull) /* 200 ms */
 #define LOOPBACK_BUDGET 1024           /* iterator entries per loopback turn */
+/* Turns (client -> session -> client) per loopback step: one lp_party_step
+ * stays short, so the caller's loop keeps turning; loop_busy then asks for
+ * the next step at once. */
+#define LOOPBACK_ROUNDS 8
+/* A blocking wait with neither an fd nor a deadline (no state gives one)
+ * looks again after this long rather than sleeping for ever. */
+#define WAIT_IDLE_MS 100
 
 struct lp_party {
   char *path; /* realpath of the directory; registry key */
@@ -95,7 +102,8 @@ void lp_party_opts_init(lp_party_opts *o) {
   lp_server_opts_init(&o->server);
   lp_client_opts_init(&o->client);
   o->retry = 1;
-  o->open_timeout_ns = 10ull * 1000000000ull;
+  o->open_timeout_ns = LP_DEFAULT_OPEN_TIMEOUT_NS;
+  o->engine.bloom_bits = LP_DEFAULT_BLOOM_BITS;
   o->log = 1;
 }
 
@@ -363,7 +371,7 @@ static int follower_read(lp_party *p, int wait) {
   int got = 0;
   int flags = wait ? 0 : MSG_DONTWAIT;
   if (lp_party_ensure_client(p) == NULL) return 0;
-  if (p->inbuf.cap < 65536 && lp_buf_reserve(&p->inbuf, 65536) != 0) return 0;
+  if (p->inbuf.cap < LP_READ_CHUNK && lp_buf_reserve(&p->inbuf, LP_READ_CHUNK) != 0) return 0;
   for (;;) {
     ssize_t n = recv(p->fd, p->inbuf.ptr, p->inbuf.cap, flags);
     flags = MSG_DONTWAIT;
@@ -395,7 +403,7 @@ static void loopback_run(lp_party *p) {
   int rounds;
   lp_err err;
   p->loop_busy = 0;
-  for (rounds = 0; rounds < 8; rounds++) {
+  for (rounds = 0; rounds < LOOPBACK_ROUNDS; rounds++) {
     lp_buf *out = lp_client_out(p->client);
     int more = 0;
     p->loop_out.len = 0;
@@ -592,7 +600,7 @@ static void wait_once(lp_party *p) {
   int fd, events, timeout;
   struct pollfd pf;
   party_wants(p, &fd, &events, &timeout);
-  if (fd < 0 && timeout < 0) timeout = 100; /* nothing to wait on: should not happen */
+  if (fd < 0 && timeout < 0) timeout = WAIT_IDLE_MS;
   pf.fd = fd;
   pf.events = (short)events;
   pf.revents = 0;

@@ -30,7 +30,10 @@
 
 #define LP_SOCKET_NAME "level-party.sock"
 /* Largest frame (tag + body) either side accepts; the varint length is extra. */
-#define LP_MAX_FRAME_DEFAULT (64u * 1024u * 1024u)
+#define LP_DEFAULT_MAX_FRAME (64u * 1024u * 1024u)
+/* Bytes asked of one read of a connection, on the leader's and the
+ * follower's side. */
+#define LP_READ_CHUNK 65536
 
 /* ------------------------------------------------------------------------ */
 /* Slices, buffers, errors (buf.c)                                            */
@@ -146,9 +149,12 @@ enum {
   LP_WIRE_TOO_BIG = -3      /* length prefix over the limit, or a varint over 10 bytes */
 };
 
-/* One batch operation.  type: 0 put, 1 del. */
+/* Batch operation types, on the wire and in every batch API. */
+enum { LP_OP_PUT = 0, LP_OP_DEL = 1 };
+
+/* One batch operation. */
 typedef struct lp_batch_op {
-  int type;
+  int type;            /* LP_OP_PUT or LP_OP_DEL */
   lp_slice key, value; /* value.ptr == NULL for del, or a put without value */
 } lp_batch_op;
 
@@ -307,6 +313,9 @@ typedef struct lp_clear_state {
 } lp_clear_state;
 int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, size_t max_ops,
                          int sync, lp_err *err);
+/* max_ops of the callers that clear a whole range step by step (a session's
+ * CLEAR, a leader's db:clear): small enough to check the clock between. */
+#define LP_CLEAR_STEP 1024
 void lp_clear_state_free(lp_clear_state *st);
 
 /* Used by the C tests only */
@@ -319,14 +328,17 @@ char *lp_engine_property(lp_engine *e, const char *name); /* malloc'd, or NULL *
 typedef struct lp_server lp_server;
 
 typedef struct lp_server_opts {
-  size_t max_frame;                       /* LP_MAX_FRAME_DEFAULT */
+  size_t max_frame;                       /* LP_DEFAULT_MAX_FRAME */
   size_t max_conn_buffer;                 /* bytes of unsent replies per connection before the
-                                             server stops reading that connection (default 8 MiB) */
+                                             server stops reading that connection */
   int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED) */
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
 } lp_server_opts;
 
+/* Sets LP_DEFAULT_MAX_FRAME and LP_DEFAULT_CONN_BUFFER, 0 and NULL elsewhere;
+ * lp_server_start takes a 0 in either limit for its default too. */
+#define LP_DEFAULT_CONN_BUFFER (8u * 1024u * 1024u)
 void lp_server_opts_init(lp_server_opts *o);
 
 /* Starts the server thread on an already listening socket (ownership of
@@ -410,9 +422,12 @@ typedef struct lp_client lp_client;
 typedef struct lp_citer lp_citer;
 
 typedef struct lp_client_opts {
-  uint32_t window;  /* iterator window (entries) asked for; default 1024 */
-  size_t max_frame; /* LP_MAX_FRAME_DEFAULT */
+  uint32_t window;  /* iterator window (entries) asked for */
+  size_t max_frame; /* largest reply frame accepted */
 } lp_client_opts;
+/* Sets LP_DEFAULT_WINDOW and LP_DEFAULT_MAX_FRAME; lp_client_new takes a 0 in
+ * either for its default too. */
+#define LP_DEFAULT_WINDOW 1024
 void lp_client_opts_init(lp_client_opts *o);
 
 lp_client *lp_client_new(const lp_client_opts *o);
@@ -558,6 +573,10 @@ typedef struct lp_party_opts {
   int log;                  /* as leader, log refused peers and protocol errors to stderr */
 } lp_party_opts;
 
+/* The parts' own defaults, then: retry and log on, LP_DEFAULT_OPEN_TIMEOUT_NS,
+ * and a bloom filter of LP_DEFAULT_BLOOM_BITS (a bare engine has none). */
+#define LP_DEFAULT_OPEN_TIMEOUT_NS (10ull * 1000000000ull)
+#define LP_DEFAULT_BLOOM_BITS      10
 void lp_party_opts_init(lp_party_opts *o);
 
 /* Finds this process's party for dir or starts one (the first election step

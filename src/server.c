@@ -22,7 +22,6 @@
  * inside it (the output size is checked between calls). */
 #define SRV_TURN_BUDGET 512
 #define SRV_PUMP_CHUNK  64
-#define SRV_READ_CHUNK  65536
 /* Input run through the session between two checks of the output level; the
  * replies of each piece go out before the next piece runs.  The first piece of
  * a read is small, so that a follower with many requests in flight gets its
@@ -88,8 +87,8 @@ static void srv_log(lp_server *s, const char *fmt, ...) {
 
 void lp_server_opts_init(lp_server_opts *o) {
   memset(o, 0, sizeof *o);
-  o->max_frame = LP_MAX_FRAME_DEFAULT;
-  o->max_conn_buffer = 8u * 1024u * 1024u;
+  o->max_frame = LP_DEFAULT_MAX_FRAME;
+  o->max_conn_buffer = LP_DEFAULT_CONN_BUFFER;
   o->allow_other_users = 0;
   o->log = NULL;
   o->log_ud = NULL;
@@ -192,7 +191,7 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   srv_conn *c = h->data;
   size_t room;
   (void)suggested;
-  if (lp_buf_reserve(&c->in, SRV_READ_CHUNK) < 0) {
+  if (lp_buf_reserve(&c->in, LP_READ_CHUNK) < 0) {
     *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
     return;
   }
@@ -460,8 +459,8 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
     s->opts = *o;
   else
     lp_server_opts_init(&s->opts);
-  if (s->opts.max_frame == 0) s->opts.max_frame = LP_MAX_FRAME_DEFAULT;
-  if (s->opts.max_conn_buffer == 0) s->opts.max_conn_buffer = 8u * 1024u * 1024u;
+  if (s->opts.max_frame == 0) s->opts.max_frame = LP_DEFAULT_MAX_FRAME;
+  if (s->opts.max_conn_buffer == 0) s->opts.max_conn_buffer = LP_DEFAULT_CONN_BUFFER;
 
   rc = uv_loop_init(&s->loop);
   if (rc < 0) {

@@ -17,8 +17,6 @@
 
 /* Open iterators per session; beyond it an open is refused with an error. */
 #define SESS_MAX_ITERS 4096
-/* Keys deleted per lp_engine_clear_step call while running a CLEAR. */
-#define SESS_CLEAR_STEP 1024
 
 #define MSG_EMPTY_KEY  "key cannot be an empty Buffer"
 #define MSG_NULL_VALUE "value cannot be `null` or `undefined`"
@@ -140,7 +138,7 @@ lp_session *lp_session_new(lp_engine *e, size_t max_frame) {
   lp_session *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   s->eng = e;
-  s->max_frame = max_frame ? max_frame : LP_MAX_FRAME_DEFAULT;
+  s->max_frame = max_frame ? max_frame : LP_DEFAULT_MAX_FRAME;
   return s;
 }
 
@@ -235,14 +233,14 @@ static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
   /* validate everything first: nothing is applied when one op is refused */
   while (lp_wire_next_op(r, &cur, &op)) {
     if (op.key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
-    if (op.type == 0 && !op.value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
+    if (op.type == LP_OP_PUT && !op.value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
   }
   if (r->count == 0) return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
   b = lp_batch_new();
   if (!b) return reply_err(out, r->id, "ENOMEM: batch: out of memory");
   cur = 0;
   while (lp_wire_next_op(r, &cur, &op)) {
-    if (op.type == 0)
+    if (op.type == LP_OP_PUT)
       lp_batch_put(b, op.key, op.value);
     else
       lp_batch_del(b, op.key);
@@ -262,7 +260,7 @@ static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
     int rc;
     memset(&st, 0, sizeof st);
     do
-      rc = lp_engine_clear_step(e, &range, &st, SESS_CLEAR_STEP, 0, &err);
+      rc = lp_engine_clear_step(e, &range, &st, LP_CLEAR_STEP, 0, &err);
     while (rc == 1);
     lp_clear_state_free(&st);
     if (rc < 0) return reply_storage_err(out, r->id, "clear", &err);

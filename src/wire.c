@@ -98,7 +98,7 @@ static int32_t unzigzag32(uint32_t z) {
 /* Frames                                                                     */
 /* ------------------------------------------------------------------------ */
 
-/* max_frame == 0 stands for LP_MAX_FRAME_DEFAULT: a peer never gets an
+/* max_frame == 0 stands for LP_DEFAULT_MAX_FRAME: a peer never gets an
  * unbounded buffer out of us.  A zero-length frame gives LP_WIRE_EMPTY with
  * *consumed = the prefix size (1 for the canonical "00"). */
 int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame, lp_slice *payload,
@@ -107,7 +107,7 @@ int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame, lp_slice *
   size_t used;
   int rc;
 
-  if (max_frame == 0) max_frame = LP_MAX_FRAME_DEFAULT;
+  if (max_frame == 0) max_frame = LP_DEFAULT_MAX_FRAME;
   *payload = LP_SLICE_NONE;
   *consumed = 0;
   rc = varint_get(buf, len, &n, &used);
@@ -129,6 +129,36 @@ int lp_wire_next_frame(const char *buf, size_t len, size_t max_frame, lp_slice *
 /* ------------------------------------------------------------------------ */
 
 enum { WT_VARINT = 0, WT_FIXED64 = 1, WT_BYTES = 2, WT_FIXED32 = 5 };
+
+/* Field numbers, per message of multileveldown's schema.  Every request and
+ * reply has its id as field 1. */
+enum {
+  F_ID = 1,
+  F_KEY = 2,   /* Get, Put, Del */
+  F_VALUE = 3, /* Put */
+  F_OPS = 2,   /* Batch: repeated Operation */
+  F_OP_TYPE = 1,
+  F_OP_KEY = 2,
+  F_OP_VALUE = 3,
+  F_ITER_BATCH = 2,    /* Iterator: the window (0 ends it) */
+  F_ITER_OPTIONS = 3,  /* Iterator: Options */
+  F_CLEAR_OPTIONS = 2, /* Clear: ClearOptions (Options without keys, values) */
+  F_KEYS = 2,          /* GetMany: repeated keys */
+  F_OPT_KEYS = 1,      /* Options */
+  F_OPT_VALUES = 2,
+  F_OPT_GT = 3,
+  F_OPT_GTE = 4,
+  F_OPT_LT = 5,
+  F_OPT_LTE = 6,
+  F_OPT_LIMIT = 7, /* sint32 */
+  F_OPT_REVERSE = 8,
+  F_ERROR = 2,      /* Callback, IteratorData, GetManyCallback */
+  F_CB_VALUE = 3,   /* Callback */
+  F_DATA_KEY = 3,   /* IteratorData */
+  F_DATA_VALUE = 4, /* IteratorData */
+  F_VALUES = 3,     /* GetManyCallback: repeated Value */
+  F_VALUE_VALUE = 1 /* GetManyCallback.Value: absent = not found */
+};
 
 typedef struct reader {
   const char *p, *end;
@@ -198,22 +228,22 @@ static int decode_op(lp_slice body, lp_batch_op *op) {
   op->type = -1;
   op->key = op->value = LP_SLICE_NONE;
   while ((rc = read_field(&r, &f)) == 1) {
-    if (f.num >= 1 && f.num <= 3 && f.wt != WT_BYTES) return -1;
-    if (f.num == 1)
+    if (f.num >= F_OP_TYPE && f.num <= F_OP_VALUE && f.wt != WT_BYTES) return -1;
+    if (f.num == F_OP_TYPE)
       type = f.s;
-    else if (f.num == 2)
+    else if (f.num == F_OP_KEY)
       op->key = f.s;
-    else if (f.num == 3)
+    else if (f.num == F_OP_VALUE)
       op->value = f.s;
   }
   if (rc < 0 || type.ptr == NULL || op->key.ptr == NULL || type.len != 3) return -1;
   if (memcmp(type.ptr, "put", 3) == 0)
-    op->type = 0;
+    op->type = LP_OP_PUT;
   else if (memcmp(type.ptr, "del", 3) == 0)
-    op->type = 1;
+    op->type = LP_OP_DEL;
   else
     return -1;
-  if (op->type == 1) op->value = LP_SLICE_NONE; /* a del's value means nothing */
+  if (op->type == LP_OP_DEL) op->value = LP_SLICE_NONE; /* a del's value means nothing */
   return 0;
 }
 
@@ -225,7 +255,7 @@ static int decode_value(lp_slice body, lp_slice *value) {
 
   *value = LP_SLICE_NONE;
   while ((rc = read_field(&r, &f)) == 1) {
-    if (f.num == 1) {
+    if (f.num == F_VALUE_VALUE) {
       if (f.wt != WT_BYTES) return -1;
       *value = f.s;
     }
@@ -245,11 +275,11 @@ static int decode_opts(lp_slice body, int with_kv, lp_wire_opts *o) {
   o->present = 1;
   while ((rc = read_field(&r, &f)) == 1) {
     switch (f.num) {
-      case 1:
-      case 2:
+      case F_OPT_KEYS:
+      case F_OPT_VALUES:
         if (!with_kv) break;
         if (f.wt != WT_VARINT) return -1;
-        if (f.num == 1) {
+        if (f.num == F_OPT_KEYS) {
           o->has_keys = 1;
           o->keys = f.v != 0;
         } else {
@@ -257,26 +287,26 @@ static int decode_opts(lp_slice body, int with_kv, lp_wire_opts *o) {
           o->values = f.v != 0;
         }
         break;
-      case 3:
-      case 4:
-      case 5:
-      case 6:
+      case F_OPT_GT:
+      case F_OPT_GTE:
+      case F_OPT_LT:
+      case F_OPT_LTE:
         if (f.wt != WT_BYTES) return -1;
-        if (f.num == 3)
+        if (f.num == F_OPT_GT)
           o->gt = f.s;
-        else if (f.num == 4)
+        else if (f.num == F_OPT_GTE)
           o->gte = f.s;
-        else if (f.num == 5)
+        else if (f.num == F_OPT_LT)
           o->lt = f.s;
         else
           o->lte = f.s;
         break;
-      case 7:
+      case F_OPT_LIMIT:
         if (f.wt != WT_VARINT) return -1;
         o->has_limit = 1;
         o->limit = unzigzag32((uint32_t)f.v);
         break;
-      case 8:
+      case F_OPT_REVERSE:
         if (f.wt != WT_VARINT) return -1;
         o->has_reverse = 1;
         o->reverse = f.v != 0;
@@ -309,7 +339,7 @@ int lp_wire_decode_request(lp_slice payload, lp_request *out) {
   body.len = payload.len - 1;
   r = reader_of(body);
   while ((rc = read_field(&r, &f)) == 1) {
-    if (f.num == 1) { /* id, in every request */
+    if (f.num == F_ID) { /* id, in every request */
       if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
       out->id = (uint32_t)f.v;
       has_id = 1;
@@ -319,37 +349,37 @@ int lp_wire_decode_request(lp_slice payload, lp_request *out) {
       case LP_REQ_GET:
       case LP_REQ_DEL:
       case LP_REQ_PUT:
-        if (f.num == 2 || (f.num == 3 && tag == LP_REQ_PUT)) {
+        if (f.num == F_KEY || (f.num == F_VALUE && tag == LP_REQ_PUT)) {
           if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
-          if (f.num == 2)
+          if (f.num == F_KEY)
             out->key = f.s;
           else
             out->value = f.s;
         }
         break;
       case LP_REQ_BATCH:
-        if (f.num == 2) {
+        if (f.num == F_OPS) {
           if (f.wt != WT_BYTES || decode_op(f.s, &op) != 0) return LP_WIRE_MALFORMED;
           out->count++;
         }
         break;
       case LP_REQ_GETMANY:
-        if (f.num == 2) {
+        if (f.num == F_KEYS) {
           if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
           out->count++;
         }
         break;
       case LP_REQ_ITER:
-        if (f.num == 2) {
+        if (f.num == F_ITER_BATCH) {
           if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
           out->batch = (uint32_t)f.v;
           out->has_batch = 1;
-        } else if (f.num == 3) {
+        } else if (f.num == F_ITER_OPTIONS) {
           if (f.wt != WT_BYTES || decode_opts(f.s, 1, &out->opts) != 0) return LP_WIRE_MALFORMED;
         }
         break;
       case LP_REQ_CLEAR:
-        if (f.num == 2) {
+        if (f.num == F_CLEAR_OPTIONS) {
           if (f.wt != WT_BYTES || decode_opts(f.s, 0, &out->opts) != 0) return LP_WIRE_MALFORMED;
         }
         break;
@@ -379,34 +409,25 @@ int lp_wire_decode_response(lp_slice payload, lp_response *out) {
   body.len = payload.len - 1;
   r = reader_of(body);
   while ((rc = read_field(&r, &f)) == 1) {
-    switch (f.num) {
-      case 1:
-        if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
-        out->id = (uint32_t)f.v;
-        has_id = 1;
-        break;
-      case 2:
-        if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
-        out->error = f.s;
-        break;
-      case 3:
-        if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
-        if (tag == LP_RES_CALLBACK) {
-          out->value = f.s;
-        } else if (tag == LP_RES_ITERDATA) {
-          out->key = f.s;
-        } else {
-          if (decode_value(f.s, &v) != 0) return LP_WIRE_MALFORMED;
-          out->count++;
-        }
-        break;
-      case 4:
-        if (tag == LP_RES_ITERDATA) {
-          if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
-          out->value = f.s;
-        }
-        break;
-      default: break;
+    if (f.num == F_ID) {
+      if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
+      out->id = (uint32_t)f.v;
+      has_id = 1;
+    } else if (f.num == F_ERROR) {
+      if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+      out->error = f.s;
+    } else if (tag == LP_RES_CALLBACK && f.num == F_CB_VALUE) {
+      if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+      out->value = f.s;
+    } else if (tag == LP_RES_ITERDATA && (f.num == F_DATA_KEY || f.num == F_DATA_VALUE)) {
+      if (f.wt != WT_BYTES) return LP_WIRE_MALFORMED;
+      if (f.num == F_DATA_KEY)
+        out->key = f.s;
+      else
+        out->value = f.s;
+    } else if (tag == LP_RES_GETMANY && f.num == F_VALUES) {
+      if (f.wt != WT_BYTES || decode_value(f.s, &v) != 0) return LP_WIRE_MALFORMED;
+      out->count++;
     }
   }
   if (rc < 0 || !has_id) return LP_WIRE_MALFORMED;
@@ -443,7 +464,7 @@ int lp_wire_next_op(const lp_request *r, size_t *cursor, lp_batch_op *op) {
   lp_slice s;
 
   if (r->tag != LP_REQ_BATCH) return 0;
-  while (next_repeated(r->repeated, cursor, 2, &s)) {
+  while (next_repeated(r->repeated, cursor, F_OPS, &s)) {
     if (decode_op(s, op) == 0) return 1;
     /* only reachable on a request the decoder refused: skip the element */
   }
@@ -452,14 +473,14 @@ int lp_wire_next_op(const lp_request *r, size_t *cursor, lp_batch_op *op) {
 
 int lp_wire_next_key(const lp_request *r, size_t *cursor, lp_slice *key) {
   if (r->tag != LP_REQ_GETMANY) return 0;
-  return next_repeated(r->repeated, cursor, 2, key);
+  return next_repeated(r->repeated, cursor, F_KEYS, key);
 }
 
 int lp_wire_next_value(const lp_response *r, size_t *cursor, lp_slice *value) {
   lp_slice s;
 
   if (r->tag != LP_RES_GETMANY) return 0;
-  while (next_repeated(r->repeated, cursor, 3, &s)) {
+  while (next_repeated(r->repeated, cursor, F_VALUES, &s)) {
     if (decode_value(s, value) == 0) return 1;
   }
   return 0;
@@ -522,7 +543,7 @@ static int frame_begin(lp_buf *out, int tag, uint32_t id, size_t after_id) {
   if (total == SIZE_MAX || lp_buf_reserve(out, total) != 0) return -1;
   w_varint(out, payload);
   w_byte(out, (uint8_t)tag);
-  w_varint_field(out, KEY(1, WT_VARINT), id);
+  w_varint_field(out, KEY(F_ID, WT_VARINT), id);
   return 0;
 }
 
@@ -537,7 +558,7 @@ int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest) {
  * empty so that the frame stays decodable and the peer reports the empty key. */
 int lp_wire_rest_key(lp_buf *rest, lp_slice key) {
   if (lp_buf_reserve(rest, bytes_field_len(key.len)) != 0) return -1;
-  w_bytes_field(rest, KEY(2, WT_BYTES), key.ptr, key.len);
+  w_bytes_field(rest, KEY(F_KEY, WT_BYTES), key.ptr, key.len);
   return 0;
 }
 
@@ -548,25 +569,26 @@ int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value) {
 
   if (value.ptr != NULL) n = add_sz(n, bytes_field_len(value.len));
   if (lp_buf_reserve(rest, n) != 0) return -1;
-  w_bytes_field(rest, KEY(2, WT_BYTES), key.ptr, key.len);
-  if (value.ptr != NULL) w_bytes_field(rest, KEY(3, WT_BYTES), value.ptr, value.len);
+  w_bytes_field(rest, KEY(F_KEY, WT_BYTES), key.ptr, key.len);
+  if (value.ptr != NULL) w_bytes_field(rest, KEY(F_VALUE, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
-/* type 0 put (value written when present), 1 del (never a value); any other
- * type is refused with -1. */
+/* LP_OP_PUT (value written when present) or LP_OP_DEL (never a value); any
+ * other type is refused with -1. */
 int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key, lp_slice value) {
   size_t inner;
 
-  if (type != 0 && type != 1) return -1;
+  if (type != LP_OP_PUT && type != LP_OP_DEL) return -1;
   inner = add_sz(bytes_field_len(3), bytes_field_len(key.len));
-  if (type == 0 && value.ptr != NULL) inner = add_sz(inner, bytes_field_len(value.len));
+  if (type == LP_OP_PUT && value.ptr != NULL) inner = add_sz(inner, bytes_field_len(value.len));
   if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0) return -1;
-  w_byte(rest, KEY(2, WT_BYTES));
+  w_byte(rest, KEY(F_OPS, WT_BYTES));
   w_varint(rest, inner);
-  w_bytes_field(rest, KEY(1, WT_BYTES), type == 0 ? "put" : "del", 3);
-  w_bytes_field(rest, KEY(2, WT_BYTES), key.ptr, key.len);
-  if (type == 0 && value.ptr != NULL) w_bytes_field(rest, KEY(3, WT_BYTES), value.ptr, value.len);
+  w_bytes_field(rest, KEY(F_OP_TYPE, WT_BYTES), type == LP_OP_PUT ? "put" : "del", 3);
+  w_bytes_field(rest, KEY(F_OP_KEY, WT_BYTES), key.ptr, key.len);
+  if (type == LP_OP_PUT && value.ptr != NULL)
+    w_bytes_field(rest, KEY(F_OP_VALUE, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
@@ -595,23 +617,23 @@ static size_t opts_len(const lp_range *r, int with_kv) {
 
 static void w_opts(lp_buf *b, const lp_range *r, int with_kv) {
   if (with_kv) {
-    w_varint_field(b, KEY(1, WT_VARINT), r->keys ? 1 : 0);
-    w_varint_field(b, KEY(2, WT_VARINT), r->values ? 1 : 0);
+    w_varint_field(b, KEY(F_OPT_KEYS, WT_VARINT), r->keys ? 1 : 0);
+    w_varint_field(b, KEY(F_OPT_VALUES, WT_VARINT), r->values ? 1 : 0);
   }
-  if (r->gt.ptr != NULL) w_bytes_field(b, KEY(3, WT_BYTES), r->gt.ptr, r->gt.len);
-  if (r->gte.ptr != NULL) w_bytes_field(b, KEY(4, WT_BYTES), r->gte.ptr, r->gte.len);
-  if (r->lt.ptr != NULL) w_bytes_field(b, KEY(5, WT_BYTES), r->lt.ptr, r->lt.len);
-  if (r->lte.ptr != NULL) w_bytes_field(b, KEY(6, WT_BYTES), r->lte.ptr, r->lte.len);
-  w_varint_field(b, KEY(7, WT_VARINT), zigzag32(wire_limit(r->limit)));
-  w_varint_field(b, KEY(8, WT_VARINT), r->reverse ? 1 : 0);
+  if (r->gt.ptr != NULL) w_bytes_field(b, KEY(F_OPT_GT, WT_BYTES), r->gt.ptr, r->gt.len);
+  if (r->gte.ptr != NULL) w_bytes_field(b, KEY(F_OPT_GTE, WT_BYTES), r->gte.ptr, r->gte.len);
+  if (r->lt.ptr != NULL) w_bytes_field(b, KEY(F_OPT_LT, WT_BYTES), r->lt.ptr, r->lt.len);
+  if (r->lte.ptr != NULL) w_bytes_field(b, KEY(F_OPT_LTE, WT_BYTES), r->lte.ptr, r->lte.len);
+  w_varint_field(b, KEY(F_OPT_LIMIT, WT_VARINT), zigzag32(wire_limit(r->limit)));
+  w_varint_field(b, KEY(F_OPT_REVERSE, WT_VARINT), r->reverse ? 1 : 0);
 }
 
 int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r) {
   size_t inner = opts_len(r, 1);
 
   if (lp_buf_reserve(rest, add_sz(varint_field_len(batch), bytes_field_len(inner))) != 0) return -1;
-  w_varint_field(rest, KEY(2, WT_VARINT), batch);
-  w_byte(rest, KEY(3, WT_BYTES));
+  w_varint_field(rest, KEY(F_ITER_BATCH, WT_VARINT), batch);
+  w_byte(rest, KEY(F_ITER_OPTIONS, WT_BYTES));
   w_varint(rest, inner);
   w_opts(rest, r, 1);
   return 0;
@@ -619,7 +641,7 @@ int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r) {
 
 int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch) {
   if (lp_buf_reserve(rest, varint_field_len(batch)) != 0) return -1;
-  w_varint_field(rest, KEY(2, WT_VARINT), batch);
+  w_varint_field(rest, KEY(F_ITER_BATCH, WT_VARINT), batch);
   return 0;
 }
 
@@ -627,7 +649,7 @@ int lp_wire_rest_clear(lp_buf *rest, const lp_range *r) {
   size_t inner = opts_len(r, 0);
 
   if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0) return -1;
-  w_byte(rest, KEY(2, WT_BYTES));
+  w_byte(rest, KEY(F_CLEAR_OPTIONS, WT_BYTES));
   w_varint(rest, inner);
   w_opts(rest, r, 0);
   return 0;
@@ -640,8 +662,8 @@ int lp_wire_enc_callback(lp_buf *out, uint32_t id, const char *err, size_t errle
   if (err != NULL) n = bytes_field_len(errlen);
   if (value.ptr != NULL) n = add_sz(n, bytes_field_len(value.len));
   if (frame_begin(out, LP_RES_CALLBACK, id, n) != 0) return -1;
-  if (err != NULL) w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
-  if (value.ptr != NULL) w_bytes_field(out, KEY(3, WT_BYTES), value.ptr, value.len);
+  if (err != NULL) w_bytes_field(out, KEY(F_ERROR, WT_BYTES), err, errlen);
+  if (value.ptr != NULL) w_bytes_field(out, KEY(F_CB_VALUE, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
@@ -652,8 +674,8 @@ int lp_wire_enc_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value)
   size_t n = add_sz(bytes_field_len(key.len), bytes_field_len(value.len));
 
   if (frame_begin(out, LP_RES_ITERDATA, id, n) != 0) return -1;
-  w_bytes_field(out, KEY(3, WT_BYTES), key.ptr, key.len);
-  w_bytes_field(out, KEY(4, WT_BYTES), value.ptr, value.len);
+  w_bytes_field(out, KEY(F_DATA_KEY, WT_BYTES), key.ptr, key.len);
+  w_bytes_field(out, KEY(F_DATA_VALUE, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
@@ -666,7 +688,7 @@ int lp_wire_enc_iterend(lp_buf *out, uint32_t id) {
 int lp_wire_enc_itererror(lp_buf *out, uint32_t id, const char *err, size_t errlen) {
   if (err == NULL) errlen = 0;
   if (frame_begin(out, LP_RES_ITERDATA, id, bytes_field_len(errlen)) != 0) return -1;
-  w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
+  w_bytes_field(out, KEY(F_ERROR, WT_BYTES), err, errlen);
   return 0;
 }
 
@@ -676,9 +698,9 @@ int lp_wire_rest_getmany_value(lp_buf *rest, lp_slice value) {
   size_t inner = value.ptr != NULL ? bytes_field_len(value.len) : 0;
 
   if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0) return -1;
-  w_byte(rest, KEY(3, WT_BYTES));
+  w_byte(rest, KEY(F_VALUES, WT_BYTES));
   w_varint(rest, inner);
-  if (value.ptr != NULL) w_bytes_field(rest, KEY(1, WT_BYTES), value.ptr, value.len);
+  if (value.ptr != NULL) w_bytes_field(rest, KEY(F_VALUE_VALUE, WT_BYTES), value.ptr, value.len);
   return 0;
 }
 
@@ -690,7 +712,7 @@ int lp_wire_enc_getmany(lp_buf *out, uint32_t id, const char *err, size_t errlen
 
   if (err != NULL) n = add_sz(n, bytes_field_len(errlen));
   if (frame_begin(out, LP_RES_GETMANY, id, n) != 0) return -1;
-  if (err != NULL) w_bytes_field(out, KEY(2, WT_BYTES), err, errlen);
+  if (err != NULL) w_bytes_field(out, KEY(F_ERROR, WT_BYTES), err, errlen);
   w_raw(out, values_rest.ptr, values_rest.len);
   return 0;
 }

@@ -109,7 +109,7 @@ static int decode_reqs(const lp_buf *b, lp_request *rq, int max) {
   while (off < b->len) {
     lp_slice pl;
     size_t used;
-    int w = lp_wire_next_frame(b->ptr + off, b->len - off, LP_MAX_FRAME_DEFAULT, &pl, &used);
+    int w = lp_wire_next_frame(b->ptr + off, b->len - off, LP_DEFAULT_MAX_FRAME, &pl, &used);
     if (w != LP_WIRE_OK) return -1;
     if (n >= max) return -1;
     if (lp_wire_decode_request(pl, &rq[n]) != LP_WIRE_OK) return -1;
@@ -145,8 +145,8 @@ static void test_frames(void) {
   check(t1 > 0 && buf_is(out, "07 00 08 00 12 02 6b 31"),
         "get('k1') id 0 frames as 07 00 08 00 12 02 6b31");
   out->len = 0;
-  lp_wire_rest_batch_op(&rest, 0, S("k2"), S("22"));
-  lp_wire_rest_batch_op(&rest, 1, S("k9"), LP_SLICE_NONE);
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("k2"), S("22"));
+  lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("k9"), LP_SLICE_NONE);
   t2 = lp_client_submit(c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
   check(t2 == t1 + 1, "tokens grow with submission");
   check(
@@ -897,7 +897,7 @@ static void count_fed(loop *L, const char *p, size_t n) {
     size_t used;
     lp_response r;
     int w =
-        lp_wire_next_frame(L->tin.ptr + off, L->tin.len - off, LP_MAX_FRAME_DEFAULT, &pl, &used);
+        lp_wire_next_frame(L->tin.ptr + off, L->tin.len - off, LP_DEFAULT_MAX_FRAME, &pl, &used);
     if (w == LP_WIRE_NEED_MORE) break;
     off += used;
     if (w != LP_WIRE_OK) continue;
@@ -965,7 +965,7 @@ static int nodeish_failures;
 static void leader_change(loop *L) {
   lp_client_reset(L->c);
   lp_session_free(L->s);
-  L->s = lp_session_new(L->eng, LP_MAX_FRAME_DEFAULT);
+  L->s = lp_session_new(L->eng, LP_DEFAULT_MAX_FRAME);
   L->sout.len = 0;
   L->tin.len = 0;
   L->recv_entries = 0;
@@ -1026,9 +1026,9 @@ static void test_requests(loop *L) {
   check(rc && r.error.ptr && r.error.len >= 8 && memcmp(r.error.ptr, "NotFound", 8) == 0,
         "get of a deleted key: NotFound");
   lp_result_free(&res);
-  lp_wire_rest_batch_op(&rest, 0, S("zb1"), S("1"));
-  lp_wire_rest_batch_op(&rest, 0, S("zb2"), S("2"));
-  lp_wire_rest_batch_op(&rest, 1, S("zb1"), LP_SLICE_NONE);
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("zb1"), S("1"));
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("zb2"), S("2"));
+  lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("zb1"), LP_SLICE_NONE);
   t = lp_client_submit(L->c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
   check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "batch round trip");
   lp_result_free(&res);
@@ -1073,7 +1073,7 @@ static void test_requests(loop *L) {
       lp_slice pl;
       size_t used;
       lp_response rr;
-      if (lp_wire_next_frame(replies.ptr + off, replies.len - off, LP_MAX_FRAME_DEFAULT, &pl,
+      if (lp_wire_next_frame(replies.ptr + off, replies.len - off, LP_DEFAULT_MAX_FRAME, &pl,
                              &used) != LP_WIRE_OK)
         break;
       if (lp_wire_decode_response(pl, &rr) == LP_WIRE_OK && rr.id == 0)
@@ -1363,7 +1363,7 @@ int main(void) {
   check(L.eng != NULL, "engine opens in %s", tmpdir);
   if (L.eng) {
     fill(L.eng);
-    L.s = lp_session_new(L.eng, LP_MAX_FRAME_DEFAULT);
+    L.s = lp_session_new(L.eng, LP_DEFAULT_MAX_FRAME);
     lp_client_opts_init(&co);
     co.window = WINDOW;
     L.c = lp_client_new(&co);

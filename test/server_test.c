@@ -156,7 +156,7 @@ static int read_frame(client *c, lp_slice *raw, lp_slice *payload, int timeout_m
     lp_slice pl;
     size_t used;
     int rc =
-        lp_wire_next_frame(c->rx.ptr ? c->rx.ptr : "", c->rx.len, LP_MAX_FRAME_DEFAULT, &pl, &used);
+        lp_wire_next_frame(c->rx.ptr ? c->rx.ptr : "", c->rx.len, LP_DEFAULT_MAX_FRAME, &pl, &used);
     if (rc == LP_WIRE_OK) {
       if (raw) *raw = (lp_slice){c->rx.ptr, used};
       if (payload) *payload = pl;
@@ -469,8 +469,8 @@ static void test_reference_frames(void) {
   /* batch with a value-less put: refused, nothing applied */
   {
     lp_buf rest = {0};
-    lp_wire_rest_batch_op(&rest, 1, S("k1"), LP_SLICE_NONE);
-    lp_wire_rest_batch_op(&rest, 0, S("k5"), LP_SLICE_NONE);
+    lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("k1"), LP_SLICE_NONE);
+    lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("k5"), LP_SLICE_NONE);
     lp_wire_frame(&b, LP_REQ_BATCH, 9, (lp_slice){rest.ptr, rest.len});
     lp_buf_free(&rest);
     send_buf(&c, &b);

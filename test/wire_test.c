@@ -120,7 +120,7 @@ static const char *sdesc(lp_slice s) {
 static lp_slice one_payload(const lp_buf *b) {
   lp_slice p = LP_SLICE_NONE;
   size_t used = 0;
-  int rc = lp_wire_next_frame(b->ptr, b->len, LP_MAX_FRAME_DEFAULT, &p, &used);
+  int rc = lp_wire_next_frame(b->ptr, b->len, LP_DEFAULT_MAX_FRAME, &p, &used);
 
   if (rc != LP_WIRE_OK || used != b->len) return LP_SLICE_NONE;
   return p;
@@ -215,8 +215,8 @@ static void test_request_examples(void) {
 
   /* batch */
   rest.len = out.len = 0;
-  lp_wire_rest_batch_op(&rest, 0, S("k2"), S("22"));
-  lp_wire_rest_batch_op(&rest, 1, S("k9"), LP_SLICE_NONE);
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("k2"), S("22"));
+  lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("k9"), LP_SLICE_NONE);
   lp_wire_frame(&out, LP_REQ_BATCH, 0, (lp_slice){rest.ptr, rest.len});
   same_bytes(&out, F_BATCH, "encode batch([put k2=22, del k9])");
   rc = decode_req_spec(F_BATCH, &hold, &r);
@@ -224,11 +224,11 @@ static void test_request_examples(void) {
         "rc=%d count=%zu", rc, r.count);
   cur = 0;
   rc = lp_wire_next_op(&r, &cur, &op);
-  check(rc == 1 && op.type == 0 && slice_is(op.key, "k2") && slice_is(op.value, "22"),
+  check(rc == 1 && op.type == LP_OP_PUT && slice_is(op.key, "k2") && slice_is(op.value, "22"),
         "batch op 1 is put k2=22", "rc=%d type=%d key=%s value=%s", rc, op.type, sdesc(op.key),
         sdesc(op.value));
   rc = lp_wire_next_op(&r, &cur, &op);
-  check(rc == 1 && op.type == 1 && slice_is(op.key, "k9") && op.value.ptr == NULL,
+  check(rc == 1 && op.type == LP_OP_DEL && slice_is(op.key, "k9") && op.value.ptr == NULL,
         "batch op 2 is del k9", "rc=%d type=%d key=%s value=%s", rc, op.type, sdesc(op.key),
         sdesc(op.value));
   rc = lp_wire_next_op(&r, &cur, &op);
@@ -553,7 +553,7 @@ static void test_frames(void) {
   for (i = 0; i < all.len; i++) {
     lp_buf_append(&acc, all.ptr + i, 1);
     for (;;) {
-      rc = lp_wire_next_frame(acc.ptr, acc.len, LP_MAX_FRAME_DEFAULT, &p, &used);
+      rc = lp_wire_next_frame(acc.ptr, acc.len, LP_DEFAULT_MAX_FRAME, &p, &used);
       if (rc == LP_WIRE_NEED_MORE) break;
       if (rc == LP_WIRE_EMPTY) {
         ok &= used == 1;
@@ -595,16 +595,16 @@ static void test_frames(void) {
   rc = lp_wire_next_frame(one.ptr, one.len, 100, &p, &used);
   check(rc == LP_WIRE_TOO_BIG, "length over the limit: too big", "rc=%d", rc);
   spec_bytes(&one, "81 80 80 20"); /* 64 MiB + 1 */
-  rc = lp_wire_next_frame(one.ptr, one.len, LP_MAX_FRAME_DEFAULT, &p, &used);
+  rc = lp_wire_next_frame(one.ptr, one.len, LP_DEFAULT_MAX_FRAME, &p, &used);
   check(rc == LP_WIRE_TOO_BIG, "64 MiB + 1 over the default limit: too big", "rc=%d", rc);
   spec_bytes(&one, "80 80 80 20"); /* exactly 64 MiB */
-  rc = lp_wire_next_frame(one.ptr, one.len, LP_MAX_FRAME_DEFAULT, &p, &used);
+  rc = lp_wire_next_frame(one.ptr, one.len, LP_DEFAULT_MAX_FRAME, &p, &used);
   check(rc == LP_WIRE_NEED_MORE, "exactly 64 MiB: accepted, needs more", "rc=%d", rc);
   spec_bytes(&one, "ff ff ff ff ff ff ff ff ff ff 01");
-  rc = lp_wire_next_frame(one.ptr, one.len, LP_MAX_FRAME_DEFAULT, &p, &used);
+  rc = lp_wire_next_frame(one.ptr, one.len, LP_DEFAULT_MAX_FRAME, &p, &used);
   check(rc == LP_WIRE_TOO_BIG, "11-byte length prefix: too big", "rc=%d", rc);
   spec_bytes(&one, "ff ff ff ff ff ff ff ff ff 01");
-  rc = lp_wire_next_frame(one.ptr, one.len, LP_MAX_FRAME_DEFAULT, &p, &used);
+  rc = lp_wire_next_frame(one.ptr, one.len, LP_DEFAULT_MAX_FRAME, &p, &used);
   check(rc == LP_WIRE_TOO_BIG, "2^64-1 length: too big", "rc=%d", rc);
 
   lp_buf_free(&all);
@@ -768,11 +768,11 @@ static void test_decoder_edges(void) {
   {
     int ok = 1;
     cur = 0;
-    ok &= lp_wire_next_op(&r, &cur, &op) == 1 && op.type == 0 && slice_is(op.key, "k") &&
+    ok &= lp_wire_next_op(&r, &cur, &op) == 1 && op.type == LP_OP_PUT && slice_is(op.key, "k") &&
           slice_is(op.value, "v");
-    ok &= lp_wire_next_op(&r, &cur, &op) == 1 && op.type == 1 && slice_is(op.key, "d") &&
+    ok &= lp_wire_next_op(&r, &cur, &op) == 1 && op.type == LP_OP_DEL && slice_is(op.key, "d") &&
           op.value.ptr == NULL;
-    ok &= lp_wire_next_op(&r, &cur, &op) == 1 && op.type == 0 && slice_is(op.key, "p") &&
+    ok &= lp_wire_next_op(&r, &cur, &op) == 1 && op.type == LP_OP_PUT && slice_is(op.key, "p") &&
           op.value.ptr == NULL;
     ok &= lp_wire_next_op(&r, &cur, &op) == 0;
     check(ok, "op walker: put k=v, del d (value dropped), put p (last type wins, no value)",
@@ -854,10 +854,10 @@ static void test_encoder_options(void) {
   lp_wire_rest_put(&rest, S("k"), LP_SLICE_NONE);
   same_bytes(&rest, "12 01 \"k\"", "put with absent value omits field 3");
   rest.len = 0;
-  lp_wire_rest_batch_op(&rest, 0, S("k"), S(""));
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("k"), S(""));
   same_bytes(&rest, "12 0a (0a 03 \"put\" 12 01 \"k\" 1a 00)", "batch put with empty value");
   rest.len = 0;
-  lp_wire_rest_batch_op(&rest, 1, S("k"), S("ignored"));
+  lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("k"), S("ignored"));
   same_bytes(&rest, "12 08 (0a 03 \"del\" 12 01 \"k\")", "batch del never writes a value");
   check(lp_wire_rest_batch_op(&rest, 2, S("k"), S("")) == -1 && rest.len == 10,
         "batch op with a bad type is refused and writes nothing", "len=%zu", rest.len);
