@@ -1,25 +1,23 @@
 /*
- * levelparty: private header shared by every C file of the core.
+ * levelparty: the private header shared by every C file of the core.
  *
- * Parts (one file per concept; see docs/ARCHITECTURE.md):
- *   buf.c      growable byte buffers, slices, error records, clocks
- *   wire.c     the multileveldown 5.0.1 codec: pure, bytes in, messages out
- *   engine.c   LevelDB access: open/close, get/put/del/batch/get_many, the
- *              conjunction-range iterator, clear
- *   session.c  one follower connection's protocol state (no I/O)
- *   server.c   the leader's server: its own thread and private libuv loop
- *   client.c   the follower's client core: request table, replay in
- *              submission order, iterator bookmarks; never touches a socket
- *   sockfile.c the socket file (long paths, permissions), lock probing and the
- *              directory watch the election waits on
- *   worker.c   the leader's worker thread for long writes
- *   party.c    one object per (process, directory): role, promotion, the
- *              follower's connection; uses all of the above
- *   lua_*.c    the Lua binding (levelparty.core); the only files that see a
- *              lua_State, and only on the thread that owns it
+ * One section per file, in layer order: each file calls only into the
+ * sections above its own (docs/ARCHITECTURE.md draws the graph).
+ *   buf.c       slices, buffers, errors, the clock, ranges
+ *   wire.c      the multileveldown 5.0.1 codec: pure, bytes in, messages out
+ *   engine.c    LevelDB: get/put/del/batch, the conjunction-range iterator, clear
+ *   session.c   one follower connection's protocol state, over the engine; no I/O
+ *   server.c    the leader's thread and libuv loop driving sessions on sockets
+ *   sockfile.c  the socket file, the LOCK holder probe, the directory watch
+ *   client.c    the follower's request table, replay and bookmarks; no I/O
+ *   worker.c    the leader's thread for long writes
+ *   party.c     one per (process, directory): the election, the roles, the
+ *               follower's connection, promotion; uses all of the above
+ *   lua_core.c  the binding (levelparty.core): the only file that sees a
+ *               lua_State, and only on the thread that owns it
  *
- * Nothing in this header is exported from the shared object except
- * luaopen_levelparty_core.
+ * Nothing declared here is exported from the shared object (mk/exports.map
+ * exports luaopen_levelparty_core alone).
  */
 #ifndef LEVELPARTY_PRIVATE_H
 #define LEVELPARTY_PRIVATE_H
@@ -28,16 +26,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define LP_SOCKET_NAME "level-party.sock"
-/* Largest frame (tag + body) either side accepts; the varint length is extra. */
-#define LP_DEFAULT_MAX_FRAME (64u * 1024u * 1024u)
-/* Bytes asked of one read of a connection, on the leader's and the
- * follower's side. */
-#define LP_READ_CHUNK 65536
-
-/* ------------------------------------------------------------------------ */
-/* Slices, buffers, errors (buf.c)                                            */
-/* ------------------------------------------------------------------------ */
+/* ---- Base: slices, buffers, errors, clock, ranges (buf.c) ---- */
 
 /* A borrowed byte range.  ptr == NULL means "absent" (a protobuf field that was
  * not sent); ptr != NULL with len == 0 is a present, empty value. */
@@ -103,10 +92,6 @@ lp_code lp_code_from_leveldb(const char *status);
 /* Monotonic clock in nanoseconds. */
 uint64_t lp_now_ns(void);
 
-/* ------------------------------------------------------------------------ */
-/* Ranges (shared by iterators and clear, on every side)                      */
-/* ------------------------------------------------------------------------ */
-
 /* A key range with options.  Bounds are a conjunction: a key is in range when it
  * satisfies every bound that is present.  limit < 0 means no limit. */
 typedef struct lp_range {
@@ -122,9 +107,10 @@ void lp_range_init(lp_range *r);
 /* Used by the C tests only */
 int lp_range_contains(const lp_range *r, lp_slice key); /* 1: key satisfies every bound */
 
-/* ------------------------------------------------------------------------ */
-/* Wire codec (wire.c): multileveldown 5.0.1, see reference/level-party.md    */
-/* ------------------------------------------------------------------------ */
+/* ---- Wire codec: multileveldown 5.0.1 (wire.c) ---- */
+
+/* Largest frame (tag + body) either side accepts; the varint length is extra. */
+#define LP_DEFAULT_MAX_FRAME (64u * 1024u * 1024u)
 
 /* client -> server tags */
 enum {
@@ -250,9 +236,7 @@ size_t lp_varint_put(uint8_t out[10], uint64_t v);
 int lp_varint_get(const char *buf, size_t len, uint64_t *v,
                   size_t *used); /* 1 ok, 0 need more, -1 bad */
 
-/* ------------------------------------------------------------------------ */
-/* Engine (engine.c): LevelDB access                                         */
-/* ------------------------------------------------------------------------ */
+/* ---- Engine: LevelDB access (engine.c) ---- */
 
 typedef struct lp_engine lp_engine;
 
@@ -313,17 +297,43 @@ typedef struct lp_clear_state {
 } lp_clear_state;
 int lp_engine_clear_step(lp_engine *e, const lp_range *r, lp_clear_state *st, size_t max_ops,
                          int sync, lp_err *err);
+void lp_clear_state_free(lp_clear_state *st);
 /* max_ops of the callers that clear a whole range step by step (a session's
  * CLEAR, a leader's db:clear): small enough to check the clock between. */
 #define LP_CLEAR_STEP 1024
-void lp_clear_state_free(lp_clear_state *st);
 
 /* Used by the C tests only */
 char *lp_engine_property(lp_engine *e, const char *name); /* malloc'd, or NULL */
 
-/* ------------------------------------------------------------------------ */
-/* Leader server (server.c)                                                   */
-/* ------------------------------------------------------------------------ */
+/* ---- Session: one follower connection's protocol state, no I/O (session.c) ---- */
+
+/* The protocol half of a follower connection: decodes requests, runs them on
+ * the engine, encodes replies, and keeps that connection's open iterators with
+ * their windows.  server.c drives one per socket; party.c drives one over
+ * memory when a follower is promoted, so that requests and iterators it had in
+ * flight are finished by its own engine exactly as a new leader would (this
+ * replaces level-party's self-connection).  Not thread-safe; owned by whoever
+ * drives it. */
+typedef struct lp_session lp_session;
+
+lp_session *lp_session_new(lp_engine *e, size_t max_frame);
+void lp_session_free(lp_session *s); /* closes its iterators */
+/* Consumes as many whole frames of in[0..len) as there are and appends every
+ * reply to out.  Iterator entries are produced here too, but at most `budget`
+ * of them in this call.  Returns the number of bytes consumed (a partial frame
+ * at the end is left for the next call), or -1 with err filled when the peer
+ * broke the protocol (oversized frame, unknown tag, malformed body): the
+ * connection must then be closed. */
+long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
+                      lp_err *err);
+/* Produces up to `budget` more iterator entries for iterators whose window is
+ * still open.  Returns 1 when some window is still open (call again), else 0. */
+int lp_session_pump(lp_session *s, lp_buf *out, size_t budget);
+
+/* ---- Server: the leader's thread, its libuv loop and sockets (server.c) ---- */
+
+/* Bytes asked of one read of a connection (the follower's reads too). */
+#define LP_READ_CHUNK 65536
 
 typedef struct lp_server lp_server;
 
@@ -350,9 +360,9 @@ void lp_server_stop(lp_server *s);
 /* Used by the C tests only */
 int lp_server_connections(lp_server *s); /* followers connected now; 0 for NULL */
 
-/* ------------------------------------------------------------------------ */
-/* Socket file, lock probe, directory watch (sockfile.c)                      */
-/* ------------------------------------------------------------------------ */
+/* ---- Socket file, LOCK holder probe, directory watch (sockfile.c) ---- */
+
+#define LP_SOCKET_NAME "level-party.sock"
 
 /* Creates <dir>/level-party.sock listening, with no window in which the name
  * refers to a socket that does not accept: binds a temporary name in dir
@@ -380,36 +390,7 @@ int lp_watch_open(lp_watch *w, const char *dir, lp_err *err); /* 0 / -1 */
 void lp_watch_drain(lp_watch *w);                             /* read and discard pending events */
 void lp_watch_close(lp_watch *w);
 
-/* ------------------------------------------------------------------------ */
-/* Server session (session.c): one connection's protocol state, no I/O        */
-/* ------------------------------------------------------------------------ */
-
-/* The protocol half of a follower connection: decodes requests, runs them on
- * the engine, encodes replies, and keeps that connection's open iterators with
- * their windows.  server.c drives one per socket; party.c drives one over
- * memory when a follower is promoted, so that requests and iterators it had in
- * flight are finished by its own engine exactly as a new leader would (this
- * replaces level-party's self-connection).  Not thread-safe; owned by whoever
- * drives it. */
-typedef struct lp_session lp_session;
-
-lp_session *lp_session_new(lp_engine *e, size_t max_frame);
-void lp_session_free(lp_session *s); /* closes its iterators */
-/* Consumes as many whole frames of in[0..len) as there are and appends every
- * reply to out.  Iterator entries are produced here too, but at most `budget`
- * of them in this call.  Returns the number of bytes consumed (a partial frame
- * at the end is left for the next call), or -1 with err filled when the peer
- * broke the protocol (oversized frame, unknown tag, malformed body): the
- * connection must then be closed. */
-long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
-                      lp_err *err);
-/* Produces up to `budget` more iterator entries for iterators whose window is
- * still open.  Returns 1 when some window is still open (call again), else 0. */
-int lp_session_pump(lp_session *s, lp_buf *out, size_t budget);
-
-/* ------------------------------------------------------------------------ */
-/* Follower client core (client.c): no sockets, no Lua, no clocks of its own  */
-/* ------------------------------------------------------------------------ */
+/* ---- Client: the follower's request table, no I/O (client.c) ---- */
 
 /* The request table of one follower connection.  Requests are identified by a
  * token that grows with submission order; wire ids are small and dense (the
@@ -520,9 +501,7 @@ int lp_client_iter_ready(lp_client *c, lp_citer *it);
 /* Ends the iterator (sends batch:0 when it is open on the wire) and frees it. */
 void lp_client_iter_close(lp_client *c, lp_citer *it);
 
-/* ------------------------------------------------------------------------ */
-/* Worker (worker.c): the leader's thread for long writes                     */
-/* ------------------------------------------------------------------------ */
+/* ---- Worker: the leader's thread for long writes (worker.c) ---- */
 
 /* Writes queued batches on the engine, in order, on a thread of its own, and
  * signals an eventfd for each one finished.  Driven from one thread (the
@@ -543,9 +522,7 @@ int lp_worker_collect(lp_worker *w);  /* drains the eventfd; 1 when a job finish
  * closes the eventfd.  No-op on NULL. */
 void lp_worker_stop(lp_worker *w);
 
-/* ------------------------------------------------------------------------ */
-/* Party (party.c): one per (process, directory)                              */
-/* ------------------------------------------------------------------------ */
+/* ---- Party: one per (process, directory) (party.c) ---- */
 
 /* Every handle a process opens on one directory shares one party, found by the
  * directory's realpath.  That is what keeps two spellings of a path from giving
