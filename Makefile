@@ -79,9 +79,9 @@ build/asan/test/%: test/%.c $(call objs,asan,$(CSRCS)) $(wildcard test/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 $(SAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
-build/fuzz/fuzz_wire_standalone: fuzz/fuzz_wire.c $(call objs,asan,$(CSRCS))
+build/fuzz/fuzz_wire_standalone: fuzz/fuzz_wire.c $(call objs,asan,$(CSRCS)) test/tap.h
 	@mkdir -p $(@D)
-	$(CC) $(BASE) -O1 $(SAN) -DLP_FUZZ_STANDALONE -Isrc -o $@ $^ $(LDFLAGS) $(LIBS)
+	$(CC) $(BASE) -O1 $(SAN) -DLP_FUZZ_STANDALONE -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
 # libFuzzer: clang instruments every Lua-free source for coverage.
 build/fuzz/fuzz_wire: fuzz/fuzz_wire.c $(CSRCS) $(HDRS)

@@ -421,17 +421,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
  * messages, and mutations of valid frames (the reference 3.7 examples and
  * frames built by the encoders). */
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+#include "../test/tap.h" /* the tests' rng and TAP line */
 
-static uint64_t rnd(void) {
-  /* xorshift64* */
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return rng_state * 0x2545f4914f6cdd1dull;
-}
-
-static size_t below(size_t n) { return n ? (size_t)(rnd() % n) : 0; }
+static size_t below(size_t n) { return n ? (size_t)(tap_rng() % n) : 0; }
 
 static void put_byte(lp_buf *b, uint8_t c) {
   if (lp_buf_append(b, &c, 1) != 0) fail("ENOMEM");
@@ -465,12 +457,12 @@ static void random_field(lp_buf *b, int depth) {
 
   put_varint(b, ((uint64_t)num << 3) | (uint64_t)wt);
   switch (wt) {
-    case 0: put_varint(b, below(4) == 0 ? rnd() : below(300)); break;
+    case 0: put_varint(b, below(4) == 0 ? tap_rng() : below(300)); break;
     case 1:
     case 5: {
       size_t k, n = wt == 1 ? 8 : 4;
       for (k = 0; k < n; k++)
-        put_byte(b, (uint8_t)rnd());
+        put_byte(b, (uint8_t)tap_rng());
       break;
     }
     case 2:
@@ -497,7 +489,7 @@ static void random_slice(lp_slice *s, char *store, size_t cap) {
     return;
   }
   for (i = 0; i < n; i++)
-    store[i] = (char)(below(3) == 0 ? rnd() : 'a' + below(4));
+    store[i] = (char)(below(3) == 0 ? tap_rng() : 'a' + below(4));
   s->ptr = store;
   s->len = n;
 }
@@ -532,7 +524,7 @@ static void fs_varint(fieldset *fs, uint32_t num, uint64_t v) {
 }
 
 static void fs_unknown(fieldset *fs) {
-  if (below(3) == 0) fs_varint(fs, 9 + (uint32_t)below(20), rnd());
+  if (below(3) == 0) fs_varint(fs, 9 + (uint32_t)below(20), tap_rng());
   if (below(3) == 0) fs_bytes(fs, 9 + (uint32_t)below(20), "zz", below(3));
 }
 
@@ -569,7 +561,7 @@ static void shuffled_body(int kind, lp_buf *body) {
 
   memset(&fs, 0, sizeof fs);
   memset(&sub, 0, sizeof sub);
-  if (below(8)) fs_varint(&fs, 1, below(4) ? below(10) : rnd());
+  if (below(8)) fs_varint(&fs, 1, below(4) ? below(10) : tap_rng());
   if (below(6) == 0) fs_varint(&fs, 1, below(10)); /* a repeated id: the last one wins */
   fs_unknown(&fs);
   switch (kind) {
@@ -598,7 +590,7 @@ static void shuffled_body(int kind, lp_buf *body) {
       if (kind == 1 && below(2)) fs_varint(&sub, 2, below(3));
       for (i = 3; i <= 6; i++)
         if (below(2)) fs_word(&sub, (uint32_t)i);
-      if (below(2)) fs_varint(&sub, 7, below(3) ? below(10) : rnd());
+      if (below(2)) fs_varint(&sub, 7, below(3) ? below(10) : tap_rng());
       if (below(2)) fs_varint(&sub, 8, below(3));
       fs_unknown(&sub);
       tmp.len = 0;
@@ -629,7 +621,7 @@ static void valid_frame(lp_buf *out) {
   lp_slice a, b;
   lp_range rg;
   size_t i, n;
-  uint32_t id = below(4) ? (uint32_t)below(20) : (uint32_t)rnd();
+  uint32_t id = below(4) ? (uint32_t)below(20) : (uint32_t)tap_rng();
   int kind = (int)below(15);
 
   random_slice(&a, s1, sizeof s1);
@@ -639,7 +631,7 @@ static void valid_frame(lp_buf *out) {
   random_slice(&rg.gte, s2, sizeof s2);
   random_slice(&rg.lt, s3, sizeof s3);
   random_slice(&rg.lte, s4, sizeof s4);
-  rg.limit = below(3) == 0 ? (int64_t)rnd() : (int64_t)below(10) - 2;
+  rg.limit = below(3) == 0 ? (int64_t)tap_rng() : (int64_t)below(10) - 2;
   rg.reverse = (int)below(2);
   rg.keys = (int)below(2);
   rg.values = (int)below(2);
@@ -750,10 +742,10 @@ static void mutate(lp_buf *b) {
         if (b->len) b->ptr[below(b->len)] ^= (char)(1u << below(8));
         break;
       case 1: /* set a byte */
-        if (b->len) b->ptr[below(b->len)] = (char)rnd();
+        if (b->len) b->ptr[below(b->len)] = (char)tap_rng();
         break;
       case 2: /* insert a byte */
-        c = (uint8_t)rnd();
+        c = (uint8_t)tap_rng();
         put_byte(b, 0);
         memmove(b->ptr + pos + 1, b->ptr + pos, b->len - 1 - pos);
         b->ptr[pos] = (char)c;
@@ -791,10 +783,11 @@ static void mutate(lp_buf *b) {
 int main(int argc, char **argv) {
   long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 200000;
   lp_buf in = {0};
+  char what[128];
   long i;
   size_t k, n;
 
-  if (argc > 2) rng_state = strtoull(argv[2], NULL, 0) | 1;
+  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
   if (iters <= 0) iters = 200000;
   for (k = 0; k < sizeof examples / sizeof examples[0]; k++)
     LLVMFuzzerTestOneInput((const uint8_t *)examples[k], example_len(examples[k]));
@@ -804,7 +797,7 @@ int main(int argc, char **argv) {
       case 0: /* random bytes */
         n = below(64);
         for (k = 0; k < n; k++)
-          put_byte(&in, (uint8_t)(below(2) ? rnd() : below(0x20)));
+          put_byte(&in, (uint8_t)(below(2) ? tap_rng() : below(0x20)));
         break;
       case 1: /* an example, mutated */
         k = below(sizeof examples / sizeof examples[0]);
@@ -828,7 +821,8 @@ int main(int argc, char **argv) {
          "callback %lu iterdata %lu getmanycb %lu\n",
          stat_req_ok[0], stat_req_ok[1], stat_req_ok[2], stat_req_ok[3], stat_req_ok[4],
          stat_req_ok[5], stat_req_ok[6], stat_res_ok[0], stat_res_ok[1], stat_res_ok[2]);
-  printf("ok - fuzz_wire: %ld generated inputs, no crash or mismatch\n", iters);
-  return 0;
+  snprintf(what, sizeof what, "fuzz_wire: %ld generated inputs, no crash or mismatch", iters);
+  check(1, what, "-");
+  return tap_done();
 }
 #endif

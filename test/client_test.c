@@ -12,51 +12,12 @@
  * (ASan+UBSan: make build/asan/test/client_test).  LP_TEST_SEED=n changes
  * the random schedule.
  */
-#include "../src/private.h"
+#include "tap.h"
 
-#include <ftw.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int failures, checks;
-
-static void check(int ok, const char *fmt, ...) {
-  va_list ap;
-  checks++;
-  if (!ok) failures++;
-  printf(ok ? "ok - " : "not ok - ");
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-}
-
-/* Quiet check for loops: prints only on failure, counts once per group. */
-static int qfail;
-static void qcheck(int ok, const char *fmt, ...) {
-  va_list ap;
-  if (ok || qfail > 20) return;
-  qfail++;
-  failures++;
-  printf("not ok - ");
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-}
-
-#define S(s) ((lp_slice){(s), strlen(s)})
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint32_t rnd(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (uint32_t)(rng_state >> 11);
-}
 
 static int slice_eq(lp_slice a, const char *s) {
   return a.ptr && a.len == strlen(s) && memcmp(a.ptr, s, a.len) == 0;
@@ -143,24 +104,24 @@ static void test_frames(void) {
 
   t1 = sub_key(c, LP_REQ_GET, "k1", 0);
   check(t1 > 0 && buf_is(out, "07 00 08 00 12 02 6b 31"),
-        "get('k1') id 0 frames as 07 00 08 00 12 02 6b31");
+        "get('k1') id 0 frames as 07 00 08 00 12 02 6b31", "failed");
   out->len = 0;
   lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("k2"), S("22"));
   lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("k9"), LP_SLICE_NONE);
   t2 = lp_client_submit(c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
-  check(t2 == t1 + 1, "tokens grow with submission");
+  check(t2 == t1 + 1, "tokens grow with submission", "failed");
   check(
       buf_is(out,
              "1d 03 08 01 12 0d 0a 03 707574 12 02 6b32 1a 02 3232 12 09 0a 03 64656c 12 02 6b39"),
-      "batch frame with id 1 matches the reference layout");
+      "batch frame with id 1 matches the reference layout", "failed");
   check(decode_reqs(out, rq, 8) == 1 && rq[0].tag == LP_REQ_BATCH && rq[0].id == 1 &&
             rq[0].count == 2,
-        "batch frame decodes with two ops");
-  check(lp_client_pending(c) == 2, "two pending");
+        "batch frame decodes with two ops", "failed");
+  check(lp_client_pending(c) == 2, "two pending", "failed");
   check(lp_client_submit(c, LP_REQ_ITER, (lp_slice){rest.ptr, rest.len}, 0) == 0,
-        "submit refuses the iterator tag");
+        "submit refuses the iterator tag", "failed");
   check(lp_client_submit(c, 42, (lp_slice){rest.ptr, rest.len}, 0) == 0,
-        "submit refuses unknown tags");
+        "submit refuses unknown tags", "failed");
   lp_buf_free(&rest);
   lp_client_free(c); /* frees the pending requests */
 }
@@ -236,20 +197,21 @@ static void test_feed_splits(void) {
   lp_buf replies = {0};
   size_t a, b, bad = 0, runs = 0;
   build_replies(&replies);
-  check(run_split(&replies, replies.len, replies.len, 0), "replies in any order, fed whole");
-  check(run_split(&replies, 0, 0, 1), "replies fed one byte at a time");
+  check(run_split(&replies, replies.len, replies.len, 0), "replies in any order, fed whole",
+        "failed");
+  check(run_split(&replies, 0, 0, 1), "replies fed one byte at a time", "failed");
   for (a = 0; a <= replies.len; a++) {
     runs++;
     if (!run_split(&replies, a, a, 0)) bad++;
   }
-  check(bad == 0, "replies split at every byte boundary (%zu of %zu splits failed)", bad, runs);
+  check(bad == 0, "replies split at every byte boundary", "%zu of %zu splits failed", bad, runs);
   bad = runs = 0;
   for (a = 0; a <= replies.len; a += 3)
     for (b = a; b <= replies.len; b += 5) {
       runs++;
       if (!run_split(&replies, a, b, 0)) bad++;
     }
-  check(bad == 0, "replies split in three pieces (%zu of %zu failed)", bad, runs);
+  check(bad == 0, "replies split in three pieces", "%zu of %zu failed", bad, runs);
   lp_buf_free(&replies);
 }
 
@@ -276,25 +238,26 @@ static void test_ids(void) {
     t[i] = sub_key(c, LP_REQ_GET, "a", 0);
     ok = ok && last_id(c) == (uint32_t)i;
   }
-  check(ok, "ids start at 0 and are dense");
+  check(ok, "ids start at 0 and are dense", "failed");
   reply_ok(c, 1);
-  check(lp_client_done(c, t[1]) && !lp_client_done(c, t[0]), "reply completes only its id");
+  check(lp_client_done(c, t[1]) && !lp_client_done(c, t[0]), "reply completes only its id",
+        "failed");
   t[3] = sub_key(c, LP_REQ_GET, "a", 0);
-  check(last_id(c) == 1, "a freed id is reused at once");
+  check(last_id(c) == 1, "a freed id is reused at once", "failed");
   reply_ok(c, 2);
   reply_ok(c, 0);
   t[4] = sub_key(c, LP_REQ_GET, "a", 0);
-  check(last_id(c) == 0, "lowest free slot first (0)");
+  check(last_id(c) == 0, "lowest free slot first (0)", "failed");
   t[5] = sub_key(c, LP_REQ_GET, "a", 0);
-  check(last_id(c) == 2, "then the next lowest (2)");
+  check(last_id(c) == 2, "then the next lowest (2)", "failed");
   t[6] = sub_key(c, LP_REQ_GET, "a", 0);
-  check(last_id(c) == 3, "then a new slot (3)");
-  check(lp_client_pending(c) == 4, "pending counts 4");
+  check(last_id(c) == 3, "then a new slot (3)", "failed");
+  check(lp_client_pending(c) == 4, "pending counts 4", "failed");
   for (i = 0; i < 7; i++) {
     if (lp_client_take(c, t[i], &res) == 0) lp_result_free(&res);
   }
-  check(lp_client_done(c, t[6]) == 0, "pending request is not done");
-  check(lp_client_done(c, 999) == 1, "unknown token counts as done");
+  check(lp_client_done(c, t[6]) == 0, "pending request is not done", "failed");
+  check(lp_client_done(c, 999) == 1, "unknown token counts as done", "failed");
   lp_client_free(c);
 }
 
@@ -309,16 +272,17 @@ static void test_replay_order(void) {
   told = sub_put(c, "k", "old", 0);
   reply_ok(c, 0);
   tnew = sub_put(c, "k", "new", 0);
-  check(last_id(c) == 0, "put new reuses id 0");
+  check(last_id(c) == 0, "put new reuses id 0", "failed");
   lp_client_reset(c);
-  check(lp_client_out(c)->len == 0 && lp_client_pending(c) == 2, "reset clears out, keeps pending");
+  check(lp_client_out(c)->len == 0 && lp_client_pending(c) == 2, "reset clears out, keeps pending",
+        "failed");
   lp_client_replay(c);
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 2 && rq[0].tag == LP_REQ_PUT && slice_eq(rq[0].value, "old") &&
             rq[1].tag == LP_REQ_PUT && slice_eq(rq[1].value, "new"),
-        "replay sends put old then put new (submission order)");
-  check(n == 2 && rq[0].id == 0 && rq[1].id == 1, "replayed ids are fresh and dense");
-  check(lp_client_done(c, tg) == 1, "done request stays done across reset");
+        "replay sends put old then put new (submission order)", "failed");
+  check(n == 2 && rq[0].id == 0 && rq[1].id == 1, "replayed ids are fresh and dense", "failed");
+  check(lp_client_done(c, tg) == 1, "done request stays done across reset", "failed");
   /* A request submitted between reset and replay is framed in order too. */
   lp_client_reset(c);
   tg2 = sub_key(c, LP_REQ_GET, "y", 0);
@@ -326,7 +290,7 @@ static void test_replay_order(void) {
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 3 && slice_eq(rq[0].value, "old") && slice_eq(rq[1].value, "new") &&
             rq[2].tag == LP_REQ_GET && slice_eq(rq[2].key, "y"),
-        "request submitted after reset comes after older ones, no duplicate");
+        "request submitted after reset comes after older ones, no duplicate", "failed");
   (void)told;
   (void)tnew;
   (void)tg2;
@@ -341,28 +305,31 @@ static void test_timeouts(void) {
   t0 = sub_key(c, LP_REQ_GET, "a", 100);
   t1 = sub_key(c, LP_REQ_GET, "b", 50);
   t2 = sub_key(c, LP_REQ_GET, "c", 0);
-  check(lp_client_next_deadline(c) == 50, "next deadline is the earliest");
-  check(lp_client_expire(c, 49) == 0, "nothing expires early");
+  check(lp_client_next_deadline(c) == 50, "next deadline is the earliest", "failed");
+  check(lp_client_expire(c, 49) == 0, "nothing expires early", "failed");
   check(lp_client_expire(c, 50) == 1 && lp_client_done(c, t1) && !lp_client_done(c, t0),
-        "expire finishes the due request only");
-  check(lp_client_next_deadline(c) == 100, "next deadline moves on");
+        "expire finishes the due request only", "failed");
+  check(lp_client_next_deadline(c) == 100, "next deadline moves on", "failed");
   rc = lp_client_take(c, t1, &res);
   check(rc == 0 && res.code == LP_ETIMEDOUT && res.msg && strstr(res.msg, "timeout") != NULL,
-        "timed-out request has ETIMEDOUT: %s", res.msg ? res.msg : "(null)");
+        "timed-out request has ETIMEDOUT", "%s", res.msg ? res.msg : "(null)");
   lp_result_free(&res);
   t3 = sub_key(c, LP_REQ_GET, "d", 0);
-  check(last_id(c) == 3, "timed-out request keeps its id reserved (new one got 3)");
+  check(last_id(c) == 3, "timed-out request keeps its id reserved (new one got 3)", "failed");
   reply_ok(c, 1); /* the late reply of the timed-out request */
-  check(!lp_client_done(c, t3) && lp_client_pending(c) == 3, "late reply lands on no one");
+  check(!lp_client_done(c, t3) && lp_client_pending(c) == 3, "late reply lands on no one",
+        "failed");
   sub_key(c, LP_REQ_GET, "e", 0);
-  check(last_id(c) == 1, "after the late reply id 1 is free again");
+  check(last_id(c) == 1, "after the late reply id 1 is free again", "failed");
   lp_client_expire(c, 1000);
-  check(lp_client_done(c, t0) && lp_client_next_deadline(c) == 0, "all deadlines expired");
+  check(lp_client_done(c, t0) && lp_client_next_deadline(c) == 0, "all deadlines expired",
+        "failed");
   /* forget */
   lp_client_forget(c, t2);
-  check(lp_client_pending(c) == 2 && lp_client_done(c, t2), "forgotten request is not pending");
+  check(lp_client_pending(c) == 2 && lp_client_done(c, t2), "forgotten request is not pending",
+        "failed");
   sub_key(c, LP_REQ_GET, "f", 0);
-  check(last_id(c) == 4, "forgotten request keeps its id reserved");
+  check(last_id(c) == 4, "forgotten request keeps its id reserved", "failed");
   lp_client_free(c);
 }
 
@@ -375,7 +342,7 @@ static void test_finished_log(void) {
   int i, ok;
   t[0] = sub_key(c, LP_REQ_GET, "a", 0);
   reply_ok(c, 0);
-  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "off: nothing is logged");
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "off: nothing is logged", "failed");
   lp_client_log_finished(c, 1);
   t[1] = sub_key(c, LP_REQ_GET, "b", 0);  /* id 0 */
   t[2] = sub_key(c, LP_REQ_GET, "c", 10); /* id 1, deadline 10 */
@@ -387,19 +354,20 @@ static void test_finished_log(void) {
   reply_ok(c, 0);
   check(lp_client_finished(c, &fin, &n) == 0 && n == 4 && fin[0] == t[3] && fin[1] == t[2] &&
             fin[2] == t[4] && fin[3] == t[1],
-        "on: reply, expiry, forget and reply logged in finishing order");
-  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "handing the log over empties it");
+        "on: reply, expiry, forget and reply logged in finishing order", "failed");
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "handing the log over empties it",
+        "failed");
   for (i = 0; i < 200; i++)
     t[i] = sub_key(c, LP_REQ_GET, "x", 0);
   lp_client_fail_all(c, LP_ELEADERLOST, "gone");
   ok = lp_client_finished(c, &fin, &n) == 0 && n == 200;
   for (i = 0; ok && i < 200; i++)
     ok = fin[i] == t[i];
-  check(ok, "failing all logs every token, in order, past the first allocation");
+  check(ok, "failing all logs every token, in order, past the first allocation", "failed");
   t[0] = sub_key(c, LP_REQ_GET, "y", 0);
   lp_client_fail_all(c, LP_ELEADERLOST, "gone");
   lp_client_log_finished(c, 0);
-  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "switching it off empties it");
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 0, "switching it off empties it", "failed");
   lp_client_free(c);
 }
 
@@ -413,17 +381,18 @@ static void test_mismatch_and_errors(void) {
   c = lp_client_new(NULL);
   t = sub_key(c, LP_REQ_GET, "a", 0);
   lp_wire_enc_getmany(&b, 0, NULL, 0, (lp_slice){"", 0});
-  check(lp_client_feed(c, b.ptr, b.len, &err) == 0, "feed accepts a reply of the wrong type");
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0, "feed accepts a reply of the wrong type",
+        "failed");
   check(lp_client_take(c, t, &res) == 0 && res.code == LP_EREMOTE,
-        "GETMANY reply to a GET completes it with EREMOTE");
+        "GETMANY reply to a GET completes it with EREMOTE", "failed");
   lp_result_free(&res);
   b.len = 0;
   lp_buf_append(&b, "\x03\x09\x08\x00", 4); /* unknown response tag 9 */
-  check(lp_client_feed(c, b.ptr, b.len, &err) == 0, "unknown reply tag is ignored");
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0, "unknown reply tag is ignored", "failed");
   b.len = 0;
   lp_buf_append(&b, "\x03\x00\x0a\x00", 4); /* callback without id */
   check(lp_client_feed(c, b.ptr, b.len, &err) == -1 && err.code == LP_EPROTO,
-        "malformed reply is a protocol error");
+        "malformed reply is a protocol error", "failed");
   lp_client_free(c);
 
   lp_client_opts_init(&o);
@@ -433,13 +402,13 @@ static void test_mismatch_and_errors(void) {
   b.len = 0;
   lp_wire_enc_callback(&b, 0, NULL, 0, S("0123456789abcdefghij"));
   check(lp_client_feed(c, b.ptr, 1, &err) == -1 && err.code == LP_EPROTO,
-        "frame over max_frame is a protocol error as soon as its length is known");
+        "frame over max_frame is a protocol error as soon as its length is known", "failed");
   lp_client_reset(c);
   b.len = 0;
   lp_wire_enc_callback(&b, 0, NULL, 0, S("0123"));
   lp_client_replay(c);
   check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && lp_client_done(c, t),
-        "after reset and replay a small reply completes the request");
+        "after reset and replay a small reply completes the request", "failed");
   lp_buf_free(&b);
   lp_client_free(c);
 }
@@ -456,21 +425,21 @@ static void test_fail_all(void) {
   t1 = sub_put(c, "b", "c", 0);
   lp_range_init(&r);
   it = lp_client_iter_open(c, &r);
-  check(lp_client_iterators(c) == 1, "one iterator open");
+  check(lp_client_iterators(c) == 1, "one iterator open", "failed");
   lp_client_fail_all(c, LP_ELEADERLOST, "connection to leader lost");
   check(lp_client_pending(c) == 0 && lp_client_done(c, t0) && lp_client_done(c, t1),
-        "fail_all finishes every pending request");
+        "fail_all finishes every pending request", "failed");
   check(lp_client_take(c, t1, &res) == 0 && res.code == LP_ELEADERLOST && res.msg &&
             strcmp(res.msg, "connection to leader lost") == 0,
-        "with the given code and message");
+        "with the given code and message", "failed");
   lp_result_free(&res);
-  check(lp_client_next_deadline(c) == 0, "no deadline left");
+  check(lp_client_next_deadline(c) == 0, "no deadline left", "failed");
   check(lp_client_iter_next(c, it, &k, &v, &err) == -1 && err.code == LP_ELEADERLOST,
-        "iterator is in the error state");
+        "iterator is in the error state", "failed");
   lp_client_replay(c);
-  check(lp_client_out(c)->len == 0, "nothing is replayed after fail_all");
+  check(lp_client_out(c)->len == 0, "nothing is replayed after fail_all", "failed");
   lp_client_iter_close(c, it);
-  check(lp_client_iterators(c) == 0, "iterator closed");
+  check(lp_client_iterators(c) == 0, "iterator closed", "failed");
   lp_client_free(c); /* t0 result not taken: freed here */
 }
 
@@ -501,10 +470,11 @@ static void test_iter_codec(void) {
   r.limit = 3;
   it = lp_client_iter_open(c, &r);
   check(buf_is(lp_client_out(c), "13 04 08 00 10 03 1a 0c 08 01 10 01 22 02 6b32 38 06 40 00"),
-        "open with gte and limit 3 asks for a window of 3 (reference frame, batch capped)");
+        "open with gte and limit 3 asks for a window of 3 (reference frame, batch capped)",
+        "failed");
   lp_client_out(c)->len = 0;
   lp_client_iter_close(c, it);
-  check(buf_is(lp_client_out(c), "05 04 08 00 10 00"), "close sends {id, batch:0}");
+  check(buf_is(lp_client_out(c), "05 04 08 00 10 00"), "close sends {id, batch:0}", "failed");
   lp_client_out(c)->len = 0;
   /* closed with 3 entries outstanding: id 0 stays reserved */
   lp_range_init(&r);
@@ -512,15 +482,16 @@ static void test_iter_codec(void) {
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 1 && rq[0].id == 1 && rq[0].batch == 32 && rq[0].opts.present && rq[0].opts.keys &&
             rq[0].opts.values && rq[0].opts.has_limit && rq[0].opts.limit == -1,
-        "closed iterator's id stays reserved while entries may arrive; open asks window 32");
+        "closed iterator's id stays reserved while entries may arrive; open asks window 32",
+        "failed");
   lp_client_out(c)->len = 0;
   feed_entry(c, 0, "stale1", "x");
   feed_entry(c, 0, "stale2", "x");
-  check(!lp_client_iter_ready(c, it), "stale entries for the closed id are dropped");
+  check(!lp_client_iter_ready(c, it), "stale entries for the closed id are dropped", "failed");
   lp_wire_enc_iterend(&b, 0);
   lp_client_feed(c, b.ptr, b.len, &err);
   it2 = lp_client_iter_open(c, &r);
-  check(last_id(c) == 0, "after the old stream's end, id 0 is free again");
+  check(last_id(c) == 0, "after the old stream's end, id 0 is free again", "failed");
   lp_client_iter_close(c, it2);
   lp_client_out(c)->len = 0;
   /* flow control with window 32: ack only when exhausted and <= 16 buffered */
@@ -531,35 +502,35 @@ static void test_iter_codec(void) {
       snprintf(key, sizeof key, "k%02d", i);
       feed_entry(c, 1, key, "v");
     }
-    check(lp_client_out(c)->len == 0, "no ack while more than window/2 are buffered");
+    check(lp_client_out(c)->len == 0, "no ack while more than window/2 are buffered", "failed");
     for (i = 0; i < 15; i++)
       lp_client_iter_next(c, it, &k, &v, &err);
-    check(lp_client_out(c)->len == 0, "no ack at 17 buffered");
+    check(lp_client_out(c)->len == 0, "no ack at 17 buffered", "failed");
     rc = lp_client_iter_next(c, it, &k, &v, &err);
-    check(rc == 1 && slice_eq(k, "k15") && slice_eq(v, "v"), "entries come in order");
+    check(rc == 1 && slice_eq(k, "k15") && slice_eq(v, "v"), "entries come in order", "failed");
     check(buf_is(lp_client_out(c), "05 04 08 01 10 20"),
-          "ack {id, batch:32} at 16 buffered (reference bytes)");
+          "ack {id, batch:32} at 16 buffered (reference bytes)", "failed");
     lp_client_out(c)->len = 0;
     for (i = 0; i < 16; i++)
       lp_client_iter_next(c, it, &k, &v, &err);
-    check(lp_client_out(c)->len == 0, "no second ack while the window is open");
-    check(lp_client_iter_next(c, it, &k, &v, &err) == 2, "2 when nothing is buffered");
+    check(lp_client_out(c)->len == 0, "no second ack while the window is open", "failed");
+    check(lp_client_iter_next(c, it, &k, &v, &err) == 2, "2 when nothing is buffered", "failed");
     lp_client_iter_wait_deadline(c, it, 500);
-    check(lp_client_next_deadline(c) == 500, "iterator wait deadline counts");
+    check(lp_client_next_deadline(c) == 500, "iterator wait deadline counts", "failed");
     feed_entry(c, 1, "k32", "v");
-    check(lp_client_next_deadline(c) == 0, "an entry clears the wait deadline");
+    check(lp_client_next_deadline(c) == 0, "an entry clears the wait deadline", "failed");
     lp_client_iter_next(c, it, &k, &v, &err);
     /* end marker: after buffered entries; then batch:0 and the id is freed */
     feed_entry(c, 1, "k33", "v");
     b.len = 0;
     lp_wire_enc_iterend(&b, 1);
     lp_client_feed(c, b.ptr, b.len, &err);
-    check(buf_is(lp_client_out(c), "05 04 08 01 10 00"),
-          "end marker makes the client send batch:0");
+    check(buf_is(lp_client_out(c), "05 04 08 01 10 00"), "end marker makes the client send batch:0",
+          "failed");
     rc = lp_client_iter_next(c, it, &k, &v, &err);
-    check(rc == 1 && slice_eq(k, "k33"), "buffered entry before the end");
-    check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "then 0 at the end");
-    check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "and 0 again");
+    check(rc == 1 && slice_eq(k, "k33"), "buffered entry before the end", "failed");
+    check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "then 0 at the end", "failed");
+    check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "and 0 again", "failed");
   }
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
@@ -573,7 +544,7 @@ static void test_iter_codec(void) {
   rc = lp_client_iter_next(c, it, &k, &v, &err);
   check(rc == -1 && err.code == LP_EIO &&
             strcmp(err.msg, "iterator: EIO: iterator: disk on fire") == 0,
-        "remote error keeps its code: %s", err.msg);
+        "remote error keeps its code", "%s", err.msg);
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
   it = lp_client_iter_open(c, &r);
@@ -581,14 +552,15 @@ static void test_iter_codec(void) {
   lp_wire_enc_itererror(&b, last_id(c), "too many open iterators", 23);
   lp_client_feed(c, b.ptr, b.len, &err);
   rc = lp_client_iter_next(c, it, &k, &v, &err);
-  check(rc == -1 && err.code == LP_EREMOTE, "unclassified error text gives EREMOTE");
+  check(rc == -1 && err.code == LP_EREMOTE, "unclassified error text gives EREMOTE", "failed");
   lp_client_iter_close(c, it);
   /* timeout of a wait */
   it = lp_client_iter_open(c, &r);
   lp_client_iter_wait_deadline(c, it, 77);
-  check(lp_client_expire(c, 76) == 0 && lp_client_expire(c, 77) == 1, "iterator wait expires");
+  check(lp_client_expire(c, 76) == 0 && lp_client_expire(c, 77) == 1, "iterator wait expires",
+        "failed");
   rc = lp_client_iter_next(c, it, &k, &v, &err);
-  check(rc == -1 && err.code == LP_ETIMEDOUT, "expired iterator returns ETIMEDOUT");
+  check(rc == -1 && err.code == LP_ETIMEDOUT, "expired iterator returns ETIMEDOUT", "failed");
   lp_client_iter_close(c, it);
   /* keys-only and values-only stripping; values on the wire only when wanted */
   lp_client_out(c)->len = 0;
@@ -596,11 +568,12 @@ static void test_iter_codec(void) {
   r.keys = 0;
   it = lp_client_iter_open(c, &r);
   n = decode_reqs(lp_client_out(c), rq, 8);
-  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 1,
-        "values-only still asks for keys");
+  check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 1, "values-only still asks for keys",
+        "failed");
   feed_entry(c, rq[0].id, "kk", "vv");
   rc = lp_client_iter_next(c, it, &k, &v, &err);
-  check(rc == 1 && k.ptr == NULL && slice_eq(v, "vv"), "key stripped for a values-only iterator");
+  check(rc == 1 && k.ptr == NULL && slice_eq(v, "vv"), "key stripped for a values-only iterator",
+        "failed");
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
   r.keys = 1;
@@ -608,10 +581,11 @@ static void test_iter_codec(void) {
   it = lp_client_iter_open(c, &r);
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 1 && rq[0].opts.keys == 1 && rq[0].opts.values == 0,
-        "keys-only does not ask for values");
+        "keys-only does not ask for values", "failed");
   feed_entry(c, rq[0].id, "kk", "");
   rc = lp_client_iter_next(c, it, &k, &v, &err);
-  check(rc == 1 && slice_eq(k, "kk") && v.ptr == NULL, "value stripped for a keys-only iterator");
+  check(rc == 1 && slice_eq(k, "kk") && v.ptr == NULL, "value stripped for a keys-only iterator",
+        "failed");
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
   /* too many entries is a protocol error */
@@ -619,21 +593,21 @@ static void test_iter_codec(void) {
   r.limit = 2;
   it = lp_client_iter_open(c, &r);
   n = decode_reqs(lp_client_out(c), rq, 8);
-  check(n == 1 && rq[0].batch == 2, "window capped by the limit");
+  check(n == 1 && rq[0].batch == 2, "window capped by the limit", "failed");
   lp_client_out(c)->len = 0;
   feed_entry(c, rq[0].id, "a", "1");
-  check(lp_client_out(c)->len == 0, "no batch:0 before the limit is reached");
+  check(lp_client_out(c)->len == 0, "no batch:0 before the limit is reached", "failed");
   feed_entry(c, rq[0].id, "b", "1");
   {
     lp_request e[2];
     check(decode_reqs(lp_client_out(c), e, 2) == 1 && e[0].id == rq[0].id && e[0].has_batch &&
               e[0].batch == 0 && !e[0].opts.present,
-          "all limit entries received: batch:0 sent at once");
+          "all limit entries received: batch:0 sent at once", "failed");
   }
   check(lp_client_iter_next(c, it, &k, &v, &err) == 1 &&
             lp_client_iter_next(c, it, &k, &v, &err) == 1 &&
             lp_client_iter_next(c, it, &k, &v, &err) == 0,
-        "limit 2 gives 2 entries then the end");
+        "limit 2 gives 2 entries then the end", "failed");
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
   lp_range_init(&r);
@@ -646,15 +620,16 @@ static void test_iter_codec(void) {
   b.len = 0;
   lp_wire_enc_iterdata(&b, 0, S("c"), S("1"));
   check(lp_client_feed(c, b.ptr, b.len, &err) == -1 && err.code == LP_EPROTO,
-        "an entry beyond the granted window is a protocol error");
+        "an entry beyond the granted window is a protocol error", "failed");
   lp_client_reset(c);
   lp_client_iter_close(c, it);
-  check(lp_client_out(c)->len == 0, "closing an iterator that is off the wire sends nothing");
+  check(lp_client_out(c)->len == 0, "closing an iterator that is off the wire sends nothing",
+        "failed");
   /* limit 0 */
   r.limit = 0;
   it = lp_client_iter_open(c, &r);
   check(it && lp_client_out(c)->len == 0 && lp_client_iter_next(c, it, &k, &v, &err) == 0,
-        "limit 0 ends locally without touching the wire");
+        "limit 0 ends locally without touching the wire", "failed");
   lp_client_iter_close(c, it);
   lp_buf_free(&b);
   lp_client_free(c);
@@ -683,11 +658,11 @@ static void test_iter_arena(void) {
   lp_range_init(&r);
   it = lp_client_iter_open(c, &r);
   lp_client_out(c)->len = 0;
-  qfail = 0;
+  tap_quiet_failures = 0;
   while (got < TOTAL) {
     /* the server sends some of what its window allows; the caller takes a
      * random share */
-    int burst = (int)(rnd() % 40) + 1, take = (int)(rnd() % 48) + 1, i;
+    int burst = (int)(tap_rng() % 40) + 1, take = (int)(tap_rng() % 48) + 1, i;
     while (burst-- > 0 && credit > 0 && fed < TOTAL) {
       size_t vlen = fed % 7 == 0 ? 0 : (size_t)(fed * 37 % 2900);
       memset(val, 'a' + fed % 26, vlen);
@@ -704,10 +679,10 @@ static void test_iter_arena(void) {
       snprintf(key, sizeof key, got % 11 == 0 ? "" : "k%06d", got);
       if (got % 11 == 0) key[0] = '\0';
       qcheck(rc == 1 && k.ptr != NULL && k.len == strlen(key) && memcmp(k.ptr, key, k.len) == 0,
-             "arena: entry %d's key", got);
+             "arena: an entry's key", "entry %d", got);
       qcheck(v.ptr != NULL && v.len == vlen &&
                  (vlen == 0 || (v.ptr[0] == 'a' + got % 26 && v.ptr[vlen - 1] == 'a' + got % 26)),
-             "arena: entry %d's value (%zu bytes)", got, vlen);
+             "arena: an entry's value", "entry %d (%zu bytes)", got, vlen);
       memcpy(last, key, strlen(key) + 1);
       got++;
     }
@@ -716,7 +691,7 @@ static void test_iter_arena(void) {
     for (i = 0; i < n; i++)
       if (rq[i].tag == LP_REQ_ITER) credit = (int)rq[i].batch;
     lp_client_out(c)->len = 0;
-    if (got > 0 && got < TOTAL && rnd() % 50 == 0) {
+    if (got > 0 && got < TOTAL && tap_rng() % 50 == 0) {
       /* a lost leader: unconsumed entries go, the bookmark stays */
       lp_client_reset(c);
       lp_client_replay(c);
@@ -724,17 +699,16 @@ static void test_iter_arena(void) {
       qcheck(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].opts.gt.ptr != NULL &&
                  rq[0].opts.gt.len == strlen(last) &&
                  memcmp(rq[0].opts.gt.ptr, last, strlen(last)) == 0,
-             "arena: reopen after entry %d sends gt = the last key consumed", got);
+             "arena: a reopen sends gt = the last key consumed", "after entry %d", got);
       lp_client_out(c)->len = 0;
       fed = got;
       credit = n == 1 ? (int)rq[0].batch : 0;
       resets++;
     }
   }
-  check(qfail == 0 && got == TOTAL,
-        "%d entries of 0..2900 bytes through the arena, whole and in order, %d resets with the "
-        "right bookmark",
-        got, resets);
+  check(tap_quiet_failures == 0 && got == TOTAL,
+        "entries of 0..2900 bytes pass the arena whole and in order, resets keep the bookmark",
+        "%d entries, %d resets", got, resets);
   lp_client_iter_close(c, it);
 
   /* a burst of large entries grows the arena past what it keeps; consumed,
@@ -768,7 +742,8 @@ static void test_iter_arena(void) {
     n = decode_reqs(lp_client_out(c), rq, 4);
     check(ok && n == 1 && slice_eq(rq[0].opts.gt, "big2.09"),
           "3 bursts of 10 entries of 300 kB: whole, in order, and the bookmark survives the "
-          "arena's shrinking");
+          "arena's shrinking",
+          "failed");
     lp_client_iter_close(c, it);
   }
   lp_client_free(c);
@@ -798,13 +773,13 @@ static void test_iter_reopen(void) {
   lp_client_iter_next(c, it, &k, &v, &err);
   lp_client_iter_next(c, it, &k, &v, &err);
   lp_client_reset(c);
-  check(!lp_client_iter_ready(c, it), "reset drops buffered entries");
+  check(!lp_client_iter_ready(c, it), "reset drops buffered entries", "failed");
   lp_client_replay(c);
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].id == 0 && slice_eq(rq[0].opts.gt, "c") &&
             rq[0].opts.gte.ptr == NULL && slice_eq(rq[0].opts.lte, "y") && rq[0].opts.limit == 8 &&
             rq[0].batch == 8,
-        "forward reopen: gt = bookmark, gte removed, lte kept, limit 10 - 2");
+        "forward reopen: gt = bookmark, gte removed, lte kept, limit 10 - 2", "failed");
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
 
@@ -818,7 +793,7 @@ static void test_iter_reopen(void) {
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 1 && slice_eq(rq[0].opts.gt, "a") && slice_eq(rq[0].opts.lt, "x") &&
             rq[0].opts.reverse && rq[0].opts.limit == -1,
-        "reopen before any consumption resends the original range");
+        "reopen before any consumption resends the original range", "failed");
   lp_client_out(c)->len = 0;
   feed_entry(c, 0, "w", "1");
   lp_client_iter_next(c, it, &k, &v, &err);
@@ -827,7 +802,7 @@ static void test_iter_reopen(void) {
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 1 && slice_eq(rq[0].opts.lt, "w") && rq[0].opts.lte.ptr == NULL &&
             slice_eq(rq[0].opts.gt, "a") && rq[0].opts.reverse,
-        "reverse reopen: lt = bookmark, gt kept");
+        "reverse reopen: lt = bookmark, gt kept", "failed");
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
 
@@ -846,7 +821,7 @@ static void test_iter_reopen(void) {
   lp_client_replay(c);
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 1 && rq[0].tag == LP_REQ_ITER && rq[0].batch == 8,
-        "end with unconsumed entries is refetched");
+        "end with unconsumed entries is refetched", "failed");
   lp_client_out(c)->len = 0;
   {
     lp_buf b = {0};
@@ -854,10 +829,10 @@ static void test_iter_reopen(void) {
     lp_client_feed(c, b.ptr, b.len, &err);
     lp_buf_free(&b);
   }
-  check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "ended");
+  check(lp_client_iter_next(c, it, &k, &v, &err) == 0, "ended", "failed");
   lp_client_reset(c);
   lp_client_replay(c);
-  check(lp_client_out(c)->len == 0, "ended iterator is not reopened");
+  check(lp_client_out(c)->len == 0, "ended iterator is not reopened", "failed");
   lp_client_iter_close(c, it);
   lp_client_free(c);
 }
@@ -869,14 +844,7 @@ static void test_iter_reopen(void) {
 #define NKEYS  10000
 #define WINDOW 64
 
-static char tmpdir[] = "/tmp/lp_client_test.XXXXXX";
-
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f) {
-  (void)st;
-  (void)flag;
-  (void)f;
-  return remove(p);
-}
+static char tmpdir[64];
 
 typedef struct loop {
   lp_engine *eng;
@@ -915,8 +883,9 @@ static int loop_step(loop *L, int all) {
   lp_err err;
   int moved = 0;
   if (out->len) {
-    size_t n = all ? out->len : 1 + rnd() % out->len;
-    long used = lp_session_input(L->s, out->ptr, n, &L->sout, all ? 100000 : 1 + rnd() % 100, &err);
+    size_t n = all ? out->len : 1 + tap_rng() % out->len;
+    long used =
+        lp_session_input(L->s, out->ptr, n, &L->sout, all ? 100000 : 1 + tap_rng() % 100, &err);
     if (used < 0) {
       L->proto_errors++;
       return 0;
@@ -924,9 +893,9 @@ static int loop_step(loop *L, int all) {
     if (used > 0) moved = 1;
     lp_buf_consume(out, (size_t)used);
   }
-  if (lp_session_pump(L->s, &L->sout, all ? 100000 : 1 + rnd() % 100)) moved = 1;
+  if (lp_session_pump(L->s, &L->sout, all ? 100000 : 1 + tap_rng() % 100)) moved = 1;
   if (L->sout.len) {
-    size_t n = all ? L->sout.len : 1 + rnd() % L->sout.len;
+    size_t n = all ? L->sout.len : 1 + tap_rng() % L->sout.len;
     count_fed(L, L->sout.ptr, n);
     if (lp_client_feed(L->c, L->sout.ptr, n, &err)) {
       printf("# client feed: %s\n", err.msg);
@@ -1012,25 +981,28 @@ static void test_requests(loop *L) {
   int rc;
 
   t = sub_put(L->c, "zput", "hello", 0);
-  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "put round trip");
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "put round trip",
+        "failed");
   lp_result_free(&res);
   t = sub_key(L->c, LP_REQ_GET, "zput", 0);
   check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && slice_eq(r.value, "hello"),
-        "get round trip");
+        "get round trip", "failed");
   lp_result_free(&res);
   t = sub_key(L->c, LP_REQ_DEL, "zput", 0);
-  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "del round trip");
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "del round trip",
+        "failed");
   lp_result_free(&res);
   t = sub_key(L->c, LP_REQ_GET, "zput", 0);
   rc = wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK;
   check(rc && r.error.ptr && r.error.len >= 8 && memcmp(r.error.ptr, "NotFound", 8) == 0,
-        "get of a deleted key: NotFound");
+        "get of a deleted key: NotFound", "failed");
   lp_result_free(&res);
   lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("zb1"), S("1"));
   lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("zb2"), S("2"));
   lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("zb1"), LP_SLICE_NONE);
   t = lp_client_submit(L->c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
-  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "batch round trip");
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "batch round trip",
+        "failed");
   lp_result_free(&res);
   rest.len = 0;
   lp_wire_rest_getmany_key(&rest, S("zb1"));
@@ -1041,7 +1013,7 @@ static void test_requests(loop *L) {
        r.count == 3 && lp_wire_next_value(&r, &cursor, &v1) &&
        lp_wire_next_value(&r, &cursor, &v2) && lp_wire_next_value(&r, &cursor, &v3);
   check(rc && v1.ptr == NULL && slice_eq(v2, "2") && slice_eq(v3, "value-42-"),
-        "getMany round trip (missing, batch-written, preloaded)");
+        "getMany round trip (missing, batch-written, preloaded)", "failed");
   lp_result_free(&res);
   rest.len = 0;
   lp_range_init(&range);
@@ -1049,11 +1021,12 @@ static void test_requests(loop *L) {
   range.lt = S("zc");
   lp_wire_rest_clear(&rest, &range);
   t = lp_client_submit(L->c, LP_REQ_CLEAR, (lp_slice){rest.ptr, rest.len}, 0);
-  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "clear round trip");
+  check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && !r.error.ptr, "clear round trip",
+        "failed");
   lp_result_free(&res);
   t = sub_key(L->c, LP_REQ_GET, "zb2", 0);
   rc = wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK;
-  check(rc && r.error.ptr != NULL, "cleared key is gone");
+  check(rc && r.error.ptr != NULL, "cleared key is gone", "failed");
   lp_result_free(&res);
 
   /* Replay order through a real leader (reference 4.1): put old stays pending
@@ -1083,20 +1056,20 @@ static void test_requests(loop *L) {
     lp_buf_free(&replies);
     tnew = sub_put(L->c, "zorder", "new", 0);
     check(lp_client_done(L->c, tg) && !lp_client_done(L->c, told) && last_id(L->c) == 0,
-          "4.1 setup: get done, put old pending, put new on id 0");
+          "4.1 setup: get done, put old pending, put new on id 0", "failed");
     leader_change(L);
     loop_flush(L);
     check(lp_client_done(L->c, told) && lp_client_done(L->c, tnew),
-          "both puts acknowledged after replay");
+          "both puts acknowledged after replay", "failed");
     if (!lp_client_take(L->c, tg, &res)) lp_result_free(&res);
     if (!lp_client_take(L->c, told, &res)) lp_result_free(&res);
     if (!lp_client_take(L->c, tnew, &res)) lp_result_free(&res);
     t = sub_key(L->c, LP_REQ_GET, "zorder", 0);
     check(wait_done(L, t) && take(L->c, t, &res, &r) == LP_OK && slice_eq(r.value, "new"),
-          "final value is 'new' (submission order, no lost update)");
+          "final value is 'new' (submission order, no lost update)", "failed");
     lp_result_free(&res);
     t = sub_key(L->c, LP_REQ_DEL, "zorder", 0);
-    check(wait_done(L, t), "cleanup del");
+    check(wait_done(L, t), "cleanup del", "failed");
     if (!lp_client_take(L->c, t, &res)) lp_result_free(&res);
   }
   lp_buf_free(&rest);
@@ -1142,14 +1115,14 @@ static int run_iter(loop *L, const lp_range *r, const char *desc, double change_
   L->recv_entries = 0;
   it = lp_client_iter_open(L->c, r);
   if (!it) {
-    check(0, "%s: open", desc);
+    check(0, desc, "lp_client_iter_open failed");
     return 0;
   }
   for (;;) {
-    int steps = (int)(rnd() % 4), i, rc, burst;
+    int steps = (int)(tap_rng() % 4), i, rc, burst;
     for (i = 0; i < steps; i++)
       loop_step(L, 0);
-    burst = 1 + (int)(rnd() % 80);
+    burst = 1 + (int)(tap_rng() % 80);
     rc = 2;
     for (i = 0; i < burst; i++) {
       long buffered = L->recv_entries - consumed_since_reset;
@@ -1159,32 +1132,31 @@ static int run_iter(loop *L, const lp_range *r, const char *desc, double change_
       consumed_since_reset++;
       if (got >= n) {
         ok = 0;
-        qcheck(0, "%s: more entries than expected (%d)", desc, n);
+        qcheck(0, desc, "more entries than expected (%d)", n);
         break;
       }
       keyname(kb, seq[got]);
       valname(vb, seq[got]);
       if (r->keys) {
         if (!slice_eq(k, kb)) {
-          qcheck(0, "%s: entry %d key %.*s, want %s", desc, got, (int)k.len, k.ptr ? k.ptr : "",
-                 kb);
+          qcheck(0, desc, "entry %d key %.*s, want %s", got, (int)k.len, k.ptr ? k.ptr : "", kb);
           ok = 0;
         }
       } else if (k.ptr) {
-        qcheck(0, "%s: key not stripped", desc);
+        qcheck(0, desc, "key not stripped");
         ok = 0;
       }
       if (r->values) {
         if (!slice_eq(v, vb)) {
-          qcheck(0, "%s: entry %d value mismatch (want %s)", desc, got, vb);
+          qcheck(0, desc, "entry %d value mismatch (want %s)", got, vb);
           ok = 0;
         }
       } else if (v.ptr) {
-        qcheck(0, "%s: value not stripped", desc);
+        qcheck(0, desc, "value not stripped");
         ok = 0;
       }
       got++;
-      if (change_p > 0 && (double)(rnd() % 1000000) / 1e6 < change_p) {
+      if (change_p > 0 && (double)(tap_rng() % 1000000) / 1e6 < change_p) {
         leader_change(L);
         consumed_since_reset = 0;
         changes++;
@@ -1193,19 +1165,19 @@ static int run_iter(loop *L, const lp_range *r, const char *desc, double change_
     if (!ok) break;
     if (rc == 0) break;
     if (rc == -1) {
-      qcheck(0, "%s: error %s", desc, err.msg);
+      qcheck(0, desc, "error %s", err.msg);
       ok = 0;
       break;
     }
     if (rc == 2) {
-      if (change_p > 0 && rnd() % 50 == 0) {
+      if (change_p > 0 && tap_rng() % 50 == 0) {
         leader_change(L);
         consumed_since_reset = 0;
         changes++;
       }
       if (!loop_step(L, 1) && !lp_client_iter_ready(L->c, it)) {
         if (++stalls > 3) {
-          qcheck(0, "%s: stalled after %d of %d entries", desc, got, n);
+          qcheck(0, desc, "stalled after %d of %d entries", got, n);
           ok = 0;
           break;
         }
@@ -1215,7 +1187,7 @@ static int run_iter(loop *L, const lp_range *r, const char *desc, double change_
     }
   }
   if (ok && got != n) {
-    qcheck(0, "%s: got %d entries, want %d", desc, got, n);
+    qcheck(0, desc, "got %d entries, want %d", got, n);
     ok = 0;
   }
   lp_client_iter_close(L->c, it);
@@ -1240,8 +1212,8 @@ static void test_iterators(loop *L) {
             int res;
             lp_range_init(&r);
             r.reverse = rev;
-            keyname(lowk, (int)(rnd() % 3000));
-            keyname(highk, 7000 + (int)(rnd() % 3000));
+            keyname(lowk, (int)(tap_rng() % 3000));
+            keyname(highk, 7000 + (int)(tap_rng() % 3000));
             if (lo == 1) r.gt = S(lowk);
             if (lo == 2) r.gte = S(lowk);
             if (hi == 1) r.lt = S(highk);
@@ -1259,14 +1231,14 @@ static void test_iterators(loop *L) {
             }
           }
   check(okcombos == combos,
-        "%d of %d iterator shapes streamed exactly once, in order, across %d leader changes",
-        okcombos, combos, changes);
-  check(changes > 50, "leader changes happened mid-stream (%d)", changes);
-  check(max_buf <= WINDOW * 3 / 2,
-        "buffered entries never exceeded 1.5 x window (max %ld, window %d)", max_buf, WINDOW);
-  check(nodeish_failures == 0, "no reopen frame carried gt with gte or lt with lte (%d bad)",
+        "every iterator shape streamed exactly once, in order, across leader changes",
+        "%d of %d shapes, %d leader changes", okcombos, combos, changes);
+  check(changes > 50, "leader changes happened mid-stream", "%d", changes);
+  check(max_buf <= WINDOW * 3 / 2, "buffered entries never exceeded 1.5 x window",
+        "max %ld, window %d", max_buf, WINDOW);
+  check(nodeish_failures == 0, "no reopen frame carried gt with gte or lt with lte", "%d bad",
         nodeish_failures);
-  check(L->proto_errors == 0, "no protocol errors on either side (%d)", L->proto_errors);
+  check(L->proto_errors == 0, "no protocol errors on either side", "%d", L->proto_errors);
 
   /* several iterators and requests interleaved on one connection */
   {
@@ -1294,17 +1266,17 @@ static void test_iterators(loop *L) {
         if (rb == 1) ok = ok && keyindex(k) == NKEYS - 1 - nb++;
         if (rb == -1) ok = 0, rb = 0;
       }
-      if (rnd() % 3000 == 0) leader_change(L);
+      if (tap_rng() % 3000 == 0) leader_change(L);
     }
     check(ok && na == NKEYS && nb == NKEYS && lp_client_done(L->c, t),
-          "two iterators and a put interleaved with leader changes (%d, %d)", na, nb);
+          "two iterators and a put interleaved with leader changes", "%d, %d", na, nb);
     lp_client_iter_close(L->c, a);
     lp_client_iter_close(L->c, b);
     if (lp_client_done(L->c, t)) {
       lp_result res;
       if (!lp_client_take(L->c, t, &res)) lp_result_free(&res);
     }
-    check(lp_client_pending(L->c) == 0 && lp_client_iterators(L->c) == 0, "flushed");
+    check(lp_client_pending(L->c) == 0 && lp_client_iterators(L->c) == 0, "flushed", "failed");
   }
   /* an iterator closed mid-stream: its stale entries never reach the next one */
   {
@@ -1326,7 +1298,7 @@ static void test_iterators(loop *L) {
         loop_step(L, 0);
       ok = rc == 1 && keyindex(k) == NKEYS - 1 - i;
     }
-    check(ok, "an iterator opened after an early close gets only its own entries");
+    check(ok, "an iterator opened after an early close gets only its own entries", "failed");
     lp_client_iter_close(L->c, a);
     loop_flush(L);
   }
@@ -1338,8 +1310,8 @@ int main(void) {
   lp_client_opts co;
   lp_err err;
   const char *seed = getenv("LP_TEST_SEED");
-  if (seed) rng_state = strtoull(seed, NULL, 0) | 1;
-  printf("# seed 0x%llx\n", (unsigned long long)rng_state);
+  if (seed) tap_rng_seed(strtoull(seed, NULL, 0));
+  printf("# seed 0x%llx\n", (unsigned long long)tap_rng_state);
 
   test_frames();
   test_feed_splits();
@@ -1354,13 +1326,10 @@ int main(void) {
   test_iter_arena();
 
   memset(&L, 0, sizeof L);
-  if (!mkdtemp(tmpdir)) {
-    check(0, "mkdtemp");
-    return 1;
-  }
+  if (!tap_tmpdir(tmpdir, sizeof tmpdir, "client")) return tap_done();
   lp_engine_opts_init(&eo);
   L.eng = lp_engine_open(tmpdir, &eo, &err);
-  check(L.eng != NULL, "engine opens in %s", tmpdir);
+  check(L.eng != NULL, "engine opens", "%s: %s", tmpdir, err.msg);
   if (L.eng) {
     fill(L.eng);
     L.s = lp_session_new(L.eng, LP_DEFAULT_MAX_FRAME);
@@ -1375,7 +1344,6 @@ int main(void) {
     lp_buf_free(&L.tin);
     lp_engine_close(L.eng);
   }
-  nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-  printf("# %d checks, %d failed\n", checks, failures);
-  return failures ? 1 : 0;
+  rm_rf(tmpdir);
+  return tap_done();
 }

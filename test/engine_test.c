@@ -1,19 +1,17 @@
 /*
  * engine_test.c: the LevelDB engine (src/engine.c) against real LevelDB in a
- * mkdtemp directory.  Links src/engine.c and src/buf.c.
+ * temporary directory.
  *
  * Iterators and clear are checked against a brute-force reference (filter a
  * fixed key set by the conjunction of bounds, sort, reverse, limit) written
  * here independently of the engine and of lp_range_contains.
  */
-#include "../src/private.h"
+#include "tap.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,40 +19,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int failures;
-static char base[64]; /* the mkdtemp directory; everything lives below it */
-
-static void check(int cond, const char *what, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void check(int cond, const char *what, const char *fmt, ...) {
-  va_list ap;
-
-  if (cond) {
-    printf("ok - %s\n", what);
-    return;
-  }
-  failures++;
-  printf("not ok - %s: ", what);
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-}
-
-static lp_slice S(const char *s) { return (lp_slice){s, strlen(s)}; }
+static char base[64]; /* the test's temporary directory; everything lives below it */
 
 static void path_of(char *out, size_t n, const char *name) {
   snprintf(out, n, "%s/%s", base, name);
 }
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(p);
-}
-
-static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
 /* ------------------------------------------------------------------------ */
 /* The fixed key set and the brute-force reference                            */
@@ -922,12 +891,6 @@ static void test_iter_large(void) {
 /* Clear                                                                      */
 /* ------------------------------------------------------------------------ */
 
-static uint32_t rng_state = 12345;
-static uint32_t rng(void) {
-  rng_state = rng_state * 1103515245u + 12345u;
-  return rng_state >> 8;
-}
-
 /* Runs one clear case; 0 when it matches the reference. */
 static int clear_case(lp_engine *e, const lp_range *r, size_t slice, char *why, size_t wn) {
   int want[NKEYS + 1], gone[NKEYS];
@@ -993,7 +956,7 @@ static void test_clear(lp_engine *e) {
           lp_range_init(&r);
           r.reverse = rev;
           for (b = 0; b < 4; b++)
-            if (mask & (1 << b)) set_bound(&r, b, &CANDS[rng() % NCANDS]);
+            if (mask & (1 << b)) set_bound(&r, b, &CANDS[tap_rng() % NCANDS]);
           for (li = 0; li < NLIMITS && !bad; li++) {
             r.limit = LIMITS[li];
             cases++;
@@ -1222,11 +1185,7 @@ int main(void) {
   lp_err err;
 
   setvbuf(stdout, NULL, _IOLBF, 0);
-  snprintf(base, sizeof base, "/tmp/lp_engine_test_XXXXXX");
-  if (!mkdtemp(base)) {
-    printf("not ok - mkdtemp: %s\n", strerror(errno));
-    return 1;
-  }
+  if (!tap_tmpdir(base, sizeof base, "engine")) return tap_done();
   ref_sort();
 
   test_opts();
@@ -1255,5 +1214,5 @@ int main(void) {
   test_corrupt();
 
   rm_rf(base);
-  return failures ? 1 : 0;
+  return tap_done();
 }

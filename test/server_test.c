@@ -5,14 +5,13 @@
  * with the wire encoders (or copied from reference 3.7) and checks the replies
  * byte for byte where the reference gives them.
  */
-#include "../src/private.h"
+#include "tap.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,25 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int failures;
 static char tmpdir[64];
-
-static void check(int cond, const char *what, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void check(int cond, const char *what, const char *fmt, ...) {
-  if (cond) {
-    printf("ok - %s\n", what);
-  } else {
-    char why[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
-    va_end(ap);
-    printf("not ok - %s: %s\n", what, why);
-    failures++;
-  }
-  fflush(stdout);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Log capture (the callback runs on the server thread)                       */
@@ -225,8 +206,6 @@ static int closed_by_server(client *c, int ms) {
     frame_done(c, raw);
   }
 }
-
-static lp_slice S(const char *s) { return (lp_slice){s, strlen(s)}; }
 
 /* Request builders. */
 static void req_key(lp_buf *out, int tag, uint32_t id, const char *key) {
@@ -1231,12 +1210,6 @@ static void test_session_direct(void) {
   check(1, "session freed with an iterator still open", "-");
 }
 
-static void rm_rf(const char *path) {
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-  if (system(cmd) != 0) printf("# cleanup of %s failed\n", path);
-}
-
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc == 5 && strcmp(argv[1], "--worker") == 0) { /* see test_concurrent */
@@ -1247,11 +1220,7 @@ int main(int argc, char **argv) {
     e = w.errors > 255 ? 255 : (unsigned char)w.errors;
     return write(atoi(argv[4]), &e, 1) == 1 ? 0 : 1;
   }
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/lp-server-test-XXXXXX");
-  if (!mkdtemp(tmpdir)) {
-    printf("not ok - mkdtemp: %s\n", strerror(errno));
-    return 1;
-  }
+  if (!tap_tmpdir(tmpdir, sizeof tmpdir, "server")) return tap_done();
   char dbpath[300];
   snprintf(dbpath, sizeof dbpath, "%s/db", tmpdir);
   lp_engine_opts eo;
@@ -1259,10 +1228,9 @@ int main(int argc, char **argv) {
   eo.cache_size = 1u << 20;
   lp_err err;
   eng = lp_engine_open(dbpath, &eo, &err);
-  if (!eng) {
-    printf("not ok - engine open: %s\n", err.msg);
+  if (!check(eng != NULL, "engine open", "%s", err.msg)) {
     rm_rf(tmpdir);
-    return 1;
+    return tap_done();
   }
 
   test_session_direct();
@@ -1284,5 +1252,5 @@ int main(int argc, char **argv) {
 
   lp_engine_close(eng);
   rm_rf(tmpdir);
-  return failures ? 1 : 0;
+  return tap_done();
 }

@@ -2,17 +2,15 @@
  * sockfile_test: the socket file (short and long paths, stale files, modes), the
  * LOCK probe and the directory watch, against real processes and LevelDB.
  */
-#include "private.h"
+#include "tap.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <leveldb/c.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,30 +20,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static int failures;
-
-static void check(int cond, const char *what, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void check(int cond, const char *what, const char *fmt, ...) {
-  if (cond) {
-    printf("ok - %s\n", what);
-  } else {
-    va_list ap;
-    failures++;
-    printf("not ok - %s: ", what);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-  }
-  fflush(stdout);
-}
-
-static void skip(const char *what, const char *why) {
-  printf("ok - %s # SKIP %s\n", what, why);
-  fflush(stdout);
-}
 
 static char *join(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
@@ -88,18 +62,6 @@ static void list_dir(const char *dir, char *out, size_t cap) {
   }
   free(names);
 }
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st;
-  (void)ftw;
-  if (flag == FTW_DP)
-    rmdir(p);
-  else
-    unlink(p);
-  return 0;
-}
-
-static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
 static int readable(int fd, int timeout_ms) {
   struct pollfd p = {fd, POLLIN, 0};
@@ -682,15 +644,11 @@ out:
 /* ------------------------------------------------------------------------ */
 
 int main(void) {
-  char base[] = "/tmp/lp-sockfile-XXXXXX";
-  char longdir[400], *shortdir;
+  char base[64], longdir[400], *shortdir;
   int fds0 = count_fds();
   size_t len;
 
-  if (mkdtemp(base) == NULL) {
-    printf("not ok - mkdtemp: %s\n", strerror(errno));
-    return 1;
-  }
+  if (!tap_tmpdir(base, sizeof base, "sockfile")) return tap_done();
   shortdir = join(base, "s");
   mkdir(shortdir, 0700);
 
@@ -721,5 +679,5 @@ int main(void) {
   rm_rf(base);
   check(access(base, F_OK) != 0, "temporary directory removed", "%s remains", base);
   free(shortdir);
-  return failures ? 1 : 0;
+  return tap_done();
 }

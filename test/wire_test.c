@@ -6,39 +6,13 @@
  * directions.  Frames are written here in the reference's notation: hex byte
  * pairs, with "quoted text" for literal bytes and parentheses/spaces ignored.
  *
- * Build: gcc <flags> -Isrc test/wire_test.c src/wire.c src/buf.c -o /tmp/wire_test
+ * Build and run: make build/test/wire_test && build/test/wire_test
  */
-#include "private.h"
+#include "tap.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures;
-static int checks;
-
-static void check(int cond, const char *what, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-
-static void check(int cond, const char *what, const char *fmt, ...) {
-  va_list ap;
-
-  checks++;
-  if (cond) {
-    printf("ok - %s\n", what);
-    return;
-  }
-  failures++;
-  printf("not ok - %s: ", what);
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-}
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                    */
@@ -91,14 +65,6 @@ static int same_bytes(const lp_buf *got, const char *spec, const char *what) {
   check(ok, what, "got [%s] want [%s]", hexof(got->ptr, got->len), wanthex);
   lp_buf_free(&want);
   return ok;
-}
-
-static lp_slice S(const char *s) {
-  lp_slice r;
-
-  r.ptr = s;
-  r.len = strlen(s);
-  return r;
 }
 
 static int slice_is(lp_slice s, const char *want) {
@@ -1081,6 +1047,5 @@ int main(void) {
   test_buf();
   test_codes();
   test_ranges();
-  printf("# %d checks, %d failed\n", checks, failures);
-  return failures ? 1 : 0;
+  return tap_done();
 }
