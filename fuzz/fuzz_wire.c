@@ -418,7 +418,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
 #ifdef LP_FUZZ_STANDALONE
 /* A short fuzz pass without libFuzzer: random bytes, structured random
- * messages, and mutations of valid frames (the reference 3.7 examples and
+ * messages, and mutations of valid frames (the examples of docs/PROTOCOL.md and
  * frames built by the encoders). */
 
 #include "../test/tap.h" /* the tests' rng and TAP line */

@@ -165,9 +165,10 @@ static int has_prefix(const char *s, const char *prefix) {
 }
 
 /* LevelDB's Status::ToString() is "<kind>: <msg>[: <msg2>]".  The texts
- * matched here are the ones LevelDB 1.23 produces (reference toolchain.md
- * section 3); the strerror parts are the C locale's.  Order matters: a lock
- * failure is ELOCKED whatever errno text follows it. */
+ * matched here are the ones LevelDB 1.23 produces (its lock failures:
+ * docs/ARCHITECTURE.md, "The election"); the strerror parts are the C
+ * locale's.  Order matters: a lock failure is ELOCKED whatever errno text
+ * follows it. */
 lp_code lp_code_from_leveldb(const char *status) {
   if (status == NULL) return LP_EIO;
   if (has_prefix(status, "IO error: lock ")) return LP_ELOCKED;

@@ -1,60 +1,20 @@
 /*
- * client.c: the follower's client core.
+ * client.c: lp_client, the follower's request table (contract: private.h).
  *
- * One lp_client is the request table of one follower connection, kept across
- * reconnections.  It never touches a socket, the Lua state or the clock: bytes
- * to send pile up in c->out, received bytes come in through lp_client_feed(),
- * deadlines are absolute lp_now_ns() values handed in by the caller.
- *
- * Requests.  Every request has a token (1, 2, 3, ... in submission order), a
- * copy of its encoded body after the id ("rest"), an optional deadline and,
- * while it is framed on the current connection, a wire id.  Wire ids come from
- * an id map that always hands out the lowest free slot (dense and small, as
- * Node's numeric-id-map); they never decide replay order, tokens do.
- * Structures:
- *   - a hash keyed by token (tokens are sequential, so token & mask spreads
- *     perfectly) holds every request the caller may still take: pending, or
- *     done and not yet taken;
- *   - a doubly linked list holds the pending requests in token order (new
- *     requests go to the tail and never come back, so it stays sorted): replay
- *     and fail_all walk it;
- *   - a binary min-heap holds the pending requests that have a deadline;
- *   - the id map's slots point at the request that owns the id.  A slot whose
- *     request timed out, failed or was forgotten stays reserved as an orphan
- *     (ptr NULL) until its reply arrives or the connection is reset, so that a
- *     late reply never completes a newer request.
- *
- * Iterators have their own id space (as in Node).  An iterator always asks for
- * keys on the wire so that the key of the last consumed entry is a bookmark,
- * and strips them on the way out when the caller did not want them.
- *
- * Iterator flow control (bounded, unlike Node's, see reference 3.6): the
- * server's window is *set* by every Iterator message and each frame it sends
- * (entry, end marker or error) uses one unit of it.  We keep `granted` (the
- * window last sent) and `recv` (entries received since).  An ack is sent only
- * when the window is exhausted (recv == granted) and at most window/2 entries
- * are buffered, so buffered + in flight <= 1.5 x window at all times.  With a
- * limit we never grant more than the entries still missing, and the iterator
- * ends locally once they have all arrived.  Because the window is only ever
- * refilled when it is exhausted, granted - recv is exactly what the server may
- * still send; when an iterator is closed early its id is kept reserved (an
- * orphan slot counting down those frames) so that stale entries cannot land on
- * a newer iterator that would reuse the id.
- *
- * Choices the header leaves open:
- *   - A reply whose type does not fit the request (GetManyCallback for a Get,
- *     Callback for a GetMany) finishes it with LP_EREMOTE; unknown reply tags
- *     and empty frames are ignored (as Node does); a body that does not decode,
- *     an oversized frame, an iterator entry without a key or beyond the window
- *     make lp_client_feed fail with LP_EPROTO.
- *   - An iterator's end or error (remote, or local from fail_all / expire)
- *     comes after the entries already buffered.  A remote end or error whose
- *     entries were dropped by a reset is forgotten, and the iterator reopens.
- *   - lp_client_replay begins with lp_client_reset, so it is correct on a
- *     first connection too (requests framed before it are re-framed once, in
- *     token order); call it before writing anything on the new connection.
- *   - lp_client_iterators counts iterator handles not yet closed;
- *     lp_client_expire counts timed-out iterator waits along with requests.
+ * Kept across reconnections; never touches a socket, the Lua state or the
+ * clock.  Invariants:
+ *   - a request is in the token hash from submit until taken or forgotten;
+ *     while pending it is also on the pending list (token order, which is
+ *     replay order) and, when it has a deadline, in the deadline heap;
+ *   - wire ids come from an id map that hands out the lowest free slot (as
+ *     Node's numeric-id-map); iterators have an id map of their own.  A slot
+ *     whose owner finished before its reply stays reserved as an orphan until
+ *     the reply arrives or a reset, so that a late reply finds no one;
+ *   - an iterator's window is refilled only once exhausted, so granted - recv
+ *     is exactly what the server may still send; an iterator closed early
+ *     leaves an orphan slot counting those frames down.
+ * The protocol side: docs/PROTOCOL.md, "Iterators and windows" and "Replay
+ * and resume".
  */
 #include "private.h"
 
@@ -686,9 +646,10 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   return it;
 }
 
-/* Refills the server's window when it is exhausted and the caller has caught
- * up to window/2 buffered entries.  On ENOMEM nothing changes, so the next call
- * tries again. */
+/* Refills the server's window when it is exhausted and at most window/2
+ * entries are buffered, so buffered + in flight never passes 1.5 x window;
+ * with a limit, never more than the entries still missing.  On ENOMEM
+ * nothing changes, so the next call tries again. */
 static void citer_maybe_ack(lp_client *c, lp_citer *it) {
   uint32_t g = c->o.window;
   if (!it->on_wire || it->term != IT_NONE) return;

@@ -9,10 +9,10 @@
  * iter_open, clear_step and property on one engine at the same time: LevelDB
  * serialises what it must.  Iterators and batches are single-threaded objects.
  *
- * Ranges are a plain conjunction of their bounds (reference level-party.md
- * 4.3): the iterator reduces gt/gte to the tighter lower bound and lt/lte to
- * the tighter upper bound, and never treats "first key out of range" as the
- * end on the side it seeks from.
+ * Ranges are a plain conjunction of their bounds (docs/PROTOCOL.md,
+ * "Differences from level-party 5.1.1"): the iterator reduces gt/gte to the
+ * tighter lower bound and lt/lte to the tighter upper bound, and never treats
+ * "first key out of range" as the end on the side it seeks from.
  */
 #include "private.h"
 

@@ -13,7 +13,7 @@
  *   - YIELD: the caller has held the loop for a whole time slice; let the loop
  *     run once, then make the same call again.
  *
- * Lifetimes: a db userdata holds one reference on its party.  An iterator
+ * Lifetimes: a db userdata holds one of its party's refs.  An iterator
  * userdata keeps its db userdata alive through its user value, and sits in the
  * db's list of open iterators so that db:close() closes it before the party can
  * close the engine under it.  close, __gc and __close are one idempotent path.
@@ -125,7 +125,7 @@ static lp_slice opt_field_slice(lua_State *L, int t, const char *name) {
   lp_slice s = LP_SLICE_NONE;
   lua_getfield(L, t, name);
   if (lua_type(L, -1) == LUA_TSTRING) s.ptr = lua_tolstring(L, -1, &s.len);
-  lua_pop(L, 1); /* the string stays referenced by the table */
+  lua_pop(L, 1); /* the table keeps the string alive */
   return s;
 }
 
@@ -606,7 +606,7 @@ static int op_bytes(lua_State *L, int op, int name, int numbers_ok, lp_slice *s)
 /* Reads operation i of the ops table (argument OPS_ARG): leaves the stack as
  * it was, fills *is_put, *k, *v.  numbers_ok: the key encoding turns numbers
  * into strings (utf8).  Returns NULL, or the reason the operation is misuse.
- * String fields stay referenced by the op table; a number converted to a
+ * String fields stay alive in the op table; a number converted to a
  * string lives only in a popped slot, so callers copy k and v before the next
  * call that can allocate (and so collect). */
 static const char *read_op(lua_State *L, size_t i, int numbers_ok, int *is_put, lp_slice *k,

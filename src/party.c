@@ -1,23 +1,11 @@
 /*
- * levelparty: the party, one per (process, directory).
+ * party.c: lp_party, one per (process, directory): the role, the election,
+ * the follower's connection, promotion (contract: private.h).
  *
- * Owns the role of this process for the directory and everything that comes
- * with it: the engine and server thread when leader, the connection and client
- * request table when follower, and the election in between.
- *
- * The election is event driven, with no fixed back-off:
- *   - the directory watch (inotify) is opened before anything is probed, so no
- *     event between a probe and the wait can be missed;
- *   - the LOCK's holder is asked with F_GETLK on a read-only fd, which raises no
- *     close-write event; only when the LOCK looks free do we call leveldb_open
- *     (whose failure would open and close LOCK for writing and wake everyone);
- *   - when the holder dies the kernel releases its lock and then closes its
- *     LOCK fd, which raises IN_CLOSE_WRITE: every waiter wakes, probes, and one
- *     wins leveldb_open;
- *   - the winner renames its listening socket into place (IN_MOVED_TO), which
- *     wakes the losers, who connect.
- * A timer only backs this up (a Node leader binds before it listens, so a
- * connect can be refused right after the name appears).
+ * The election is event driven: it probes the LOCK before it opens LevelDB
+ * and waits on the directory watch, with a timer only as a back-up
+ * (docs/ARCHITECTURE.md, "The election").  Only the thread of the Lua state
+ * drives a party; the server and worker threads it starts never touch it.
  */
 #include "private.h"
 

@@ -109,6 +109,8 @@ int lp_range_contains(const lp_range *r, lp_slice key); /* 1: key satisfies ever
 
 /* ---- Wire codec: multileveldown 5.0.1 (wire.c) ---- */
 
+/* The format is docs/PROTOCOL.md's ("Framing", "Requests", "Responses"). */
+
 /* Largest frame (tag + body) either side accepts; the varint length is extra. */
 #define LP_DEFAULT_MAX_FRAME (64u * 1024u * 1024u)
 
@@ -145,7 +147,8 @@ typedef struct lp_batch_op {
 } lp_batch_op;
 
 /* Iterator/clear options as they arrived: every field has its own presence so
- * that the server can apply Node's decode defaults (reference 3.3). */
+ * that the server can apply Node's decode defaults (docs/PROTOCOL.md, "Fields
+ * and defaults"). */
 typedef struct lp_wire_opts {
   int present; /* the options sub-message was sent at all */
   int has_keys, keys;
@@ -211,7 +214,7 @@ int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key,
                           lp_slice value);                /* one BATCH op; call per op */
 int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key); /* one GETMANY key; call per key */
 /* ITER open: batch window then options, always with keys, values, limit and
- * reverse explicit (reference 3.3). */
+ * reverse explicit (docs/PROTOCOL.md, "Fields and defaults"). */
 int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r);
 /* ITER ack / end: just the window (0 = end). */
 int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch);
@@ -376,9 +379,11 @@ void lp_sock_unlink(const char *dir);
  * Returns a nonblocking fd, or -errno (ENOENT, ECONNREFUSED, ...). */
 int lp_sock_connect(const char *dir);
 
-/* Asks who holds <dir>/LOCK without taking it (F_GETLK on a read-only fd, which
- * never releases a lock of this process and raises no close-write event).
- * Returns the holder's pid, 0 when free, -1 when it cannot tell. */
+/* Asks who holds <dir>/LOCK without taking it: F_GETLK on a read-only fd,
+ * whose close wakes no watch.  This process must not hold that LOCK itself:
+ * closing any fd of the file would drop its own lock (party.c only probes
+ * directories it has not opened).  Returns the holder's pid, 0 when free, -1
+ * when it cannot tell. */
 pid_t lp_lock_holder(const char *dir);
 
 /* A watch on the directory that becomes readable when LOCK is closed by a
@@ -424,8 +429,12 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
 lp_buf *lp_client_out(lp_client *c);
 
 /* Feeds received bytes.  Completes requests and fills iterator buffers.  Returns
- * 0, or -1 with err when the peer broke the protocol (the caller then closes the
- * connection and calls lp_client_reset).  Unknown ids are ignored. */
+ * 0, or -1 with err (LP_EPROTO) when the peer broke the protocol: a body that
+ * does not decode, an oversized frame, an iterator entry without a key or
+ * beyond the window (the caller then closes the connection and calls
+ * lp_client_reset).  Unknown ids, unknown reply tags and empty frames are
+ * ignored, as Node does; a reply of the wrong type for its request finishes
+ * the request with LP_EREMOTE. */
 int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err);
 
 /* State of a request.  0 pending, 1 done.  A token that is unknown (already
@@ -467,18 +476,22 @@ size_t lp_client_pending(lp_client *c);
 size_t lp_client_iterators(lp_client *c);
 
 /* Timeouts: earliest deadline among pending requests and iterator waits, or 0.
- * lp_client_expire finishes every request whose deadline <= now with
- * LP_ETIMEDOUT and returns how many it finished. */
+ * lp_client_expire finishes every request and iterator wait whose deadline
+ * <= now with LP_ETIMEDOUT and returns how many it finished. */
 uint64_t lp_client_next_deadline(lp_client *c);
 size_t lp_client_expire(lp_client *c, uint64_t now_ns);
 
 /* The connection is gone.  The out buffer is cleared, every wire id is freed,
- * iterators drop entries received but not consumed.  Pending requests stay. */
+ * iterators drop entries received but not consumed (and an end or error the
+ * leader sent after them: the reopen fetches it again; one decided locally
+ * stays).  Pending requests stay. */
 void lp_client_reset(lp_client *c);
 /* A new connection (or a loopback session) is ready: appends to out every
  * pending request in token order, then every open iterator's reopen (options
  * rewritten from its bookmark: forward drops gt/gte and sends gt = last key
- * consumed; reverse drops lt/lte and sends lt = it; limit = limit - consumed). */
+ * consumed; reverse drops lt/lte and sends lt = it; limit = limit - consumed).
+ * It starts with lp_client_reset, so it is right on a first connection too;
+ * call it before anything is written on the new connection. */
 void lp_client_replay(lp_client *c);
 /* retry=false: finish every pending request with code/msg, and put every open
  * iterator into the error state with them. */
@@ -507,11 +520,13 @@ void lp_client_iter_close(lp_client *c, lp_citer *it);
  * signals an eventfd for each one finished.  Driven from one thread (the
  * party's); the engine must outlive it. */
 typedef struct lp_worker lp_worker;
-/* Set in every job token, never in a client request token. */
-#define LP_JOB_TOKEN (1ull << 48)         /* exact in a double (LuaJIT numbers) */
+/* Set in every job token, never in a client request token; exact in a double
+ * (LuaJIT's numbers). */
+#define LP_JOB_TOKEN (1ull << 48)
 lp_worker *lp_worker_start(lp_engine *e); /* NULL: out of memory or threads */
-/* Queues a batch (taken: freed when its outcome is taken or at stop).
- * Returns a token with LP_JOB_TOKEN set, or 0 when out of memory. */
+/* Queues a batch and takes it (freed when its outcome is taken, or at stop).
+ * Returns a token with LP_JOB_TOKEN set, or 0 when out of memory (the batch
+ * is then still the caller's). */
 uint64_t lp_worker_submit(lp_worker *w, lp_batch *b, int sync);
 int lp_worker_done(lp_worker *w, uint64_t token); /* 1 finished (or unknown) */
 /* A finished job's outcome: 0 ok, -1 with err; -2 unknown or unfinished. */
@@ -535,8 +550,8 @@ void lp_worker_stop(lp_worker *w);
  * through an in-memory lp_session on its own engine (the loopback).
  *
  * A party is driven from one thread at a time (the thread of the Lua state that
- * uses it); only the server thread runs concurrently, and it only touches the
- * engine. */
+ * uses it); only the server and worker threads run concurrently, and they
+ * touch only the engine. */
 typedef struct lp_party lp_party;
 
 enum { LP_ROLE_CLOSED = 0, LP_ROLE_LEADER = 1, LP_ROLE_FOLLOWER = 2 };
@@ -557,9 +572,9 @@ typedef struct lp_party_opts {
 void lp_party_opts_init(lp_party_opts *o);
 
 /* Finds this process's party for dir or starts one (the first election step
- * runs at once, without waiting).  *out holds a new reference. */
+ * runs at once, without waiting).  *out holds one more of the party's refs. */
 int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err);
-/* Drops a reference; the last one closes: the leader stops its server, removes
+/* Drops one ref; the last one closes: the leader stops its server, removes
  * the socket and closes LevelDB; a follower disconnects.  Pending requests of a
  * closed party finish with LP_ECLOSED. */
 void lp_party_unref(lp_party *p);
@@ -612,8 +627,8 @@ void lp_party_set_polled(lp_party *p, int polled);
  * worker (started on first use), so the Lua thread's loop keeps running.
  * Job tokens live apart from the client's request tokens (LP_JOB_TOKEN); the
  * worker's eventfd is what lp_party_pollinfo names while jobs run.
- * lp_party_write_job takes the batch.  Returns the token, or 0 (ENOMEM, or
- * not leader: the caller then writes inline). */
+ * lp_party_write_job takes the batch and returns the token, or returns 0
+ * without it (ENOMEM, or not leader: the caller then writes inline). */
 uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync);
 /* 1 when the job is finished (or unknown). */
 int lp_party_job_done(lp_party *p, uint64_t token);

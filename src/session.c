@@ -4,9 +4,11 @@
  * Decodes requests, runs them on the engine, encodes the replies, and keeps
  * the connection's open iterators with their windows.  No I/O, no clock, no
  * thread of its own: server.c drives one per socket on its thread, party.c
- * one over memory after a promotion.  Wire behaviour follows multileveldown
- * 5.0.1's server (reference 3.5, 3.6) except that a peer that breaks the
- * protocol is disconnected instead of being left hanging.
+ * one over memory after a promotion.  Replies are multileveldown 5.0.1's
+ * server's (docs/PROTOCOL.md, "Requests", "Responses", "Iterators and
+ * windows"), except that a peer that breaks the protocol is disconnected
+ * instead of being left hanging (docs/PROTOCOL.md, "Differences from
+ * level-party 5.1.1").
  */
 #include "private.h"
 
@@ -175,8 +177,9 @@ static int reply_storage_err(lp_buf *out, uint32_t id, const char *op, const lp_
   return lp_wire_enc_callback(out, id, msg, (size_t)n, LP_SLICE_NONE);
 }
 
-/* Node's decode defaults (reference 3.3): options absent -> leveldown's
- * defaults; present -> every missing field is the protobuf default. */
+/* Node's decode defaults (docs/PROTOCOL.md, "Fields and defaults"): options
+ * absent -> leveldown's defaults; present -> every missing field is the
+ * protobuf default. */
 static void range_from_opts(const lp_wire_opts *o, lp_range *r) {
   lp_range_init(r);
   if (!o->present) return;

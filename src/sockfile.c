@@ -1,18 +1,12 @@
 /*
- * sockfile.c: the socket file, the lock probe and the directory watch.
+ * sockfile.c: the socket file, the LOCK holder probe and the directory watch.
  *
- * Everything here is a thin, synchronous layer over system calls; nothing
- * here decides who leads.  party.c combines these pieces:
- *   - the leader publishes <dir>/level-party.sock with lp_sock_listen;
- *   - a follower connects with lp_sock_connect;
- *   - while it cannot do either, it asks lp_lock_holder who holds LevelDB's
- *     LOCK and sleeps on an lp_watch until something in the directory changes.
- *
- * Unix socket addresses hold at most 107 bytes of path (sun_path is 108 bytes
- * with the NUL).  Longer paths go through /proc/self/fd/<N>/<name>, where N is
- * an O_PATH descriptor of the directory: the kernel resolves the magic link,
- * so the socket file is created (or found) inside the real directory.  We
- * never truncate a path, unlike libuv's uv_pipe_bind/uv_pipe_connect.
+ * A thin, synchronous layer over system calls (contract: private.h); nothing
+ * here decides who leads, party.c does (docs/ARCHITECTURE.md, "The
+ * election").  A socket path longer than sun_path holds goes through
+ * /proc/self/fd/<N>/<name>, N an O_PATH descriptor of the directory: the
+ * kernel resolves the magic link, so the file is made (or found) in the real
+ * directory.  No path is ever truncated, unlike libuv's uv_pipe_bind.
  */
 #include "private.h"
 
@@ -231,22 +225,10 @@ int lp_sock_connect(const char *dir) {
   return e ? -e : fd;
 }
 
-/*
- * PRECONDITION: this process must not hold <dir>/LOCK (party.c guarantees it
- * by probing only directories it has not opened).  POSIX record locks belong
- * to the process, and closing *any* descriptor of the file releases all of
- * them, so probing a LOCK we hold would silently drop our own lock.  (It
- * would also report "free", since our own locks never conflict with us.)
- *
- * The file is opened read-only: F_GETLK needs no write access, and closing a
- * read-only descriptor raises IN_CLOSE_NOWRITE, which no watcher listens for,
- * instead of IN_CLOSE_WRITE, which would wake every waiting follower.
- *
- * The pid is the holder's pid as seen in our pid namespace.  When the holder
- * is not visible there, the kernel reports l_pid 0; an open-file-description
- * lock reports -1.  Both mean "held, by whom we can't tell": we return -1,
- * never 0, so that a held lock is never mistaken for a free one.
- */
+/* Why read-only, and why never on a LOCK this process holds: private.h and
+ * docs/ARCHITECTURE.md, "The election".  The kernel reports l_pid 0 for a
+ * holder outside our pid namespace and -1 for an open-file-description lock:
+ * both are "held, by whom we can't tell" (-1), never "free". */
 pid_t lp_lock_holder(const char *dir) {
   char *p = path_join(dir, "LOCK");
   struct flock fl;
@@ -272,17 +254,13 @@ pid_t lp_lock_holder(const char *dir) {
   return fl.l_pid > 0 ? fl.l_pid : -1;
 }
 
-/*
- * The watch only wakes the caller; it never decides anything, and every
- * wakeup may be spurious (LevelDB closes written files all the time).  The
- * events that matter:
- *   IN_CLOSE_WRITE on LOCK: the kernel releases a dying holder's record lock
- *     before it closes the holder's (read-write) descriptor, so by the time
- *     this event is readable, the LOCK can be taken;
+/* The watch only wakes the caller, and any wakeup may be spurious (LevelDB
+ * closes written files all the time).  The events that matter:
+ *   IN_CLOSE_WRITE on LOCK: a dying holder's lock is released before its fd
+ *     is closed, so once this is readable the LOCK can be taken;
  *   IN_MOVED_TO of level-party.sock: a new leader published its socket;
  *   IN_CREATE: LOCK or the directory's first files appeared;
- *   IN_DELETE_SELF / IN_MOVE_SELF: the directory itself went away.
- */
+ *   IN_DELETE_SELF / IN_MOVE_SELF: the directory itself went away. */
 int lp_watch_open(lp_watch *w, const char *dir, lp_err *err) {
   int fd, e;
   w->fd = -1;

@@ -1,26 +1,17 @@
 /*
- * wire.c: the multileveldown 5.0.1 codec (reference level-party.md section 3).
+ * wire.c: the multileveldown 5.0.1 codec (docs/PROTOCOL.md, "Framing").
  *
- *   frame   = varint(len(payload)) payload
- *   payload = tag:u8 protobuf-v2-body
- *
- * Pure: no I/O, no globals, no allocation in the decoders.  Decoded slices
- * point into the payload given to the decoder and live as long as it does.
- *
- * Decoding follows the Node decoder (protocol-buffers): fields in any order,
- * unknown fields skipped by wire type (0 varint, 1 fixed64, 2 bytes,
- * 5 fixed32), the last occurrence of a scalar wins, repeated fields append,
- * a bool is any nonzero varint, uint32 keeps the low 32 bits of the varint.
- * Stricter than Node where Node would misparse: groups (wire types 3 and 4),
- * wire types 6 and 7, field number 0, a known field sent with the wrong wire
- * type, varints over 10 bytes (or over 64 bits) and lengths running past the
- * end are all LP_WIRE_MALFORMED.  Every decoder is total: any input yields a
- * result code and is read only within [ptr, ptr + len).
- *
- * Encoders compute the exact size first, reserve it once, and then write
- * without failure points, so an lp_buf is left as it was on ENOMEM.  Fields
- * are written in ascending field number, as the Node encoder does, so that the
- * frames of reference 3.7 come out byte for byte.
+ * Pure: no I/O, no globals, no allocation in the decoders; decoded slices
+ * point into the payload decoded.  Every decoder is total: any input gives a
+ * result code and is read only within [ptr, ptr + len).  Decoding is the Node
+ * decoder's (fields in any order, unknown ones skipped by wire type, the last
+ * scalar wins, repeated fields append, a bool is any nonzero varint, uint32
+ * keeps the low 32 bits), but what Node would misparse is LP_WIRE_MALFORMED:
+ * groups, wire types 6 and 7, field 0, a known field with the wrong wire
+ * type, varints over 10 bytes or 64 bits, lengths past the end.  Encoders
+ * reserve the exact size first and then cannot fail, so an lp_buf is left as
+ * it was on ENOMEM; fields go out in ascending number, as Node's do, so the
+ * frames of docs/PROTOCOL.md, "Example frames", come out byte for byte.
  */
 #include "private.h"
 
@@ -669,7 +660,7 @@ int lp_wire_enc_callback(lp_buf *out, uint32_t id, const char *err, size_t errle
 
 /* IteratorData entry {1 id, 3 key, 4 value}: both sides always written, an
  * absent one as an empty field, because Node's client takes an entry with
- * neither field for the end marker (reference 3.6). */
+ * neither field for the end marker (docs/PROTOCOL.md, "Iterators and windows"). */
 int lp_wire_enc_iterdata(lp_buf *out, uint32_t id, lp_slice key, lp_slice value) {
   size_t n = add_sz(bytes_field_len(key.len), bytes_field_len(value.len));
 

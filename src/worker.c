@@ -3,9 +3,9 @@
  *
  * One per leader party, started on the first job.  The Lua thread queues
  * batches; the worker writes them in order, one engine write each, and
- * signals an eventfd per finished job.  The Lua thread owns the queue's
- * links and the jobs' batches; the worker reads b/sync and writes
- * rc/err/done, all under the lock.  See docs/ARCHITECTURE.md, "Threads and
+ * signals an eventfd per finished job.  The queue is under the lock: the
+ * Lua thread links and unlinks jobs, the worker reads a job's b and sync and
+ * writes its rc, err and done.  See docs/ARCHITECTURE.md, "Threads and
  * ownership".
  */
 #include "private.h"

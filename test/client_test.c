@@ -113,7 +113,7 @@ static void test_frames(void) {
   check(
       buf_is(out,
              "1d 03 08 01 12 0d 0a 03 707574 12 02 6b32 1a 02 3232 12 09 0a 03 64656c 12 02 6b39"),
-      "batch frame with id 1 matches the reference layout", "failed");
+      "batch frame with id 1 matches the example layout", "failed");
   check(decode_reqs(out, rq, 8) == 1 && rq[0].tag == LP_REQ_BATCH && rq[0].id == 1 &&
             rq[0].count == 2,
         "batch frame decodes with two ops", "failed");
@@ -470,8 +470,7 @@ static void test_iter_codec(void) {
   r.limit = 3;
   it = lp_client_iter_open(c, &r);
   check(buf_is(lp_client_out(c), "13 04 08 00 10 03 1a 0c 08 01 10 01 22 02 6b32 38 06 40 00"),
-        "open with gte and limit 3 asks for a window of 3 (reference frame, batch capped)",
-        "failed");
+        "open with gte and limit 3 asks for a window of 3 (example frame, batch capped)", "failed");
   lp_client_out(c)->len = 0;
   lp_client_iter_close(c, it);
   check(buf_is(lp_client_out(c), "05 04 08 00 10 00"), "close sends {id, batch:0}", "failed");
@@ -509,7 +508,7 @@ static void test_iter_codec(void) {
     rc = lp_client_iter_next(c, it, &k, &v, &err);
     check(rc == 1 && slice_eq(k, "k15") && slice_eq(v, "v"), "entries come in order", "failed");
     check(buf_is(lp_client_out(c), "05 04 08 01 10 20"),
-          "ack {id, batch:32} at 16 buffered (reference bytes)", "failed");
+          "ack {id, batch:32} at 16 buffered (example bytes)", "failed");
     lp_client_out(c)->len = 0;
     for (i = 0; i < 16; i++)
       lp_client_iter_next(c, it, &k, &v, &err);
@@ -1029,8 +1028,8 @@ static void test_requests(loop *L) {
   check(rc && r.error.ptr != NULL, "cleared key is gone", "failed");
   lp_result_free(&res);
 
-  /* Replay order through a real leader (reference 4.1): put old stays pending
-   * while put new reuses id 0; the leader dies; the new one must end with new. */
+  /* Replay order through a real leader (docs/PROTOCOL.md, "Replay and resume"): put old stays
+   * pending while put new reuses id 0; the leader dies; the new one must end with new. */
   {
     uint64_t tg, told, tnew;
     lp_err err;

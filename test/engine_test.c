@@ -2,7 +2,7 @@
  * engine_test.c: the LevelDB engine (src/engine.c) against real LevelDB in a
  * temporary directory.
  *
- * Iterators and clear are checked against a brute-force reference (filter a
+ * Iterators and clear are checked against a brute-force model (filter a
  * fixed key set by the conjunction of bounds, sort, reverse, limit) written
  * here independently of the engine and of lp_range_contains.
  */
@@ -26,7 +26,7 @@ static void path_of(char *out, size_t n, const char *name) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* The fixed key set and the brute-force reference                            */
+/* The fixed key set and the brute-force model                                */
 /* ------------------------------------------------------------------------ */
 
 typedef struct bytes {
@@ -149,7 +149,7 @@ static void describe(const lp_range *r, char *out, size_t n) {
   snprintf(out + used, n - used, "limit=%lld reverse=%d", (long long)r->limit, r->reverse);
 }
 
-/* Runs the engine iterator and compares with the reference.  Returns 0 when
+/* Runs the engine iterator and compares with the model.  Returns 0 when
  * equal, else fills why. */
 static int iter_matches(lp_engine *e, const lp_range *r, char *why, size_t wn) {
   int want[NKEYS + 1];
@@ -660,7 +660,7 @@ static void test_iter_specific(lp_engine *e) {
       snprintf(what, sizeof what, "%s %s (%zu keys)", cases[i].name, rev ? "reverse" : "forward",
                n);
       check(n > 0 && iter_matches(e, &cases[i].r, why, sizeof why) == 0, what, "%s",
-            n ? why : "reference is empty");
+            n ? why : "the model yields nothing");
     }
 
   for (rev = 0; rev < 2; rev++) {
@@ -891,7 +891,7 @@ static void test_iter_large(void) {
 /* Clear                                                                      */
 /* ------------------------------------------------------------------------ */
 
-/* Runs one clear case; 0 when it matches the reference. */
+/* Runs one clear case; 0 when it matches the model. */
 static int clear_case(lp_engine *e, const lp_range *r, size_t slice, char *why, size_t wn) {
   int want[NKEYS + 1], gone[NKEYS];
   size_t nwant = ref_yield(r, want), i, expect_calls;

@@ -2,8 +2,8 @@
  * server_test: the leader's server over a real unix socket and a real LevelDB.
  *
  * The test plays the followers with plain blocking sockets, sends frames built
- * with the wire encoders (or copied from reference 3.7) and checks the replies
- * byte for byte where the reference gives them.
+ * with the wire encoders (or copied from docs/PROTOCOL.md, "Example frames")
+ * and checks the replies byte for byte where that section gives them.
  */
 #include "tap.h"
 
@@ -379,7 +379,7 @@ static lp_server *start_server(size_t max_frame, size_t max_buf, int allow_other
   return s;
 }
 
-static void test_reference_frames(void) {
+static void test_example_frames(void) {
   client c;
   if (client_open(&c) < 0) {
     check(0, "connect", "%s", strerror(errno));
@@ -396,14 +396,14 @@ static void test_reference_frames(void) {
 
   static const char get_k1[] = "\x07\x00\x08\x00\x12\x02k1";
   send_all(c.fd, get_k1, sizeof get_k1 - 1);
-  EXPECT(&c, "\x0c\x00\x08\x00\x1a\x07{\"x\":1}", "get hit frame matches reference");
+  EXPECT(&c, "\x0c\x00\x08\x00\x1a\x07{\"x\":1}", "get hit frame matches the example");
 
   lp_buf b = {0};
   req_key(&b, LP_REQ_GET, 5, "nope");
   send_buf(&c, &b);
   EXPECT(&c, "\x0f\x00\x08\x05\x12\x0aNotFound: ", "get miss is NotFound: with id 5");
 
-  /* batch([put k2=22, del k9]) from the reference */
+  /* batch([put k2=22, del k9]) from the examples */
   static const char batch[] = "\x1d\x03\x08\x00\x12\x0d\x0a\x03put\x12\x02k2\x1a\x02"
                               "22\x12\x09\x0a\x03"
                               "del\x12\x02k9";
@@ -417,7 +417,7 @@ static void test_reference_frames(void) {
   EXPECT(&c,
          "\x15\x02\x08\x07\x1a\x09\x0a\x07{\"x\":1}\x1a\x00\x1a\x03\x0a\x01"
          "2",
-         "getMany frame matches reference");
+         "getMany frame matches the example");
 
   req_key(&b, LP_REQ_DEL, 4, "never-there");
   send_buf(&c, &b);
@@ -458,7 +458,7 @@ static void test_reference_frames(void) {
     check_get(&c, "k1", "{\"x\":1}", "refused batch applied none of its ops");
   }
 
-  /* clear({gte:'x', lt:'y'}) from the reference */
+  /* clear({gte:'x', lt:'y'}) from the examples */
   put_ok(&c, "x", "1");
   put_ok(&c, "x1", "1");
   put_ok(&c, "y", "1");
@@ -625,7 +625,7 @@ static void test_iterators(void) {
   n = drain_iter(&c, keys, sizeof keys, 2000);
   check(n == 3 && strcmp(keys, "a8,a7,a6") == 0, "reverse with limit 3", "%d: %s", n, keys);
 
-  /* createReadStream({gte:'k2', limit:3}) from the reference */
+  /* createReadStream({gte:'k2', limit:3}) from the examples */
   put_ok(&c, "k2", "x");
   put_ok(&c, "k3", "x");
   put_ok(&c, "k4", "x");
@@ -634,7 +634,7 @@ static void test_iterators(void) {
                            "\x06\x40\x00";
   send_all(c.fd, rs, sizeof rs - 1);
   n = drain_iter(&c, keys, sizeof keys, 2000);
-  check(n == 3 && strcmp(keys, "k2,k3,k4") == 0, "reference createReadStream frame", "%d: %s", n,
+  check(n == 3 && strcmp(keys, "k2,k3,k4") == 0, "example createReadStream frame", "%d: %s", n,
         keys);
 
   /* two iterators at once on one connection, interleaved acks */
@@ -1238,7 +1238,7 @@ int main(int argc, char **argv) {
   lp_server *s = start_server(1u << 20, 256 * 1024, 0);
   check(s != NULL, "server starts", "failed");
   if (s) {
-    test_reference_frames();
+    test_example_frames();
     test_iterators();
     test_pipelined();
     test_concurrent(s);

@@ -589,7 +589,7 @@ static void test_lock_and_watch(const char *base) {
     child_db = db; /* reachable from the probing child below */
     child_opts = o;
     check(db != NULL, "LevelDB opens here once the probe says free", "%s", e ? e : "?");
-    /* While this process holds it, the probe must not be used (see sockfile.c);
+    /* While this process holds it, the probe must not be used (lp_lock_holder, private.h);
      * a child may, and sees us. */
     if (db != NULL) {
       int st;

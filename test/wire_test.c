@@ -2,8 +2,8 @@
  * wire_test.c: the multileveldown codec (wire.c) and the buffer, slice, error
  * and range helpers (buf.c).
  *
- * Every example frame of reference level-party.md 3.7 is checked in both
- * directions.  Frames are written here in the reference's notation: hex byte
+ * Every frame of docs/PROTOCOL.md, "Example frames", is checked in both
+ * directions.  Frames are written here in that section's notation: hex byte
  * pairs, with "quoted text" for literal bytes and parentheses/spaces ignored.
  *
  * Build and run: make build/test/wire_test && build/test/wire_test
@@ -18,7 +18,7 @@
 /* helpers                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* Parses the reference notation into b (replacing its contents). */
+/* Parses that notation into b (replacing its contents). */
 static void spec_bytes(lp_buf *b, const char *spec) {
   const char *s = spec;
 
