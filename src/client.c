@@ -447,10 +447,19 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
 
 /* Appends token to the finished-token log (lp_client_log_finished). */
 static void log_finished(lp_client *c, uint64_t token) {
+  if (c->fin_lost) return; /* the poller checks every waiter anyway */
+  if (c->nfin == LP_FINISHED_LOG_MAX) {
+    /* Nobody drained the log (luv loaded but its loop not running, the
+     * requests waited for by blocking calls): drop it rather than grow. */
+    c->nfin = 0;
+    c->fin_lost = 1;
+    return;
+  }
   if (c->nfin == c->fincap) {
     size_t cap = c->fincap ? c->fincap * 2 : 64;
     uint64_t *fin = realloc(c->fin, cap * sizeof *fin);
     if (fin == NULL) {
+      c->nfin = 0;
       c->fin_lost = 1;
       return;
     }

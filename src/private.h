@@ -464,9 +464,12 @@ void lp_client_forget(lp_client *c, uint64_t token);
  * every request that finishes (reply, failure, expiry, forget) has its token
  * appended; switching it on or off empties it.  lp_client_finished hands
  * over the tokens logged since its last call (valid until the next call
- * into c) and empties the log; it returns -1 when some token could not be
- * logged (out of memory): the caller must then check every token it waits
- * for. */
+ * into c) and empties the log; it returns -1 when some token was not logged
+ * (out of memory, or the log was full): the caller must then check every
+ * token it waits for.  The log never holds more than LP_FINISHED_LOG_MAX
+ * tokens: a poller that is not drained (luv loaded, its loop not running,
+ * every call blocking) costs a bounded 32 KiB, never memory per request. */
+#define LP_FINISHED_LOG_MAX 4096
 void lp_client_log_finished(lp_client *c, int on);
 int lp_client_finished(lp_client *c, const uint64_t **tokens, size_t *n);
 
