@@ -371,6 +371,34 @@ static void test_finished_log(void) {
   lp_client_free(c);
 }
 
+/* A log nobody drains (luv loaded, its loop idle, every call blocking)
+ * stays bounded: past LP_FINISHED_LOG_MAX tokens it is dropped and marked
+ * lost, and the poller then asks after every token it waits for. */
+static void test_finished_log_bound(void) {
+  lp_client *c = lp_client_new(NULL);
+  const uint64_t *fin;
+  size_t n = 0;
+  uint64_t i, last = 0;
+  lp_result res = {0};
+  int taken = 1;
+  lp_client_log_finished(c, 1);
+  for (i = 0; i < 3 * LP_FINISHED_LOG_MAX + 7; i++) {
+    last = sub_key(c, LP_REQ_GET, "k", 0);
+    reply_ok(c, 0);
+    /* the blocking caller takes its own result, as party.c does */
+    taken = taken && lp_client_take(c, last, &res) == 0;
+    lp_result_free(&res);
+  }
+  check(taken, "blocking callers take their results while the log is on", "failed");
+  check(lp_client_finished(c, &fin, &n) == -1 && n < LP_FINISHED_LOG_MAX,
+        "an undrained log past its bound is dropped and reported lost", "n = %zu", n);
+  last = sub_key(c, LP_REQ_GET, "k", 0);
+  reply_ok(c, 0);
+  check(lp_client_finished(c, &fin, &n) == 0 && n == 1 && fin[0] == last,
+        "after a loss is reported, the log records again", "n = %zu", n);
+  lp_client_free(c);
+}
+
 static void test_mismatch_and_errors(void) {
   lp_client *c;
   lp_client_opts o;
@@ -1318,6 +1346,7 @@ int main(void) {
   test_replay_order();
   test_timeouts();
   test_finished_log();
+  test_finished_log_bound();
   test_mismatch_and_errors();
   test_fail_all();
   test_iter_codec();
