@@ -190,7 +190,8 @@ describe("coroutines", function()
     end)
     local ok, err = coroutine.resume(co)
     assert(ok, err)
-    local ok2, werr = pcall(helper.wait_until, function() return coroutine.status(co) == "dead" end, 30, "the coroutine")
+    local ok2, werr = pcall(helper.wait_until, function() return coroutine.status(co) == "dead" end, 30,
+      "the coroutine")
     levelparty.on_error = saved
     if lpluv then lpluv.on_error = saved_luv end
     assert(ok2, werr)

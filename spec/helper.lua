@@ -76,14 +76,14 @@ function helper.spawn(script, args, env)
     end)
   assert(handle, pid)
   p.handle, p.pid = handle, pid
-  stdout:read_start(function(err, data)
+  stdout:read_start(function(_, data)
     if data then
       p.buf = p.buf .. data
       for line in p.buf:gmatch("([^\n]*)\n") do p.lines[#p.lines + 1] = line end
       p.buf = p.buf:match("[^\n]*$")
     end
   end)
-  stderr:read_start(function(err, data)
+  stderr:read_start(function(_, data)
     if data then p.err[#p.err + 1] = data end
   end)
   p.stdout, p.stderr = stdout, stderr

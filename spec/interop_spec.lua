@@ -185,7 +185,9 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
       local dir = H.mkdtemp("limit")
       local N = H.start("node", dir)
       local Lf = H.start("lua", dir)
-      N:ok({ op = "batch", ops = { { type = "put", key = "a", value = "1" }, { type = "put", key = "b", value = "2" } } })
+      N:ok({ op = "batch", ops = {
+        { type = "put", key = "a", value = "1" }, { type = "put", key = "b", value = "2" },
+      } })
       local want = { { key = "a", value = "1" }, { key = "b", value = "2" } }
       assert.are.same(want, N:ok({ op = "readStream", options = { limit = -1 } }).entries)
       local r = Lf:call({ op = "readStream", options = { limit = -1 } })

@@ -165,7 +165,8 @@ end)
 
 describe("a busy leader", function()
   for _, mode in ipairs { "sync", "async" } do
-    test("still answers a follower within 100 ms (median of 20 gets) while its main chunk spins 2 s (" .. mode .. " leader)", function()
+    test("still answers a follower within 100 ms (median of 20 gets) while its main chunk spins 2 s ("
+      .. mode .. " leader)", function()
       local d = H.tmpdir("busy")
       local l = P.worker(d, nil, mode)
       assert.equal("leader", l.role0)
@@ -243,7 +244,8 @@ end)
 
 describe("liveness", function()
   for _, mode in ipairs { "sync", "async" } do
-    test("a SIGSTOPped leader: get fails with ETIMEDOUT after timeout=0.5, works after SIGCONT (" .. mode .. ")", function()
+    test("a SIGSTOPped leader: get fails with ETIMEDOUT after timeout=0.5, works after SIGCONT ("
+      .. mode .. ")", function()
       local d = H.tmpdir("stop")
       local l = P.worker(d, nil, "sync")
       local f = P.worker(d, "{timeout=0.5}", mode)
@@ -354,7 +356,8 @@ describe("the socket file", function()
   end)
 
   for _, m in ipairs { { "700", "600" }, { "750", "600" }, { "770", "660" }, { "777", "666" } } do
-    test("the socket's mode follows the directory's write bits (dir " .. m[1] .. " -> socket " .. m[2] .. ")", function()
+    test("the socket's mode follows the directory's write bits (dir " .. m[1]
+      .. " -> socket " .. m[2] .. ")", function()
       local d = H.tmpdir("perm")
       assert(uv.fs_chmod(d, tonumber(m[1], 8)))
       local l = P.worker(d, nil, "sync")
@@ -381,7 +384,8 @@ end)
 
 describe("retry=false", function()
   for _, followers in ipairs { 1, 2 } do
-    test("an op in flight fails with ELEADERLOST, later ops go to the new leader (" .. followers .. " follower(s))", function()
+    test("an op in flight fails with ELEADERLOST, later ops go to the new leader ("
+      .. followers .. " follower(s))", function()
       local d = H.tmpdir("noretry")
       local l = P.worker(d, nil, "sync")
       local f = P.worker(d, "{retry=false}", "sync")

@@ -10,7 +10,7 @@
 --   json    any value lua-cjson can encode; decodes to tables
 --   { encode = function(v) return bytes end, decode = function(bytes) return v end }
 
-local type, tostring, error, pcall = type, tostring, error, pcall
+local type, tostring, pcall = type, tostring, pcall
 
 local _M = {}
 

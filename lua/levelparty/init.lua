@@ -263,7 +263,9 @@ local function encode_ops(self, fname, ops)
     if type(op) ~= "table" then misuse_at(4, fname, "bad operation #%d (table expected, got %s)", i, type(op)) end
     local t = op.type
     if t == "put" then
-      out[i] = { type = "put", key = encode_key(self, fname, op.key, i, 5), value = encode_value(self, fname, op.value, i, 5) }
+      out[i] = {
+        type = "put", key = encode_key(self, fname, op.key, i, 5), value = encode_value(self, fname, op.value, i, 5),
+      }
     elseif t == "del" then
       out[i] = { type = "del", key = encode_key(self, fname, op.key, i, 5) }
     else
@@ -293,7 +295,9 @@ Batch.__name = "levelparty.batch"
 function Batch:put(key, value, extra)
   if extra ~= nil then too_many("batch:put", 2) end
   local db = self._db
-  self._ops[#self._ops + 1] = { type = "put", key = encode_key(db, "batch:put", key, 1), value = encode_value(db, "batch:put", value, 2) }
+  self._ops[#self._ops + 1] = {
+    type = "put", key = encode_key(db, "batch:put", key, 1), value = encode_value(db, "batch:put", value, 2),
+  }
   return self
 end
 
