@@ -174,45 +174,63 @@ local function after_blocking(self, async)
   if adaptor then adaptor.kick(self._party) end
 end
 
--- Every core call (after its YIELD loop) ends here: a follower's request in
--- flight (PENDING, token) is waited for by yielding; anything else is the
--- call's own result.
+-- A core call is c:op(async, ...).  While it answers YIELD (the coroutine's
+-- time slice is over) the caller gives the loop a turn (adaptor.tick()) and
+-- calls again with async = true; the answer after that ends here:
+--   PENDING: a follower's request is in flight (b is its token): wait for it
+--     by yielding, then take its result;
+--   false, msg: misuse that C found (a batch's operations), nothing was done;
+--   anything else is the call's own result.
+-- (The YIELD loop stays with each caller: a vararg helper that repeats the
+-- call costs about 450 instructions per call on Lua 5.4.)
 local function outcome(self, op, async, a, b, e)
   if a == PENDING then
     adaptor.wait_token(self._c, b)
-    return self._c:result(b, op)
+    return core_result(self._c, b, op)
   end
-  after_blocking(self, async)
+  if a ~= false then after_blocking(self, async) end
   return a, b, e
 end
 
+-- ---------------------------------------------------- the hot path: get, put
+--
+-- db:get and db:put take the path of the other methods, written out for the
+-- cases that matter:
+--   * the checks are plain ifs, self's rawget only when self is no table or
+--     has no _c, and a non-empty string key (for put a string value) under
+--     identity encodings skips encode_key/encode_value;
+--   * async_mode() is inlined: once the luv adaptor is loaded, a yieldable
+--     coroutine is all it takes;
+--   * the core's get/put are upvalues (core_get, core_put), not looked up;
+--   * outcome() is inlined for its two common ends: a leader's answer, which
+--     needs nothing more, and a follower's request in flight.  Everything
+--     else (YIELD, a follower's blocking answer) goes through outcome().
+-- Measured with callgrind: a leader's db:get 8.5k -> 7.8k instructions, a
+-- follower's request about 10% cheaper.  No other method does this.
+
 --- db:get(key [, opts]) -> value | nil | nil, msg, code
 function DB:get(key, opts, extra)
-  -- (check_self's rawget only when self is no table or has no _c)
-  local bad = (type(self) ~= "table" and check_self(self, "get")) or (extra ~= nil and too_many("get", 2))
-    or (opts ~= nil and check_options("get", opts, READ_OPTIONS))
-  if bad then error(bad, 2) end
+  if type(self) ~= "table" then error(check_self(self, "get"), 2) end
+  if extra ~= nil then error(too_many("get", 2), 2) end
+  if opts ~= nil then
+    local bad = check_options("get", opts, READ_OPTIONS)
+    if bad then error(bad, 2) end
+  end
   local c, k = self._c, key
   if c == nil then error(check_self(self, "get"), 2) end
-  -- fast path: a non-empty string under an identity key encoding
   if type(k) ~= "string" or k == "" or not self._kid then
+    local bad
     k, bad = encode_key(self, "get", key, 1)
     if k == nil then error(bad, 2) end
   end
-  -- async_mode(), inlined: once the adaptor is loaded (luv was), a
-  -- yieldable coroutine is all it takes
   local async = false
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local v, err, code = core_get(c, async, k)
-  -- outcome(), inlined for the common cases: a follower's request in
-  -- flight, and a leader's answer (after which there is nothing to do)
   if v == PENDING then
     adaptor.wait_token(c, err)
     v, err, code = core_result(c, err, "get")
   elseif v == YIELD or not self._leader then
-    if v == YIELD then
-      repeat adaptor.tick() v, err, code = core_get(c, true, k) until v ~= YIELD
-    end
+    while v == YIELD do adaptor.tick() v, err, code = core_get(c, true, k) end
     v, err, code = outcome(self, "get", async, v, err, code)
   end
   if v == nil then
@@ -225,47 +243,52 @@ end
 
 --- db:put(key, value [, opts]) -> true | nil, msg, code
 function DB:put(key, value, opts, extra)
-  local bad = (type(self) ~= "table" and check_self(self, "put")) or (extra ~= nil and too_many("put", 3))
-    or (opts ~= nil and check_options("put", opts, WRITE_OPTIONS))
-  if bad then error(bad, 2) end
-  local sync = opts and opts.sync
+  if type(self) ~= "table" then error(check_self(self, "put"), 2) end
+  if extra ~= nil then error(too_many("put", 3), 2) end
+  local sync
+  if opts ~= nil then
+    local bad = check_options("put", opts, WRITE_OPTIONS)
+    if bad then error(bad, 2) end
+    sync = opts.sync
+  end
   local c, k, v = self._c, key, value
   if c == nil then error(check_self(self, "put"), 2) end
   if type(k) ~= "string" or k == "" or not self._kid then
+    local bad
     k, bad = encode_key(self, "put", key, 1)
     if k == nil then error(bad, 2) end
   end
   if type(v) ~= "string" or not self._vid then
+    local bad
     v, bad = encode_value(self, "put", value, 2)
     if v == nil then error(bad, 2) end
   end
-  local async = false -- as in get
+  local async = false
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local ok, err, code = core_put(c, async, k, v, sync)
-  if ok == PENDING then -- outcome(), inlined for the common cases (as in get)
+  if ok == PENDING then
     adaptor.wait_token(c, err)
     return core_result(c, err, "put")
-  elseif ok ~= YIELD and self._leader then
-    return ok, err, code
+  elseif ok == YIELD or not self._leader then
+    while ok == YIELD do adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) end
+    return outcome(self, "put", async, ok, err, code)
   end
-  if ok == YIELD then
-    repeat adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) until ok ~= YIELD
-  end
-  return outcome(self, "put", async, ok, err, code)
+  return ok, err, code
 end
+
+-- ------------------------------------------------------------------ the rest
 
 --- db:del(key [, opts]) -> true | nil, msg, code
 function DB:del(key, opts, extra)
   local bad = check_self(self, "del") or (extra ~= nil and too_many("del", 2))
     or (opts ~= nil and check_options("del", opts, WRITE_OPTIONS))
   if bad then error(bad, 2) end
-  local sync = opts and opts.sync
-  local c, k = self._c, key
+  local c, k, sync = self._c, key, opts and opts.sync
   if type(k) ~= "string" or k == "" or not self._kid then
     k, bad = encode_key(self, "del", key, 1)
     if k == nil then error(bad, 2) end
   end
-  local async = loaded.luv ~= nil and async_mode()
+  local async = async_mode()
   local ok, err, code = c:del(async, k, sync)
   while ok == YIELD do adaptor.tick() ok, err, code = c:del(true, k, sync) end
   return outcome(self, "del", async, ok, err, code)
@@ -299,12 +322,10 @@ end
 -- which validates it: misuse comes back as false, msg, for the public method
 -- to raise.
 local function write_ops(self, ops, sync)
-  local c = self._c
+  local c, async = self._c, async_mode()
   local numbers_ok = self._kenc.name == "utf8" and self._venc.name == "utf8"
-  local async = async_mode()
   local ok, err, code = c:batch(async, ops, sync, numbers_ok)
   while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, ops, sync, numbers_ok) end
-  if ok == false then return false, err end
   return outcome(self, "batch", async, ok, err, code)
 end
 
@@ -383,8 +404,7 @@ function DB:get_many(keys, opts, extra)
     enc[i], bad = encode_key(self, "get_many", keys[i], i)
     if bad then error(bad, 2) end
   end
-  local c = self._c
-  local async = async_mode()
+  local c, async = self._c, async_mode()
   local t, err, code = c:get_many(async, enc)
   while t == YIELD do adaptor.tick() t, err, code = c:get_many(true, enc) end
   t, err, code = outcome(self, "get_many", async, t, err, code)
