@@ -9,15 +9,18 @@
 -- Misuse raises at the caller's line, with a message naming the function:
 -- the checks below return that message (or nil when all is well) and the
 -- public method raises it with error(msg, 2).  Runtime failures return nil,
--- "op: detail", "ECODE"; a missing key is nil.
+-- "op: detail", "ECODE"; a missing key is nil.  The iterators db:iter()
+-- returns are in levelparty.iterator.
 
 local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
+local iterator = require "levelparty.iterator"
 
 local type, error, tostring, setmetatable, rawget = type, error, tostring, setmetatable, rawget
 local pairs, ipairs = pairs, ipairs
 local format = string.format
 local loaded = package.loaded
+local decode = encoding.decode
 local PENDING, YIELD = core.PENDING, core.YIELD
 -- the core's methods, called directly on the hot paths (set at first open)
 local core_get, core_put, core_result
@@ -147,16 +150,6 @@ local function check_self(self, fname)
   end
 end
 
-local function decode_value(self, fname, v)
-  local dec = self._venc
-  if dec.identity then return v end
-  local val, err = dec.decode(v)
-  if val == nil and err ~= nil then
-    return nil, format("%s: cannot decode the stored value as %s: %s", fname, dec.name, tostring(err)), "EDECODE"
-  end
-  return val
-end
-
 -- After a follower's blocking call: report a role change the call caused (it
 -- may have won an election), and look at coroutines whose replies it read.
 -- A leader stays leader until closed, so its calls skip this.  (_leader is
@@ -173,6 +166,8 @@ local function after_blocking(self, async)
   end
   if adaptor then adaptor.kick(self._party) end
 end
+
+iterator.init(async_mode, after_blocking)
 
 -- A core call is c:op(async, ...).  While it answers YIELD (the coroutine's
 -- time slice is over) the caller gives the loop a turn (adaptor.tick()) and
@@ -238,7 +233,7 @@ function DB:get(key, opts, extra)
     return nil, err, code
   end
   if self._vid then return v end
-  return decode_value(self, "get", v)
+  return decode(self._venc, "get", v)
 end
 
 --- db:put(key, value [, opts]) -> true | nil, msg, code
@@ -413,7 +408,7 @@ function DB:get_many(keys, opts, extra)
     for i = 1, n do
       local v = t[i]
       if v ~= nil then
-        local val, derr, dcode = decode_value(self, "get_many", v)
+        local val, derr, dcode = decode(self._venc, "get_many", v)
         if derr then return nil, derr, dcode end
         t[i] = val
       end
@@ -464,122 +459,6 @@ function DB:clear(range, opts, extra)
   return outcome(self, "clear", async, c:clear(async, r))
 end
 
--- iterators: C hands over a page of entries per call (it:page), and the
--- iterator serves them from that table.
-local Iterator = {}
-Iterator.__index = Iterator
-Iterator.__name = "levelparty.iterator"
-
--- Calls the core iterator's `method` (page or step) until it has an answer:
--- on YIELD it gives the loop a turn, on PENDING (async only) it waits for
--- entries from the leader.
-local function iter_call_core(self, method, async, arg)
-  local it = self[1]
-  local a, b, e = it[method](it, async, arg)
-  while a == PENDING or a == YIELD do
-    if a == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
-    a, b, e = it[method](it, true, arg)
-  end
-  after_blocking(self._db, async)
-  return a, b, e
-end
-
-local function refill(self)
-  return iter_call_core(self, "page", async_mode(), self._page)
-end
-
--- Direct iterators (Lua 5.3+, keys and values under identity encodings):
--- the generic for calls C for each entry (core.direct_call), with no Lua
--- frame and no page, from the leader's LevelDB or from the entries a
--- follower has buffered; C hands anything but a ready entry to step_slow,
--- which may yield or wait.
-local function step(self, async)
-  return iter_call_core(self, "step", async)
-end
-
-local function step_slow(self)
-  local async = async_mode()
-  -- a coroutine with no luv loop to give time back to: C's next slice
-  -- check should not send every 64th entry here again
-  if not async then core.slice_begin() end
-  local k, v, code = step(self, async)
-  -- level 3: step_slow, the C step, the function running the for loop
-  if k == nil and v ~= nil then error(format("%s (%s)", v, tostring(code)), 3) end
-  return k, v
-end
-
---- it:next() -> key, value (or the one side asked for) | nil at the end |
--- nil, msg, code on failure
-function Iterator:next()
-  if self._direct then
-    if self._done then return nil end
-    local k, v, code = step(self, async_mode())
-    if k == nil then self._done = true end
-    return k, v, code
-  end
-  local i = self._i
-  if i > self._n then
-    if self._done then return nil end
-    local n, err, code = refill(self)
-    if n == nil or n == 0 then
-      self._done = true
-      self._n, self._i = 0, 1
-      return nil, err, code
-    end
-    self._n = n * self._stride
-    i = 1
-  end
-  local page, db = self._page, self._db
-  if self._stride == 2 then
-    self._i = i + 2
-    local k, v = page[i], page[i + 1]
-    if self._decode_keys then k = db._kenc.decode(k) end
-    if self._decode_values then
-      local val, err, code = decode_value(db, "iterator", v)
-      if err then return nil, err, code end
-      v = val
-    end
-    return k, v
-  end
-  self._i = i + 1
-  local x = page[i]
-  if self._keys then
-    if self._decode_keys then x = db._kenc.decode(x) end
-  elseif self._values and self._decode_values then
-    local val, err, code = decode_value(db, "iterator", x)
-    if err then return nil, err, code end
-    x = val
-  end
-  return x
-end
-
--- the generic for calls the iterator: failures raise there
-function Iterator:__call()
-  local i = self._i
-  if i <= self._n and self._plain then -- key and value, no decoding
-    self._i = i + 2
-    local page = self._page
-    return page[i], page[i + 1]
-  end
-  local a, b, e = self:next()
-  if a == nil and b ~= nil then error(format("%s (%s)", b, tostring(e)), 2) end
-  return a, b
-end
-
-function Iterator:close()
-  self._done, self._n = true, 0
-  return self[1]:close()
-end
-Iterator.__close = Iterator.close
-Iterator.__gc = Iterator.close
-
-local DirectIterator
-if core.direct_call then
-  DirectIterator = {}
-  for name, f in pairs(Iterator) do DirectIterator[name] = f end
-  DirectIterator.__call = core.direct_call(step_slow)
-end
-
 --- for k, v in db:iter{gt=, gte=, lt=, lte=, reverse=, limit=, keys=, values=} do ... end
 function DB:iter(opts, extra)
   local bad = check_self(self, "iter") or (extra ~= nil and too_many("iter", 1))
@@ -590,22 +469,12 @@ function DB:iter(opts, extra)
   local c = self._c
   local it, err, code = c:iter(r)
   if it == nil then error(format("%s (%s)", tostring(err), tostring(code)), 2) end
-  local keys, values = r.keys ~= false, r.values ~= false
   local iters = self._iters
   if iters == nil then
     iters = setmetatable({}, { __mode = "k" })
     self._iters = iters
   end
-  local plain = keys and values and self._kenc.identity and self._venc.identity
-  local direct = plain and DirectIterator ~= nil
-  local obj = setmetatable({
-    it, -- [1]: the core iterator (where the direct step looks for it)
-    _db = self, _page = {}, _n = 0, _i = 1,
-    _stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
-    _decode_keys = keys and not self._kenc.identity,
-    _decode_values = values and not self._venc.identity,
-    _plain = plain, _direct = direct,
-  }, direct and DirectIterator or Iterator)
+  local obj = iterator.new(self, it, r)
   iters[obj] = true
   return obj, nil, nil, obj
 end
@@ -627,7 +496,7 @@ local function close_handle(self)
   self._closed = true
   local iters = rawget(self, "_iters")
   if iters then
-    for it in pairs(iters) do it._n, it._i = 0, 1 end
+    for it in pairs(iters) do iterator.drop_page(it) end
   end
   local c, party = self._c, self._party
   local resume_waiters
