@@ -1,4 +1,4 @@
--- Issue 2: coroutine-friendly calls.  Inside a coroutine (luv loaded) calls yield and are
+-- Coroutine-friendly calls.  Inside a coroutine (luv loaded) calls yield and are
 -- resumed from luv's loop, so the loop keeps running; outside one they block.  Runs in both
 -- roles (LEVELPARTY_SPEC_ROLE): a leader yields every time slice, a follower on every request.
 local helper = require "helper"

@@ -1,4 +1,4 @@
--- Issue 2: iterators.  Every bound combination x direction x limit against a brute-force
+-- Iterators.  Every bound combination x direction x limit against a brute-force
 -- reference, keys-only / values-only, snapshots, lifetimes (break, close, db closed, db
 -- collected), many at once.  Runs in both roles (LEVELPARTY_SPEC_ROLE).
 local helper = require "helper"

@@ -1,4 +1,4 @@
--- Issue 2: levelparty.open, close, roles and handle lifetimes (__close, __gc), and several
+-- levelparty.open, close, roles and handle lifetimes (__close, __gc), and several
 -- handles on one directory in one process.  Runs in both roles (LEVELPARTY_SPEC_ROLE).
 local helper = require "helper"
 local A = require "api_helper"
