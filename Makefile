@@ -5,6 +5,8 @@
 #                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
 #   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan
 #   make rock       the luarocks install check alone
+#   make lint       C format (clang-format 14), luacheck, no tab-indented Lua
+#                   (mk/lint.sh; `make test` runs it too)
 #   make demo | bench | fuzz | deps | clean
 #
 # Every knob uses ?= so it can be overridden: make OPT=-O0 WERROR= CC=clang.
@@ -47,7 +49,7 @@ LUAFLAGS_asan   := -isystem $(LUA54_INCDIR)
 objs  = $(patsubst src/%.c,build/$(1)/obj/%.o,$(2))
 variant = $(word 2,$(subst /, ,$@))
 
-.PHONY: all build deps test sanitize rock demo bench fuzz clean
+.PHONY: all build deps test sanitize rock lint demo bench fuzz clean
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
 
@@ -103,6 +105,9 @@ sanitize: deps
 
 rock: deps
 	bash mk/rockcheck.sh $(LUA)
+
+lint: deps
+	@bash mk/lint.sh
 
 demo: deps build
 	sh mk/luaenv.sh 5.4 lua5.4 examples/demo.lua

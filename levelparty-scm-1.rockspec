@@ -38,6 +38,7 @@ build = {
   modules = {
     levelparty = "lua/levelparty/init.lua",
     ["levelparty.encoding"] = "lua/levelparty/encoding.lua",
+    ["levelparty.iterator"] = "lua/levelparty/iterator.lua",
     ["levelparty.luv"] = "lua/levelparty/luv.lua",
     ["levelparty.core"] = {
       sources = {

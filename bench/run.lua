@@ -225,7 +225,8 @@ local placements = ncpu >= 2 and { "same", "split" } or { "same" }
 local floors = {}
 for _, pin in ipairs(placements) do
   local f = {}
-  for name, v in sh(("%s/sock_floor --pin %s 2>/dev/null"):format(bin, pin)):gmatch("floor (%S+) ([%d.]+)") do f[name] = tonumber(v) end
+  local out = sh(("%s/sock_floor --pin %s 2>/dev/null"):format(bin, pin))
+  for name, v in out:gmatch("floor (%S+) ([%d.]+)") do f[name] = tonumber(v) end
   floors[pin] = f
   report("floor", pin .. ": round trip, one at a time", f.rtt_ops_per_sec)
   report("floor", pin .. ": 64 in flight", f.pipelined64_ops_per_sec)
@@ -245,7 +246,7 @@ local function spawn(args, on_line)
   local inp = uv.new_pipe(false)
   local p = {}
   p.handle, p.pid = uv.spawn(args[1], { args = { table.unpack(args, 2) }, stdio = { inp, out, 2 } },
-    function(code, sig) p.exited = true end)
+    function() p.exited = true end)
   assert(p.handle, p.pid)
   local buf = ""
   out:read_start(function(_, data)
@@ -287,11 +288,14 @@ for _, pin in ipairs(placements) do
   -- the floor with LevelDB's work: a C server doing a get of a random key per
   -- request, on this same directory, before the leader opens it
   local ldb_out = sh(("%s/sock_floor --pin %s -n 20000 --leveldb '%s' --keys %d"):format(bin, pin, d, N))
-  local ldb_floor = assert(tonumber(ldb_out:match("floor rtt_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
-  local ldb_floor64 = assert(tonumber(ldb_out:match("floor pipelined64_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --leveldb failed")
+  local ldb_floor = assert(tonumber(ldb_out:match("floor rtt_leveldb_ops_per_sec ([%d.]+)")),
+    "sock_floor --leveldb failed")
+  local ldb_floor64 = assert(tonumber(ldb_out:match("floor pipelined64_leveldb_ops_per_sec ([%d.]+)")),
+    "sock_floor --leveldb failed")
   -- and that server waiting in epoll_wait, as any server with an event loop
   local ldbe_out = sh(("%s/sock_floor --pin %s -n 20000 --epoll --leveldb '%s' --keys %d"):format(bin, pin, d, N))
-  local ldbe_floor = assert(tonumber(ldbe_out:match("floor rtt_leveldb_ops_per_sec ([%d.]+)")), "sock_floor --epoll failed")
+  local ldbe_floor = assert(tonumber(ldbe_out:match("floor rtt_leveldb_ops_per_sec ([%d.]+)")),
+    "sock_floor --epoll failed")
   local ready = false
   local leader = spawn({ "taskset", "-c", "0", lua, root .. "/spec/fixtures/holder.lua", d },
     function(line) if line:find("^leader") then ready = true end end)
@@ -352,7 +356,8 @@ for _, pin in ipairs(placements) do
   report(g, pin .. ": get, one at a time", get1, nil, "C+LevelDB", ldb_floor)
   report(g, pin .. ": get, one at a time", get1, nil, "C+LDB+epoll", ldbe_floor)
   report(g, pin .. ": put, one at a time", put1, nil, "floor rtt", floor.rtt_ops_per_sec, 0.8)
-  report("floor", pin .. ": 64 in flight + LevelDB gets (C)", ldb_floor64, nil, "floor 64", floor.pipelined64_ops_per_sec)
+  report("floor", pin .. ": 64 in flight + LevelDB gets (C)", ldb_floor64, nil, "floor 64",
+    floor.pipelined64_ops_per_sec)
   report(g, pin .. ": get, 64 in flight", get64, nil, "floor 64", floor.pipelined64_ops_per_sec, 0.8)
   print(("%-9s %-34s %12s  (goal: 400000 ops/s or 0.8x the floor: %s)"):format("", "", "",
     (get64 >= 400000 or get64 >= 0.8 * floor.pipelined64_ops_per_sec) and "met" or "MISSED"))

@@ -51,7 +51,8 @@ for _, n in ipairs(names) do start(n[1], n[2]) end
 
 local timer = uv.new_timer()
 timer:start(2000, 0, function()
-  print(("[%5.2fs] demo: SIGKILL the leader, %s (pid %d)"):format(uv.now() / 1000 - start_time, leader.name, leader.pid))
+  print(("[%5.2fs] demo: SIGKILL the leader, %s (pid %d)"):format(uv.now() / 1000 - start_time, leader.name,
+    leader.pid))
   local victim = leader
   uv.kill(victim.pid, "sigkill")
   timer:start(700, 0, function()

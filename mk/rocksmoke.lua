@@ -39,4 +39,5 @@ local success, failure = pcall(function()
 end)
 os.execute("rm -rf '" .. base .. "'")
 if not success then error(failure, 0) end
-print(("rocksmoke: %s ok (%s)"):format(jit and jit.version or _VERSION, package.searchpath("levelparty.core", package.cpath)))
+print(("rocksmoke: %s ok (%s)"):format(jit and jit.version or _VERSION,
+  package.searchpath("levelparty.core", package.cpath)))

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # mk/runtests.sh MODE   (called by `make test` / `make sanitize`)
 #
-# MODE test:     build, then test/*_test.c, the standalone fuzz pass, busted
-#                under lua5.4 and luajit, the luarocks install check.
+# MODE test:     lint, build, then test/*_test.c, the standalone fuzz pass,
+#                busted under lua5.4 and luajit, the luarocks install check.
 # MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds.
-# Environment: SPEC (spec files to run; skips the C tests, fuzz and luarocks
-# check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS, TEST_TIMEOUT (seconds
+# Environment: SPEC (spec files to run; skips lint, the C tests, fuzz and the
+# luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS, TEST_TIMEOUT (seconds
 # per C test), BUSTED_TIMEOUT (seconds per busted run).
 #
 # Counting: every `ok -` / `not ok -` line of a C test, every busted test
-# (TAP), the fuzz pass and the luarocks check as one test each.  A program
+# (TAP), each lint check (mk/lint.sh), the fuzz pass and the luarocks check
+# as one test each.  A program
 # that crashes, times out or exits non-zero without a `not ok` line counts as
 # one more failure.  The last line is always "N passed, N failed" (plus
 # ", N skipped" when busted reported pending tests); exit 1 on any failure.
@@ -91,6 +92,20 @@ c_tests() {
   done
 }
 
+# lint: each check of mk/lint.sh is one test; a failure shows its output.
+lint() {
+  local check log
+  echo "== lint =="
+  for check in clang-format luacheck indentation; do
+    log="$LOGS/lint-$check.log"
+    if bash mk/lint.sh "$check" >"$log" 2>&1; then
+      pass=$((pass + 1)); cat "$log"
+    else
+      bad "lint: $check"; head -n 60 "$log"
+    fi
+  done
+}
+
 fuzz_pass() {
   echo "== fuzz (standalone, ASan, $FUZZ_ITERS iterations) =="
   [ -e fuzz/fuzz_wire.c ] || { echo "(no fuzz/fuzz_wire.c)"; return; }
@@ -151,6 +166,7 @@ API_SPECS="spec/api_spec.lua spec/iterator_spec.lua spec/encoding_spec.lua spec/
 
 case $MODE in
   test)
+    [ -z "$SPEC" ] && lint
     targets=()
     want 5.4 && targets+=(build/5.4/levelparty/core.so)
     want luajit && targets+=(build/luajit/levelparty/core.so)

@@ -1,5 +1,4 @@
--- spec/api_helper.lua: what the single-process API specs (issue 2) share, on top of
--- spec/helper.lua.
+-- spec/api_helper.lua: what the single-process API specs share, on top of spec/helper.lua.
 --
 --   A.open(dir, opts)        helper.open (the handle under test: leader, or follower in a second
 --                            process with LEVELPARTY_SPEC_ROLE=follower); asserts success.

@@ -1,4 +1,4 @@
--- Issue 2: every call of the public API with its expected results: put/get/del, batch (array
+-- Every call of the public API with its expected results: put/get/del, batch (array
 -- and chained), get_many, clear with ranges.  Runs in both roles (LEVELPARTY_SPEC_ROLE).
 local helper = require "helper"
 local A = require "api_helper"

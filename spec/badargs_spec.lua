@@ -1,4 +1,4 @@
--- Issue 2: misuse raises (luaposix badargs style).  For every function: wrong types for each
+-- Misuse raises (luaposix badargs style).  For every function: wrong types for each
 -- argument, too many arguments, unknown options, bad option types.  Each call must raise, the
 -- message must name the function, and the db must still work afterwards.  Runs in both roles.
 local helper = require "helper"

@@ -1,4 +1,4 @@
--- Issue 2: coroutine-friendly calls.  Inside a coroutine (luv loaded) calls yield and are
+-- Coroutine-friendly calls.  Inside a coroutine (luv loaded) calls yield and are
 -- resumed from luv's loop, so the loop keeps running; outside one they block.  Runs in both
 -- roles (LEVELPARTY_SPEC_ROLE): a leader yields every time slice, a follower on every request.
 local helper = require "helper"
@@ -190,7 +190,8 @@ describe("coroutines", function()
     end)
     local ok, err = coroutine.resume(co)
     assert(ok, err)
-    local ok2, werr = pcall(helper.wait_until, function() return coroutine.status(co) == "dead" end, 30, "the coroutine")
+    local ok2, werr = pcall(helper.wait_until, function() return coroutine.status(co) == "dead" end, 30,
+      "the coroutine")
     levelparty.on_error = saved
     if lpluv then lpluv.on_error = saved_luv end
     assert(ok2, werr)

@@ -1,4 +1,4 @@
--- Issue 2: key and value encodings (utf8, binary, json, custom tables): arbitrary bytes, empty
+-- Key and value encodings (utf8, binary, json, custom tables): arbitrary bytes, empty
 -- values, empty keys, numbers, decode failures.  Runs in both roles (LEVELPARTY_SPEC_ROLE).
 local helper = require "helper"
 local A = require "api_helper"

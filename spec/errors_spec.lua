@@ -1,4 +1,4 @@
--- Issue 2: how failures are reported.  Use after close is nil, "op: ...", "ECLOSED" for every
+-- How failures are reported.  Use after close is nil, "op: ...", "ECLOSED" for every
 -- call (iter raises), never a crash; runtime failures carry "op: detail" and an E-code; misuse
 -- raises (see badargs_spec); a process that used a db exits cleanly.  Runs in both roles.
 local helper = require "helper"

@@ -1,25 +1,20 @@
--- Issue 3, the party: failover of writes.  The leader dies (SIGKILL, os.exit, a Lua error,
--- a clean close) while followers write; one follower takes over, the others reconnect, requests
--- in flight are replayed in submission order, and every acknowledged write survives (read back
--- by a fresh process).
+-- The party: failover of writes.  The leader dies (SIGKILL, os.exit, a Lua error, a clean
+-- close) while followers write; one follower takes over, the others reconnect, requests in
+-- flight are replayed in submission order, and every acknowledged write survives (read back by
+-- a fresh process).
 --
 -- Writers are spec/fixtures/lua/writer.lua (blocking mode, "ack <key>" per acknowledged put),
 -- workers spec/fixtures/lua/worker.lua, the read-back spec/fixtures/lua/checker.lua.
 --
--- Run: make build && sh mk/luaenv.sh 5.4 lua5.4 /usr/bin/busted spec/failover_spec.lua
-package.path = "./spec/?.lua;" .. package.path
+-- Run: make test SPEC=spec/failover_spec.lua
 local uv = require "luv"
 local P = require "party_helper"
 local H = P.helper
 
 local function sr(status, rest) return { status, rest } end
 
-local function test(name, body)
-  it(name, function()
-    finally(P.cleanup)
-    body()
-  end)
-end
+-- every test ends with its processes killed and its directories removed
+after_each(P.cleanup)
 
 local N_WRITES = 400
 
@@ -71,7 +66,7 @@ describe("failover while followers write", function()
     { "db:close() then exit", function(l) l:send("closeexit") end, { code = 0 } },
   }
   for _, f in ipairs(failures) do
-    test("leader ends by " .. f[1] .. ": one writer takes over, every acked write survives", function()
+    it("leader ends by " .. f[1] .. ": one writer takes over, every acked write survives", function()
       local d = H.tmpdir("fo")
       local l = P.worker(d, nil, "sync")
       assert.equal("leader", l.role0)
@@ -111,7 +106,7 @@ describe("failover while followers write", function()
     end)
   end
 
-  test("the leader is itself a writer and is SIGKILLed: every write it acked survives", function()
+  it("the leader is itself a writer and is SIGKILLed: every write it acked survives", function()
     local d = H.tmpdir("fo-self")
     local lw = start_writer(d, "L-")
     assert.matches("^ready leader", (lw:wait_line("^ready ", 20)))
@@ -137,7 +132,7 @@ describe("failover while followers write", function()
     assert.same({}, read_back(d, keys))
   end)
 
-  test("three successive leaders die in turn: writes keep going, none acked is lost", function()
+  it("three successive leaders die in turn: writes keep going, none acked is lost", function()
     local d = H.tmpdir("fo-chain")
     local ls = {}
     for i = 1, 3 do ls[i] = P.worker(d, nil, "sync") end
@@ -177,7 +172,7 @@ describe("requests in flight at the leader's death", function()
   -- the submission order.
   for _, other in ipairs { false, true } do
     local how = other and "another follower takes over" or "the submitter is promoted"
-    test("are replayed in submission order: put/del/put... ends with the last put (" .. how .. ")", function()
+    it("are replayed in submission order: put/del/put... ends with the last put (" .. how .. ")", function()
       local d = H.tmpdir("order")
       local l = P.worker(d, nil, "sync")
       local f = P.worker(d, nil, "async")
@@ -219,7 +214,7 @@ describe("requests in flight at the leader's death", function()
 end)
 
 describe("coroutine mode", function()
-  test("a follower in this process, with concurrent gets/puts from 8 coroutines, survives a leader kill", function()
+  it("a follower in this process, with concurrent gets/puts from 8 coroutines, survives a leader kill", function()
     local d = H.tmpdir("coro")
     local l = P.worker(d, nil, "sync")
     local g = P.worker(d, nil, "sync")

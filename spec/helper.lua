@@ -11,9 +11,12 @@
 --                                   re-raises errors with the coroutine's traceback
 --   helper.role                     "leader" or "follower" (what helper.open gives)
 --
--- Child processes are started with the same interpreter and module paths as
--- this one (LEVELPARTY_LUA, LUA_PATH*, LUA_CPATH*), and every child still alive
--- at cleanup is SIGKILLed.
+-- Specs run under mk/luaenv.sh (`make test SPEC=spec/x_spec.lua [LUA=5.4|luajit]`),
+-- the one place that puts lua/, spec/ and build/<variant>/ on the module paths
+-- and names the interpreter (LEVELPARTY_LUA); a spec requires its helpers by
+-- name and sets no path itself.  Child processes are started with the same
+-- interpreter and module paths (LEVELPARTY_LUA, LUA_PATH*, LUA_CPATH*), and
+-- every child still alive at cleanup is SIGKILLed.
 
 local uv = require "luv"
 
@@ -76,14 +79,14 @@ function helper.spawn(script, args, env)
     end)
   assert(handle, pid)
   p.handle, p.pid = handle, pid
-  stdout:read_start(function(err, data)
+  stdout:read_start(function(_, data)
     if data then
       p.buf = p.buf .. data
       for line in p.buf:gmatch("([^\n]*)\n") do p.lines[#p.lines + 1] = line end
       p.buf = p.buf:match("[^\n]*$")
     end
   end)
-  stderr:read_start(function(err, data)
+  stderr:read_start(function(_, data)
     if data then p.err[#p.err + 1] = data end
   end)
   p.stdout, p.stderr = stdout, stderr

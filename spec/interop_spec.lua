@@ -1,13 +1,11 @@
--- Issue 4: Lua and Node processes share one directory.
+-- Lua and Node processes share one directory.
 --
 -- Node processes run level-party 5.1.1 (spec/fixtures/node/party.js), Lua processes run
 -- levelparty (spec/fixtures/lua/interop_worker.lua); both speak the same JSON-lines protocol, so
 -- every scenario is written once and run with either runtime in each role. mk/node-deps.sh
 -- provides Node; when it cannot, every test here is pending with its reason (never passed).
 --
--- Run: LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./build/5.4/?.so;;' \
---      LEVELPARTY_LUA=lua5.4 lua5.4 /usr/bin/busted spec/interop_spec.lua
-package.path = "./spec/?.lua;" .. package.path
+-- Run: make test SPEC=spec/interop_spec.lua
 local H = require "interop_helper"
 
 local NODE_OK, NODE_REASON = H.node_available()
@@ -185,7 +183,9 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
       local dir = H.mkdtemp("limit")
       local N = H.start("node", dir)
       local Lf = H.start("lua", dir)
-      N:ok({ op = "batch", ops = { { type = "put", key = "a", value = "1" }, { type = "put", key = "b", value = "2" } } })
+      N:ok({ op = "batch", ops = {
+        { type = "put", key = "a", value = "1" }, { type = "put", key = "b", value = "2" },
+      } })
       local want = { { key = "a", value = "1" }, { key = "b", value = "2" } }
       assert.are.same(want, N:ok({ op = "readStream", options = { limit = -1 } }).entries)
       local r = Lf:call({ op = "readStream", options = { limit = -1 } })
@@ -286,8 +286,9 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
     end
   end
 
-  -- Node followers re-deliver buffered entries after a failover (multileveldown's resume bug,
-  -- reference 4.2): require every key at least once, nothing outside the range, no error.
+  -- A Node follower that resumes a stream after a failover delivers again the entries it had
+  -- received but not yet handed out (multileveldown keeps them when it resends the iterator):
+  -- require every key at least once, nothing outside the range, no error.
   local function assert_complete_stream(w, id, prefix, n, what)
     local seen, count = {}, 0
     for _, e in ipairs(w:progress_of(id)) do
@@ -456,8 +457,8 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
     end)
 
     interop("kill -9 a Lua leader: a Lua follower takes over, Node streams (gte + resume gt) stay whole", function()
-      -- A Node follower resumes with gt=<last key> next to its gte; a Node leader would end such a
-      -- stream early (reference 4.2), a levelparty leader must not.
+      -- A Node follower resumes with gt=<last key> next to its gte; a Node leader (leveldown) ends
+      -- such a stream at the first key it takes for out of range, a levelparty leader must not.
       local nl = failover("lua", { "node", "lua" }, {
         { kind = "node", options = FWD }, { kind = "lua", options = REV },
       }, "lua")

@@ -1,4 +1,4 @@
--- Issue 3, the party: iterators resume after the leader dies, exactly once and in order.
+-- The party: iterators resume after the leader dies, exactly once and in order.
 --
 -- A 100k-entry data set (spec/fixtures/lua/shapes.lua) is written once, then copied into a
 -- fresh directory for every test.  A follower streams one iterator shape with
@@ -11,8 +11,7 @@
 --   * "live": the leader dies while the streamer is streaming, another follower racing it.
 -- The seed of the random kill points is printed in failure messages.
 --
--- Run: make build && sh mk/luaenv.sh 5.4 lua5.4 /usr/bin/busted spec/iter_failover_spec.lua
-package.path = "./spec/?.lua;" .. package.path
+-- Run: make test SPEC=spec/iter_failover_spec.lua
 local uv = require "luv"
 local P = require "party_helper"
 local H = P.helper
@@ -23,12 +22,8 @@ math.randomseed(seed)
 
 local base -- the data set, written once
 
-local function test(name, body)
-  it(name, function()
-    finally(P.cleanup)
-    body()
-  end)
-end
+-- every test ends with its processes killed and its directories removed
+after_each(P.cleanup)
 
 -- A fresh copy of the data set.
 local function dataset()
@@ -74,7 +69,7 @@ describe("iterator resume after the leader's SIGKILL", function()
   for _, shape in ipairs(S.list) do
     local n = #S.expected(shape.opts)
 
-    test(shape.name .. ": paused, the streamer is the only follower (promoted, loopback)", function()
+    it(shape.name .. ": paused, the streamer is the only follower (promoted, loopback)", function()
       local d = dataset()
       local l = P.worker(d, nil, "sync")
       assert.equal("leader", l.role0)
@@ -90,7 +85,7 @@ describe("iterator resume after the leader's SIGKILL", function()
       assert.equal(("ok %d leader"):format(n), res, ("killed after %d entries (seed %d)"):format(at, seed))
     end)
 
-    test(shape.name .. ": paused, another follower takes over first", function()
+    it(shape.name .. ": paused, another follower takes over first", function()
       local d = dataset()
       local l = P.worker(d, nil, "sync")
       local g = P.worker(d, nil, "sync")
@@ -107,7 +102,7 @@ describe("iterator resume after the leader's SIGKILL", function()
       assert.same({ g.pid }, P.lock_owners(d))
     end)
 
-    test(shape.name .. ": live, killed mid-stream, another follower racing the streamer", function()
+    it(shape.name .. ": live, killed mid-stream, another follower racing the streamer", function()
       local d = dataset()
       local l = P.worker(d, nil, "sync")
       local g = P.worker(d, nil, "sync")
@@ -135,7 +130,7 @@ describe("iterator resume after the leader's SIGKILL", function()
 
   for _, case in ipairs { { "forward", 1 }, { "reverse", 1 }, { "forward", S.TOTAL - 1 }, { "reverse", S.TOTAL - 1 },
     { "keys-only", 32 }, { "values-only", 33 }, { "limit", 49999 } } do
-    test(("%s: paused at entry %d (edge), promoted"):format(case[1], case[2]), function()
+    it(("%s: paused at entry %d (edge), promoted"):format(case[1], case[2]), function()
       local d = dataset()
       local l = P.worker(d, nil, "sync")
       local s = streamer(d, case[1], case[2])
@@ -148,7 +143,7 @@ describe("iterator resume after the leader's SIGKILL", function()
     end)
   end
 
-  test("two leader deaths during one stream (promoted, then reconnecting)", function()
+  it("two leader deaths during one stream (promoted, then reconnecting)", function()
     local d = dataset()
     local l = P.worker(d, nil, "sync")
     local g = P.worker(d, nil, "sync")

@@ -1,4 +1,4 @@
--- spec/party_helper.lua: what the multi-process party specs share (issue 3).
+-- spec/party_helper.lua: what the multi-process party specs share.
 --
 -- Built on spec/helper.lua (processes, tmpdirs, cleanup); adds:
 --   P.worker(dir, opts_lua, mode)   a stdin-driven worker (fixtures/lua/worker.lua), waits for

@@ -1,13 +1,12 @@
--- Issue 3, the party: roles, election, the socket, liveness and robustness, with real
--- processes, real LevelDB and real signals.
+-- The party: roles, election, the socket, liveness and robustness, with real processes, real
+-- LevelDB and real signals.
 --
 -- Workers are spec/fixtures/lua/worker.lua processes driven by stdin commands (see there).
 -- "sync" workers block in every call (levelparty's blocking mode), "async" ones run every
 -- command in a coroutine under luv's loop.  Every wait is bounded and waits for a printed line
 -- or an observable state, never for a fixed time.
 --
--- Run: make build && sh mk/luaenv.sh 5.4 lua5.4 /usr/bin/busted spec/party_spec.lua
-package.path = "./spec/?.lua;" .. package.path
+-- Run: make test SPEC=spec/party_spec.lua
 local uv = require "luv"
 local P = require "party_helper"
 local H = P.helper
@@ -17,12 +16,8 @@ local SOCK = "level-party.sock"
 -- status and rest of a worker reply, as a table (drops the timing)
 local function sr(status, rest) return { status, rest } end
 
-local function test(name, body)
-  it(name, function()
-    finally(P.cleanup)
-    body()
-  end)
-end
+-- every test ends with its processes killed and its directories removed
+after_each(P.cleanup)
 
 -- The process among ws whose `role` command says "leader", and how many say so.
 local function leaders_among(ws)
@@ -36,7 +31,7 @@ local function leaders_among(ws)
 end
 
 describe("roles", function()
-  test("the first opener is leader, later openers are followers", function()
+  it("the first opener is leader, later openers are followers", function()
     local d = H.tmpdir("roles")
     local a = P.worker(d, nil, "sync")
     local b = P.worker(d, nil, "sync")
@@ -52,7 +47,7 @@ describe("roles", function()
     assert.same({ "ok", "1" }, sr(c:call("get from-b")))
   end)
 
-  test("on_role fires 'leader' in the survivor that wins, and db:role() follows", function()
+  it("on_role fires 'leader' in the survivor that wins, and db:role() follows", function()
     local d = H.tmpdir("onrole")
     local a = P.worker(d, nil, "sync")
     local b = P.worker(d, nil, "sync")
@@ -70,7 +65,7 @@ describe("roles", function()
     assert.same({ winner.pid }, P.lock_owners(d))
   end)
 
-  test("an idle follower under luv's loop takes over without making any call", function()
+  it("an idle follower under luv's loop takes over without making any call", function()
     -- luv.lua: "the poll handle stays active while the process is a follower, so a
     -- leader's death is noticed (and an election won) while the loop runs"
     local d = H.tmpdir("idle")
@@ -85,7 +80,7 @@ describe("roles", function()
 end)
 
 describe("election", function()
-  test("4 processes started at once: exactly one leader; after each leader kill, exactly one new", function()
+  it("4 processes started at once: exactly one leader; after each leader kill, exactly one new", function()
     local d = H.tmpdir("four")
     local ws = {}
     for i = 1, 4 do ws[i] = P.worker_nowait(d, nil, "sync") end
@@ -118,7 +113,7 @@ describe("election", function()
     end
   end)
 
-  test("a stale socket file left by a SIGKILLed leader is replaced", function()
+  it("a stale socket file left by a SIGKILLed leader is replaced", function()
     local d = H.tmpdir("stale")
     local a = P.worker(d, nil, "sync")
     assert.equal("ok", (a:call("put k v")))
@@ -146,7 +141,7 @@ describe("election", function()
     assert.same({ "ok", "w" }, sr(b:call("get k2")))
   end)
 
-  test("a follower whose leader was SIGKILLed, with a stale file, gets through to a new leader", function()
+  it("a follower whose leader was SIGKILLed, with a stale file, gets through to a new leader", function()
     local d = H.tmpdir("stale2")
     local a = P.worker(d, nil, "sync")
     local f = P.worker(d, nil, "sync")
@@ -165,7 +160,8 @@ end)
 
 describe("a busy leader", function()
   for _, mode in ipairs { "sync", "async" } do
-    test("still answers a follower within 100 ms (median of 20 gets) while its main chunk spins 2 s (" .. mode .. " leader)", function()
+    it("still answers a follower within 100 ms (median of 20 gets) while its main chunk spins 2 s ("
+      .. mode .. " leader)", function()
       local d = H.tmpdir("busy")
       local l = P.worker(d, nil, mode)
       assert.equal("leader", l.role0)
@@ -201,7 +197,7 @@ describe("protocol robustness", function()
   }
 
   for _, case in ipairs(cases) do
-    test("a raw client sending " .. case[1] .. " is disconnected; others are still served", function()
+    it("a raw client sending " .. case[1] .. " is disconnected; others are still served", function()
       local d = H.tmpdir("proto")
       local l = P.worker(d, nil, "sync")
       assert.equal("ok", (l:call("put k v")))
@@ -227,7 +223,7 @@ describe("protocol robustness", function()
     end)
   end
 
-  test("a raw client speaking the protocol gets its reply (control); empty frames are skipped", function()
+  it("a raw client speaking the protocol gets its reply (control); empty frames are skipped", function()
     local d = H.tmpdir("proto-ok")
     local l = P.worker(d, nil, "sync")
     assert.equal("ok", (l:call("put k v")))
@@ -243,7 +239,8 @@ end)
 
 describe("liveness", function()
   for _, mode in ipairs { "sync", "async" } do
-    test("a SIGSTOPped leader: get fails with ETIMEDOUT after timeout=0.5, works after SIGCONT (" .. mode .. ")", function()
+    it("a SIGSTOPped leader: get fails with ETIMEDOUT after timeout=0.5, works after SIGCONT ("
+      .. mode .. ")", function()
       local d = H.tmpdir("stop")
       local l = P.worker(d, nil, "sync")
       local f = P.worker(d, "{timeout=0.5}", mode)
@@ -265,7 +262,7 @@ describe("liveness", function()
   -- A sync worker runs luv's loop between its commands, so levelparty's driver polls its
   -- connection (and libuv made the fd non-blocking); a blocking call must still wait for its
   -- reply in one recv (one send and one recv per request), not in poll then recv.
-  test("a blocking follower call in a luv program waits for its reply in recvfrom", function()
+  it("a blocking follower call in a luv program waits for its reply in recvfrom", function()
     if not P.RECVFROM then pending("recvfrom's number is not known on this machine") return end
     local d = H.tmpdir("recvwait")
     local l = P.worker(d, nil, "sync")
@@ -279,7 +276,7 @@ describe("liveness", function()
     assert.same({ "ok", "v" }, sr(f:result(id, 5)))
   end)
 
-  test("with the LOCK held by a process serving no socket, open fails with ELOCKED after open_timeout", function()
+  it("with the LOCK held by a process serving no socket, open fails with ELOCKED after open_timeout", function()
     local d = H.tmpdir("locked")
     local py = P.spawn_cmd("python3", { "-c", [[
 import fcntl, os, sys, time
@@ -309,7 +306,7 @@ time.sleep(120)
 end)
 
 describe("the socket file", function()
-  test("a data directory whose socket path is over 107 bytes works for leader and followers", function()
+  it("a data directory whose socket path is over 107 bytes works for leader and followers", function()
     local base = H.tmpdir("long")
     local comps, dir = {}, base
     while #(dir .. "/" .. SOCK) < 200 do
@@ -354,7 +351,8 @@ describe("the socket file", function()
   end)
 
   for _, m in ipairs { { "700", "600" }, { "750", "600" }, { "770", "660" }, { "777", "666" } } do
-    test("the socket's mode follows the directory's write bits (dir " .. m[1] .. " -> socket " .. m[2] .. ")", function()
+    it("the socket's mode follows the directory's write bits (dir " .. m[1]
+      .. " -> socket " .. m[2] .. ")", function()
       local d = H.tmpdir("perm")
       assert(uv.fs_chmod(d, tonumber(m[1], 8)))
       local l = P.worker(d, nil, "sync")
@@ -367,7 +365,7 @@ describe("the socket file", function()
     end)
   end
 
-  test("a clean close removes the socket file; the next opener is leader", function()
+  it("a clean close removes the socket file; the next opener is leader", function()
     local d = H.tmpdir("clean")
     local l = P.worker(d, nil, "sync")
     assert.truthy(uv.fs_stat(d .. "/" .. SOCK))
@@ -381,7 +379,8 @@ end)
 
 describe("retry=false", function()
   for _, followers in ipairs { 1, 2 } do
-    test("an op in flight fails with ELEADERLOST, later ops go to the new leader (" .. followers .. " follower(s))", function()
+    it("an op in flight fails with ELEADERLOST, later ops go to the new leader ("
+      .. followers .. " follower(s))", function()
       local d = H.tmpdir("noretry")
       local l = P.worker(d, nil, "sync")
       local f = P.worker(d, "{retry=false}", "sync")
@@ -418,7 +417,7 @@ end)
 
 describe("election speed", function()
   for _, mode in ipairs { "sync", "async" } do
-    test("each of 3 followers is served within 1 s of the leader's SIGKILL (" .. mode .. ")", function()
+    it("each of 3 followers is served within 1 s of the leader's SIGKILL (" .. mode .. ")", function()
       local d = H.tmpdir("speed")
       local l = P.worker(d, nil, "sync")
       local fs = {}

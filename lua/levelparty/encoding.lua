@@ -10,7 +10,8 @@
 --   json    any value lua-cjson can encode; decodes to tables
 --   { encode = function(v) return bytes end, decode = function(bytes) return v end }
 
-local type, tostring, error, pcall = type, tostring, error, pcall
+local type, tostring, pcall = type, tostring, pcall
+local format = string.format
 
 local _M = {}
 
@@ -79,6 +80,17 @@ function _M.resolve(opt)
     }
   end
   return nil, "unknown encoding " .. tostring(opt) .. " (utf8, binary, json, or {encode=, decode=})"
+end
+
+--- Decodes the stored bytes with codec (as resolve() returns it): the value,
+-- or nil, "fname: cannot decode ...", "EDECODE".
+function _M.decode(codec, fname, bytes)
+  if codec.identity then return bytes end
+  local val, err = codec.decode(bytes)
+  if val == nil and err ~= nil then
+    return nil, format("%s: cannot decode the stored value as %s: %s", fname, codec.name, tostring(err)), "EDECODE"
+  end
+  return val
 end
 
 return _M

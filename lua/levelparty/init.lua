@@ -1,20 +1,26 @@
 -- levelparty: many processes, one LevelDB directory.
 --
--- This module is the public face: it checks arguments (misuse raises, naming
--- the function), applies encodings, and decides how a call waits:
+-- This module is the public face: it checks arguments, applies encodings, and
+-- decides how a call waits:
 --   * inside a coroutine while luv's loop runs, a call that must wait yields
 --     (levelparty.luv resumes it), and a coroutine that calls in a tight loop
 --     gives the loop a turn every time slice (2 ms);
 --   * anywhere else the call blocks in C and returns its result.
--- Runtime failures return nil, "op: detail", "ECODE"; a missing key is nil.
+-- Misuse raises at the caller's line, with a message naming the function:
+-- the checks below return that message (or nil when all is well) and the
+-- public method raises it with error(msg, 2).  Runtime failures return nil,
+-- "op: detail", "ECODE"; a missing key is nil.  The iterators db:iter()
+-- returns are in levelparty.iterator.
 
 local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
+local iterator = require "levelparty.iterator"
 
 local type, error, tostring, setmetatable, rawget = type, error, tostring, setmetatable, rawget
 local pairs, ipairs = pairs, ipairs
 local format = string.format
 local loaded = package.loaded
+local decode = encoding.decode
 local PENDING, YIELD = core.PENDING, core.YIELD
 -- the core's methods, called directly on the hot paths (set at first open)
 local core_get, core_put, core_result
@@ -54,17 +60,13 @@ function _M.on_error(co, err)
   io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
 end
 
--- Misuse raises at the caller's line: `lvl` counts the frames between the
--- public method and here (3 when a method calls misuse itself).
-local function misuse_at(lvl, fname, fmt, ...)
-  error(format("%s: " .. fmt, fname, ...), lvl)
-end
+-- The message of a misuse of function fname.
 local function misuse(fname, fmt, ...)
-  error(format("%s: " .. fmt, fname, ...), 3)
+  return format("%s: " .. fmt, fname, ...)
 end
 
 local function too_many(fname, max)
-  error(format("%s: no more than %d arguments expected", fname, max), 3)
+  return format("%s: no more than %d arguments expected", fname, max)
 end
 
 -- ------------------------------------------------------------------ options
@@ -79,27 +81,27 @@ local OPEN_OPTIONS = {
   log = "boolean",
 }
 
-local function check_options(fname, opts, known, lvl)
-  lvl = lvl or 4
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then misuse_at(lvl, fname, "bad argument (options must be a table, got %s)", type(opts)) end
+-- nil when every option of the table opts is in `known` with its type
+local function check_options(fname, opts, known)
+  if type(opts) ~= "table" then
+    return misuse(fname, "bad argument (options must be a table, got %s)", type(opts))
+  end
   for k, v in pairs(opts) do
     local want = known[k]
-    if want == nil then misuse_at(lvl, fname, "unknown option '%s'", tostring(k)) end
+    if want == nil then return misuse(fname, "unknown option '%s'", tostring(k)) end
     if want == "encoding" then
       if type(v) ~= "string" and type(v) ~= "table" then
-        misuse_at(lvl, fname, "option '%s' must be an encoding name or table, got %s", k, type(v))
+        return misuse(fname, "option '%s' must be an encoding name or table, got %s", k, type(v))
       end
     elseif want ~= "any" and type(v) ~= want then
-      misuse_at(lvl, fname, "option '%s' must be a %s, got %s", k, want, type(v))
+      return misuse(fname, "option '%s' must be a %s, got %s", k, want, type(v))
     end
     -- a negative limit means "no limit", as in Node
     if want == "number" and k ~= "limit" and (v ~= v or v < 0) then
-      misuse_at(lvl, fname, "option '%s' must be >= 0", k)
+      return misuse(fname, "option '%s' must be >= 0", k)
     end
-    if v ~= v then misuse_at(lvl, fname, "option '%s' must be a number, got NaN", k) end
+    if v ~= v then return misuse(fname, "option '%s' must be a number, got NaN", k) end
   end
-  return opts
 end
 
 local WRITE_OPTIONS = { sync = "boolean" }
@@ -121,38 +123,31 @@ end
 
 local party_handles = {}   -- party -> number of open Lua handles (for the luv driver)
 
-local function encode_key(self, fname, key, argn, lvl)
-  lvl = lvl or 4
-  if key == nil then misuse_at(lvl, fname, "bad argument #%d (key expected, got nil)", argn) end
+-- The encoded key (argument #argn of fname), or nil and the misuse message.
+local function encode_key(self, fname, key, argn)
+  if key == nil then return nil, misuse(fname, "bad argument #%d (key expected, got nil)", argn) end
   local k, want = self._kenc.encode(key)
-  if k == nil then misuse_at(lvl, fname, "bad argument #%d (key must be %s, got %s)", argn, want, type(key)) end
-  if k == "" then misuse_at(lvl, fname, "bad argument #%d (key must not be empty)", argn) end
+  if k == nil then return nil, misuse(fname, "bad argument #%d (key must be %s, got %s)", argn, want, type(key)) end
+  if k == "" then return nil, misuse(fname, "bad argument #%d (key must not be empty)", argn) end
   return k
 end
 
-local function encode_value(self, fname, value, argn, lvl)
-  lvl = lvl or 4
-  if value == nil then misuse_at(lvl, fname, "bad argument #%d (value expected, got nil)", argn) end
+-- The encoded value (argument #argn of fname), or nil and the misuse message.
+local function encode_value(self, fname, value, argn)
+  if value == nil then return nil, misuse(fname, "bad argument #%d (value expected, got nil)", argn) end
   local v, want = self._venc.encode(value)
-  if v == nil then misuse_at(lvl, fname, "bad argument #%d (value must be %s, got %s)", argn, want, type(value)) end
+  if v == nil then
+    return nil, misuse(fname, "bad argument #%d (value must be %s, got %s)", argn, want, type(value))
+  end
   return v
 end
 
--- db.method(...) instead of db:method(...)
+-- nil when self is a handle, else the message for db.method(...) instead of
+-- db:method(...)
 local function check_self(self, fname)
   if type(self) ~= "table" or rawget(self, "_c") == nil then
-    error(format("%s: call it as a method (db:%s(...)), got %s as self", fname, fname, type(self)), 3)
+    return format("%s: call it as a method (db:%s(...)), got %s as self", fname, fname, type(self))
   end
-end
-
-local function decode_value(self, fname, v)
-  local dec = self._venc
-  if dec.identity then return v end
-  local val, err = dec.decode(v)
-  if val == nil and err ~= nil then
-    return nil, format("%s: cannot decode the stored value as %s: %s", fname, dec.name, tostring(err)), "EDECODE"
-  end
-  return val
 end
 
 -- After a follower's blocking call: report a role change the call caused (it
@@ -172,41 +167,65 @@ local function after_blocking(self, async)
   if adaptor then adaptor.kick(self._party) end
 end
 
--- Every core call (after its YIELD loop) ends here: a follower's request in
--- flight (PENDING, token) is waited for by yielding; anything else is the
--- call's own result.
+iterator.init(async_mode, after_blocking)
+
+-- A core call is c:op(async, ...).  While it answers YIELD (the coroutine's
+-- time slice is over) the caller gives the loop a turn (adaptor.tick()) and
+-- calls again with async = true; the answer after that ends here:
+--   PENDING: a follower's request is in flight (b is its token): wait for it
+--     by yielding, then take its result;
+--   false, msg: misuse that C found (a batch's operations), nothing was done;
+--   anything else is the call's own result.
+-- (The YIELD loop stays with each caller: a vararg helper that repeats the
+-- call costs about 450 instructions per call on Lua 5.4.)
 local function outcome(self, op, async, a, b, e)
   if a == PENDING then
     adaptor.wait_token(self._c, b)
-    return self._c:result(b, op)
+    return core_result(self._c, b, op)
   end
-  after_blocking(self, async)
+  if a ~= false then after_blocking(self, async) end
   return a, b, e
 end
 
+-- ---------------------------------------------------- the hot path: get, put
+--
+-- db:get and db:put take the path of the other methods, written out for the
+-- cases that matter:
+--   * the checks are plain ifs, self's rawget only when self is no table or
+--     has no _c, and a non-empty string key (for put a string value) under
+--     identity encodings skips encode_key/encode_value;
+--   * async_mode() is inlined: once the luv adaptor is loaded, a yieldable
+--     coroutine is all it takes;
+--   * the core's get/put are upvalues (core_get, core_put), not looked up;
+--   * outcome() is inlined for its two common ends: a leader's answer, which
+--     needs nothing more, and a follower's request in flight.  Everything
+--     else (YIELD, a follower's blocking answer) goes through outcome().
+-- Measured with callgrind: a leader's db:get 8.5k -> 7.8k instructions, a
+-- follower's request about 10% cheaper.  No other method does this.
+
 --- db:get(key [, opts]) -> value | nil | nil, msg, code
 function DB:get(key, opts, extra)
-  if type(self) ~= "table" then check_self(self, "get") end
-  if extra ~= nil then too_many("get", 2) end
-  if opts ~= nil then check_options("get", opts, READ_OPTIONS) end
+  if type(self) ~= "table" then error(check_self(self, "get"), 2) end
+  if extra ~= nil then error(too_many("get", 2), 2) end
+  if opts ~= nil then
+    local bad = check_options("get", opts, READ_OPTIONS)
+    if bad then error(bad, 2) end
+  end
   local c, k = self._c, key
-  if c == nil then check_self(self, "get") end
-  -- fast path: a non-empty string under an identity key encoding
-  if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "get", key, 1) end
-  -- async_mode(), inlined: once the adaptor is loaded (luv was), a
-  -- yieldable coroutine is all it takes
+  if c == nil then error(check_self(self, "get"), 2) end
+  if type(k) ~= "string" or k == "" or not self._kid then
+    local bad
+    k, bad = encode_key(self, "get", key, 1)
+    if k == nil then error(bad, 2) end
+  end
   local async = false
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local v, err, code = core_get(c, async, k)
-  -- outcome(), inlined for the common cases: a follower's request in
-  -- flight, and a leader's answer (after which there is nothing to do)
   if v == PENDING then
     adaptor.wait_token(c, err)
     v, err, code = core_result(c, err, "get")
   elseif v == YIELD or not self._leader then
-    if v == YIELD then
-      repeat adaptor.tick() v, err, code = core_get(c, true, k) until v ~= YIELD
-    end
+    while v == YIELD do adaptor.tick() v, err, code = core_get(c, true, k) end
     v, err, code = outcome(self, "get", async, v, err, code)
   end
   if v == nil then
@@ -214,74 +233,94 @@ function DB:get(key, opts, extra)
     return nil, err, code
   end
   if self._vid then return v end
-  return decode_value(self, "get", v)
+  return decode(self._venc, "get", v)
 end
 
 --- db:put(key, value [, opts]) -> true | nil, msg, code
 function DB:put(key, value, opts, extra)
-  if type(self) ~= "table" then check_self(self, "put") end
-  if extra ~= nil then too_many("put", 3) end
+  if type(self) ~= "table" then error(check_self(self, "put"), 2) end
+  if extra ~= nil then error(too_many("put", 3), 2) end
   local sync
-  if opts ~= nil then sync = check_options("put", opts, WRITE_OPTIONS).sync end
+  if opts ~= nil then
+    local bad = check_options("put", opts, WRITE_OPTIONS)
+    if bad then error(bad, 2) end
+    sync = opts.sync
+  end
   local c, k, v = self._c, key, value
-  if c == nil then check_self(self, "put") end
-  if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "put", key, 1) end
-  if type(v) ~= "string" or not self._vid then v = encode_value(self, "put", value, 2) end
-  local async = false -- as in get
+  if c == nil then error(check_self(self, "put"), 2) end
+  if type(k) ~= "string" or k == "" or not self._kid then
+    local bad
+    k, bad = encode_key(self, "put", key, 1)
+    if k == nil then error(bad, 2) end
+  end
+  if type(v) ~= "string" or not self._vid then
+    local bad
+    v, bad = encode_value(self, "put", value, 2)
+    if v == nil then error(bad, 2) end
+  end
+  local async = false
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local ok, err, code = core_put(c, async, k, v, sync)
-  if ok == PENDING then -- outcome(), inlined for the common cases (as in get)
+  if ok == PENDING then
     adaptor.wait_token(c, err)
     return core_result(c, err, "put")
-  elseif ok ~= YIELD and self._leader then
-    return ok, err, code
+  elseif ok == YIELD or not self._leader then
+    while ok == YIELD do adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) end
+    return outcome(self, "put", async, ok, err, code)
   end
-  if ok == YIELD then
-    repeat adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) until ok ~= YIELD
-  end
-  return outcome(self, "put", async, ok, err, code)
+  return ok, err, code
 end
+
+-- ------------------------------------------------------------------ the rest
 
 --- db:del(key [, opts]) -> true | nil, msg, code
 function DB:del(key, opts, extra)
-  check_self(self, "del")
-  if extra ~= nil then too_many("del", 2) end
-  local sync
-  if opts ~= nil then sync = check_options("del", opts, WRITE_OPTIONS).sync end
-  local c, k = self._c, key
-  if type(k) ~= "string" or k == "" or not self._kid then k = encode_key(self, "del", key, 1) end
-  local async = loaded.luv ~= nil and async_mode()
+  local bad = check_self(self, "del") or (extra ~= nil and too_many("del", 2))
+    or (opts ~= nil and check_options("del", opts, WRITE_OPTIONS))
+  if bad then error(bad, 2) end
+  local c, k, sync = self._c, key, opts and opts.sync
+  if type(k) ~= "string" or k == "" or not self._kid then
+    k, bad = encode_key(self, "del", key, 1)
+    if k == nil then error(bad, 2) end
+  end
+  local async = async_mode()
   local ok, err, code = c:del(async, k, sync)
   while ok == YIELD do adaptor.tick() ok, err, code = c:del(true, k, sync) end
   return outcome(self, "del", async, ok, err, code)
 end
 
+-- ops with their keys and values encoded, or nil and the misuse message
 local function encode_ops(self, fname, ops)
   local out = {}
   for i = 1, #ops do
     local op = ops[i]
-    if type(op) ~= "table" then misuse_at(4, fname, "bad operation #%d (table expected, got %s)", i, type(op)) end
-    local t = op.type
-    if t == "put" then
-      out[i] = { type = "put", key = encode_key(self, fname, op.key, i, 5), value = encode_value(self, fname, op.value, i, 5) }
-    elseif t == "del" then
-      out[i] = { type = "del", key = encode_key(self, fname, op.key, i, 5) }
-    else
-      misuse_at(4, fname, "bad operation #%d (type must be \"put\" or \"del\", got %s)", i, tostring(t))
+    if type(op) ~= "table" then
+      return nil, misuse(fname, "bad operation #%d (table expected, got %s)", i, type(op))
     end
+    local t = op.type
+    if t ~= "put" and t ~= "del" then
+      return nil, misuse(fname, "bad operation #%d (type must be \"put\" or \"del\", got %s)", i, tostring(t))
+    end
+    local k, v, bad
+    k, bad = encode_key(self, fname, op.key, i)
+    if k == nil then return nil, bad end
+    if t == "put" then
+      v, bad = encode_value(self, fname, op.value, i)
+      if v == nil then return nil, bad end
+    end
+    out[i] = { type = t, key = k, value = v }
   end
   return out
 end
 
 -- Writes ops.  With identity encodings the caller's own table goes to C,
--- which validates it (misuse comes back as false, msg and is raised here).
-local function write_ops(self, ops, sync, lvl)
-  local c = self._c
+-- which validates it: misuse comes back as false, msg, for the public method
+-- to raise.
+local function write_ops(self, ops, sync)
+  local c, async = self._c, async_mode()
   local numbers_ok = self._kenc.name == "utf8" and self._venc.name == "utf8"
-  local async = async_mode()
   local ok, err, code = c:batch(async, ops, sync, numbers_ok)
   while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, ops, sync, numbers_ok) end
-  if ok == false then error(err, lvl or 3) end
   return outcome(self, "batch", async, ok, err, code)
 end
 
@@ -291,15 +330,22 @@ Batch.__index = Batch
 Batch.__name = "levelparty.batch"
 
 function Batch:put(key, value, extra)
-  if extra ~= nil then too_many("batch:put", 2) end
+  if extra ~= nil then error(too_many("batch:put", 2), 2) end
   local db = self._db
-  self._ops[#self._ops + 1] = { type = "put", key = encode_key(db, "batch:put", key, 1), value = encode_value(db, "batch:put", value, 2) }
+  local k, v, bad
+  k, bad = encode_key(db, "batch:put", key, 1)
+  if k == nil then error(bad, 2) end
+  v, bad = encode_value(db, "batch:put", value, 2)
+  if v == nil then error(bad, 2) end
+  self._ops[#self._ops + 1] = { type = "put", key = k, value = v }
   return self
 end
 
 function Batch:del(key, extra)
-  if extra ~= nil then too_many("batch:del", 1) end
-  self._ops[#self._ops + 1] = { type = "del", key = encode_key(self._db, "batch:del", key, 1) }
+  if extra ~= nil then error(too_many("batch:del", 1), 2) end
+  local k, bad = encode_key(self._db, "batch:del", key, 1)
+  if k == nil then error(bad, 2) end
+  self._ops[#self._ops + 1] = { type = "del", key = k }
   return self
 end
 
@@ -311,40 +357,49 @@ end
 function Batch:length() return #self._ops end
 
 function Batch:write(opts, extra)
-  if extra ~= nil then too_many("batch:write", 1) end
-  if self._written then misuse("batch:write", "this batch was already written") end
-  local sync
-  if opts ~= nil then sync = check_options("batch:write", opts, WRITE_OPTIONS).sync end
+  local bad = (extra ~= nil and too_many("batch:write", 1))
+    or (self._written and misuse("batch:write", "this batch was already written"))
+    or (opts ~= nil and check_options("batch:write", opts, WRITE_OPTIONS))
+  if bad then error(bad, 2) end
   self._written = true
-  return write_ops(self._db, self._ops, sync, 3)
+  local ok, err, code = write_ops(self._db, self._ops, opts and opts.sync)
+  if ok == false then error(err, 2) end
+  return ok, err, code
 end
 
 --- db:batch(ops [, opts]) -> true | nil, msg, code; db:batch() -> chained batch
 function DB:batch(ops, opts, extra)
-  check_self(self, "batch")
-  if extra ~= nil then too_many("batch", 2) end
+  local bad = check_self(self, "batch") or (extra ~= nil and too_many("batch", 2))
+  if bad then error(bad, 2) end
   if ops == nil then
-    if opts ~= nil then misuse("batch", "options go to batch:write()") end
+    if opts ~= nil then error(misuse("batch", "options go to batch:write()"), 2) end
     return setmetatable({ _db = self, _ops = {} }, Batch)
   end
-  if type(ops) ~= "table" then misuse("batch", "bad argument #1 (table of operations expected, got %s)", type(ops)) end
-  local sync
-  if opts ~= nil then sync = check_options("batch", opts, WRITE_OPTIONS).sync end
-  if self._kenc.identity and self._venc.identity then return write_ops(self, ops, sync, 3) end
-  return write_ops(self, encode_ops(self, "batch", ops), sync, 3)
+  bad = (type(ops) ~= "table" and misuse("batch", "bad argument #1 (table of operations expected, got %s)", type(ops)))
+    or (opts ~= nil and check_options("batch", opts, WRITE_OPTIONS))
+  if bad then error(bad, 2) end
+  if not (self._kenc.identity and self._venc.identity) then
+    ops, bad = encode_ops(self, "batch", ops)
+    if ops == nil then error(bad, 2) end
+  end
+  local ok, err, code = write_ops(self, ops, opts and opts.sync)
+  if ok == false then error(err, 2) end
+  return ok, err, code
 end
 
 --- db:get_many(keys [, opts]) -> { v1, nil, v3, n = 3 } | nil, msg, code
 function DB:get_many(keys, opts, extra)
-  check_self(self, "get_many")
-  if extra ~= nil then too_many("get_many", 2) end
-  if type(keys) ~= "table" then misuse("get_many", "bad argument #1 (table of keys expected, got %s)", type(keys)) end
-  if opts ~= nil then check_options("get_many", opts, READ_OPTIONS) end
+  local bad = check_self(self, "get_many") or (extra ~= nil and too_many("get_many", 2))
+    or (type(keys) ~= "table" and misuse("get_many", "bad argument #1 (table of keys expected, got %s)", type(keys)))
+    or (opts ~= nil and check_options("get_many", opts, READ_OPTIONS))
+  if bad then error(bad, 2) end
   local n = keys.n or #keys
   local enc = {}
-  for i = 1, n do enc[i] = encode_key(self, "get_many", keys[i], i) end
-  local c = self._c
-  local async = async_mode()
+  for i = 1, n do
+    enc[i], bad = encode_key(self, "get_many", keys[i], i)
+    if bad then error(bad, 2) end
+  end
+  local c, async = self._c, async_mode()
   local t, err, code = c:get_many(async, enc)
   while t == YIELD do adaptor.tick() t, err, code = c:get_many(true, enc) end
   t, err, code = outcome(self, "get_many", async, t, err, code)
@@ -353,7 +408,7 @@ function DB:get_many(keys, opts, extra)
     for i = 1, n do
       local v = t[i]
       if v ~= nil then
-        local val, derr, dcode = decode_value(self, "get_many", v)
+        local val, derr, dcode = decode(self._venc, "get_many", v)
         if derr then return nil, derr, dcode end
         t[i] = val
       end
@@ -362,15 +417,17 @@ function DB:get_many(keys, opts, extra)
   return t
 end
 
+-- The range options opts encoded for the core, or nil and the misuse message.
 local function encode_range(self, fname, opts)
   local r = {}
   if opts == nil then return r end
-  check_options(fname, opts, RANGE_OPTIONS, 5)
+  local bad = check_options(fname, opts, RANGE_OPTIONS)
+  if bad then return nil, bad end
   for _, b in ipairs { "gt", "gte", "lt", "lte" } do
     local v = opts[b]
     if v ~= nil then
       local k, want = self._kenc.encode(v)
-      if k == nil then misuse_at(4, fname, "option '%s' must be %s, got %s", b, want, type(v)) end
+      if k == nil then return nil, misuse(fname, "option '%s' must be %s, got %s", b, want, type(v)) end
       r[b] = k
     end
   end
@@ -382,11 +439,13 @@ end
 
 --- db:clear([range [, opts]]) -> true | nil, msg, code
 function DB:clear(range, opts, extra)
-  check_self(self, "clear")
-  if extra ~= nil then too_many("clear", 2) end
-  local sync
-  if opts ~= nil then sync = check_options("clear", opts, WRITE_OPTIONS).sync end
-  local r = encode_range(self, "clear", range)
+  local bad = check_self(self, "clear") or (extra ~= nil and too_many("clear", 2))
+    or (opts ~= nil and check_options("clear", opts, WRITE_OPTIONS))
+  if bad then error(bad, 2) end
+  local sync = opts and opts.sync
+  local r
+  r, bad = encode_range(self, "clear", range)
+  if r == nil then error(bad, 2) end
   local c = self._c
   local async = async_mode()
   if c:is_leader() then
@@ -400,153 +459,30 @@ function DB:clear(range, opts, extra)
   return outcome(self, "clear", async, c:clear(async, r))
 end
 
--- iterators: C hands over a page of entries per call (it:page), and the
--- iterator serves them from that table.
-local Iterator = {}
-Iterator.__index = Iterator
-Iterator.__name = "levelparty.iterator"
-
--- Calls the core iterator's `method` (page or step) until it has an answer:
--- on YIELD it gives the loop a turn, on PENDING (async only) it waits for
--- entries from the leader.
-local function iter_call_core(self, method, async, arg)
-  local it = self[1]
-  local a, b, e = it[method](it, async, arg)
-  while a == PENDING or a == YIELD do
-    if a == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
-    a, b, e = it[method](it, true, arg)
-  end
-  after_blocking(self._db, async)
-  return a, b, e
-end
-
-local function refill(self)
-  return iter_call_core(self, "page", async_mode(), self._page)
-end
-
--- Direct iterators (Lua 5.3+, keys and values under identity encodings):
--- the generic for calls C for each entry (core.direct_call), with no Lua
--- frame and no page, from the leader's LevelDB or from the entries a
--- follower has buffered; C hands anything but a ready entry to step_slow,
--- which may yield or wait.
-local function step(self, async)
-  return iter_call_core(self, "step", async)
-end
-
-local function step_slow(self)
-  local async = async_mode()
-  -- a coroutine with no luv loop to give time back to: C's next slice
-  -- check should not send every 64th entry here again
-  if not async then core.slice_begin() end
-  local k, v, code = step(self, async)
-  -- level 3: step_slow, the C step, the function running the for loop
-  if k == nil and v ~= nil then error(format("%s (%s)", v, tostring(code)), 3) end
-  return k, v
-end
-
---- it:next() -> key, value (or the one side asked for) | nil at the end |
--- nil, msg, code on failure
-function Iterator:next()
-  if self._direct then
-    if self._done then return nil end
-    local k, v, code = step(self, async_mode())
-    if k == nil then self._done = true end
-    return k, v, code
-  end
-  local i = self._i
-  if i > self._n then
-    if self._done then return nil end
-    local n, err, code = refill(self)
-    if n == nil or n == 0 then
-      self._done = true
-      self._n, self._i = 0, 1
-      return nil, err, code
-    end
-    self._n = n * self._stride
-    i = 1
-  end
-  local page, db = self._page, self._db
-  if self._stride == 2 then
-    self._i = i + 2
-    local k, v = page[i], page[i + 1]
-    if self._decode_keys then k = db._kenc.decode(k) end
-    if self._decode_values then
-      local val, err, code = decode_value(db, "iterator", v)
-      if err then return nil, err, code end
-      v = val
-    end
-    return k, v
-  end
-  self._i = i + 1
-  local x = page[i]
-  if self._keys then
-    if self._decode_keys then x = db._kenc.decode(x) end
-  elseif self._values and self._decode_values then
-    local val, err, code = decode_value(db, "iterator", x)
-    if err then return nil, err, code end
-    x = val
-  end
-  return x
-end
-
--- the generic for calls the iterator: failures raise there
-function Iterator:__call()
-  local i = self._i
-  if i <= self._n and self._plain then -- key and value, no decoding
-    self._i = i + 2
-    local page = self._page
-    return page[i], page[i + 1]
-  end
-  local a, b, e = self:next()
-  if a == nil and b ~= nil then error(format("%s (%s)", b, tostring(e)), 2) end
-  return a, b
-end
-
-function Iterator:close()
-  self._done, self._n = true, 0
-  return self[1]:close()
-end
-Iterator.__close = Iterator.close
-Iterator.__gc = Iterator.close
-
-local DirectIterator
-if core.direct_call then
-  DirectIterator = {}
-  for name, f in pairs(Iterator) do DirectIterator[name] = f end
-  DirectIterator.__call = core.direct_call(step_slow)
-end
-
 --- for k, v in db:iter{gt=, gte=, lt=, lte=, reverse=, limit=, keys=, values=} do ... end
 function DB:iter(opts, extra)
-  check_self(self, "iter")
-  if extra ~= nil then too_many("iter", 1) end
-  local r = encode_range(self, "iter", opts)
+  local bad = check_self(self, "iter") or (extra ~= nil and too_many("iter", 1))
+  if bad then error(bad, 2) end
+  local r
+  r, bad = encode_range(self, "iter", opts)
+  if r == nil then error(bad, 2) end
   local c = self._c
   local it, err, code = c:iter(r)
   if it == nil then error(format("%s (%s)", tostring(err), tostring(code)), 2) end
-  local keys, values = r.keys ~= false, r.values ~= false
   local iters = self._iters
   if iters == nil then
     iters = setmetatable({}, { __mode = "k" })
     self._iters = iters
   end
-  local plain = keys and values and self._kenc.identity and self._venc.identity
-  local direct = plain and DirectIterator ~= nil
-  local obj = setmetatable({
-    it, -- [1]: the core iterator (where the direct step looks for it)
-    _db = self, _page = {}, _n = 0, _i = 1,
-    _stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
-    _decode_keys = keys and not self._kenc.identity,
-    _decode_values = values and not self._venc.identity,
-    _plain = plain, _direct = direct,
-  }, direct and DirectIterator or Iterator)
+  local obj = iterator.new(self, it, r)
   iters[obj] = true
   return obj, nil, nil, obj
 end
 
 --- db:role() -> "leader" | "follower" | "closed"
 function DB:role()
-  check_self(self, "role")
+  local bad = check_self(self, "role")
+  if bad then error(bad, 2) end
   return self._c:role()
 end
 
@@ -560,7 +496,7 @@ local function close_handle(self)
   self._closed = true
   local iters = rawget(self, "_iters")
   if iters then
-    for it in pairs(iters) do it._n, it._i = 0, 1 end
+    for it in pairs(iters) do iterator.drop_page(it) end
   end
   local c, party = self._c, self._party
   local resume_waiters
@@ -579,7 +515,8 @@ end
 
 --- db:close() -> true (idempotent; also __gc and __close)
 function DB:close()
-  check_self(self, "close")
+  local bad = check_self(self, "close")
+  if bad then error(bad, 2) end
   close_handle(self)
   return true
 end
@@ -595,17 +532,24 @@ local function attach_finalizer(self)
   self._finalizer = proxy
 end
 
+-- nil when dir names a directory, else the misuse message
+local function check_dir(dir)
+  if type(dir) ~= "string" or dir == "" then
+    local got = dir == "" and "an empty string" or type(dir)
+    return misuse("open", "bad argument #1 (directory path expected, got %s)", got)
+  end
+end
+
 --- levelparty.open(dir [, opts]) -> db | nil, msg, code
 function _M.open(dir, opts, extra)
-  if extra ~= nil then too_many("open", 2) end
-  if type(dir) ~= "string" or dir == "" then
-    misuse("open", "bad argument #1 (directory path expected, got %s)", dir == "" and "an empty string" or type(dir))
-  end
-  opts = check_options("open", opts, OPEN_OPTIONS)
+  local bad = (extra ~= nil and too_many("open", 2)) or check_dir(dir)
+    or (opts ~= nil and check_options("open", opts, OPEN_OPTIONS))
+  if bad then error(bad, 2) end
+  opts = opts or {}
   local kenc, kerr = encoding.resolve(opts.key_encoding)
-  if not kenc then misuse("open", "key_encoding: %s", kerr) end
+  if not kenc then error(misuse("open", "key_encoding: %s", kerr), 2) end
   local venc, verr = encoding.resolve(opts.value_encoding)
-  if not venc then misuse("open", "value_encoding: %s", verr) end
+  if not venc then error(misuse("open", "value_encoding: %s", verr), 2) end
   local async = async_mode()
   local c, err, code = core.open(dir, opts, async)
   if c == nil then return nil, err, code end
