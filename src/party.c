@@ -37,6 +37,8 @@ enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
 
 struct lp_party {
   char *path; /* realpath of the directory; registry key */
+  dev_t dev;  /* the directory's identity, the other registry key: a bind */
+  ino_t ino;  /* mount gives one directory two realpaths (0, 0: unknown) */
   int refs;
   int state;
   int opened; /* the first election has ended */
@@ -623,13 +625,26 @@ int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err) {
   }
 }
 
+/* 1 when p's directory is the one st describes: same realpath, or the same
+ * (st_dev, st_ino) while p's own path still names that directory (so that a
+ * removed directory's reused inode never finds the old party). */
+static int same_dir(const lp_party *p, const char *real, const struct stat *st) {
+  struct stat now;
+  if (strcmp(p->path, real) == 0) return 1;
+  if (st == NULL || p->dev != st->st_dev || p->ino != st->st_ino) return 0;
+  return stat(p->path, &now) == 0 && now.st_dev == p->dev && now.st_ino == p->ino;
+}
+
 int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err) {
   char *real = resolve_dir(dir, &o->engine, err);
+  struct stat st;
+  int known;
   lp_party *p;
   if (real == NULL) return -1;
+  known = stat(real, &st) == 0;
   pthread_mutex_lock(&registry_lock);
   for (p = registry; p != NULL; p = p->next) {
-    if (p->state != P_CLOSED && strcmp(p->path, real) == 0) {
+    if (p->state != P_CLOSED && same_dir(p, real, known ? &st : NULL)) {
       p->refs++;
       pthread_mutex_unlock(&registry_lock);
       free(real);
@@ -650,6 +665,10 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
     return -1;
   }
   p->path = real;
+  if (known) {
+    p->dev = st.st_dev;
+    p->ino = st.st_ino;
+  }
   p->refs = 1;
   p->opts = *o;
   p->fd = -1;

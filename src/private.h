@@ -543,9 +543,11 @@ void lp_worker_stop(lp_worker *w);
 /* ---- Party: one per (process, directory) (party.c) ---- */
 
 /* Every handle a process opens on one directory shares one party, found by the
- * directory's realpath.  That is what keeps two spellings of a path from giving
- * two LevelDB handles, and keeps a process from ever calling leveldb_open on a
- * directory whose LOCK it holds (a failed second open would drop that lock).
+ * directory's realpath or by its (st_dev, st_ino) (a bind mount gives one
+ * directory two realpaths).  That is what keeps two spellings of a path from
+ * giving two LevelDB handles, and keeps a process from ever probing or calling
+ * leveldb_open on a directory whose LOCK it holds (closing any fd of the LOCK,
+ * or a failed second open, would drop that lock).
  *
  * States: ELECTING (no leader known: the election runs in lp_party_step),
  * FOLLOWER (connected), LEADER (engine + server thread), CLOSED.  A follower

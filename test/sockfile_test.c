@@ -641,6 +641,58 @@ out:
   free(dir);
 }
 
+/* One directory reached through a bind mount has two realpaths; the party
+ * registry must still give one party (root only: a private mount namespace). */
+static void test_bind_mount(const char *base) {
+  char *a = join(base, "bind-a"), *b = join(base, "bind-b");
+  int st;
+  pid_t pid;
+
+  if (geteuid() != 0) {
+    skip("a bind mount of a party's directory shares the party", "not root");
+    free(a);
+    free(b);
+    return;
+  }
+  mkdir(a, 0700);
+  mkdir(b, 0700);
+  pid = fork();
+  if (pid == 0) {
+    lp_party_opts o;
+    lp_party *p1 = NULL, *p2 = NULL;
+    lp_err err;
+    int code = 0, cst;
+    pid_t me = getpid(), probe;
+    if (unshare(CLONE_NEWNS) != 0 || mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount(a, b, NULL, MS_BIND, NULL) != 0)
+      _exit(77);
+    lp_party_opts_init(&o);
+    o.log = 0;
+    if (lp_party_open(a, &o, &p1, &err) != 0 || lp_party_role(p1) != LP_ROLE_LEADER) _exit(78);
+    if (lp_party_open(b, &o, &p2, &err) != 0) _exit(79);
+    if (p2 != p1) code |= 1;
+    probe = fork();
+    if (probe == 0) _exit(lp_lock_holder(a) == me ? 0 : 1);
+    waitpid(probe, &cst, 0);
+    if (!WIFEXITED(cst) || WEXITSTATUS(cst) != 0) code |= 2;
+    lp_party_unref(p2);
+    lp_party_unref(p1);
+    umount2(b, MNT_DETACH);
+    _exit(code);
+  }
+  waitpid(pid, &st, 0);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 77) {
+    skip("a bind mount of a party's directory shares the party", "no private mount namespace");
+  } else {
+    check(WIFEXITED(st) && WEXITSTATUS(st) < 64 && !(WEXITSTATUS(st) & 1),
+          "a bind mount of a party's directory shares the party", "status %#x", st);
+    check(WIFEXITED(st) && WEXITSTATUS(st) < 64 && !(WEXITSTATUS(st) & 2),
+          "opening it through the bind mount keeps this process's LOCK", "status %#x", st);
+  }
+  free(a);
+  free(b);
+}
+
 /* ------------------------------------------------------------------------ */
 
 int main(void) {
@@ -673,6 +725,7 @@ int main(void) {
   test_other_user(base, shortdir);
   test_no_proc(longdir);
   test_lock_and_watch(base);
+  test_bind_mount(base);
 
   check(count_fds() == fds0, "no descriptor leaked overall", "%d before, %d after", fds0,
         count_fds());
