@@ -56,6 +56,8 @@ struct lp_party {
   /* leader */
   lp_engine *engine;
   lp_server *server;
+  int lock_fd; /* our own fcntl lock on LOCK, taken before leveldb_open
+                * (lp_lock_take) and closed after lp_engine_close; -1 */
 
   /* follower */
   lp_client *client;
@@ -73,6 +75,11 @@ struct lp_party {
   pid_t holder;              /* last seen LOCK holder */
   lp_err fatal;              /* first election failed for good */
   int has_fatal;
+  uint64_t neither_since_ns; /* the LOCK free, this process unable to lead,
+                              * no leader serving: since when (0: not so) */
+  int blocked;               /* the last election failed for a reason that
+                              * retrying cannot fix (elect_fail): no election
+                              * until a new request or iterator asks for one */
 
   /* loopback after promotion: the client's leftovers run on our own engine */
   lp_session *loop_session;
@@ -244,28 +251,24 @@ static void log_stderr(void *ud, const char *msg) {
   }
 }
 
-static void become_leader(lp_party *p, lp_engine *e) {
-  lp_err err;
-  int lfd = lp_sock_listen(p->path, &err);
+/* Publishes the socket and starts serving e, which lock_fd (our lock on
+ * LOCK) guards.  On failure closes both and returns -1 with err. */
+static int become_leader(lp_party *p, lp_engine *e, int lock_fd, lp_err *err) {
+  int lfd = lp_sock_listen(p->path, err);
   if (p->opts.log && p->opts.server.log == NULL) {
     p->opts.server.log = log_stderr;
     p->opts.server.log_ud = p->path;
   }
-  if (lfd < 0) {
-    lp_engine_close(e);
-    p->fatal = err;
-    p->has_fatal = 1;
-    return;
-  }
-  p->server = lp_server_start(e, lfd, &p->opts.server, &err); /* owns lfd, even on failure */
+  if (lfd >= 0) p->server = lp_server_start(e, lfd, &p->opts.server, err); /* owns lfd */
   if (p->server == NULL) {
-    lp_sock_unlink(p->path);
+    if (lfd >= 0) lp_sock_unlink(p->path);
     lp_engine_close(e);
-    p->fatal = err;
-    p->has_fatal = 1;
-    return;
+    close(lock_fd);
+    return -1;
   }
   p->engine = e;
+  p->lock_fd = lock_fd;
+  p->neither_since_ns = 0;
   close_watch(p);
   set_state(p, P_LEADER);
   p->opened = 1;
@@ -282,6 +285,7 @@ static void become_leader(lp_party *p, lp_engine *e) {
       lp_client_fail_all(p->client, LP_ENOMEM, "promote: out of memory");
     }
   }
+  return 0;
 }
 
 static void become_follower(lp_party *p, int fd) {
@@ -294,12 +298,63 @@ static void become_follower(lp_party *p, int fd) {
   lp_party_flush(p);
 }
 
+/* The op a failed election names: the open, or the leader a follower lost. */
+static const char *elect_op(const lp_party *p) { return p->opened ? "leader" : "open"; }
+
+/* "uid U's, mode M" for <dir>/name (name NULL: dir itself), for messages. */
+static const char *describe(const lp_party *p, const char *name, char *buf, size_t n) {
+  char path[PATH_MAX];
+  struct stat st;
+  snprintf(path, sizeof path, "%s%s%s", p->path, name ? "/" : "", name ? name : "");
+  if (lstat(path, &st) != 0)
+    snprintf(buf, n, "%s", strerror(errno));
+  else
+    snprintf(buf, n, "uid %ld's, mode %04o", (long)st.st_uid, (unsigned)(st.st_mode & 07777));
+  return buf;
+}
+
+/* 0 when this process may not read <dir>/LOCK (so lp_lock_holder cannot
+ * tell whether it is held). */
+static int lock_readable(const lp_party *p) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/LOCK", p->path);
+  return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) == 0 || errno != EACCES;
+}
+
+/* An election ended with a failure that retrying cannot fix (see
+ * elect_step).  At open it fails the open.  After, every pending request and
+ * open iterator fails with it at once, and the party stays blocked: it elects
+ * again only when a new request or iterator puts bytes in the client's out
+ * buffer (the next call), never in a loop of its own. */
+static void elect_fail(lp_party *p, const lp_err *err) {
+  p->neither_since_ns = 0;
+  if (!p->opened) {
+    p->fatal = *err;
+    p->has_fatal = 1;
+    return;
+  }
+  if (p->client != NULL) {
+    lp_client_fail_all(p->client, err->code, err->msg);
+    lp_client_reset(p->client); /* out stays empty until a new request */
+  }
+  p->blocked = 1;
+  p->progress++;
+}
+
 /* One election attempt.  Never blocks (but leveldb_open may take the time
- * LevelDB needs to recover its log). */
+ * LevelDB needs to recover its log).
+ *
+ * leveldb_open runs only when the probe finds the LOCK free and this process
+ * has taken it itself (lp_lock_take): a failed open never renames a living
+ * leader's LOG (LevelDB renames LOG before it locks), and a process that may
+ * not write the directory or the LOCK never calls it.  A process that can
+ * neither lead nor reach a leader fails at once at open; after open it waits
+ * (on the watch, never spinning) up to open_timeout for another process to
+ * lead, then fails what is pending (elect_fail). */
 static void elect_step(lp_party *p) {
-  lp_err err;
+  lp_err err, why;
   pid_t holder;
-  int fd;
+  int fd, cannot_lead = 0;
   uint64_t now = lp_now_ns();
 
   if (p->watch.fd < 0) {
@@ -308,28 +363,55 @@ static void elect_step(lp_party *p) {
   if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
 
   holder = lp_lock_holder(p->path);
-  if (holder <= 0) {
-    lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
-    if (e != NULL) {
-      become_leader(p, e);
-      return;
-    }
-    if (err.code != LP_ELOCKED) {
+  if (holder == 0) {
+    int lock_fd = lp_lock_take(p->path, &why);
+    if (lock_fd >= 0) {
+      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
+      if (e == NULL) close(lock_fd);
+      if (e != NULL && become_leader(p, e, lock_fd, &err) == 0) return;
       if (!p->opened) {
         p->fatal = err;
         p->has_fatal = 1;
         return;
       }
-      /* A follower that cannot open the db it used to reach keeps trying: its
-       * pending requests time out on their own. */
+      why = err;
+      cannot_lead = 1;
+    } else if (why.code != LP_ELOCKED) {
+      cannot_lead = 1;
     }
+    /* what our own attempt raised (LOCK closed for writing, LevelDB's
+     * files) must not wake us: a socket published meanwhile is found by
+     * the connect below */
+    if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
     holder = lp_lock_holder(p->path);
   }
   p->holder = holder > 0 ? holder : 0;
   fd = lp_sock_connect(p->path);
   if (fd >= 0) {
+    p->neither_since_ns = 0;
     become_follower(p, fd);
     return;
+  }
+  if (fd == -EACCES || fd == -EPERM) { /* the socket's mode keeps us out */
+    char sd[64], dd[64];
+    lp_err_set(&err, LP_EACCES,
+               "%s: cannot connect to %s/%s (%s): %s; a leader's socket lets in only the users "
+               "who may write %s (%s)",
+               elect_op(p), p->path, LP_SOCKET_NAME, describe(p, LP_SOCKET_NAME, sd, sizeof sd),
+               strerror(-fd), p->path, describe(p, NULL, dd, sizeof dd));
+    elect_fail(p, &err);
+    return;
+  }
+  if (cannot_lead && holder == 0) {
+    if (p->neither_since_ns == 0) p->neither_since_ns = now;
+    if (!p->opened || now - p->neither_since_ns >= p->opts.open_timeout_ns) {
+      lp_err_set(&err, why.code, "%s: no leader serves %s/%s, and this process cannot lead: %s",
+                 elect_op(p), p->path, LP_SOCKET_NAME, why.msg);
+      elect_fail(p, &err);
+      return;
+    }
+  } else {
+    p->neither_since_ns = 0;
   }
   p->next_try_ns = now + p->backoff_ns;
   p->backoff_ns = p->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : p->backoff_ns * 2;
@@ -445,6 +527,12 @@ int lp_party_step(lp_party *p, lp_err *err) {
       if (p->state == P_FOLLOWER) lp_party_flush(p);
       break;
     case P_ELECTING:
+      if (p->blocked) {
+        /* only a new request or iterator (bytes queued) elects again */
+        if (p->client == NULL || lp_client_out(p->client)->len == 0) break;
+        p->blocked = 0;
+        p->next_try_ns = 0;
+      }
       if (p->watch.fd >= 0) {
         struct pollfd pf = {p->watch.fd, POLLIN, 0};
         if (poll(&pf, 1, 0) > 0) p->next_try_ns = 0;
@@ -454,7 +542,6 @@ int lp_party_step(lp_party *p, lp_err *err) {
         *err = p->fatal;
         return -1;
       }
-      if (p->has_fatal) p->has_fatal = 0;
       break;
     case P_LEADER:
       if (p->loop_session != NULL && p->client != NULL) loopback_run(p);
@@ -470,7 +557,14 @@ int lp_party_step(lp_party *p, lp_err *err) {
                  "program, or a leader that cannot listen); stop that process or wait for it, "
                  "then open again",
                  p->path, (long)p->holder, LP_SOCKET_NAME);
-    else
+    else if (!lock_readable(p)) { /* the probe could not tell: say why */
+      char ld[64];
+      lp_err_set(err, LP_EACCES,
+                 "open: no leader serves %s/%s, and uid %ld may not read %s/LOCK (%s) to tell "
+                 "whether anyone holds it",
+                 p->path, LP_SOCKET_NAME, (long)geteuid(), p->path,
+                 describe(p, "LOCK", ld, sizeof ld));
+    } else
       lp_err_set(err, LP_ELOCKED,
                  "open: %s/LOCK is held by another process that serves no %s there; stop that "
                  "process or wait for it, then open again",
@@ -495,6 +589,10 @@ static void party_wants(lp_party *p, int *fd, int *events, int *timeout_ms) {
       if (p->client != NULL && lp_client_out(p->client)->len > 0) *events |= POLLOUT;
       break;
     case P_ELECTING:
+      if (p->blocked) { /* nothing to wait for until a new request */
+        if (p->client != NULL && lp_client_out(p->client)->len > 0) *timeout_ms = 0;
+        return;
+      }
       *fd = p->watch.fd;
       *events = POLLIN;
       if (p->next_try_ns == 0) { /* an election step is due now */
@@ -672,6 +770,7 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   p->refs = 1;
   p->opts = *o;
   p->fd = -1;
+  p->lock_fd = -1;
   p->watch.fd = -1;
   p->epfd = p->ep_fd = -1;
   p->open_deadline_ns = lp_now_ns() + o->open_timeout_ns;
@@ -715,6 +814,9 @@ static void party_close(lp_party *p) {
   }
   if (p->engine != NULL) lp_engine_close(p->engine);
   p->engine = NULL;
+  /* LevelDB's close released the process's lock; this fd only held it */
+  if (p->lock_fd >= 0) close(p->lock_fd);
+  p->lock_fd = -1;
   close_conn(p);
   close_watch(p);
   if (p->epfd >= 0) close(p->epfd); /* the loop's poll handle on it went first */

@@ -257,7 +257,9 @@ typedef struct lp_engine_opts {
 void lp_engine_opts_init(lp_engine_opts *o);
 
 /* Opens LevelDB at path (already realpath'd by the caller, which also guarantees
- * that this process does not hold it: see party.c).  On failure returns NULL and
+ * that no LevelDB handle of this process has it open: see party.c, which
+ * takes the LOCK's fcntl lock itself first, lp_lock_take; LevelDB's lock is
+ * then the same process's lock).  On failure returns NULL and
  * fills err; a lock held by another process gives LP_ELOCKED with the LevelDB
  * text.  Thread-safe. */
 lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err);
@@ -383,8 +385,21 @@ int lp_sock_connect(const char *dir);
  * whose close wakes no watch.  This process must not hold that LOCK itself:
  * closing any fd of the file would drop its own lock (party.c only probes
  * directories it has not opened).  Returns the holder's pid, 0 when free, -1
- * when it cannot tell. */
+ * when it cannot tell (a holder in another pid namespace, an open file
+ * description lock, a LOCK it cannot read): party.c counts -1 as held. */
 pid_t lp_lock_holder(const char *dir);
+/* Takes <dir>/LOCK for this process, as LevelDB will: checks that this
+ * process may create files in dir (faccessat, effective ids), opens LOCK for
+ * writing (created 0644 when missing; never through a symbolic link), and
+ * takes an fcntl write lock on the whole file.  Returns the fd, which holds
+ * the lock until it is closed or the process's lock on the file is released
+ * (LevelDB's own close releases it too: fcntl locks belong to the process);
+ * or -1 with err: LP_ELOCKED when another process holds it, LP_EACCES (or
+ * the errno's code) when this process may not take it, err->msg then naming
+ * the file, its owner and mode, and our uid, as a clause without an "op: "
+ * prefix (the caller's message says what it was doing).  The same rule as
+ * lp_lock_holder applies: never on a LOCK this process may hold already. */
+int lp_lock_take(const char *dir, lp_err *err);
 
 /* A watch on the directory that becomes readable when LOCK is closed by a
  * writer (its holder exited or closed the db) or the socket name appears. */
