@@ -66,6 +66,15 @@ struct lp_party {
                   * send/recv but a blocking call's wait passes
                   * MSG_DONTWAIT */
   lp_buf inbuf;  /* scratch for reads */
+  /* the leader's credentials (SO_PEERCRED), checked before anything is sent
+   * on fd (check_leader) */
+  int peer_known;
+  pid_t peer_pid;
+  uid_t peer_uid;
+  int peer_replied; /* a byte came back on this connection */
+  uint64_t probe;   /* opening: the empty-key get asking a leader of another
+                     * uid whether it serves us (it refuses by closing at
+                     * once); 0 when none is in flight */
 
   /* electing */
   lp_watch watch;       /* fd -1 when closed */
@@ -225,17 +234,127 @@ static void enter_electing(lp_party *p) {
   p->next_try_ns = 0; /* try at once */
 }
 
+/* The op a failed election names: the open, or the leader a follower lost. */
+static const char *elect_op(const lp_party *p) { return p->opened ? "leader" : "open"; }
+
+/* "uid U's, mode M" for <dir>/name (name NULL: dir itself), for messages. */
+static const char *describe(const lp_party *p, const char *name, char *buf, size_t n) {
+  char path[PATH_MAX];
+  struct stat st;
+  snprintf(path, sizeof path, "%s%s%s", p->path, name ? "/" : "", name ? name : "");
+  if (lstat(path, &st) != 0)
+    snprintf(buf, n, "%s", strerror(errno));
+  else
+    snprintf(buf, n, "uid %ld's, mode %04o", (long)st.st_uid, (unsigned)(st.st_mode & 07777));
+  return buf;
+}
+
+/* 0 when this process may not read <dir>/LOCK (so lp_lock_holder cannot
+ * tell whether it is held). */
+static int lock_readable(const lp_party *p) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/LOCK", p->path);
+  return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) == 0 || errno != EACCES;
+}
+
+/* An election ended with a failure that retrying cannot fix (see
+ * elect_step).  At open it fails the open.  After, every pending request and
+ * open iterator fails with it at once, and the party stays blocked: it elects
+ * again only when a new request or iterator puts bytes in the client's out
+ * buffer (the next call), never in a loop of its own. */
+static void elect_fail(lp_party *p, const lp_err *err) {
+  p->neither_since_ns = 0;
+  if (!p->opened) {
+    p->fatal = *err;
+    p->has_fatal = 1;
+    return;
+  }
+  if (p->client != NULL) {
+    lp_client_fail_all(p->client, err->code, err->msg);
+    lp_client_reset(p->client); /* out stays empty until a new request */
+  }
+  p->blocked = 1;
+  p->progress++;
+}
+
+/* 1 when a leader running as uid may be followed without allow_other_users:
+ * it is our own uid, or it owns both the directory and its LOCK (the user
+ * who made the database).  docs/RELIABILITY.md, "Trust model". */
+static int trusted_uid(const lp_party *p, uid_t uid) {
+  char lock[PATH_MAX];
+  struct stat d, l;
+  if (uid == geteuid()) return 1;
+  snprintf(lock, sizeof lock, "%s/LOCK", p->path);
+  return stat(p->path, &d) == 0 && d.st_uid == uid && lstat(lock, &l) == 0 && l.st_uid == uid;
+}
+
+/* Reads the credentials of the process that serves fd (the leader), before
+ * anything is sent on it, and refuses one this process must not trust:
+ * 0, or -1 with err (EACCES naming its pid and uid). */
+static int check_leader(lp_party *p, int fd, lp_err *err) {
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  char dd[64], ld[64];
+  p->peer_known = p->peer_replied = 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) {
+    if (p->opts.server.allow_other_users) return 0;
+    lp_err_set(err, LP_EACCES,
+               "%s: cannot read the credentials of the process serving %s/%s (%s); nothing "
+               "was sent to it",
+               elect_op(p), p->path, LP_SOCKET_NAME, strerror(errno));
+    return -1;
+  }
+  p->peer_known = 1;
+  p->peer_pid = cred.pid;
+  p->peer_uid = cred.uid;
+  if (p->opts.server.allow_other_users || trusted_uid(p, cred.uid)) return 0;
+  lp_err_set(err, LP_EACCES,
+             "%s: %s/%s is served by pid %ld running as uid %ld, which is neither this "
+             "process's uid %ld nor the owner of both the directory (%s) and its LOCK (%s); "
+             "nothing was sent to it (allow_other_users = true follows a leader of another user)",
+             elect_op(p), p->path, LP_SOCKET_NAME, (long)cred.pid, (long)cred.uid, (long)geteuid(),
+             describe(p, NULL, dd, sizeof dd), describe(p, "LOCK", ld, sizeof ld));
+  return -1;
+}
+
+/* A leader of another uid that does not serve us (no allow_other_users on
+ * its side) closes the connection at accept, unread.  Told apart from a
+ * leader that died or closed: nothing came back, the same process still
+ * holds the LOCK, and the socket file is still there (a closing leader
+ * removes it first).  1 with err (EACCES) when so. */
+static int leader_refused(lp_party *p, lp_err *err) {
+  char sock[PATH_MAX];
+  struct stat st;
+  if (!p->peer_known || p->peer_replied || p->peer_uid == geteuid() || p->peer_pid <= 0) return 0;
+  if (lp_lock_holder(p->path) != p->peer_pid) return 0; /* we hold no LOCK: a follower */
+  snprintf(sock, sizeof sock, "%s/%s", p->path, LP_SOCKET_NAME);
+  if (lstat(sock, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
+  lp_err_set(err, LP_EACCES,
+             "%s: the leader of %s (pid %ld, uid %ld) closed the connection before any reply: "
+             "it does not serve uid %ld (a leader serves other users only with "
+             "allow_other_users = true)",
+             elect_op(p), p->path, (long)p->peer_pid, (long)p->peer_uid, (long)geteuid());
+  return 1;
+}
+
 /* The connection to the leader is gone (EOF, reset, protocol error). */
 static void on_leader_lost(lp_party *p) {
+  lp_err err;
+  int refused = leader_refused(p, &err);
   close_conn(p);
+  if (p->probe != 0) { /* the open's question dies with the connection */
+    lp_client_forget(p->client, p->probe);
+    p->probe = 0;
+  }
   if (p->client != NULL) {
     lp_client_reset(p->client);
-    if (!p->opts.retry)
+    if (!p->opts.retry && !refused)
       lp_client_fail_all(
           p->client, LP_ELEADERLOST,
           "leader lost: the connection to the leader closed with the request in flight");
   }
   enter_electing(p);
+  if (refused) elect_fail(p, &err); /* no retry: it would refuse us again */
 }
 
 /* The server thread's log: one line per event, written with a single write(2)
@@ -288,57 +407,45 @@ static int become_leader(lp_party *p, lp_engine *e, int lock_fd, lp_err *err) {
   return 0;
 }
 
+/* At open a leader of another uid may refuse us, which it does by closing
+ * the connection at accept: ask it something (a get of the empty key, which
+ * any leader answers, with an error) and count the open done only when the
+ * answer came (probe_done).  It gets open_timeout, and at least this. */
+#define PROBE_MIN_NS (1000000000ull)
+
 static void become_follower(lp_party *p, int fd) {
   p->fd = fd;
   conn_blocking(p);
   close_watch(p);
   set_state(p, P_FOLLOWER);
-  p->opened = 1;
   if (p->client != NULL) lp_client_replay(p->client);
+  if (!p->opened && p->peer_known && p->peer_uid != geteuid() && ensure_client(p) == 0) {
+    lp_buf rest = {NULL, 0, 0};
+    uint64_t deadline = lp_now_ns() + PROBE_MIN_NS;
+    if (p->open_deadline_ns > deadline) deadline = p->open_deadline_ns;
+    if (lp_wire_rest_key(&rest, (lp_slice){"", 0}) == 0)
+      p->probe = lp_client_submit(p->client, LP_REQ_GET, (lp_slice){rest.ptr, rest.len}, deadline);
+    lp_buf_free(&rest);
+  }
+  if (p->probe == 0) p->opened = 1;
   lp_party_flush(p);
 }
 
-/* The op a failed election names: the open, or the leader a follower lost. */
-static const char *elect_op(const lp_party *p) { return p->opened ? "leader" : "open"; }
-
-/* "uid U's, mode M" for <dir>/name (name NULL: dir itself), for messages. */
-static const char *describe(const lp_party *p, const char *name, char *buf, size_t n) {
-  char path[PATH_MAX];
-  struct stat st;
-  snprintf(path, sizeof path, "%s%s%s", p->path, name ? "/" : "", name ? name : "");
-  if (lstat(path, &st) != 0)
-    snprintf(buf, n, "%s", strerror(errno));
-  else
-    snprintf(buf, n, "uid %ld's, mode %04o", (long)st.st_uid, (unsigned)(st.st_mode & 07777));
-  return buf;
-}
-
-/* 0 when this process may not read <dir>/LOCK (so lp_lock_holder cannot
- * tell whether it is held). */
-static int lock_readable(const lp_party *p) {
-  char path[PATH_MAX];
-  snprintf(path, sizeof path, "%s/LOCK", p->path);
-  return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) == 0 || errno != EACCES;
-}
-
-/* An election ended with a failure that retrying cannot fix (see
- * elect_step).  At open it fails the open.  After, every pending request and
- * open iterator fails with it at once, and the party stays blocked: it elects
- * again only when a new request or iterator puts bytes in the client's out
- * buffer (the next call), never in a loop of its own. */
-static void elect_fail(lp_party *p, const lp_err *err) {
-  p->neither_since_ns = 0;
-  if (!p->opened) {
-    p->fatal = *err;
+/* The open's question was answered: any reply says that the leader serves
+ * us; a local failure (its deadline) fails the open. */
+static void probe_done(lp_party *p) {
+  lp_result res;
+  int took = lp_client_take(p->client, p->probe, &res) == 0;
+  p->probe = 0;
+  if (!took || res.code == LP_OK) {
+    p->opened = 1;
+    p->progress++;
+  } else {
+    lp_err_set(&p->fatal, res.code, "open: the leader of %s (pid %ld, uid %ld) did not answer: %s",
+               p->path, (long)p->peer_pid, (long)p->peer_uid, res.msg ? res.msg : "");
     p->has_fatal = 1;
-    return;
   }
-  if (p->client != NULL) {
-    lp_client_fail_all(p->client, err->code, err->msg);
-    lp_client_reset(p->client); /* out stays empty until a new request */
-  }
-  p->blocked = 1;
-  p->progress++;
+  if (took) lp_result_free(&res);
 }
 
 /* One election attempt.  Never blocks (but leveldb_open may take the time
@@ -389,6 +496,11 @@ static void elect_step(lp_party *p) {
   fd = lp_sock_connect(p->path);
   if (fd >= 0) {
     p->neither_since_ns = 0;
+    if (check_leader(p, fd, &err) != 0) {
+      close(fd); /* nothing was sent */
+      elect_fail(p, &err);
+      return;
+    }
     become_follower(p, fd);
     return;
   }
@@ -401,6 +513,21 @@ static void elect_step(lp_party *p) {
                strerror(-fd), p->path, describe(p, NULL, dd, sizeof dd));
     elect_fail(p, &err);
     return;
+  }
+  if (holder > 0 && !p->opts.server.allow_other_users) {
+    uid_t uid;
+    char ld[64];
+    /* a holder we would not follow: waiting for its socket is pointless */
+    if (lp_proc_uid(holder, &uid) == 0 && !trusted_uid(p, uid)) {
+      lp_err_set(&err, LP_EACCES,
+                 "%s: %s/LOCK (%s) is held by pid %ld running as uid %ld, which is neither this "
+                 "process's uid %ld nor the owner of both the directory and its LOCK; it would "
+                 "not be followed (allow_other_users = true follows a leader of another user)",
+                 elect_op(p), p->path, describe(p, "LOCK", ld, sizeof ld), (long)holder, (long)uid,
+                 (long)geteuid());
+      elect_fail(p, &err);
+      return;
+    }
   }
   if (cannot_lead && holder == 0) {
     if (p->neither_since_ns == 0) p->neither_since_ns = now;
@@ -451,6 +578,7 @@ static int follower_read(lp_party *p, int wait) {
     if (n > 0) {
       lp_err err;
       got = 1;
+      p->peer_replied = 1;
       if (lp_client_feed(p->client, p->inbuf.ptr, (size_t)n, &err) != 0) {
         on_leader_lost(p);
         return got;
@@ -550,6 +678,12 @@ int lp_party_step(lp_party *p, lp_err *err) {
     default: break;
   }
   now = lp_now_ns();
+  if (p->client != NULL && lp_client_expire(p->client, now) > 0) p->progress++;
+  if (p->probe != 0 && lp_client_done(p->client, p->probe)) probe_done(p);
+  if (p->has_fatal && !p->opened) { /* also a refusal or a probe's end */
+    *err = p->fatal;
+    return -1;
+  }
   if (p->state == P_ELECTING && !p->opened && now >= p->open_deadline_ns) {
     if (p->holder > 0)
       lp_err_set(err, LP_ELOCKED,
@@ -571,7 +705,6 @@ int lp_party_step(lp_party *p, lp_err *err) {
                  p->path, LP_SOCKET_NAME);
     return -1;
   }
-  if (p->client != NULL && lp_client_expire(p->client, now) > 0) p->progress++;
   return 0;
 }
 

@@ -346,7 +346,9 @@ typedef struct lp_server_opts {
   size_t max_frame;                       /* LP_DEFAULT_MAX_FRAME */
   size_t max_conn_buffer;                 /* bytes of unsent replies per connection before the
                                              server stops reading that connection */
-  int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED) */
+  int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED);
+                                             party.c also reads it as the follower's: 1 follows
+                                             a leader of any uid */
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
 } lp_server_opts;
@@ -400,6 +402,9 @@ pid_t lp_lock_holder(const char *dir);
  * prefix (the caller's message says what it was doing).  The same rule as
  * lp_lock_holder applies: never on a LOCK this process may hold already. */
 int lp_lock_take(const char *dir, lp_err *err);
+/* The effective uid of process pid (from /proc/<pid>/status, which stays
+ * readable when the process is not dumpable): 0, or -1 when unknown. */
+int lp_proc_uid(pid_t pid, uid_t *uid);
 
 /* A watch on the directory that becomes readable when LOCK is closed by a
  * writer (its holder exited or closed the db) or the socket name appears. */
@@ -600,7 +605,9 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
 void lp_party_unref(lp_party *p);
 
 int lp_party_role(const lp_party *p);
-/* 1 once the first election has ended (leader, or follower that connected). */
+/* 1 once the first election has ended (leader, or follower that connected to
+ * a leader it trusts; one of another uid must also have answered a first
+ * request, since it refuses a uid it does not serve by closing at once). */
 int lp_party_opened(const lp_party *p);
 const char *lp_party_path(const lp_party *p);
 lp_engine *lp_party_engine(lp_party *p); /* NULL unless leader */
@@ -624,7 +631,11 @@ void lp_party_flush(lp_party *p);
 
 /* Does all work that is due without blocking: writes, reads, election steps,
  * the loopback, deadlines.  Returns 0, or -1 with err when the *first* election
- * failed for good (LP_ELOCKED after open_timeout, or an open error). */
+ * failed for good (LP_ELOCKED after open_timeout, LP_EACCES for a leader this
+ * process does not trust, that refuses it or that it may not reach, or for a
+ * free LOCK it may not take, or an open error).  After open, such failures
+ * fail every pending request and iterator instead (docs/ARCHITECTURE.md, "The
+ * election"). */
 int lp_party_step(lp_party *p, lp_err *err);
 /* What an event loop polls for reading before the next step: fd (-1: none) is
  * the party's own epoll set, which holds whatever the party waits on now (the

@@ -326,6 +326,25 @@ int lp_lock_take(const char *dir, lp_err *err) {
   return fd;
 }
 
+int lp_proc_uid(pid_t pid, uid_t *uid) {
+  char path[64], line[256];
+  FILE *f;
+  int found = 0;
+  unsigned long r, eff;
+  snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+  f = fopen(path, "re");
+  if (f == NULL) return -1;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    if (sscanf(line, "Uid: %lu %lu", &r, &eff) == 2) {
+      *uid = (uid_t)eff;
+      found = 1;
+      break;
+    }
+  }
+  fclose(f);
+  return found ? 0 : -1;
+}
+
 /* The watch only wakes the caller, and any wakeup may be spurious (LevelDB
  * closes written files all the time).  The events that matter:
  *   IN_CLOSE_WRITE on LOCK: a dying holder's lock is released before its fd
