@@ -3,6 +3,7 @@
 -- Built on spec/helper.lua (processes, tmpdirs, cleanup); adds:
 --   P.worker(dir, opts_lua, mode)   a stdin-driven worker (fixtures/lua/worker.lua), waits for
 --                                   its "ready" line; w:call(cmd, timeout) -> status, rest, ms
+--   P.worker_as(user, group, ...)   P.worker_nowait as another user (root only, setpriv)
 --   P.wait_role(proc, role, t)      waits for a "role <role>" line from a worker/writer
 --   P.lock_owners(dir)              pids holding a POSIX lock on dir/LOCK (from /proc/locks)
 --   P.alive(pid)                    true while pid exists (and is no zombie)
@@ -48,6 +49,18 @@ end
 --- Starts workers without waiting; returns them (call w:ready() later).
 function P.worker_nowait(dir, opts_lua, mode)
   local proc = helper.spawn(P.fixtures .. "/worker.lua", { dir, mode or "async", opts_lua or "{}" })
+  return setmetatable({ proc = proc, next_id = 0, pid = proc.pid }, Worker)
+end
+
+--- P.worker_nowait run as another user and group (names), through
+-- `setpriv --reuid --regid --clear-groups` (root only); the pid is the worker's.
+function P.worker_as(user, group, dir, opts_lua, mode)
+  local lua = helper.lua
+  helper.lua = "setpriv" -- helper.spawn runs helper.lua with the script first
+  local ok, proc = pcall(helper.spawn, "--reuid=" .. user, { "--regid=" .. group, "--clear-groups", lua,
+    P.fixtures .. "/worker.lua", dir, mode or "async", opts_lua or "{}" })
+  helper.lua = lua
+  assert(ok, proc)
   return setmetatable({ proc = proc, next_id = 0, pid = proc.pid }, Worker)
 end
 

@@ -37,6 +37,8 @@ enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
 
 struct lp_party {
   char *path; /* realpath of the directory; registry key */
+  dev_t dev;  /* the directory's identity, the other registry key: a bind */
+  ino_t ino;  /* mount gives one directory two realpaths (0, 0: unknown) */
   int refs;
   int state;
   int opened; /* the first election has ended */
@@ -54,6 +56,8 @@ struct lp_party {
   /* leader */
   lp_engine *engine;
   lp_server *server;
+  int lock_fd; /* our own fcntl lock on LOCK, taken before leveldb_open
+                * (lp_lock_take) and closed after lp_engine_close; -1 */
 
   /* follower */
   lp_client *client;
@@ -62,6 +66,15 @@ struct lp_party {
                   * send/recv but a blocking call's wait passes
                   * MSG_DONTWAIT */
   lp_buf inbuf;  /* scratch for reads */
+  /* the leader's credentials (SO_PEERCRED), checked before anything is sent
+   * on fd (check_leader) */
+  int peer_known;
+  pid_t peer_pid;
+  uid_t peer_uid;
+  int peer_replied; /* a byte came back on this connection */
+  uint64_t probe;   /* opening: the empty-key get asking a leader of another
+                     * uid whether it serves us (it refuses by closing at
+                     * once); 0 when none is in flight */
 
   /* electing */
   lp_watch watch;       /* fd -1 when closed */
@@ -71,6 +84,11 @@ struct lp_party {
   pid_t holder;              /* last seen LOCK holder */
   lp_err fatal;              /* first election failed for good */
   int has_fatal;
+  uint64_t neither_since_ns; /* the LOCK free, this process unable to lead,
+                              * no leader serving: since when (0: not so) */
+  int blocked;               /* the last election failed for a reason that
+                              * retrying cannot fix (elect_fail): no election
+                              * until a new request or iterator asks for one */
 
   /* loopback after promotion: the client's leftovers run on our own engine */
   lp_session *loop_session;
@@ -216,17 +234,127 @@ static void enter_electing(lp_party *p) {
   p->next_try_ns = 0; /* try at once */
 }
 
+/* The op a failed election names: the open, or the leader a follower lost. */
+static const char *elect_op(const lp_party *p) { return p->opened ? "leader" : "open"; }
+
+/* "uid U's, mode M" for <dir>/name (name NULL: dir itself), for messages. */
+static const char *describe(const lp_party *p, const char *name, char *buf, size_t n) {
+  char path[PATH_MAX];
+  struct stat st;
+  snprintf(path, sizeof path, "%s%s%s", p->path, name ? "/" : "", name ? name : "");
+  if (lstat(path, &st) != 0)
+    snprintf(buf, n, "%s", strerror(errno));
+  else
+    snprintf(buf, n, "uid %ld's, mode %04o", (long)st.st_uid, (unsigned)(st.st_mode & 07777));
+  return buf;
+}
+
+/* 0 when this process may not read <dir>/LOCK (so lp_lock_holder cannot
+ * tell whether it is held). */
+static int lock_readable(const lp_party *p) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/LOCK", p->path);
+  return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) == 0 || errno != EACCES;
+}
+
+/* An election ended with a failure that retrying cannot fix (see
+ * elect_step).  At open it fails the open.  After, every pending request and
+ * open iterator fails with it at once, and the party stays blocked: it elects
+ * again only when a new request or iterator puts bytes in the client's out
+ * buffer (the next call), never in a loop of its own. */
+static void elect_fail(lp_party *p, const lp_err *err) {
+  p->neither_since_ns = 0;
+  if (!p->opened) {
+    p->fatal = *err;
+    p->has_fatal = 1;
+    return;
+  }
+  if (p->client != NULL) {
+    lp_client_fail_all(p->client, err->code, err->msg);
+    lp_client_reset(p->client); /* out stays empty until a new request */
+  }
+  p->blocked = 1;
+  p->progress++;
+}
+
+/* 1 when a leader running as uid may be followed without allow_other_users:
+ * it is our own uid, or it owns both the directory and its LOCK (the user
+ * who made the database).  docs/RELIABILITY.md, "Trust model". */
+static int trusted_uid(const lp_party *p, uid_t uid) {
+  char lock[PATH_MAX];
+  struct stat d, l;
+  if (uid == geteuid()) return 1;
+  snprintf(lock, sizeof lock, "%s/LOCK", p->path);
+  return stat(p->path, &d) == 0 && d.st_uid == uid && lstat(lock, &l) == 0 && l.st_uid == uid;
+}
+
+/* Reads the credentials of the process that serves fd (the leader), before
+ * anything is sent on it, and refuses one this process must not trust:
+ * 0, or -1 with err (EACCES naming its pid and uid). */
+static int check_leader(lp_party *p, int fd, lp_err *err) {
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  char dd[64], ld[64];
+  p->peer_known = p->peer_replied = 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) {
+    if (p->opts.server.allow_other_users) return 0;
+    lp_err_set(err, LP_EACCES,
+               "%s: cannot read the credentials of the process serving %s/%s (%s); nothing "
+               "was sent to it",
+               elect_op(p), p->path, LP_SOCKET_NAME, strerror(errno));
+    return -1;
+  }
+  p->peer_known = 1;
+  p->peer_pid = cred.pid;
+  p->peer_uid = cred.uid;
+  if (p->opts.server.allow_other_users || trusted_uid(p, cred.uid)) return 0;
+  lp_err_set(err, LP_EACCES,
+             "%s: %s/%s is served by pid %ld running as uid %ld, which is neither this "
+             "process's uid %ld nor the owner of both the directory (%s) and its LOCK (%s); "
+             "nothing was sent to it (allow_other_users = true follows a leader of another user)",
+             elect_op(p), p->path, LP_SOCKET_NAME, (long)cred.pid, (long)cred.uid, (long)geteuid(),
+             describe(p, NULL, dd, sizeof dd), describe(p, "LOCK", ld, sizeof ld));
+  return -1;
+}
+
+/* A leader of another uid that does not serve us (no allow_other_users on
+ * its side) closes the connection at accept, unread.  Told apart from a
+ * leader that died or closed: nothing came back, the same process still
+ * holds the LOCK, and the socket file is still there (a closing leader
+ * removes it first).  1 with err (EACCES) when so. */
+static int leader_refused(lp_party *p, lp_err *err) {
+  char sock[PATH_MAX];
+  struct stat st;
+  if (!p->peer_known || p->peer_replied || p->peer_uid == geteuid() || p->peer_pid <= 0) return 0;
+  if (lp_lock_holder(p->path) != p->peer_pid) return 0; /* we hold no LOCK: a follower */
+  snprintf(sock, sizeof sock, "%s/%s", p->path, LP_SOCKET_NAME);
+  if (lstat(sock, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
+  lp_err_set(err, LP_EACCES,
+             "%s: the leader of %s (pid %ld, uid %ld) closed the connection before any reply: "
+             "it does not serve uid %ld (a leader serves other users only with "
+             "allow_other_users = true)",
+             elect_op(p), p->path, (long)p->peer_pid, (long)p->peer_uid, (long)geteuid());
+  return 1;
+}
+
 /* The connection to the leader is gone (EOF, reset, protocol error). */
 static void on_leader_lost(lp_party *p) {
+  lp_err err;
+  int refused = leader_refused(p, &err);
   close_conn(p);
+  if (p->probe != 0) { /* the open's question dies with the connection */
+    lp_client_forget(p->client, p->probe);
+    p->probe = 0;
+  }
   if (p->client != NULL) {
     lp_client_reset(p->client);
-    if (!p->opts.retry)
+    if (!p->opts.retry && !refused)
       lp_client_fail_all(
           p->client, LP_ELEADERLOST,
           "leader lost: the connection to the leader closed with the request in flight");
   }
   enter_electing(p);
+  if (refused) elect_fail(p, &err); /* no retry: it would refuse us again */
 }
 
 /* The server thread's log: one line per event, written with a single write(2)
@@ -242,28 +370,24 @@ static void log_stderr(void *ud, const char *msg) {
   }
 }
 
-static void become_leader(lp_party *p, lp_engine *e) {
-  lp_err err;
-  int lfd = lp_sock_listen(p->path, &err);
+/* Publishes the socket and starts serving e, which lock_fd (our lock on
+ * LOCK) guards.  On failure closes both and returns -1 with err. */
+static int become_leader(lp_party *p, lp_engine *e, int lock_fd, lp_err *err) {
+  int lfd = lp_sock_listen(p->path, err);
   if (p->opts.log && p->opts.server.log == NULL) {
     p->opts.server.log = log_stderr;
     p->opts.server.log_ud = p->path;
   }
-  if (lfd < 0) {
-    lp_engine_close(e);
-    p->fatal = err;
-    p->has_fatal = 1;
-    return;
-  }
-  p->server = lp_server_start(e, lfd, &p->opts.server, &err); /* owns lfd, even on failure */
+  if (lfd >= 0) p->server = lp_server_start(e, lfd, &p->opts.server, err); /* owns lfd */
   if (p->server == NULL) {
-    lp_sock_unlink(p->path);
+    if (lfd >= 0) lp_sock_unlink(p->path);
     lp_engine_close(e);
-    p->fatal = err;
-    p->has_fatal = 1;
-    return;
+    close(lock_fd);
+    return -1;
   }
   p->engine = e;
+  p->lock_fd = lock_fd;
+  p->neither_since_ns = 0;
   close_watch(p);
   set_state(p, P_LEADER);
   p->opened = 1;
@@ -280,24 +404,64 @@ static void become_leader(lp_party *p, lp_engine *e) {
       lp_client_fail_all(p->client, LP_ENOMEM, "promote: out of memory");
     }
   }
+  return 0;
 }
+
+/* At open a leader of another uid may refuse us, which it does by closing
+ * the connection at accept: ask it something (a get of the empty key, which
+ * any leader answers, with an error) and count the open done only when the
+ * answer came (probe_done).  It gets open_timeout, and at least this. */
+#define PROBE_MIN_NS (1000000000ull)
 
 static void become_follower(lp_party *p, int fd) {
   p->fd = fd;
   conn_blocking(p);
   close_watch(p);
   set_state(p, P_FOLLOWER);
-  p->opened = 1;
   if (p->client != NULL) lp_client_replay(p->client);
+  if (!p->opened && p->peer_known && p->peer_uid != geteuid() && ensure_client(p) == 0) {
+    lp_buf rest = {NULL, 0, 0};
+    uint64_t deadline = lp_now_ns() + PROBE_MIN_NS;
+    if (p->open_deadline_ns > deadline) deadline = p->open_deadline_ns;
+    if (lp_wire_rest_key(&rest, (lp_slice){"", 0}) == 0)
+      p->probe = lp_client_submit(p->client, LP_REQ_GET, (lp_slice){rest.ptr, rest.len}, deadline);
+    lp_buf_free(&rest);
+  }
+  if (p->probe == 0) p->opened = 1;
   lp_party_flush(p);
 }
 
+/* The open's question was answered: any reply says that the leader serves
+ * us; a local failure (its deadline) fails the open. */
+static void probe_done(lp_party *p) {
+  lp_result res;
+  int took = lp_client_take(p->client, p->probe, &res) == 0;
+  p->probe = 0;
+  if (!took || res.code == LP_OK) {
+    p->opened = 1;
+    p->progress++;
+  } else {
+    lp_err_set(&p->fatal, res.code, "open: the leader of %s (pid %ld, uid %ld) did not answer: %s",
+               p->path, (long)p->peer_pid, (long)p->peer_uid, res.msg ? res.msg : "");
+    p->has_fatal = 1;
+  }
+  if (took) lp_result_free(&res);
+}
+
 /* One election attempt.  Never blocks (but leveldb_open may take the time
- * LevelDB needs to recover its log). */
+ * LevelDB needs to recover its log).
+ *
+ * leveldb_open runs only when the probe finds the LOCK free and this process
+ * has taken it itself (lp_lock_take): a failed open never renames a living
+ * leader's LOG (LevelDB renames LOG before it locks), and a process that may
+ * not write the directory or the LOCK never calls it.  A process that can
+ * neither lead nor reach a leader fails at once at open; after open it waits
+ * (on the watch, never spinning) up to open_timeout for another process to
+ * lead, then fails what is pending (elect_fail). */
 static void elect_step(lp_party *p) {
-  lp_err err;
+  lp_err err, why;
   pid_t holder;
-  int fd;
+  int fd, cannot_lead = 0;
   uint64_t now = lp_now_ns();
 
   if (p->watch.fd < 0) {
@@ -306,28 +470,75 @@ static void elect_step(lp_party *p) {
   if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
 
   holder = lp_lock_holder(p->path);
-  if (holder <= 0) {
-    lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
-    if (e != NULL) {
-      become_leader(p, e);
-      return;
-    }
-    if (err.code != LP_ELOCKED) {
+  if (holder == 0) {
+    int lock_fd = lp_lock_take(p->path, &why);
+    if (lock_fd >= 0) {
+      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
+      if (e == NULL) close(lock_fd);
+      if (e != NULL && become_leader(p, e, lock_fd, &err) == 0) return;
       if (!p->opened) {
         p->fatal = err;
         p->has_fatal = 1;
         return;
       }
-      /* A follower that cannot open the db it used to reach keeps trying: its
-       * pending requests time out on their own. */
+      why = err;
+      cannot_lead = 1;
+    } else if (why.code != LP_ELOCKED) {
+      cannot_lead = 1;
     }
+    /* what our own attempt raised (LOCK closed for writing, LevelDB's
+     * files) must not wake us: a socket published meanwhile is found by
+     * the connect below */
+    if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
     holder = lp_lock_holder(p->path);
   }
   p->holder = holder > 0 ? holder : 0;
   fd = lp_sock_connect(p->path);
   if (fd >= 0) {
+    p->neither_since_ns = 0;
+    if (check_leader(p, fd, &err) != 0) {
+      close(fd); /* nothing was sent */
+      elect_fail(p, &err);
+      return;
+    }
     become_follower(p, fd);
     return;
+  }
+  if (fd == -EACCES || fd == -EPERM) { /* the socket's mode keeps us out */
+    char sd[64], dd[64];
+    lp_err_set(&err, LP_EACCES,
+               "%s: cannot connect to %s/%s (%s): %s; a leader's socket lets in only the users "
+               "who may write %s (%s)",
+               elect_op(p), p->path, LP_SOCKET_NAME, describe(p, LP_SOCKET_NAME, sd, sizeof sd),
+               strerror(-fd), p->path, describe(p, NULL, dd, sizeof dd));
+    elect_fail(p, &err);
+    return;
+  }
+  if (holder > 0 && !p->opts.server.allow_other_users) {
+    uid_t uid;
+    char ld[64];
+    /* a holder we would not follow: waiting for its socket is pointless */
+    if (lp_proc_uid(holder, &uid) == 0 && !trusted_uid(p, uid)) {
+      lp_err_set(&err, LP_EACCES,
+                 "%s: %s/LOCK (%s) is held by pid %ld running as uid %ld, which is neither this "
+                 "process's uid %ld nor the owner of both the directory and its LOCK; it would "
+                 "not be followed (allow_other_users = true follows a leader of another user)",
+                 elect_op(p), p->path, describe(p, "LOCK", ld, sizeof ld), (long)holder, (long)uid,
+                 (long)geteuid());
+      elect_fail(p, &err);
+      return;
+    }
+  }
+  if (cannot_lead && holder == 0) {
+    if (p->neither_since_ns == 0) p->neither_since_ns = now;
+    if (!p->opened || now - p->neither_since_ns >= p->opts.open_timeout_ns) {
+      lp_err_set(&err, why.code, "%s: no leader serves %s/%s, and this process cannot lead: %s",
+                 elect_op(p), p->path, LP_SOCKET_NAME, why.msg);
+      elect_fail(p, &err);
+      return;
+    }
+  } else {
+    p->neither_since_ns = 0;
   }
   p->next_try_ns = now + p->backoff_ns;
   p->backoff_ns = p->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : p->backoff_ns * 2;
@@ -367,6 +578,7 @@ static int follower_read(lp_party *p, int wait) {
     if (n > 0) {
       lp_err err;
       got = 1;
+      p->peer_replied = 1;
       if (lp_client_feed(p->client, p->inbuf.ptr, (size_t)n, &err) != 0) {
         on_leader_lost(p);
         return got;
@@ -443,6 +655,12 @@ int lp_party_step(lp_party *p, lp_err *err) {
       if (p->state == P_FOLLOWER) lp_party_flush(p);
       break;
     case P_ELECTING:
+      if (p->blocked) {
+        /* only a new request or iterator (bytes queued) elects again */
+        if (p->client == NULL || lp_client_out(p->client)->len == 0) break;
+        p->blocked = 0;
+        p->next_try_ns = 0;
+      }
       if (p->watch.fd >= 0) {
         struct pollfd pf = {p->watch.fd, POLLIN, 0};
         if (poll(&pf, 1, 0) > 0) p->next_try_ns = 0;
@@ -452,7 +670,6 @@ int lp_party_step(lp_party *p, lp_err *err) {
         *err = p->fatal;
         return -1;
       }
-      if (p->has_fatal) p->has_fatal = 0;
       break;
     case P_LEADER:
       if (p->loop_session != NULL && p->client != NULL) loopback_run(p);
@@ -461,6 +678,12 @@ int lp_party_step(lp_party *p, lp_err *err) {
     default: break;
   }
   now = lp_now_ns();
+  if (p->client != NULL && lp_client_expire(p->client, now) > 0) p->progress++;
+  if (p->probe != 0 && lp_client_done(p->client, p->probe)) probe_done(p);
+  if (p->has_fatal && !p->opened) { /* also a refusal or a probe's end */
+    *err = p->fatal;
+    return -1;
+  }
   if (p->state == P_ELECTING && !p->opened && now >= p->open_deadline_ns) {
     if (p->holder > 0)
       lp_err_set(err, LP_ELOCKED,
@@ -468,14 +691,20 @@ int lp_party_step(lp_party *p, lp_err *err) {
                  "program, or a leader that cannot listen); stop that process or wait for it, "
                  "then open again",
                  p->path, (long)p->holder, LP_SOCKET_NAME);
-    else
+    else if (!lock_readable(p)) { /* the probe could not tell: say why */
+      char ld[64];
+      lp_err_set(err, LP_EACCES,
+                 "open: no leader serves %s/%s, and uid %ld may not read %s/LOCK (%s) to tell "
+                 "whether anyone holds it",
+                 p->path, LP_SOCKET_NAME, (long)geteuid(), p->path,
+                 describe(p, "LOCK", ld, sizeof ld));
+    } else
       lp_err_set(err, LP_ELOCKED,
                  "open: %s/LOCK is held by another process that serves no %s there; stop that "
                  "process or wait for it, then open again",
                  p->path, LP_SOCKET_NAME);
     return -1;
   }
-  if (p->client != NULL && lp_client_expire(p->client, now) > 0) p->progress++;
   return 0;
 }
 
@@ -493,6 +722,10 @@ static void party_wants(lp_party *p, int *fd, int *events, int *timeout_ms) {
       if (p->client != NULL && lp_client_out(p->client)->len > 0) *events |= POLLOUT;
       break;
     case P_ELECTING:
+      if (p->blocked) { /* nothing to wait for until a new request */
+        if (p->client != NULL && lp_client_out(p->client)->len > 0) *timeout_ms = 0;
+        return;
+      }
       *fd = p->watch.fd;
       *events = POLLIN;
       if (p->next_try_ns == 0) { /* an election step is due now */
@@ -623,13 +856,26 @@ int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err) {
   }
 }
 
+/* 1 when p's directory is the one st describes: same realpath, or the same
+ * (st_dev, st_ino) while p's own path still names that directory (so that a
+ * removed directory's reused inode never finds the old party). */
+static int same_dir(const lp_party *p, const char *real, const struct stat *st) {
+  struct stat now;
+  if (strcmp(p->path, real) == 0) return 1;
+  if (st == NULL || p->dev != st->st_dev || p->ino != st->st_ino) return 0;
+  return stat(p->path, &now) == 0 && now.st_dev == p->dev && now.st_ino == p->ino;
+}
+
 int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err) {
   char *real = resolve_dir(dir, &o->engine, err);
+  struct stat st;
+  int known;
   lp_party *p;
   if (real == NULL) return -1;
+  known = stat(real, &st) == 0;
   pthread_mutex_lock(&registry_lock);
   for (p = registry; p != NULL; p = p->next) {
-    if (p->state != P_CLOSED && strcmp(p->path, real) == 0) {
+    if (p->state != P_CLOSED && same_dir(p, real, known ? &st : NULL)) {
       p->refs++;
       pthread_mutex_unlock(&registry_lock);
       free(real);
@@ -650,9 +896,14 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
     return -1;
   }
   p->path = real;
+  if (known) {
+    p->dev = st.st_dev;
+    p->ino = st.st_ino;
+  }
   p->refs = 1;
   p->opts = *o;
   p->fd = -1;
+  p->lock_fd = -1;
   p->watch.fd = -1;
   p->epfd = p->ep_fd = -1;
   p->open_deadline_ns = lp_now_ns() + o->open_timeout_ns;
@@ -696,6 +947,9 @@ static void party_close(lp_party *p) {
   }
   if (p->engine != NULL) lp_engine_close(p->engine);
   p->engine = NULL;
+  /* LevelDB's close released the process's lock; this fd only held it */
+  if (p->lock_fd >= 0) close(p->lock_fd);
+  p->lock_fd = -1;
   close_conn(p);
   close_watch(p);
   if (p->epfd >= 0) close(p->epfd); /* the loop's poll handle on it went first */

@@ -257,7 +257,9 @@ typedef struct lp_engine_opts {
 void lp_engine_opts_init(lp_engine_opts *o);
 
 /* Opens LevelDB at path (already realpath'd by the caller, which also guarantees
- * that this process does not hold it: see party.c).  On failure returns NULL and
+ * that no LevelDB handle of this process has it open: see party.c, which
+ * takes the LOCK's fcntl lock itself first, lp_lock_take; LevelDB's lock is
+ * then the same process's lock).  On failure returns NULL and
  * fills err; a lock held by another process gives LP_ELOCKED with the LevelDB
  * text.  Thread-safe. */
 lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err);
@@ -344,7 +346,9 @@ typedef struct lp_server_opts {
   size_t max_frame;                       /* LP_DEFAULT_MAX_FRAME */
   size_t max_conn_buffer;                 /* bytes of unsent replies per connection before the
                                              server stops reading that connection */
-  int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED) */
+  int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED);
+                                             party.c also reads it as the follower's: 1 follows
+                                             a leader of any uid */
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
 } lp_server_opts;
@@ -383,8 +387,24 @@ int lp_sock_connect(const char *dir);
  * whose close wakes no watch.  This process must not hold that LOCK itself:
  * closing any fd of the file would drop its own lock (party.c only probes
  * directories it has not opened).  Returns the holder's pid, 0 when free, -1
- * when it cannot tell. */
+ * when it cannot tell (a holder in another pid namespace, an open file
+ * description lock, a LOCK it cannot read): party.c counts -1 as held. */
 pid_t lp_lock_holder(const char *dir);
+/* Takes <dir>/LOCK for this process, as LevelDB will: checks that this
+ * process may create files in dir (faccessat, effective ids), opens LOCK for
+ * writing (created 0644 when missing; never through a symbolic link), and
+ * takes an fcntl write lock on the whole file.  Returns the fd, which holds
+ * the lock until it is closed or the process's lock on the file is released
+ * (LevelDB's own close releases it too: fcntl locks belong to the process);
+ * or -1 with err: LP_ELOCKED when another process holds it, LP_EACCES (or
+ * the errno's code) when this process may not take it, err->msg then naming
+ * the file, its owner and mode, and our uid, as a clause without an "op: "
+ * prefix (the caller's message says what it was doing).  The same rule as
+ * lp_lock_holder applies: never on a LOCK this process may hold already. */
+int lp_lock_take(const char *dir, lp_err *err);
+/* The effective uid of process pid (from /proc/<pid>/status, which stays
+ * readable when the process is not dumpable): 0, or -1 when unknown. */
+int lp_proc_uid(pid_t pid, uid_t *uid);
 
 /* A watch on the directory that becomes readable when LOCK is closed by a
  * writer (its holder exited or closed the db) or the socket name appears. */
@@ -543,9 +563,11 @@ void lp_worker_stop(lp_worker *w);
 /* ---- Party: one per (process, directory) (party.c) ---- */
 
 /* Every handle a process opens on one directory shares one party, found by the
- * directory's realpath.  That is what keeps two spellings of a path from giving
- * two LevelDB handles, and keeps a process from ever calling leveldb_open on a
- * directory whose LOCK it holds (a failed second open would drop that lock).
+ * directory's realpath or by its (st_dev, st_ino) (a bind mount gives one
+ * directory two realpaths).  That is what keeps two spellings of a path from
+ * giving two LevelDB handles, and keeps a process from ever probing or calling
+ * leveldb_open on a directory whose LOCK it holds (closing any fd of the LOCK,
+ * or a failed second open, would drop that lock).
  *
  * States: ELECTING (no leader known: the election runs in lp_party_step),
  * FOLLOWER (connected), LEADER (engine + server thread), CLOSED.  A follower
@@ -583,7 +605,9 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
 void lp_party_unref(lp_party *p);
 
 int lp_party_role(const lp_party *p);
-/* 1 once the first election has ended (leader, or follower that connected). */
+/* 1 once the first election has ended (leader, or follower that connected to
+ * a leader it trusts; one of another uid must also have answered a first
+ * request, since it refuses a uid it does not serve by closing at once). */
 int lp_party_opened(const lp_party *p);
 const char *lp_party_path(const lp_party *p);
 lp_engine *lp_party_engine(lp_party *p); /* NULL unless leader */
@@ -607,7 +631,11 @@ void lp_party_flush(lp_party *p);
 
 /* Does all work that is due without blocking: writes, reads, election steps,
  * the loopback, deadlines.  Returns 0, or -1 with err when the *first* election
- * failed for good (LP_ELOCKED after open_timeout, or an open error). */
+ * failed for good (LP_ELOCKED after open_timeout, LP_EACCES for a leader this
+ * process does not trust, that refuses it or that it may not reach, or for a
+ * free LOCK it may not take, or an open error).  After open, such failures
+ * fail every pending request and iterator instead (docs/ARCHITECTURE.md, "The
+ * election"). */
 int lp_party_step(lp_party *p, lp_err *err);
 /* What an event loop polls for reading before the next step: fd (-1: none) is
  * the party's own epoll set, which holds whatever the party waits on now (the

@@ -34,6 +34,17 @@
 
 typedef struct srv_conn srv_conn;
 
+/* Refused peers are logged once per uid per minute, the next line saying how
+ * many were not (a refused process that reconnects in a loop must not flood
+ * the leader's stderr).  The slot of the uid logged longest ago is reused. */
+#define SRV_REFUSAL_SLOTS 8
+#define SRV_REFUSAL_QUIET (60ull * 1000000000ull)
+typedef struct srv_refusal {
+  long uid;
+  uint64_t logged_ns;  /* when uid's last line was written; 0: a free slot */
+  unsigned long quiet; /* refusals of uid since, not logged */
+} srv_refusal;
+
 struct lp_server {
   lp_engine *eng;
   lp_server_opts opts;
@@ -48,6 +59,7 @@ struct lp_server {
   int stopping;    /* server thread only */
   int nconns;      /* atomic: accepted, not yet closed */
   srv_conn *conns; /* every open connection (also refused ones until closed) */
+  srv_refusal refused[SRV_REFUSAL_SLOTS]; /* server thread only */
 };
 
 /* One accepted connection.  Owned by the server thread.  Freed in its close
@@ -83,6 +95,35 @@ static void srv_log(lp_server *s, const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   s->opts.log(s->opts.log_ud, msg);
+}
+
+/* Logs the refusal of peer pid/uid unless uid's last line is less than a
+ * minute old (then counts it). */
+static void srv_log_refused(lp_server *s, long pid, long uid, const char *why) {
+  srv_refusal *r = NULL, *oldest = &s->refused[0];
+  uint64_t now = lp_now_ns();
+  size_t i;
+  for (i = 0; i < SRV_REFUSAL_SLOTS && r == NULL; i++) {
+    srv_refusal *t = &s->refused[i];
+    if (t->logged_ns != 0 && t->uid == uid) r = t;
+    if (t->logged_ns < oldest->logged_ns) oldest = t;
+  }
+  if (r != NULL && now - r->logged_ns < SRV_REFUSAL_QUIET) {
+    r->quiet++;
+    return;
+  }
+  if (r == NULL) {
+    r = oldest;
+    r->uid = uid;
+    r->quiet = 0;
+  }
+  if (r->quiet > 0)
+    srv_log(s, "refused peer pid %ld uid %ld: %s (and %lu more of uid %ld since the last line)",
+            pid, uid, why, r->quiet, uid);
+  else
+    srv_log(s, "refused peer pid %ld uid %ld: %s (logged once a minute per uid)", pid, uid, why);
+  r->logged_ns = now;
+  r->quiet = 0;
 }
 
 void lp_server_opts_init(lp_server_opts *o) {
@@ -394,12 +435,12 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
     c->pid = (long)cred.pid;
     c->uid = (long)cred.uid;
   } else if (!s->opts.allow_other_users) {
-    srv_log(s, "refused peer: cannot read its credentials");
+    srv_log_refused(s, -1, -1, "cannot read its credentials");
     conn_close(c);
     return;
   }
   if (!s->opts.allow_other_users && (uid_t)c->uid != geteuid()) {
-    srv_log(s, "refused peer pid %ld uid %ld", c->pid, c->uid);
+    srv_log_refused(s, c->pid, c->uid, "another user, and allow_other_users is off");
     conn_close(c);
     return;
   }

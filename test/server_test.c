@@ -1145,6 +1145,12 @@ static void test_peercred(void) {
   char msg[96];
   snprintf(msg, sizeof msg, "refused peer pid %ld uid 65534", (long)pid);
   check(log_wait(msg, 1000), "refusal logged with pid and uid", "log: %s", log_text);
+  /* the same uid again within the minute: refused, counted, not logged (the
+   * child saw its connection closed, so the server has handled it) */
+  v = foreign_peer(&pid);
+  snprintf(msg, sizeof msg, "refused peer pid %ld", (long)pid);
+  check(v == 0 && !log_wait(msg, 200), "a second refusal of one uid within a minute is not logged",
+        "verdict %d, log: %s", v, log_text);
   check(lp_server_connections(s) == 0, "a refused peer is not counted", "%d",
         lp_server_connections(s));
   lp_server_stop(s);

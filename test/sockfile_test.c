@@ -641,6 +641,149 @@ out:
   free(dir);
 }
 
+/* lp_lock_take: the lock LevelDB takes, taken first by us, and why not. */
+static void test_lock_take(const char *base) {
+  char *dir = join(base, "takedir"), *lock = join(dir, "LOCK"), *ldir = join(base, "linkdir");
+  char *llock = join(ldir, "LOCK");
+  lp_err err;
+  int fd, st, fds0 = count_fds();
+  pid_t pid, me = getpid();
+
+  mkdir(dir, 0700);
+  memset(&err, 0, sizeof(err));
+  fd = lp_lock_take(dir, &err);
+  check(fd >= 0 && is_nonblock_cloexec(fd) && access(lock, F_OK) == 0,
+        "lock take: creates LOCK and returns a close-on-exec fd", "fd %d '%s'", fd, err.msg);
+  pid = fork();
+  if (pid == 0) {
+    lp_err e2;
+    int code = lp_lock_holder(dir) == me ? 0 : 1;
+    if (!(lp_lock_take(dir, &e2) == -1 && e2.code == LP_ELOCKED && strstr(e2.msg, lock) != NULL))
+      code |= 2;
+    _exit(code);
+  }
+  waitpid(pid, &st, 0);
+  check(WIFEXITED(st) && !(WEXITSTATUS(st) & 1), "lock take: another process's probe sees us",
+        "status %#x", st);
+  check(WIFEXITED(st) && !(WEXITSTATUS(st) & 2),
+        "lock take: another process is told LP_ELOCKED, naming the file", "status %#x", st);
+  if (fd >= 0) close(fd);
+  check(lp_lock_holder(dir) == 0, "lock take: closing the fd releases the lock", "holder %d",
+        (int)lp_lock_holder(dir));
+
+  mkdir(ldir, 0700);
+  if (symlink(lock, llock) != 0) perror("symlink");
+  memset(&err, 0, sizeof(err));
+  fd = lp_lock_take(ldir, &err);
+  check(fd == -1 && err.code == LP_EACCES && strstr(err.msg, "symbolic link") != NULL,
+        "lock take: a LOCK planted as a symbolic link is refused (EACCES)", "fd %d code %d '%s'",
+        fd, (int)err.code, err.msg);
+  if (fd >= 0) close(fd);
+
+  if (geteuid() != 0) {
+    skip("lock take as another user: LOCK not writable", "not root");
+    skip("lock take as another user: directory not writable", "not root");
+  } else {
+    /* root's LOCK (0644) in a directory everyone may write, then in a 0755 one */
+    chmod(base, 0711);
+    chmod(dir, 0777);
+    pid = fork();
+    if (pid == 0) {
+      lp_err e2;
+      int code = 0, r;
+      if (setgid(65534) != 0 || setuid(65534) != 0) _exit(77);
+      memset(&e2, 0, sizeof(e2));
+      r = lp_lock_take(dir, &e2);
+      if (!(r == -1 && e2.code == LP_EACCES && strstr(e2.msg, lock) && strstr(e2.msg, "uid 0's") &&
+            strstr(e2.msg, "mode 0644") && strstr(e2.msg, "uid 65534")))
+        code |= 1;
+      _exit(code);
+    }
+    waitpid(pid, &st, 0);
+    check(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "lock take as another user: root's 0644 LOCK gives EACCES naming file, owner, mode, uid",
+          "status %#x", st);
+    chmod(dir, 0755);
+    unlink(lock);
+    pid = fork();
+    if (pid == 0) {
+      lp_err e2;
+      int r;
+      if (setgid(65534) != 0 || setuid(65534) != 0) _exit(77);
+      memset(&e2, 0, sizeof(e2));
+      r = lp_lock_take(dir, &e2);
+      _exit(r == -1 && e2.code == LP_EACCES && strstr(e2.msg, "not writable by uid 65534") &&
+                    access(lock, F_OK) != 0
+                ? 0
+                : 1);
+    }
+    waitpid(pid, &st, 0);
+    check(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "lock take as another user: a 0755 directory gives EACCES, and no LOCK is created",
+          "status %#x", st);
+    chmod(dir, 0700);
+    chmod(base, 0700);
+  }
+  check(count_fds() == fds0, "lock take leaks no descriptors", "%d before, %d after", fds0,
+        count_fds());
+  free(llock);
+  free(ldir);
+  free(lock);
+  free(dir);
+}
+
+/* One directory reached through a bind mount has two realpaths; the party
+ * registry must still give one party (root only: a private mount namespace). */
+static void test_bind_mount(const char *base) {
+  char *a = join(base, "bind-a"), *b = join(base, "bind-b");
+  int st;
+  pid_t pid;
+
+  if (geteuid() != 0) {
+    skip("a bind mount of a party's directory shares the party", "not root");
+    free(a);
+    free(b);
+    return;
+  }
+  mkdir(a, 0700);
+  mkdir(b, 0700);
+  pid = fork();
+  if (pid == 0) {
+    lp_party_opts o;
+    lp_party *p1 = NULL, *p2 = NULL;
+    lp_err err;
+    int code = 0, cst;
+    pid_t me = getpid(), probe;
+    if (unshare(CLONE_NEWNS) != 0 || mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount(a, b, NULL, MS_BIND, NULL) != 0)
+      _exit(77);
+    lp_party_opts_init(&o);
+    o.log = 0;
+    if (lp_party_open(a, &o, &p1, &err) != 0 || lp_party_role(p1) != LP_ROLE_LEADER) _exit(78);
+    if (lp_party_open(b, &o, &p2, &err) != 0) _exit(79);
+    if (p2 != p1) code |= 1;
+    probe = fork();
+    if (probe == 0) _exit(lp_lock_holder(a) == me ? 0 : 1);
+    waitpid(probe, &cst, 0);
+    if (!WIFEXITED(cst) || WEXITSTATUS(cst) != 0) code |= 2;
+    lp_party_unref(p2);
+    lp_party_unref(p1);
+    umount2(b, MNT_DETACH);
+    _exit(code);
+  }
+  waitpid(pid, &st, 0);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 77) {
+    skip("a bind mount of a party's directory shares the party", "no private mount namespace");
+  } else {
+    check(WIFEXITED(st) && WEXITSTATUS(st) < 64 && !(WEXITSTATUS(st) & 1),
+          "a bind mount of a party's directory shares the party", "status %#x", st);
+    check(WIFEXITED(st) && WEXITSTATUS(st) < 64 && !(WEXITSTATUS(st) & 2),
+          "opening it through the bind mount keeps this process's LOCK", "status %#x", st);
+  }
+  free(a);
+  free(b);
+}
+
 /* ------------------------------------------------------------------------ */
 
 int main(void) {
@@ -673,6 +816,8 @@ int main(void) {
   test_other_user(base, shortdir);
   test_no_proc(longdir);
   test_lock_and_watch(base);
+  test_lock_take(base);
+  test_bind_mount(base);
 
   check(count_fds() == fds0, "no descriptor leaked overall", "%d before, %d after", fds0,
         count_fds());
