@@ -18,6 +18,7 @@
  */
 #include "private.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -401,9 +402,27 @@ static void dl_remove(lp_client *c, creq *q) {
 /* Requests                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static int frame_req(lp_client *c, creq *q) {
+static void log_finished(lp_client *c, uint64_t token);
+
+/* The failure of a request whose frame exceeds max_frame: the leader would
+ * refuse it (docs/PROTOCOL.md, "Framing"), so it never goes on the wire and
+ * is never retried. */
+static void too_large_msg(lp_client *c, size_t payload, char *buf, size_t n) {
+  snprintf(buf, n, "the request is %zu bytes, over the frame limit of %zu", payload,
+           c->o.max_frame);
+}
+
+/* Frames q under the lowest free id.  0 ok, -1 out of memory, -2 when the
+ * frame would exceed max_frame (*payload then says by how much; no id is
+ * taken).  The id is counted at its actual width, so the check is exact. */
+static int frame_req(lp_client *c, creq *q, size_t *payload) {
   uint32_t id;
   if (idmap_alloc(&c->rids, q, &id)) return -1;
+  *payload = lp_wire_frame_payload(id, q->restlen);
+  if (*payload > c->o.max_frame) {
+    idmap_release(&c->rids, id);
+    return -2;
+  }
   if (lp_wire_frame(&c->out, q->tag, id, (lp_slice){q->rest, q->restlen})) {
     idmap_release(&c->rids, id);
     return -1;
@@ -415,6 +434,8 @@ static int frame_req(lp_client *c, creq *q) {
 
 uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadline_ns) {
   creq *q;
+  size_t payload = 0;
+  int rc;
   if (!c || tag < LP_REQ_GET || tag > LP_REQ_GETMANY || tag == LP_REQ_ITER) return 0;
   if (!rest.ptr && rest.len) return 0;
   if (hash_reserve(c) || (deadline_ns && dl_reserve(c))) return 0;
@@ -428,12 +449,22 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
   q->tag = tag;
   q->deadline = deadline_ns;
   q->hidx = NO_HEAP;
-  if (frame_req(c, q)) {
+  rc = frame_req(c, q, &payload);
+  if (rc == -1) {
     req_free(q);
     return 0;
   }
   q->token = ++c->last_token;
   hash_insert(c, q);
+  if (rc == -2) { /* finished at once, never pending */
+    char msg[128];
+    too_large_msg(c, payload, msg, sizeof msg);
+    q->done = 1;
+    q->res.code = LP_ETOOLARGE;
+    q->res.msg = strdup(msg);
+    if (c->log_fin) log_finished(c, q->token);
+    return q->token;
+  }
   if (deadline_ns) dl_push(c, q);
   q->prev = c->ptail;
   if (c->ptail)
@@ -1020,8 +1051,17 @@ void lp_client_replay(lp_client *c) {
   lp_citer *it;
   lp_client_reset(c);
   for (q = c->phead; q; q = nq) {
+    size_t payload = 0;
+    int rc;
     nq = q->next;
-    if (frame_req(c, q)) req_fail(c, q, LP_ENOMEM, "replay: out of memory");
+    rc = frame_req(c, q, &payload);
+    if (rc == -1) {
+      req_fail(c, q, LP_ENOMEM, "replay: out of memory");
+    } else if (rc == -2) { /* a wider id than at submission */
+      char msg[128];
+      too_large_msg(c, payload, msg, sizeof msg);
+      req_fail(c, q, LP_ETOOLARGE, msg);
+    }
   }
   for (it = c->ihead; it; it = it->next) {
     int rc;

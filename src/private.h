@@ -67,8 +67,9 @@ typedef enum lp_code {
   LP_ELEADERLOST, /* retry=false and the leader went away with the request in flight */
   LP_EPROTO,      /* the peer broke the wire protocol */
   LP_ENOMEM,
-  LP_EINVAL,  /* a value the storage layer refuses (e.g. empty key) */
-  LP_EREMOTE, /* the leader reported an error we cannot classify */
+  LP_EINVAL,    /* a value the storage layer refuses (e.g. empty key) */
+  LP_EREMOTE,   /* the leader reported an error we cannot classify */
+  LP_ETOOLARGE, /* a request or its reply does not fit in a frame (max_frame) */
   LP_CODE_MAX
 } lp_code;
 
@@ -208,6 +209,9 @@ int lp_wire_next_value(const lp_response *r, size_t *cursor,
  * encoded once, then lp_wire_frame() writes varint(len) tag 08 varint(id) rest.
  * All return 0, or -1 when out of memory (the buffer is left as it was). */
 int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest);
+/* The payload length (tag + body, the size max_frame bounds) of the frame
+ * lp_wire_frame would write for that id and rest. */
+size_t lp_wire_frame_payload(uint32_t id, size_t restlen);
 int lp_wire_rest_key(lp_buf *rest, lp_slice key);                 /* GET, DEL */
 int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value); /* PUT */
 int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key,
@@ -421,7 +425,9 @@ void lp_client_free(lp_client *c); /* frees pending requests and iterators */
 
 /* Queues a request.  rest is the encoded body after the id (lp_wire_rest_*),
  * copied.  deadline_ns: absolute lp_now_ns() time, or 0 for none.  Returns the
- * token (> 0) or 0 when out of memory. */
+ * token (> 0) or 0 when out of memory.  A request whose frame would exceed
+ * max_frame is never sent: it is finished at once with LP_ETOOLARGE (no
+ * leader could take it, so no retry could help). */
 uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadline_ns);
 
 /* Bytes waiting to be written; the transport writes a prefix and then calls

@@ -413,6 +413,45 @@ static void test_mismatch_and_errors(void) {
   lp_client_free(c);
 }
 
+/* A request whose frame exceeds max_frame fails at once with ETOOLARGE and
+ * never reaches the wire; one of exactly max_frame goes out. */
+static void test_too_large_requests(void) {
+  lp_client_opts o;
+  lp_client *c;
+  lp_result res;
+  lp_buf rest = {0};
+  lp_request rq[4];
+  uint64_t t;
+  lp_client_opts_init(&o);
+  o.max_frame = 16;
+  c = lp_client_new(&o);
+  /* payload: tag, 08 00, 12 01 6b, 1a 09 + 9 bytes = 17 */
+  t = sub_put(c, "k", "123456789", 0);
+  check(t > 0 && lp_client_done(c, t) && lp_client_pending(c) == 0 && lp_client_out(c)->len == 0,
+        "a put one byte over max_frame is finished at once and never sent", "failed");
+  check(lp_client_take(c, t, &res) == 0 && res.code == LP_ETOOLARGE && res.msg &&
+            strcmp(res.msg, "the request is 17 bytes, over the frame limit of 16") == 0,
+        "with ETOOLARGE and the sizes", "%s", res.msg ? res.msg : "(null)");
+  lp_result_free(&res);
+  t = sub_put(c, "k", "12345678", 0);
+  check(t > 0 && !lp_client_done(c, t) && decode_reqs(lp_client_out(c), rq, 4) == 1 &&
+            rq[0].id == 0 && lp_client_out(c)->len == 17 && lp_wire_frame_payload(0, 13) == 16,
+        "a put of exactly max_frame goes out, under id 0 (no id was taken)", "failed");
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("a"), S("0123456789"));
+  t = lp_client_submit(c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
+  check(t > 0 && lp_client_take(c, t, &res) == 0 && res.code == LP_ETOOLARGE,
+        "a batch over max_frame fails with ETOOLARGE too", "failed");
+  lp_result_free(&res);
+  check(lp_client_pending(c) == 1 && decode_reqs(lp_client_out(c), rq, 4) == 1,
+        "only the put that fits is pending and framed", "failed");
+  lp_client_reset(c);
+  lp_client_replay(c);
+  check(decode_reqs(lp_client_out(c), rq, 4) == 1 && rq[0].tag == LP_REQ_PUT,
+        "replay sends the put that fits, never the refused ones", "failed");
+  lp_buf_free(&rest);
+  lp_client_free(c);
+}
+
 static void test_fail_all(void) {
   lp_client *c = lp_client_new(NULL);
   lp_result res;
@@ -1319,6 +1358,7 @@ int main(void) {
   test_timeouts();
   test_finished_log();
   test_mismatch_and_errors();
+  test_too_large_requests();
   test_fail_all();
   test_iter_codec();
   test_iter_reopen();
