@@ -190,6 +190,9 @@ struct lp_client {
   size_t nfin, fincap;
   int log_fin;  /* recording */
   int fin_lost; /* a token could not be recorded (out of memory) */
+  /* bytes of a reply frame over max_frame still to drop as they arrive;
+   * while nonzero, `in` is empty */
+  uint64_t skip;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -939,10 +942,73 @@ static int on_payload(lp_client *c, lp_slice payload, lp_err *err) {
   }
 }
 
+/* A reply frame over max_frame starts at p[0..avail): its length prefix is
+ * whole and says more than max_frame.  Its request fails with ETOOLARGE as
+ * soon as the frame's tag and id are in (a leader that does not check its
+ * replies, a Node leader or one with a larger max_frame, sent it), and its
+ * bytes are dropped as they arrive, never buffered: the connection stays.
+ * Returns 1 with *used (the bytes of the frame present, which c->skip
+ * completes), 0 when the tag and id are not all in yet, -1 with err when the
+ * frame cannot be told apart from garbage (no id first). */
+static int on_oversized(lp_client *c, const char *p, size_t avail, size_t *used, lp_err *err) {
+  uint64_t len, id, total;
+  size_t pre, idn;
+  const char *h;
+  char msg[128];
+  int tag, r = lp_varint_get(p, avail, &len, &pre);
+  if (r < 0 || len > UINT64_MAX - 16) return proto_err(err, "bad reply frame length prefix");
+  h = p + pre;
+  if (avail - pre < 3) return 0;
+  if ((unsigned char)h[1] != 0x08) return proto_err(err, "reply frame over the size limit");
+  r = lp_varint_get(h + 2, avail - pre - 2, &id, &idn);
+  if (r == 0) return 0;
+  if (r < 0) return proto_err(err, "reply frame over the size limit");
+  tag = (unsigned char)h[0];
+  total = pre + len;
+  *used = total < avail ? (size_t)total : avail;
+  c->skip = total - *used;
+  snprintf(msg, sizeof msg, "%s is %llu bytes, over the frame limit of %zu",
+           tag == LP_RES_ITERDATA ? "iterator: the entry" : "the reply", (unsigned long long)len,
+           c->o.max_frame);
+  if (tag == LP_RES_CALLBACK || tag == LP_RES_GETMANY) {
+    idslot *s = idmap_get(&c->rids, (uint32_t)id);
+    creq *q = s ? s->ptr : NULL;
+    if (s) idmap_release(&c->rids, (uint32_t)id);
+    if (q) {
+      q->on_wire = 0;
+      req_fail(c, q, LP_ETOOLARGE, msg);
+    }
+  } else if (tag == LP_RES_ITERDATA) {
+    idslot *s = idmap_get(&c->iids, (uint32_t)id);
+    lp_citer *it = s ? s->ptr : NULL;
+    if (s && !it) { /* closed early: one frame fewer to come */
+      if (s->left <= 1)
+        idmap_release(&c->iids, (uint32_t)id);
+      else
+        s->left--;
+    } else if (it) {
+      /* an entry the caller can never have: the iterator fails after what
+       * it buffered, and a reopen would meet the same entry, so the error
+       * is ours and stays (citer_set_error) */
+      if (it->recv < it->granted) it->recv++;
+      citer_set_error(c, it, LP_ETOOLARGE, msg);
+    }
+  }
+  return 1;
+}
+
 int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err) {
   const char *p;
   size_t n, off = 0;
-  int buffered = c->in.len > 0, rc = 0;
+  int buffered, rc = 0;
+  if (c->skip) { /* the rest of an oversized frame */
+    size_t k = (uint64_t)len < c->skip ? len : (size_t)c->skip;
+    c->skip -= k;
+    bytes += k;
+    len -= k;
+    if (len == 0) return 0;
+  }
+  buffered = c->in.len > 0;
   if (buffered) {
     if (lp_buf_append(&c->in, bytes, len)) {
       if (err) lp_err_set(err, LP_ENOMEM, "feed: out of memory");
@@ -960,8 +1026,14 @@ int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err) {
     int w = lp_wire_next_frame(p + off, n - off, c->o.max_frame, &payload, &used);
     if (w == LP_WIRE_NEED_MORE) break;
     if (w == LP_WIRE_TOO_BIG) {
-      rc = proto_err(err, "reply frame over the size limit");
-      break;
+      int r = on_oversized(c, p + off, n - off, &used, err);
+      if (r == 0) break; /* its tag and id are not all in yet */
+      if (r < 0) {
+        rc = -1;
+        break;
+      }
+      off += used;
+      continue;
     }
     if (w != LP_WIRE_OK && w != LP_WIRE_EMPTY) {
       rc = proto_err(err, "bad frame");
@@ -1026,6 +1098,7 @@ void lp_client_reset(lp_client *c) {
   lp_citer *it;
   c->out.len = 0;
   c->in.len = 0;
+  c->skip = 0;
   for (q = c->phead; q; q = q->next)
     q->on_wire = 0;
   idmap_clear(&c->rids);

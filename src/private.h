@@ -212,6 +212,9 @@ int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest);
 /* The payload length (tag + body, the size max_frame bounds) of the frame
  * lp_wire_frame would write for that id and rest. */
 size_t lp_wire_frame_payload(uint32_t id, size_t restlen);
+/* The size of a length-delimited field of n bytes (key, length, bytes): with
+ * lp_wire_frame_payload, what a reply of a value of n bytes takes. */
+size_t lp_wire_bytes_field_len(size_t n);
 int lp_wire_rest_key(lp_buf *rest, lp_slice key);                 /* GET, DEL */
 int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value); /* PUT */
 int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key,
@@ -330,7 +333,9 @@ void lp_session_free(lp_session *s); /* closes its iterators */
  * of them in this call.  Returns the number of bytes consumed (a partial frame
  * at the end is left for the next call), or -1 with err filled when the peer
  * broke the protocol (oversized frame, unknown tag, malformed body): the
- * connection must then be closed. */
+ * connection must then be closed (out may then hold an ETOOLARGE answer to
+ * the oversized request, to write first).  No reply exceeds max_frame: one
+ * that would is replaced by an ETOOLARGE error for its request. */
 long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
                       lp_err *err);
 /* Produces up to `budget` more iterator entries for iterators whose window is
@@ -436,11 +441,13 @@ lp_buf *lp_client_out(lp_client *c);
 
 /* Feeds received bytes.  Completes requests and fills iterator buffers.  Returns
  * 0, or -1 with err (LP_EPROTO) when the peer broke the protocol: a body that
- * does not decode, an oversized frame, an iterator entry without a key or
+ * does not decode, a bad length prefix, an iterator entry without a key or
  * beyond the window (the caller then closes the connection and calls
  * lp_client_reset).  Unknown ids, unknown reply tags and empty frames are
  * ignored, as Node does; a reply of the wrong type for its request finishes
- * the request with LP_EREMOTE. */
+ * the request with LP_EREMOTE.  A frame over max_frame finishes the request
+ * (or fails the iterator) it answers with LP_ETOOLARGE once its tag and id
+ * are in, and its bytes are dropped as they come, never buffered. */
 int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err);
 
 /* State of a request.  0 pending, 1 done.  A token that is unknown (already

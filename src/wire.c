@@ -549,6 +549,8 @@ size_t lp_wire_frame_payload(uint32_t id, size_t restlen) {
   return add_sz(1 + varint_field_len(id), restlen);
 }
 
+size_t lp_wire_bytes_field_len(size_t n) { return add_sz(1 + varint_len(n), n); }
+
 /* Required bytes fields (keys) are always written; an absent one goes out
  * empty so that the frame stays decodable and the peer reports the empty key. */
 int lp_wire_rest_key(lp_buf *rest, lp_slice key) {

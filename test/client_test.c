@@ -400,16 +400,103 @@ static void test_mismatch_and_errors(void) {
   c = lp_client_new(&o);
   t = sub_key(c, LP_REQ_GET, "a", 0);
   b.len = 0;
-  lp_wire_enc_callback(&b, 0, NULL, 0, S("0123456789abcdefghij"));
-  check(lp_client_feed(c, b.ptr, 1, &err) == -1 && err.code == LP_EPROTO,
-        "frame over max_frame is a protocol error as soon as its length is known", "failed");
+  lp_buf_append(&b, "\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01", 11);
+  check(lp_client_feed(c, b.ptr, b.len, &err) == -1 && err.code == LP_EPROTO,
+        "a length prefix over 10 bytes is a protocol error", "failed");
   lp_client_reset(c);
   b.len = 0;
   lp_wire_enc_callback(&b, 0, NULL, 0, S("0123"));
   lp_client_replay(c);
   check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && lp_client_done(c, t),
         "after reset and replay a small reply completes the request", "failed");
+  lp_client_take(c, t, &res);
+  lp_result_free(&res);
   lp_buf_free(&b);
+  lp_client_free(c);
+}
+
+static void feed_entry(lp_client *c, uint32_t id, const char *k, const char *v);
+
+/* A reply frame over max_frame (from a leader that does not check what it
+ * sends) fails only the request it answers, with ETOOLARGE, as soon as its
+ * tag and id are in; its bytes are dropped as they arrive, and the frames
+ * after it are read as usual: no protocol error, no reconnect. */
+static void test_too_large_replies(void) {
+  lp_client_opts o;
+  lp_client *c;
+  lp_buf b = {0}, big = {0};
+  lp_err err;
+  lp_result res;
+  lp_response r;
+  lp_range range;
+  lp_citer *it;
+  lp_slice k, v;
+  uint64_t t0, t1;
+  size_t i, ok = 1;
+  char val[200];
+  memset(val, 'v', sizeof val);
+  lp_client_opts_init(&o);
+  o.max_frame = 64;
+  c = lp_client_new(&o);
+  t0 = sub_key(c, LP_REQ_GET, "big", 0);
+  t1 = sub_key(c, LP_REQ_GET, "small", 0);
+  lp_wire_enc_callback(&big, 0, NULL, 0, (lp_slice){val, sizeof val});
+  lp_wire_enc_callback(&b, 1, NULL, 0, S("ok"));
+  check(lp_client_feed(c, big.ptr, 3, &err) == 0 && !lp_client_done(c, t0),
+        "an oversized reply waits for its tag and id", "failed");
+  check(lp_client_feed(c, big.ptr + 3, 2, &err) == 0 && lp_client_done(c, t0) &&
+            !lp_client_done(c, t1),
+        "then fails its request alone", "failed");
+  memset(&res, 0, sizeof res);
+  (void)lp_client_take(c, t0, &res);
+  check(res.code == LP_ETOOLARGE && res.msg &&
+            strcmp(res.msg, "the reply is 206 bytes, over the frame limit of 64") == 0,
+        "with ETOOLARGE and the sizes", "%s", res.msg ? res.msg : "(null)");
+  lp_result_free(&res);
+  for (i = 5; i < big.len; i += 7)
+    ok = ok && lp_client_feed(c, big.ptr + i, i + 7 < big.len ? 7 : big.len - i, &err) == 0;
+  check(ok && !lp_client_done(c, t1), "its bytes are dropped as they come, never a protocol error",
+        "failed");
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && take(c, t1, &res, &r) == LP_OK &&
+            slice_eq(r.value, "ok"),
+        "the next reply completes its request", "failed");
+  lp_result_free(&res);
+  /* in one feed: the oversized frame whole, then a normal one */
+  t0 = sub_key(c, LP_REQ_GET, "big", 0);
+  t1 = sub_key(c, LP_REQ_GET, "small", 0);
+  b.len = 0;
+  lp_buf_append(&b, big.ptr, big.len);
+  lp_wire_enc_callback(&b, 1, NULL, 0, S("ok"));
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && lp_client_take(c, t0, &res) == 0 &&
+            res.code == LP_ETOOLARGE,
+        "an oversized frame fed whole fails its request", "failed");
+  lp_result_free(&res);
+  check(take(c, t1, &res, &r) == LP_OK && slice_eq(r.value, "ok"),
+        "and the frame after it in the same feed is read", "failed");
+  lp_result_free(&res);
+  /* an iterator entry over the limit fails the iterator after what it holds */
+  lp_range_init(&range);
+  it = lp_client_iter_open(c, &range);
+  lp_client_out(c)->len = 0;
+  feed_entry(c, 0, "a", "1");
+  big.len = 0;
+  lp_wire_enc_iterdata(&big, 0, S("b"), (lp_slice){val, sizeof val});
+  check(lp_client_feed(c, big.ptr, 10, &err) == 0 && buf_is(lp_client_out(c), "05 04 08 00 10 00"),
+        "an oversized entry ends the iterator on the wire (batch:0)", "failed");
+  check(lp_client_feed(c, big.ptr + 10, big.len - 10, &err) == 0, "and its bytes are dropped",
+        "failed");
+  check(lp_client_iter_next(c, it, &k, &v, &err) == 1 && slice_eq(k, "a") &&
+            lp_client_iter_next(c, it, &k, &v, &err) == -1 && err.code == LP_ETOOLARGE &&
+            strcmp(err.msg, "iterator: the entry is 209 bytes, over the frame limit of 64") == 0,
+        "the entry before it comes out, then ETOOLARGE", "%s", err.msg);
+  lp_client_reset(c);
+  lp_client_replay(c);
+  check(lp_client_out(c)->len == 0 && lp_client_iter_next(c, it, &k, &v, &err) == -1 &&
+            err.code == LP_ETOOLARGE,
+        "a reconnect does not reopen it", "failed");
+  lp_client_iter_close(c, it);
+  lp_buf_free(&b);
+  lp_buf_free(&big);
   lp_client_free(c);
 }
 
@@ -429,7 +516,9 @@ static void test_too_large_requests(void) {
   t = sub_put(c, "k", "123456789", 0);
   check(t > 0 && lp_client_done(c, t) && lp_client_pending(c) == 0 && lp_client_out(c)->len == 0,
         "a put one byte over max_frame is finished at once and never sent", "failed");
-  check(lp_client_take(c, t, &res) == 0 && res.code == LP_ETOOLARGE && res.msg &&
+  memset(&res, 0, sizeof res);
+  (void)lp_client_take(c, t, &res);
+  check(res.code == LP_ETOOLARGE && res.msg &&
             strcmp(res.msg, "the request is 17 bytes, over the frame limit of 16") == 0,
         "with ETOOLARGE and the sizes", "%s", res.msg ? res.msg : "(null)");
   lp_result_free(&res);
@@ -1359,6 +1448,7 @@ int main(void) {
   test_finished_log();
   test_mismatch_and_errors();
   test_too_large_requests();
+  test_too_large_replies();
   test_fail_all();
   test_iter_codec();
   test_iter_reopen();

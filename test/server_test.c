@@ -1210,6 +1210,99 @@ static void test_session_direct(void) {
   check(1, "session freed with an iterator still open", "-");
 }
 
+/* Decodes the one reply frame of out (the whole buffer). */
+static int one_reply(const lp_buf *out, lp_response *r) {
+  lp_slice pl;
+  size_t used;
+  return lp_wire_next_frame(out->ptr, out->len, 0, &pl, &used) == LP_WIRE_OK && used == out->len &&
+         lp_wire_decode_response(pl, r) == LP_WIRE_OK;
+}
+
+/* Replies that would exceed max_frame become ETOOLARGE errors for their
+ * request alone; an oversized request is answered before the session gives
+ * up on the connection. */
+static void test_session_too_large(void) {
+  char *big = malloc(2000);
+  lp_err e2, err;
+  lp_session *ss = lp_session_new(eng, 1024);
+  lp_buf in = {0}, out = {0}, rest = {0};
+  lp_response r;
+  lp_range range;
+  long used;
+  char k[256], v[2048];
+  memset(big, 'b', 2000);
+  lp_engine_put(eng, S("tl1"), S("small"), 0, &e2);
+  lp_engine_put(eng, S("tl2"), (lp_slice){big, 2000}, 0, &e2);
+  lp_engine_put(eng, S("tl3"), S("small"), 0, &e2);
+  req_key(&in, LP_REQ_GET, 7, "tl2");
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == (long)in.len && one_reply(&out, &r) && r.tag == LP_RES_CALLBACK && r.id == 7 &&
+            slice_is(r.error,
+                     "ETOOLARGE: get: the value is 2000 bytes, over the frame limit of 1024"),
+        "a get whose reply would exceed max_frame is answered with ETOOLARGE", "%.*s",
+        (int)r.error.len, r.error.ptr ? r.error.ptr : "");
+  in.len = out.len = 0;
+  req_key(&in, LP_REQ_GET, 8, "tl1");
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == (long)in.len && one_reply(&out, &r) && slice_is(r.value, "small"),
+        "the session goes on serving", "failed");
+  in.len = out.len = 0;
+  lp_wire_rest_getmany_key(&rest, S("tl1"));
+  lp_wire_rest_getmany_key(&rest, S("tl2"));
+  lp_wire_frame(&in, LP_REQ_GETMANY, 9, (lp_slice){rest.ptr, rest.len});
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == (long)in.len && one_reply(&out, &r) && r.tag == LP_RES_GETMANY && r.count == 0 &&
+            slice_is(r.error, "ETOOLARGE: getMany: the values are 2005 bytes, over the frame "
+                              "limit of 1024"),
+        "a getMany whose reply would exceed max_frame too", "%.*s", (int)r.error.len,
+        r.error.ptr ? r.error.ptr : "");
+  in.len = out.len = 0;
+  lp_range_init(&range);
+  range.gte = S("tl");
+  range.lt = S("tm");
+  req_iter(&in, 3, 100, &range);
+  used = lp_session_input(ss, in.ptr, in.len, &out, 100, &err);
+  {
+    client fake; /* read_iter reads from a buffer: feed it the output */
+    int a, b2;
+    memset(&fake, 0, sizeof fake);
+    fake.fd = -1;
+    lp_buf_append(&fake.rx, out.ptr, out.len);
+    a = read_iter(&fake, NULL, k, v, 0);
+    check(a == 1 && strcmp(k, "tl1") == 0, "the iterator sends the entry before the big one",
+          "%d %s", a, k);
+    b2 = read_iter(&fake, NULL, k, v, 0);
+    check(b2 == -1 && strcmp(k, "ETOOLARGE: iterator: an entry is 2003 bytes, over the frame limit "
+                                "of 1024") == 0,
+          "then fails with ETOOLARGE", "%d %s", b2, k);
+    check(fake.rx.len == 0 && lp_session_pump(ss, &out, 100) == 0, "and sends nothing after it",
+          "%zu left", fake.rx.len);
+    lp_buf_free(&fake.rx);
+  }
+  /* an oversized request: answered, then refused */
+  in.len = out.len = 0;
+  lp_buf_append(&in, "\x90\x10\x01\x08\x05\x12", 6); /* put, 2064 bytes, id 5 */
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == -1 && err.code == LP_EPROTO && one_reply(&out, &r) && r.id == 5 &&
+            slice_is(r.error, "ETOOLARGE: put: the request is 2064 bytes, over the frame "
+                              "limit of 1024"),
+        "an oversized request is answered with ETOOLARGE before the connection is refused",
+        "%ld %.*s", used, (int)r.error.len, r.error.ptr ? r.error.ptr : "");
+  in.len = out.len = 0;
+  lp_buf_append(&in, "\x90\x10\x01", 3); /* its id not in yet */
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == -1 && out.len == 0, "without its id, it is refused without a reply", "%zu",
+        out.len);
+  lp_engine_del(eng, S("tl1"), 0, &e2);
+  lp_engine_del(eng, S("tl2"), 0, &e2);
+  lp_engine_del(eng, S("tl3"), 0, &e2);
+  lp_buf_free(&in);
+  lp_buf_free(&out);
+  lp_buf_free(&rest);
+  lp_session_free(ss);
+  free(big);
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc == 5 && strcmp(argv[1], "--worker") == 0) { /* see test_concurrent */
@@ -1234,6 +1327,7 @@ int main(int argc, char **argv) {
   }
 
   test_session_direct();
+  test_session_too_large();
 
   lp_server *s = start_server(1u << 20, 256 * 1024, 0);
   check(s != NULL, "server starts", "failed");
