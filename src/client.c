@@ -166,6 +166,9 @@ struct lp_citer {
   int on_wire;
   uint32_t id;
   uint32_t granted, recv; /* window last sent; entries received since */
+  uint32_t win;           /* the window the next open or refill asks for:
+                             LP_FIRST_WINDOW doubling up to o.window */
+  int starved;            /* the caller waited for entries since that grant */
   int term;               /* IT_END / IT_ERROR: comes after the buffered entries */
   int term_local;         /* term survives a reset (set by us, not by the server) */
   lp_err err;             /* for IT_ERROR */
@@ -621,7 +624,7 @@ static void citer_set_error(lp_client *c, lp_citer *it, lp_code code, const char
 /* Sends the open (or reopen from the bookmark) under a fresh id. */
 static int citer_wire_open(lp_client *c, lp_citer *it) {
   lp_range w = it->r;
-  uint32_t g = c->o.window, id;
+  uint32_t g = it->win, id;
   w.keys = 1; /* always: the key is the bookmark */
   if (it->consumed > 0) {
     lp_slice bm = {it->bytes.ptr + it->cur.off, it->cur.klen};
@@ -669,6 +672,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
     return NULL;
   }
   if (it->r.limit < 0) it->r.limit = -1;
+  it->win = c->o.window < LP_FIRST_WINDOW ? c->o.window : LP_FIRST_WINDOW;
   if (it->r.limit == 0) {
     it->term = IT_END;
     it->term_local = 1;
@@ -689,21 +693,27 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   return it;
 }
 
-/* Refills the server's window when it is exhausted and at most window/2
- * entries are buffered, so buffered + in flight never passes 1.5 x window;
- * with a limit, never more than the entries still missing.  On ENOMEM
- * nothing changes, so the next call tries again. */
+/* Refills the server's window when it is exhausted and at most win/2
+ * entries are buffered, so buffered + in flight never passes 1.5 x win (win
+ * <= o.window); with a limit, never more than the entries still missing.
+ * The window doubles when the caller had to wait since the last grant: it
+ * reads faster than the window brings entries.  On ENOMEM nothing changes,
+ * so the next call tries again. */
 static void citer_maybe_ack(lp_client *c, lp_citer *it) {
-  uint32_t g = c->o.window;
+  uint32_t win = it->win, g;
   if (!it->on_wire || it->term != IT_NONE) return;
   if (it->recv < it->granted) return;
-  if (it->qlen > c->o.window / 2) return;
+  if (it->qlen > win / 2) return;
+  if (it->starved && win < c->o.window) win = win > c->o.window / 2 ? c->o.window : win * 2;
+  g = win;
   if (it->r.limit >= 0) {
     int64_t rem = it->r.limit - it->consumed - (int64_t)it->qlen;
     if (rem <= 0) return;
     if (rem < (int64_t)g) g = (uint32_t)rem;
   }
   if (citer_send_window(c, it, g)) return;
+  it->win = win;
+  it->starved = 0;
   it->granted = g;
   it->recv = 0;
 }
@@ -812,6 +822,9 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
 void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_ns) {
   (void)c;
   it->deadline = deadline_ns;
+  /* the first wait, before any entry, is the open's latency, not a sign of
+   * a window too small */
+  if (it->consumed > 0) it->starved = 1;
 }
 
 int lp_client_iter_ready(lp_client *c, lp_citer *it) {

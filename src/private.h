@@ -417,12 +417,17 @@ typedef struct lp_client lp_client;
 typedef struct lp_citer lp_citer;
 
 typedef struct lp_client_opts {
-  uint32_t window;  /* iterator window (entries) asked for */
-  size_t max_frame; /* largest reply frame accepted */
+  uint32_t window;  /* the largest iterator window (entries) asked for */
+  size_t max_frame; /* largest frame sent or accepted */
 } lp_client_opts;
 /* Sets LP_DEFAULT_WINDOW and LP_DEFAULT_MAX_FRAME; lp_client_new takes a 0 in
- * either for its default too. */
+ * either for its default too.  An iterator's window starts at
+ * LP_FIRST_WINDOW (or `window` when smaller) and doubles, up to `window`, at
+ * each refill after the caller had to wait for entries: a reader that keeps
+ * up gets large windows, one that does not never asks a leader for large
+ * bursts (docs/PROTOCOL.md, "Iterators and windows"). */
 #define LP_DEFAULT_WINDOW 1024
+#define LP_FIRST_WINDOW   32
 void lp_client_opts_init(lp_client_opts *o);
 
 lp_client *lp_client_new(const lp_client_opts *o);
@@ -524,6 +529,9 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r);
  * buffered yet: the caller must wait for input (and may set a deadline with
  * lp_client_iter_wait_deadline).  Consuming entries appends acks to out. */
 int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *value, lp_err *err);
+/* The caller found nothing buffered and waits for it now: sets the wait's
+ * deadline (0: none), and counts as a reader that keeps up (the next refill
+ * doubles the window, see LP_FIRST_WINDOW). */
 void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_ns);
 /* 1 when lp_client_iter_next would not return 2. */
 int lp_client_iter_ready(lp_client *c, lp_citer *it);

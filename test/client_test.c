@@ -762,6 +762,93 @@ static void test_iter_codec(void) {
   lp_client_free(c);
 }
 
+/* Plays `rounds` windows of one iterator: the server sends each window whole
+ * (as Node's leader does, in one burst), the caller consumes everything and,
+ * when `waits`, then waits for more.  Writes the batch of the open and of
+ * every refill into seq; returns how many. */
+static int window_sequence(lp_client *c, lp_citer *it, int waits, int rounds, uint32_t *seq) {
+  lp_request rq[4];
+  lp_slice k, v;
+  lp_err err;
+  char key[32];
+  int n = 0, fed = 0, round, i, m;
+  uint32_t id = 0, credit = 0;
+  m = decode_reqs(lp_client_out(c), rq, 4);
+  if (m == 1) {
+    id = rq[0].id;
+    credit = seq[n++] = rq[0].batch;
+  }
+  lp_client_out(c)->len = 0;
+  for (round = 0; round < rounds; round++) {
+    uint32_t g = credit;
+    for (i = 0; i < (int)g; i++) {
+      snprintf(key, sizeof key, "k%08d", fed++);
+      feed_entry(c, id, key, "v");
+    }
+    while (lp_client_iter_next(c, it, &k, &v, &err) == 1) {
+      m = decode_reqs(lp_client_out(c), rq, 4);
+      if (m == 1 && n < 64) credit = seq[n++] = rq[0].batch;
+      lp_client_out(c)->len = 0;
+    }
+    if (waits) lp_client_iter_wait_deadline(c, it, 0);
+  }
+  return n;
+}
+
+static int seq_is(const uint32_t *seq, int n, const uint32_t *want, int nwant) {
+  return n == nwant && memcmp(seq, want, (size_t)n * sizeof *seq) == 0;
+}
+
+/* An iterator's window starts at 32 and doubles up to `window` at each refill
+ * after the caller had to wait; a caller that never waits keeps asking for 32,
+ * as Node's client does. */
+static void test_iter_window_growth(void) {
+  static const uint32_t fast[] = {32, 32, 64, 128, 256, 256, 256};
+  static const uint32_t slow[] = {32, 32, 32, 32, 32, 32, 32};
+  lp_client_opts o;
+  lp_client *c;
+  lp_citer *it;
+  lp_range r;
+  lp_request rq[4];
+  uint32_t seq[64];
+  int n;
+  c = lp_client_new(NULL);
+  lp_range_init(&r);
+  it = lp_client_iter_open(c, &r);
+  check(buf_is(lp_client_out(c), "0f 04 08 00 10 20 1a 08 08 01 10 01 38 01 40 00"),
+        "the default open asks for 32 entries (example frame)", "failed");
+  lp_client_iter_close(c, it);
+  lp_client_free(c);
+  lp_client_opts_init(&o);
+  o.window = 256;
+  c = lp_client_new(&o);
+  it = lp_client_iter_open(c, &r);
+  n = window_sequence(c, it, 1, 6, seq);
+  check(seq_is(seq, n, fast, 7),
+        "a reader that waits: windows 32, 32, 64, 128, 256, 256, 256 (doubling, capped)",
+        "%d windows: %u %u %u %u %u %u %u", n, seq[0], seq[1], seq[2], seq[3], seq[4], seq[5],
+        seq[6]);
+  lp_client_reset(c);
+  lp_client_replay(c);
+  check(decode_reqs(lp_client_out(c), rq, 4) == 1 && rq[0].batch == 256,
+        "a reopen after a reset keeps the grown window", "failed");
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+  it = lp_client_iter_open(c, &r);
+  n = window_sequence(c, it, 0, 6, seq);
+  check(seq_is(seq, n, slow, 7), "a reader that never waits keeps windows of 32", "%d windows", n);
+  lp_client_iter_close(c, it);
+  lp_client_free(c);
+  o.window = 8;
+  c = lp_client_new(&o);
+  it = lp_client_iter_open(c, &r);
+  n = window_sequence(c, it, 1, 3, seq);
+  check(n == 4 && seq[0] == 8 && seq[1] == 8 && seq[2] == 8 && seq[3] == 8,
+        "a window option below 32 is the first window and the cap", "%d: %u %u", n, seq[0], seq[2]);
+  lp_client_iter_close(c, it);
+  lp_client_free(c);
+}
+
 /* Reopen options after a reset, decoded from the client's own bytes. */
 /* Received entries share one byte arena per iterator, compacted as the caller
  * consumes.  Entries of mixed sizes (empty keys and values among them) arrive
@@ -778,12 +865,14 @@ static void test_iter_arena(void) {
   lp_slice k, v;
   lp_err err;
   char key[32], val[3000], last[32] = "";
-  int fed = 0, got = 0, n, resets = 0, credit = WINDOW;
+  int fed = 0, got = 0, n, resets = 0, credit;
   lp_client_opts_init(&o);
   o.window = WINDOW;
   c = lp_client_new(&o);
   lp_range_init(&r);
   it = lp_client_iter_open(c, &r);
+  n = decode_reqs(lp_client_out(c), rq, 4);
+  credit = n == 1 ? (int)rq[0].batch : 0; /* the first window */
   lp_client_out(c)->len = 0;
   tap_quiet_failures = 0;
   while (got < TOTAL) {
@@ -1453,6 +1542,7 @@ int main(void) {
   test_iter_codec();
   test_iter_reopen();
   test_iter_arena();
+  test_iter_window_growth();
 
   memset(&L, 0, sizeof L);
   if (!tap_tmpdir(tmpdir, sizeof tmpdir, "client")) return tap_done();
