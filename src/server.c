@@ -7,6 +7,7 @@
  */
 #include "private.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -31,6 +32,13 @@
 #define SRV_FIRST_PIECE 512
 /* An input buffer larger than this is released once drained. */
 #define SRV_IN_KEEP (1u << 20)
+/* Connections accepted per readiness of the listening socket, and how long
+ * accepting pauses when accept fails (out of file descriptors): meanwhile new
+ * followers wait in the listen backlog, and the failure is logged at most
+ * once per SRV_ACCEPT_LOG_NS (docs/ARCHITECTURE.md, "What the code relies on"). */
+#define SRV_ACCEPT_BATCH    64
+#define SRV_ACCEPT_PAUSE_MS 100
+#define SRV_ACCEPT_LOG_NS   (10ull * 1000000000ull)
 
 typedef struct srv_conn srv_conn;
 
@@ -38,11 +46,14 @@ struct lp_server {
   lp_engine *eng;
   lp_server_opts opts;
   uv_loop_t loop;
-  uv_pipe_t listener;
+  uv_poll_t listener; /* on listen_fd: this file accepts, not libuv (see srv_listen_cb) */
+  int listen_fd;      /* owned; closed when the listener is */
   uv_async_t stop_async;
   uv_idle_t pump_idle;
-  uv_pipe_t spare; /* takes a pending fd when a connection cannot be allocated */
-  int spare_busy;
+  uv_timer_t accept_timer; /* resumes accepting after a failure */
+  uint64_t accept_log_ns;  /* when an accept failure was last logged */
+  unsigned accept_quiet;   /* failures since then, not logged */
+  int accept_failing;      /* the last accept failed; 2: and that was logged */
   pthread_t thread;
   int thread_started;
   int stopping;    /* server thread only */
@@ -343,32 +354,16 @@ static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   conn_service(c);
 }
 
-static void spare_close_cb(uv_handle_t *h) {
-  lp_server *s = h->data;
-  s->spare_busy = 0;
-}
-
-static void srv_connection_cb(uv_stream_t *ls, int status) {
-  lp_server *s = ls->data;
+/* Takes over cfd, a connection just accepted (nonblocking). */
+static void srv_connection(lp_server *s, int cfd) {
   srv_conn *c;
   uv_os_fd_t fd = -1;
   struct ucred cred;
   socklen_t clen = sizeof cred;
   int rc;
-  if (status < 0) {
-    srv_log(s, "accept failed: %s", uv_strerror(status));
-    return;
-  }
   c = calloc(1, sizeof *c);
   if (!c) {
-    /* The pending fd must be taken or libuv stops accepting: take it with the
-     * spare handle and close it at once. */
-    if (!s->spare_busy && uv_pipe_init(&s->loop, &s->spare, 0) == 0) {
-      s->spare_busy = 1;
-      s->spare.data = s;
-      (void)uv_accept(ls, (uv_stream_t *)&s->spare);
-      uv_close((uv_handle_t *)&s->spare, spare_close_cb);
-    }
+    close(cfd);
     srv_log(s, "refused a connection: out of memory");
     return;
   }
@@ -376,6 +371,7 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   c->pid = -1;
   c->uid = -1;
   if (uv_pipe_init(&s->loop, &c->pipe, 0) < 0) {
+    close(cfd);
     free(c);
     return;
   }
@@ -383,8 +379,9 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
-  rc = uv_accept(ls, (uv_stream_t *)&c->pipe);
+  rc = uv_pipe_open(&c->pipe, cfd);
   if (rc < 0) {
+    close(cfd); /* not the pipe's: uv_pipe_open failed */
     srv_log(s, "accept failed: %s", uv_strerror(rc));
     conn_close(c);
     return;
@@ -418,6 +415,65 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   }
 }
 
+static void srv_listen_cb(uv_poll_t *h, int status, int events);
+
+static void accept_resume_cb(uv_timer_t *t) {
+  lp_server *s = t->data;
+  if (!s->stopping) (void)uv_poll_start(&s->listener, UV_READABLE, srv_listen_cb);
+}
+
+/* accept failed with err (errno), most likely EMFILE or ENFILE: the pending
+ * connection stays in the backlog and the listening socket stays readable, so
+ * accepting pauses for SRV_ACCEPT_PAUSE_MS instead of retrying at once (which
+ * would spin; libuv's own listener would even drop the pending connections
+ * unannounced).  Logged at most once per SRV_ACCEPT_LOG_NS. */
+static void srv_accept_failed(lp_server *s, int err) {
+  uint64_t now = lp_now_ns();
+  if (s->accept_log_ns == 0 || now - s->accept_log_ns >= SRV_ACCEPT_LOG_NS) {
+    if (s->accept_quiet)
+      srv_log(s,
+              "cannot accept connections: %s (%s); they wait, accepting is retried every %d ms "
+              "(%u more failures since the last line)",
+              uv_strerror(uv_translate_sys_error(err)), uv_err_name(uv_translate_sys_error(err)),
+              SRV_ACCEPT_PAUSE_MS, s->accept_quiet);
+    else
+      srv_log(s, "cannot accept connections: %s (%s); they wait, accepting is retried every %d ms",
+              uv_strerror(uv_translate_sys_error(err)), uv_err_name(uv_translate_sys_error(err)),
+              SRV_ACCEPT_PAUSE_MS);
+    s->accept_log_ns = now;
+    s->accept_quiet = 0;
+    s->accept_failing = 2;
+  } else {
+    s->accept_quiet++;
+    if (!s->accept_failing) s->accept_failing = 1;
+  }
+  (void)uv_poll_stop(&s->listener);
+  (void)uv_timer_start(&s->accept_timer, accept_resume_cb, SRV_ACCEPT_PAUSE_MS, 0);
+}
+
+/* The listening socket is readable: accepts up to SRV_ACCEPT_BATCH
+ * connections (the loop then serves the others before it comes back). */
+static void srv_listen_cb(uv_poll_t *h, int status, int events) {
+  lp_server *s = h->data;
+  int i;
+  (void)events;
+  if (status < 0) {
+    srv_accept_failed(s, -status);
+    return;
+  }
+  for (i = 0; i < SRV_ACCEPT_BATCH && !s->stopping; i++) {
+    int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) srv_accept_failed(s, errno);
+      return;
+    }
+    if (s->accept_failing == 2) srv_log(s, "accepting connections again");
+    s->accept_failing = 0;
+    srv_connection(s, fd);
+  }
+}
+
 static void srv_walk_close(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
@@ -428,7 +484,10 @@ static void srv_stop_cb(uv_async_t *h) {
   srv_conn *c;
   if (s->stopping) return;
   s->stopping = 1;
-  uv_close((uv_handle_t *)&s->listener, NULL);
+  uv_close((uv_handle_t *)&s->listener, NULL); /* stops watching listen_fd at once */
+  close(s->listen_fd);
+  s->listen_fd = -1;
+  uv_close((uv_handle_t *)&s->accept_timer, NULL);
   uv_close((uv_handle_t *)&s->pump_idle, NULL);
   for (c = s->conns; c; c = c->next)
     conn_close(c);
@@ -470,23 +529,19 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
     return NULL;
   }
   s->loop.data = s;
+  s->listen_fd = listen_fd;
   /* from here on every failure closes the handles and runs the loop dry */
-  what = "uv_pipe_init";
-  rc = uv_pipe_init(&s->loop, &s->listener, 0);
-  if (rc < 0) {
-    close(listen_fd);
-    goto fail_loop;
-  }
+  what = "uv_poll_init";
+  rc = uv_poll_init(&s->loop, &s->listener, listen_fd);
+  if (rc < 0) goto fail_loop;
   s->listener.data = s;
-  what = "uv_pipe_open";
-  rc = uv_pipe_open(&s->listener, listen_fd);
-  if (rc < 0) {
-    close(listen_fd);
-    goto fail_handles;
-  }
-  what = "uv_listen";
-  rc = uv_listen((uv_stream_t *)&s->listener, SOMAXCONN, srv_connection_cb);
+  what = "uv_poll_start";
+  rc = uv_poll_start(&s->listener, UV_READABLE, srv_listen_cb);
   if (rc < 0) goto fail_handles;
+  what = "uv_timer_init";
+  rc = uv_timer_init(&s->loop, &s->accept_timer);
+  if (rc < 0) goto fail_handles;
+  s->accept_timer.data = s;
   what = "uv_idle_init";
   rc = uv_idle_init(&s->loop, &s->pump_idle);
   if (rc < 0) goto fail_handles;
@@ -515,11 +570,13 @@ fail_handles:
   uv_walk(&s->loop, srv_walk_close, NULL);
   uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);
+  close(listen_fd);
   free(s);
   return NULL;
 fail_loop:
   lp_err_set(err, LP_EIO, "server: %s: %s", what, uv_strerror(rc));
   uv_loop_close(&s->loop);
+  close(listen_fd);
   free(s);
   return NULL;
 }

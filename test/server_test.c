@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -1060,6 +1061,84 @@ static void test_stop_with_clients(void) {
   lp_server_stop(NULL);
 }
 
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static int log_count(const char *needle) {
+  int n = 0;
+  pthread_mutex_lock(&log_mu);
+  for (const char *p = strstr(log_text, needle); p; p = strstr(p + 1, needle))
+    n++;
+  pthread_mutex_unlock(&log_mu);
+  return n;
+}
+
+/* A leader out of file descriptors: accept fails with EMFILE.  It must say
+ * so (once, not per attempt), not spin on the listening socket that stays
+ * readable, keep serving the connections it has, and accept the waiting ones
+ * once descriptors are free again. */
+static void test_emfile(void) {
+  enum { NCLIENTS = 24 };
+  int fds[NCLIENTS], i, spare, accepted, ok = 1;
+  struct rlimit old, low;
+  struct sockaddr_un a;
+  double cpu0, cpu1;
+  lp_server *s = start_server(0, 0, 0);
+  if (!s || getrlimit(RLIMIT_NOFILE, &old) != 0) {
+    check(0, "EMFILE setup", "failed");
+    lp_server_stop(s);
+    return;
+  }
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  sock_path(a.sun_path, sizeof a.sun_path);
+  for (i = 0; i < NCLIENTS; i++)
+    fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  /* room for 4 more descriptors in the whole process: the server's */
+  spare = dup(0);
+  close(spare);
+  low = old;
+  low.rlim_cur = (rlim_t)spare + 4;
+  setrlimit(RLIMIT_NOFILE, &low);
+  for (i = 0; i < NCLIENTS; i++)
+    ok = ok && connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0;
+  check(ok, "EMFILE: every client connects (the backlog takes them)", "%s", strerror(errno));
+  check(log_wait("cannot accept connections: too many open files (EMFILE)", 3000),
+        "EMFILE: the leader says it cannot accept", "log: %s", log_text);
+  accepted = lp_server_connections(s);
+  cpu0 = cpu_s();
+  usleep(600000);
+  cpu1 = cpu_s();
+  check(cpu1 - cpu0 < 0.15, "EMFILE: the leader does not spin meanwhile", "%.2f s of CPU in 0.6 s",
+        cpu1 - cpu0);
+  check(log_count("cannot accept connections") == 1, "EMFILE: said once, not at every attempt",
+        "%d lines", log_count("cannot accept connections"));
+  check(accepted >= 1 && accepted < NCLIENTS && lp_server_connections(s) == accepted,
+        "EMFILE: the others wait, none is dropped", "%d accepted", accepted);
+  {
+    client c0 = {fds[0], {0}};
+    check_get(&c0, "a1", "v1", "EMFILE: a connection it has is still served");
+    lp_buf_free(&c0.rx);
+  }
+  setrlimit(RLIMIT_NOFILE, &old);
+  check(wait_conns(s, NCLIENTS, 3000), "EMFILE: once descriptors are free, the waiting ones are in",
+        "%d of %d", lp_server_connections(s), NCLIENTS);
+  check(log_wait("accepting connections again", 1000), "EMFILE: and it says so", "log: %s",
+        log_text);
+  {
+    client cl = {fds[NCLIENTS - 1], {0}};
+    check_get(&cl, "a1", "v1", "EMFILE: the last one to connect is served");
+    lp_buf_free(&cl.rx);
+  }
+  for (i = 0; i < NCLIENTS; i++)
+    close(fds[i]);
+  lp_server_stop(s);
+}
+
 static void test_start_stop(void) {
   int ok = 1;
   for (int i = 0; i < 20; i++) {
@@ -1341,6 +1420,7 @@ int main(int argc, char **argv) {
     lp_server_stop(s);
   }
   test_stop_with_clients();
+  test_emfile();
   test_start_stop();
   test_peercred();
 
