@@ -3,12 +3,21 @@
 --
 -- Workers are spec/fixtures/lua/worker.lua processes (see there).  Every wait is bounded.
 package.path = "./spec/?.lua;" .. package.path
+local uv = require "luv"
 local P = require "party_helper"
 local H = P.helper
 
+local mute_pipes = {} -- see mute_connect
+
 local function test(name, body)
   it(name, function()
-    finally(P.cleanup)
+    finally(function()
+      for i, p in ipairs(mute_pipes) do
+        if not p:is_closing() then p:close() end
+        mute_pipes[i] = nil
+      end
+      P.cleanup() -- runs the loop: the pipes' close callbacks too
+    end)
     body()
   end)
 end
@@ -82,5 +91,60 @@ describe("a leader out of file descriptors", function()
     P.wait_until(function()
       return l.stderr_text():find("accepting connections again", 1, true) ~= nil
     end, 5, "the leader to log that it accepts again")
+  end)
+end)
+
+-- Resident memory of pid, KiB.
+local function rss_kib(pid)
+  local f = assert(io.open("/proc/" .. pid .. "/status"))
+  local kib
+  for line in f:lines() do
+    kib = kib or tonumber(line:match("^VmRSS:%s+(%d+)"))
+  end
+  f:close()
+  return kib
+end
+
+-- A connection that never reads: no read_start, so whatever the leader sends stays with it.
+local function mute_connect(path)
+  local pipe = uv.new_pipe(false)
+  local done, cerr = false, nil
+  pipe:connect(path, function(err) done, cerr = true, err end)
+  P.wait_until(function() return done end, 5, "connect")
+  assert(not cerr, cerr)
+  mute_pipes[#mute_pipes + 1] = pipe
+  return pipe
+end
+
+describe("followers that never read", function()
+  test("cost the leader a bounded total (max_send_buffer), the ones holding the most stopped; the others are served",
+    function()
+    local d = H.tmpdir("noread")
+    local l = P.worker(d, nil, "sync")
+    assert.equal("leader", l.role0)
+    assert.equal("ok", (l:call("fillbig 4096 4096", 60))) -- 16 MiB
+    local f = P.worker(d, nil, "sync")
+    assert.equal("ok", (f:call("put k v")))
+    local rss0 = rss_kib(l.pid)
+    -- an iterator over everything with a window of a million entries, never read
+    local open = P.frame("\4\8\0\16" .. P.varint(1000000) .. "\26\8\8\1\16\1\56\1\64\0")
+    for _ = 1, 100 do mute_connect(d .. "/level-party.sock"):write(open) end
+    -- until the leader stops producing: its memory no longer grows
+    local last, still = rss_kib(l.pid), 0
+    P.wait_until(function()
+      P.run_for(200)
+      local now = rss_kib(l.pid)
+      still = math.abs(now - last) < 1024 and still + 1 or 0
+      last = now
+      return still >= 5
+    end, 60, "the leader's memory to settle")
+    local grew = (rss_kib(l.pid) - rss0) / 1024
+    print(("# 100 followers that never read: the leader's RSS grew %.0f MiB"):format(grew))
+    assert.is_true(grew < 224, ("the leader's RSS grew %.0f MiB"):format(grew))
+    -- a follower that reads is served meanwhile
+    local status, rest, ms = f:call("get k", 10)
+    assert.same({ "ok", "v" }, sr(status, rest))
+    assert.is_true(ms < 1000, ("a get took %.0f ms"):format(ms))
+    assert.truthy(l:stderr_text():find("over the limit of 65536 KiB", 1, true), l:stderr_text())
   end)
 end)

@@ -301,6 +301,8 @@ static int open_db(lua_State *L) {
   o.engine.bloom_bits = (int)field_num(L, 2, "bloom_bits", o.engine.bloom_bits);
   o.server.allow_other_users = field_bool(L, 2, "allow_other_users", o.server.allow_other_users);
   o.server.max_frame = (size_t)field_num(L, 2, "max_frame", (double)o.server.max_frame);
+  o.server.max_total_buffer =
+      (size_t)field_num(L, 2, "max_send_buffer", (double)o.server.max_total_buffer);
   o.client.max_frame = o.server.max_frame;
   o.client.window = (uint32_t)field_num(L, 2, "window", o.client.window);
   o.retry = field_bool(L, 2, "retry", o.retry);

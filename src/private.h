@@ -353,14 +353,20 @@ typedef struct lp_server_opts {
   size_t max_frame;                       /* LP_DEFAULT_MAX_FRAME */
   size_t max_conn_buffer;                 /* bytes of unsent replies per connection before the
                                              server stops reading that connection */
+  size_t max_total_buffer;                /* bytes of unsent replies over all connections
+                                             beyond which the connections holding more than
+                                             an equal share stop likewise, until they drain */
   int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED) */
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
 } lp_server_opts;
 
-/* Sets LP_DEFAULT_MAX_FRAME and LP_DEFAULT_CONN_BUFFER, 0 and NULL elsewhere;
- * lp_server_start takes a 0 in either limit for its default too. */
-#define LP_DEFAULT_CONN_BUFFER (8u * 1024u * 1024u)
+/* Sets LP_DEFAULT_MAX_FRAME, LP_DEFAULT_CONN_BUFFER and
+ * LP_DEFAULT_TOTAL_BUFFER, 0 and NULL elsewhere; lp_server_start takes a 0 in
+ * any limit for its default too.  Both buffer bounds are soft by what one
+ * step produces (a piece of input's replies, 64 iterator entries). */
+#define LP_DEFAULT_CONN_BUFFER  (8u * 1024u * 1024u)
+#define LP_DEFAULT_TOTAL_BUFFER (64u * 1024u * 1024u)
 void lp_server_opts_init(lp_server_opts *o);
 
 /* Starts the server thread on an already listening socket (ownership of
@@ -371,6 +377,7 @@ void lp_server_stop(lp_server *s);
 
 /* Used by the C tests only */
 int lp_server_connections(lp_server *s); /* followers connected now; 0 for NULL */
+size_t lp_server_unsent(lp_server *s);   /* unsent reply bytes over all connections */
 
 /* ---- Socket file, LOCK holder probe, directory watch (sockfile.c) ---- */
 

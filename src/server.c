@@ -54,6 +54,14 @@ struct lp_server {
   uint64_t accept_log_ns;  /* when an accept failure was last logged */
   unsigned accept_quiet;   /* failures since then, not logged */
   int accept_failing;      /* the last accept failed; 2: and that was logged */
+  /* Unsent replies over all connections (max_total_buffer).  Each connection
+   * counts in unsent_total the bytes it `accounted` when last looked at
+   * (conn_account); nholding of them hold some, nheld are held back by the
+   * total.  unsent_total is read by lp_server_unsent from other threads. */
+  size_t unsent_total;
+  size_t nholding, nheld;
+  int recheck;           /* the total fell while some were held: look again */
+  uint64_t total_log_ns; /* when the total was last logged as over */
   pthread_t thread;
   int thread_started;
   int stopping;    /* server thread only */
@@ -72,12 +80,15 @@ struct srv_conn {
   lp_buf out;      /* replies produced, not yet handed to libuv */
   lp_buf inflight; /* bytes of the pending uv_write, from inflight_off */
   size_t inflight_off;
-  int writing; /* a uv_write is pending */
-  int reading; /* uv_read_start is active */
-  int blocked; /* over max_conn_buffer: not reading, not pumping */
-  int pumping; /* some iterator window is open */
-  int eof;     /* peer finished sending: close after the output drains */
-  int in_held; /* c->in may hold whole frames not yet run (output was full) */
+  int writing;      /* a uv_write is pending */
+  int reading;      /* uv_read_start is active */
+  int over;         /* its unsent replies passed max_conn_buffer, not yet below half */
+  int held;         /* the total passed max_total_buffer and it holds more than its share */
+  int blocked;      /* over or held: not reading, not pumping */
+  size_t accounted; /* its unsent bytes as counted in srv->unsent_total */
+  int pumping;      /* some iterator window is open */
+  int eof;          /* peer finished sending: close after the output drains */
+  int in_held;      /* c->in may hold whole frames not yet run (output was full) */
   int closing;
   int counted; /* included in nconns */
   long pid;
@@ -100,6 +111,7 @@ void lp_server_opts_init(lp_server_opts *o) {
   memset(o, 0, sizeof *o);
   o->max_frame = LP_DEFAULT_MAX_FRAME;
   o->max_conn_buffer = LP_DEFAULT_CONN_BUFFER;
+  o->max_total_buffer = LP_DEFAULT_TOTAL_BUFFER;
   o->allow_other_users = 0;
   o->log = NULL;
   o->log_ud = NULL;
@@ -113,6 +125,45 @@ static size_t conn_unsent(const srv_conn *c) {
   return c->out.len + (c->inflight.len - c->inflight_off);
 }
 
+size_t lp_server_unsent(lp_server *s) {
+  return s ? __atomic_load_n(&s->unsent_total, __ATOMIC_RELAXED) : 0;
+}
+
+static void pump_idle_cb(uv_idle_t *h);
+
+/* Brings c's share of the total up to date (0 once closing).  When the total
+ * falls while connections are held, they are looked at again on the next
+ * turn (pump_idle_cb): nothing else would wake one whose peer reads nothing. */
+static void conn_account(srv_conn *c) {
+  lp_server *s = c->srv;
+  size_t now = c->closing ? 0 : conn_unsent(c);
+  if (now == c->accounted) return;
+  if (c->accounted == 0) s->nholding++;
+  if (now == 0) s->nholding--;
+  __atomic_store_n(&s->unsent_total, s->unsent_total - c->accounted + now, __ATOMIC_RELAXED);
+  if (now < c->accounted && s->nheld > 0 && !s->stopping) {
+    s->recheck = 1;
+    if (!uv_is_active((uv_handle_t *)&s->pump_idle)) uv_idle_start(&s->pump_idle, pump_idle_cb);
+  }
+  c->accounted = now;
+}
+
+/* 1 when the total is over max_total_buffer and c holds more than an equal
+ * share of it: the connections holding the most stop first, and a follower
+ * that reads (it holds little) is never held back by those that do not. */
+static int conn_over_total(srv_conn *c) {
+  lp_server *s = c->srv;
+  size_t max = s->opts.max_total_buffer;
+  if (s->unsent_total <= max) return 0;
+  return c->accounted > max / (s->nholding ? s->nholding : 1);
+}
+
+/* 1 when c may not produce more now (conn_process, conn_pump). */
+static int conn_full(srv_conn *c) {
+  conn_account(c);
+  return c->accounted > c->srv->opts.max_conn_buffer || conn_over_total(c);
+}
+
 static void conn_close_cb(uv_handle_t *h) {
   srv_conn *c = h->data;
   lp_server *s = c->srv;
@@ -122,6 +173,8 @@ static void conn_close_cb(uv_handle_t *h) {
     s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   if (c->counted) __atomic_fetch_sub(&s->nconns, 1, __ATOMIC_ACQ_REL);
+  if (c->held) s->nheld--;
+  conn_account(c); /* closing: its share leaves the total */
   lp_session_free(c->sess);
   lp_buf_free(&c->in);
   lp_buf_free(&c->out);
@@ -212,16 +265,44 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 }
 
 static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
-static void pump_idle_cb(uv_idle_t *h);
 
-/* Output level with hysteresis: blocked above max_conn_buffer, unblocked
- * below half of it. */
+/* Logs that the total passed max_total_buffer, at most once per 10 s. */
+static void srv_log_total(lp_server *s, const srv_conn *c) {
+  uint64_t now = lp_now_ns();
+  if (s->total_log_ns != 0 && now - s->total_log_ns < 10ull * 1000000000ull) return;
+  s->total_log_ns = now;
+  srv_log(s,
+          "unsent replies total %zu KiB for %zu connections, over the limit of %zu KiB: the "
+          "connections holding more than %zu KiB each (pid %ld holds %zu KiB) get no more until "
+          "they drain",
+          s->unsent_total / 1024, s->nholding, s->opts.max_total_buffer / 1024,
+          s->opts.max_total_buffer / (s->nholding ? s->nholding : 1) / 1024, c->pid,
+          c->accounted / 1024);
+}
+
+/* Output level: over above max_conn_buffer and below half of it again
+ * (hysteresis); held while the total is over max_total_buffer and c holds
+ * more than its share. */
 static void conn_level(srv_conn *c) {
-  size_t unsent = conn_unsent(c), max = c->srv->opts.max_conn_buffer;
-  if (!c->blocked && unsent > max)
-    c->blocked = 1;
-  else if (c->blocked && unsent < max / 2)
-    c->blocked = 0;
+  lp_server *s = c->srv;
+  size_t max = s->opts.max_conn_buffer;
+  int held;
+  conn_account(c);
+  if (!c->over && c->accounted > max)
+    c->over = 1;
+  else if (c->over && c->accounted < max / 2)
+    c->over = 0;
+  held = conn_over_total(c);
+  if (held != c->held) {
+    c->held = held;
+    if (held) {
+      s->nheld++;
+      srv_log_total(s, c);
+    } else {
+      s->nheld--;
+    }
+  }
+  c->blocked = c->over || c->held;
 }
 
 /* Starts or stops reading and pumping from the output level. */
@@ -252,7 +333,7 @@ static int conn_process(srv_conn *c) {
     size_t rest, piece;
     lp_err err;
     long used;
-    if (conn_unsent(c) > s->opts.max_conn_buffer) {
+    if (conn_full(c)) {
       c->in_held = 1;
       break;
     }
@@ -311,7 +392,7 @@ static void conn_service(srv_conn *c) {
 /* Produces up to one turn of iterator entries for c. */
 static void conn_pump(srv_conn *c) {
   size_t budget = SRV_TURN_BUDGET;
-  while (c->pumping && budget > 0 && conn_unsent(c) <= c->srv->opts.max_conn_buffer) {
+  while (c->pumping && budget > 0 && !conn_full(c)) {
     size_t chunk = budget < SRV_PUMP_CHUNK ? budget : SRV_PUMP_CHUNK;
     c->pumping = lp_session_pump(c->sess, &c->out, chunk);
     budget -= chunk;
@@ -322,6 +403,13 @@ static void pump_idle_cb(uv_idle_t *h) {
   lp_server *s = h->data;
   srv_conn *c, *next;
   int more = 0;
+  if (s->recheck) { /* the total fell: the held may go on */
+    s->recheck = 0;
+    for (c = s->conns; c; c = next) {
+      next = c->next;
+      if (c->held && !c->closing) conn_service(c);
+    }
+  }
   for (c = s->conns; c; c = next) {
     next = c->next;
     if (c->closing || !c->pumping || c->blocked) continue;
@@ -520,6 +608,7 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
     lp_server_opts_init(&s->opts);
   if (s->opts.max_frame == 0) s->opts.max_frame = LP_DEFAULT_MAX_FRAME;
   if (s->opts.max_conn_buffer == 0) s->opts.max_conn_buffer = LP_DEFAULT_CONN_BUFFER;
+  if (s->opts.max_total_buffer == 0) s->opts.max_total_buffer = LP_DEFAULT_TOTAL_BUFFER;
 
   rc = uv_loop_init(&s->loop);
   if (rc < 0) {

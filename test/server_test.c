@@ -1139,6 +1139,105 @@ static void test_emfile(void) {
   lp_server_stop(s);
 }
 
+/* Followers that open iterators with huge windows and never read: each is
+ * bounded by max_conn_buffer, and all of them together by max_total_buffer,
+ * the ones holding the most stopping first; a follower that reads is served,
+ * and a stopped one that starts reading gets everything, in order. */
+static void test_total_buffer(void) {
+  enum { NSLOW = 10, NENT = 2048, VLEN = 4096 };
+  lp_server_opts o;
+  lp_server *s;
+  lp_err err;
+  client slow[NSLOW], good;
+  lp_batch *b = lp_batch_new();
+  lp_buf req = {0};
+  lp_range r;
+  char *val = malloc(VLEN), key[32];
+  size_t last = 0, total;
+  int i, n = 0, order_ok = 1, got_end = 0, stable = 0;
+  memset(val, 'q', VLEN);
+  for (i = 0; i < NENT; i++) {
+    snprintf(key, sizeof key, "tot%05d", i);
+    lp_batch_put(b, S(key), (lp_slice){val, VLEN});
+  }
+  lp_engine_write(eng, b, 0, &err);
+  lp_batch_free(b);
+  free(val);
+  lp_server_opts_init(&o);
+  o.max_conn_buffer = 1u << 20;
+  o.max_total_buffer = 2u << 20;
+  o.log = log_cb;
+  s = lp_server_start(eng, make_listener(), &o, &err);
+  if (!s || client_open(&good) < 0) {
+    check(0, "total buffer setup", "%s", err.msg);
+    lp_server_stop(s);
+    return;
+  }
+  lp_range_init(&r);
+  r.gte = S("tot");
+  r.lt = S("tou");
+  for (i = 0; i < NSLOW; i++) {
+    if (client_open(&slow[i]) < 0) slow[i].fd = -1;
+    req.len = 0;
+    req_iter(&req, 0, 1000000, &r);
+    if (slow[i].fd >= 0) send_buf(&slow[i], &req);
+  }
+  /* until production stops: the total no longer moves */
+  for (i = 0; i < 300 && stable < 30; i++) {
+    usleep(10000);
+    total = lp_server_unsent(s);
+    stable = total == last ? stable + 1 : 0;
+    last = total;
+  }
+  total = lp_server_unsent(s);
+  printf("# %d readers that never read: %zu KiB unsent in total (limit 2048 KiB, %d x 1024 KiB "
+         "per connection)\n",
+         NSLOW, total / 1024, NSLOW);
+  /* soft by one step (64 entries of 4 KiB) per connection */
+  check(total <= (2u << 20) + NSLOW * 300u * 1024u,
+        "the total of unsent replies is bounded by max_total_buffer, not per connection", "%zu KiB",
+        total / 1024);
+  check(log_wait("over the limit of 2048 KiB", 2000), "the leader logs that the total is over",
+        "log: %s", log_text);
+  check_get(&good, "a1", "v1", "a follower that reads is still served");
+  /* one of them reads now: it gets every entry in order, then the end */
+  for (;;) {
+    lp_slice raw, pl;
+    lp_response resp;
+    if (read_frame(&slow[0], &raw, &pl, 5000) != 1) break;
+    if (lp_wire_decode_response(pl, &resp) == LP_WIRE_OK && resp.tag == LP_RES_ITERDATA) {
+      if (!resp.key.ptr && !resp.value.ptr) {
+        got_end = 1;
+      } else {
+        snprintf(key, sizeof key, "tot%05d", n);
+        if (!slice_is(resp.key, key) || resp.value.len != VLEN) order_ok = 0;
+        n++;
+      }
+    }
+    frame_done(&slow[0], raw);
+    if (got_end) break;
+  }
+  check(n == NENT && order_ok && got_end, "a held follower that reads gets everything, in order",
+        "%d entries, order %d, end %d", n, order_ok, got_end);
+  for (i = 0; i < NSLOW; i++)
+    client_close(&slow[i]);
+  client_close(&good);
+  lp_buf_free(&req);
+  check(wait_conns(s, 0, 3000) && lp_server_unsent(s) == 0, "closed, nothing is left counted",
+        "%zu", lp_server_unsent(s));
+  lp_server_stop(s);
+  lp_range_init(&r);
+  r.gte = S("tot");
+  r.lt = S("tou");
+  {
+    lp_clear_state st;
+    memset(&st, 0, sizeof st);
+    while (lp_engine_clear_step(eng, &r, &st, LP_CLEAR_STEP, 0, &err) == 1) {
+    }
+    lp_clear_state_free(&st);
+  }
+}
+
 static void test_start_stop(void) {
   int ok = 1;
   for (int i = 0; i < 20; i++) {
@@ -1421,6 +1520,7 @@ int main(int argc, char **argv) {
   }
   test_stop_with_clients();
   test_emfile();
+  test_total_buffer();
   test_start_stop();
   test_peercred();
 

@@ -76,7 +76,7 @@ local OPEN_OPTIONS = {
   key_encoding = "encoding", value_encoding = "encoding",
   sync = "boolean", timeout = "number", open_timeout = "number", retry = "boolean",
   allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
-  log = "boolean",
+  log = "boolean", max_send_buffer = "number",
 }
 
 local function check_options(fname, opts, known, lvl)
