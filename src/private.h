@@ -173,6 +173,7 @@ typedef struct lp_request {
   lp_wire_opts opts; /* ITER, CLEAR */
   size_t count;      /* BATCH: number of ops; GETMANY: number of keys */
   lp_slice repeated; /* BATCH, GETMANY: the body, for the walkers */
+  int sync;          /* PUT, DEL, BATCH, CLEAR: levelparty's sync flag (field 15) */
 } lp_request;
 
 /* A decoded response.  Same lifetime rule as lp_request. */
@@ -220,6 +221,10 @@ int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value); /* PUT */
 int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key,
                           lp_slice value);                /* one BATCH op; call per op */
 int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key); /* one GETMANY key; call per key */
+/* PUT, DEL, BATCH, CLEAR: the sync flag (field 15 = true), appended last
+ * (fields go in ascending order); write it only when true, so that a write
+ * without it is byte for byte what Node's client sends. */
+int lp_wire_rest_sync(lp_buf *rest);
 /* ITER open: batch window then options, always with keys, values, limit and
  * reverse explicit (docs/PROTOCOL.md, "Fields and defaults"). */
 int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r);

@@ -232,7 +232,7 @@ static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
   lp_err err;
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   if (!r->value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
-  if (lp_engine_put(e, r->key, r->value, 0, &err) < 0)
+  if (lp_engine_put(e, r->key, r->value, r->sync, &err) < 0)
     return reply_storage_err(out, r->id, "put", &err);
   return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
@@ -240,7 +240,8 @@ static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
 static int exec_del(lp_engine *e, const lp_request *r, lp_buf *out) {
   lp_err err;
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
-  if (lp_engine_del(e, r->key, 0, &err) < 0) return reply_storage_err(out, r->id, "del", &err);
+  if (lp_engine_del(e, r->key, r->sync, &err) < 0)
+    return reply_storage_err(out, r->id, "del", &err);
   return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
@@ -265,7 +266,7 @@ static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
     else
       lp_batch_del(b, op.key);
   }
-  rc = lp_engine_write(e, b, 0, &err);
+  rc = lp_engine_write(e, b, r->sync, &err);
   lp_batch_free(b);
   if (rc < 0) return reply_storage_err(out, r->id, "batch", &err);
   return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
@@ -280,7 +281,7 @@ static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
     int rc;
     memset(&st, 0, sizeof st);
     do
-      rc = lp_engine_clear_step(e, &range, &st, LP_CLEAR_STEP, 0, &err);
+      rc = lp_engine_clear_step(e, &range, &st, LP_CLEAR_STEP, r->sync, &err);
     while (rc == 1);
     lp_clear_state_free(&st);
     if (rc < 0) return reply_storage_err(out, r->id, "clear", &err);

@@ -397,7 +397,7 @@ function DB:clear(range, opts, extra)
     while ok == YIELD do adaptor.tick() ok, err, code = cl:step(true, sync) end
     return ok, err, code
   end
-  return outcome(self, "clear", async, c:clear(async, r))
+  return outcome(self, "clear", async, c:clear(async, r, sync))
 end
 
 -- iterators: C hands over a page of entries per call (it:page), and the
