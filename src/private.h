@@ -358,12 +358,12 @@ typedef struct lp_server_opts {
   size_t max_frame;                       /* LP_DEFAULT_MAX_FRAME */
   size_t max_conn_buffer;                 /* bytes of unsent replies per connection before the
                                              server stops reading that connection */
-  size_t max_total_buffer;                /* bytes of unsent replies over all connections
-                                             beyond which the connections holding more than
-                                             an equal share stop likewise, until they drain */
   int allow_other_users;                  /* 0: refuse peers whose uid differs (SO_PEERCRED) */
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
+  size_t max_total_buffer; /* bytes of unsent replies over all connections beyond which the
+                              connections holding more than an equal share stop likewise, until
+                              they drain */
 } lp_server_opts;
 
 /* Sets LP_DEFAULT_MAX_FRAME, LP_DEFAULT_CONN_BUFFER and
