@@ -196,6 +196,22 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
       assert.are.same({}, N:ok({ op = "readStream", options = {} }).entries)
     end)
 
+    interop("sync writes from a Lua follower work: the Node leader skips levelparty's sync field", function()
+      local dir = H.mkdtemp("sync")
+      local N = H.start("node", dir)
+      local Lf = H.start("lua", dir)
+      Lf:ok({ op = "put", key = "a", value = "1", sync = true })
+      Lf:ok({ op = "put", key = "b", value = "2", sync = true })
+      Lf:ok({ op = "del", key = "a", sync = true })
+      local ops = { { type = "put", key = "c", value = "3" }, { type = "del", key = "b" } }
+      Lf:ok({ op = "batch", sync = true, ops = ops })
+      assert.are.same({ { key = "c", value = "3" } }, N:ok({ op = "readStream", options = {} }).entries)
+      Lf:ok({ op = "clear", range = {}, sync = true })
+      assert.are.same({}, N:ok({ op = "readStream", options = {} }).entries)
+      assert.is_true(N:ok({ op = "put", key = "d", value = "4" }).ok)
+      assert.are.equal("4", Lf:ok({ op = "get", key = "d" }).value)
+    end)
+
     interop("json values put by Node read back as the same table in Lua, and the other way round", function()
       local dir = H.mkdtemp("json")
       local o = { value_encoding = "json" }

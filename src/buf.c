@@ -123,6 +123,7 @@ static const char *const code_names[LP_CODE_MAX] = {
     [LP_ENOMEM] = "ENOMEM",
     [LP_EINVAL] = "EINVAL",
     [LP_EREMOTE] = "EREMOTE",
+    [LP_ETOOLARGE] = "ETOOLARGE",
 };
 
 /* Out-of-range codes are reported as "EIO" rather than a NULL the caller

@@ -18,6 +18,7 @@
  */
 #include "private.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -165,6 +166,9 @@ struct lp_citer {
   int on_wire;
   uint32_t id;
   uint32_t granted, recv; /* window last sent; entries received since */
+  uint32_t win;           /* the window the next open or refill asks for:
+                             LP_FIRST_WINDOW doubling up to o.window */
+  int starved;            /* the caller waited for entries since that grant */
   int term;               /* IT_END / IT_ERROR: comes after the buffered entries */
   int term_local;         /* term survives a reset (set by us, not by the server) */
   lp_err err;             /* for IT_ERROR */
@@ -189,6 +193,9 @@ struct lp_client {
   size_t nfin, fincap;
   int log_fin;  /* recording */
   int fin_lost; /* a token could not be recorded (out of memory) */
+  /* bytes of a reply frame over max_frame still to drop as they arrive;
+   * while nonzero, `in` is empty */
+  uint64_t skip;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -401,9 +408,27 @@ static void dl_remove(lp_client *c, creq *q) {
 /* Requests                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static int frame_req(lp_client *c, creq *q) {
+static void log_finished(lp_client *c, uint64_t token);
+
+/* The failure of a request whose frame exceeds max_frame: the leader would
+ * refuse it (docs/PROTOCOL.md, "Framing"), so it never goes on the wire and
+ * is never retried. */
+static void too_large_msg(lp_client *c, size_t payload, char *buf, size_t n) {
+  snprintf(buf, n, "the request is %zu bytes, over the frame limit of %zu", payload,
+           c->o.max_frame);
+}
+
+/* Frames q under the lowest free id.  0 ok, -1 out of memory, -2 when the
+ * frame would exceed max_frame (*payload then says by how much; no id is
+ * taken).  The id is counted at its actual width, so the check is exact. */
+static int frame_req(lp_client *c, creq *q, size_t *payload) {
   uint32_t id;
   if (idmap_alloc(&c->rids, q, &id)) return -1;
+  *payload = lp_wire_frame_payload(id, q->restlen);
+  if (*payload > c->o.max_frame) {
+    idmap_release(&c->rids, id);
+    return -2;
+  }
   if (lp_wire_frame(&c->out, q->tag, id, (lp_slice){q->rest, q->restlen})) {
     idmap_release(&c->rids, id);
     return -1;
@@ -415,6 +440,8 @@ static int frame_req(lp_client *c, creq *q) {
 
 uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadline_ns) {
   creq *q;
+  size_t payload = 0;
+  int rc;
   if (!c || tag < LP_REQ_GET || tag > LP_REQ_GETMANY || tag == LP_REQ_ITER) return 0;
   if (!rest.ptr && rest.len) return 0;
   if (hash_reserve(c) || (deadline_ns && dl_reserve(c))) return 0;
@@ -428,12 +455,22 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
   q->tag = tag;
   q->deadline = deadline_ns;
   q->hidx = NO_HEAP;
-  if (frame_req(c, q)) {
+  rc = frame_req(c, q, &payload);
+  if (rc == -1) {
     req_free(q);
     return 0;
   }
   q->token = ++c->last_token;
   hash_insert(c, q);
+  if (rc == -2) { /* finished at once, never pending */
+    char msg[128];
+    too_large_msg(c, payload, msg, sizeof msg);
+    q->done = 1;
+    q->res.code = LP_ETOOLARGE;
+    q->res.msg = strdup(msg);
+    if (c->log_fin) log_finished(c, q->token);
+    return q->token;
+  }
   if (deadline_ns) dl_push(c, q);
   q->prev = c->ptail;
   if (c->ptail)
@@ -587,7 +624,7 @@ static void citer_set_error(lp_client *c, lp_citer *it, lp_code code, const char
 /* Sends the open (or reopen from the bookmark) under a fresh id. */
 static int citer_wire_open(lp_client *c, lp_citer *it) {
   lp_range w = it->r;
-  uint32_t g = c->o.window, id;
+  uint32_t g = it->win, id;
   w.keys = 1; /* always: the key is the bookmark */
   if (it->consumed > 0) {
     lp_slice bm = {it->bytes.ptr + it->cur.off, it->cur.klen};
@@ -635,6 +672,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
     return NULL;
   }
   if (it->r.limit < 0) it->r.limit = -1;
+  it->win = c->o.window < LP_FIRST_WINDOW ? c->o.window : LP_FIRST_WINDOW;
   if (it->r.limit == 0) {
     it->term = IT_END;
     it->term_local = 1;
@@ -655,21 +693,27 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   return it;
 }
 
-/* Refills the server's window when it is exhausted and at most window/2
- * entries are buffered, so buffered + in flight never passes 1.5 x window;
- * with a limit, never more than the entries still missing.  On ENOMEM
- * nothing changes, so the next call tries again. */
+/* Refills the server's window when it is exhausted and at most win/2
+ * entries are buffered, so buffered + in flight never passes 1.5 x win (win
+ * <= o.window); with a limit, never more than the entries still missing.
+ * The window doubles when the caller had to wait since the last grant: it
+ * reads faster than the window brings entries.  On ENOMEM nothing changes,
+ * so the next call tries again. */
 static void citer_maybe_ack(lp_client *c, lp_citer *it) {
-  uint32_t g = c->o.window;
+  uint32_t win = it->win, g;
   if (!it->on_wire || it->term != IT_NONE) return;
   if (it->recv < it->granted) return;
-  if (it->qlen > c->o.window / 2) return;
+  if (it->qlen > win / 2) return;
+  if (it->starved && win < c->o.window) win = win > c->o.window / 2 ? c->o.window : win * 2;
+  g = win;
   if (it->r.limit >= 0) {
     int64_t rem = it->r.limit - it->consumed - (int64_t)it->qlen;
     if (rem <= 0) return;
     if (rem < (int64_t)g) g = (uint32_t)rem;
   }
   if (citer_send_window(c, it, g)) return;
+  it->win = win;
+  it->starved = 0;
   it->granted = g;
   it->recv = 0;
 }
@@ -778,6 +822,9 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
 void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_ns) {
   (void)c;
   it->deadline = deadline_ns;
+  /* the first wait, before any entry, is the open's latency, not a sign of
+   * a window too small */
+  if (it->consumed > 0) it->starved = 1;
 }
 
 int lp_client_iter_ready(lp_client *c, lp_citer *it) {
@@ -908,10 +955,73 @@ static int on_payload(lp_client *c, lp_slice payload, lp_err *err) {
   }
 }
 
+/* A reply frame over max_frame starts at p[0..avail): its length prefix is
+ * whole and says more than max_frame.  Its request fails with ETOOLARGE as
+ * soon as the frame's tag and id are in (a leader that does not check its
+ * replies, a Node leader or one with a larger max_frame, sent it), and its
+ * bytes are dropped as they arrive, never buffered: the connection stays.
+ * Returns 1 with *used (the bytes of the frame present, which c->skip
+ * completes), 0 when the tag and id are not all in yet, -1 with err when the
+ * frame cannot be told apart from garbage (no id first). */
+static int on_oversized(lp_client *c, const char *p, size_t avail, size_t *used, lp_err *err) {
+  uint64_t len, id, total;
+  size_t pre, idn;
+  const char *h;
+  char msg[128];
+  int tag, r = lp_varint_get(p, avail, &len, &pre);
+  if (r < 0 || len > UINT64_MAX - 16) return proto_err(err, "bad reply frame length prefix");
+  h = p + pre;
+  if (avail - pre < 3) return 0;
+  if ((unsigned char)h[1] != 0x08) return proto_err(err, "reply frame over the size limit");
+  r = lp_varint_get(h + 2, avail - pre - 2, &id, &idn);
+  if (r == 0) return 0;
+  if (r < 0) return proto_err(err, "reply frame over the size limit");
+  tag = (unsigned char)h[0];
+  total = pre + len;
+  *used = total < avail ? (size_t)total : avail;
+  c->skip = total - *used;
+  snprintf(msg, sizeof msg, "%s is %llu bytes, over the frame limit of %zu",
+           tag == LP_RES_ITERDATA ? "iterator: the entry" : "the reply", (unsigned long long)len,
+           c->o.max_frame);
+  if (tag == LP_RES_CALLBACK || tag == LP_RES_GETMANY) {
+    idslot *s = idmap_get(&c->rids, (uint32_t)id);
+    creq *q = s ? s->ptr : NULL;
+    if (s) idmap_release(&c->rids, (uint32_t)id);
+    if (q) {
+      q->on_wire = 0;
+      req_fail(c, q, LP_ETOOLARGE, msg);
+    }
+  } else if (tag == LP_RES_ITERDATA) {
+    idslot *s = idmap_get(&c->iids, (uint32_t)id);
+    lp_citer *it = s ? s->ptr : NULL;
+    if (s && !it) { /* closed early: one frame fewer to come */
+      if (s->left <= 1)
+        idmap_release(&c->iids, (uint32_t)id);
+      else
+        s->left--;
+    } else if (it) {
+      /* an entry the caller can never have: the iterator fails after what
+       * it buffered, and a reopen would meet the same entry, so the error
+       * is ours and stays (citer_set_error) */
+      if (it->recv < it->granted) it->recv++;
+      citer_set_error(c, it, LP_ETOOLARGE, msg);
+    }
+  }
+  return 1;
+}
+
 int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err) {
   const char *p;
   size_t n, off = 0;
-  int buffered = c->in.len > 0, rc = 0;
+  int buffered, rc = 0;
+  if (c->skip) { /* the rest of an oversized frame */
+    size_t k = (uint64_t)len < c->skip ? len : (size_t)c->skip;
+    c->skip -= k;
+    bytes += k;
+    len -= k;
+    if (len == 0) return 0;
+  }
+  buffered = c->in.len > 0;
   if (buffered) {
     if (lp_buf_append(&c->in, bytes, len)) {
       if (err) lp_err_set(err, LP_ENOMEM, "feed: out of memory");
@@ -929,8 +1039,14 @@ int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err) {
     int w = lp_wire_next_frame(p + off, n - off, c->o.max_frame, &payload, &used);
     if (w == LP_WIRE_NEED_MORE) break;
     if (w == LP_WIRE_TOO_BIG) {
-      rc = proto_err(err, "reply frame over the size limit");
-      break;
+      int r = on_oversized(c, p + off, n - off, &used, err);
+      if (r == 0) break; /* its tag and id are not all in yet */
+      if (r < 0) {
+        rc = -1;
+        break;
+      }
+      off += used;
+      continue;
     }
     if (w != LP_WIRE_OK && w != LP_WIRE_EMPTY) {
       rc = proto_err(err, "bad frame");
@@ -995,6 +1111,7 @@ void lp_client_reset(lp_client *c) {
   lp_citer *it;
   c->out.len = 0;
   c->in.len = 0;
+  c->skip = 0;
   for (q = c->phead; q; q = q->next)
     q->on_wire = 0;
   idmap_clear(&c->rids);
@@ -1020,8 +1137,17 @@ void lp_client_replay(lp_client *c) {
   lp_citer *it;
   lp_client_reset(c);
   for (q = c->phead; q; q = nq) {
+    size_t payload = 0;
+    int rc;
     nq = q->next;
-    if (frame_req(c, q)) req_fail(c, q, LP_ENOMEM, "replay: out of memory");
+    rc = frame_req(c, q, &payload);
+    if (rc == -1) {
+      req_fail(c, q, LP_ENOMEM, "replay: out of memory");
+    } else if (rc == -2) { /* a wider id than at submission */
+      char msg[128];
+      too_large_msg(c, payload, msg, sizeof msg);
+      req_fail(c, q, LP_ETOOLARGE, msg);
+    }
   }
   for (it = c->ihead; it; it = it->next) {
     int rc;

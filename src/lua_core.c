@@ -301,6 +301,8 @@ static int open_db(lua_State *L) {
   o.engine.bloom_bits = (int)field_num(L, 2, "bloom_bits", o.engine.bloom_bits);
   o.server.allow_other_users = field_bool(L, 2, "allow_other_users", o.server.allow_other_users);
   o.server.max_frame = (size_t)field_num(L, 2, "max_frame", (double)o.server.max_frame);
+  o.server.max_total_buffer =
+      (size_t)field_num(L, 2, "max_send_buffer", (double)o.server.max_total_buffer);
   o.client.max_frame = o.server.max_frame;
   o.client.window = (uint32_t)field_num(L, 2, "window", o.client.window);
   o.retry = field_bool(L, 2, "retry", o.retry);
@@ -551,7 +553,7 @@ static int db_put(lua_State *L) {
     return 1;
   }
   d->scratch.len = 0;
-  if (lp_wire_rest_put(&d->scratch, key, value) != 0)
+  if (lp_wire_rest_put(&d->scratch, key, value) != 0 || (sync && lp_wire_rest_sync(&d->scratch)))
     return push_err(L, LP_ENOMEM, "put: out of memory");
   return submit(L, d, LP_REQ_PUT, &d->scratch, OP_WRITE, "put", async);
 }
@@ -573,7 +575,8 @@ static int db_del(lua_State *L) {
     return 1;
   }
   d->scratch.len = 0;
-  if (lp_wire_rest_key(&d->scratch, key) != 0) return push_err(L, LP_ENOMEM, "del: out of memory");
+  if (lp_wire_rest_key(&d->scratch, key) != 0 || (sync && lp_wire_rest_sync(&d->scratch)))
+    return push_err(L, LP_ENOMEM, "del: out of memory");
   return submit(L, d, LP_REQ_DEL, &d->scratch, OP_WRITE, "del", async);
 }
 
@@ -709,6 +712,10 @@ static int db_batch(lua_State *L) {
         return push_err(L, LP_ENOMEM, "batch: out of memory");
       }
     }
+    if (sync && lp_wire_rest_sync(&rest) != 0) {
+      lp_buf_free(&rest);
+      return push_err(L, LP_ENOMEM, "batch: out of memory");
+    }
     {
       int nres = submit(L, d, LP_REQ_BATCH, &rest, OP_WRITE, "batch", async);
       lp_buf_free(&rest);
@@ -776,16 +783,20 @@ static int db_get_many(lua_State *L) {
   }
 }
 
-/* db:clear(async, range): follower only (a request); the leader uses
+/* db:clear(async, range, sync): follower only (a request); the leader uses
  * db:clear_begin(range) and steps it. */
 static int db_clear(lua_State *L) {
   ldb_t *d = check_db(L);
   lp_range r;
   lp_buf rest = {NULL, 0, 0};
   int async = lua_toboolean(L, 2);
+  int sync = lua_isnoneornil(L, 4) ? d->sync : lua_toboolean(L, 4);
   if (d->party == NULL) return push_closed(L, "clear");
   read_range(L, 3, &r);
-  if (lp_wire_rest_clear(&rest, &r) != 0) return push_err(L, LP_ENOMEM, "clear: out of memory");
+  if (lp_wire_rest_clear(&rest, &r) != 0 || (sync && lp_wire_rest_sync(&rest) != 0)) {
+    lp_buf_free(&rest);
+    return push_err(L, LP_ENOMEM, "clear: out of memory");
+  }
   {
     int n = submit(L, d, LP_REQ_CLEAR, &rest, OP_WRITE, "clear", async);
     lp_buf_free(&rest);
@@ -838,10 +849,12 @@ static int db_clear_begin(lua_State *L) {
   return 1;
 }
 
-/* c:step(async, sync) -> true (done) | YIELD | nil, msg, code */
+/* c:step(async, sync) -> true (done) | YIELD | nil, msg, code; sync nil:
+ * the handle's */
 static int clear_step(lua_State *L) {
   lclear_t *c = check_clear(L);
-  int async = lua_toboolean(L, 2), sync = lua_toboolean(L, 3);
+  int async = lua_toboolean(L, 2);
+  int sync = lua_isnoneornil(L, 3) ? c->db->sync : lua_toboolean(L, 3);
   lp_engine *e;
   lp_err err;
   if (c->done) {

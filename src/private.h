@@ -67,8 +67,9 @@ typedef enum lp_code {
   LP_ELEADERLOST, /* retry=false and the leader went away with the request in flight */
   LP_EPROTO,      /* the peer broke the wire protocol */
   LP_ENOMEM,
-  LP_EINVAL,  /* a value the storage layer refuses (e.g. empty key) */
-  LP_EREMOTE, /* the leader reported an error we cannot classify */
+  LP_EINVAL,    /* a value the storage layer refuses (e.g. empty key) */
+  LP_EREMOTE,   /* the leader reported an error we cannot classify */
+  LP_ETOOLARGE, /* a request or its reply does not fit in a frame (max_frame) */
   LP_CODE_MAX
 } lp_code;
 
@@ -172,6 +173,7 @@ typedef struct lp_request {
   lp_wire_opts opts; /* ITER, CLEAR */
   size_t count;      /* BATCH: number of ops; GETMANY: number of keys */
   lp_slice repeated; /* BATCH, GETMANY: the body, for the walkers */
+  int sync;          /* PUT, DEL, BATCH, CLEAR: levelparty's sync flag (field 15) */
 } lp_request;
 
 /* A decoded response.  Same lifetime rule as lp_request. */
@@ -208,11 +210,21 @@ int lp_wire_next_value(const lp_response *r, size_t *cursor,
  * encoded once, then lp_wire_frame() writes varint(len) tag 08 varint(id) rest.
  * All return 0, or -1 when out of memory (the buffer is left as it was). */
 int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest);
+/* The payload length (tag + body, the size max_frame bounds) of the frame
+ * lp_wire_frame would write for that id and rest. */
+size_t lp_wire_frame_payload(uint32_t id, size_t restlen);
+/* The size of a length-delimited field of n bytes (key, length, bytes): with
+ * lp_wire_frame_payload, what a reply of a value of n bytes takes. */
+size_t lp_wire_bytes_field_len(size_t n);
 int lp_wire_rest_key(lp_buf *rest, lp_slice key);                 /* GET, DEL */
 int lp_wire_rest_put(lp_buf *rest, lp_slice key, lp_slice value); /* PUT */
 int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key,
                           lp_slice value);                /* one BATCH op; call per op */
 int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key); /* one GETMANY key; call per key */
+/* PUT, DEL, BATCH, CLEAR: the sync flag (field 15 = true), appended last
+ * (fields go in ascending order); write it only when true, so that a write
+ * without it is byte for byte what Node's client sends. */
+int lp_wire_rest_sync(lp_buf *rest);
 /* ITER open: batch window then options, always with keys, values, limit and
  * reverse explicit (docs/PROTOCOL.md, "Fields and defaults"). */
 int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r);
@@ -328,7 +340,9 @@ void lp_session_free(lp_session *s); /* closes its iterators */
  * of them in this call.  Returns the number of bytes consumed (a partial frame
  * at the end is left for the next call), or -1 with err filled when the peer
  * broke the protocol (oversized frame, unknown tag, malformed body): the
- * connection must then be closed. */
+ * connection must then be closed (out may then hold an ETOOLARGE answer to
+ * the oversized request, to write first).  No reply exceeds max_frame: one
+ * that would is replaced by an ETOOLARGE error for its request. */
 long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
                       lp_err *err);
 /* Produces up to `budget` more iterator entries for iterators whose window is
@@ -351,11 +365,17 @@ typedef struct lp_server_opts {
                                              a leader of any uid */
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
+  size_t max_total_buffer; /* bytes of unsent replies over all connections beyond which the
+                              connections holding more than an equal share stop likewise, until
+                              they drain */
 } lp_server_opts;
 
-/* Sets LP_DEFAULT_MAX_FRAME and LP_DEFAULT_CONN_BUFFER, 0 and NULL elsewhere;
- * lp_server_start takes a 0 in either limit for its default too. */
-#define LP_DEFAULT_CONN_BUFFER (8u * 1024u * 1024u)
+/* Sets LP_DEFAULT_MAX_FRAME, LP_DEFAULT_CONN_BUFFER and
+ * LP_DEFAULT_TOTAL_BUFFER, 0 and NULL elsewhere; lp_server_start takes a 0 in
+ * any limit for its default too.  Both buffer bounds are soft by what one
+ * step produces (a piece of input's replies, 64 iterator entries). */
+#define LP_DEFAULT_CONN_BUFFER  (8u * 1024u * 1024u)
+#define LP_DEFAULT_TOTAL_BUFFER (64u * 1024u * 1024u)
 void lp_server_opts_init(lp_server_opts *o);
 
 /* Starts the server thread on an already listening socket (ownership of
@@ -366,6 +386,7 @@ void lp_server_stop(lp_server *s);
 
 /* Used by the C tests only */
 int lp_server_connections(lp_server *s); /* followers connected now; 0 for NULL */
+size_t lp_server_unsent(lp_server *s);   /* unsent reply bytes over all connections */
 
 /* ---- Socket file, LOCK holder probe, directory watch (sockfile.c) ---- */
 
@@ -428,12 +449,17 @@ typedef struct lp_client lp_client;
 typedef struct lp_citer lp_citer;
 
 typedef struct lp_client_opts {
-  uint32_t window;  /* iterator window (entries) asked for */
-  size_t max_frame; /* largest reply frame accepted */
+  uint32_t window;  /* the largest iterator window (entries) asked for */
+  size_t max_frame; /* largest frame sent or accepted */
 } lp_client_opts;
 /* Sets LP_DEFAULT_WINDOW and LP_DEFAULT_MAX_FRAME; lp_client_new takes a 0 in
- * either for its default too. */
+ * either for its default too.  An iterator's window starts at
+ * LP_FIRST_WINDOW (or `window` when smaller) and doubles, up to `window`, at
+ * each refill after the caller had to wait for entries: a reader that keeps
+ * up gets large windows, one that does not never asks a leader for large
+ * bursts (docs/PROTOCOL.md, "Iterators and windows"). */
 #define LP_DEFAULT_WINDOW 1024
+#define LP_FIRST_WINDOW   32
 void lp_client_opts_init(lp_client_opts *o);
 
 lp_client *lp_client_new(const lp_client_opts *o);
@@ -441,7 +467,9 @@ void lp_client_free(lp_client *c); /* frees pending requests and iterators */
 
 /* Queues a request.  rest is the encoded body after the id (lp_wire_rest_*),
  * copied.  deadline_ns: absolute lp_now_ns() time, or 0 for none.  Returns the
- * token (> 0) or 0 when out of memory. */
+ * token (> 0) or 0 when out of memory.  A request whose frame would exceed
+ * max_frame is never sent: it is finished at once with LP_ETOOLARGE (no
+ * leader could take it, so no retry could help). */
 uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadline_ns);
 
 /* Bytes waiting to be written; the transport writes a prefix and then calls
@@ -450,11 +478,13 @@ lp_buf *lp_client_out(lp_client *c);
 
 /* Feeds received bytes.  Completes requests and fills iterator buffers.  Returns
  * 0, or -1 with err (LP_EPROTO) when the peer broke the protocol: a body that
- * does not decode, an oversized frame, an iterator entry without a key or
+ * does not decode, a bad length prefix, an iterator entry without a key or
  * beyond the window (the caller then closes the connection and calls
  * lp_client_reset).  Unknown ids, unknown reply tags and empty frames are
  * ignored, as Node does; a reply of the wrong type for its request finishes
- * the request with LP_EREMOTE. */
+ * the request with LP_EREMOTE.  A frame over max_frame finishes the request
+ * (or fails the iterator) it answers with LP_ETOOLARGE once its tag and id
+ * are in, and its bytes are dropped as they come, never buffered. */
 int lp_client_feed(lp_client *c, const char *bytes, size_t len, lp_err *err);
 
 /* State of a request.  0 pending, 1 done.  A token that is unknown (already
@@ -531,6 +561,9 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r);
  * buffered yet: the caller must wait for input (and may set a deadline with
  * lp_client_iter_wait_deadline).  Consuming entries appends acks to out. */
 int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *value, lp_err *err);
+/* The caller found nothing buffered and waits for it now: sets the wait's
+ * deadline (0: none), and counts as a reader that keeps up (the next refill
+ * doubles the window, see LP_FIRST_WINDOW). */
 void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_ns);
 /* 1 when lp_client_iter_next would not return 2. */
 int lp_client_iter_ready(lp_client *c, lp_citer *it);

@@ -7,6 +7,7 @@
  */
 #include "private.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -31,6 +32,13 @@
 #define SRV_FIRST_PIECE 512
 /* An input buffer larger than this is released once drained. */
 #define SRV_IN_KEEP (1u << 20)
+/* Connections accepted per readiness of the listening socket, and how long
+ * accepting pauses when accept fails (out of file descriptors): meanwhile new
+ * followers wait in the listen backlog, and the failure is logged at most
+ * once per SRV_ACCEPT_LOG_NS (docs/ARCHITECTURE.md, "What the code relies on"). */
+#define SRV_ACCEPT_BATCH    64
+#define SRV_ACCEPT_PAUSE_MS 100
+#define SRV_ACCEPT_LOG_NS   (10ull * 1000000000ull)
 
 typedef struct srv_conn srv_conn;
 
@@ -49,11 +57,22 @@ struct lp_server {
   lp_engine *eng;
   lp_server_opts opts;
   uv_loop_t loop;
-  uv_pipe_t listener;
+  uv_poll_t listener; /* on listen_fd: this file accepts, not libuv (see srv_listen_cb) */
+  int listen_fd;      /* owned; closed when the listener is */
   uv_async_t stop_async;
   uv_idle_t pump_idle;
-  uv_pipe_t spare; /* takes a pending fd when a connection cannot be allocated */
-  int spare_busy;
+  uv_timer_t accept_timer; /* resumes accepting after a failure */
+  uint64_t accept_log_ns;  /* when an accept failure was last logged */
+  unsigned accept_quiet;   /* failures since then, not logged */
+  int accept_failing;      /* the last accept failed; 2: and that was logged */
+  /* Unsent replies over all connections (max_total_buffer).  Each connection
+   * counts in unsent_total the bytes it `accounted` when last looked at
+   * (conn_account); nholding of them hold some, nheld are held back by the
+   * total.  unsent_total is read by lp_server_unsent from other threads. */
+  size_t unsent_total;
+  size_t nholding, nheld;
+  int recheck;           /* the total fell while some were held: look again */
+  uint64_t total_log_ns; /* when the total was last logged as over */
   pthread_t thread;
   int thread_started;
   int stopping;    /* server thread only */
@@ -73,12 +92,15 @@ struct srv_conn {
   lp_buf out;      /* replies produced, not yet handed to libuv */
   lp_buf inflight; /* bytes of the pending uv_write, from inflight_off */
   size_t inflight_off;
-  int writing; /* a uv_write is pending */
-  int reading; /* uv_read_start is active */
-  int blocked; /* over max_conn_buffer: not reading, not pumping */
-  int pumping; /* some iterator window is open */
-  int eof;     /* peer finished sending: close after the output drains */
-  int in_held; /* c->in may hold whole frames not yet run (output was full) */
+  int writing;      /* a uv_write is pending */
+  int reading;      /* uv_read_start is active */
+  int over;         /* its unsent replies passed max_conn_buffer, not yet below half */
+  int held;         /* the total passed max_total_buffer and it holds more than its share */
+  int blocked;      /* over or held: not reading, not pumping */
+  size_t accounted; /* its unsent bytes as counted in srv->unsent_total */
+  int pumping;      /* some iterator window is open */
+  int eof;          /* peer finished sending: close after the output drains */
+  int in_held;      /* c->in may hold whole frames not yet run (output was full) */
   int closing;
   int counted; /* included in nconns */
   long pid;
@@ -130,6 +152,7 @@ void lp_server_opts_init(lp_server_opts *o) {
   memset(o, 0, sizeof *o);
   o->max_frame = LP_DEFAULT_MAX_FRAME;
   o->max_conn_buffer = LP_DEFAULT_CONN_BUFFER;
+  o->max_total_buffer = LP_DEFAULT_TOTAL_BUFFER;
   o->allow_other_users = 0;
   o->log = NULL;
   o->log_ud = NULL;
@@ -143,6 +166,45 @@ static size_t conn_unsent(const srv_conn *c) {
   return c->out.len + (c->inflight.len - c->inflight_off);
 }
 
+size_t lp_server_unsent(lp_server *s) {
+  return s ? __atomic_load_n(&s->unsent_total, __ATOMIC_RELAXED) : 0;
+}
+
+static void pump_idle_cb(uv_idle_t *h);
+
+/* Brings c's share of the total up to date (0 once closing).  When the total
+ * falls while connections are held, they are looked at again on the next
+ * turn (pump_idle_cb): nothing else would wake one whose peer reads nothing. */
+static void conn_account(srv_conn *c) {
+  lp_server *s = c->srv;
+  size_t now = c->closing ? 0 : conn_unsent(c);
+  if (now == c->accounted) return;
+  if (c->accounted == 0) s->nholding++;
+  if (now == 0) s->nholding--;
+  __atomic_store_n(&s->unsent_total, s->unsent_total - c->accounted + now, __ATOMIC_RELAXED);
+  if (now < c->accounted && s->nheld > 0 && !s->stopping) {
+    s->recheck = 1;
+    if (!uv_is_active((uv_handle_t *)&s->pump_idle)) uv_idle_start(&s->pump_idle, pump_idle_cb);
+  }
+  c->accounted = now;
+}
+
+/* 1 when the total is over max_total_buffer and c holds more than an equal
+ * share of it: the connections holding the most stop first, and a follower
+ * that reads (it holds little) is never held back by those that do not. */
+static int conn_over_total(srv_conn *c) {
+  lp_server *s = c->srv;
+  size_t max = s->opts.max_total_buffer;
+  if (s->unsent_total <= max) return 0;
+  return c->accounted > max / (s->nholding ? s->nholding : 1);
+}
+
+/* 1 when c may not produce more now (conn_process, conn_pump). */
+static int conn_full(srv_conn *c) {
+  conn_account(c);
+  return c->accounted > c->srv->opts.max_conn_buffer || conn_over_total(c);
+}
+
 static void conn_close_cb(uv_handle_t *h) {
   srv_conn *c = h->data;
   lp_server *s = c->srv;
@@ -152,6 +214,8 @@ static void conn_close_cb(uv_handle_t *h) {
     s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   if (c->counted) __atomic_fetch_sub(&s->nconns, 1, __ATOMIC_ACQ_REL);
+  if (c->held) s->nheld--;
+  conn_account(c); /* closing: its share leaves the total */
   lp_session_free(c->sess);
   lp_buf_free(&c->in);
   lp_buf_free(&c->out);
@@ -242,16 +306,44 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 }
 
 static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
-static void pump_idle_cb(uv_idle_t *h);
 
-/* Output level with hysteresis: blocked above max_conn_buffer, unblocked
- * below half of it. */
+/* Logs that the total passed max_total_buffer, at most once per 10 s. */
+static void srv_log_total(lp_server *s, const srv_conn *c) {
+  uint64_t now = lp_now_ns();
+  if (s->total_log_ns != 0 && now - s->total_log_ns < 10ull * 1000000000ull) return;
+  s->total_log_ns = now;
+  srv_log(s,
+          "unsent replies total %zu KiB for %zu connections, over the limit of %zu KiB: the "
+          "connections holding more than %zu KiB each (pid %ld holds %zu KiB) get no more until "
+          "they drain",
+          s->unsent_total / 1024, s->nholding, s->opts.max_total_buffer / 1024,
+          s->opts.max_total_buffer / (s->nholding ? s->nholding : 1) / 1024, c->pid,
+          c->accounted / 1024);
+}
+
+/* Output level: over above max_conn_buffer and below half of it again
+ * (hysteresis); held while the total is over max_total_buffer and c holds
+ * more than its share. */
 static void conn_level(srv_conn *c) {
-  size_t unsent = conn_unsent(c), max = c->srv->opts.max_conn_buffer;
-  if (!c->blocked && unsent > max)
-    c->blocked = 1;
-  else if (c->blocked && unsent < max / 2)
-    c->blocked = 0;
+  lp_server *s = c->srv;
+  size_t max = s->opts.max_conn_buffer;
+  int held;
+  conn_account(c);
+  if (!c->over && c->accounted > max)
+    c->over = 1;
+  else if (c->over && c->accounted < max / 2)
+    c->over = 0;
+  held = conn_over_total(c);
+  if (held != c->held) {
+    c->held = held;
+    if (held) {
+      s->nheld++;
+      srv_log_total(s, c);
+    } else {
+      s->nheld--;
+    }
+  }
+  c->blocked = c->over || c->held;
 }
 
 /* Starts or stops reading and pumping from the output level. */
@@ -282,7 +374,7 @@ static int conn_process(srv_conn *c) {
     size_t rest, piece;
     lp_err err;
     long used;
-    if (conn_unsent(c) > s->opts.max_conn_buffer) {
+    if (conn_full(c)) {
       c->in_held = 1;
       break;
     }
@@ -341,7 +433,7 @@ static void conn_service(srv_conn *c) {
 /* Produces up to one turn of iterator entries for c. */
 static void conn_pump(srv_conn *c) {
   size_t budget = SRV_TURN_BUDGET;
-  while (c->pumping && budget > 0 && conn_unsent(c) <= c->srv->opts.max_conn_buffer) {
+  while (c->pumping && budget > 0 && !conn_full(c)) {
     size_t chunk = budget < SRV_PUMP_CHUNK ? budget : SRV_PUMP_CHUNK;
     c->pumping = lp_session_pump(c->sess, &c->out, chunk);
     budget -= chunk;
@@ -352,6 +444,13 @@ static void pump_idle_cb(uv_idle_t *h) {
   lp_server *s = h->data;
   srv_conn *c, *next;
   int more = 0;
+  if (s->recheck) { /* the total fell: the held may go on */
+    s->recheck = 0;
+    for (c = s->conns; c; c = next) {
+      next = c->next;
+      if (c->held && !c->closing) conn_service(c);
+    }
+  }
   for (c = s->conns; c; c = next) {
     next = c->next;
     if (c->closing || !c->pumping || c->blocked) continue;
@@ -384,32 +483,16 @@ static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   conn_service(c);
 }
 
-static void spare_close_cb(uv_handle_t *h) {
-  lp_server *s = h->data;
-  s->spare_busy = 0;
-}
-
-static void srv_connection_cb(uv_stream_t *ls, int status) {
-  lp_server *s = ls->data;
+/* Takes over cfd, a connection just accepted (nonblocking). */
+static void srv_connection(lp_server *s, int cfd) {
   srv_conn *c;
   uv_os_fd_t fd = -1;
   struct ucred cred;
   socklen_t clen = sizeof cred;
   int rc;
-  if (status < 0) {
-    srv_log(s, "accept failed: %s", uv_strerror(status));
-    return;
-  }
   c = calloc(1, sizeof *c);
   if (!c) {
-    /* The pending fd must be taken or libuv stops accepting: take it with the
-     * spare handle and close it at once. */
-    if (!s->spare_busy && uv_pipe_init(&s->loop, &s->spare, 0) == 0) {
-      s->spare_busy = 1;
-      s->spare.data = s;
-      (void)uv_accept(ls, (uv_stream_t *)&s->spare);
-      uv_close((uv_handle_t *)&s->spare, spare_close_cb);
-    }
+    close(cfd);
     srv_log(s, "refused a connection: out of memory");
     return;
   }
@@ -417,6 +500,7 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   c->pid = -1;
   c->uid = -1;
   if (uv_pipe_init(&s->loop, &c->pipe, 0) < 0) {
+    close(cfd);
     free(c);
     return;
   }
@@ -424,8 +508,9 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
-  rc = uv_accept(ls, (uv_stream_t *)&c->pipe);
+  rc = uv_pipe_open(&c->pipe, cfd);
   if (rc < 0) {
+    close(cfd); /* not the pipe's: uv_pipe_open failed */
     srv_log(s, "accept failed: %s", uv_strerror(rc));
     conn_close(c);
     return;
@@ -459,6 +544,65 @@ static void srv_connection_cb(uv_stream_t *ls, int status) {
   }
 }
 
+static void srv_listen_cb(uv_poll_t *h, int status, int events);
+
+static void accept_resume_cb(uv_timer_t *t) {
+  lp_server *s = t->data;
+  if (!s->stopping) (void)uv_poll_start(&s->listener, UV_READABLE, srv_listen_cb);
+}
+
+/* accept failed with err (errno), most likely EMFILE or ENFILE: the pending
+ * connection stays in the backlog and the listening socket stays readable, so
+ * accepting pauses for SRV_ACCEPT_PAUSE_MS instead of retrying at once (which
+ * would spin; libuv's own listener would even drop the pending connections
+ * unannounced).  Logged at most once per SRV_ACCEPT_LOG_NS. */
+static void srv_accept_failed(lp_server *s, int err) {
+  uint64_t now = lp_now_ns();
+  if (s->accept_log_ns == 0 || now - s->accept_log_ns >= SRV_ACCEPT_LOG_NS) {
+    if (s->accept_quiet)
+      srv_log(s,
+              "cannot accept connections: %s (%s); they wait, accepting is retried every %d ms "
+              "(%u more failures since the last line)",
+              uv_strerror(uv_translate_sys_error(err)), uv_err_name(uv_translate_sys_error(err)),
+              SRV_ACCEPT_PAUSE_MS, s->accept_quiet);
+    else
+      srv_log(s, "cannot accept connections: %s (%s); they wait, accepting is retried every %d ms",
+              uv_strerror(uv_translate_sys_error(err)), uv_err_name(uv_translate_sys_error(err)),
+              SRV_ACCEPT_PAUSE_MS);
+    s->accept_log_ns = now;
+    s->accept_quiet = 0;
+    s->accept_failing = 2;
+  } else {
+    s->accept_quiet++;
+    if (!s->accept_failing) s->accept_failing = 1;
+  }
+  (void)uv_poll_stop(&s->listener);
+  (void)uv_timer_start(&s->accept_timer, accept_resume_cb, SRV_ACCEPT_PAUSE_MS, 0);
+}
+
+/* The listening socket is readable: accepts up to SRV_ACCEPT_BATCH
+ * connections (the loop then serves the others before it comes back). */
+static void srv_listen_cb(uv_poll_t *h, int status, int events) {
+  lp_server *s = h->data;
+  int i;
+  (void)events;
+  if (status < 0) {
+    srv_accept_failed(s, -status);
+    return;
+  }
+  for (i = 0; i < SRV_ACCEPT_BATCH && !s->stopping; i++) {
+    int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) srv_accept_failed(s, errno);
+      return;
+    }
+    if (s->accept_failing == 2) srv_log(s, "accepting connections again");
+    s->accept_failing = 0;
+    srv_connection(s, fd);
+  }
+}
+
 static void srv_walk_close(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
@@ -469,7 +613,10 @@ static void srv_stop_cb(uv_async_t *h) {
   srv_conn *c;
   if (s->stopping) return;
   s->stopping = 1;
-  uv_close((uv_handle_t *)&s->listener, NULL);
+  uv_close((uv_handle_t *)&s->listener, NULL); /* stops watching listen_fd at once */
+  close(s->listen_fd);
+  s->listen_fd = -1;
+  uv_close((uv_handle_t *)&s->accept_timer, NULL);
   uv_close((uv_handle_t *)&s->pump_idle, NULL);
   for (c = s->conns; c; c = c->next)
     conn_close(c);
@@ -502,6 +649,7 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
     lp_server_opts_init(&s->opts);
   if (s->opts.max_frame == 0) s->opts.max_frame = LP_DEFAULT_MAX_FRAME;
   if (s->opts.max_conn_buffer == 0) s->opts.max_conn_buffer = LP_DEFAULT_CONN_BUFFER;
+  if (s->opts.max_total_buffer == 0) s->opts.max_total_buffer = LP_DEFAULT_TOTAL_BUFFER;
 
   rc = uv_loop_init(&s->loop);
   if (rc < 0) {
@@ -511,23 +659,19 @@ lp_server *lp_server_start(lp_engine *e, int listen_fd, const lp_server_opts *o,
     return NULL;
   }
   s->loop.data = s;
+  s->listen_fd = listen_fd;
   /* from here on every failure closes the handles and runs the loop dry */
-  what = "uv_pipe_init";
-  rc = uv_pipe_init(&s->loop, &s->listener, 0);
-  if (rc < 0) {
-    close(listen_fd);
-    goto fail_loop;
-  }
+  what = "uv_poll_init";
+  rc = uv_poll_init(&s->loop, &s->listener, listen_fd);
+  if (rc < 0) goto fail_loop;
   s->listener.data = s;
-  what = "uv_pipe_open";
-  rc = uv_pipe_open(&s->listener, listen_fd);
-  if (rc < 0) {
-    close(listen_fd);
-    goto fail_handles;
-  }
-  what = "uv_listen";
-  rc = uv_listen((uv_stream_t *)&s->listener, SOMAXCONN, srv_connection_cb);
+  what = "uv_poll_start";
+  rc = uv_poll_start(&s->listener, UV_READABLE, srv_listen_cb);
   if (rc < 0) goto fail_handles;
+  what = "uv_timer_init";
+  rc = uv_timer_init(&s->loop, &s->accept_timer);
+  if (rc < 0) goto fail_handles;
+  s->accept_timer.data = s;
   what = "uv_idle_init";
   rc = uv_idle_init(&s->loop, &s->pump_idle);
   if (rc < 0) goto fail_handles;
@@ -556,11 +700,13 @@ fail_handles:
   uv_walk(&s->loop, srv_walk_close, NULL);
   uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);
+  close(listen_fd);
   free(s);
   return NULL;
 fail_loop:
   lp_err_set(err, LP_EIO, "server: %s: %s", what, uv_strerror(rc));
   uv_loop_close(&s->loop);
+  close(listen_fd);
   free(s);
   return NULL;
 }

@@ -193,16 +193,33 @@ static void range_from_opts(const lp_wire_opts *o, lp_range *r) {
   r->lte = o->lte;
 }
 
-static int exec_get(lp_engine *e, const lp_request *r, lp_buf *out) {
+/* "ETOOLARGE: <op>: the <what> is N bytes, over the frame limit of M": a
+ * reply that would exceed max_frame is never sent (the follower would refuse
+ * it and, if it does not skip it, reconnect and ask again for ever); this
+ * error takes its place, for that request only (docs/PROTOCOL.md,
+ * "Framing"). */
+static void too_large_text(const lp_session *s, char *dst, size_t n, const char *op,
+                           const char *what, size_t bytes) {
+  snprintf(dst, n, "%s: %s: %s %zu bytes, over the frame limit of %zu", lp_code_name(LP_ETOOLARGE),
+           op, what, bytes, s->max_frame);
+}
+
+static int exec_get(lp_session *s, const lp_request *r, lp_buf *out) {
   char *val = NULL;
   size_t vlen = 0;
   lp_err err;
   lp_slice v;
   int rc;
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
-  rc = lp_engine_get(e, r->key, &val, &vlen, &err);
+  rc = lp_engine_get(s->eng, r->key, &val, &vlen, &err);
   if (rc < 0) return reply_storage_err(out, r->id, "get", &err);
   if (rc == 0) return reply_err(out, r->id, MSG_NOT_FOUND);
+  if (lp_wire_frame_payload(r->id, lp_wire_bytes_field_len(vlen)) > s->max_frame) {
+    char msg[160];
+    free(val);
+    too_large_text(s, msg, sizeof msg, "get", "the value is", vlen);
+    return reply_err(out, r->id, msg);
+  }
   /* a found empty value must still be a present field */
   v.ptr = val ? val : "";
   v.len = vlen;
@@ -215,7 +232,7 @@ static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
   lp_err err;
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
   if (!r->value.ptr) return reply_err(out, r->id, MSG_NULL_VALUE);
-  if (lp_engine_put(e, r->key, r->value, 0, &err) < 0)
+  if (lp_engine_put(e, r->key, r->value, r->sync, &err) < 0)
     return reply_storage_err(out, r->id, "put", &err);
   return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
@@ -223,7 +240,8 @@ static int exec_put(lp_engine *e, const lp_request *r, lp_buf *out) {
 static int exec_del(lp_engine *e, const lp_request *r, lp_buf *out) {
   lp_err err;
   if (r->key.len == 0) return reply_err(out, r->id, MSG_EMPTY_KEY);
-  if (lp_engine_del(e, r->key, 0, &err) < 0) return reply_storage_err(out, r->id, "del", &err);
+  if (lp_engine_del(e, r->key, r->sync, &err) < 0)
+    return reply_storage_err(out, r->id, "del", &err);
   return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
@@ -248,7 +266,7 @@ static int exec_batch(lp_engine *e, const lp_request *r, lp_buf *out) {
     else
       lp_batch_del(b, op.key);
   }
-  rc = lp_engine_write(e, b, 0, &err);
+  rc = lp_engine_write(e, b, r->sync, &err);
   lp_batch_free(b);
   if (rc < 0) return reply_storage_err(out, r->id, "batch", &err);
   return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
@@ -263,7 +281,7 @@ static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
     int rc;
     memset(&st, 0, sizeof st);
     do
-      rc = lp_engine_clear_step(e, &range, &st, LP_CLEAR_STEP, 0, &err);
+      rc = lp_engine_clear_step(e, &range, &st, LP_CLEAR_STEP, r->sync, &err);
     while (rc == 1);
     lp_clear_state_free(&st);
     if (rc < 0) return reply_storage_err(out, r->id, "clear", &err);
@@ -271,11 +289,12 @@ static int exec_clear(lp_engine *e, const lp_request *r, lp_buf *out) {
   return lp_wire_enc_callback(out, r->id, NULL, 0, LP_SLICE_NONE);
 }
 
-static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
+static int exec_getmany(lp_session *s, const lp_request *r, lp_buf *out) {
+  lp_engine *e = s->eng;
   lp_buf rest = {0};
-  size_t cur = 0;
+  size_t cur = 0, total = 0;
   lp_slice key;
-  int rc = 0;
+  int rc = 0, over = 0;
   while (lp_wire_next_key(r, &cur, &key)) {
     if (key.len == 0) {
       lp_buf_free(&rest);
@@ -297,11 +316,21 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
       return lp_wire_enc_getmany(out, r->id, msg, (size_t)n, (lp_slice){"", 0});
     }
     v = g == 1 ? (lp_slice){val ? val : "", vlen} : LP_SLICE_NONE;
-    rc = lp_wire_rest_getmany_value(&rest, v);
+    total = total > SIZE_MAX - vlen ? SIZE_MAX : total + vlen;
+    /* past the limit only the sizes are counted, for the message */
+    if (!over) rc = lp_wire_rest_getmany_value(&rest, v);
     free(val);
     if (rc < 0) break;
+    if (!over && lp_wire_frame_payload(r->id, rest.len) > s->max_frame) {
+      over = 1;
+      lp_buf_free(&rest);
+    }
   }
-  if (rc == 0) {
+  if (rc == 0 && over) {
+    char msg[160];
+    too_large_text(s, msg, sizeof msg, "getMany", "the values are", total);
+    rc = lp_wire_enc_getmany(out, r->id, msg, strlen(msg), (lp_slice){"", 0});
+  } else if (rc == 0) {
     lp_slice vr = {rest.ptr ? rest.ptr : "", rest.len};
     rc = lp_wire_enc_getmany(out, r->id, NULL, 0, vr);
   }
@@ -310,14 +339,15 @@ static int exec_getmany(lp_engine *e, const lp_request *r, lp_buf *out) {
 }
 
 /* Returns 0, or -1 when out of memory (the reply may be missing). */
-static int session_execute(lp_engine *e, const lp_request *r, lp_buf *out) {
+static int session_execute(lp_session *s, const lp_request *r, lp_buf *out) {
+  lp_engine *e = s->eng;
   switch (r->tag) {
-    case LP_REQ_GET: return exec_get(e, r, out);
+    case LP_REQ_GET: return exec_get(s, r, out);
     case LP_REQ_PUT: return exec_put(e, r, out);
     case LP_REQ_DEL: return exec_del(e, r, out);
     case LP_REQ_BATCH: return exec_batch(e, r, out);
     case LP_REQ_CLEAR: return exec_clear(e, r, out);
-    case LP_REQ_GETMANY: return exec_getmany(e, r, out);
+    case LP_REQ_GETMANY: return exec_getmany(s, r, out);
     default: return 0; /* ITER is the session's business */
   }
 }
@@ -336,6 +366,15 @@ static long sess_iter_produce(lp_session *s, sess_iter *it, lp_buf *out, size_t 
       lp_slice vs = it->values ? v : (lp_slice){"", 0};
       if (!ks.ptr) ks.ptr = "";
       if (!vs.ptr) vs.ptr = "";
+      if (lp_wire_frame_payload(it->id, lp_wire_bytes_field_len(ks.len) +
+                                            lp_wire_bytes_field_len(vs.len)) > s->max_frame) {
+        /* the entry cannot be sent: the iterator fails here */
+        char msg[160];
+        too_large_text(s, msg, sizeof msg, "iterator", "an entry is", ks.len + vs.len);
+        sess_iter_finish(s, it);
+        if (lp_wire_enc_itererror(out, it->id, msg, strlen(msg)) < 0) return -1;
+        break;
+      }
       if (lp_wire_enc_iterdata(out, it->id, ks, vs) < 0) {
         sess_iter_finish(s, it);
         return -1;
@@ -434,6 +473,30 @@ static const char *tag_name(int tag) {
   return tag >= 0 && tag < 7 ? names[tag] : "unknown";
 }
 
+/* A request frame over max_frame of which h[0..avail) has arrived (after its
+ * length prefix).  The connection is closed for it (its body cannot be
+ * skipped without a state no other request needs), but when its tag and id
+ * are already in, its request is first answered with ETOOLARGE, so that the
+ * follower that sent it does not send it again on its next connection
+ * (docs/PROTOCOL.md, "Framing").  Best effort: nothing when they are not. */
+static void refuse_oversized(lp_session *s, const char *h, size_t avail, uint64_t n, lp_buf *out) {
+  uint64_t id;
+  size_t used;
+  int tag;
+  char msg[160];
+  if (avail < 3 || (unsigned char)h[1] != 0x08) return; /* tag, then field 1 (id) */
+  tag = (unsigned char)h[0];
+  if (tag > LP_REQ_GETMANY || lp_varint_get(h + 2, avail - 2, &id, &used) != 1) return;
+  snprintf(msg, sizeof msg, "%s: %s: the request is %" PRIu64 " bytes, over the frame limit of %zu",
+           lp_code_name(LP_ETOOLARGE), tag_name(tag), n, s->max_frame);
+  if (tag == LP_REQ_ITER)
+    (void)lp_wire_enc_itererror(out, (uint32_t)id, msg, strlen(msg));
+  else if (tag == LP_REQ_GETMANY)
+    (void)lp_wire_enc_getmany(out, (uint32_t)id, msg, strlen(msg), (lp_slice){"", 0});
+  else
+    (void)lp_wire_enc_callback(out, (uint32_t)id, msg, strlen(msg), LP_SLICE_NONE);
+}
+
 long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, size_t budget,
                       lp_err *err) {
   size_t off = 0;
@@ -450,10 +513,11 @@ long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, si
     if (rc == LP_WIRE_TOO_BIG) {
       uint64_t n = 0;
       size_t vused = 0;
-      if (lp_varint_get(in + off, len - off, &n, &vused) == 1)
+      if (lp_varint_get(in + off, len - off, &n, &vused) == 1) {
+        refuse_oversized(s, in + off + vused, len - off - vused, n, out);
         lp_err_set(err, LP_EPROTO, "frame of %" PRIu64 " bytes exceeds the limit of %zu", n,
                    s->max_frame);
-      else
+      } else
         lp_err_set(err, LP_EPROTO, "bad frame length prefix");
       return -1;
     }
@@ -478,7 +542,7 @@ long lp_session_input(lp_session *s, const char *in, size_t len, lp_buf *out, si
     if (req.tag == LP_REQ_ITER)
       rc = session_iter(s, &req, out, &budget);
     else
-      rc = session_execute(s->eng, &req, out);
+      rc = session_execute(s, &req, out);
     if (rc < 0) {
       lp_err_set(err, LP_ENOMEM, "out of memory while replying to %s", tag_name(req.tag));
       return -1;

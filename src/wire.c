@@ -143,12 +143,16 @@ enum {
   F_OPT_LTE = 6,
   F_OPT_LIMIT = 7, /* sint32 */
   F_OPT_REVERSE = 8,
-  F_ERROR = 2,      /* Callback, IteratorData, GetManyCallback */
-  F_CB_VALUE = 3,   /* Callback */
-  F_DATA_KEY = 3,   /* IteratorData */
-  F_DATA_VALUE = 4, /* IteratorData */
-  F_VALUES = 3,     /* GetManyCallback: repeated Value */
-  F_VALUE_VALUE = 1 /* GetManyCallback.Value: absent = not found */
+  F_ERROR = 2,       /* Callback, IteratorData, GetManyCallback */
+  F_CB_VALUE = 3,    /* Callback */
+  F_DATA_KEY = 3,    /* IteratorData */
+  F_DATA_VALUE = 4,  /* IteratorData */
+  F_VALUES = 3,      /* GetManyCallback: repeated Value */
+  F_VALUE_VALUE = 1, /* GetManyCallback.Value: absent = not found */
+  /* Put, Delete, Batch, Clear: levelparty's sync flag, a bool.  Not in
+   * multileveldown's schema: Node's decoder skips it (an unknown field), so
+   * a Node leader ignores it (docs/PROTOCOL.md, "Durability"). */
+  F_SYNC = 15
 };
 
 typedef struct reader {
@@ -334,6 +338,11 @@ int lp_wire_decode_request(lp_slice payload, lp_request *out) {
       if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
       out->id = (uint32_t)f.v;
       has_id = 1;
+      continue;
+    }
+    if (f.num == F_SYNC && tag != LP_REQ_GET && tag != LP_REQ_ITER && tag != LP_REQ_GETMANY) {
+      if (f.wt != WT_VARINT) return LP_WIRE_MALFORMED;
+      out->sync = f.v != 0;
       continue;
     }
     switch (tag) {
@@ -545,6 +554,12 @@ int lp_wire_frame(lp_buf *out, int tag, uint32_t id, lp_slice rest) {
   return 0;
 }
 
+size_t lp_wire_frame_payload(uint32_t id, size_t restlen) {
+  return add_sz(1 + varint_field_len(id), restlen);
+}
+
+size_t lp_wire_bytes_field_len(size_t n) { return add_sz(1 + varint_len(n), n); }
+
 /* Required bytes fields (keys) are always written; an absent one goes out
  * empty so that the frame stays decodable and the peer reports the empty key. */
 int lp_wire_rest_key(lp_buf *rest, lp_slice key) {
@@ -584,6 +599,12 @@ int lp_wire_rest_batch_op(lp_buf *rest, int type, lp_slice key, lp_slice value) 
 }
 
 int lp_wire_rest_getmany_key(lp_buf *rest, lp_slice key) { return lp_wire_rest_key(rest, key); }
+
+int lp_wire_rest_sync(lp_buf *rest) {
+  if (lp_buf_reserve(rest, 2) != 0) return -1;
+  w_varint_field(rest, KEY(F_SYNC, WT_VARINT), 1);
+  return 0;
+}
 
 /* lp_range.limit is int64; on the wire it is sint32.  Negative means no
  * limit (-1); larger than INT32_MAX is clamped. */

@@ -428,16 +428,144 @@ static void test_mismatch_and_errors(void) {
   c = lp_client_new(&o);
   t = sub_key(c, LP_REQ_GET, "a", 0);
   b.len = 0;
-  lp_wire_enc_callback(&b, 0, NULL, 0, S("0123456789abcdefghij"));
-  check(lp_client_feed(c, b.ptr, 1, &err) == -1 && err.code == LP_EPROTO,
-        "frame over max_frame is a protocol error as soon as its length is known", "failed");
+  lp_buf_append(&b, "\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01", 11);
+  check(lp_client_feed(c, b.ptr, b.len, &err) == -1 && err.code == LP_EPROTO,
+        "a length prefix over 10 bytes is a protocol error", "failed");
   lp_client_reset(c);
   b.len = 0;
   lp_wire_enc_callback(&b, 0, NULL, 0, S("0123"));
   lp_client_replay(c);
   check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && lp_client_done(c, t),
         "after reset and replay a small reply completes the request", "failed");
+  lp_client_take(c, t, &res);
+  lp_result_free(&res);
   lp_buf_free(&b);
+  lp_client_free(c);
+}
+
+static void feed_entry(lp_client *c, uint32_t id, const char *k, const char *v);
+
+/* A reply frame over max_frame (from a leader that does not check what it
+ * sends) fails only the request it answers, with ETOOLARGE, as soon as its
+ * tag and id are in; its bytes are dropped as they arrive, and the frames
+ * after it are read as usual: no protocol error, no reconnect. */
+static void test_too_large_replies(void) {
+  lp_client_opts o;
+  lp_client *c;
+  lp_buf b = {0}, big = {0};
+  lp_err err;
+  lp_result res;
+  lp_response r;
+  lp_range range;
+  lp_citer *it;
+  lp_slice k, v;
+  uint64_t t0, t1;
+  size_t i, ok = 1;
+  char val[200];
+  memset(val, 'v', sizeof val);
+  lp_client_opts_init(&o);
+  o.max_frame = 64;
+  c = lp_client_new(&o);
+  t0 = sub_key(c, LP_REQ_GET, "big", 0);
+  t1 = sub_key(c, LP_REQ_GET, "small", 0);
+  lp_wire_enc_callback(&big, 0, NULL, 0, (lp_slice){val, sizeof val});
+  lp_wire_enc_callback(&b, 1, NULL, 0, S("ok"));
+  check(lp_client_feed(c, big.ptr, 3, &err) == 0 && !lp_client_done(c, t0),
+        "an oversized reply waits for its tag and id", "failed");
+  check(lp_client_feed(c, big.ptr + 3, 2, &err) == 0 && lp_client_done(c, t0) &&
+            !lp_client_done(c, t1),
+        "then fails its request alone", "failed");
+  memset(&res, 0, sizeof res);
+  (void)lp_client_take(c, t0, &res);
+  check(res.code == LP_ETOOLARGE && res.msg &&
+            strcmp(res.msg, "the reply is 206 bytes, over the frame limit of 64") == 0,
+        "with ETOOLARGE and the sizes", "%s", res.msg ? res.msg : "(null)");
+  lp_result_free(&res);
+  for (i = 5; i < big.len; i += 7)
+    ok = ok && lp_client_feed(c, big.ptr + i, i + 7 < big.len ? 7 : big.len - i, &err) == 0;
+  check(ok && !lp_client_done(c, t1), "its bytes are dropped as they come, never a protocol error",
+        "failed");
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && take(c, t1, &res, &r) == LP_OK &&
+            slice_eq(r.value, "ok"),
+        "the next reply completes its request", "failed");
+  lp_result_free(&res);
+  /* in one feed: the oversized frame whole, then a normal one */
+  t0 = sub_key(c, LP_REQ_GET, "big", 0);
+  t1 = sub_key(c, LP_REQ_GET, "small", 0);
+  b.len = 0;
+  lp_buf_append(&b, big.ptr, big.len);
+  lp_wire_enc_callback(&b, 1, NULL, 0, S("ok"));
+  check(lp_client_feed(c, b.ptr, b.len, &err) == 0 && lp_client_take(c, t0, &res) == 0 &&
+            res.code == LP_ETOOLARGE,
+        "an oversized frame fed whole fails its request", "failed");
+  lp_result_free(&res);
+  check(take(c, t1, &res, &r) == LP_OK && slice_eq(r.value, "ok"),
+        "and the frame after it in the same feed is read", "failed");
+  lp_result_free(&res);
+  /* an iterator entry over the limit fails the iterator after what it holds */
+  lp_range_init(&range);
+  it = lp_client_iter_open(c, &range);
+  lp_client_out(c)->len = 0;
+  feed_entry(c, 0, "a", "1");
+  big.len = 0;
+  lp_wire_enc_iterdata(&big, 0, S("b"), (lp_slice){val, sizeof val});
+  check(lp_client_feed(c, big.ptr, 10, &err) == 0 && buf_is(lp_client_out(c), "05 04 08 00 10 00"),
+        "an oversized entry ends the iterator on the wire (batch:0)", "failed");
+  check(lp_client_feed(c, big.ptr + 10, big.len - 10, &err) == 0, "and its bytes are dropped",
+        "failed");
+  check(lp_client_iter_next(c, it, &k, &v, &err) == 1 && slice_eq(k, "a") &&
+            lp_client_iter_next(c, it, &k, &v, &err) == -1 && err.code == LP_ETOOLARGE &&
+            strcmp(err.msg, "iterator: the entry is 209 bytes, over the frame limit of 64") == 0,
+        "the entry before it comes out, then ETOOLARGE", "%s", err.msg);
+  lp_client_reset(c);
+  lp_client_replay(c);
+  check(lp_client_out(c)->len == 0 && lp_client_iter_next(c, it, &k, &v, &err) == -1 &&
+            err.code == LP_ETOOLARGE,
+        "a reconnect does not reopen it", "failed");
+  lp_client_iter_close(c, it);
+  lp_buf_free(&b);
+  lp_buf_free(&big);
+  lp_client_free(c);
+}
+
+/* A request whose frame exceeds max_frame fails at once with ETOOLARGE and
+ * never reaches the wire; one of exactly max_frame goes out. */
+static void test_too_large_requests(void) {
+  lp_client_opts o;
+  lp_client *c;
+  lp_result res;
+  lp_buf rest = {0};
+  lp_request rq[4];
+  uint64_t t;
+  lp_client_opts_init(&o);
+  o.max_frame = 16;
+  c = lp_client_new(&o);
+  /* payload: tag, 08 00, 12 01 6b, 1a 09 + 9 bytes = 17 */
+  t = sub_put(c, "k", "123456789", 0);
+  check(t > 0 && lp_client_done(c, t) && lp_client_pending(c) == 0 && lp_client_out(c)->len == 0,
+        "a put one byte over max_frame is finished at once and never sent", "failed");
+  memset(&res, 0, sizeof res);
+  (void)lp_client_take(c, t, &res);
+  check(res.code == LP_ETOOLARGE && res.msg &&
+            strcmp(res.msg, "the request is 17 bytes, over the frame limit of 16") == 0,
+        "with ETOOLARGE and the sizes", "%s", res.msg ? res.msg : "(null)");
+  lp_result_free(&res);
+  t = sub_put(c, "k", "12345678", 0);
+  check(t > 0 && !lp_client_done(c, t) && decode_reqs(lp_client_out(c), rq, 4) == 1 &&
+            rq[0].id == 0 && lp_client_out(c)->len == 17 && lp_wire_frame_payload(0, 13) == 16,
+        "a put of exactly max_frame goes out, under id 0 (no id was taken)", "failed");
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("a"), S("0123456789"));
+  t = lp_client_submit(c, LP_REQ_BATCH, (lp_slice){rest.ptr, rest.len}, 0);
+  check(t > 0 && lp_client_take(c, t, &res) == 0 && res.code == LP_ETOOLARGE,
+        "a batch over max_frame fails with ETOOLARGE too", "failed");
+  lp_result_free(&res);
+  check(lp_client_pending(c) == 1 && decode_reqs(lp_client_out(c), rq, 4) == 1,
+        "only the put that fits is pending and framed", "failed");
+  lp_client_reset(c);
+  lp_client_replay(c);
+  check(decode_reqs(lp_client_out(c), rq, 4) == 1 && rq[0].tag == LP_REQ_PUT,
+        "replay sends the put that fits, never the refused ones", "failed");
+  lp_buf_free(&rest);
   lp_client_free(c);
 }
 
@@ -662,6 +790,93 @@ static void test_iter_codec(void) {
   lp_client_free(c);
 }
 
+/* Plays `rounds` windows of one iterator: the server sends each window whole
+ * (as Node's leader does, in one burst), the caller consumes everything and,
+ * when `waits`, then waits for more.  Writes the batch of the open and of
+ * every refill into seq; returns how many. */
+static int window_sequence(lp_client *c, lp_citer *it, int waits, int rounds, uint32_t *seq) {
+  lp_request rq[4];
+  lp_slice k, v;
+  lp_err err;
+  char key[32];
+  int n = 0, fed = 0, round, i, m;
+  uint32_t id = 0, credit = 0;
+  m = decode_reqs(lp_client_out(c), rq, 4);
+  if (m == 1) {
+    id = rq[0].id;
+    credit = seq[n++] = rq[0].batch;
+  }
+  lp_client_out(c)->len = 0;
+  for (round = 0; round < rounds; round++) {
+    uint32_t g = credit;
+    for (i = 0; i < (int)g; i++) {
+      snprintf(key, sizeof key, "k%08d", fed++);
+      feed_entry(c, id, key, "v");
+    }
+    while (lp_client_iter_next(c, it, &k, &v, &err) == 1) {
+      m = decode_reqs(lp_client_out(c), rq, 4);
+      if (m == 1 && n < 64) credit = seq[n++] = rq[0].batch;
+      lp_client_out(c)->len = 0;
+    }
+    if (waits) lp_client_iter_wait_deadline(c, it, 0);
+  }
+  return n;
+}
+
+static int seq_is(const uint32_t *seq, int n, const uint32_t *want, int nwant) {
+  return n == nwant && memcmp(seq, want, (size_t)n * sizeof *seq) == 0;
+}
+
+/* An iterator's window starts at 32 and doubles up to `window` at each refill
+ * after the caller had to wait; a caller that never waits keeps asking for 32,
+ * as Node's client does. */
+static void test_iter_window_growth(void) {
+  static const uint32_t fast[] = {32, 32, 64, 128, 256, 256, 256};
+  static const uint32_t slow[] = {32, 32, 32, 32, 32, 32, 32};
+  lp_client_opts o;
+  lp_client *c;
+  lp_citer *it;
+  lp_range r;
+  lp_request rq[4];
+  uint32_t seq[64];
+  int n;
+  c = lp_client_new(NULL);
+  lp_range_init(&r);
+  it = lp_client_iter_open(c, &r);
+  check(buf_is(lp_client_out(c), "0f 04 08 00 10 20 1a 08 08 01 10 01 38 01 40 00"),
+        "the default open asks for 32 entries (example frame)", "failed");
+  lp_client_iter_close(c, it);
+  lp_client_free(c);
+  lp_client_opts_init(&o);
+  o.window = 256;
+  c = lp_client_new(&o);
+  it = lp_client_iter_open(c, &r);
+  n = window_sequence(c, it, 1, 6, seq);
+  check(seq_is(seq, n, fast, 7),
+        "a reader that waits: windows 32, 32, 64, 128, 256, 256, 256 (doubling, capped)",
+        "%d windows: %u %u %u %u %u %u %u", n, seq[0], seq[1], seq[2], seq[3], seq[4], seq[5],
+        seq[6]);
+  lp_client_reset(c);
+  lp_client_replay(c);
+  check(decode_reqs(lp_client_out(c), rq, 4) == 1 && rq[0].batch == 256,
+        "a reopen after a reset keeps the grown window", "failed");
+  lp_client_iter_close(c, it);
+  lp_client_out(c)->len = 0;
+  it = lp_client_iter_open(c, &r);
+  n = window_sequence(c, it, 0, 6, seq);
+  check(seq_is(seq, n, slow, 7), "a reader that never waits keeps windows of 32", "%d windows", n);
+  lp_client_iter_close(c, it);
+  lp_client_free(c);
+  o.window = 8;
+  c = lp_client_new(&o);
+  it = lp_client_iter_open(c, &r);
+  n = window_sequence(c, it, 1, 3, seq);
+  check(n == 4 && seq[0] == 8 && seq[1] == 8 && seq[2] == 8 && seq[3] == 8,
+        "a window option below 32 is the first window and the cap", "%d: %u %u", n, seq[0], seq[2]);
+  lp_client_iter_close(c, it);
+  lp_client_free(c);
+}
+
 /* Reopen options after a reset, decoded from the client's own bytes. */
 /* Received entries share one byte arena per iterator, compacted as the caller
  * consumes.  Entries of mixed sizes (empty keys and values among them) arrive
@@ -678,12 +893,14 @@ static void test_iter_arena(void) {
   lp_slice k, v;
   lp_err err;
   char key[32], val[3000], last[32] = "";
-  int fed = 0, got = 0, n, resets = 0, credit = WINDOW;
+  int fed = 0, got = 0, n, resets = 0, credit;
   lp_client_opts_init(&o);
   o.window = WINDOW;
   c = lp_client_new(&o);
   lp_range_init(&r);
   it = lp_client_iter_open(c, &r);
+  n = decode_reqs(lp_client_out(c), rq, 4);
+  credit = n == 1 ? (int)rq[0].batch : 0; /* the first window */
   lp_client_out(c)->len = 0;
   tap_quiet_failures = 0;
   while (got < TOTAL) {
@@ -1348,10 +1565,13 @@ int main(void) {
   test_finished_log();
   test_finished_log_bound();
   test_mismatch_and_errors();
+  test_too_large_requests();
+  test_too_large_replies();
   test_fail_all();
   test_iter_codec();
   test_iter_reopen();
   test_iter_arena();
+  test_iter_window_growth();
 
   memset(&L, 0, sizeof L);
   if (!tap_tmpdir(tmpdir, sizeof tmpdir, "client")) return tap_done();

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -1060,6 +1061,183 @@ static void test_stop_with_clients(void) {
   lp_server_stop(NULL);
 }
 
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static int log_count(const char *needle) {
+  int n = 0;
+  pthread_mutex_lock(&log_mu);
+  for (const char *p = strstr(log_text, needle); p; p = strstr(p + 1, needle))
+    n++;
+  pthread_mutex_unlock(&log_mu);
+  return n;
+}
+
+/* A leader out of file descriptors: accept fails with EMFILE.  It must say
+ * so (once, not per attempt), not spin on the listening socket that stays
+ * readable, keep serving the connections it has, and accept the waiting ones
+ * once descriptors are free again. */
+static void test_emfile(void) {
+  enum { NCLIENTS = 24 };
+  int fds[NCLIENTS], i, spare, accepted, ok = 1;
+  struct rlimit old, low;
+  struct sockaddr_un a;
+  double cpu0, cpu1;
+  lp_server *s = start_server(0, 0, 0);
+  if (!s || getrlimit(RLIMIT_NOFILE, &old) != 0) {
+    check(0, "EMFILE setup", "failed");
+    lp_server_stop(s);
+    return;
+  }
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  sock_path(a.sun_path, sizeof a.sun_path);
+  for (i = 0; i < NCLIENTS; i++)
+    fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  /* room for 4 more descriptors in the whole process: the server's */
+  spare = dup(0);
+  close(spare);
+  low = old;
+  low.rlim_cur = (rlim_t)spare + 4;
+  setrlimit(RLIMIT_NOFILE, &low);
+  for (i = 0; i < NCLIENTS; i++)
+    ok = ok && connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0;
+  check(ok, "EMFILE: every client connects (the backlog takes them)", "%s", strerror(errno));
+  check(log_wait("cannot accept connections: too many open files (EMFILE)", 3000),
+        "EMFILE: the leader says it cannot accept", "log: %s", log_text);
+  accepted = lp_server_connections(s);
+  cpu0 = cpu_s();
+  usleep(600000);
+  cpu1 = cpu_s();
+  check(cpu1 - cpu0 < 0.15, "EMFILE: the leader does not spin meanwhile", "%.2f s of CPU in 0.6 s",
+        cpu1 - cpu0);
+  check(log_count("cannot accept connections") == 1, "EMFILE: said once, not at every attempt",
+        "%d lines", log_count("cannot accept connections"));
+  check(accepted >= 1 && accepted < NCLIENTS && lp_server_connections(s) == accepted,
+        "EMFILE: the others wait, none is dropped", "%d accepted", accepted);
+  {
+    client c0 = {fds[0], {0}};
+    check_get(&c0, "a1", "v1", "EMFILE: a connection it has is still served");
+    lp_buf_free(&c0.rx);
+  }
+  setrlimit(RLIMIT_NOFILE, &old);
+  check(wait_conns(s, NCLIENTS, 3000), "EMFILE: once descriptors are free, the waiting ones are in",
+        "%d of %d", lp_server_connections(s), NCLIENTS);
+  check(log_wait("accepting connections again", 1000), "EMFILE: and it says so", "log: %s",
+        log_text);
+  {
+    client cl = {fds[NCLIENTS - 1], {0}};
+    check_get(&cl, "a1", "v1", "EMFILE: the last one to connect is served");
+    lp_buf_free(&cl.rx);
+  }
+  for (i = 0; i < NCLIENTS; i++)
+    close(fds[i]);
+  lp_server_stop(s);
+}
+
+/* Followers that open iterators with huge windows and never read: each is
+ * bounded by max_conn_buffer, and all of them together by max_total_buffer,
+ * the ones holding the most stopping first; a follower that reads is served,
+ * and a stopped one that starts reading gets everything, in order. */
+static void test_total_buffer(void) {
+  enum { NSLOW = 10, NENT = 2048, VLEN = 4096 };
+  lp_server_opts o;
+  lp_server *s;
+  lp_err err;
+  client slow[NSLOW], good;
+  lp_batch *b = lp_batch_new();
+  lp_buf req = {0};
+  lp_range r;
+  char *val = malloc(VLEN), key[32];
+  size_t last = 0, total;
+  int i, n = 0, order_ok = 1, got_end = 0, stable = 0;
+  memset(val, 'q', VLEN);
+  for (i = 0; i < NENT; i++) {
+    snprintf(key, sizeof key, "tot%05d", i);
+    lp_batch_put(b, S(key), (lp_slice){val, VLEN});
+  }
+  lp_engine_write(eng, b, 0, &err);
+  lp_batch_free(b);
+  free(val);
+  lp_server_opts_init(&o);
+  o.max_conn_buffer = 1u << 20;
+  o.max_total_buffer = 2u << 20;
+  o.log = log_cb;
+  s = lp_server_start(eng, make_listener(), &o, &err);
+  if (!s || client_open(&good) < 0) {
+    check(0, "total buffer setup", "%s", err.msg);
+    lp_server_stop(s);
+    return;
+  }
+  lp_range_init(&r);
+  r.gte = S("tot");
+  r.lt = S("tou");
+  for (i = 0; i < NSLOW; i++) {
+    if (client_open(&slow[i]) < 0) slow[i].fd = -1;
+    req.len = 0;
+    req_iter(&req, 0, 1000000, &r);
+    if (slow[i].fd >= 0) send_buf(&slow[i], &req);
+  }
+  /* until production stops: the total no longer moves */
+  for (i = 0; i < 300 && stable < 30; i++) {
+    usleep(10000);
+    total = lp_server_unsent(s);
+    stable = total == last ? stable + 1 : 0;
+    last = total;
+  }
+  total = lp_server_unsent(s);
+  printf("# %d readers that never read: %zu KiB unsent in total (limit 2048 KiB, %d x 1024 KiB "
+         "per connection)\n",
+         NSLOW, total / 1024, NSLOW);
+  /* soft by one step (64 entries of 4 KiB) per connection */
+  check(total <= (2u << 20) + NSLOW * 300u * 1024u,
+        "the total of unsent replies is bounded by max_total_buffer, not per connection", "%zu KiB",
+        total / 1024);
+  check(log_wait("over the limit of 2048 KiB", 2000), "the leader logs that the total is over",
+        "log: %s", log_text);
+  check_get(&good, "a1", "v1", "a follower that reads is still served");
+  /* one of them reads now: it gets every entry in order, then the end */
+  for (;;) {
+    lp_slice raw, pl;
+    lp_response resp;
+    if (read_frame(&slow[0], &raw, &pl, 5000) != 1) break;
+    if (lp_wire_decode_response(pl, &resp) == LP_WIRE_OK && resp.tag == LP_RES_ITERDATA) {
+      if (!resp.key.ptr && !resp.value.ptr) {
+        got_end = 1;
+      } else {
+        snprintf(key, sizeof key, "tot%05d", n);
+        if (!slice_is(resp.key, key) || resp.value.len != VLEN) order_ok = 0;
+        n++;
+      }
+    }
+    frame_done(&slow[0], raw);
+    if (got_end) break;
+  }
+  check(n == NENT && order_ok && got_end, "a held follower that reads gets everything, in order",
+        "%d entries, order %d, end %d", n, order_ok, got_end);
+  for (i = 0; i < NSLOW; i++)
+    client_close(&slow[i]);
+  client_close(&good);
+  lp_buf_free(&req);
+  check(wait_conns(s, 0, 3000) && lp_server_unsent(s) == 0, "closed, nothing is left counted",
+        "%zu", lp_server_unsent(s));
+  lp_server_stop(s);
+  lp_range_init(&r);
+  r.gte = S("tot");
+  r.lt = S("tou");
+  {
+    lp_clear_state st;
+    memset(&st, 0, sizeof st);
+    while (lp_engine_clear_step(eng, &r, &st, LP_CLEAR_STEP, 0, &err) == 1) {
+    }
+    lp_clear_state_free(&st);
+  }
+}
+
 static void test_start_stop(void) {
   int ok = 1;
   for (int i = 0; i < 20; i++) {
@@ -1216,6 +1394,99 @@ static void test_session_direct(void) {
   check(1, "session freed with an iterator still open", "-");
 }
 
+/* Decodes the one reply frame of out (the whole buffer). */
+static int one_reply(const lp_buf *out, lp_response *r) {
+  lp_slice pl;
+  size_t used;
+  return lp_wire_next_frame(out->ptr, out->len, 0, &pl, &used) == LP_WIRE_OK && used == out->len &&
+         lp_wire_decode_response(pl, r) == LP_WIRE_OK;
+}
+
+/* Replies that would exceed max_frame become ETOOLARGE errors for their
+ * request alone; an oversized request is answered before the session gives
+ * up on the connection. */
+static void test_session_too_large(void) {
+  char *big = malloc(2000);
+  lp_err e2, err;
+  lp_session *ss = lp_session_new(eng, 1024);
+  lp_buf in = {0}, out = {0}, rest = {0};
+  lp_response r;
+  lp_range range;
+  long used;
+  char k[256], v[2048];
+  memset(big, 'b', 2000);
+  lp_engine_put(eng, S("tl1"), S("small"), 0, &e2);
+  lp_engine_put(eng, S("tl2"), (lp_slice){big, 2000}, 0, &e2);
+  lp_engine_put(eng, S("tl3"), S("small"), 0, &e2);
+  req_key(&in, LP_REQ_GET, 7, "tl2");
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == (long)in.len && one_reply(&out, &r) && r.tag == LP_RES_CALLBACK && r.id == 7 &&
+            slice_is(r.error,
+                     "ETOOLARGE: get: the value is 2000 bytes, over the frame limit of 1024"),
+        "a get whose reply would exceed max_frame is answered with ETOOLARGE", "%.*s",
+        (int)r.error.len, r.error.ptr ? r.error.ptr : "");
+  in.len = out.len = 0;
+  req_key(&in, LP_REQ_GET, 8, "tl1");
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == (long)in.len && one_reply(&out, &r) && slice_is(r.value, "small"),
+        "the session goes on serving", "failed");
+  in.len = out.len = 0;
+  lp_wire_rest_getmany_key(&rest, S("tl1"));
+  lp_wire_rest_getmany_key(&rest, S("tl2"));
+  lp_wire_frame(&in, LP_REQ_GETMANY, 9, (lp_slice){rest.ptr, rest.len});
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == (long)in.len && one_reply(&out, &r) && r.tag == LP_RES_GETMANY && r.count == 0 &&
+            slice_is(r.error, "ETOOLARGE: getMany: the values are 2005 bytes, over the frame "
+                              "limit of 1024"),
+        "a getMany whose reply would exceed max_frame too", "%.*s", (int)r.error.len,
+        r.error.ptr ? r.error.ptr : "");
+  in.len = out.len = 0;
+  lp_range_init(&range);
+  range.gte = S("tl");
+  range.lt = S("tm");
+  req_iter(&in, 3, 100, &range);
+  used = lp_session_input(ss, in.ptr, in.len, &out, 100, &err);
+  {
+    client fake; /* read_iter reads from a buffer: feed it the output */
+    int a, b2;
+    memset(&fake, 0, sizeof fake);
+    fake.fd = -1;
+    lp_buf_append(&fake.rx, out.ptr, out.len);
+    a = read_iter(&fake, NULL, k, v, 0);
+    check(a == 1 && strcmp(k, "tl1") == 0, "the iterator sends the entry before the big one",
+          "%d %s", a, k);
+    b2 = read_iter(&fake, NULL, k, v, 0);
+    check(b2 == -1 && strcmp(k, "ETOOLARGE: iterator: an entry is 2003 bytes, over the frame limit "
+                                "of 1024") == 0,
+          "then fails with ETOOLARGE", "%d %s", b2, k);
+    check(fake.rx.len == 0 && lp_session_pump(ss, &out, 100) == 0, "and sends nothing after it",
+          "%zu left", fake.rx.len);
+    lp_buf_free(&fake.rx);
+  }
+  /* an oversized request: answered, then refused */
+  in.len = out.len = 0;
+  lp_buf_append(&in, "\x90\x10\x01\x08\x05\x12", 6); /* put, 2064 bytes, id 5 */
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == -1 && err.code == LP_EPROTO && one_reply(&out, &r) && r.id == 5 &&
+            slice_is(r.error, "ETOOLARGE: put: the request is 2064 bytes, over the frame "
+                              "limit of 1024"),
+        "an oversized request is answered with ETOOLARGE before the connection is refused",
+        "%ld %.*s", used, (int)r.error.len, r.error.ptr ? r.error.ptr : "");
+  in.len = out.len = 0;
+  lp_buf_append(&in, "\x90\x10\x01", 3); /* its id not in yet */
+  used = lp_session_input(ss, in.ptr, in.len, &out, 10, &err);
+  check(used == -1 && out.len == 0, "without its id, it is refused without a reply", "%zu",
+        out.len);
+  lp_engine_del(eng, S("tl1"), 0, &e2);
+  lp_engine_del(eng, S("tl2"), 0, &e2);
+  lp_engine_del(eng, S("tl3"), 0, &e2);
+  lp_buf_free(&in);
+  lp_buf_free(&out);
+  lp_buf_free(&rest);
+  lp_session_free(ss);
+  free(big);
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc == 5 && strcmp(argv[1], "--worker") == 0) { /* see test_concurrent */
@@ -1240,6 +1511,7 @@ int main(int argc, char **argv) {
   }
 
   test_session_direct();
+  test_session_too_large();
 
   lp_server *s = start_server(1u << 20, 256 * 1024, 0);
   check(s != NULL, "server starts", "failed");
@@ -1253,6 +1525,8 @@ int main(int argc, char **argv) {
     lp_server_stop(s);
   }
   test_stop_with_clients();
+  test_emfile();
+  test_total_buffer();
   test_start_stop();
   test_peercred();
 

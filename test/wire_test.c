@@ -1039,6 +1039,57 @@ static void test_ranges(void) {
   }
 }
 
+/* levelparty's sync flag (field 15): written last and only when true, read
+ * on Put, Delete, Batch and Clear, skipped like any unknown field elsewhere
+ * (docs/PROTOCOL.md, "Durability"). */
+static void test_sync_flag(void) {
+  lp_buf rest = {0}, f = {0}, want = {0};
+  lp_request r;
+  lp_slice pl;
+  size_t used;
+  lp_range range;
+
+  lp_wire_rest_put(&rest, S("k1"), S("v"));
+  lp_wire_rest_sync(&rest);
+  lp_wire_frame(&f, LP_REQ_PUT, 0, (lp_slice){rest.ptr, rest.len});
+  check(same_bytes(&f, "0c 01 08 00 12 02 6b 31 1a 01 76 78 01", "put with sync"),
+        "put with sync: the flag is 78 01, after the value (example frame)", "failed");
+  check(lp_wire_next_frame(f.ptr, f.len, 0, &pl, &used) == LP_WIRE_OK &&
+            lp_wire_decode_request(pl, &r) == LP_WIRE_OK && r.sync == 1 && slice_is(r.value, "v"),
+        "and decodes with sync set", "failed");
+  rest.len = f.len = 0;
+  lp_wire_rest_key(&rest, S("k1"));
+  lp_wire_frame(&f, LP_REQ_DEL, 3, (lp_slice){rest.ptr, rest.len});
+  check(lp_wire_next_frame(f.ptr, f.len, 0, &pl, &used) == LP_WIRE_OK &&
+            lp_wire_decode_request(pl, &r) == LP_WIRE_OK && r.sync == 0,
+        "a delete without the flag: sync 0, the bytes Node sends", "failed");
+  rest.len = f.len = 0;
+  lp_wire_rest_batch_op(&rest, LP_OP_PUT, S("a"), S("1"));
+  lp_wire_rest_batch_op(&rest, LP_OP_DEL, S("b"), LP_SLICE_NONE);
+  lp_wire_rest_sync(&rest);
+  lp_wire_frame(&f, LP_REQ_BATCH, 1, (lp_slice){rest.ptr, rest.len});
+  check(lp_wire_next_frame(f.ptr, f.len, 0, &pl, &used) == LP_WIRE_OK &&
+            lp_wire_decode_request(pl, &r) == LP_WIRE_OK && r.sync == 1 && r.count == 2,
+        "a batch with the flag after its ops", "failed");
+  rest.len = f.len = 0;
+  lp_range_init(&range);
+  lp_wire_rest_clear(&rest, &range);
+  lp_wire_rest_sync(&rest);
+  lp_wire_frame(&f, LP_REQ_CLEAR, 2, (lp_slice){rest.ptr, rest.len});
+  check(lp_wire_next_frame(f.ptr, f.len, 0, &pl, &used) == LP_WIRE_OK &&
+            lp_wire_decode_request(pl, &r) == LP_WIRE_OK && r.sync == 1 && r.opts.present,
+        "a clear with the flag after its options", "failed");
+  spec_bytes(&want, "00 08 00 12 02 6b 31 78 01");
+  check(lp_wire_decode_request((lp_slice){want.ptr, want.len}, &r) == LP_WIRE_OK && r.sync == 0,
+        "field 15 on a get is skipped as unknown", "failed");
+  spec_bytes(&want, "01 08 00 12 02 6b 31 1a 00 7a 00");
+  check(lp_wire_decode_request((lp_slice){want.ptr, want.len}, &r) == LP_WIRE_MALFORMED,
+        "field 15 as bytes on a put does not decode", "failed");
+  lp_buf_free(&rest);
+  lp_buf_free(&f);
+  lp_buf_free(&want);
+}
+
 int main(void) {
   test_request_examples();
   test_reply_examples();
@@ -1050,5 +1101,6 @@ int main(void) {
   test_buf();
   test_codes();
   test_ranges();
+  test_sync_flag();
   return tap_done();
 }

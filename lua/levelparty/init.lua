@@ -78,7 +78,7 @@ local OPEN_OPTIONS = {
   key_encoding = "encoding", value_encoding = "encoding",
   sync = "boolean", timeout = "number", open_timeout = "number", retry = "boolean",
   allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
-  log = "boolean",
+  log = "boolean", max_send_buffer = "number",
 }
 
 -- nil when every option of the table opts is in `known` with its type
@@ -456,7 +456,7 @@ function DB:clear(range, opts, extra)
     while ok == YIELD do adaptor.tick() ok, err, code = cl:step(true, sync) end
     return ok, err, code
   end
-  return outcome(self, "clear", async, c:clear(async, r))
+  return outcome(self, "clear", async, c:clear(async, r, sync))
 end
 
 --- for k, v in db:iter{gt=, gte=, lt=, lte=, reverse=, limit=, keys=, values=} do ... end
