@@ -1,0 +1,211 @@
+-- Bad input and faults: every case of spec/fixtures/badinput_cases.lua with
+-- the result it asserts (that file says how a case reads), in the role
+-- helper.open gives (mk/runtests.sh runs this spec as leader and as follower,
+-- under Lua 5.4 and LuaJIT).  Scenarios that start their own processes run in
+-- the leader pass only.  docs/RELIABILITY.md's table is generated from the
+-- same cases (`make reliability`); the last test fails when it is stale.
+local helper = require "helper"
+local A = require "api_helper"
+local P = require "party_helper"
+local levelparty = require "levelparty"
+local uv = require "luv"
+
+local CASES = dofile(helper.fixtures .. "/badinput_cases.lua")
+local table_gen = assert(loadfile(helper.root .. "/mk/reliability_table.lua"))("--lib")
+
+local pack = table.pack or function(...) return { n = select("#", ...), ... } end
+
+local function exists(path) return uv.fs_stat(path) ~= nil end
+local function modeof(path)
+  local st = uv.fs_stat(path)
+  return st and st.mode % 512
+end
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- What a scenario opened and started, closed and killed after it.
+local opened_handles, started = {}, {}
+local function scenario_cleanup()
+  for i = #opened_handles, 1, -1 do
+    pcall(opened_handles[i].close, opened_handles[i])
+    opened_handles[i] = nil
+  end
+  for i = #started, 1, -1 do
+    local p = started[i]
+    p:kill("sigkill") -- a stopped process dies of it too
+    pcall(p.wait_exit, p, 5)
+    started[i] = nil
+  end
+end
+
+-- ------------------------------------------------------------- scenarios
+
+local SCENARIOS = {}
+
+-- ------------------------------------------------------------- the runner
+
+local function describe_case(i, c)
+  local what = c.scenario and (c.scenario .. ": " .. c.input) or (c.call or c.run)
+  return ("#%d %s"):format(i, what)
+end
+
+-- The names a case's code sees; handles and iterators it opens go to `opened`.
+local function case_env(dir, opened)
+  local function keep(h)
+    opened[#opened + 1] = h
+    return h
+  end
+  local lazy = {
+    lp = function() return levelparty end,
+    dir = function() return dir end,
+    db = function() return keep(assert(levelparty.open(dir))) end,
+    newdir = function() return helper.tmpdir("new") .. "/new" end,
+    b = function(e) return e.db:batch() end,
+    it = function(e) return keep(e.db:iter()) end,
+    op = function() return { type = "put", key = "a", value = "1" } end,
+    fn = function() return function() end end,
+    jdb = function() return keep(assert(levelparty.open(dir, { value_encoding = "json" }))) end,
+    kdb = function() return keep(assert(levelparty.open(dir, { key_encoding = "json" }))) end,
+    cdb = function()
+      return keep(assert(levelparty.open(dir, { value_encoding = {
+        encode = function(v) return v end,
+        decode = function() error("custom decoder failed") end,
+      } })))
+    end,
+    exists = function() return exists end,
+    modeof = function() return modeof end,
+  }
+  return setmetatable({}, { __index = function(e, k)
+    local make = lazy[k]
+    if make == nil then return _G[k] end
+    local v = make(e)
+    rawset(e, k, v)
+    return v
+  end })
+end
+
+local function chunk(src, name, env)
+  return assert(load(src, "=" .. name, "t", env))
+end
+
+local function check_case(c, r, env)
+  local ok, r1, r2, r3 = r[1], r[2], r[3], r[4]
+  local msg
+  if c.raises then
+    assert(not ok, "did not raise; returned " .. tostring(r1) .. ", " .. tostring(r2) .. ", " .. tostring(r3))
+    assert.is_string(r1)
+    local pos
+    pos, msg = r1:match("^(badinput:%d+: )(.*)$")
+    assert(pos, "not raised at the case's own line: " .. r1)
+    assert(msg:sub(1, #c.raises) == c.raises, ("message does not start with %q:\n  %s"):format(c.raises, msg))
+  else
+    assert(ok, "raised: " .. tostring(r1))
+    if c.fails then
+      assert(r1 == nil and r3 == c.fails,
+        ("expected nil, msg, %q; got %s, %s, %s"):format(c.fails, tostring(r1), tostring(r2), tostring(r3)))
+      msg = r2
+      assert.is_string(msg)
+      assert(msg:sub(1, #c.msg) == c.msg, ("message does not start with %q:\n  %s"):format(c.msg, msg))
+    else
+      assert(not (r1 == nil and r2 ~= nil), "failed: " .. tostring(r2) .. " (" .. tostring(r3) .. ")")
+      if c.value ~= nil then assert.same(c.value, r1) end
+    end
+  end
+  if c.also then assert(msg:find(c.also, 1, true), ("message does not hold %q:\n  %s"):format(c.also, msg)) end
+  if c.nodata then assert(not msg:find(c.nodata, 1, true), "message holds stored data: " .. msg) end
+  if c.check then
+    env.r1, env.r2, env.r3 = r1, r2, r3
+    assert(chunk("return " .. c.check, "check", env)(), "afterwards, not true: " .. c.check)
+  end
+end
+
+local function run_case(c, dir, base)
+  assert(base:clear())
+  local opened = {}
+  local env = case_env(dir, opened)
+  local r
+  local ok, err = pcall(function()
+    if c.before then chunk(c.before, "before", env)() end
+    -- not `return <call>`: a tail call would leave no frame for error(msg, 2) to name
+    r = pack(pcall(chunk(c.call and ("return select(1, " .. c.call .. ")") or c.run, "badinput", env)))
+    if r[1] and type(r[2]) == "table" and getmetatable(r[2]) == getmetatable(base) then opened[#opened + 1] = r[2] end
+    check_case(c, r, env)
+  end)
+  for i = #opened, 1, -1 do pcall(opened[i].close, opened[i]) end
+  if not ok then error(err, 0) end
+end
+
+describe("bad input and faults", function()
+  local dir, base
+  setup(function()
+    dir = helper.tmpdir("badinput")
+    base = A.open(dir)
+  end)
+  teardown(function()
+    A.close_all()
+    P.cleanup()
+  end)
+
+  for i, c in ipairs(CASES) do
+    local roles = c.roles or "both"
+    local runs
+    if c.own then runs = helper.role == "leader" else runs = roles == "both" or roles == helper.role end
+    if runs then
+      it(describe_case(i, c), function()
+        if c.scenario then
+          local ok, err = pcall(assert(SCENARIOS[c.scenario], "no scenario " .. c.scenario))
+          scenario_cleanup()
+          if not ok then error(err, 0) end
+        else
+          run_case(c, dir, base)
+        end
+      end)
+    end
+  end
+end)
+
+describe("the bad-input table", function()
+  it("names a scenario for each scenario case and a case for each scenario", function()
+    local named = {}
+    for _, c in ipairs(CASES) do
+      if c.scenario then
+        named[c.scenario] = true
+        assert(SCENARIOS[c.scenario], "no SCENARIOS." .. c.scenario)
+        assert(c.input and c.result, c.scenario .. ": input and result are the table's text")
+      else
+        assert(c.call or c.run, "a case without call, run or scenario")
+        assert(c.raises or c.fails or c.returns, (c.call or c.run) .. ": no expected result")
+      end
+    end
+    for name in pairs(SCENARIOS) do assert(named[name], "scenario " .. name .. " is in no case") end
+  end)
+
+  it("in docs/RELIABILITY.md is the one these cases generate (make reliability)", function()
+    local path = helper.root .. "/docs/RELIABILITY.md"
+    local have = table_gen.current(read_file(path))
+    assert(have, path .. " has no generated block: run make reliability")
+    local want = table_gen.render(CASES)
+    if have ~= want then
+      local a, b = os.tmpname(), os.tmpname()
+      write_file(a, have)
+      write_file(b, want)
+      local p = io.popen(("diff -u '%s' '%s'"):format(a, b))
+      local diff = p:read("*a")
+      p:close()
+      os.remove(a)
+      os.remove(b)
+      error("docs/RELIABILITY.md's table is out of date (run `make reliability`):\n" .. diff, 0)
+    end
+  end)
+end)
