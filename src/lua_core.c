@@ -279,13 +279,15 @@ static int push_yield(lua_State *L) {
 /* ---------------------------------------------------------------- module */
 
 static int open_db(lua_State *L) {
-  const char *dir = luaL_checkstring(L, 1);
+  size_t dirlen;
+  const char *dir = luaL_checklstring(L, 1, &dirlen);
   int blocking;
   lp_party_opts o;
   lp_err err;
   lp_party *party;
   ldb_t *d;
   double t;
+  luaL_argcheck(L, strlen(dir) == dirlen, 1, "directory path must not contain a NUL byte");
   luaL_checktype(L, 2, LUA_TTABLE);
   blocking = !lua_toboolean(L, 3);
   lp_party_opts_init(&o);

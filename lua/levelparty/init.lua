@@ -538,6 +538,10 @@ local function check_dir(dir)
     local got = dir == "" and "an empty string" or type(dir)
     return misuse("open", "bad argument #1 (directory path expected, got %s)", got)
   end
+  -- C would see the path up to the NUL only: another directory
+  if dir:find("\0", 1, true) then
+    return misuse("open", "bad argument #1 (directory path must not contain a NUL byte)")
+  end
 end
 
 --- levelparty.open(dir [, opts]) -> db | nil, msg, code
