@@ -53,6 +53,78 @@ end
 
 local SCENARIOS = {}
 
+-- name -> "size mtime" of every file in d
+local function listing(d)
+  local out = {}
+  local req = assert(uv.fs_scandir(d))
+  while true do
+    local name = uv.fs_scandir_next(req)
+    if not name then break end
+    local st = assert(uv.fs_stat(d .. "/" .. name))
+    out[name] = ("%d %d.%09d"):format(st.size, st.mtime.sec, st.mtime.nsec)
+  end
+  return out
+end
+
+local function has_file(list, pattern)
+  for name in pairs(list) do if name:find(pattern) then return name end end
+end
+
+-- A database with tables and a MANIFEST (two sessions, so the first log is
+-- written out as a table at the second open).
+local function db_with_tables(d, n)
+  local db = assert(levelparty.open(d, { write_buffer_size = 64 * 1024 }))
+  for i = 1, n do assert(db:put(("k%05d"):format(i), ("v"):rep(100))) end
+  db:close()
+  db = assert(levelparty.open(d))
+  db:close()
+end
+
+function SCENARIOS.current_missing()
+  local d = helper.tmpdir("nocurrent")
+  db_with_tables(d, 2000)
+  local before = listing(d)
+  assert(has_file(before, "%.ldb$"), "no table was written")
+  local current = read_file(d .. "/CURRENT")
+  assert(os.remove(d .. "/CURRENT"))
+  local files = listing(d)
+  local db, msg, code = levelparty.open(d)
+  assert.is_nil(db)
+  assert.equal("ECORRUPT", code, msg)
+  assert.matches("^open: ", msg)
+  assert.matches("no CURRENT", msg, 1, true)
+  assert.same(files, listing(d))
+  -- nothing was lost: with CURRENT back, every key is there
+  write_file(d .. "/CURRENT", current)
+  db = assert(levelparty.open(d))
+  for i = 1, 2000, 97 do assert.equal(("v"):rep(100), db:get(("k%05d"):format(i))) end
+  assert.equal(("v"):rep(100), db:get("k02000"))
+  db:close()
+end
+
+function SCENARIOS.manifest_no_current()
+  local d = helper.tmpdir("manifest")
+  local db = assert(levelparty.open(d))
+  assert(db:put("k", "v"))
+  db:close()
+  local before = listing(d)
+  assert(has_file(before, "^MANIFEST%-") and has_file(before, "%.log$"), "no MANIFEST and log")
+  assert.is_nil(has_file(before, "%.ldb$"))
+  local current = read_file(d .. "/CURRENT")
+  assert(os.remove(d .. "/CURRENT"))
+  local files = listing(d)
+  local msg, code
+  db, msg, code = levelparty.open(d)
+  assert.is_nil(db)
+  assert.equal("ECORRUPT", code, msg)
+  assert.matches("no CURRENT", msg, 1, true)
+  assert.same(files, listing(d))
+  write_file(d .. "/CURRENT", current)
+  db = assert(levelparty.open(d))
+  assert.equal("v", db:get("k"))
+  db:close()
+end
+
 -- ------------------------------------------------------------- the runner
 
 local function describe_case(i, c)

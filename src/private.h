@@ -259,7 +259,9 @@ void lp_engine_opts_init(lp_engine_opts *o);
 /* Opens LevelDB at path (already realpath'd by the caller, which also guarantees
  * that this process does not hold it: see party.c).  On failure returns NULL and
  * fills err; a lock held by another process gives LP_ELOCKED with the LevelDB
- * text.  Thread-safe. */
+ * text.  A directory with tables (or a MANIFEST and a log) but no CURRENT is
+ * refused with LP_ECORRUPT before LevelDB sees it (it would delete the
+ * tables).  Thread-safe. */
 lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err);
 /* Closes LevelDB and releases the LOCK.  No other call may be in progress or
  * follow; iterators must have been closed. */
