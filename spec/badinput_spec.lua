@@ -125,6 +125,26 @@ function SCENARIOS.manifest_no_current()
   db:close()
 end
 
+function SCENARIOS.paranoid_checks()
+  local d = helper.tmpdir("paranoid")
+  local db = assert(levelparty.open(d))
+  for i = 1, 50 do assert(db:put(("k%02d"):format(i), ("v"):rep(200))) end
+  db:close()
+  local log = assert(has_file(listing(d), "%.log$"))
+  local bytes = read_file(d .. "/" .. log)
+  assert(#bytes > 4000)
+  write_file(d .. "/" .. log, bytes:sub(1, 2000) .. ("\255"):rep(8) .. bytes:sub(2009))
+  local msg, code
+  db, msg, code = levelparty.open(d, { paranoid_checks = true })
+  assert.is_nil(db)
+  assert.equal("ECORRUPT", code, msg)
+  assert.matches("^open: ", msg)
+  -- LevelDB's default drops the damaged record and opens
+  db = assert(levelparty.open(d, { paranoid_checks = false }))
+  assert.equal(("v"):rep(200), db:get("k01"))
+  db:close()
+end
+
 -- ------------------------------------------------------------- the runner
 
 local function describe_case(i, c)

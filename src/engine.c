@@ -147,6 +147,7 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
 
   leveldb_options_set_create_if_missing(e->options, o->create_if_missing ? 1 : 0);
   leveldb_options_set_error_if_exists(e->options, o->error_if_exists ? 1 : 0);
+  leveldb_options_set_paranoid_checks(e->options, o->paranoid_checks ? 1 : 0);
   leveldb_options_set_compression(e->options, o->compression ? leveldb_snappy_compression
                                                              : leveldb_no_compression);
   if (o->cache_size > 0) {

@@ -295,6 +295,7 @@ static int open_db(lua_State *L) {
   o.engine.create_if_missing = field_bool(L, 2, "create_if_missing", o.engine.create_if_missing);
   o.engine.error_if_exists = field_bool(L, 2, "error_if_exists", o.engine.error_if_exists);
   o.engine.compression = field_bool(L, 2, "compression", o.engine.compression);
+  o.engine.paranoid_checks = field_bool(L, 2, "paranoid_checks", o.engine.paranoid_checks);
   o.engine.cache_size = (size_t)field_num(L, 2, "cache_size", (double)o.engine.cache_size);
   o.engine.write_buffer_size =
       (size_t)field_num(L, 2, "write_buffer_size", (double)o.engine.write_buffer_size);

@@ -252,6 +252,7 @@ typedef struct lp_engine_opts {
   size_t block_size;        /* 0 = default (4 KiB) */
   int max_open_files;       /* 0 = default (1000) */
   int bloom_bits;           /* bits per key of a bloom filter; 0 = none */
+  int paranoid_checks;      /* default 0: LevelDB's paranoid_checks */
 } lp_engine_opts;
 
 void lp_engine_opts_init(lp_engine_opts *o);

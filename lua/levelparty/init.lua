@@ -72,7 +72,7 @@ end
 -- ------------------------------------------------------------------ options
 
 local OPEN_OPTIONS = {
-  create_if_missing = "boolean", error_if_exists = "boolean", compression = "boolean",
+  create_if_missing = "boolean", error_if_exists = "boolean", compression = "boolean", paranoid_checks = "boolean",
   cache_size = "number", write_buffer_size = "number", block_size = "number",
   max_open_files = "number", bloom_bits = "number",
   key_encoding = "encoding", value_encoding = "encoding",
