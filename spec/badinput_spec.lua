@@ -12,6 +12,7 @@ local uv = require "luv"
 
 local CASES = dofile(helper.fixtures .. "/badinput_cases.lua")
 local table_gen = assert(loadfile(helper.root .. "/mk/reliability_table.lua"))("--lib")
+local CHILD = P.fixtures .. "/badinput_child.lua"
 
 local pack = table.pack or function(...) return { n = select("#", ...), ... } end
 
@@ -47,6 +48,18 @@ local function scenario_cleanup()
     pcall(p.wait_exit, p, 5)
     started[i] = nil
   end
+end
+
+local function spawn(script, args)
+  local p = helper.spawn(script, args)
+  started[#started + 1] = p
+  return p
+end
+
+local function start_leader(d)
+  local p = helper.start_leader(d)
+  started[#started + 1] = p
+  return p
 end
 
 -- ------------------------------------------------------------- scenarios
@@ -143,6 +156,36 @@ function SCENARIOS.paranoid_checks()
   db = assert(levelparty.open(d, { paranoid_checks = false }))
   assert.equal(("v"):rep(200), db:get("k01"))
   db:close()
+end
+
+function SCENARIOS.on_role_blocking()
+  local d = helper.tmpdir("onrole")
+  local leader = start_leader(d)
+  local child = spawn(CHILD, { "onrole-blocking", d })
+  child:wait_line("^role follower$", 20)
+  P.kill_and_wait(leader)
+  child:send("go")
+  local get = child:wait_line("^get ", 20)
+  assert.equal("get v", get)
+  local on_error = child:wait_line("^on_error ", 5)
+  assert.matches("^on_error 1 nil .*on_role boom leader$", on_error)
+  child:wait_line("^role leader$", 5)
+end
+
+function SCENARIOS.on_role_luv()
+  local d = helper.tmpdir("onroleluv")
+  local leader = start_leader(d)
+  local child = spawn(CHILD, { "onrole-luv", d })
+  child:wait_line("^role follower$", 20)
+  P.kill_and_wait(leader)
+  local line = child:wait_line("^leader ", 20)
+  assert.equal("leader true y", line)
+  assert.matches("^on_error nil .*on_role boom leader$", (child:wait_line("^on_error ", 5)))
+  assert.is_false(child.exited)
+  -- and it serves: a new process follows it
+  local role, p = A.child_role(d)
+  started[#started + 1] = p
+  assert.equal("follower", role)
 end
 
 -- ------------------------------------------------------------- the runner

@@ -38,10 +38,18 @@ local _M = {
 -- The luv adaptor, loaded only once the application itself loaded luv: no
 -- application can be running luv's loop without having required it.
 local adaptor
+-- Hands an error nobody else can take (of a coroutine levelparty resumed, or
+-- of an application callback) to levelparty.on_error; an error of on_error
+-- itself goes to stderr, never to the caller or to luv.
+local function report(co, err)
+  local ok, e2 = pcall(_M.on_error, co, err)
+  if not ok then io.stderr:write("levelparty: levelparty.on_error failed: ", tostring(e2), "\n") end
+end
+
 local function luv_adaptor()
   if adaptor == nil and loaded.luv ~= nil then
     adaptor = require "levelparty.luv"
-    adaptor.set_error_handler(function(co, err) return _M.on_error(co, err) end)
+    adaptor.set_error_handler(report)
   end
   return adaptor
 end
@@ -55,9 +63,27 @@ local function async_mode()
   return true
 end
 
---- Errors of the application's coroutines resumed by levelparty go here.
+--- Errors of the application's coroutines resumed by levelparty go here, and
+-- those of its on_role callbacks (co is nil then, and err a traceback).
 function _M.on_error(co, err)
-  io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
+  if type(co) == "thread" then
+    io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
+  else
+    io.stderr:write("levelparty: uncaught error in a callback: ", tostring(err), "\n")
+  end
+end
+
+local function with_traceback(e)
+  if type(e) == "string" then return debug.traceback(e, 2) end
+  return e
+end
+
+-- Calls the application's on_role(role, db): an error it raises goes to
+-- levelparty.on_error(nil, err), never to the call that noticed the change
+-- (whose result it would lose) nor to luv (which would exit the process).
+local function call_on_role(on_role, role, db)
+  local ok, err = xpcall(function() return on_role(role, db) end, with_traceback)
+  if not ok then report(nil, err) end
 end
 
 -- The message of a misuse of function fname.
@@ -161,7 +187,7 @@ local function after_blocking(self, async)
   local role = c:role_change()
   if role then
     local on_role = self._on_role
-    if on_role then on_role(role, self) end
+    if on_role then call_on_role(on_role, role, self) end
     if c:is_leader() then self._leader = true end
   end
   if adaptor then adaptor.kick(self._party) end
@@ -583,7 +609,7 @@ function _M.open(dir, opts, extra)
     local weak = setmetatable({ self }, { __mode = "v" })
     a.watch(c, on_role and function(role)
       local h = weak[1]
-      if h then on_role(role, h) end
+      if h then call_on_role(on_role, role, h) end
     end)
   end
   return self
