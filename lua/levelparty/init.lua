@@ -434,7 +434,7 @@ function DB:get_many(keys, opts, extra)
     for i = 1, n do
       local v = t[i]
       if v ~= nil then
-        local val, derr, dcode = decode(self._venc, "get_many", v)
+        local val, derr, dcode = decode(self._venc, "get_many", v, format("value #%d", i))
         if derr then return nil, derr, dcode end
         t[i] = val
       end

@@ -70,6 +70,12 @@ local function step_slow(self)
   return k, v
 end
 
+-- Decodes one side of entry #n: the value, or nil, msg, "EDECODE" (naming
+-- the side and n, never the bytes).
+local function decode_side(codec, side, n, bytes)
+  return decode(codec, "iterator", bytes, format("the %s of entry #%d", side, n))
+end
+
 --- it:next() -> key, value (or the one side asked for) | nil at the end |
 -- nil, msg, code on failure
 function Iterator:next()
@@ -92,12 +98,18 @@ function Iterator:next()
     i = 1
   end
   local page, db = self._page, self._db
+  local n = self._count + 1 -- entries served, this one included
+  self._count = n
   if self._stride == 2 then
     self._i = i + 2
     local k, v = page[i], page[i + 1]
-    if self._decode_keys then k = db._kenc.decode(k) end
+    if self._decode_keys then
+      local key, err, code = decode_side(db._kenc, "key", n, k)
+      if err then return nil, err, code end
+      k = key
+    end
     if self._decode_values then
-      local val, err, code = decode(db._venc, "iterator", v)
+      local val, err, code = decode_side(db._venc, "value", n, v)
       if err then return nil, err, code end
       v = val
     end
@@ -106,9 +118,13 @@ function Iterator:next()
   self._i = i + 1
   local x = page[i]
   if self._keys then
-    if self._decode_keys then x = db._kenc.decode(x) end
+    if self._decode_keys then
+      local key, err, code = decode_side(db._kenc, "key", n, x)
+      if err then return nil, err, code end
+      x = key
+    end
   elseif self._values and self._decode_values then
-    local val, err, code = decode(db._venc, "iterator", x)
+    local val, err, code = decode_side(db._venc, "value", n, x)
     if err then return nil, err, code end
     x = val
   end
@@ -149,7 +165,7 @@ function _M.new(db, it, r)
   local direct = plain and DirectIterator ~= nil
   return setmetatable({
     it, -- [1]: the core iterator (where the direct step looks for it)
-    _db = db, _page = {}, _n = 0, _i = 1,
+    _db = db, _page = {}, _n = 0, _i = 1, _count = 0,
     _stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
     _decode_keys = keys and not db._kenc.identity,
     _decode_values = values and not db._venc.identity,
