@@ -315,10 +315,51 @@ function DB:del(key, opts, extra)
   return outcome(self, "del", async, ok, err, code)
 end
 
+local function show_number(n)
+  if n % 1 == 0 and n > -2 ^ 53 and n < 2 ^ 53 then return format("%d", n) end
+  return tostring(n)
+end
+
+-- The length of array t (its field n when present), or nil and what is
+-- wrong: a key other than 1, 2, ... and n, an n that is no count or (unless
+-- `cut`: elements past n are left out) that leaves elements out, or (without
+-- n) a hole.  `one`, `many`: what the elements are, for the message.  A
+-- `for i = 1, #t` over an array with holes would silently skip what follows
+-- the hole.
+local function array_length(t, one, many, cut)
+  local max, count, odd = 0, 0, nil
+  for k in pairs(t) do
+    if type(k) == "number" and k >= 1 and k % 1 == 0 then
+      count = count + 1
+      if k > max then max = k end
+    elseif k ~= "n" then -- name the first in sort order: the message is the same each time
+      local name = type(k) == "string" and ("'" .. k .. "'") or tostring(k)
+      if odd == nil or name < odd then odd = name end
+    end
+  end
+  if odd then return nil, format("an array of %s expected, got field %s", many, odd) end
+  local n = rawget(t, "n")
+  if n ~= nil then
+    if type(n) ~= "number" or not (n >= 0 and n <= 2 ^ 53) or n % 1 ~= 0 then
+      return nil, format("field n must be an integer >= 0, got %s", type(n))
+    end
+    if max > n and not cut then
+      return nil, format("field n is %s, but there are %s up to #%s", show_number(n), many, show_number(max))
+    end
+    return n
+  end
+  if count ~= max then
+    for i = 1, max do
+      if t[i] == nil then return nil, format("%s #%d is nil: the array has a hole", one, i) end
+    end
+  end
+  return max
+end
+
 -- ops with their keys and values encoded, or nil and the misuse message
-local function encode_ops(self, fname, ops)
+local function encode_ops(self, fname, ops, n)
   local out = {}
-  for i = 1, #ops do
+  for i = 1, n do
     local op = ops[i]
     if type(op) ~= "table" then
       return nil, misuse(fname, "bad operation #%d (table expected, got %s)", i, type(op))
@@ -404,8 +445,17 @@ function DB:batch(ops, opts, extra)
   bad = (type(ops) ~= "table" and misuse("batch", "bad argument #1 (table of operations expected, got %s)", type(ops)))
     or (opts ~= nil and check_options("batch", opts, WRITE_OPTIONS))
   if bad then error(bad, 2) end
+  local n, why = array_length(ops, "operation", "operations")
+  if n == nil then error(misuse("batch", "bad argument #1 (%s)", why), 2) end
+  if rawget(ops, "n") ~= nil then -- n may name operations past the last one
+    for i = 1, n do
+      if ops[i] == nil then
+        error(misuse("batch", "bad argument #1 (field n is %s, but operation #%d is nil)", show_number(n), i), 2)
+      end
+    end
+  end
   if not (self._kenc.identity and self._venc.identity) then
-    ops, bad = encode_ops(self, "batch", ops)
+    ops, bad = encode_ops(self, "batch", ops, n)
     if ops == nil then error(bad, 2) end
   end
   local ok, err, code = write_ops(self, ops, opts and opts.sync)
@@ -419,7 +469,8 @@ function DB:get_many(keys, opts, extra)
     or (type(keys) ~= "table" and misuse("get_many", "bad argument #1 (table of keys expected, got %s)", type(keys)))
     or (opts ~= nil and check_options("get_many", opts, READ_OPTIONS))
   if bad then error(bad, 2) end
-  local n = keys.n or #keys
+  local n, why = array_length(keys, "key", "keys", true)
+  if n == nil then error(misuse("get_many", "bad argument #1 (%s)", why), 2) end
   local enc = {}
   for i = 1, n do
     enc[i], bad = encode_key(self, "get_many", keys[i], i)
