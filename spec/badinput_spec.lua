@@ -62,6 +62,11 @@ local function start_leader(d)
   return p
 end
 
+local function track(db)
+  opened_handles[#opened_handles + 1] = db
+  return db
+end
+
 -- ------------------------------------------------------------- scenarios
 
 local SCENARIOS = {}
@@ -186,6 +191,66 @@ function SCENARIOS.on_role_luv()
   local role, p = A.child_role(d)
   started[#started + 1] = p
   assert.equal("follower", role)
+end
+
+function SCENARIOS.open_timeout_huge()
+  local has = os.execute("command -v python3 >/dev/null 2>&1")
+  if has ~= true and has ~= 0 then
+    return pending("python3 holds the LOCK here; it is missing")
+  end
+  local d = helper.tmpdir("huge")
+  local py = P.spawn_cmd("python3", { "-c", [[
+import fcntl, sys, time
+f = open(sys.argv[1] + "/LOCK", "a+")
+fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(120)
+]], d })
+  py:wait_line("^locked", 10)
+  local got, elapsed
+  helper.run_async(function()
+    local t0 = P.now()
+    local timer = uv.new_timer()
+    timer:start(500, 0, function()
+      timer:close()
+      uv.kill(py.pid, "sigkill")
+    end)
+    got = pack(levelparty.open(d, { open_timeout = math.huge }))
+    elapsed = P.now() - t0
+  end, 20)
+  assert(got[1], ("open failed after %.3f s: %s (%s)"):format(elapsed, tostring(got[2]), tostring(got[3])))
+  track(got[1])
+  assert.is_true(elapsed >= 0.4, ("open returned after %.3f s, before the holder went"):format(elapsed))
+  assert.equal("leader", got[1]:role())
+end
+
+-- A leader in another process; stop() stops it (SIGSTOP), cont() resumes it.
+local function stopped_leader(d)
+  local leader = start_leader(d)
+  local function cont() leader:kill("sigcont") end
+  return leader, function()
+    leader:kill("sigstop")
+    helper.wait_until(function() return P.state(leader.pid) == "T" end, 5, "the leader to stop")
+  end, cont
+end
+
+function SCENARIOS.timeout_tiny()
+  local d = helper.tmpdir("tiny")
+  local _, stop, cont = stopped_leader(d)
+  local db0 = track(assert(levelparty.open(d)))
+  assert.equal("follower", db0:role())
+  assert(db0:put("k", "v"))
+  local db = track(assert(levelparty.open(d, { timeout = 1e-12 }))) -- timeout is the handle's
+  stop()
+  local r, t0 = nil, P.now()
+  helper.run_async(function() r = pack(db:get("k")) end, 5)
+  assert.same({ n = 3, nil, r[2], "ETIMEDOUT" }, r)
+  assert.matches("^get: ", r[2])
+  assert.is_true(P.now() - t0 < 2)
+  -- the same in a blocking call
+  r = pack(db:get("k"))
+  assert.equal("ETIMEDOUT", r[3], tostring(r[2]))
+  cont()
 end
 
 -- ------------------------------------------------------------- the runner

@@ -23,7 +23,9 @@
 
 #include <dlfcn.h>
 #include <leveldb/c.h>
+#include <limits.h>
 #include <lualib.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,7 +160,7 @@ static void read_range(lua_State *L, int t, lp_range *r) {
   r->keys = field_bool(L, t, "keys", 1);
   r->values = field_bool(L, t, "values", 1);
   limit = field_num(L, t, "limit", -1);
-  r->limit = limit < 0 ? -1 : limit > 9e18 ? INT64_MAX : (int64_t)limit;
+  r->limit = !(limit >= 0) ? -1 : limit > 9e18 ? INT64_MAX : (int64_t)limit; /* NaN: none */
 }
 
 static uint64_t deadline_of(const ldb_t *d) {
@@ -278,6 +280,30 @@ static int push_yield(lua_State *L) {
 
 /* ---------------------------------------------------------------- module */
 
+/* The Lua layer refuses option values that do not fit; these keep a raw
+ * caller of the core clear of undefined conversions all the same. */
+
+/* A count or size option: absent, negative or NaN gives dflt, past max max. */
+static size_t field_size(lua_State *L, int t, const char *name, size_t dflt, size_t max) {
+  double v = field_num(L, t, name, -1);
+  if (!(v >= 0)) return dflt;
+  if (v >= (double)max) return max;
+  return (size_t)v;
+}
+
+/* Seconds from this on (math.huge included) mean no limit. */
+#define NO_LIMIT_S  1e9
+#define NO_LIMIT_NS (UINT64_C(1) << 62) /* a deadline now + this never comes */
+
+/* A timeout in seconds as ns: 0 (or less, or NaN) gives 0; a positive one is
+ * at least 1 ms, never 0; from NO_LIMIT_S on it is `none`. */
+static uint64_t seconds_ns(double t, uint64_t none) {
+  if (!(t > 0)) return 0;
+  if (t >= NO_LIMIT_S) return none;
+  if (t < 1e-3) return 1000000;
+  return (uint64_t)(t * 1e9);
+}
+
 static int open_db(lua_State *L) {
   size_t dirlen;
   const char *dir = luaL_checklstring(L, 1, &dirlen);
@@ -296,20 +322,21 @@ static int open_db(lua_State *L) {
   o.engine.error_if_exists = field_bool(L, 2, "error_if_exists", o.engine.error_if_exists);
   o.engine.compression = field_bool(L, 2, "compression", o.engine.compression);
   o.engine.paranoid_checks = field_bool(L, 2, "paranoid_checks", o.engine.paranoid_checks);
-  o.engine.cache_size = (size_t)field_num(L, 2, "cache_size", (double)o.engine.cache_size);
+  o.engine.cache_size = field_size(L, 2, "cache_size", o.engine.cache_size, SIZE_MAX / 2);
   o.engine.write_buffer_size =
-      (size_t)field_num(L, 2, "write_buffer_size", (double)o.engine.write_buffer_size);
-  o.engine.block_size = (size_t)field_num(L, 2, "block_size", (double)o.engine.block_size);
-  o.engine.max_open_files = (int)field_num(L, 2, "max_open_files", o.engine.max_open_files);
-  o.engine.bloom_bits = (int)field_num(L, 2, "bloom_bits", o.engine.bloom_bits);
+      field_size(L, 2, "write_buffer_size", o.engine.write_buffer_size, SIZE_MAX / 2);
+  o.engine.block_size = field_size(L, 2, "block_size", o.engine.block_size, SIZE_MAX / 2);
+  o.engine.max_open_files =
+      (int)field_size(L, 2, "max_open_files", (size_t)o.engine.max_open_files, INT_MAX);
+  o.engine.bloom_bits = (int)field_size(L, 2, "bloom_bits", (size_t)o.engine.bloom_bits, INT_MAX);
   o.server.allow_other_users = field_bool(L, 2, "allow_other_users", o.server.allow_other_users);
-  o.server.max_frame = (size_t)field_num(L, 2, "max_frame", (double)o.server.max_frame);
+  o.server.max_frame = field_size(L, 2, "max_frame", o.server.max_frame, SIZE_MAX / 2);
   o.client.max_frame = o.server.max_frame;
-  o.client.window = (uint32_t)field_num(L, 2, "window", o.client.window);
+  o.client.window = (uint32_t)field_size(L, 2, "window", o.client.window, UINT32_MAX);
   o.retry = field_bool(L, 2, "retry", o.retry);
   o.log = field_bool(L, 2, "log", o.log);
   t = field_num(L, 2, "open_timeout", -1); /* seconds; the Lua layer refuses < 0 */
-  if (t >= 0) o.open_timeout_ns = (uint64_t)(t * 1e9);
+  if (t >= 0) o.open_timeout_ns = seconds_ns(t, NO_LIMIT_NS);
   if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);
   if (blocking && !lp_party_opened(party) && lp_party_wait_opened(party, &err) != 0) {
     lp_party_unref(party);
@@ -318,8 +345,7 @@ static int open_db(lua_State *L) {
   d = (ldb_t *)lp_newuserdata(L, sizeof *d);
   memset(d, 0, sizeof *d);
   d->party = party;
-  t = field_num(L, 2, "timeout", 0);
-  d->timeout_ns = t > 0 ? (uint64_t)(t * 1e9) : 0;
+  d->timeout_ns = seconds_ns(field_num(L, 2, "timeout", 0), 0);
   d->sync = field_bool(L, 2, "sync", 0);
   luaL_setmetatable(L, DB_MT);
   return 1;
@@ -333,7 +359,7 @@ static int slice_begin(lua_State *L) {
 
 static int set_slice(lua_State *L) {
   double ms = luaL_checknumber(L, 1);
-  slice_ns = ms <= 0 ? 0 : (uint64_t)(ms * 1e6);
+  slice_ns = !(ms > 0) ? 0 : ms > 1e9 ? UINT64_C(1) << 62 : (uint64_t)(ms * 1e6);
   return 0;
 }
 

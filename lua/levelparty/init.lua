@@ -107,6 +107,34 @@ local OPEN_OPTIONS = {
   log = "boolean",
 }
 
+-- What each number option must be: an integer from min to max, "seconds"
+-- (>= 0; math.huge: no limit) or "limit" (an integer; negative or
+-- math.huge: no limit).  The bounds keep every value inside its C type.
+local function int_range(min, max) return { min, max, ("an integer from %.0f to %.0f"):format(min, max) } end
+local NUMBER_OPTIONS = {
+  cache_size = int_range(0, 2 ^ 53), write_buffer_size = int_range(0, 2 ^ 53), block_size = int_range(0, 2 ^ 53),
+  max_open_files = int_range(0, 2 ^ 31 - 1), bloom_bits = int_range(0, 100),
+  max_frame = int_range(1024, 2 ^ 32 - 1), window = int_range(1, 2 ^ 31 - 1),
+  timeout = "seconds", open_timeout = "seconds", limit = "limit",
+}
+local huge = math.huge
+
+-- nil when number v suits option k, else the misuse message
+local function check_number(fname, k, v)
+  local want = NUMBER_OPTIONS[k] or "seconds"
+  if want == "seconds" then
+    if v >= 0 then return nil end -- NaN is not
+    want = "a number of seconds >= 0 (math.huge: no limit)"
+  elseif want == "limit" then
+    if v == huge or v == -huge or v % 1 == 0 then return nil end
+    want = "an integer (negative or math.huge: no limit)"
+  else
+    if v >= want[1] and v <= want[2] and v % 1 == 0 then return nil end
+    want = want[3]
+  end
+  return misuse(fname, "option '%s' must be %s, got %s", k, want, tostring(v))
+end
+
 -- nil when every option of the table opts is in `known` with its type
 local function check_options(fname, opts, known)
   if type(opts) ~= "table" then
@@ -121,12 +149,10 @@ local function check_options(fname, opts, known)
       end
     elseif want ~= "any" and type(v) ~= want then
       return misuse(fname, "option '%s' must be a %s, got %s", k, want, type(v))
+    elseif want == "number" then
+      local bad = check_number(fname, k, v)
+      if bad then return bad end
     end
-    -- a negative limit means "no limit", as in Node
-    if want == "number" and k ~= "limit" and (v ~= v or v < 0) then
-      return misuse(fname, "option '%s' must be >= 0", k)
-    end
-    if v ~= v then return misuse(fname, "option '%s' must be a number, got NaN", k) end
   end
 end
 
