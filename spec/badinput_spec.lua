@@ -253,6 +253,47 @@ function SCENARIOS.timeout_tiny()
   cont()
 end
 
+-- SIGINT to a child blocked in `what` (get or iter) on a stopped leader.  The
+-- interpreter's own handler sets a hook that raises "interrupted!" once the
+-- call returns: the script stops.  In a coroutine, with the main chunk
+-- catching that error (pcall), the handle works on once the leader resumes.
+-- (Lua 5.4 keeps hooks per thread: there the coroutine even sees the call's
+-- own result; LuaJIT's one hook raises in the coroutine at once.)
+local function sigint(what, opts_lua)
+  local d = helper.tmpdir("sigint")
+  local _, stop, cont = stopped_leader(d)
+  for _, variant in ipairs { what, what .. "+pcall" } do
+    local child = spawn(CHILD, { variant, d, opts_lua or "" })
+    child:wait_line("^role follower$", 20)
+    stop()
+    child:send("go")
+    child:wait_line("^calling$", 5)
+    helper.wait_until(function() return P.in_poll(child.pid) end, 5, "the child to wait for the leader")
+    child:kill("sigint")
+    if variant == what then
+      local code = child:wait_exit(5)
+      assert.equal(1, code)
+      assert.matches("interrupted!", child:stderr_text(), 1, true)
+    else
+      local line = child:wait_line("^caught ", 5)
+      assert.matches("^caught false.*interrupted!$", line)
+      if _VERSION == "Lua 5.4" then
+        local op = what == "iter" and "iterator" or "get"
+        local _, i = child:wait_line("^result ", 5)
+        assert.equal(("result nil %s: interrupted EINTR"):format(op), child.lines[i])
+      end
+      cont()
+      child:send("again")
+      assert.equal("again v", (child:wait_line("^again ", 10)))
+    end
+    cont()
+  end
+end
+
+function SCENARIOS.sigint_recv() sigint("get") end
+function SCENARIOS.sigint_poll() sigint("get", "{ timeout = 60 }") end
+function SCENARIOS.sigint_iter() sigint("iter") end
+
 -- ------------------------------------------------------------- the runner
 
 local function describe_case(i, c)

@@ -167,6 +167,55 @@ static uint64_t deadline_of(const ldb_t *d) {
   return d->timeout_ns ? lp_now_ns() + d->timeout_ns : 0;
 }
 
+/* Ctrl-C during a blocking wait.  lua.c's (and luajit's) SIGINT handler only
+ * sets a hook on the main thread, for the interpreter to raise "interrupted!"
+ * at its next instruction; it runs when the wait returns.  The party's waits
+ * return LP_EINTR whenever a signal handler ran: when the hook changed since
+ * the wait began, the call returns "op: interrupted" (EINTR) and the hook
+ * fires; any other signal (libuv's SIGCHLD, ...) resumes the wait.  (Lua 5.4
+ * keeps a hook per thread: the main thread's is the one to watch; LuaJIT has
+ * one for all.) */
+typedef struct hookstate {
+  lua_Hook hook;
+  int mask, count;
+} hookstate;
+
+static hookstate hook_of(lua_State *L) {
+  hookstate h;
+#if LUA_VERSION_NUM >= 502
+  lua_State *m;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  m = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (m != NULL) L = m;
+#endif
+  h.hook = lua_gethook(L);
+  h.mask = lua_gethookmask(L);
+  h.count = lua_gethookcount(L);
+  return h;
+}
+
+enum { WAIT_TOKEN, WAIT_ITER, WAIT_OPEN };
+
+/* A blocking wait of party p for a request's token, an iterator's entries or
+ * the first election: 0, or -1 with err (LP_EINTR: "op: interrupted"). */
+static int wait_blocking(lua_State *L, lp_party *p, int what, uint64_t token, lp_citer *it,
+                         const char *op, lp_err *err) {
+  hookstate before = hook_of(L), now;
+  for (;;) {
+    int rc = what == WAIT_TOKEN  ? lp_party_wait_token(p, token, err)
+             : what == WAIT_ITER ? lp_party_wait_iter(p, it, err)
+                                 : lp_party_wait_opened(p, err);
+    if (rc == 0) return 0;
+    if (err->code != LP_EINTR) return -1;
+    now = hook_of(L);
+    if (now.hook != before.hook || now.mask != before.mask || now.count != before.count) {
+      lp_err_set(err, LP_EINTR, "%s: interrupted", op);
+      return -1;
+    }
+  }
+}
+
 /* Splits a remote error text "ECODE: detail" into code and detail; texts
  * without a known code (a Node leader's) become EREMOTE. */
 static int push_remote_err(lua_State *L, const char *op, lp_slice text) {
@@ -266,7 +315,7 @@ static int submit(lua_State *L, ldb_t *d, int tag, const lp_buf *rest, int op, c
     lua_pushinteger(L, (lua_Integer)token);
     return 2;
   }
-  if (!async && lp_party_wait_token(d->party, token, &err) != 0) {
+  if (!async && wait_blocking(L, d->party, WAIT_TOKEN, token, NULL, opname, &err) != 0) {
     lp_client_forget(lp_party_client(d->party), token);
     return push_lperr(L, &err);
   }
@@ -338,7 +387,8 @@ static int open_db(lua_State *L) {
   t = field_num(L, 2, "open_timeout", -1); /* seconds; the Lua layer refuses < 0 */
   if (t >= 0) o.open_timeout_ns = seconds_ns(t, NO_LIMIT_NS);
   if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);
-  if (blocking && !lp_party_opened(party) && lp_party_wait_opened(party, &err) != 0) {
+  if (blocking && !lp_party_opened(party) &&
+      wait_blocking(L, party, WAIT_OPEN, 0, NULL, "open", &err) != 0) {
     lp_party_unref(party);
     return push_lperr(L, &err);
   }
@@ -963,11 +1013,11 @@ static int page_put(lua_State *L, const liter_t *it, lp_slice k, lp_slice v, int
 /* A remote iterator has nothing buffered.  Async: sets its deadline and
  * returns 1 (the caller returns PENDING and the driver waits for it:ready()).
  * Blocking: waits for entries (or the end) and returns 0, or -1 with err. */
-static int remote_wait(liter_t *it, int async, lp_err *err) {
+static int remote_wait(lua_State *L, liter_t *it, int async, lp_err *err) {
   lp_party *p = it->db->party;
   lp_client_iter_wait_deadline(lp_party_client(p), it->remote, deadline_of(it->db));
   if (async) return 1;
-  return lp_party_wait_iter(p, it->remote, err) != 0 ? -1 : 0;
+  return wait_blocking(L, p, WAIT_ITER, 0, it->remote, "iterator", err) != 0 ? -1 : 0;
 }
 
 /* it:page(async, t) -> n | PENDING | YIELD | nil, msg, code
@@ -1007,7 +1057,7 @@ static int liter_page(lua_State *L) {
       }
       if (lp_client_out(c)->len > 0) lp_party_flush(p);
       if (r != 2 || n > 0) break;
-      r = remote_wait(it, async, &err);
+      r = remote_wait(L, it, async, &err);
       if (r > 0) {
         lua_pushlightuserdata(L, PENDING);
         return 1;
@@ -1090,7 +1140,7 @@ static int liter_step(lua_State *L) {
       return 1;
     }
     if (r < 0) return push_lperr(L, &err);
-    r = remote_wait(it, async, &err);
+    r = remote_wait(L, it, async, &err);
     if (r > 0) {
       lua_pushlightuserdata(L, PENDING);
       return 1;

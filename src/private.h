@@ -64,6 +64,7 @@ typedef enum lp_code {
   LP_ELOCKED,     /* the LOCK is held by someone who serves no socket */
   LP_ECLOSED,     /* the handle (or iterator) was closed */
   LP_ETIMEDOUT,   /* the operation's timeout expired */
+  LP_EINTR,       /* a blocking wait was interrupted by a signal (Ctrl-C) */
   LP_ELEADERLOST, /* retry=false and the leader went away with the request in flight */
   LP_EPROTO,      /* the peer broke the wire protocol */
   LP_ENOMEM,
@@ -620,7 +621,8 @@ int lp_party_step(lp_party *p, lp_err *err);
  * sockets themselves (a reset connection is the party's business). */
 void lp_party_pollinfo(lp_party *p, int *fd, int *timeout_ms);
 /* Blocking mode: steps and polls until the condition holds.  Returns 0, or -1
- * with err when the first election failed. */
+ * with err when the first election failed, or with LP_EINTR when a signal
+ * handler interrupted the wait (the caller decides whether to wait again). */
 int lp_party_wait_opened(lp_party *p, lp_err *err);
 int lp_party_wait_token(lp_party *p, uint64_t token, lp_err *err);
 int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err);
