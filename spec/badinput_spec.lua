@@ -294,6 +294,56 @@ function SCENARIOS.sigint_recv() sigint("get") end
 function SCENARIOS.sigint_poll() sigint("get", "{ timeout = 60 }") end
 function SCENARIOS.sigint_iter() sigint("iter") end
 
+-- Runs fn with levelparty.on_error collecting its calls into a list; restores it.
+local function with_on_error(fn)
+  local saved, got = levelparty.on_error, {}
+  levelparty.on_error = function(co, err) got[#got + 1] = { co = co, err = err } end
+  local ok, err = pcall(fn, got)
+  levelparty.on_error = saved
+  if not ok then error(err, 0) end
+end
+
+function SCENARIOS.resume_by_hand()
+  local d = helper.tmpdir("resume")
+  local _, stop, cont = stopped_leader(d)
+  local db = track(assert(levelparty.open(d)))
+  assert(db:put("k", "v"))
+  stop()
+  with_on_error(function(errors)
+    local co = coroutine.create(function() local v = db:get("k") return v end)
+    assert.is_true((coroutine.resume(co)))
+    assert.equal("suspended", coroutine.status(co))
+    local ok, err = coroutine.resume(co)
+    assert.is_false(ok)
+    assert.matches("^[^\n]*badinput_spec%.lua:%d+: get: this coroutine was resumed by hand while it waited", err)
+    cont()
+    P.run_for(300) -- the reply comes: nothing may resume the dead coroutine
+    assert.same({}, errors)
+    assert.equal("v", db:get("k"))
+    helper.run_async(function() assert.equal("v", db:get("k")) end, 10)
+  end)
+end
+
+function SCENARIOS.resume_tick_by_hand()
+  local d = helper.tmpdir("tick")
+  local db = track(assert(levelparty.open(d)))
+  assert(db:put("k", "v"))
+  with_on_error(function(errors)
+    local co = coroutine.create(function() local v = db:get("k") return v end)
+    levelparty._core.set_slice(0) -- every async call gives the loop a turn first
+    local first = pack(coroutine.resume(co))
+    local status = coroutine.status(co)
+    local second = pack(coroutine.resume(co))
+    levelparty._core.set_slice(2)
+    assert.is_true(first[1], tostring(first[2]))
+    assert.equal("suspended", status)
+    assert.is_false(second[1], "the coroutine went on")
+    assert.matches("^[^\n]*badinput_spec%.lua:%d+: get: this coroutine was resumed by hand while it waited", second[2])
+    P.run_for(50) -- the loop's turn comes: nothing may resume the dead coroutine
+    assert.same({}, errors)
+  end)
+end
+
 -- ------------------------------------------------------------- the runner
 
 local function describe_case(i, c)

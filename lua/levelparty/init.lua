@@ -232,7 +232,7 @@ iterator.init(async_mode, after_blocking)
 -- call costs about 450 instructions per call on Lua 5.4.)
 local function outcome(self, op, async, a, b, e)
   if a == PENDING then
-    adaptor.wait_token(self._c, b)
+    adaptor.wait_token(self._c, b, op)
     return core_result(self._c, b, op)
   end
   if a ~= false then after_blocking(self, async) end
@@ -274,10 +274,10 @@ function DB:get(key, opts, extra)
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local v, err, code = core_get(c, async, k)
   if v == PENDING then
-    adaptor.wait_token(c, err)
+    adaptor.wait_token(c, err, "get")
     v, err, code = core_result(c, err, "get")
   elseif v == YIELD or not self._leader then
-    while v == YIELD do adaptor.tick() v, err, code = core_get(c, true, k) end
+    while v == YIELD do adaptor.tick("get") v, err, code = core_get(c, true, k) end
     v, err, code = outcome(self, "get", async, v, err, code)
   end
   if v == nil then
@@ -314,10 +314,10 @@ function DB:put(key, value, opts, extra)
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local ok, err, code = core_put(c, async, k, v, sync)
   if ok == PENDING then
-    adaptor.wait_token(c, err)
+    adaptor.wait_token(c, err, "put")
     return core_result(c, err, "put")
   elseif ok == YIELD or not self._leader then
-    while ok == YIELD do adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) end
+    while ok == YIELD do adaptor.tick("put") ok, err, code = core_put(c, true, k, v, sync) end
     return outcome(self, "put", async, ok, err, code)
   end
   return ok, err, code
@@ -337,7 +337,7 @@ function DB:del(key, opts, extra)
   end
   local async = async_mode()
   local ok, err, code = c:del(async, k, sync)
-  while ok == YIELD do adaptor.tick() ok, err, code = c:del(true, k, sync) end
+  while ok == YIELD do adaptor.tick("del") ok, err, code = c:del(true, k, sync) end
   return outcome(self, "del", async, ok, err, code)
 end
 
@@ -413,7 +413,7 @@ local function write_ops(self, ops, sync)
   local c, async = self._c, async_mode()
   local numbers_ok = self._kenc.name == "utf8" and self._venc.name == "utf8"
   local ok, err, code = c:batch(async, ops, sync, numbers_ok)
-  while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, ops, sync, numbers_ok) end
+  while ok == YIELD do adaptor.tick("batch") ok, err, code = c:batch(true, ops, sync, numbers_ok) end
   return outcome(self, "batch", async, ok, err, code)
 end
 
@@ -504,7 +504,7 @@ function DB:get_many(keys, opts, extra)
   end
   local c, async = self._c, async_mode()
   local t, err, code = c:get_many(async, enc)
-  while t == YIELD do adaptor.tick() t, err, code = c:get_many(true, enc) end
+  while t == YIELD do adaptor.tick("get_many") t, err, code = c:get_many(true, enc) end
   t, err, code = outcome(self, "get_many", async, t, err, code)
   if t == nil then return nil, err, code end
   if not self._venc.identity then
@@ -556,7 +556,7 @@ function DB:clear(range, opts, extra)
     if cl == nil then return nil, err, code end
     local ok
     ok, err, code = cl:step(async, sync)
-    while ok == YIELD do adaptor.tick() ok, err, code = cl:step(true, sync) end
+    while ok == YIELD do adaptor.tick("clear") ok, err, code = cl:step(true, sync) end
     return ok, err, code
   end
   return outcome(self, "clear", async, c:clear(async, r))

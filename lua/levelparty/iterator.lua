@@ -44,7 +44,7 @@ local function iter_call_core(self, method, async, arg)
   local a, b, e = it[method](it, async, arg)
   while a == PENDING or a == YIELD do
     adaptor = adaptor or require "levelparty.luv"
-    if a == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
+    if a == YIELD then adaptor.tick("iterator") else adaptor.wait_iter(self._db._c, it) end
     a, b, e = it[method](it, true, arg)
   end
   after_blocking(self._db, async)
