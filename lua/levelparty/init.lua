@@ -16,7 +16,8 @@ local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
 local iterator = require "levelparty.iterator"
 
-local type, error, tostring, setmetatable, rawget = type, error, tostring, setmetatable, rawget
+local type, error, tostring, rawget = type, error, tostring, rawget
+local setmetatable, getmetatable = setmetatable, getmetatable
 local pairs, ipairs = pairs, ipairs
 local format = string.format
 local loaded = package.loaded
@@ -422,10 +423,18 @@ local Batch = {}
 Batch.__index = Batch
 Batch.__name = "levelparty.batch"
 
+-- nil when self is a chained batch, else the message for b.method(...)
+local function check_batch(self, name)
+  if getmetatable(self) ~= Batch then
+    return format("batch:%s: call it as a method (b:%s(...)), got %s as self", name, name, type(self))
+  end
+end
+
 function Batch:put(key, value, extra)
-  if extra ~= nil then error(too_many("batch:put", 2), 2) end
+  local bad = check_batch(self, "put") or (extra ~= nil and too_many("batch:put", 2))
+  if bad then error(bad, 2) end
   local db = self._db
-  local k, v, bad
+  local k, v
   k, bad = encode_key(db, "batch:put", key, 1)
   if k == nil then error(bad, 2) end
   v, bad = encode_value(db, "batch:put", value, 2)
@@ -435,22 +444,30 @@ function Batch:put(key, value, extra)
 end
 
 function Batch:del(key, extra)
-  if extra ~= nil then error(too_many("batch:del", 1), 2) end
-  local k, bad = encode_key(self._db, "batch:del", key, 1)
+  local bad = check_batch(self, "del") or (extra ~= nil and too_many("batch:del", 1))
+  if bad then error(bad, 2) end
+  local k
+  k, bad = encode_key(self._db, "batch:del", key, 1)
   if k == nil then error(bad, 2) end
   self._ops[#self._ops + 1] = { type = "del", key = k }
   return self
 end
 
 function Batch:clear()
+  local bad = check_batch(self, "clear")
+  if bad then error(bad, 2) end
   self._ops = {}
   return self
 end
 
-function Batch:length() return #self._ops end
+function Batch:length()
+  local bad = check_batch(self, "length")
+  if bad then error(bad, 2) end
+  return #self._ops
+end
 
 function Batch:write(opts, extra)
-  local bad = (extra ~= nil and too_many("batch:write", 1))
+  local bad = check_batch(self, "write") or (extra ~= nil and too_many("batch:write", 1))
     or (self._written and misuse("batch:write", "this batch was already written"))
     or (opts ~= nil and check_options("batch:write", opts, WRITE_OPTIONS))
   if bad then error(bad, 2) end
