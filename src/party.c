@@ -123,8 +123,29 @@ static void set_state(lp_party *p, int state) {
   p->progress++;
 }
 
-/* Resolves dir to its realpath, creating the last component when allowed, so
- * that every spelling of one directory finds one party. */
+/* mkdir -p: creates dir and the parents it lacks, each with mode (less the
+ * umask).  0, or -1 with errno. */
+static int mkdir_parents(const char *dir, mode_t mode) {
+  char *copy, *slash;
+  int rc;
+  if (mkdir(dir, mode) == 0 || errno == EEXIST) return 0;
+  if (errno != ENOENT || (copy = strdup(dir)) == NULL) return -1;
+  slash = strrchr(copy, '/');
+  while (slash != NULL && slash > copy && slash[-1] == '/')
+    slash--; /* "a//b" */
+  rc = -1;
+  if (slash != NULL && slash != copy) {
+    *slash = '\0';
+    if (mkdir_parents(copy, mode) == 0) rc = mkdir(dir, mode) == 0 || errno == EEXIST ? 0 : -1;
+  } else {
+    errno = ENOENT;
+  }
+  free(copy);
+  return rc;
+}
+
+/* Resolves dir to its realpath, creating it (and its missing parents) when
+ * allowed, so that every spelling of one directory finds one party. */
 static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err) {
   struct stat st;
   char *real;
@@ -138,7 +159,7 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
       lp_err_set(err, LP_ENOENT, "open: %s does not exist (create_if_missing is false)", dir);
       return NULL;
     }
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    if (mkdir_parents(dir, 0755) != 0) {
       lp_code c = errno == ENOENT    ? LP_ENOENT
                   : errno == EACCES  ? LP_EACCES
                   : errno == ENOTDIR ? LP_ENOTDIR
