@@ -7,6 +7,8 @@
 #   make rock       the luarocks install check alone
 #   make lint       C format (clang-format 14), luacheck, no tab-indented Lua
 #                   (mk/lint.sh; `make test` runs it too)
+#   make reliability  regenerate the bad-input table of docs/RELIABILITY.md from
+#                   spec/fixtures/badinput_cases.lua (badinput_spec checks it)
 #   make demo | bench | fuzz | deps | clean
 #
 # Every knob uses ?= so it can be overridden: make OPT=-O0 WERROR= CC=clang.
@@ -49,7 +51,7 @@ LUAFLAGS_asan   := -isystem $(LUA54_INCDIR)
 objs  = $(patsubst src/%.c,build/$(1)/obj/%.o,$(2))
 variant = $(word 2,$(subst /, ,$@))
 
-.PHONY: all build deps test sanitize rock lint demo bench fuzz clean
+.PHONY: all build deps test sanitize rock lint reliability demo bench fuzz clean
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
 
@@ -108,6 +110,9 @@ rock: deps
 
 lint: deps
 	@bash mk/lint.sh
+
+reliability:
+	lua5.4 mk/reliability_table.lua --write
 
 demo: deps build
 	sh mk/luaenv.sh 5.4 lua5.4 examples/demo.lua

@@ -256,10 +256,19 @@ describe("open errors", function()
     assert.is_false(exists(dir))
   end)
 
-  it("a missing parent directory: ENOENT", function()
-    local dir = helper.tmpdir() .. "/no/such/parent"
-    local db, msg, code = A.reopen(dir)
+  it("missing parents are created as mkdir -p does, with the same mode; not with create_if_missing=false", function()
+    local base = helper.tmpdir()
+    local dir = base .. "/no/such/parent"
+    local db, msg, code = A.reopen(dir, { create_if_missing = false })
     check_err(db, msg, code, "ENOENT")
+    assert.is_false(exists(base .. "/no"))
+    db = assert(A.reopen(dir))
+    assert.is_true(db:put("k", "v"))
+    for _, d in ipairs { base .. "/no", base .. "/no/such" } do
+      local st = uv.fs_stat(d)
+      assert.equal("directory", st.type)
+      assert.equal(uv.fs_stat(dir).mode, st.mode)
+    end
   end)
 
   it("a path that is a file: ENOTDIR", function()

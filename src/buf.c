@@ -118,6 +118,7 @@ static const char *const code_names[LP_CODE_MAX] = {
     [LP_ELOCKED] = "ELOCKED",
     [LP_ECLOSED] = "ECLOSED",
     [LP_ETIMEDOUT] = "ETIMEDOUT",
+    [LP_EINTR] = "EINTR",
     [LP_ELEADERLOST] = "ELEADERLOST",
     [LP_EPROTO] = "EPROTO",
     [LP_ENOMEM] = "ENOMEM",

@@ -16,7 +16,9 @@
  */
 #include "private.h"
 
+#include <dirent.h>
 #include <leveldb/c.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,6 +55,56 @@ void lp_engine_opts_init(lp_engine_opts *o) {
   o->bloom_bits = 0;
 }
 
+static int has_suffix(const char *s, const char *suffix) {
+  size_t n = strlen(s), m = strlen(suffix);
+  return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* LevelDB opens a directory without a CURRENT file as a new database: it
+ * writes a fresh MANIFEST, then deletes as obsolete every table that MANIFEST
+ * does not list, which is all of them.  A directory whose CURRENT was lost (a
+ * careless rm, a partial copy or restore) would come up empty and lose its
+ * tables for good.  So, before leveldb_open and touching nothing: tables
+ * (*.ldb, *.sst), or a MANIFEST with a log, and no CURRENT is ECORRUPT.  A
+ * MANIFEST alone is what LevelDB itself leaves for an instant while another
+ * process creates the database (it writes CURRENT next), and holds no data:
+ * that is left to leveldb_open, which then fails on the other's LOCK. */
+static int check_current(const char *path, lp_err *err) {
+  DIR *d = opendir(path);
+  struct dirent *de;
+  int current = 0, manifest = 0, log = 0;
+  size_t tables = 0;
+  char table[64] = "";
+  if (d == NULL) return 0; /* leveldb_open says why */
+  while ((de = readdir(d)) != NULL) {
+    const char *n = de->d_name;
+    if (strcmp(n, "CURRENT") == 0) {
+      current = 1;
+    } else if (strncmp(n, "MANIFEST-", 9) == 0) {
+      manifest = 1;
+    } else if (has_suffix(n, ".ldb") || has_suffix(n, ".sst")) {
+      if (tables++ == 0) snprintf(table, sizeof table, "%s", n);
+    } else if (has_suffix(n, ".log")) {
+      log = 1;
+    }
+  }
+  closedir(d);
+  if (current || (tables == 0 && !(manifest && log))) return 0;
+  if (tables > 0)
+    lp_err_set(err, LP_ECORRUPT,
+               "open: %s has no CURRENT file but holds %zu table file%s (%s%s): LevelDB would "
+               "open it as a new, empty database and delete them; nothing was touched. Restore "
+               "CURRENT (one line naming the newest MANIFEST-* file) and open again",
+               path, tables, tables > 1 ? "s" : "", table, tables > 1 ? ", ..." : "");
+  else
+    lp_err_set(err, LP_ECORRUPT,
+               "open: %s has no CURRENT file but holds a MANIFEST and a log: LevelDB would open "
+               "it as a new database; nothing was touched. Restore CURRENT (one line naming the "
+               "newest MANIFEST-* file) and open again",
+               path);
+  return -1;
+}
+
 /* Frees whatever part of e has been created; e->db is closed first so that
  * LevelDB stops using the cache and filter before they go. */
 static void engine_free(lp_engine *e) {
@@ -79,6 +131,7 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
     lp_engine_opts_init(&defaults);
     o = &defaults;
   }
+  if (check_current(path, err) != 0) return NULL;
   e = calloc(1, sizeof *e);
   if (!e) {
     fail_nomem(err, "open");
@@ -94,6 +147,7 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
 
   leveldb_options_set_create_if_missing(e->options, o->create_if_missing ? 1 : 0);
   leveldb_options_set_error_if_exists(e->options, o->error_if_exists ? 1 : 0);
+  leveldb_options_set_paranoid_checks(e->options, o->paranoid_checks ? 1 : 0);
   leveldb_options_set_compression(e->options, o->compression ? leveldb_snappy_compression
                                                              : leveldb_no_compression);
   if (o->cache_size > 0) {

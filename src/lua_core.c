@@ -23,7 +23,9 @@
 
 #include <dlfcn.h>
 #include <leveldb/c.h>
+#include <limits.h>
 #include <lualib.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,11 +160,60 @@ static void read_range(lua_State *L, int t, lp_range *r) {
   r->keys = field_bool(L, t, "keys", 1);
   r->values = field_bool(L, t, "values", 1);
   limit = field_num(L, t, "limit", -1);
-  r->limit = limit < 0 ? -1 : limit > 9e18 ? INT64_MAX : (int64_t)limit;
+  r->limit = !(limit >= 0) ? -1 : limit > 9e18 ? INT64_MAX : (int64_t)limit; /* NaN: none */
 }
 
 static uint64_t deadline_of(const ldb_t *d) {
   return d->timeout_ns ? lp_now_ns() + d->timeout_ns : 0;
+}
+
+/* Ctrl-C during a blocking wait.  lua.c's (and luajit's) SIGINT handler only
+ * sets a hook on the main thread, for the interpreter to raise "interrupted!"
+ * at its next instruction; it runs when the wait returns.  The party's waits
+ * return LP_EINTR whenever a signal handler ran: when the hook changed since
+ * the wait began, the call returns "op: interrupted" (EINTR) and the hook
+ * fires; any other signal (libuv's SIGCHLD, ...) resumes the wait.  (Lua 5.4
+ * keeps a hook per thread: the main thread's is the one to watch; LuaJIT has
+ * one for all.) */
+typedef struct hookstate {
+  lua_Hook hook;
+  int mask, count;
+} hookstate;
+
+static hookstate hook_of(lua_State *L) {
+  hookstate h;
+#if LUA_VERSION_NUM >= 502
+  lua_State *m;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  m = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (m != NULL) L = m;
+#endif
+  h.hook = lua_gethook(L);
+  h.mask = lua_gethookmask(L);
+  h.count = lua_gethookcount(L);
+  return h;
+}
+
+enum { WAIT_TOKEN, WAIT_ITER, WAIT_OPEN };
+
+/* A blocking wait of party p for a request's token, an iterator's entries or
+ * the first election: 0, or -1 with err (LP_EINTR: "op: interrupted"). */
+static int wait_blocking(lua_State *L, lp_party *p, int what, uint64_t token, lp_citer *it,
+                         const char *op, lp_err *err) {
+  hookstate before = hook_of(L), now;
+  for (;;) {
+    int rc = what == WAIT_TOKEN  ? lp_party_wait_token(p, token, err)
+             : what == WAIT_ITER ? lp_party_wait_iter(p, it, err)
+                                 : lp_party_wait_opened(p, err);
+    if (rc == 0) return 0;
+    if (err->code != LP_EINTR) return -1;
+    now = hook_of(L);
+    if (now.hook != before.hook || now.mask != before.mask || now.count != before.count) {
+      lp_err_set(err, LP_EINTR, "%s: interrupted", op);
+      return -1;
+    }
+  }
 }
 
 /* Splits a remote error text "ECODE: detail" into code and detail; texts
@@ -264,7 +315,7 @@ static int submit(lua_State *L, ldb_t *d, int tag, const lp_buf *rest, int op, c
     lua_pushinteger(L, (lua_Integer)token);
     return 2;
   }
-  if (!async && lp_party_wait_token(d->party, token, &err) != 0) {
+  if (!async && wait_blocking(L, d->party, WAIT_TOKEN, token, NULL, opname, &err) != 0) {
     lp_client_forget(lp_party_client(d->party), token);
     return push_lperr(L, &err);
   }
@@ -278,14 +329,40 @@ static int push_yield(lua_State *L) {
 
 /* ---------------------------------------------------------------- module */
 
+/* The Lua layer refuses option values that do not fit; these keep a raw
+ * caller of the core clear of undefined conversions all the same. */
+
+/* A count or size option: absent, negative or NaN gives dflt, past max max. */
+static size_t field_size(lua_State *L, int t, const char *name, size_t dflt, size_t max) {
+  double v = field_num(L, t, name, -1);
+  if (!(v >= 0)) return dflt;
+  if (v >= (double)max) return max;
+  return (size_t)v;
+}
+
+/* Seconds from this on (math.huge included) mean no limit. */
+#define NO_LIMIT_S  1e9
+#define NO_LIMIT_NS (UINT64_C(1) << 62) /* a deadline now + this never comes */
+
+/* A timeout in seconds as ns: 0 (or less, or NaN) gives 0; a positive one is
+ * at least 1 ms, never 0; from NO_LIMIT_S on it is `none`. */
+static uint64_t seconds_ns(double t, uint64_t none) {
+  if (!(t > 0)) return 0;
+  if (t >= NO_LIMIT_S) return none;
+  if (t < 1e-3) return 1000000;
+  return (uint64_t)(t * 1e9);
+}
+
 static int open_db(lua_State *L) {
-  const char *dir = luaL_checkstring(L, 1);
+  size_t dirlen;
+  const char *dir = luaL_checklstring(L, 1, &dirlen);
   int blocking;
   lp_party_opts o;
   lp_err err;
   lp_party *party;
   ldb_t *d;
   double t;
+  luaL_argcheck(L, strlen(dir) == dirlen, 1, "directory path must not contain a NUL byte");
   luaL_checktype(L, 2, LUA_TTABLE);
   blocking = !lua_toboolean(L, 3);
   lp_party_opts_init(&o);
@@ -293,32 +370,34 @@ static int open_db(lua_State *L) {
   o.engine.create_if_missing = field_bool(L, 2, "create_if_missing", o.engine.create_if_missing);
   o.engine.error_if_exists = field_bool(L, 2, "error_if_exists", o.engine.error_if_exists);
   o.engine.compression = field_bool(L, 2, "compression", o.engine.compression);
-  o.engine.cache_size = (size_t)field_num(L, 2, "cache_size", (double)o.engine.cache_size);
+  o.engine.paranoid_checks = field_bool(L, 2, "paranoid_checks", o.engine.paranoid_checks);
+  o.engine.cache_size = field_size(L, 2, "cache_size", o.engine.cache_size, SIZE_MAX / 2);
   o.engine.write_buffer_size =
-      (size_t)field_num(L, 2, "write_buffer_size", (double)o.engine.write_buffer_size);
-  o.engine.block_size = (size_t)field_num(L, 2, "block_size", (double)o.engine.block_size);
-  o.engine.max_open_files = (int)field_num(L, 2, "max_open_files", o.engine.max_open_files);
-  o.engine.bloom_bits = (int)field_num(L, 2, "bloom_bits", o.engine.bloom_bits);
+      field_size(L, 2, "write_buffer_size", o.engine.write_buffer_size, SIZE_MAX / 2);
+  o.engine.block_size = field_size(L, 2, "block_size", o.engine.block_size, SIZE_MAX / 2);
+  o.engine.max_open_files =
+      (int)field_size(L, 2, "max_open_files", (size_t)o.engine.max_open_files, INT_MAX);
+  o.engine.bloom_bits = (int)field_size(L, 2, "bloom_bits", (size_t)o.engine.bloom_bits, INT_MAX);
   o.server.allow_other_users = field_bool(L, 2, "allow_other_users", o.server.allow_other_users);
-  o.server.max_frame = (size_t)field_num(L, 2, "max_frame", (double)o.server.max_frame);
+  o.server.max_frame = field_size(L, 2, "max_frame", o.server.max_frame, SIZE_MAX / 2);
   o.server.max_total_buffer =
-      (size_t)field_num(L, 2, "max_send_buffer", (double)o.server.max_total_buffer);
+      field_size(L, 2, "max_send_buffer", o.server.max_total_buffer, SIZE_MAX / 2);
   o.client.max_frame = o.server.max_frame;
-  o.client.window = (uint32_t)field_num(L, 2, "window", o.client.window);
+  o.client.window = (uint32_t)field_size(L, 2, "window", o.client.window, UINT32_MAX);
   o.retry = field_bool(L, 2, "retry", o.retry);
   o.log = field_bool(L, 2, "log", o.log);
   t = field_num(L, 2, "open_timeout", -1); /* seconds; the Lua layer refuses < 0 */
-  if (t >= 0) o.open_timeout_ns = (uint64_t)(t * 1e9);
+  if (t >= 0) o.open_timeout_ns = seconds_ns(t, NO_LIMIT_NS);
   if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);
-  if (blocking && !lp_party_opened(party) && lp_party_wait_opened(party, &err) != 0) {
+  if (blocking && !lp_party_opened(party) &&
+      wait_blocking(L, party, WAIT_OPEN, 0, NULL, "open", &err) != 0) {
     lp_party_unref(party);
     return push_lperr(L, &err);
   }
   d = (ldb_t *)lp_newuserdata(L, sizeof *d);
   memset(d, 0, sizeof *d);
   d->party = party;
-  t = field_num(L, 2, "timeout", 0);
-  d->timeout_ns = t > 0 ? (uint64_t)(t * 1e9) : 0;
+  d->timeout_ns = seconds_ns(field_num(L, 2, "timeout", 0), 0);
   d->sync = field_bool(L, 2, "sync", 0);
   luaL_setmetatable(L, DB_MT);
   return 1;
@@ -332,7 +411,7 @@ static int slice_begin(lua_State *L) {
 
 static int set_slice(lua_State *L) {
   double ms = luaL_checknumber(L, 1);
-  slice_ns = ms <= 0 ? 0 : (uint64_t)(ms * 1e6);
+  slice_ns = !(ms > 0) ? 0 : ms > 1e9 ? UINT64_C(1) << 62 : (uint64_t)(ms * 1e6);
   return 0;
 }
 
@@ -947,11 +1026,11 @@ static int page_put(lua_State *L, const liter_t *it, lp_slice k, lp_slice v, int
 /* A remote iterator has nothing buffered.  Async: sets its deadline and
  * returns 1 (the caller returns PENDING and the driver waits for it:ready()).
  * Blocking: waits for entries (or the end) and returns 0, or -1 with err. */
-static int remote_wait(liter_t *it, int async, lp_err *err) {
+static int remote_wait(lua_State *L, liter_t *it, int async, lp_err *err) {
   lp_party *p = it->db->party;
   lp_client_iter_wait_deadline(lp_party_client(p), it->remote, deadline_of(it->db));
   if (async) return 1;
-  return lp_party_wait_iter(p, it->remote, err) != 0 ? -1 : 0;
+  return wait_blocking(L, p, WAIT_ITER, 0, it->remote, "iterator", err) != 0 ? -1 : 0;
 }
 
 /* it:page(async, t) -> n | PENDING | YIELD | nil, msg, code
@@ -991,7 +1070,7 @@ static int liter_page(lua_State *L) {
       }
       if (lp_client_out(c)->len > 0) lp_party_flush(p);
       if (r != 2 || n > 0) break;
-      r = remote_wait(it, async, &err);
+      r = remote_wait(L, it, async, &err);
       if (r > 0) {
         lua_pushlightuserdata(L, PENDING);
         return 1;
@@ -1074,7 +1153,7 @@ static int liter_step(lua_State *L) {
       return 1;
     }
     if (r < 0) return push_lperr(L, &err);
-    r = remote_wait(it, async, &err);
+    r = remote_wait(L, it, async, &err);
     if (r > 0) {
       lua_pushlightuserdata(L, PENDING);
       return 1;

@@ -20,6 +20,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
@@ -140,8 +141,29 @@ static void set_state(lp_party *p, int state) {
   p->progress++;
 }
 
-/* Resolves dir to its realpath, creating the last component when allowed, so
- * that every spelling of one directory finds one party. */
+/* mkdir -p: creates dir and the parents it lacks, each with mode (less the
+ * umask).  0, or -1 with errno. */
+static int mkdir_parents(const char *dir, mode_t mode) {
+  char *copy, *slash;
+  int rc;
+  if (mkdir(dir, mode) == 0 || errno == EEXIST) return 0;
+  if (errno != ENOENT || (copy = strdup(dir)) == NULL) return -1;
+  slash = strrchr(copy, '/');
+  while (slash != NULL && slash > copy && slash[-1] == '/')
+    slash--; /* "a//b" */
+  rc = -1;
+  if (slash != NULL && slash != copy) {
+    *slash = '\0';
+    if (mkdir_parents(copy, mode) == 0) rc = mkdir(dir, mode) == 0 || errno == EEXIST ? 0 : -1;
+  } else {
+    errno = ENOENT;
+  }
+  free(copy);
+  return rc;
+}
+
+/* Resolves dir to its realpath, creating it (and its missing parents) when
+ * allowed, so that every spelling of one directory finds one party. */
 static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err) {
   struct stat st;
   char *real;
@@ -155,7 +177,7 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
       lp_err_set(err, LP_ENOENT, "open: %s does not exist (create_if_missing is false)", dir);
       return NULL;
     }
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    if (mkdir_parents(dir, 0755) != 0) {
       lp_code c = errno == ENOENT    ? LP_ENOENT
                   : errno == EACCES  ? LP_EACCES
                   : errno == ENOTDIR ? LP_ENOTDIR
@@ -190,9 +212,14 @@ static void drop_fd(lp_party *p, int fd) {
  * wait is one recv (follower_wait_recv).  Every other send/recv passes
  * MSG_DONTWAIT, and no event loop ever sees this fd (it polls epfd). */
 static void conn_blocking(lp_party *p) {
+  /* A receive timeout makes a signal handler interrupt that recv even when
+   * it was installed with SA_RESTART (luajit's SIGINT handler is: signal(7)),
+   * so the wait returns LP_EINTR; its expiry only makes the wait recv again. */
+  struct timeval tv = {3600, 0};
   int fl;
   p->fd_blocks = 0;
   if (p->fd < 0 || (fl = fcntl(p->fd, F_GETFL)) < 0) return;
+  if (setsockopt(p->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) return;
   if ((fl & O_NONBLOCK) == 0 || fcntl(p->fd, F_SETFL, fl & ~O_NONBLOCK) == 0) p->fd_blocks = 1;
 }
 
@@ -565,7 +592,7 @@ void lp_party_flush(lp_party *p) {
 
 /* Reads everything available from the leader.  Returns 1 if bytes arrived.
  * wait: the first recv may block (the fd must be in blocking mode), and an
- * interrupted one returns. */
+ * interrupted one returns -1. */
 static int follower_read(lp_party *p, int wait) {
   int got = 0;
   int flags = wait ? 0 : MSG_DONTWAIT;
@@ -574,7 +601,7 @@ static int follower_read(lp_party *p, int wait) {
   for (;;) {
     ssize_t n = recv(p->fd, p->inbuf.ptr, p->inbuf.cap, flags);
     flags = MSG_DONTWAIT;
-    if (n < 0 && errno == EINTR && wait) break;
+    if (n < 0 && errno == EINTR && wait) return -1; /* the first recv: got is 0 */
     if (n > 0) {
       lp_err err;
       got = 1;
@@ -587,8 +614,9 @@ static int follower_read(lp_party *p, int wait) {
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      /* not in blocking mode after all: blocking waits go through poll */
-      if (wait && !got) p->fd_blocks = 0;
+      /* the receive timeout expired; or the fd is not in blocking mode after
+       * all: then blocking waits go through poll */
+      if (wait && !got && (fcntl(p->fd, F_GETFL) & O_NONBLOCK)) p->fd_blocks = 0;
       break;
     } else {
       on_leader_lost(p); /* EOF or reset */
@@ -808,16 +836,20 @@ uint64_t lp_party_submit(lp_party *p, int tag, lp_slice rest, uint64_t deadline_
 /* A blocking call's wait as a follower with nothing to send and no deadline
  * to keep: one blocking recv, which returns with the reply (or the leader's
  * end), where poll then recv would cost two system calls per request.
- * Returns 0 when that does not apply. */
+ * Returns 0 when that does not apply, -1 when a signal interrupted it. */
 static int follower_wait_recv(lp_party *p) {
+  int r;
   if (p->state != P_FOLLOWER || !p->fd_blocks || p->client == NULL) return 0;
   if (lp_client_out(p->client)->len > 0 || lp_client_next_deadline(p->client) != 0) return 0;
-  if (follower_read(p, 1)) p->progress++;
+  r = follower_read(p, 1);
+  if (r < 0) return -1;
+  if (r) p->progress++;
   return 1;
 }
 
-/* One blocking wait on whatever the party waits for. */
-static void wait_once(lp_party *p) {
+/* One blocking wait on whatever the party waits for: 0, or -1 when a signal
+ * interrupted it. */
+static int wait_once(lp_party *p) {
   int fd, events, timeout;
   struct pollfd pf;
   party_wants(p, &fd, &events, &timeout);
@@ -825,34 +857,43 @@ static void wait_once(lp_party *p) {
   pf.fd = fd;
   pf.events = (short)events;
   pf.revents = 0;
-  poll(fd >= 0 ? &pf : NULL, fd >= 0 ? 1 : 0, timeout);
+  return poll(fd >= 0 ? &pf : NULL, fd >= 0 ? 1 : 0, timeout) < 0 && errno == EINTR ? -1 : 0;
+}
+
+static int interrupted(lp_err *err) {
+  lp_err_set(err, LP_EINTR, "interrupted");
+  return -1;
 }
 
 int lp_party_wait_opened(lp_party *p, lp_err *err) {
   for (;;) {
     if (lp_party_step(p, err) != 0) return -1;
     if (p->opened) return 0;
-    wait_once(p);
+    if (wait_once(p) != 0) return interrupted(err);
   }
 }
 
 int lp_party_wait_token(lp_party *p, uint64_t token, lp_err *err) {
   for (;;) {
+    int w;
     if (lp_client_done(p->client, token)) return 0;
-    if (follower_wait_recv(p)) continue;
+    if ((w = follower_wait_recv(p)) < 0) return interrupted(err);
+    if (w > 0) continue;
     if (lp_party_step(p, err) != 0) return -1;
     if (lp_client_done(p->client, token)) return 0;
-    wait_once(p);
+    if (wait_once(p) != 0) return interrupted(err);
   }
 }
 
 int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err) {
   for (;;) {
+    int w;
     if (lp_client_iter_ready(p->client, it)) return 0;
-    if (follower_wait_recv(p)) continue;
+    if ((w = follower_wait_recv(p)) < 0) return interrupted(err);
+    if (w > 0) continue;
     if (lp_party_step(p, err) != 0) return -1;
     if (lp_client_iter_ready(p->client, it)) return 0;
-    wait_once(p);
+    if (wait_once(p) != 0) return interrupted(err);
   }
 }
 

@@ -64,6 +64,7 @@ typedef enum lp_code {
   LP_ELOCKED,     /* the LOCK is held by someone who serves no socket */
   LP_ECLOSED,     /* the handle (or iterator) was closed */
   LP_ETIMEDOUT,   /* the operation's timeout expired */
+  LP_EINTR,       /* a blocking wait was interrupted by a signal (Ctrl-C) */
   LP_ELEADERLOST, /* retry=false and the leader went away with the request in flight */
   LP_EPROTO,      /* the peer broke the wire protocol */
   LP_ENOMEM,
@@ -264,6 +265,7 @@ typedef struct lp_engine_opts {
   size_t block_size;        /* 0 = default (4 KiB) */
   int max_open_files;       /* 0 = default (1000) */
   int bloom_bits;           /* bits per key of a bloom filter; 0 = none */
+  int paranoid_checks;      /* default 0: LevelDB's paranoid_checks */
 } lp_engine_opts;
 
 void lp_engine_opts_init(lp_engine_opts *o);
@@ -273,7 +275,9 @@ void lp_engine_opts_init(lp_engine_opts *o);
  * takes the LOCK's fcntl lock itself first, lp_lock_take; LevelDB's lock is
  * then the same process's lock).  On failure returns NULL and
  * fills err; a lock held by another process gives LP_ELOCKED with the LevelDB
- * text.  Thread-safe. */
+ * text.  A directory with tables (or a MANIFEST and a log) but no CURRENT is
+ * refused with LP_ECORRUPT before LevelDB sees it (it would delete the
+ * tables).  Thread-safe. */
 lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err);
 /* Closes LevelDB and releases the LOCK.  No other call may be in progress or
  * follow; iterators must have been closed. */
@@ -678,7 +682,8 @@ int lp_party_step(lp_party *p, lp_err *err);
  * sockets themselves (a reset connection is the party's business). */
 void lp_party_pollinfo(lp_party *p, int *fd, int *timeout_ms);
 /* Blocking mode: steps and polls until the condition holds.  Returns 0, or -1
- * with err when the first election failed. */
+ * with err when the first election failed, or with LP_EINTR when a signal
+ * handler interrupted the wait (the caller decides whether to wait again). */
 int lp_party_wait_opened(lp_party *p, lp_err *err);
 int lp_party_wait_token(lp_party *p, uint64_t token, lp_err *err);
 int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err);

@@ -8,6 +8,7 @@
  */
 #include "tap.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -1100,6 +1101,76 @@ static void test_worker(lp_engine *e) {
 }
 
 /* Truncated table files: iterators and get must report errors, not crash. */
+/* Counts the entries of dir whose name ends with suffix. */
+static int count_suffix(const char *dir, const char *suffix) {
+  DIR *d = opendir(dir);
+  struct dirent *de;
+  int n = 0;
+  size_t m = strlen(suffix);
+  if (d == NULL) return -1;
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (l >= m && strcmp(de->d_name + l - m, suffix) == 0) n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* Without CURRENT, leveldb_open would start a new database and delete every
+ * table: lp_engine_open refuses with ECORRUPT and leaves the files alone. */
+static void test_current_missing(void) {
+  char p[256], f[300], cur[64];
+  lp_engine_opts o;
+  lp_engine *e;
+  lp_err err;
+  char *v = NULL;
+  size_t vn = 0;
+  int i, fd, tables, rc;
+  ssize_t n;
+
+  path_of(p, sizeof p, "nocurrent");
+  lp_engine_opts_init(&o);
+  o.write_buffer_size = 64 * 1024;
+  e = lp_engine_open(p, &o, &err);
+  if (!e) {
+    check(0, "open the db to lose CURRENT from", "%s", err.msg);
+    return;
+  }
+  for (i = 0; i < 3000; i++) {
+    char k[32], val[64];
+    int kn = snprintf(k, sizeof k, "c%06d", i);
+    memset(val, 'z', sizeof val);
+    lp_engine_put(e, (lp_slice){k, (size_t)kn}, (lp_slice){val, sizeof val}, 0, &err);
+  }
+  lp_engine_close(e);
+  tables = count_suffix(p, ".ldb");
+  snprintf(f, sizeof f, "%s/CURRENT", p);
+  fd = open(f, O_RDONLY);
+  n = fd >= 0 ? read(fd, cur, sizeof cur) : -1;
+  if (fd >= 0) close(fd);
+  check(tables > 0 && n > 0 && unlink(f) == 0, "a db with tables, its CURRENT removed",
+        "%d tables, CURRENT %zd bytes", tables, n);
+  memset(&err, 0, sizeof err);
+  e = lp_engine_open(p, &o, &err);
+  check(e == NULL && err.code == LP_ECORRUPT && strstr(err.msg, "no CURRENT") != NULL,
+        "no CURRENT but tables gives ECORRUPT", "code %s msg %s", lp_code_name(err.code), err.msg);
+  lp_engine_close(e);
+  check(count_suffix(p, ".ldb") == tables, "the tables are left alone", "%d tables, was %d",
+        count_suffix(p, ".ldb"), tables);
+  fd = open(f, O_CREAT | O_WRONLY, 0644);
+  if (fd >= 0) {
+    check(write(fd, cur, (size_t)n) == n, "CURRENT restored", "write failed");
+    close(fd);
+  }
+  e = lp_engine_open(p, &o, &err);
+  check(e != NULL, "with CURRENT back the db opens", "%s", err.msg);
+  if (!e) return;
+  rc = lp_engine_get(e, S("c002999"), &v, &vn, &err);
+  check(rc == 1 && vn == 64, "and holds its data", "rc=%d", rc);
+  free(v);
+  lp_engine_close(e);
+}
+
 static void test_corrupt(void) {
   char p[256], f[600];
   lp_engine_opts o;
@@ -1212,6 +1283,7 @@ int main(void) {
   test_iter_empty();
   test_iter_large();
   test_corrupt();
+  test_current_missing();
 
   rm_rf(base);
   return tap_done();

@@ -69,6 +69,7 @@ function _M.resolve(opt)
   if opt == "binary" then return binary end
   if opt == "json" then return json() end
   if type(opt) == "table" and type(opt.encode) == "function" and type(opt.decode) == "function" then
+    local custom_decode = opt.decode
     return {
       name = opt.name or "custom",
       encode = function(v)
@@ -76,19 +77,28 @@ function _M.resolve(opt)
         if type(s) ~= "string" then return nil, "a value the custom encoding turns into a string" end
         return s
       end,
-      decode = opt.decode,
+      -- a decoder that raises fails like one that returns nil, err
+      decode = function(s)
+        local ok, v, err = pcall(custom_decode, s)
+        if not ok then return nil, tostring(v) end
+        return v, err
+      end,
     }
   end
   return nil, "unknown encoding " .. tostring(opt) .. " (utf8, binary, json, or {encode=, decode=})"
 end
 
 --- Decodes the stored bytes with codec (as resolve() returns it): the value,
--- or nil, "fname: cannot decode ...", "EDECODE".
-function _M.decode(codec, fname, bytes)
+-- or nil, "fname: cannot decode <what> as <codec>: <the decoder's reason>",
+-- "EDECODE".  `what` (default "the value") says where the bytes were, as "the
+-- key of entry #3"; the message never holds the bytes themselves (lua-cjson's
+-- reasons do not quote them either; a custom decoder's are its own).
+function _M.decode(codec, fname, bytes, what)
   if codec.identity then return bytes end
   local val, err = codec.decode(bytes)
   if val == nil and err ~= nil then
-    return nil, format("%s: cannot decode the stored value as %s: %s", fname, codec.name, tostring(err)), "EDECODE"
+    return nil, format("%s: cannot decode %s as %s: %s", fname, what or "the value", codec.name, tostring(err)),
+      "EDECODE"
   end
   return val
 end

@@ -16,7 +16,8 @@ local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
 local iterator = require "levelparty.iterator"
 
-local type, error, tostring, setmetatable, rawget = type, error, tostring, setmetatable, rawget
+local type, error, tostring, rawget = type, error, tostring, rawget
+local setmetatable, getmetatable = setmetatable, getmetatable
 local pairs, ipairs = pairs, ipairs
 local format = string.format
 local loaded = package.loaded
@@ -38,10 +39,18 @@ local _M = {
 -- The luv adaptor, loaded only once the application itself loaded luv: no
 -- application can be running luv's loop without having required it.
 local adaptor
+-- Hands an error nobody else can take (of a coroutine levelparty resumed, or
+-- of an application callback) to levelparty.on_error; an error of on_error
+-- itself goes to stderr, never to the caller or to luv.
+local function report(co, err)
+  local ok, e2 = pcall(_M.on_error, co, err)
+  if not ok then io.stderr:write("levelparty: levelparty.on_error failed: ", tostring(e2), "\n") end
+end
+
 local function luv_adaptor()
   if adaptor == nil and loaded.luv ~= nil then
     adaptor = require "levelparty.luv"
-    adaptor.set_error_handler(function(co, err) return _M.on_error(co, err) end)
+    adaptor.set_error_handler(report)
   end
   return adaptor
 end
@@ -55,9 +64,27 @@ local function async_mode()
   return true
 end
 
---- Errors of the application's coroutines resumed by levelparty go here.
+--- Errors of the application's coroutines resumed by levelparty go here, and
+-- those of its on_role callbacks (co is nil then, and err a traceback).
 function _M.on_error(co, err)
-  io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
+  if type(co) == "thread" then
+    io.stderr:write("levelparty: uncaught error in a coroutine: ", debug.traceback(co, tostring(err)), "\n")
+  else
+    io.stderr:write("levelparty: uncaught error in a callback: ", tostring(err), "\n")
+  end
+end
+
+local function with_traceback(e)
+  if type(e) == "string" then return debug.traceback(e, 2) end
+  return e
+end
+
+-- Calls the application's on_role(role, db): an error it raises goes to
+-- levelparty.on_error(nil, err), never to the call that noticed the change
+-- (whose result it would lose) nor to luv (which would exit the process).
+local function call_on_role(on_role, role, db)
+  local ok, err = xpcall(function() return on_role(role, db) end, with_traceback)
+  if not ok then report(nil, err) end
 end
 
 -- The message of a misuse of function fname.
@@ -72,7 +99,7 @@ end
 -- ------------------------------------------------------------------ options
 
 local OPEN_OPTIONS = {
-  create_if_missing = "boolean", error_if_exists = "boolean", compression = "boolean",
+  create_if_missing = "boolean", error_if_exists = "boolean", compression = "boolean", paranoid_checks = "boolean",
   cache_size = "number", write_buffer_size = "number", block_size = "number",
   max_open_files = "number", bloom_bits = "number",
   key_encoding = "encoding", value_encoding = "encoding",
@@ -80,6 +107,35 @@ local OPEN_OPTIONS = {
   allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
   log = "boolean", max_send_buffer = "number",
 }
+
+-- What each number option must be: an integer from min to max, "seconds"
+-- (>= 0; math.huge: no limit) or "limit" (an integer; negative or
+-- math.huge: no limit).  The bounds keep every value inside its C type.
+local function int_range(min, max) return { min, max, ("an integer from %.0f to %.0f"):format(min, max) } end
+local NUMBER_OPTIONS = {
+  cache_size = int_range(0, 2 ^ 53), write_buffer_size = int_range(0, 2 ^ 53), block_size = int_range(0, 2 ^ 53),
+  max_open_files = int_range(0, 2 ^ 31 - 1), bloom_bits = int_range(0, 100),
+  max_frame = int_range(1024, 2 ^ 32 - 1), window = int_range(1, 2 ^ 31 - 1),
+  max_send_buffer = int_range(0, 2 ^ 53),
+  timeout = "seconds", open_timeout = "seconds", limit = "limit",
+}
+local huge = math.huge
+
+-- nil when number v suits option k, else the misuse message
+local function check_number(fname, k, v)
+  local want = NUMBER_OPTIONS[k] or "seconds"
+  if want == "seconds" then
+    if v >= 0 then return nil end -- NaN is not
+    want = "a number of seconds >= 0 (math.huge: no limit)"
+  elseif want == "limit" then
+    if v == huge or v == -huge or v % 1 == 0 then return nil end
+    want = "an integer (negative or math.huge: no limit)"
+  else
+    if v >= want[1] and v <= want[2] and v % 1 == 0 then return nil end
+    want = want[3]
+  end
+  return misuse(fname, "option '%s' must be %s, got %s", k, want, tostring(v))
+end
 
 -- nil when every option of the table opts is in `known` with its type
 local function check_options(fname, opts, known)
@@ -95,12 +151,10 @@ local function check_options(fname, opts, known)
       end
     elseif want ~= "any" and type(v) ~= want then
       return misuse(fname, "option '%s' must be a %s, got %s", k, want, type(v))
+    elseif want == "number" then
+      local bad = check_number(fname, k, v)
+      if bad then return bad end
     end
-    -- a negative limit means "no limit", as in Node
-    if want == "number" and k ~= "limit" and (v ~= v or v < 0) then
-      return misuse(fname, "option '%s' must be >= 0", k)
-    end
-    if v ~= v then return misuse(fname, "option '%s' must be a number, got NaN", k) end
   end
 end
 
@@ -161,7 +215,7 @@ local function after_blocking(self, async)
   local role = c:role_change()
   if role then
     local on_role = self._on_role
-    if on_role then on_role(role, self) end
+    if on_role then call_on_role(on_role, role, self) end
     if c:is_leader() then self._leader = true end
   end
   if adaptor then adaptor.kick(self._party) end
@@ -180,7 +234,7 @@ iterator.init(async_mode, after_blocking)
 -- call costs about 450 instructions per call on Lua 5.4.)
 local function outcome(self, op, async, a, b, e)
   if a == PENDING then
-    adaptor.wait_token(self._c, b)
+    adaptor.wait_token(self._c, b, op)
     return core_result(self._c, b, op)
   end
   if a ~= false then after_blocking(self, async) end
@@ -222,10 +276,10 @@ function DB:get(key, opts, extra)
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local v, err, code = core_get(c, async, k)
   if v == PENDING then
-    adaptor.wait_token(c, err)
+    adaptor.wait_token(c, err, "get")
     v, err, code = core_result(c, err, "get")
   elseif v == YIELD or not self._leader then
-    while v == YIELD do adaptor.tick() v, err, code = core_get(c, true, k) end
+    while v == YIELD do adaptor.tick("get") v, err, code = core_get(c, true, k) end
     v, err, code = outcome(self, "get", async, v, err, code)
   end
   if v == nil then
@@ -262,10 +316,10 @@ function DB:put(key, value, opts, extra)
   if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local ok, err, code = core_put(c, async, k, v, sync)
   if ok == PENDING then
-    adaptor.wait_token(c, err)
+    adaptor.wait_token(c, err, "put")
     return core_result(c, err, "put")
   elseif ok == YIELD or not self._leader then
-    while ok == YIELD do adaptor.tick() ok, err, code = core_put(c, true, k, v, sync) end
+    while ok == YIELD do adaptor.tick("put") ok, err, code = core_put(c, true, k, v, sync) end
     return outcome(self, "put", async, ok, err, code)
   end
   return ok, err, code
@@ -285,14 +339,55 @@ function DB:del(key, opts, extra)
   end
   local async = async_mode()
   local ok, err, code = c:del(async, k, sync)
-  while ok == YIELD do adaptor.tick() ok, err, code = c:del(true, k, sync) end
+  while ok == YIELD do adaptor.tick("del") ok, err, code = c:del(true, k, sync) end
   return outcome(self, "del", async, ok, err, code)
 end
 
+local function show_number(n)
+  if n % 1 == 0 and n > -2 ^ 53 and n < 2 ^ 53 then return format("%d", n) end
+  return tostring(n)
+end
+
+-- The length of array t (its field n when present), or nil and what is
+-- wrong: a key other than 1, 2, ... and n, an n that is no count or (unless
+-- `cut`: elements past n are left out) that leaves elements out, or (without
+-- n) a hole.  `one`, `many`: what the elements are, for the message.  A
+-- `for i = 1, #t` over an array with holes would silently skip what follows
+-- the hole.
+local function array_length(t, one, many, cut)
+  local max, count, odd = 0, 0, nil
+  for k in pairs(t) do
+    if type(k) == "number" and k >= 1 and k % 1 == 0 then
+      count = count + 1
+      if k > max then max = k end
+    elseif k ~= "n" then -- name the first in sort order: the message is the same each time
+      local name = type(k) == "string" and ("'" .. k .. "'") or tostring(k)
+      if odd == nil or name < odd then odd = name end
+    end
+  end
+  if odd then return nil, format("an array of %s expected, got field %s", many, odd) end
+  local n = rawget(t, "n")
+  if n ~= nil then
+    if type(n) ~= "number" or not (n >= 0 and n <= 2 ^ 53) or n % 1 ~= 0 then
+      return nil, format("field n must be an integer >= 0, got %s", type(n))
+    end
+    if max > n and not cut then
+      return nil, format("field n is %s, but there are %s up to #%s", show_number(n), many, show_number(max))
+    end
+    return n
+  end
+  if count ~= max then
+    for i = 1, max do
+      if t[i] == nil then return nil, format("%s #%d is nil: the array has a hole", one, i) end
+    end
+  end
+  return max
+end
+
 -- ops with their keys and values encoded, or nil and the misuse message
-local function encode_ops(self, fname, ops)
+local function encode_ops(self, fname, ops, n)
   local out = {}
-  for i = 1, #ops do
+  for i = 1, n do
     local op = ops[i]
     if type(op) ~= "table" then
       return nil, misuse(fname, "bad operation #%d (table expected, got %s)", i, type(op))
@@ -320,7 +415,7 @@ local function write_ops(self, ops, sync)
   local c, async = self._c, async_mode()
   local numbers_ok = self._kenc.name == "utf8" and self._venc.name == "utf8"
   local ok, err, code = c:batch(async, ops, sync, numbers_ok)
-  while ok == YIELD do adaptor.tick() ok, err, code = c:batch(true, ops, sync, numbers_ok) end
+  while ok == YIELD do adaptor.tick("batch") ok, err, code = c:batch(true, ops, sync, numbers_ok) end
   return outcome(self, "batch", async, ok, err, code)
 end
 
@@ -329,10 +424,18 @@ local Batch = {}
 Batch.__index = Batch
 Batch.__name = "levelparty.batch"
 
+-- nil when self is a chained batch, else the message for b.method(...)
+local function check_batch(self, name)
+  if getmetatable(self) ~= Batch then
+    return format("batch:%s: call it as a method (b:%s(...)), got %s as self", name, name, type(self))
+  end
+end
+
 function Batch:put(key, value, extra)
-  if extra ~= nil then error(too_many("batch:put", 2), 2) end
+  local bad = check_batch(self, "put") or (extra ~= nil and too_many("batch:put", 2))
+  if bad then error(bad, 2) end
   local db = self._db
-  local k, v, bad
+  local k, v
   k, bad = encode_key(db, "batch:put", key, 1)
   if k == nil then error(bad, 2) end
   v, bad = encode_value(db, "batch:put", value, 2)
@@ -342,22 +445,30 @@ function Batch:put(key, value, extra)
 end
 
 function Batch:del(key, extra)
-  if extra ~= nil then error(too_many("batch:del", 1), 2) end
-  local k, bad = encode_key(self._db, "batch:del", key, 1)
+  local bad = check_batch(self, "del") or (extra ~= nil and too_many("batch:del", 1))
+  if bad then error(bad, 2) end
+  local k
+  k, bad = encode_key(self._db, "batch:del", key, 1)
   if k == nil then error(bad, 2) end
   self._ops[#self._ops + 1] = { type = "del", key = k }
   return self
 end
 
 function Batch:clear()
+  local bad = check_batch(self, "clear")
+  if bad then error(bad, 2) end
   self._ops = {}
   return self
 end
 
-function Batch:length() return #self._ops end
+function Batch:length()
+  local bad = check_batch(self, "length")
+  if bad then error(bad, 2) end
+  return #self._ops
+end
 
 function Batch:write(opts, extra)
-  local bad = (extra ~= nil and too_many("batch:write", 1))
+  local bad = check_batch(self, "write") or (extra ~= nil and too_many("batch:write", 1))
     or (self._written and misuse("batch:write", "this batch was already written"))
     or (opts ~= nil and check_options("batch:write", opts, WRITE_OPTIONS))
   if bad then error(bad, 2) end
@@ -378,8 +489,17 @@ function DB:batch(ops, opts, extra)
   bad = (type(ops) ~= "table" and misuse("batch", "bad argument #1 (table of operations expected, got %s)", type(ops)))
     or (opts ~= nil and check_options("batch", opts, WRITE_OPTIONS))
   if bad then error(bad, 2) end
+  local n, why = array_length(ops, "operation", "operations")
+  if n == nil then error(misuse("batch", "bad argument #1 (%s)", why), 2) end
+  if rawget(ops, "n") ~= nil then -- n may name operations past the last one
+    for i = 1, n do
+      if ops[i] == nil then
+        error(misuse("batch", "bad argument #1 (field n is %s, but operation #%d is nil)", show_number(n), i), 2)
+      end
+    end
+  end
   if not (self._kenc.identity and self._venc.identity) then
-    ops, bad = encode_ops(self, "batch", ops)
+    ops, bad = encode_ops(self, "batch", ops, n)
     if ops == nil then error(bad, 2) end
   end
   local ok, err, code = write_ops(self, ops, opts and opts.sync)
@@ -393,7 +513,8 @@ function DB:get_many(keys, opts, extra)
     or (type(keys) ~= "table" and misuse("get_many", "bad argument #1 (table of keys expected, got %s)", type(keys)))
     or (opts ~= nil and check_options("get_many", opts, READ_OPTIONS))
   if bad then error(bad, 2) end
-  local n = keys.n or #keys
+  local n, why = array_length(keys, "key", "keys", true)
+  if n == nil then error(misuse("get_many", "bad argument #1 (%s)", why), 2) end
   local enc = {}
   for i = 1, n do
     enc[i], bad = encode_key(self, "get_many", keys[i], i)
@@ -401,14 +522,14 @@ function DB:get_many(keys, opts, extra)
   end
   local c, async = self._c, async_mode()
   local t, err, code = c:get_many(async, enc)
-  while t == YIELD do adaptor.tick() t, err, code = c:get_many(true, enc) end
+  while t == YIELD do adaptor.tick("get_many") t, err, code = c:get_many(true, enc) end
   t, err, code = outcome(self, "get_many", async, t, err, code)
   if t == nil then return nil, err, code end
   if not self._venc.identity then
     for i = 1, n do
       local v = t[i]
       if v ~= nil then
-        local val, derr, dcode = decode(self._venc, "get_many", v)
+        local val, derr, dcode = decode(self._venc, "get_many", v, format("value #%d", i))
         if derr then return nil, derr, dcode end
         t[i] = val
       end
@@ -453,7 +574,7 @@ function DB:clear(range, opts, extra)
     if cl == nil then return nil, err, code end
     local ok
     ok, err, code = cl:step(async, sync)
-    while ok == YIELD do adaptor.tick() ok, err, code = cl:step(true, sync) end
+    while ok == YIELD do adaptor.tick("clear") ok, err, code = cl:step(true, sync) end
     return ok, err, code
   end
   return outcome(self, "clear", async, c:clear(async, r, sync))
@@ -538,6 +659,10 @@ local function check_dir(dir)
     local got = dir == "" and "an empty string" or type(dir)
     return misuse("open", "bad argument #1 (directory path expected, got %s)", got)
   end
+  -- C would see the path up to the NUL only: another directory
+  if dir:find("\0", 1, true) then
+    return misuse("open", "bad argument #1 (directory path must not contain a NUL byte)")
+  end
 end
 
 --- levelparty.open(dir [, opts]) -> db | nil, msg, code
@@ -579,7 +704,7 @@ function _M.open(dir, opts, extra)
     local weak = setmetatable({ self }, { __mode = "v" })
     a.watch(c, on_role and function(role)
       local h = weak[1]
-      if h then on_role(role, h) end
+      if h then call_on_role(on_role, role, h) end
     end)
   end
   return self

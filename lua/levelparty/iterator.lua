@@ -15,7 +15,8 @@
 local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
 
-local error, tostring, setmetatable, pairs = error, tostring, setmetatable, pairs
+local error, tostring, pairs, type = error, tostring, pairs, type
+local setmetatable, getmetatable = setmetatable, getmetatable
 local format = string.format
 local decode = encoding.decode
 local PENDING, YIELD = core.PENDING, core.YIELD
@@ -35,6 +36,17 @@ end
 local Iterator = {}
 Iterator.__index = Iterator
 Iterator.__name = "levelparty.iterator"
+local DirectIterator -- Iterator's methods with a C __call (below)
+
+local CLOSED = "iterator: the iterator was closed"
+
+-- it.next() instead of it:next(): the misuse message, raised at the caller
+local function check_self(self, name)
+  local mt = getmetatable(self)
+  if type(self) ~= "table" or (mt ~= Iterator and mt ~= DirectIterator) then
+    error(format("iterator:%s: call it as a method (it:%s(...)), got %s as self", name, name, type(self)), 3)
+  end
+end
 
 -- Calls the core iterator's `method` (page or step) until it has an answer:
 -- on YIELD it gives the loop a turn, on PENDING (async only) it waits for
@@ -44,7 +56,7 @@ local function iter_call_core(self, method, async, arg)
   local a, b, e = it[method](it, async, arg)
   while a == PENDING or a == YIELD do
     adaptor = adaptor or require "levelparty.luv"
-    if a == YIELD then adaptor.tick() else adaptor.wait_iter(self._db._c, it) end
+    if a == YIELD then adaptor.tick("iterator") else adaptor.wait_iter(self._db._c, it) end
     a, b, e = it[method](it, true, arg)
   end
   after_blocking(self._db, async)
@@ -60,19 +72,27 @@ local function step(self, async)
 end
 
 local function step_slow(self)
+  -- level 3: step_slow, the C step, the function running the for loop
+  if self._closed then error(CLOSED .. " (ECLOSED)", 3) end
   local async = async_mode()
   -- a coroutine with no luv loop to give time back to: C's next slice
   -- check should not send every 64th entry here again
   if not async then core.slice_begin() end
   local k, v, code = step(self, async)
-  -- level 3: step_slow, the C step, the function running the for loop
   if k == nil and v ~= nil then error(format("%s (%s)", v, tostring(code)), 3) end
   return k, v
 end
 
---- it:next() -> key, value (or the one side asked for) | nil at the end |
--- nil, msg, code on failure
-function Iterator:next()
+-- Decodes one side of entry #n: the value, or nil, msg, "EDECODE" (naming
+-- the side and n, never the bytes).
+local function decode_side(codec, side, n, bytes)
+  return decode(codec, "iterator", bytes, format("the %s of entry #%d", side, n))
+end
+
+-- it:next() without the check of self (the for loop's __call comes here).
+-- An entry that does not decode is reported and skipped: the next call goes on.
+local function next_entry(self)
+  if self._closed then return nil, CLOSED, "ECLOSED" end
   if self._direct then
     if self._done then return nil end
     local k, v, code = step(self, async_mode())
@@ -92,12 +112,18 @@ function Iterator:next()
     i = 1
   end
   local page, db = self._page, self._db
+  local n = self._count + 1 -- entries served, this one included
+  self._count = n
   if self._stride == 2 then
     self._i = i + 2
     local k, v = page[i], page[i + 1]
-    if self._decode_keys then k = db._kenc.decode(k) end
+    if self._decode_keys then
+      local key, err, code = decode_side(db._kenc, "key", n, k)
+      if err then return nil, err, code end
+      k = key
+    end
     if self._decode_values then
-      local val, err, code = decode(db._venc, "iterator", v)
+      local val, err, code = decode_side(db._venc, "value", n, v)
       if err then return nil, err, code end
       v = val
     end
@@ -106,13 +132,25 @@ function Iterator:next()
   self._i = i + 1
   local x = page[i]
   if self._keys then
-    if self._decode_keys then x = db._kenc.decode(x) end
+    if self._decode_keys then
+      local key, err, code = decode_side(db._kenc, "key", n, x)
+      if err then return nil, err, code end
+      x = key
+    end
   elseif self._values and self._decode_values then
-    local val, err, code = decode(db._venc, "iterator", x)
+    local val, err, code = decode_side(db._venc, "value", n, x)
     if err then return nil, err, code end
     x = val
   end
   return x
+end
+
+--- it:next() -> key, value (or the one side asked for) | nil at the end |
+-- nil, msg, code on failure (after it:close(): "iterator: the iterator was
+-- closed", ECLOSED)
+function Iterator:next()
+  check_self(self, "next")
+  return next_entry(self)
 end
 
 -- the generic for calls the iterator: failures raise there
@@ -123,19 +161,19 @@ function Iterator:__call()
     local page = self._page
     return page[i], page[i + 1]
   end
-  local a, b, e = self:next()
+  local a, b, e = next_entry(self)
   if a == nil and b ~= nil then error(format("%s (%s)", b, tostring(e)), 2) end
   return a, b
 end
 
 function Iterator:close()
-  self._done, self._n = true, 0
+  check_self(self, "close")
+  self._done, self._n, self._closed = true, 0, true
   return self[1]:close()
 end
 Iterator.__close = Iterator.close
 Iterator.__gc = Iterator.close
 
-local DirectIterator
 if core.direct_call then
   DirectIterator = {}
   for name, f in pairs(Iterator) do DirectIterator[name] = f end
@@ -149,7 +187,7 @@ function _M.new(db, it, r)
   local direct = plain and DirectIterator ~= nil
   return setmetatable({
     it, -- [1]: the core iterator (where the direct step looks for it)
-    _db = db, _page = {}, _n = 0, _i = 1,
+    _db = db, _page = {}, _n = 0, _i = 1, _count = 0,
     _stride = (keys and values) and 2 or 1, _keys = keys, _values = values,
     _decode_keys = keys and not db._kenc.identity,
     _decode_values = values and not db._venc.identity,

@@ -13,12 +13,18 @@
 --
 -- Errors raised by a resumed coroutine never reach luv (whose default is to
 -- exit the process): they go to levelparty.on_error.
+--
+-- A parked coroutine is resumed with RESUMED first: a coroutine someone else
+-- resumes while it waits in levelparty (coroutine.resume by hand) raises a
+-- misuse error there, and the driver forgets it, so that nothing resumes it
+-- later at some other yield of the application's.
 
 local uv = require "luv"
 local core = require "levelparty.core"
 
 local coroutine_running, coroutine_yield, coroutine_resume = coroutine.running, coroutine.yield, coroutine.resume
-local next, pairs, setmetatable = next, pairs, setmetatable
+local next, pairs, setmetatable, error = next, pairs, setmetatable, error
+local format = string.format
 local slice_begin = core.slice_begin
 local JOB_TOKEN = core.JOB_TOKEN -- tokens of worker jobs are >= this
 
@@ -31,9 +37,29 @@ local report
 
 function _M.set_error_handler(fn) report = fn end
 
+local RESUMED = {} -- what the driver resumes a parked coroutine with, first
+
 local function resume(co, ...)
-  local ok, err = coroutine_resume(co, ...)
+  local ok, err = coroutine_resume(co, RESUMED, ...)
   if not ok then report(co, err) end
+end
+
+-- A parked coroutine was resumed by someone else: raises there, at the line
+-- of the application's that called levelparty (the first frame, from here up,
+-- that is Lua and no file of levelparty's).
+local function resumed_by_hand(op)
+  local level = 2 -- the level of error() and of debug.getinfo() alike
+  while true do
+    local info = debug.getinfo(level, "S")
+    if info == nil then
+      level = 0
+      break
+    end
+    if info.what ~= "C" and not info.source:find("levelparty[/\\][%w_]+%.lua$") then break end
+    level = level + 1
+  end
+  error(format("%s: this coroutine was resumed by hand while it waited (a coroutine waiting in levelparty is "
+    .. "resumed by levelparty, from luv's loop)", op or "levelparty"), level)
 end
 
 local drivers = {}   -- party lightuserdata -> driver
@@ -54,12 +80,20 @@ local function run_ticks()
   if #ticking == 0 then tick_idle:stop() end
 end
 
---- Lets the loop run once, then returns (from inside a coroutine).
-function _M.tick()
+--- Lets the loop run once, then returns (from inside a coroutine); op names
+-- the call, for the misuse message.
+function _M.tick(op)
   if tick_idle == nil then tick_idle = uv.new_idle() end
-  ticking[#ticking + 1] = coroutine_running()
+  local co = coroutine_running()
+  ticking[#ticking + 1] = co
   if #ticking == 1 then tick_idle:start(run_ticks) end
-  coroutine_yield()
+  if coroutine_yield() ~= RESUMED then
+    for i = #ticking, 1, -1 do
+      if ticking[i] == co then table.remove(ticking, i) end
+    end
+    if #ticking == 0 then tick_idle:stop() end
+    resumed_by_hand(op)
+  end
 end
 
 -- The core handle the driver uses; held weakly so that a handle the
@@ -145,6 +179,13 @@ function Driver:run()
     end
   end
   nready = take_done(c, self.jobs, ready, nready)
+  -- results nobody waits for any more (their coroutine was resumed by hand)
+  for token in next, self.orphans do
+    if c:done(token) then
+      self.orphans[token] = nil
+      c:result(token, "orphan")
+    end
+  end
   if progress ~= nil and progress ~= self.progress then
     self.progress = progress
     for it, co in pairs(self.iters) do
@@ -160,7 +201,7 @@ function Driver:run()
   if role and self.on_role then self.on_role(role) end
   for i = 1, nready do -- resume(), inlined: once per request
     local co = ready[i]
-    local ok, rerr = coroutine_resume(co)
+    local ok, rerr = coroutine_resume(co, RESUMED)
     if not ok then report(co, rerr) end
   end
   if opened then
@@ -185,6 +226,7 @@ local function get_driver(c)
   if d == nil then
     d = setmetatable({
       cref = setmetatable({}, { __mode = "v" }), tokens = {}, jobs = {}, fin = {}, iters = {}, openers = {},
+      orphans = {},
       nwait = 0, fd = -1,
       timer = uv.new_timer(), progress = -1,
     }, Driver)
@@ -199,15 +241,16 @@ end
 
 -- Parks the running coroutine under `key` in the driver's `list` until run()
 -- resumes it; returns what run() resumes it with.  Without a list, key is the
--- token of a request or of a worker job (big batches) of c.  The core returns
--- a request's token only while it is not done, and nothing steps the party
+-- token of a request or of a worker job (big batches) of c.  op names the
+-- call, for the misuse message when someone else resumes the coroutine.  The
+-- core returns a request's token only while it is not done, and nothing steps the party
 -- between that return and this call, so a request is parked unasked; a job
 -- may finish meanwhile on its thread, so it is asked.  This runs once per
 -- request of every coroutine: the driver is looked up here (get_driver()
 -- only when it is not c's yet), and wait_token is this function itself, as a
 -- wrapper around it cost a follower's request in a coroutine 2-4% more
 -- instructions (callgrind).
-local function park(c, key, list)
+local function park(c, key, op, list)
   local d = by_core[c]
   if d == nil or d.cref[1] ~= c then d = get_driver(c) end
   local waiting
@@ -220,25 +263,35 @@ local function park(c, key, list)
   else
     waiting = d.jobs
   end
-  waiting[key] = coroutine_running()
+  local co = coroutine_running()
+  waiting[key] = co
   d.nwait = d.nwait + 1
   -- inside run() the driver arms once when it is done
   if not d.running then d:arm() end
-  return coroutine_yield()
+  local by, a, b, e = coroutine_yield()
+  if by ~= RESUMED then
+    if waiting[key] == co then
+      waiting[key] = nil
+      d.nwait = d.nwait - 1
+      if list == nil then d.orphans[key] = true end
+    end
+    resumed_by_hand(op)
+  end
+  return a, b, e
 end
 
---- wait_token(c, token): waits (yielding) until the request or job `token` of
--- core handle c is done.
+--- wait_token(c, token, op): waits (yielding) until the request or job
+-- `token` of core handle c is done; op names the call.
 _M.wait_token = park
 
 --- Waits until iterator it can give its next entry.
 function _M.wait_iter(c, it)
-  park(c, it, "iters")
+  park(c, it, "iterator", "iters")
 end
 
 --- Waits until the first election of c ended; returns true or nil, msg, code.
 function _M.wait_open(c)
-  return park(c, coroutine_running(), "openers")
+  return park(c, coroutine_running(), "open", "openers")
 end
 
 --- Keeps the driver of a follower polling, so that a leader's death is noticed
