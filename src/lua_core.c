@@ -113,7 +113,25 @@ static void *check_class(lua_State *L, void *key, const char *name) {
   return luaL_checkudata(L, 1, name); /* raises the usual error */
 }
 
-static ldb_t *check_db(lua_State *L) { return (ldb_t *)check_class(L, &db_key, DB_MT); }
+/* A handle used in a child of the process that opened it (any fork) refuses
+ * the call: misuse, raised (README, "Fork safety"). */
+static void check_owner(lua_State *L, lp_party *p) {
+  if (p != NULL && lp_party_forked(p))
+    luaL_error(L,
+               "levelparty: this handle of %s was opened by process %d and this process (%d) is "
+               "a fork of it: a handle never crosses a fork; open the directory again in this "
+               "process (in nginx: in init_worker_by_lua* or lazily, never in init_by_lua*)",
+               lp_party_path(p), (int)lp_party_pid(p), (int)lp_self_pid());
+}
+
+/* Any handle, even one a fork inherited (close, __gc, __tostring). */
+static ldb_t *check_db_any(lua_State *L) { return (ldb_t *)check_class(L, &db_key, DB_MT); }
+
+static ldb_t *check_db(lua_State *L) {
+  ldb_t *d = check_db_any(L);
+  check_owner(L, d->party);
+  return d;
+}
 
 static lp_slice check_slice(lua_State *L, int i) {
   lp_slice s;
@@ -338,10 +356,12 @@ static int set_slice(lua_State *L) {
 
 static void liter_release(liter_t *it) {
   ldb_t *d = it->db;
+  int forked = d->party != NULL && lp_party_forked(d->party);
   if (!it->open) return;
   it->open = 0;
-  if (it->local != NULL) lp_engine_iter_close(it->local);
-  if (it->remote != NULL && d->party != NULL) {
+  /* a fork's copy: LevelDB's iterator and the connection are the parent's */
+  if (it->local != NULL && !forked) lp_engine_iter_close(it->local);
+  if (it->remote != NULL && d->party != NULL && !forked) {
     lp_client *c = lp_party_client(d->party);
     if (c != NULL) {
       lp_client_iter_close(c, it->remote);
@@ -359,7 +379,7 @@ static void liter_release(liter_t *it) {
 }
 
 static int db_close(lua_State *L) {
-  ldb_t *d = check_db(L);
+  ldb_t *d = check_db_any(L);
   if (d->party != NULL) {
     while (d->iters != NULL)
       liter_release(d->iters);
@@ -391,6 +411,13 @@ static int db_role_change(lua_State *L) {
   int role = d->party ? lp_party_take_role_change(d->party) : -1;
   if (role < 0) return 0;
   lua_pushstring(L, role_name(role));
+  return 1;
+}
+
+/* db:forked() -> true in a child of the process that opened the handle */
+static int db_forked(lua_State *L) {
+  ldb_t *d = check_db_any(L);
+  lua_pushboolean(L, d->party != NULL && lp_party_forked(d->party));
   return 1;
 }
 
@@ -801,8 +828,14 @@ static int db_is_leader(lua_State *L) {
 
 /* ---------------------------------------------------------------- clear */
 
-static lclear_t *check_clear(lua_State *L) {
+static lclear_t *check_clear_any(lua_State *L) {
   return (lclear_t *)check_class(L, &clear_key, CLEAR_MT);
+}
+
+static lclear_t *check_clear(lua_State *L) {
+  lclear_t *c = check_clear_any(L);
+  if (!c->done) check_owner(L, c->db->party);
+  return c;
 }
 
 static void clear_release(lclear_t *c) {
@@ -868,14 +901,22 @@ static int clear_step(lua_State *L) {
 }
 
 static int clear_gc(lua_State *L) {
-  lclear_t *c = check_clear(L);
+  lclear_t *c = check_clear_any(L);
   if (!c->done) clear_release(c);
   return 0;
 }
 
 /* ---------------------------------------------------------------- iterators */
 
-static liter_t *check_iter(lua_State *L) { return (liter_t *)check_class(L, &liter_key, ITER_MT); }
+static liter_t *check_iter_any(lua_State *L) {
+  return (liter_t *)check_class(L, &liter_key, ITER_MT);
+}
+
+static liter_t *check_iter(lua_State *L) {
+  liter_t *it = check_iter_any(L);
+  check_owner(L, it->db->party);
+  return it;
+}
 
 /* db:iter(range) -> iterator | nil, msg, code */
 static int db_iter(lua_State *L) {
@@ -1099,7 +1140,7 @@ static int liter_call(lua_State *L) {
     if (lua_rawequal(L, -1, lua_upvalueindex(2))) it = (liter_t *)lua_touserdata(L, -2);
   }
   lua_settop(L, 1);
-  if (it != NULL && it->open && !it->has_err &&
+  if (it != NULL && it->open && !it->has_err && !lp_party_forked(it->db->party) &&
       (++it->steps % DIRECT_SLICE_STEPS != 0 || !lua_isyieldable(L) || !slice_over())) {
     lp_err err;
     int r = it->local != NULL ? local_next(L, it, &err) : remote_next(L, it, &err);
@@ -1135,7 +1176,7 @@ static int liter_ready(lua_State *L) {
 }
 
 static int liter_close(lua_State *L) {
-  liter_t *it = check_iter(L);
+  liter_t *it = check_iter_any(L);
   if (it->open) liter_release(it);
   lua_pushboolean(L, 1);
   return 1;
@@ -1147,7 +1188,7 @@ static int db_gc(lua_State *L) {
 }
 
 static int db_tostring(lua_State *L) {
-  ldb_t *d = check_db(L);
+  ldb_t *d = check_db_any(L);
   if (d->party == NULL)
     lua_pushfstring(L, "levelparty.db{closed}: %p", (void *)d);
   else
@@ -1160,6 +1201,7 @@ static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"role", db_role},
                                       {"role_change", db_role_change},
                                       {"opened", db_opened},
+                                      {"forked", db_forked},
                                       {"party", db_party},
                                       {"path", db_path},
                                       {"step", db_step},
@@ -1217,7 +1259,7 @@ static void new_class(lua_State *L, const char *name, void *key, const luaL_Reg 
 }
 
 static int liter_gc(lua_State *L) {
-  liter_t *it = check_iter(L);
+  liter_t *it = check_iter_any(L);
   if (it->open) liter_release(it);
   return 0;
 }

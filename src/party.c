@@ -97,11 +97,37 @@ struct lp_party {
 
   lp_worker *worker; /* the leader's long writes; NULL until first used */
 
+  pid_t pid; /* the process that opened it: any other (a fork) may not use it */
+
   struct lp_party *next; /* registry */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static lp_party *registry;
+
+/* This process's pid, kept by a fork handler: getpid() is a system call,
+ * and every call of a handle compares it with its party's. */
+static pid_t self_pid;
+static pthread_once_t self_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void) { pthread_mutex_lock(&registry_lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+static void fork_child(void) {
+  self_pid = getpid();
+  pthread_mutex_unlock(&registry_lock);
+}
+static void self_init(void) {
+  self_pid = getpid();
+  (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+pid_t lp_self_pid(void) {
+  pthread_once(&self_once, self_init);
+  return self_pid;
+}
+
+int lp_party_forked(const lp_party *p) { return p->pid != lp_self_pid(); }
+pid_t lp_party_pid(const lp_party *p) { return p->pid; }
 
 void lp_party_opts_init(lp_party_opts *o) {
   lp_engine_opts_init(&o->engine);
@@ -873,9 +899,11 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   lp_party *p;
   if (real == NULL) return -1;
   known = stat(real, &st) == 0;
+  (void)lp_self_pid(); /* installs the fork handler before the lock is taken */
   pthread_mutex_lock(&registry_lock);
   for (p = registry; p != NULL; p = p->next) {
-    if (p->state != P_CLOSED && same_dir(p, real, known ? &st : NULL)) {
+    /* a party inherited through fork() is the parent's: never shared */
+    if (p->state != P_CLOSED && p->pid == self_pid && same_dir(p, real, known ? &st : NULL)) {
       p->refs++;
       pthread_mutex_unlock(&registry_lock);
       free(real);
@@ -901,6 +929,7 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
     p->ino = st.st_ino;
   }
   p->refs = 1;
+  p->pid = self_pid;
   p->opts = *o;
   p->fd = -1;
   p->lock_fd = -1;
@@ -961,6 +990,23 @@ static void party_close(lp_party *p) {
   p->state = P_CLOSED;
 }
 
+/* The last handle of a party this process inherited through fork() goes:
+ * nothing of it is ours.  The engine, the server and worker threads (absent
+ * here), the LOCK's descriptors (closing one would drop a lock this process
+ * took since on the same file) and the epoll set's registrations (shared with
+ * the parent) are left alone; only the follower's connection and the watch,
+ * which are plain descriptors, are closed, and the client's memory freed. */
+static void party_abandon(lp_party *p) {
+  if (p->fd >= 0) close(p->fd);
+  if (p->watch.fd >= 0) close(p->watch.fd);
+  if (p->epfd >= 0) close(p->epfd);
+  if (p->client != NULL) lp_client_free(p->client);
+  lp_buf_free(&p->inbuf);
+  lp_buf_free(&p->loop_out);
+  free(p->path);
+  free(p);
+}
+
 void lp_party_unref(lp_party *p) {
   lp_party **pp;
   pthread_mutex_lock(&registry_lock);
@@ -975,6 +1021,10 @@ void lp_party_unref(lp_party *p) {
     }
   }
   pthread_mutex_unlock(&registry_lock);
+  if (lp_party_forked(p)) {
+    party_abandon(p);
+    return;
+  }
   party_close(p);
   free(p->path);
   free(p);

@@ -605,6 +605,13 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
 void lp_party_unref(lp_party *p);
 
 int lp_party_role(const lp_party *p);
+/* Fork safety: a party belongs to the process that opened it.  In a child
+ * of a fork lp_party_forked is 1: the binding refuses every call, and the
+ * last unref frees the child's copy without touching the parent's LevelDB,
+ * socket or threads.  lp_party_open never hands a child its parent's party. */
+pid_t lp_self_pid(void); /* getpid(), cached across forks */
+int lp_party_forked(const lp_party *p);
+pid_t lp_party_pid(const lp_party *p); /* the process that opened it */
 /* 1 once the first election has ended (leader, or follower that connected to
  * a leader it trusts; one of another uid must also have answered a first
  * request, since it refuses a uid it does not serve by closing at once). */
