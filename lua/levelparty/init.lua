@@ -500,6 +500,8 @@ local function close_handle(self)
   end
   local c, party = self._c, self._party
   local resume_waiters
+  -- a fork's copy of a handle: the luv driver's handles are the parent's too
+  if party and c:forked() then party = nil end
   if party then
     local n = (party_handles[party] or 1) - 1
     if n <= 0 then
@@ -540,11 +542,23 @@ local function check_dir(dir)
   end
 end
 
+-- nginx's init_by_lua* runs in the master before it forks its workers (and
+-- before it daemonizes): a handle opened there would be inherited by every
+-- worker, and its process goes away.  Handles never cross a fork (the core
+-- refuses them in the child); open is refused there outright.
+local ngx_init_phase_msg = "open: cannot open in nginx's init_by_lua* (the master process, which "
+  .. "forks the workers); open in init_worker_by_lua* or lazily in a request handler"
+local function ngx_phase()
+  local ngx = rawget(_G, "ngx")
+  return type(ngx) == "table" and type(ngx.get_phase) == "function" and ngx.get_phase() or nil
+end
+
 --- levelparty.open(dir [, opts]) -> db | nil, msg, code
 function _M.open(dir, opts, extra)
   local bad = (extra ~= nil and too_many("open", 2)) or check_dir(dir)
     or (opts ~= nil and check_options("open", opts, OPEN_OPTIONS))
   if bad then error(bad, 2) end
+  if ngx_phase() == "init" then error(ngx_init_phase_msg, 2) end
   opts = opts or {}
   local kenc, kerr = encoding.resolve(opts.key_encoding)
   if not kenc then error(misuse("open", "key_encoding: %s", kerr), 2) end
