@@ -20,6 +20,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
@@ -97,6 +98,7 @@ struct lp_party {
 
   lp_worker *worker; /* the leader's long writes; NULL until first used */
 
+  int dirfd; /* O_PATH descriptor of the directory for lp_party_address; -1 */
   pid_t pid; /* the process that opened it: any other (a fork) may not use it */
 
   struct lp_party *next; /* registry */
@@ -137,6 +139,8 @@ void lp_party_opts_init(lp_party_opts *o) {
   o->open_timeout_ns = LP_DEFAULT_OPEN_TIMEOUT_NS;
   o->engine.bloom_bits = LP_DEFAULT_BLOOM_BITS;
   o->log = 1;
+  o->lead = 1;
+  o->external = 0;
 }
 
 int lp_party_role(const lp_party *p) {
@@ -496,7 +500,7 @@ static void elect_step(lp_party *p) {
   if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
 
   holder = lp_lock_holder(p->path);
-  if (holder == 0) {
+  if (holder == 0 && p->opts.lead) {
     int lock_fd = lp_lock_take(p->path, &why);
     if (lock_fd >= 0) {
       lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
@@ -568,6 +572,51 @@ static void elect_step(lp_party *p) {
   }
   p->next_try_ns = now + p->backoff_ns;
   p->backoff_ns = p->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : p->backoff_ns * 2;
+}
+
+int lp_party_elect(lp_party *p, pid_t *holder, lp_err *err) {
+  pid_t h;
+  *holder = 0;
+  if (p->state == P_LEADER) return LP_ROLE_LEADER;
+  if (p->state == P_CLOSED) {
+    lp_err_set(err, LP_ECLOSED, "elect: the database is closed");
+    return -1;
+  }
+  h = lp_lock_holder(p->path);
+  if (h == 0 && p->opts.lead) {
+    lp_err why;
+    int lock_fd = lp_lock_take(p->path, &why);
+    if (lock_fd >= 0) {
+      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, err);
+      if (e == NULL) {
+        close(lock_fd);
+        return -1;
+      }
+      return become_leader(p, e, lock_fd, err) == 0 ? LP_ROLE_LEADER : -1;
+    }
+    h = lp_lock_holder(p->path); /* taken meanwhile, or not ours to take */
+  }
+  *holder = h > 0 ? h : 0;
+  p->holder = *holder;
+  p->opened = 1;
+  if (p->state != P_FOLLOWER) set_state(p, P_FOLLOWER);
+  return LP_ROLE_FOLLOWER;
+}
+
+int lp_party_address(lp_party *p, char *buf, size_t n, lp_err *err) {
+  struct sockaddr_un sa;
+  size_t need = strlen(p->path) + 1 + strlen(LP_SOCKET_NAME);
+  if (need < sizeof sa.sun_path) {
+    snprintf(buf, n, "unix:%s/%s", p->path, LP_SOCKET_NAME);
+    return 0;
+  }
+  if (p->dirfd < 0) p->dirfd = open(p->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (p->dirfd < 0) {
+    lp_err_set(err, LP_EIO, "address: %s: %s", p->path, strerror(errno));
+    return -1;
+  }
+  snprintf(buf, n, "unix:/proc/self/fd/%d/%s", p->dirfd, LP_SOCKET_NAME);
+  return 0;
 }
 
 void lp_party_flush(lp_party *p) {
@@ -935,6 +984,7 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   p->lock_fd = -1;
   p->watch.fd = -1;
   p->epfd = p->ep_fd = -1;
+  p->dirfd = -1;
   p->open_deadline_ns = lp_now_ns() + o->open_timeout_ns;
   enter_electing(p);
   p->role_changed = 0;
@@ -942,7 +992,13 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   registry = p;
   pthread_mutex_unlock(&registry_lock);
 
-  if (lp_party_step(p, err) != 0) {
+  if (o->external) {
+    pid_t holder;
+    if (lp_party_elect(p, &holder, err) < 0) {
+      lp_party_unref(p);
+      return -1;
+    }
+  } else if (lp_party_step(p, err) != 0) {
     lp_party_unref(p);
     return -1;
   }
@@ -981,6 +1037,8 @@ static void party_close(lp_party *p) {
   p->lock_fd = -1;
   close_conn(p);
   close_watch(p);
+  if (p->dirfd >= 0) close(p->dirfd);
+  p->dirfd = -1;
   if (p->epfd >= 0) close(p->epfd); /* the loop's poll handle on it went first */
   p->epfd = -1;
   if (p->client != NULL) lp_client_free(p->client);
@@ -1000,6 +1058,7 @@ static void party_abandon(lp_party *p) {
   if (p->fd >= 0) close(p->fd);
   if (p->watch.fd >= 0) close(p->watch.fd);
   if (p->epfd >= 0) close(p->epfd);
+  if (p->dirfd >= 0) close(p->dirfd);
   if (p->client != NULL) lp_client_free(p->client);
   lp_buf_free(&p->inbuf);
   lp_buf_free(&p->loop_out);

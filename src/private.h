@@ -588,6 +588,10 @@ typedef struct lp_party_opts {
   int retry;                /* replay in-flight requests across leader changes */
   uint64_t open_timeout_ns; /* how long open waits for a leader that serves */
   int log;                  /* as leader, log refused peers and protocol errors to stderr */
+  int lead;                 /* 0: never take the LOCK (a follower-only handle) */
+  int external;             /* the follower's transport lives outside the party (nginx
+                             * cosockets): the party never connects, and elects only in
+                             * lp_party_elect */
 } lp_party_opts;
 
 /* The parts' own defaults, then: retry and log on, LP_DEFAULT_OPEN_TIMEOUT_NS,
@@ -605,6 +609,17 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
 void lp_party_unref(lp_party *p);
 
 int lp_party_role(const lp_party *p);
+/* One election step for an external transport: never connects and never
+ * waits (leveldb_open takes what LevelDB's recovery takes).  A leader stays
+ * leader.  Otherwise: takes the LOCK when it is free (unless opts.lead is 0)
+ * and leads; else is a follower, with *holder the LOCK's holder (0: none or
+ * unknown), and the transport connects to lp_party_address.  Returns
+ * LP_ROLE_LEADER, LP_ROLE_FOLLOWER, or -1 with err. */
+int lp_party_elect(lp_party *p, pid_t *holder, lp_err *err);
+/* "unix:<dir>/level-party.sock", or for a path longer than a socket address
+ * holds "unix:/proc/self/fd/N/level-party.sock" over an O_PATH descriptor of
+ * the directory the party keeps.  0, or -1 with err. */
+int lp_party_address(lp_party *p, char *buf, size_t n, lp_err *err);
 /* Fork safety: a party belongs to the process that opened it.  In a child
  * of a fork lp_party_forked is 1: the binding refuses every call, and the
  * last unref frees the child's copy without touching the parent's LevelDB,
