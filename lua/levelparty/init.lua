@@ -35,11 +35,17 @@ local _M = {
   leveldb_version = core.leveldb_version,
 }
 
+-- Under ngx_lua (OpenResty/nginx) the nginx adaptor does all the waiting,
+-- in cosockets and ngx.sleep, and the luv adaptor is never used: a
+-- coroutine yield would hang the request (levelparty/ngx.lua).
+local ngx_adaptor = type(rawget(_G, "ngx")) == "table" and type(rawget(_G, "ngx").get_phase) == "function"
+  and require "levelparty.ngx" or nil
+
 -- The luv adaptor, loaded only once the application itself loaded luv: no
 -- application can be running luv's loop without having required it.
 local adaptor
 local function luv_adaptor()
-  if adaptor == nil and loaded.luv ~= nil then
+  if adaptor == nil and loaded.luv ~= nil and not ngx_adaptor then
     adaptor = require "levelparty.luv"
     adaptor.set_error_handler(function(co, err) return _M.on_error(co, err) end)
   end
@@ -50,7 +56,7 @@ end
 -- can yield, once the application loaded luv (as with luv's coro-* helpers,
 -- the coroutine is resumed from luv's loop: the application runs uv.run()).
 local function async_mode()
-  if loaded.luv == nil or not isyieldable() then return false end
+  if loaded.luv == nil or ngx_adaptor or not isyieldable() then return false end
   if adaptor == nil then luv_adaptor() end
   return true
 end
@@ -78,7 +84,7 @@ local OPEN_OPTIONS = {
   key_encoding = "encoding", value_encoding = "encoding",
   sync = "boolean", timeout = "number", open_timeout = "number", retry = "boolean",
   allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
-  log = "boolean",
+  log = "boolean", lead = "boolean", pool_size = "number", keepalive = "number",
 }
 
 -- nil when every option of the table opts is in `known` with its type
@@ -565,7 +571,7 @@ function _M.open(dir, opts, extra)
   local venc, verr = encoding.resolve(opts.value_encoding)
   if not venc then error(misuse("open", "value_encoding: %s", verr), 2) end
   local async = async_mode()
-  local c, err, code = core.open(dir, opts, async)
+  local c, err, code = (ngx_adaptor and ngx_adaptor.open or core.open)(dir, opts, async)
   if c == nil then return nil, err, code end
   if core_get == nil then
     local methods = getmetatable(c).__index
