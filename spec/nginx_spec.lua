@@ -1,0 +1,221 @@
+-- levelparty in a real nginx (Debian's nginx + libnginx-mod-http-lua): 4 workers on one
+-- directory, started under a temporary prefix from examples/nginx/nginx.conf (with
+-- spec/fixtures/nginx/test.conf's locations) on a loopback port, stopped by its own pid file.
+-- Load comes from a luv HTTP client in this process; signals are real.
+--
+-- Run: make test SPEC=spec/nginx_spec.lua LUA=luajit
+local uv = require "luv"
+local P = require "party_helper"
+local H = P.helper
+
+local ROOT = H.root
+local have_nginx = os.execute("test -x /usr/sbin/nginx -a -e /usr/lib/nginx/modules/ngx_http_lua_module.so")
+have_nginx = have_nginx == true or have_nginx == 0
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local port_seq = 0
+local function free_port()
+  port_seq = port_seq + 1
+  return 20000 + (uv.os_getpid() * 7 + port_seq * 13) % 20000
+end
+
+-- Starts nginx; returns { prefix, port, db, pid, stop() }.  `init` adds an init_by_lua block.
+local function start_nginx(opts)
+  opts = opts or {}
+  local prefix = H.tmpdir("ngx")
+  for _, d in ipairs { "conf", "logs", "tmp" } do assert(uv.fs_mkdir(prefix .. "/" .. d, 493)) end
+  local port = free_port()
+  local db = opts.db or (prefix .. "/db")
+  local include = prefix .. "/conf/extra.conf"
+  write(include, read(ROOT .. "/spec/fixtures/nginx/test.conf") .. (opts.extra or ""))
+  local conf = read(ROOT .. "/examples/nginx/nginx.conf")
+  local subst = { ROOT = ROOT, PREFIX = prefix, PORT = tostring(port), DB = db, WORKERS = "4",
+    USER = uv.getuid() == 0 and "user root root;" or "", INCLUDE = include }
+  conf = conf:gsub("@(%u+)@", function(k) return subst[k] end)
+  if opts.init then conf = conf:gsub("http {", "http {\n  init_by_lua_block { " .. opts.init .. " }", 1) end
+  write(prefix .. "/conf/nginx.conf", conf)
+  local ok = os.execute("nginx -p " .. prefix .. " -c conf/nginx.conf >" .. prefix .. "/logs/start.txt 2>&1")
+  local n = { prefix = prefix, port = port, db = db, started = ok == true or ok == 0 }
+  function n.log() return read(prefix .. "/logs/error.log") .. read(prefix .. "/logs/start.txt") end
+  function n.master() return tonumber(read(prefix .. "/logs/nginx.pid")) end
+  function n.stop()
+    local pid = n.master()
+    if pid then
+      uv.kill(pid, "sigquit")
+      P.wait_until(function() return not P.alive(pid) end, 20, "nginx to stop")
+    end
+  end
+  return n
+end
+
+-- One HTTP/1.0 request over luv: cb(status, body) or cb(nil, err).
+local function http(port, method, path, body, cb)
+  local t = uv.new_tcp()
+  t:connect("127.0.0.1", port, function(err)
+    if err then t:close() return cb(nil, err) end
+    body = body or ""
+    t:write(("%s %s HTTP/1.0\r\nHost: lp\r\nContent-Length: %d\r\n\r\n%s"):format(method, path, #body, body))
+    local buf = {}
+    t:read_start(function(e, data)
+      if data and not e then buf[#buf + 1] = data return end
+      t:close()
+      local s = table.concat(buf)
+      cb(tonumber(s:match("^HTTP/%d%.%d (%d+)")), s:match("\r\n\r\n(.*)$") or e)
+    end)
+  end)
+end
+
+-- A blocking request (runs the loop until it answers).
+local function req(port, method, path, body)
+  local st, b
+  http(port, method, path, body, function(s, r) st, b = s or false, r end)
+  P.wait_until(function() return st ~= nil end, 15, method .. " " .. path)
+  return st, b
+end
+
+-- nclients concurrent clients, each: PUT a unique key, then GET it back, until stop() is true.
+-- Returns the state: acked (key -> value), fails (list of "status body").
+local function load(port, nclients, tag)
+  local s = { acked = {}, nacked = 0, fails = {}, running = nclients, stop = false }
+  for c = 1, nclients do
+    local i = 0
+    local function step()
+      if s.stop then s.running = s.running - 1 return end
+      i = i + 1
+      local key, val = ("%s-%d-%d"):format(tag, c, i), ("v%d"):format(i)
+      http(port, "PUT", "/kv/" .. key, val, function(st, b)
+        if st ~= 204 then s.fails[#s.fails + 1] = tostring(st) .. " " .. tostring(b) return step() end
+        s.acked[key] = val
+        s.nacked = s.nacked + 1
+        http(port, "GET", "/kv/" .. key, nil, function(st2, b2)
+          if st2 ~= 200 or b2 ~= val then s.fails[#s.fails + 1] = "get " .. tostring(st2) .. " " .. tostring(b2) end
+          step()
+        end)
+      end)
+    end
+    step()
+  end
+  return s
+end
+
+local function finish(s)
+  s.stop = true
+  P.wait_until(function() return s.running == 0 end, 30, "the clients to finish")
+end
+
+local function leader_of(n)
+  local owners
+  P.wait_until(function()
+    owners = P.lock_owners(n.db)
+    return #owners == 1
+  end, 10, "one LOCK owner")
+  return owners[1]
+end
+
+-- every acknowledged key has its value (read through nginx)
+local function check_acked(n, s)
+  local missing = 0
+  for k, v in pairs(s.acked) do
+    local st, b = req(n.port, "GET", "/kv/" .. k)
+    if st ~= 200 or b ~= v then missing = missing + 1 end
+  end
+  return missing
+end
+
+local describe_nginx = have_nginx and describe or pending
+
+describe_nginx("nginx", function()
+  local n
+  after_each(function()
+    if n then pcall(n.stop) end
+    n = nil
+    P.cleanup()
+  end)
+
+  it("one leader among the workers; every worker reads what another wrote", function()
+    n = start_nginx()
+    assert.is_true(n.started, n.log())
+    assert.equal(204, (req(n.port, "PUT", "/kv/shared", "one")))
+    local pids, roles = {}, {}
+    for _ = 1, 200 do
+      local st, b = req(n.port, "GET", "/_lp/role")
+      assert.equal(200, st)
+      local pid, role = b:match("^(%d+) (%a+)")
+      pids[pid] = true
+      roles[pid] = role
+      local st2, v = req(n.port, "GET", "/kv/shared")
+      assert.equal(200, st2)
+      assert.equal("one", v)
+    end
+    local nw, nl = 0, 0
+    for pid in pairs(pids) do
+      nw = nw + 1
+      if roles[pid] == "leader" then nl = nl + 1 end
+    end
+    assert.is_true(nw >= 2, "requests reached only one worker")
+    assert.is_true(nl <= 1)
+    assert.equal(1, #P.lock_owners(n.db))
+    -- the LOCK's owner is a worker of this nginx (its parent is the master)
+    local leader = leader_of(n)
+    assert.truthy(read("/proc/" .. leader .. "/stat"):match("^%d+ %b() %a (%d+)") == tostring(n.master()))
+  end)
+
+  it("64 concurrent clients, unique-key PUT then GET: nothing lost", function()
+    n = start_nginx()
+    assert.is_true(n.started, n.log())
+    local s = load(n.port, 64, "c")
+    P.wait_until(function() return s.nacked >= 3000 end, 60, "3000 acknowledged puts")
+    finish(s)
+    assert.same({}, s.fails)
+    assert.equal(0, check_acked(n, s))
+  end)
+
+  it("the leader worker killed -9 under load: every acknowledged write is there", function()
+    n = start_nginx()
+    assert.is_true(n.started, n.log())
+    req(n.port, "PUT", "/kv/warm", "x")
+    local leader = leader_of(n)
+    local s = load(n.port, 32, "k")
+    P.wait_until(function() return s.nacked >= 500 end, 30, "500 acknowledged puts")
+    uv.kill(leader, "sigkill")
+    local at = s.nacked
+    P.wait_until(function() return s.nacked >= at + 1000 end, 30, "1000 more acknowledged puts")
+    finish(s)
+    assert.is_true(leader_of(n) ~= leader)
+    -- only requests in flight on the killed worker may fail (their connection was reset)
+    assert.is_true(#s.fails <= 32, table.concat(s.fails, "\n"))
+    assert.equal(0, check_acked(n, s))
+  end)
+
+  it("a call in the log phase raises a clear error naming the phase", function()
+    n = start_nginx()
+    assert.is_true(n.started, n.log())
+    assert.equal(200, (req(n.port, "GET", "/phase")))
+    P.wait_until(function() return n.log():find("PHASEGUARD", 1, true) ~= nil end, 10, "the log line")
+    local line = n.log():match("PHASEGUARD[^\n]*")
+    assert.truthy(line:find("PHASEGUARD false get: levelparty cannot be called in nginx's 'log' phase", 1, true), line)
+  end)
+
+  it("open in init_by_lua raises: nginx refuses to start, saying where to open", function()
+    n = start_nginx { init = ("require('levelparty').open(%q)"):format("/tmp/lp-never-" .. uv.os_getpid()) }
+    assert.is_false(n.started)
+    local log = n.log()
+    assert.truthy(log:find("cannot open in nginx's init_by_lua", 1, true), log)
+    assert.truthy(log:find("init_worker_by_lua", 1, true), log)
+    assert.is_nil(uv.fs_stat("/tmp/lp-never-" .. uv.os_getpid() .. "/LOCK"))
+    n = nil
+  end)
+end)
