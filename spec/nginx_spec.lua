@@ -135,6 +135,26 @@ local function check_acked(n, s)
   return missing
 end
 
+local function first_line(cmd)
+  local f = io.popen(cmd)
+  local s = f:read("*l")
+  f:close()
+  return s or ""
+end
+
+-- Another user (issue 17's checks for the nginx transport): root and setpriv run
+-- spec/fixtures/fake_leader.py as user nobody.
+local SETPRIV = first_line("command -v setpriv 2>/dev/null")
+local PYTHON
+for _, p in ipairs { "/usr/bin/python3", "/usr/local/bin/python3" } do
+  if uv.fs_access(p, "X") then PYTHON = p break end
+end
+local function other_user_missing()
+  if uv.getuid() ~= 0 then return "needs root, to run the fake leader as user nobody" end
+  if SETPRIV == "" then return "needs setpriv, to run the fake leader as user nobody" end
+  if not PYTHON then return "needs python3 for the fake leader" end
+end
+
 local describe_nginx = have_nginx and describe or pending
 
 describe_nginx("nginx", function()
@@ -198,6 +218,42 @@ describe_nginx("nginx", function()
     -- only requests in flight on the killed worker may fail (their connection was reset)
     assert.is_true(#s.fails <= 32, table.concat(s.fails, "\n"))
     assert.equal(0, check_acked(n, s))
+  end)
+
+  it("a leader of another uid: every request fails with EACCES, nothing reaches it", function()
+    local why = other_user_missing()
+    if why then return pending(why) end
+    local d = H.tmpdir("ngx-fake")
+    assert(uv.fs_chmod(d, 511))
+    local f = P.spawn_cmd(SETPRIV, { "--reuid=nobody", "--regid=nogroup", "--clear-groups", PYTHON,
+      H.fixtures .. "/fake_leader.py", d })
+    local fpid, fuid = f:wait_line("^ready ", 10):match("^ready (%d+) (%d+)")
+    n = start_nginx { db = d }
+    assert.is_true(n.started, n.log())
+    local t0 = P.now()
+    for i = 1, 8 do
+      local method = i % 2 == 0 and "PUT" or "GET"
+      local st, b = req(n.port, method, "/kv/k" .. i, "v")
+      assert.equal(503, st, b)
+      assert.truthy(b:find("(EACCES)", 1, true), b)
+      assert.truthy(b:find("pid " .. fpid .. " running as uid " .. fuid, 1, true), b)
+      st, b = req(n.port, "GET", "/kv/?gte=a")
+      assert.equal(200, st)
+      assert.truthy(b:find('"code":"EACCES"', 1, true), b)
+    end
+    assert.is_true(P.now() - t0 < 5, "refusals took too long")
+    -- the workers connected (their check reads the fake's credentials), then left
+    -- without a byte: every connection the fake saw carried nothing
+    local conns = {}
+    P.wait_until(function()
+      conns = {}
+      for _, l in ipairs(f.lines) do
+        local nb = l:match("^conn %d+ (%d+)$")
+        if nb then conns[#conns + 1] = tonumber(nb) end
+      end
+      return #conns >= 16
+    end, 10, "the fake to see the connections close")
+    for _, nb in ipairs(conns) do assert.equal(0, nb, table.concat(f.lines, "\n")) end
   end)
 
   it("a call in the log phase raises a clear error naming the phase", function()

@@ -1231,6 +1231,28 @@ static int db_elect(lua_State *L) {
   return 3;
 }
 
+/* db:sock_mark(): right before the transport's connect (lp_party_sock_mark) */
+static int db_sock_mark(lua_State *L) {
+  ldb_t *d = check_db(L);
+  if (d->party == NULL) return push_closed(L, "leader");
+  lp_party_sock_mark(d->party);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* db:sock_vet() -> true (trusted) | false (the socket changed: elect again)
+ * | nil, msg, code (refused: send nothing).  Never waits. */
+static int db_sock_vet(lua_State *L) {
+  ldb_t *d = check_db(L);
+  lp_err err;
+  int r;
+  if (d->party == NULL) return push_closed(L, "leader");
+  r = lp_party_sock_vet(d->party, &err);
+  if (r < 0) return push_lperr(L, &err);
+  lua_pushboolean(L, r == 0);
+  return 1;
+}
+
 typedef struct lcit lcit_t;
 
 typedef struct lcl {
@@ -1569,6 +1591,8 @@ static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"opened", db_opened},
                                       {"forked", db_forked},
                                       {"elect", db_elect},
+                                      {"sock_mark", db_sock_mark},
+                                      {"sock_vet", db_sock_vet},
                                       {"party", db_party},
                                       {"path", db_path},
                                       {"step", db_step},

@@ -99,6 +99,13 @@ struct lp_party {
   lp_worker *worker; /* the leader's long writes; NULL until first used */
 
   int dirfd; /* O_PATH descriptor of the directory for lp_party_address; -1 */
+
+  /* an external transport's connection being vetted: the socket file seen
+   * right before it connected (lp_party_sock_mark; mark_ok 0: none) */
+  int mark_ok;
+  dev_t mark_dev;
+  ino_t mark_ino;
+  struct timespec mark_ctim;
   pid_t pid; /* the process that opened it: any other (a fork) may not use it */
 
   struct lp_party *next; /* registry */
@@ -601,6 +608,48 @@ int lp_party_elect(lp_party *p, pid_t *holder, lp_err *err) {
   p->opened = 1;
   if (p->state != P_FOLLOWER) set_state(p, P_FOLLOWER);
   return LP_ROLE_FOLLOWER;
+}
+
+/* The identity of <dir>/level-party.sock: 0 and *st, or -1 when it is no
+ * socket (gone). */
+static int sock_stat(const lp_party *p, struct stat *st) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s", p->path, LP_SOCKET_NAME);
+  return lstat(path, st) == 0 && S_ISSOCK(st->st_mode) ? 0 : -1;
+}
+
+static int sock_same(const lp_party *p, const struct stat *st) {
+  return p->mark_ok && st->st_dev == p->mark_dev && st->st_ino == p->mark_ino &&
+         st->st_ctim.tv_sec == p->mark_ctim.tv_sec && st->st_ctim.tv_nsec == p->mark_ctim.tv_nsec;
+}
+
+void lp_party_sock_mark(lp_party *p) {
+  struct stat st;
+  p->mark_ok = sock_stat(p, &st) == 0;
+  if (!p->mark_ok) return;
+  p->mark_dev = st.st_dev;
+  p->mark_ino = st.st_ino;
+  p->mark_ctim = st.st_ctim;
+}
+
+int lp_party_sock_vet(lp_party *p, lp_err *err) {
+  struct stat st;
+  int fd, r;
+  if (p->state == P_CLOSED) {
+    lp_err_set(err, LP_ECLOSED, "leader: the database is closed");
+    return -1;
+  }
+  if (sock_stat(p, &st) != 0 || !sock_same(p, &st)) return 1;
+  /* a unix connect completes at once or fails: never waits for the accept */
+  fd = lp_sock_connect(p->path);
+  if (fd < 0) return 1;
+  r = check_leader(p, fd, err);
+  close(fd); /* nothing was sent on it */
+  p->peer_known = 0;
+  if (r != 0) return -1;
+  /* the name still names the socket vetted, so the caller's connection,
+   * made between the mark and now, reached that socket too */
+  return sock_stat(p, &st) == 0 && sock_same(p, &st) ? 0 : 1;
 }
 
 int lp_party_address(lp_party *p, char *buf, size_t n, lp_err *err) {

@@ -620,6 +620,19 @@ int lp_party_elect(lp_party *p, pid_t *holder, lp_err *err);
  * holds "unix:/proc/self/fd/N/level-party.sock" over an O_PATH descriptor of
  * the directory the party keeps.  0, or -1 with err. */
 int lp_party_address(lp_party *p, char *buf, size_t n, lp_err *err);
+/* The leader-credential check for an external transport, which cannot read
+ * SO_PEERCRED of its own connection (a cosocket).  lp_party_sock_mark, right
+ * before the transport connects to lp_party_address, records the socket
+ * file's (st_dev, st_ino, st_ctim).  lp_party_sock_vet, once it has
+ * connected and before it sends anything: when the file is still that one,
+ * connects a socket of its own (a unix connect never waits), reads the
+ * leader's SO_PEERCRED and applies the party's trust rule (our uid, or the
+ * owner of both the directory and LOCK, or allow_other_users), then checks
+ * that the file is still that one.  0: trusted; 1: the socket was replaced or
+ * is gone meanwhile (drop the connection unused and elect again); -1 with err
+ * (EACCES naming the leader's pid and uid): refused, send nothing. */
+void lp_party_sock_mark(lp_party *p);
+int lp_party_sock_vet(lp_party *p, lp_err *err);
 /* Fork safety: a party belongs to the process that opened it.  In a child
  * of a fork lp_party_forked is 1: the binding refuses every call, and the
  * last unref frees the child's copy without touching the parent's LevelDB,

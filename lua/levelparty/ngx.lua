@@ -11,7 +11,10 @@
 --   * a follower's call takes a fresh sans-IO client of the core
 --     (core.client), and moves its bytes over a cosocket to
 --     unix:<dir>/level-party.sock taken from the worker's keepalive pool (one
---     connection per call; an iterator holds one while it is open).  Nothing
+--     connection per call; an iterator holds one while it is open).  Before
+--     anything is sent on a new connection, C checks who serves the socket
+--     (db:sock_mark / db:sock_vet: the party's trust rule on SO_PEERCRED),
+--     as the other transports do; a refusal fails the call with EACCES.  Nothing
 --     in C waits or yields: C answers, Lua waits in cosocket calls,
 --     ngx.sleep and ngx.semaphore;
 --   * a lost or refused connection resets the client, elects (db:elect(): one
@@ -54,18 +57,20 @@ local function guard(fname)
   end
 end
 
--- Per worker and directory: the address of the leader, the election in
+-- Per worker and directory (and allow_other_users): the address of the leader, the election in
 -- progress and its waiters.
 local shared = {}
 
 local function shared_of(path, opts)
-  local sh = shared[path]
+  -- a connection vetted under allow_other_users is not for a handle without it
+  local key = (opts.allow_other_users and "any:" or "") .. path
+  local sh = shared[key]
   if sh == nil then
     sh = { electing = false, waiters = 0, sema = assert(semaphore.new(0)) }
-    shared[path] = sh
+    shared[key] = sh
   end
   -- the latest open's settings win for the pool
-  sh.copts = { pool = "levelparty:" .. path, pool_size = opts.pool_size or 32, backlog = 256 }
+  sh.copts = { pool = "levelparty:" .. key, pool_size = opts.pool_size or 32, backlog = 256 }
   sh.idle_ms = opts.keepalive and opts.keepalive * 1000 or 60000
   return sh
 end
@@ -83,6 +88,25 @@ local function close_sock(h)
   local sock = h.sock
   h.sock = nil
   if sock then pcall(sock.close, sock) end
+end
+
+-- Connects sock to the leader (self._sh.addr), and makes sure it is one this
+-- process trusts before anything is sent on it (a cosocket cannot read
+-- SO_PEERCRED): C marks the socket file (st_dev, st_ino) right before the
+-- connect; on a new connection (not one from the pool, vetted when it was
+-- made) C connects a socket of its own, reads the leader's credentials,
+-- applies the party's trust rule and checks that the file is still the one
+-- marked.  true; nil (no connection, or the socket changed meanwhile: elect
+-- again); nil, msg, code (refused: EACCES naming the leader's uid and pid).
+local function connect(self, sock)
+  local c = self._c
+  c:sock_mark()
+  if not sock:connect(self._sh.addr, self._sh.copts) then return nil end
+  if sock:getreusedtimes() > 0 then return true end
+  local ok, err, code = c:sock_vet()
+  if ok then return true end
+  sock:close()
+  return nil, err, code
 end
 
 -- One light thread of this worker looks for a leader for self's directory:
@@ -108,11 +132,13 @@ local function recover(self, wait)
     sh.addr = addr
     local s = tcp()
     s:settimeouts(CONNECT_MS, SEND_MS, READ_MS)
-    if s:connect(addr, sh.copts) then
+    local c_ok, c_err, c_code = connect(self, s)
+    if c_ok then
       if not s:setkeepalive(sh.idle_ms, sh.copts.pool_size) then s:close() end
       ok = true
       break
     end
+    if c_code then ok, err, code = nil, c_err, c_code break end
     local rem = deadline - ngx.now()
     if rem <= 0 then
       ok, code = nil, holder > 0 and "ELOCKED" or "ETIMEDOUT"
@@ -146,11 +172,17 @@ local function exchange(self, cl, cond, h)
     if sock == nil and sh.addr then
       sock = tcp()
       sock:settimeouts(CONNECT_MS, SEND_MS, READ_MS)
-      if sock:connect(sh.addr, sh.copts) then
+      local ok, err, code = connect(self, sock)
+      if ok then
         h.sock, h.sent = sock, false
         cl:replay()
       else
         sock = nil
+        if code then -- a leader this process does not trust: nothing was sent
+          cl:reset()
+          cl:fail_all(code, err)
+          if cond() then return true end
+        end
       end
     end
     while sock do
