@@ -275,3 +275,47 @@ describe_nginx("nginx", function()
     n = nil
   end)
 end)
+
+-- Signals inside an nginx worker reach its main thread only if every thread levelparty
+-- starts blocks them (nginx's own thread pool does the same).  A plain Lua leader has the
+-- same threads: the server thread, the party's worker thread (a big batch from a
+-- coroutine) and LevelDB's background thread (started by the first compaction, here
+-- forced from the main thread by small puts over a 64 KiB write buffer).
+describe("levelparty's threads in a leader", function()
+  after_each(P.cleanup)
+
+  -- signals that must never be delivered to a thread of ours (1..31 but SIGKILL, SIGSTOP,
+  -- and the synchronous faults SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV)
+  local MUST = { 1, 2, 3, 6, 10, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31 }
+
+  local function blocked(hex, sig)
+    local low = tonumber(hex:sub(-8), 16)
+    return math.floor(low / 2 ^ (sig - 1)) % 2 == 1
+  end
+
+  it("block every asynchronous signal (SigBlk of /proc/<pid>/task/*/status)", function()
+    local d = H.tmpdir("sigmask")
+    local w = P.worker(d, "{ write_buffer_size = 65536 }", "async")
+    assert.equal("leader", w.role0)
+    local big = ("x"):rep(70000)
+    for i = 1, 4 do assert.equal("ok", (w:call("put big" .. i .. " " .. big))) end
+    assert.equal("ok", (w:call("fill 5000 5000"))) -- one batch of 5000 ops: the worker thread
+    local others, bad = 0, {}
+    for _, tid in ipairs(P.ls("/proc/" .. w.pid .. "/task")) do
+      if tonumber(tid) ~= w.pid then
+        local st = read("/proc/" .. w.pid .. "/task/" .. tid .. "/status")
+        local name, hex = st:match("Name:%s*(%S*)"), st:match("SigBlk:%s*(%x+)")
+        others = others + 1
+        for _, sig in ipairs(MUST) do
+          if not blocked(hex, sig) then
+            bad[#bad + 1] = ("thread %s (%s) SigBlk %s: signal %d"):format(tid, name, hex, sig)
+            break
+          end
+        end
+      end
+    end
+    -- the server thread, the worker thread and LevelDB's background thread at least
+    assert.is_true(others >= 3, "only " .. others .. " threads besides the main one")
+    assert.same({}, bad)
+  end)
+end)
