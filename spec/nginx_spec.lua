@@ -256,6 +256,78 @@ describe_nginx("nginx", function()
     for _, nb in ipairs(conns) do assert.equal(0, nb, table.concat(f.lines, "\n")) end
   end)
 
+  it("the leader stopped 3 s: followers time out at 2 s, static locations stay fast", function()
+    n = start_nginx()
+    assert.is_true(n.started, n.log())
+    assert.equal(204, (req(n.port, "PUT", "/kv/here", "v")))
+    local leader = leader_of(n)
+    -- a static location every 20 ms, from before the stop until after it (one that
+    -- lands on the stopped leader waits, the next ones do not wait for it)
+    local pings, sent = {}, 0
+    local timer = uv.new_timer()
+    timer:start(0, 20, function()
+      local t0 = P.now()
+      sent = sent + 1
+      http(n.port, "GET", "/ping", nil, function(st, b)
+        pings[#pings + 1] = { st = st, pid = tonumber(b and b:match("pong (%d+)")), ms = (P.now() - t0) * 1000 }
+      end)
+    end)
+    P.run_for(200)
+    uv.kill(leader, "sigstop")
+    local stopped_at = P.now()
+    local ok, err = pcall(function()
+      P.wait_until(function() return P.state(leader) == "T" end, 5, "the leader to stop")
+      local gets = {}
+      for i = 1, 12 do
+        local t0 = P.now()
+        http(n.port, "GET", "/kv/here", nil, function(st, b)
+          gets[i] = { st = st, body = b, s = P.now() - t0 }
+        end)
+      end
+      P.wait_until(function() return P.now() - stopped_at >= 3 end, 5, "3 s")
+      uv.kill(leader, "sigcont")
+      P.wait_until(function()
+        for i = 1, 12 do if gets[i] == nil then return false end end
+        return true
+      end, 10, "every GET to answer")
+      local timedout = 0
+      for _, g in ipairs(gets) do
+        if g.st == 503 then
+          -- a follower's: ETIMEDOUT at its timeout (2 s in nginx.conf)
+          assert.truthy(g.body:find("(ETIMEDOUT)", 1, true), g.body)
+          assert.is_true(g.s >= 1.9 and g.s < 2.6, ("ETIMEDOUT after %.2f s"):format(g.s))
+          timedout = timedout + 1
+        else
+          -- the leader's own, served once it runs again
+          assert.equal(200, g.st, g.body)
+          assert.is_true(g.s >= 2.8, ("answered after %.2f s while the leader was stopped"):format(g.s))
+        end
+      end
+      assert.is_true(timedout >= 1, "no GET reached a follower")
+    end)
+    if not ok then uv.kill(leader, "sigcont") end
+    P.run_for(200)
+    timer:close()
+    P.wait_until(function() return #pings == sent end, 10, "every ping to answer")
+    assert(ok, err)
+    -- every ping a follower answered (the leader's waited for SIGCONT) took < 50 ms
+    local answered, slow = 0, {}
+    for _, p in ipairs(pings) do
+      assert.equal(200, p.st)
+      if p.pid ~= leader then
+        answered = answered + 1
+        if p.ms >= 50 then slow[#slow + 1] = ("%d: %.1f ms"):format(p.pid, p.ms) end
+      end
+    end
+    assert.is_true(answered >= 80, "only " .. answered .. " pings answered by followers")
+    assert.same({}, slow)
+    -- nothing failed over, and the leader serves again
+    assert.equal(leader, leader_of(n))
+    local st, b = req(n.port, "GET", "/kv/here")
+    assert.equal(200, st)
+    assert.equal("v", b)
+  end)
+
   it("a call in the log phase raises a clear error naming the phase", function()
     n = start_nginx()
     assert.is_true(n.started, n.log())
