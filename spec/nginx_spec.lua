@@ -269,7 +269,8 @@ describe_nginx("nginx", function()
       local t0 = P.now()
       sent = sent + 1
       http(n.port, "GET", "/ping", nil, function(st, b)
-        pings[#pings + 1] = { st = st, pid = tonumber(b and b:match("pong (%d+)")), ms = (P.now() - t0) * 1000 }
+        pings[#pings + 1] = { st = st, pid = tonumber(b and b:match("pong (%d+)")), ms = (P.now() - t0) * 1000,
+          t0 = t0 }
       end)
     end)
     P.run_for(200)
@@ -316,7 +317,9 @@ describe_nginx("nginx", function()
       assert.equal(200, p.st)
       if p.pid ~= leader then
         answered = answered + 1
-        if p.ms >= 50 then slow[#slow + 1] = ("%d: %.1f ms"):format(p.pid, p.ms) end
+        if p.ms >= 50 then
+          slow[#slow + 1] = ("worker %d: %.1f ms, sent %.2f s into the stop"):format(p.pid, p.ms, p.t0 - stopped_at)
+        end
       end
     end
     assert.is_true(answered >= 80, "only " .. answered .. " pings answered by followers")
