@@ -116,6 +116,28 @@ local function finish(s)
   P.wait_until(function() return s.running == 0 end, 30, "the clients to finish")
 end
 
+-- the master's worker processes (its children), as a set of pids
+local function workers_of(n)
+  local set, master = {}, tostring(n.master())
+  for _, pid in ipairs(P.ls("/proc")) do
+    if pid:match("^%d+$") and read("/proc/" .. pid .. "/stat"):match("^%d+ %b() %a (%d+)") == master then
+      set[tonumber(pid)] = true
+    end
+  end
+  return set
+end
+
+-- `nginx -s <sig>` for n, run without blocking the loop (the clients keep going)
+local function nginx_signal(n, sig)
+  local done
+  local h = uv.spawn("/usr/sbin/nginx", { args = { "-p", n.prefix, "-c", "conf/nginx.conf", "-s", sig } },
+    function(code) done = code end)
+  assert(h)
+  P.wait_until(function() return done ~= nil end, 10, "nginx -s " .. sig)
+  h:close()
+  assert.equal(0, done)
+end
+
 local function leader_of(n)
   local owners
   P.wait_until(function()
@@ -329,6 +351,85 @@ describe_nginx("nginx", function()
     local st, b = req(n.port, "GET", "/kv/here")
     assert.equal(200, st)
     assert.equal("v", b)
+  end)
+
+  it("nginx -s reload twice under load (once amid slow requests): nothing fails; -s quit is clean", function()
+    n = start_nginx()
+    assert.is_true(n.started, n.log())
+    for i = 1, 100 do assert.equal(204, (req(n.port, "PUT", ("/kv/slow-%03d"):format(i), "s"))) end
+    local s = load(n.port, 32, "r")
+    local function more(k)
+      local at = s.nacked
+      P.wait_until(function() return s.nacked >= at + k end, 30, k .. " more acknowledged puts")
+    end
+    -- reload; waits for every old worker to exit (well before worker_shutdown_timeout):
+    -- nothing of ours keeps one alive
+    local function reload()
+      local old = workers_of(n)
+      local t0 = P.now()
+      nginx_signal(n, "reload")
+      P.wait_until(function()
+        for pid in pairs(old) do if P.alive(pid) then return false end end
+        return true
+      end, 8, "the old workers to exit")
+      return P.now() - t0
+    end
+    more(300)
+    local took = reload()
+    assert.is_true(took < 5, ("old workers took %.1f s to exit"):format(took))
+    more(300)
+    -- slow requests (about 1.2 s each) on every worker, the leader among them, then a reload
+    local old_leader = leader_of(n)
+    local slow = {}
+    for i = 1, 8 do
+      http(n.port, "GET", "/_lp/slow", nil, function(st, b) slow[i] = { st = st, b = b } end)
+    end
+    P.run_for(300)
+    local owner_during
+    local old = workers_of(n)
+    nginx_signal(n, "reload")
+    -- the new workers follow the old leader while it drains
+    P.wait_until(function()
+      local st, b = req(n.port, "GET", "/_lp/role")
+      local pid = st == 200 and tonumber(b:match("^(%d+)"))
+      if pid and not old[pid] then owner_during = P.lock_owners(n.db)[1] return true end
+    end, 5, "a new worker to answer")
+    P.wait_until(function()
+      for pid in pairs(old) do if P.alive(pid) then return false end end
+      return true
+    end, 8, "the old workers to exit")
+    P.wait_until(function()
+      for i = 1, 8 do if slow[i] == nil then return false end end
+      return true
+    end, 10, "the slow requests")
+    local on_leader = false
+    for _, r in ipairs(slow) do
+      assert.equal(200, r.st, r.b)
+      local cnt, ordered, pid, role = r.b:match("^(%d+) (%a+) (%d+) (%a+)")
+      assert.equal("100", cnt, r.b)
+      assert.equal("yes", ordered, r.b)
+      if tonumber(pid) == old_leader and role == "leader" then on_leader = true end
+    end
+    if on_leader then assert.equal(old_leader, owner_during) end
+    more(300)
+    assert.is_true(leader_of(n) ~= old_leader)
+    finish(s)
+    assert.same({}, s.fails)
+    assert.equal(0, check_acked(n, s))
+    -- -s quit: the workers close, the leader's socket goes with it, nothing is left locked
+    local master, nn = n.master(), n
+    nginx_signal(n, "quit")
+    P.wait_until(function() return not P.alive(master) end, 15, "nginx to quit")
+    n = nil
+    assert.is_nil(uv.fs_lstat(nn.db .. "/level-party.sock"))
+    assert.same({}, P.lock_owners(nn.db))
+    -- no alert, no Lua error (a failover's failed connects and sends to a leader that
+    -- left are logged, lua_socket_log_errors notwithstanding)
+    for line in nn.log():gmatch("[^\n]+") do
+      for _, bad in ipairs { "[alert]", "[emerg]", "runtime error", "entry thread aborted" } do
+        assert.is_nil(line:find(bad, 1, true), line)
+      end
+    end
   end)
 
   it("a call in the log phase raises a clear error naming the phase", function()
