@@ -138,6 +138,19 @@ local function nginx_signal(n, sig)
   assert.equal(0, done)
 end
 
+-- the body of a chunked response (Transfer-Encoding: chunked)
+local function dechunk(s)
+  local out, i = {}, 1
+  while true do
+    local size, j = s:match("^(%x+)[^\r]*\r\n()", i)
+    if not size then error("not a chunked body at byte " .. i .. ": " .. s:sub(i, i + 40)) end
+    size = tonumber(size, 16)
+    if size == 0 then return table.concat(out) end
+    out[#out + 1] = s:sub(j, j + size - 1)
+    i = j + size + 2
+  end
+end
+
 local function leader_of(n)
   local owners
   P.wait_until(function()
@@ -429,6 +442,76 @@ describe_nginx("nginx", function()
       for _, bad in ipairs { "[alert]", "[emerg]", "runtime error", "entry thread aborted" } do
         assert.is_nil(line:find(bad, 1, true), line)
       end
+    end
+  end)
+
+  it("a chunked scan of 100k entries across a leader kill: exactly once, in order, both ways", function()
+    n = start_nginx()
+    assert.is_true(n.started, n.log())
+    local N = 100000
+    local st, b = req(n.port, "GET", "/_lp/fill?prefix=scan-&n=" .. N)
+    assert.equal(200, st, b)
+    -- one scan on a follower; kills the leader once `at` entries have come
+    local function scan(reverse, at)
+      for _ = 1, 20 do
+        local leader = leader_of(n)
+        local t = uv.new_tcp()
+        local chunks, lines, done, killed, role = {}, 0, false, nil, nil
+        t:connect("127.0.0.1", n.port, function(err)
+          assert(not err, err)
+          -- HTTP/1.1: ngx_lua buffers a whole HTTP/1.0 response (lua_http10_buffering)
+          t:write(("GET /_lp/scan?gte=scan-&lt=scan.&reverse=%s HTTP/1.1\r\nHost: lp\r\nConnection: close\r\n\r\n")
+            :format(reverse and "1" or "0"))
+          t:read_start(function(e, data)
+            if data and not e then
+              chunks[#chunks + 1] = data
+              local _, c = data:gsub("\n", "")
+              lines = lines + c
+              if role == nil then role = table.concat(chunks):match("\r\n\r\n%x+\r\n%d+ (%a+)\n") end
+              if role == "follower" and not killed and lines >= at then
+                killed = lines
+                uv.kill(leader, "sigkill")
+              end
+              return
+            end
+            t:close()
+            done = true
+          end)
+        end)
+        if not pcall(P.wait_until, function() return done or role == "leader" end, 30, "the scan") then
+          error(("the scan did not end: %d lines, killed at %s; it ends with %q"):format(lines, tostring(killed),
+            table.concat(chunks):sub(-200)))
+        end
+        if role == "leader" then -- served by the leader itself: ask again
+          if not done then t:close() end
+        else
+          return dechunk(table.concat(chunks):match("\r\n\r\n(.*)$")), killed, leader
+        end
+      end
+      error("20 scans in a row landed on the leader")
+    end
+    for _, reverse in ipairs { false, true } do
+      local body, killed, leader = scan(reverse, 20000)
+      assert.truthy(killed, "the scan ended before the kill")
+      assert.is_true(killed < N / 2, "killed at " .. tostring(killed))
+      local i, errors = 0, {}
+      for line in body:gmatch("([^\n]*)\n") do
+        if i == 0 then
+          i = 1 -- "<pid> follower"
+        elseif line:match("^END ") or line:match("^ERROR") then
+          assert.equal("END " .. N, line)
+          i = -1
+        else
+          local j = reverse and N - i or i - 1
+          local want = ("scan-%06d %d"):format(j, j)
+          if line ~= want and #errors < 5 then errors[#errors + 1] = ("entry %d: %q, not %q"):format(i, line, want) end
+          i = i + 1
+        end
+      end
+      assert.same({}, errors)
+      assert.equal(-1, i, "no END line")
+      P.wait_until(function() return not P.alive(leader) end, 10, "the old leader to go")
+      assert.is_true(leader_of(n) ~= leader)
     end
   end)
 
