@@ -515,6 +515,37 @@ describe_nginx("nginx", function()
     end
   end)
 
+  it("a directory whose socket path is over 107 bytes: served and followed, across a kill", function()
+    local prefix = H.tmpdir("ngx-long")
+    local db = prefix .. "/" .. ("d"):rep(150)
+    assert.is_true(#(db .. "/level-party.sock") > 107)
+    n = start_nginx { db = db }
+    assert.is_true(n.started, n.log())
+    assert.equal(204, (req(n.port, "PUT", "/kv/long", "yes")))
+    local function every_worker_reads(want)
+      local seen, followers = {}, 0
+      P.wait_until(function()
+        local st, b = req(n.port, "GET", "/_lp/role")
+        assert.equal(200, st)
+        local pid, role = b:match("^(%d+) (%a+)")
+        local st2, v = req(n.port, "GET", "/kv/long")
+        assert.equal(200, st2, v)
+        assert.equal(want, v)
+        if role == "follower" and not seen[pid] then followers = followers + 1 end
+        seen[pid] = true
+        return followers >= 2
+      end, 20, "two followers to answer")
+    end
+    every_worker_reads("yes")
+    assert.truthy(uv.fs_lstat(db .. "/level-party.sock"))
+    local leader = leader_of(n)
+    uv.kill(leader, "sigkill")
+    P.wait_until(function() return not P.alive(leader) end, 10, "the leader to die")
+    assert.equal(204, (req(n.port, "PUT", "/kv/long", "still")))
+    every_worker_reads("still")
+    assert.is_true(leader_of(n) ~= leader)
+  end)
+
   it("a call in the log phase raises a clear error naming the phase", function()
     n = start_nginx()
     assert.is_true(n.started, n.log())
