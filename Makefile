@@ -74,6 +74,11 @@ build/%/levelparty/core.so: $$(call objs,$$*,$(SRCS)) mk/exports.map
 	$(CC) -shared -pthread $(VFLAGS_$*) -o $@ $(filter %.o,$^) \
 	  -Wl,--version-script=mk/exports.map $(LDFLAGS) $(LIBS)
 
+# A test-only Lua module for spec/fork_spec.lua (fork, waitpid, _exit).
+build/%/lptest_fork.so: test/lua/lptest_fork.c src/compat.h Makefile
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -shared $(VFLAGS_$*) $(LUAFLAGS_$*) -Isrc -o $@ $<
+
 # C unit tests and the standalone fuzz driver link the Lua-free sources only.
 build/test/%: test/%.c $(call objs,5.4,$(CSRCS)) $(wildcard test/*.h)
 	@mkdir -p $(@D)

@@ -168,8 +168,8 @@ case $MODE in
   test)
     [ -z "$SPEC" ] && lint
     targets=()
-    want 5.4 && targets+=(build/5.4/levelparty/core.so)
-    want luajit && targets+=(build/luajit/levelparty/core.so)
+    want 5.4 && targets+=(build/5.4/levelparty/core.so build/5.4/lptest_fork.so)
+    want luajit && targets+=(build/luajit/levelparty/core.so build/luajit/lptest_fork.so)
     echo "== build =="
     if ! build "${targets[@]}"; then bad "build"; finish; fi
     if [ -z "$SPEC" ]; then c_tests build/test; fuzz_pass; fi

@@ -19,6 +19,8 @@
 #include <dirent.h>
 #include <leveldb/c.h>
 #include <stdio.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,10 +120,14 @@ static void engine_free(lp_engine *e) {
   free(e);
 }
 
+/* 1 once this process started LevelDB's background thread (lp_engine_open) */
+static int bg_started;
+
 lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err) {
   lp_engine_opts defaults;
   lp_engine *e;
   char *status = NULL;
+  sigset_t all, old;
 
   if (!path) {
     if (err) lp_err_set(err, LP_EINVAL, "open: no path");
@@ -165,7 +171,20 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
   if (o->block_size > 0) leveldb_options_set_block_size(e->options, o->block_size);
   if (o->max_open_files > 0) leveldb_options_set_max_open_files(e->options, o->max_open_files);
 
+  /* LevelDB's background thread (one per process, its default Env's) starts
+   * at the first compaction, from whichever thread asks for it, with that
+   * thread's signal mask: in an nginx worker the main thread, whose signals
+   * nginx relies on getting.  So the first open of this process starts it
+   * here, with every signal blocked: a compaction of a range that holds the
+   * empty key only (levelparty never stores one) flushes the empty memtable
+   * and finds nothing to compact, but schedules the thread.  leveldb_open
+   * runs under the same mask, as it may start it too (recovery). */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   e->db = leveldb_open(e->options, path, &status);
+  if (!status && e->db && !__atomic_exchange_n(&bg_started, 1, __ATOMIC_ACQ_REL))
+    leveldb_compact_range(e->db, "", 0, "", 0);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (status) {
     /* LevelDB returns NULL with an error; be defensive about the other case. */
     if (e->db) {

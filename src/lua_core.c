@@ -115,7 +115,25 @@ static void *check_class(lua_State *L, void *key, const char *name) {
   return luaL_checkudata(L, 1, name); /* raises the usual error */
 }
 
-static ldb_t *check_db(lua_State *L) { return (ldb_t *)check_class(L, &db_key, DB_MT); }
+/* A handle used in a child of the process that opened it (any fork) refuses
+ * the call: misuse, raised (README, "Fork safety"). */
+static void check_owner(lua_State *L, lp_party *p) {
+  if (p != NULL && lp_party_forked(p))
+    luaL_error(L,
+               "levelparty: this handle of %s was opened by process %d and this process (%d) is "
+               "a fork of it: a handle never crosses a fork; open the directory again in this "
+               "process (in nginx: in init_worker_by_lua* or lazily, never in init_by_lua*)",
+               lp_party_path(p), (int)lp_party_pid(p), (int)lp_self_pid());
+}
+
+/* Any handle, even one a fork inherited (close, __gc, __tostring). */
+static ldb_t *check_db_any(lua_State *L) { return (ldb_t *)check_class(L, &db_key, DB_MT); }
+
+static ldb_t *check_db(lua_State *L) {
+  ldb_t *d = check_db_any(L);
+  check_owner(L, d->party);
+  return d;
+}
 
 static lp_slice check_slice(lua_State *L, int i) {
   lp_slice s;
@@ -247,13 +265,12 @@ static int is_notfound(lp_slice text) {
 }
 
 /* Pushes the outcome of a finished follower request. */
-static int push_result(lua_State *L, ldb_t *d, uint64_t token, int op, const char *opname) {
+static int push_result(lua_State *L, lp_client *c, uint64_t token, int op, const char *opname) {
   lp_result res;
   lp_response r;
   int n;
   memset(&res, 0, sizeof res);
-  if (lp_client_take(lp_party_client(d->party), token, &res) != 0)
-    return push_err(L, LP_EIO, "result: unknown request");
+  if (lp_client_take(c, token, &res) != 0) return push_err(L, LP_EIO, "result: unknown request");
   if (res.code != LP_OK) {
     lua_pushnil(L);
     lua_pushfstring(L, "%s: %s", opname, res.msg ? res.msg : lp_code_name(res.code));
@@ -319,7 +336,7 @@ static int submit(lua_State *L, ldb_t *d, int tag, const lp_buf *rest, int op, c
     lp_client_forget(lp_party_client(d->party), token);
     return push_lperr(L, &err);
   }
-  return push_result(L, d, token, op, opname);
+  return push_result(L, lp_party_client(d->party), token, op, opname);
 }
 
 static int push_yield(lua_State *L) {
@@ -386,6 +403,8 @@ static int open_db(lua_State *L) {
   o.client.window = (uint32_t)field_size(L, 2, "window", o.client.window, UINT32_MAX);
   o.retry = field_bool(L, 2, "retry", o.retry);
   o.log = field_bool(L, 2, "log", o.log);
+  o.lead = field_bool(L, 2, "lead", o.lead);
+  o.external = field_bool(L, 2, "external", o.external);
   t = field_num(L, 2, "open_timeout", -1); /* seconds; the Lua layer refuses < 0 */
   if (t >= 0) o.open_timeout_ns = seconds_ns(t, NO_LIMIT_NS);
   if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);
@@ -419,10 +438,12 @@ static int set_slice(lua_State *L) {
 
 static void liter_release(liter_t *it) {
   ldb_t *d = it->db;
+  int forked = d->party != NULL && lp_party_forked(d->party);
   if (!it->open) return;
   it->open = 0;
-  if (it->local != NULL) lp_engine_iter_close(it->local);
-  if (it->remote != NULL && d->party != NULL) {
+  /* a fork's copy: LevelDB's iterator and the connection are the parent's */
+  if (it->local != NULL && !forked) lp_engine_iter_close(it->local);
+  if (it->remote != NULL && d->party != NULL && !forked) {
     lp_client *c = lp_party_client(d->party);
     if (c != NULL) {
       lp_client_iter_close(c, it->remote);
@@ -440,7 +461,7 @@ static void liter_release(liter_t *it) {
 }
 
 static int db_close(lua_State *L) {
-  ldb_t *d = check_db(L);
+  ldb_t *d = check_db_any(L);
   if (d->party != NULL) {
     while (d->iters != NULL)
       liter_release(d->iters);
@@ -472,6 +493,13 @@ static int db_role_change(lua_State *L) {
   int role = d->party ? lp_party_take_role_change(d->party) : -1;
   if (role < 0) return 0;
   lua_pushstring(L, role_name(role));
+  return 1;
+}
+
+/* db:forked() -> true in a child of the process that opened the handle */
+static int db_forked(lua_State *L) {
+  ldb_t *d = check_db_any(L);
+  lua_pushboolean(L, d->party != NULL && lp_party_forked(d->party));
   return 1;
 }
 
@@ -568,7 +596,7 @@ static int db_result(lua_State *L) {
     return 1;
   }
   if (d->party == NULL || lp_party_ensure_client(d->party) == NULL) return push_closed(L, opname);
-  return push_result(L, d, token, op, opname);
+  return push_result(L, lp_party_client(d->party), token, op, opname);
 }
 
 /* db:set_polled(bool): the luv driver polls this party (db:pollinfo's fd) */
@@ -723,6 +751,41 @@ static int batch_misuse(lua_State *L, size_t i, const char *why) {
   return 2;
 }
 
+/* Encodes the n operations of the ops table (argument OPS_ARG, after
+ * push_op_strings) into rest: 0, or the number of results pushed (misuse as
+ * false, msg; or an error). */
+static int encode_batch(lua_State *L, size_t n, int numbers_ok, lp_buf *rest) {
+  size_t i;
+  for (i = 1; i <= n; i++) {
+    lp_slice k, v;
+    int is_put;
+    const char *why = read_op(L, i, numbers_ok, &is_put, &k, &v);
+    if (why != NULL) return batch_misuse(L, i, why);
+    if (lp_wire_rest_batch_op(rest, is_put ? LP_OP_PUT : LP_OP_DEL, k, v) != 0)
+      return push_err(L, LP_ENOMEM, "batch: out of memory");
+  }
+  return 0;
+}
+
+/* Encodes the keys of the table at index t into a GETMANY rest: 0, or raises
+ * (a key that is not a string), or pushes an error and returns its count. */
+static int encode_getmany(lua_State *L, int t, lp_buf *rest) {
+  size_t n = lua_rawlen(L, t), i;
+  for (i = 1; i <= n; i++) {
+    lp_slice k;
+    lua_rawgeti(L, t, (int)i);
+    k.ptr = lua_tolstring(L, -1, &k.len);
+    if (k.ptr == NULL) {
+      lp_buf_free(rest);
+      return luaL_error(L, "get_many: key %d is not a string", (int)i);
+    }
+    if (lp_wire_rest_getmany_key(rest, k) != 0)
+      return push_err(L, LP_ENOMEM, "get_many: out of memory");
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
 /* db:batch(async, ops, sync, numbers_ok): ops is an array of {type, key,
  * value} with string keys and values (or numbers when numbers_ok); type "put"
  * or "del".  Misuse returns false, msg (the Lua layer raises it at the
@@ -777,29 +840,12 @@ static int db_batch(lua_State *L) {
     return 1;
   } else {
     lp_buf rest = {NULL, 0, 0};
-    for (i = 1; i <= n; i++) {
-      lp_slice k, v;
-      int is_put, r;
-      const char *why = read_op(L, i, numbers_ok, &is_put, &k, &v);
-      if (why != NULL) {
-        lp_buf_free(&rest);
-        return batch_misuse(L, i, why);
-      }
-      r = lp_wire_rest_batch_op(&rest, is_put ? LP_OP_PUT : LP_OP_DEL, k, v);
-      if (r != 0) {
-        lp_buf_free(&rest);
-        return push_err(L, LP_ENOMEM, "batch: out of memory");
-      }
-    }
-    if (sync && lp_wire_rest_sync(&rest) != 0) {
-      lp_buf_free(&rest);
-      return push_err(L, LP_ENOMEM, "batch: out of memory");
-    }
-    {
-      int nres = submit(L, d, LP_REQ_BATCH, &rest, OP_WRITE, "batch", async);
-      lp_buf_free(&rest);
-      return nres;
-    }
+    int nres = encode_batch(L, n, numbers_ok, &rest);
+    if (nres == 0 && sync && lp_wire_rest_sync(&rest) != 0)
+      nres = push_err(L, LP_ENOMEM, "batch: out of memory");
+    if (nres == 0) nres = submit(L, d, LP_REQ_BATCH, &rest, OP_WRITE, "batch", async);
+    lp_buf_free(&rest);
+    return nres;
   }
 }
 
@@ -840,25 +886,10 @@ static int db_get_many(lua_State *L) {
     return 1;
   } else {
     lp_buf rest = {NULL, 0, 0};
-    for (i = 1; i <= n; i++) {
-      lp_slice k;
-      lua_rawgeti(L, 3, (int)i);
-      k.ptr = lua_tolstring(L, -1, &k.len);
-      if (k.ptr == NULL) {
-        lp_buf_free(&rest);
-        return luaL_error(L, "get_many: key %d is not a string", (int)i);
-      }
-      if (lp_wire_rest_getmany_key(&rest, k) != 0) {
-        lp_buf_free(&rest);
-        return push_err(L, LP_ENOMEM, "get_many: out of memory");
-      }
-      lua_pop(L, 1);
-    }
-    {
-      int nres = submit(L, d, LP_REQ_GETMANY, &rest, OP_GETMANY, "get_many", async);
-      lp_buf_free(&rest);
-      return nres;
-    }
+    int nres = encode_getmany(L, 3, &rest);
+    if (nres == 0) nres = submit(L, d, LP_REQ_GETMANY, &rest, OP_GETMANY, "get_many", async);
+    lp_buf_free(&rest);
+    return nres;
   }
 }
 
@@ -891,8 +922,14 @@ static int db_is_leader(lua_State *L) {
 
 /* ---------------------------------------------------------------- clear */
 
-static lclear_t *check_clear(lua_State *L) {
+static lclear_t *check_clear_any(lua_State *L) {
   return (lclear_t *)check_class(L, &clear_key, CLEAR_MT);
+}
+
+static lclear_t *check_clear(lua_State *L) {
+  lclear_t *c = check_clear_any(L);
+  if (!c->done) check_owner(L, c->db->party);
+  return c;
 }
 
 static void clear_release(lclear_t *c) {
@@ -960,14 +997,22 @@ static int clear_step(lua_State *L) {
 }
 
 static int clear_gc(lua_State *L) {
-  lclear_t *c = check_clear(L);
+  lclear_t *c = check_clear_any(L);
   if (!c->done) clear_release(c);
   return 0;
 }
 
 /* ---------------------------------------------------------------- iterators */
 
-static liter_t *check_iter(lua_State *L) { return (liter_t *)check_class(L, &liter_key, ITER_MT); }
+static liter_t *check_iter_any(lua_State *L) {
+  return (liter_t *)check_class(L, &liter_key, ITER_MT);
+}
+
+static liter_t *check_iter(lua_State *L) {
+  liter_t *it = check_iter_any(L);
+  check_owner(L, it->db->party);
+  return it;
+}
 
 /* db:iter(range) -> iterator | nil, msg, code */
 static int db_iter(lua_State *L) {
@@ -1191,7 +1236,7 @@ static int liter_call(lua_State *L) {
     if (lua_rawequal(L, -1, lua_upvalueindex(2))) it = (liter_t *)lua_touserdata(L, -2);
   }
   lua_settop(L, 1);
-  if (it != NULL && it->open && !it->has_err &&
+  if (it != NULL && it->open && !it->has_err && !lp_party_forked(it->db->party) &&
       (++it->steps % DIRECT_SLICE_STEPS != 0 || !lua_isyieldable(L) || !slice_over())) {
     lp_err err;
     int r = it->local != NULL ? local_next(L, it, &err) : remote_next(L, it, &err);
@@ -1227,7 +1272,7 @@ static int liter_ready(lua_State *L) {
 }
 
 static int liter_close(lua_State *L) {
-  liter_t *it = check_iter(L);
+  liter_t *it = check_iter_any(L);
   if (it->open) liter_release(it);
   lua_pushboolean(L, 1);
   return 1;
@@ -1239,7 +1284,7 @@ static int db_gc(lua_State *L) {
 }
 
 static int db_tostring(lua_State *L) {
-  ldb_t *d = check_db(L);
+  ldb_t *d = check_db_any(L);
   if (d->party == NULL)
     lua_pushfstring(L, "levelparty.db{closed}: %p", (void *)d);
   else
@@ -1248,10 +1293,404 @@ static int db_tostring(lua_State *L) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- elect, client
+ *
+ * For a transport that lives in Lua (the nginx adaptor, levelparty/ngx.lua):
+ * none of these connects, waits or yields.  db:elect() is one election step;
+ * core.client() is a sans-IO follower client of its own (one per call in
+ * nginx), whose bytes Lua moves over its own socket. */
+
+/* db:elect() -> "leader" | "follower", address, holder pid | nil, msg, code */
+static int db_elect(lua_State *L) {
+  ldb_t *d = check_db(L);
+  pid_t holder = 0;
+  lp_err err;
+  char addr[4200];
+  int role;
+  if (d->party == NULL) return push_closed(L, "elect");
+  role = lp_party_elect(d->party, &holder, &err);
+  if (role < 0) return push_lperr(L, &err);
+  if (role == LP_ROLE_LEADER) {
+    lua_pushliteral(L, "leader");
+    return 1;
+  }
+  if (lp_party_address(d->party, addr, sizeof addr, &err) != 0) return push_lperr(L, &err);
+  lua_pushliteral(L, "follower");
+  lua_pushstring(L, addr);
+  lua_pushinteger(L, (lua_Integer)holder);
+  return 3;
+}
+
+/* db:sock_mark(): right before the transport's connect (lp_party_sock_mark) */
+static int db_sock_mark(lua_State *L) {
+  ldb_t *d = check_db(L);
+  if (d->party == NULL) return push_closed(L, "leader");
+  lp_party_sock_mark(d->party);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* db:sock_vet() -> true (trusted) | false (the socket changed: elect again)
+ * | nil, msg, code (refused: send nothing).  Never waits. */
+static int db_sock_vet(lua_State *L) {
+  ldb_t *d = check_db(L);
+  lp_err err;
+  int r;
+  if (d->party == NULL) return push_closed(L, "leader");
+  r = lp_party_sock_vet(d->party, &err);
+  if (r < 0) return push_lperr(L, &err);
+  lua_pushboolean(L, r == 0);
+  return 1;
+}
+
+typedef struct lcit lcit_t;
+
+typedef struct lcl {
+  lp_client *c;        /* NULL once freed */
+  uint64_t timeout_ns; /* per request and iterator wait; 0: none */
+  lp_buf scratch;
+  lcit_t *iters; /* open iterators, cut loose when the client goes */
+} lcl_t;
+
+struct lcit {
+  lcl_t *cl;
+  lp_citer *it; /* NULL once closed */
+  int has_err;
+  lp_err err;
+  lcit_t *prev, *next;
+};
+
+static char client_key, citer_key;
+#define CLIENT_MT "levelparty.client"
+#define CITER_MT  "levelparty.client_iterator"
+
+static lcl_t *check_client(lua_State *L) {
+  lcl_t *cl = (lcl_t *)check_class(L, &client_key, CLIENT_MT);
+  if (cl->c == NULL) luaL_error(L, "client: used after it was freed");
+  return cl;
+}
+
+static uint64_t client_deadline(const lcl_t *cl) {
+  return cl->timeout_ns ? lp_now_ns() + cl->timeout_ns : 0;
+}
+
+/* core.client{ window =, max_frame =, timeout = } -> client */
+static int new_client(lua_State *L) {
+  lp_client_opts o;
+  lcl_t *cl;
+  double t;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lp_client_opts_init(&o);
+  o.window = (uint32_t)field_num(L, 1, "window", o.window);
+  o.max_frame = (size_t)field_num(L, 1, "max_frame", (double)o.max_frame);
+  t = field_num(L, 1, "timeout", 0);
+  cl = (lcl_t *)lp_newuserdata(L, sizeof *cl);
+  memset(cl, 0, sizeof *cl);
+  cl->timeout_ns = t > 0 ? (uint64_t)(t * 1e9) : 0;
+  cl->c = lp_client_new(&o);
+  if (cl->c == NULL) return luaL_error(L, "client: out of memory");
+  luaL_setmetatable(L, CLIENT_MT);
+  return 1;
+}
+
+static int client_token(lua_State *L, lcl_t *cl, int tag, const lp_buf *rest) {
+  uint64_t token =
+      lp_client_submit(cl->c, tag, (lp_slice){rest->ptr, rest->len}, client_deadline(cl));
+  if (token == 0) return push_err(L, LP_ENOMEM, "out of memory");
+  lua_pushinteger(L, (lua_Integer)token);
+  return 1;
+}
+
+/* c:get(key), c:del(key) -> token */
+static int client_get(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  cl->scratch.len = 0;
+  if (lp_wire_rest_key(&cl->scratch, check_slice(L, 2)) != 0)
+    return push_err(L, LP_ENOMEM, "get: out of memory");
+  return client_token(L, cl, LP_REQ_GET, &cl->scratch);
+}
+
+static int client_del(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  cl->scratch.len = 0;
+  if (lp_wire_rest_key(&cl->scratch, check_slice(L, 2)) != 0 ||
+      (lua_toboolean(L, 3) && lp_wire_rest_sync(&cl->scratch) != 0))
+    return push_err(L, LP_ENOMEM, "del: out of memory");
+  return client_token(L, cl, LP_REQ_DEL, &cl->scratch);
+}
+
+/* c:put(key, value [, sync]) -> token (c:del(key [, sync]) above) */
+static int client_put(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  cl->scratch.len = 0;
+  if (lp_wire_rest_put(&cl->scratch, check_slice(L, 2), check_slice(L, 3)) != 0 ||
+      (lua_toboolean(L, 4) && lp_wire_rest_sync(&cl->scratch) != 0))
+    return push_err(L, LP_ENOMEM, "put: out of memory");
+  return client_token(L, cl, LP_REQ_PUT, &cl->scratch);
+}
+
+/* c:batch(_, ops, sync, numbers_ok) -> token | false, msg (misuse): the
+ * arguments of db:batch, so that the ops sit where read_op reads them */
+static int client_batch(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  int numbers_ok = lua_toboolean(L, 5), nres;
+  size_t n;
+  lp_buf rest = {NULL, 0, 0};
+  luaL_checktype(L, OPS_ARG, LUA_TTABLE);
+  n = lua_rawlen(L, OPS_ARG);
+  push_op_strings(L);
+  nres = encode_batch(L, n, numbers_ok, &rest);
+  if (nres == 0 && lua_toboolean(L, 4) && lp_wire_rest_sync(&rest) != 0)
+    nres = push_err(L, LP_ENOMEM, "batch: out of memory");
+  if (nres == 0) nres = client_token(L, cl, LP_REQ_BATCH, &rest);
+  lp_buf_free(&rest);
+  return nres;
+}
+
+/* c:get_many(keys) -> token */
+static int client_get_many(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lp_buf rest = {NULL, 0, 0};
+  int nres;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  nres = encode_getmany(L, 2, &rest);
+  if (nres == 0) nres = client_token(L, cl, LP_REQ_GETMANY, &rest);
+  lp_buf_free(&rest);
+  return nres;
+}
+
+/* c:clear(range [, sync]) -> token */
+static int client_clear(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lp_range r;
+  lp_buf rest = {NULL, 0, 0};
+  int nres;
+  read_range(L, 2, &r);
+  if (lp_wire_rest_clear(&rest, &r) != 0 ||
+      (lua_toboolean(L, 3) && lp_wire_rest_sync(&rest) != 0)) {
+    lp_buf_free(&rest);
+    return push_err(L, LP_ENOMEM, "clear: out of memory");
+  }
+  nres = client_token(L, cl, LP_REQ_CLEAR, &rest);
+  lp_buf_free(&rest);
+  return nres;
+}
+
+/* c:out() -> the bytes to send (taken out of the client), or nil */
+static int client_out(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lp_buf *out = lp_client_out(cl->c);
+  if (out->len == 0) return 0;
+  lua_pushlstring(L, out->ptr, out->len);
+  lp_buf_consume(out, out->len);
+  return 1;
+}
+
+/* c:feed(bytes) -> true | nil, msg, code (the leader broke the protocol:
+ * close the connection, then c:reset()) */
+static int client_feed(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lp_slice b = check_slice(L, 2);
+  lp_err err;
+  if (lp_client_feed(cl->c, b.ptr, b.len, &err) != 0) return push_lperr(L, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int client_done(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lua_pushboolean(L, lp_client_done(cl->c, (uint64_t)luaL_checkinteger(L, 2)));
+  return 1;
+}
+
+/* c:result(token, op) -> the call's results, as db:result */
+static int client_result(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  uint64_t token = (uint64_t)luaL_checkinteger(L, 2);
+  const char *opname = luaL_checkstring(L, 3);
+  int op = strcmp(opname, "get") == 0        ? OP_GET
+           : strcmp(opname, "get_many") == 0 ? OP_GETMANY
+                                             : OP_WRITE;
+  return push_result(L, cl->c, token, op, opname);
+}
+
+static int client_reset(lua_State *L) {
+  lp_client_reset(check_client(L)->c);
+  return 0;
+}
+
+static int client_replay(lua_State *L) {
+  lp_client_replay(check_client(L)->c);
+  return 0;
+}
+
+/* c:fail_all(code, msg) */
+static int client_fail_all(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  lp_code code = lp_code_from_name(name, len);
+  lp_client_fail_all(cl->c, code == LP_OK ? LP_EIO : code, luaL_checkstring(L, 3));
+  return 0;
+}
+
+/* c:expire() -> how many requests and iterator waits timed out now */
+static int client_expire(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lua_pushinteger(L, (lua_Integer)lp_client_expire(cl->c, lp_now_ns()));
+  return 1;
+}
+
+/* c:remaining() -> seconds to the earliest deadline (>= 0), or nil */
+static int client_remaining(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  uint64_t d = lp_client_next_deadline(cl->c), now = lp_now_ns();
+  if (d == 0) return 0;
+  lua_pushnumber(L, d <= now ? 0 : (lua_Number)(d - now) / 1e9);
+  return 1;
+}
+
+/* c:idle() -> true when nothing is pending and no iterator is open */
+static int client_idle(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lua_pushboolean(L, lp_client_pending(cl->c) == 0 && lp_client_iterators(cl->c) == 0);
+  return 1;
+}
+
+static void citer_release(lcit_t *ci) {
+  if (ci->it == NULL) return;
+  if (ci->cl->c != NULL) lp_client_iter_close(ci->cl->c, ci->it);
+  ci->it = NULL;
+  if (ci->prev)
+    ci->prev->next = ci->next;
+  else
+    ci->cl->iters = ci->next;
+  if (ci->next) ci->next->prev = ci->prev;
+  ci->prev = ci->next = NULL;
+}
+
+static int client_free(lua_State *L) {
+  lcl_t *cl = (lcl_t *)check_class(L, &client_key, CLIENT_MT);
+  while (cl->iters != NULL)
+    citer_release(cl->iters);
+  if (cl->c != NULL) lp_client_free(cl->c);
+  cl->c = NULL;
+  lp_buf_free(&cl->scratch);
+  return 0;
+}
+
+/* c:iter(range) -> iterator; keys are always asked for (the bookmark) */
+static int client_iter(lua_State *L) {
+  lcl_t *cl = check_client(L);
+  lp_range r;
+  lcit_t *ci;
+  read_range(L, 2, &r);
+  ci = (lcit_t *)lp_newuserdata(L, sizeof *ci);
+  memset(ci, 0, sizeof *ci);
+  ci->cl = cl;
+  luaL_setmetatable(L, CITER_MT);
+  lua_newtable(L);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lp_setuservalue(L, -2);
+  ci->it = lp_client_iter_open(cl->c, &r);
+  if (ci->it == NULL) return push_err(L, LP_ENOMEM, "iter: out of memory");
+  ci->next = cl->iters;
+  if (cl->iters) cl->iters->prev = ci;
+  cl->iters = ci;
+  return 1;
+}
+
+/* it:page(t) -> n | PENDING (nothing buffered: feed more) | nil, msg, code
+ * Fills t[1..2n] with key, value pairs (value false when not asked for);
+ * 0 at the end.  Acks go to the client's out. */
+static int citer_page(lua_State *L) {
+  lcit_t *ci = (lcit_t *)check_class(L, &citer_key, CITER_MT);
+  int n = 0, r = 1;
+  lp_slice k, v;
+  lp_err err;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (ci->has_err) {
+    ci->has_err = 0;
+    return push_lperr(L, &ci->err);
+  }
+  if (ci->it == NULL || ci->cl->c == NULL) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  while (n < PAGE_ENTRIES && (r = lp_client_iter_next(ci->cl->c, ci->it, &k, &v, &err)) == 1) {
+    lua_pushlstring(L, k.ptr ? k.ptr : "", k.len);
+    lua_rawseti(L, 2, 2 * n + 1);
+    if (v.ptr != NULL)
+      lua_pushlstring(L, v.ptr, v.len);
+    else
+      lua_pushboolean(L, 0);
+    lua_rawseti(L, 2, 2 * n + 2);
+    n++;
+  }
+  if (r == 2 && n == 0) {
+    lp_client_iter_wait_deadline(ci->cl->c, ci->it, client_deadline(ci->cl));
+    lua_pushlightuserdata(L, PENDING);
+    return 1;
+  }
+  if (r == 1 || r == 2) {
+    lua_pushinteger(L, n);
+    return 1;
+  }
+  citer_release(ci);
+  if (r < 0) {
+    if (n == 0) return push_lperr(L, &err);
+    ci->has_err = 1;
+    ci->err = err;
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* it:ready() -> true when it:page would not answer PENDING */
+static int citer_ready(lua_State *L) {
+  lcit_t *ci = (lcit_t *)check_class(L, &citer_key, CITER_MT);
+  lua_pushboolean(L, ci->has_err || ci->it == NULL || ci->cl->c == NULL ||
+                         lp_client_iter_ready(ci->cl->c, ci->it));
+  return 1;
+}
+
+static int citer_close(lua_State *L) {
+  citer_release((lcit_t *)check_class(L, &citer_key, CITER_MT));
+  return 0;
+}
+
+static const luaL_Reg client_methods[] = {{"get", client_get},
+                                          {"put", client_put},
+                                          {"del", client_del},
+                                          {"batch", client_batch},
+                                          {"get_many", client_get_many},
+                                          {"clear", client_clear},
+                                          {"out", client_out},
+                                          {"feed", client_feed},
+                                          {"done", client_done},
+                                          {"result", client_result},
+                                          {"reset", client_reset},
+                                          {"replay", client_replay},
+                                          {"fail_all", client_fail_all},
+                                          {"expire", client_expire},
+                                          {"remaining", client_remaining},
+                                          {"idle", client_idle},
+                                          {"iter", client_iter},
+                                          {"free", client_free},
+                                          {NULL, NULL}};
+
+static const luaL_Reg citer_methods[] = {
+    {"page", citer_page}, {"ready", citer_ready}, {"close", citer_close}, {NULL, NULL}};
+
 static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"role", db_role},
                                       {"role_change", db_role_change},
                                       {"opened", db_opened},
+                                      {"forked", db_forked},
+                                      {"elect", db_elect},
+                                      {"sock_mark", db_sock_mark},
+                                      {"sock_vet", db_sock_vet},
                                       {"party", db_party},
                                       {"path", db_path},
                                       {"step", db_step},
@@ -1281,6 +1720,7 @@ static const luaL_Reg liter_methods[] = {{"page", liter_page},
 static const luaL_Reg clear_methods[] = {{"step", clear_step}, {NULL, NULL}};
 
 static const luaL_Reg module_funcs[] = {{"open", open_db},
+                                        {"client", new_client},
                                         {"slice_begin", slice_begin},
                                         {"set_slice", set_slice},
 #if LUA_VERSION_NUM >= 503
@@ -1309,7 +1749,7 @@ static void new_class(lua_State *L, const char *name, void *key, const luaL_Reg 
 }
 
 static int liter_gc(lua_State *L) {
-  liter_t *it = check_iter(L);
+  liter_t *it = check_iter_any(L);
   if (it->open) liter_release(it);
   return 0;
 }
@@ -1333,6 +1773,8 @@ int luaopen_levelparty_core(lua_State *L) {
   lua_pop(L, 1);
   new_class(L, ITER_MT, &liter_key, liter_methods, liter_gc);
   new_class(L, CLEAR_MT, &clear_key, clear_methods, clear_gc);
+  new_class(L, CLIENT_MT, &client_key, client_methods, client_free);
+  new_class(L, CITER_MT, &citer_key, citer_methods, citer_close);
   lua_newtable(L);
   luaL_setfuncs(L, module_funcs, 0);
   lua_pushlightuserdata(L, PENDING);

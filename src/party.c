@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 enum { P_ELECTING, P_FOLLOWER, P_LEADER, P_CLOSED };
@@ -98,11 +99,45 @@ struct lp_party {
 
   lp_worker *worker; /* the leader's long writes; NULL until first used */
 
+  int dirfd; /* O_PATH descriptor of the directory for lp_party_address; -1 */
+
+  /* an external transport's connection being vetted: the socket file seen
+   * right before it connected (lp_party_sock_mark; mark_ok 0: none) */
+  int mark_ok;
+  dev_t mark_dev;
+  ino_t mark_ino;
+  struct timespec mark_ctim;
+  pid_t pid; /* the process that opened it: any other (a fork) may not use it */
+
   struct lp_party *next; /* registry */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static lp_party *registry;
+
+/* This process's pid, kept by a fork handler: getpid() is a system call,
+ * and every call of a handle compares it with its party's. */
+static pid_t self_pid;
+static pthread_once_t self_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void) { pthread_mutex_lock(&registry_lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+static void fork_child(void) {
+  self_pid = getpid();
+  pthread_mutex_unlock(&registry_lock);
+}
+static void self_init(void) {
+  self_pid = getpid();
+  (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+pid_t lp_self_pid(void) {
+  pthread_once(&self_once, self_init);
+  return self_pid;
+}
+
+int lp_party_forked(const lp_party *p) { return p->pid != lp_self_pid(); }
+pid_t lp_party_pid(const lp_party *p) { return p->pid; }
 
 void lp_party_opts_init(lp_party_opts *o) {
   lp_engine_opts_init(&o->engine);
@@ -112,6 +147,8 @@ void lp_party_opts_init(lp_party_opts *o) {
   o->open_timeout_ns = LP_DEFAULT_OPEN_TIMEOUT_NS;
   o->engine.bloom_bits = LP_DEFAULT_BLOOM_BITS;
   o->log = 1;
+  o->lead = 1;
+  o->external = 0;
 }
 
 int lp_party_role(const lp_party *p) {
@@ -497,7 +534,7 @@ static void elect_step(lp_party *p) {
   if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
 
   holder = lp_lock_holder(p->path);
-  if (holder == 0) {
+  if (holder == 0 && p->opts.lead) {
     int lock_fd = lp_lock_take(p->path, &why);
     if (lock_fd >= 0) {
       lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
@@ -569,6 +606,93 @@ static void elect_step(lp_party *p) {
   }
   p->next_try_ns = now + p->backoff_ns;
   p->backoff_ns = p->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : p->backoff_ns * 2;
+}
+
+int lp_party_elect(lp_party *p, pid_t *holder, lp_err *err) {
+  pid_t h;
+  *holder = 0;
+  if (p->state == P_LEADER) return LP_ROLE_LEADER;
+  if (p->state == P_CLOSED) {
+    lp_err_set(err, LP_ECLOSED, "elect: the database is closed");
+    return -1;
+  }
+  h = lp_lock_holder(p->path);
+  if (h == 0 && p->opts.lead) {
+    lp_err why;
+    int lock_fd = lp_lock_take(p->path, &why);
+    if (lock_fd >= 0) {
+      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, err);
+      if (e == NULL) {
+        close(lock_fd);
+        return -1;
+      }
+      return become_leader(p, e, lock_fd, err) == 0 ? LP_ROLE_LEADER : -1;
+    }
+    h = lp_lock_holder(p->path); /* taken meanwhile, or not ours to take */
+  }
+  *holder = h > 0 ? h : 0;
+  p->holder = *holder;
+  p->opened = 1;
+  if (p->state != P_FOLLOWER) set_state(p, P_FOLLOWER);
+  return LP_ROLE_FOLLOWER;
+}
+
+/* The identity of <dir>/level-party.sock: 0 and *st, or -1 when it is no
+ * socket (gone). */
+static int sock_stat(const lp_party *p, struct stat *st) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s", p->path, LP_SOCKET_NAME);
+  return lstat(path, st) == 0 && S_ISSOCK(st->st_mode) ? 0 : -1;
+}
+
+static int sock_same(const lp_party *p, const struct stat *st) {
+  return p->mark_ok && st->st_dev == p->mark_dev && st->st_ino == p->mark_ino &&
+         st->st_ctim.tv_sec == p->mark_ctim.tv_sec && st->st_ctim.tv_nsec == p->mark_ctim.tv_nsec;
+}
+
+void lp_party_sock_mark(lp_party *p) {
+  struct stat st;
+  p->mark_ok = sock_stat(p, &st) == 0;
+  if (!p->mark_ok) return;
+  p->mark_dev = st.st_dev;
+  p->mark_ino = st.st_ino;
+  p->mark_ctim = st.st_ctim;
+}
+
+int lp_party_sock_vet(lp_party *p, lp_err *err) {
+  struct stat st;
+  int fd, r;
+  if (p->state == P_CLOSED) {
+    lp_err_set(err, LP_ECLOSED, "leader: the database is closed");
+    return -1;
+  }
+  if (sock_stat(p, &st) != 0 || !sock_same(p, &st)) return 1;
+  /* a unix connect completes at once or fails: never waits for the accept */
+  fd = lp_sock_connect(p->path);
+  if (fd < 0) return 1;
+  r = check_leader(p, fd, err);
+  close(fd); /* nothing was sent on it */
+  p->peer_known = 0;
+  if (r != 0) return -1;
+  /* the name still names the socket vetted, so the caller's connection,
+   * made between the mark and now, reached that socket too */
+  return sock_stat(p, &st) == 0 && sock_same(p, &st) ? 0 : 1;
+}
+
+int lp_party_address(lp_party *p, char *buf, size_t n, lp_err *err) {
+  struct sockaddr_un sa;
+  size_t need = strlen(p->path) + 1 + strlen(LP_SOCKET_NAME);
+  if (need < sizeof sa.sun_path) {
+    snprintf(buf, n, "unix:%s/%s", p->path, LP_SOCKET_NAME);
+    return 0;
+  }
+  if (p->dirfd < 0) p->dirfd = open(p->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (p->dirfd < 0) {
+    lp_err_set(err, LP_EIO, "address: %s: %s", p->path, strerror(errno));
+    return -1;
+  }
+  snprintf(buf, n, "unix:/proc/self/fd/%d/%s", p->dirfd, LP_SOCKET_NAME);
+  return 0;
 }
 
 void lp_party_flush(lp_party *p) {
@@ -914,9 +1038,11 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   lp_party *p;
   if (real == NULL) return -1;
   known = stat(real, &st) == 0;
+  (void)lp_self_pid(); /* installs the fork handler before the lock is taken */
   pthread_mutex_lock(&registry_lock);
   for (p = registry; p != NULL; p = p->next) {
-    if (p->state != P_CLOSED && same_dir(p, real, known ? &st : NULL)) {
+    /* a party inherited through fork() is the parent's: never shared */
+    if (p->state != P_CLOSED && p->pid == self_pid && same_dir(p, real, known ? &st : NULL)) {
       p->refs++;
       pthread_mutex_unlock(&registry_lock);
       free(real);
@@ -942,11 +1068,13 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
     p->ino = st.st_ino;
   }
   p->refs = 1;
+  p->pid = self_pid;
   p->opts = *o;
   p->fd = -1;
   p->lock_fd = -1;
   p->watch.fd = -1;
   p->epfd = p->ep_fd = -1;
+  p->dirfd = -1;
   p->open_deadline_ns = lp_now_ns() + o->open_timeout_ns;
   enter_electing(p);
   p->role_changed = 0;
@@ -954,7 +1082,13 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   registry = p;
   pthread_mutex_unlock(&registry_lock);
 
-  if (lp_party_step(p, err) != 0) {
+  if (o->external) {
+    pid_t holder;
+    if (lp_party_elect(p, &holder, err) < 0) {
+      lp_party_unref(p);
+      return -1;
+    }
+  } else if (lp_party_step(p, err) != 0) {
     lp_party_unref(p);
     return -1;
   }
@@ -993,6 +1127,8 @@ static void party_close(lp_party *p) {
   p->lock_fd = -1;
   close_conn(p);
   close_watch(p);
+  if (p->dirfd >= 0) close(p->dirfd);
+  p->dirfd = -1;
   if (p->epfd >= 0) close(p->epfd); /* the loop's poll handle on it went first */
   p->epfd = -1;
   if (p->client != NULL) lp_client_free(p->client);
@@ -1000,6 +1136,24 @@ static void party_close(lp_party *p) {
   lp_buf_free(&p->inbuf);
   lp_buf_free(&p->loop_out);
   p->state = P_CLOSED;
+}
+
+/* The last handle of a party this process inherited through fork() goes:
+ * nothing of it is ours.  The engine, the server and worker threads (absent
+ * here), the LOCK's descriptors (closing one would drop a lock this process
+ * took since on the same file) and the epoll set's registrations (shared with
+ * the parent) are left alone; only the follower's connection and the watch,
+ * which are plain descriptors, are closed, and the client's memory freed. */
+static void party_abandon(lp_party *p) {
+  if (p->fd >= 0) close(p->fd);
+  if (p->watch.fd >= 0) close(p->watch.fd);
+  if (p->epfd >= 0) close(p->epfd);
+  if (p->dirfd >= 0) close(p->dirfd);
+  if (p->client != NULL) lp_client_free(p->client);
+  lp_buf_free(&p->inbuf);
+  lp_buf_free(&p->loop_out);
+  free(p->path);
+  free(p);
 }
 
 void lp_party_unref(lp_party *p) {
@@ -1016,6 +1170,10 @@ void lp_party_unref(lp_party *p) {
     }
   }
   pthread_mutex_unlock(&registry_lock);
+  if (lp_party_forked(p)) {
+    party_abandon(p);
+    return;
+  }
   party_close(p);
   free(p->path);
   free(p);

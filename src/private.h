@@ -625,6 +625,10 @@ typedef struct lp_party_opts {
   int retry;                /* replay in-flight requests across leader changes */
   uint64_t open_timeout_ns; /* how long open waits for a leader that serves */
   int log;                  /* as leader, log refused peers and protocol errors to stderr */
+  int lead;                 /* 0: never take the LOCK (a follower-only handle) */
+  int external;             /* the follower's transport lives outside the party (nginx
+                             * cosockets): the party never connects, and elects only in
+                             * lp_party_elect */
 } lp_party_opts;
 
 /* The parts' own defaults, then: retry and log on, LP_DEFAULT_OPEN_TIMEOUT_NS,
@@ -642,6 +646,37 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
 void lp_party_unref(lp_party *p);
 
 int lp_party_role(const lp_party *p);
+/* One election step for an external transport: never connects and never
+ * waits (leveldb_open takes what LevelDB's recovery takes).  A leader stays
+ * leader.  Otherwise: takes the LOCK when it is free (unless opts.lead is 0)
+ * and leads; else is a follower, with *holder the LOCK's holder (0: none or
+ * unknown), and the transport connects to lp_party_address.  Returns
+ * LP_ROLE_LEADER, LP_ROLE_FOLLOWER, or -1 with err. */
+int lp_party_elect(lp_party *p, pid_t *holder, lp_err *err);
+/* "unix:<dir>/level-party.sock", or for a path longer than a socket address
+ * holds "unix:/proc/self/fd/N/level-party.sock" over an O_PATH descriptor of
+ * the directory the party keeps.  0, or -1 with err. */
+int lp_party_address(lp_party *p, char *buf, size_t n, lp_err *err);
+/* The leader-credential check for an external transport, which cannot read
+ * SO_PEERCRED of its own connection (a cosocket).  lp_party_sock_mark, right
+ * before the transport connects to lp_party_address, records the socket
+ * file's (st_dev, st_ino, st_ctim).  lp_party_sock_vet, once it has
+ * connected and before it sends anything: when the file is still that one,
+ * connects a socket of its own (a unix connect never waits), reads the
+ * leader's SO_PEERCRED and applies the party's trust rule (our uid, or the
+ * owner of both the directory and LOCK, or allow_other_users), then checks
+ * that the file is still that one.  0: trusted; 1: the socket was replaced or
+ * is gone meanwhile (drop the connection unused and elect again); -1 with err
+ * (EACCES naming the leader's pid and uid): refused, send nothing. */
+void lp_party_sock_mark(lp_party *p);
+int lp_party_sock_vet(lp_party *p, lp_err *err);
+/* Fork safety: a party belongs to the process that opened it.  In a child
+ * of a fork lp_party_forked is 1: the binding refuses every call, and the
+ * last unref frees the child's copy without touching the parent's LevelDB,
+ * socket or threads.  lp_party_open never hands a child its parent's party. */
+pid_t lp_self_pid(void); /* getpid(), cached across forks */
+int lp_party_forked(const lp_party *p);
+pid_t lp_party_pid(const lp_party *p); /* the process that opened it */
 /* 1 once the first election has ended (leader, or follower that connected to
  * a leader it trusts; one of another uid must also have answered a first
  * request, since it refuses a uid it does not serve by closing at once). */

@@ -11,6 +11,7 @@
 #include "private.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -70,6 +71,8 @@ static void *worker_main(void *arg) {
 
 lp_worker *lp_worker_start(lp_engine *e) {
   lp_worker *w = calloc(1, sizeof *w);
+  sigset_t all, old;
+  int prc;
   if (w == NULL) return NULL;
   w->engine = e;
   w->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -79,7 +82,13 @@ lp_worker *lp_worker_start(lp_engine *e) {
   }
   pthread_mutex_init(&w->lock, NULL);
   pthread_cond_init(&w->cond, NULL);
-  if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+  /* the thread takes no signals: they go to the host's own threads (an nginx
+   * worker relies on its main thread getting them) */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  prc = pthread_create(&w->thread, NULL, worker_main, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (prc != 0) {
     close(w->fd);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);

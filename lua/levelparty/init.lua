@@ -36,6 +36,12 @@ local _M = {
   leveldb_version = core.leveldb_version,
 }
 
+-- Under ngx_lua (OpenResty/nginx) the nginx adaptor does all the waiting,
+-- in cosockets and ngx.sleep, and the luv adaptor is never used: a
+-- coroutine yield would hang the request (levelparty/ngx.lua).
+local ngx_adaptor = type(rawget(_G, "ngx")) == "table" and type(rawget(_G, "ngx").get_phase) == "function"
+  and require "levelparty.ngx" or nil
+
 -- The luv adaptor, loaded only once the application itself loaded luv: no
 -- application can be running luv's loop without having required it.
 local adaptor
@@ -48,7 +54,7 @@ local function report(co, err)
 end
 
 local function luv_adaptor()
-  if adaptor == nil and loaded.luv ~= nil then
+  if adaptor == nil and loaded.luv ~= nil and not ngx_adaptor then
     adaptor = require "levelparty.luv"
     adaptor.set_error_handler(report)
   end
@@ -59,7 +65,7 @@ end
 -- can yield, once the application loaded luv (as with luv's coro-* helpers,
 -- the coroutine is resumed from luv's loop: the application runs uv.run()).
 local function async_mode()
-  if loaded.luv == nil or not isyieldable() then return false end
+  if loaded.luv == nil or ngx_adaptor or not isyieldable() then return false end
   if adaptor == nil then luv_adaptor() end
   return true
 end
@@ -105,7 +111,8 @@ local OPEN_OPTIONS = {
   key_encoding = "encoding", value_encoding = "encoding",
   sync = "boolean", timeout = "number", open_timeout = "number", retry = "boolean",
   allow_other_users = "boolean", on_role = "function", max_frame = "number", window = "number",
-  log = "boolean", max_send_buffer = "number",
+  log = "boolean", max_send_buffer = "number", lead = "boolean", pool_size = "number",
+  keepalive = "number",
 }
 
 -- What each number option must be: an integer from min to max, "seconds"
@@ -116,7 +123,7 @@ local NUMBER_OPTIONS = {
   cache_size = int_range(0, 2 ^ 53), write_buffer_size = int_range(0, 2 ^ 53), block_size = int_range(0, 2 ^ 53),
   max_open_files = int_range(0, 2 ^ 31 - 1), bloom_bits = int_range(0, 100),
   max_frame = int_range(1024, 2 ^ 32 - 1), window = int_range(1, 2 ^ 31 - 1),
-  max_send_buffer = int_range(0, 2 ^ 53),
+  max_send_buffer = int_range(0, 2 ^ 53), pool_size = int_range(1, 2 ^ 31 - 1),
   timeout = "seconds", open_timeout = "seconds", limit = "limit",
 }
 local huge = math.huge
@@ -621,6 +628,8 @@ local function close_handle(self)
   end
   local c, party = self._c, self._party
   local resume_waiters
+  -- a fork's copy of a handle: the luv driver's handles are the parent's too
+  if party and c:forked() then party = nil end
   if party then
     local n = (party_handles[party] or 1) - 1
     if n <= 0 then
@@ -665,18 +674,30 @@ local function check_dir(dir)
   end
 end
 
+-- nginx's init_by_lua* runs in the master before it forks its workers (and
+-- before it daemonizes): a handle opened there would be inherited by every
+-- worker, and its process goes away.  Handles never cross a fork (the core
+-- refuses them in the child); open is refused there outright.
+local ngx_init_phase_msg = "open: cannot open in nginx's init_by_lua* (the master process, which "
+  .. "forks the workers); open in init_worker_by_lua* or lazily in a request handler"
+local function ngx_phase()
+  local ngx = rawget(_G, "ngx")
+  return type(ngx) == "table" and type(ngx.get_phase) == "function" and ngx.get_phase() or nil
+end
+
 --- levelparty.open(dir [, opts]) -> db | nil, msg, code
 function _M.open(dir, opts, extra)
   local bad = (extra ~= nil and too_many("open", 2)) or check_dir(dir)
     or (opts ~= nil and check_options("open", opts, OPEN_OPTIONS))
   if bad then error(bad, 2) end
+  if ngx_phase() == "init" then error(ngx_init_phase_msg, 2) end
   opts = opts or {}
   local kenc, kerr = encoding.resolve(opts.key_encoding)
   if not kenc then error(misuse("open", "key_encoding: %s", kerr), 2) end
   local venc, verr = encoding.resolve(opts.value_encoding)
   if not venc then error(misuse("open", "value_encoding: %s", verr), 2) end
   local async = async_mode()
-  local c, err, code = core.open(dir, opts, async)
+  local c, err, code = (ngx_adaptor and ngx_adaptor.open or core.open)(dir, opts, async)
   if c == nil then return nil, err, code end
   if core_get == nil then
     local methods = getmetatable(c).__index

@@ -1,0 +1,495 @@
+-- levelparty.ngx: the adaptor for OpenResty / nginx workers (ngx_lua).
+--
+-- levelparty (init.lua) chooses it whenever it runs under ngx_lua, before it
+-- would look at luv.  It hands init.lua a "core handle" of its own (the same
+-- methods as levelparty.core's db userdata), so that the public API is
+-- unchanged:
+--   * a leader worker's calls run LevelDB inline (get, put, del, get_many);
+--     iterators and clear give the event loop a turn (ngx.sleep(0)) every
+--     time slice; a big batch goes to the party's worker thread, polled with
+--     ngx.sleep(0.001);
+--   * a follower's call takes a fresh sans-IO client of the core
+--     (core.client), and moves its bytes over a cosocket to
+--     unix:<dir>/level-party.sock taken from the worker's keepalive pool (one
+--     connection per call; an iterator holds one while it is open).  Before
+--     anything is sent on a new connection, C checks who serves the socket
+--     (db:sock_mark / db:sock_vet: the party's trust rule on SO_PEERCRED),
+--     as the other transports do; a refusal fails the call with EACCES.  Nothing
+--     in C waits or yields: C answers, Lua waits in cosocket calls,
+--     ngx.sleep and ngx.semaphore;
+--   * a lost or refused connection resets the client, elects (db:elect(): one
+--     C step that never connects or waits), and replays in submission order;
+--     iterators resume after the last entry handed out.  One light thread per
+--     worker and directory runs the election with its back-off (1 ms doubling
+--     to 200 ms); the others wait on a semaphore;
+--   * every call raises in a phase that has no cosockets.
+-- levelparty.open refuses init_by_lua* (init.lua).
+
+local core = require "levelparty.core"
+local semaphore = require "ngx.semaphore"
+
+local ngx = rawget(_G, "ngx")
+local type, error, pairs, setmetatable, pcall = type, error, pairs, setmetatable, pcall
+local min, max, ceil = math.min, math.max, math.ceil
+local format = string.format
+local PENDING, YIELD = core.PENDING, core.YIELD
+local tcp, sleep, get_phase = ngx.socket.tcp, ngx.sleep, ngx.get_phase
+local slice_begin = core.slice_begin
+
+local _M = {}
+
+-- Phases in which a cosocket, ngx.sleep and a semaphore wait are allowed.
+local WAITABLE = {
+  rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
+}
+
+local CONNECT_MS, SEND_MS = 5000, 60000
+local READ_MS = 60000   -- a read timeout without a levelparty timeout just reads again
+local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.2
+local LEADER = {}       -- exchange(): this process became the leader
+
+local function guard(fname)
+  local phase = get_phase()
+  if not WAITABLE[phase] then
+    error(format("%s: levelparty cannot be called in nginx's '%s' phase, which has no cosockets; "
+      .. "call it in rewrite, access or content handlers, or in a timer (ngx.timer.at)", fname, phase), 4)
+  end
+end
+
+-- Per worker and directory (and allow_other_users): the address of the leader, the election in
+-- progress and its waiters.
+local shared = {}
+
+local function shared_of(path, opts)
+  -- a connection vetted under allow_other_users is not for a handle without it
+  local key = (opts.allow_other_users and "any:" or "") .. path
+  local sh = shared[key]
+  if sh == nil then
+    sh = { electing = false, waiters = 0, sema = assert(semaphore.new(0)) }
+    shared[key] = sh
+  end
+  -- the latest open's settings win for the pool
+  sh.copts = { pool = "levelparty:" .. key, pool_size = opts.pool_size or 32, backlog = 256 }
+  sh.idle_ms = opts.keepalive and opts.keepalive * 1000 or 60000
+  return sh
+end
+
+local Core = {}   -- what init.lua sees as the core handle
+Core.__index = Core
+
+local function keepalive(h, sh)
+  local sock = h.sock
+  h.sock = nil
+  if sock and not sock:setkeepalive(sh.idle_ms, sh.copts.pool_size) then sock:close() end
+end
+
+local function close_sock(h)
+  local sock = h.sock
+  h.sock = nil
+  if sock then pcall(sock.close, sock) end
+end
+
+-- Connects sock to the leader (self._sh.addr), and makes sure it is one this
+-- process trusts before anything is sent on it (a cosocket cannot read
+-- SO_PEERCRED): C marks the socket file (st_dev, st_ino) right before the
+-- connect; on a new connection (not one from the pool, vetted when it was
+-- made) C connects a socket of its own, reads the leader's credentials,
+-- applies the party's trust rule and checks that the file is still the one
+-- marked.  true; nil (no connection, or the socket changed meanwhile: elect
+-- again); nil, msg, code (refused: EACCES naming the leader's uid and pid).
+local function connect(self, sock)
+  local c = self._c
+  c:sock_mark()
+  if not sock:connect(self._sh.addr, self._sh.copts) then return nil end
+  if sock:getreusedtimes() > 0 then return true end
+  local ok, err, code = c:sock_vet()
+  if ok then return true end
+  sock:close()
+  return nil, err, code
+end
+
+-- One light thread of this worker looks for a leader for self's directory:
+-- db:elect() (leads when the LOCK is free), else a connect to the address it
+-- names, backing off from 1 ms to 200 ms, for at most `wait` seconds.  The
+-- others wait for it on the semaphore.  true, or nil, msg, code.
+local function recover(self, wait)
+  local sh = self._sh
+  if sh.electing then
+    sh.waiters = sh.waiters + 1
+    sh.sema:wait(max(0.001, min(wait, 1)))
+    return true
+  end
+  sh.electing = true
+  local deadline = ngx.now() + wait
+  local backoff = BACKOFF_MIN
+  local ok, err, code
+  while true do
+    ngx.update_time()
+    local role, addr, holder = self._c:elect()
+    if role == "leader" then ok = true break end
+    if role == nil then ok, err, code = nil, addr, holder break end
+    sh.addr = addr
+    local s = tcp()
+    s:settimeouts(CONNECT_MS, SEND_MS, READ_MS)
+    local c_ok, c_err, c_code = connect(self, s)
+    if c_ok then
+      if not s:setkeepalive(sh.idle_ms, sh.copts.pool_size) then s:close() end
+      ok = true
+      break
+    end
+    if c_code then ok, err, code = nil, c_err, c_code break end
+    local rem = deadline - ngx.now()
+    if rem <= 0 then
+      ok, code = nil, holder > 0 and "ELOCKED" or "ETIMEDOUT"
+      err = holder > 0
+        and format("leader: %s/LOCK is held by pid %d, which serves no level-party.sock", self._path, holder)
+        or format("leader: no leader serves %s", self._path)
+      break
+    end
+    sleep(min(backoff, rem))
+    backoff = min(backoff * 2, BACKOFF_MAX)
+  end
+  sh.electing = false
+  if sh.waiters > 0 then
+    sh.sema:post(sh.waiters)
+    sh.waiters = 0
+  end
+  return ok, err, code
+end
+
+-- Moves client cl's bytes over a cosocket (h.sock, kept between calls of an
+-- iterator) until cond() holds.  Returns true, or LEADER when this process
+-- leads now (the caller runs the rest inline).
+local function exchange(self, cl, cond, h)
+  local sh = self._sh
+  while true do
+    if self._c:is_leader() then
+      close_sock(h)
+      return LEADER
+    end
+    local sock = h.sock
+    if sock == nil and sh.addr then
+      sock = tcp()
+      sock:settimeouts(CONNECT_MS, SEND_MS, READ_MS)
+      local ok, err, code = connect(self, sock)
+      if ok then
+        h.sock, h.sent = sock, false
+        cl:replay()
+      else
+        sock = nil
+        if code then -- a leader this process does not trust: nothing was sent
+          cl:reset()
+          cl:fail_all(code, err)
+          if cond() then return true end
+        end
+      end
+    end
+    while sock do
+      local out = cl:out()
+      if out then
+        if not sock:send(out) then break end
+        h.sent = true
+      end
+      if cond() then return true end
+      local rem = cl:remaining()
+      sock:settimeouts(CONNECT_MS, SEND_MS, rem and max(1, ceil(rem * 1000)) or READ_MS)
+      local data, err = sock:receiveany(65536)
+      if data then
+        if not cl:feed(data) then break end -- the leader broke the protocol
+      elseif err == "timeout" then
+        cl:expire()
+        if cond() then
+          close_sock(h) -- a reply may still come: never pool this connection
+          return true
+        end
+      else
+        break
+      end
+    end
+    -- no connection, or it is gone
+    close_sock(h)
+    cl:reset()
+    if h.sent and not self._retry then
+      h.sent = false
+      cl:fail_all("ELEADERLOST", "the leader went away with the request in flight (retry = false)")
+      if cond() then return true end
+    end
+    local rem = cl:remaining()
+    local ok, err, code = recover(self, rem or self._open_timeout)
+    cl:expire()
+    if ok == nil then cl:fail_all(code, err) end
+    if cond() then return true end
+  end
+end
+
+-- A follower's call: a fresh client, submit(cl) queues the request; returns
+-- the call's results, or LEADER.
+local function follow(self, op, submit, ...)
+  local cl = core.client(self._copts)
+  local tok, msg = submit(cl, ...)
+  if not tok then
+    cl:free()
+    return tok, msg
+  end
+  local h = {}
+  local r = exchange(self, cl, function() return cl:done(tok) end, h)
+  if r == LEADER then
+    cl:free()
+    return LEADER
+  end
+  if cl:idle() then keepalive(h, self._sh) else close_sock(h) end
+  local a, b, c = cl:result(tok, op)
+  cl:free()
+  return a, b, c
+end
+
+-- A leader's call that may answer YIELD (time slice over) or PENDING (a
+-- worker job): let the loop turn, poll the job.
+local function inline(c, method, ...)
+  slice_begin()
+  local a, b, e = c[method](c, true, ...)
+  while a == YIELD do
+    sleep(0)
+    slice_begin()
+    a, b, e = c[method](c, true, ...)
+  end
+  if a == PENDING then
+    while not c:done(b) do sleep(0.001) end
+    return c:result(b, method)
+  end
+  return a, b, e
+end
+
+local function get_cl(cl, k) return cl:get(k) end
+local function put_cl(cl, k, v, sync) return cl:put(k, v, sync) end
+local function del_cl(cl, k, sync) return cl:del(k, sync) end
+local function batch_cl(cl, ops, numbers_ok, sync) return cl:batch(false, ops, sync, numbers_ok) end
+local function get_many_cl(cl, keys) return cl:get_many(keys) end
+local function clear_cl(cl, r, sync) return cl:clear(r, sync) end
+
+function Core:get(_, k)
+  guard("get")
+  local c = self._c
+  if not c:is_leader() then
+    local a, b, e = follow(self, "get", get_cl, k)
+    if a ~= LEADER then return a, b, e end
+  end
+  return c:get(false, k)
+end
+
+function Core:put(_, k, v, sync)
+  guard("put")
+  local c = self._c
+  if not c:is_leader() then
+    local a, b, e = follow(self, "put", put_cl, k, v, sync)
+    if a ~= LEADER then return a, b, e end
+  end
+  return c:put(false, k, v, sync)
+end
+
+function Core:del(_, k, sync)
+  guard("del")
+  local c = self._c
+  if not c:is_leader() then
+    local a, b, e = follow(self, "del", del_cl, k, sync)
+    if a ~= LEADER then return a, b, e end
+  end
+  return c:del(false, k, sync)
+end
+
+function Core:batch(_, ops, sync, numbers_ok)
+  guard("batch")
+  local c = self._c
+  if not c:is_leader() then
+    local a, b, e = follow(self, "batch", batch_cl, ops, numbers_ok, sync)
+    if a ~= LEADER then return a, b, e end
+  end
+  return inline(c, "batch", ops, sync, numbers_ok)
+end
+
+function Core:get_many(_, keys)
+  guard("get_many")
+  local c = self._c
+  if not c:is_leader() then
+    local a, b, e = follow(self, "get_many", get_many_cl, keys)
+    if a ~= LEADER then return a, b, e end
+  end
+  return c:get_many(false, keys)
+end
+
+-- init.lua asks is_leader() first and calls clear_begin on a leader.  A
+-- follower that wins the election on the way clears through the same path.
+function Core:clear(_, r, sync)
+  guard("clear")
+  local a, b, e = follow(self, "clear", clear_cl, r, sync)
+  if a ~= LEADER then return a, b, e end
+  local cl
+  cl, b, e = self:clear_begin(r)
+  if cl == nil then return nil, b, e end
+  return cl:step(false, sync)
+end
+
+local Clearer = {}
+Clearer.__index = Clearer
+
+function Clearer:step(_, sync)
+  return inline(self[1], "step", sync)
+end
+
+function Core:clear_begin(r)
+  guard("clear")
+  local cl, err, code = self._c:clear_begin(r)
+  if cl == nil then return nil, err, code end
+  return setmetatable({ cl }, Clearer)
+end
+
+-- Iterators ------------------------------------------------------------------
+
+-- A leader's own iterator: pages from LevelDB, a loop turn every time slice.
+local LocalIter = {}
+LocalIter.__index = LocalIter
+
+function LocalIter:page(_, t)
+  return inline(self[1], "page", t)
+end
+
+function LocalIter:close() return self[1]:close() end
+
+-- A follower's iterator: its own client and cosocket while it is open.
+local RemoteIter = {}
+RemoteIter.__index = RemoteIter
+
+function RemoteIter:close()
+  if self.local_it then return self.local_it:close() end
+  if self.cl then
+    self.ci:close()
+    close_sock(self.h) -- the leader drops the iterator with the connection
+    self.cl:free()
+    self.cl = nil
+  end
+  return true
+end
+
+-- This process leads now: the rest of the range comes from its own LevelDB,
+-- right after the last entry handed out (as a replay would reopen it).
+local function go_local(self)
+  local r = {}
+  for k, v in pairs(self.r) do r[k] = v end
+  local last = self.last
+  if last ~= nil then
+    if r.reverse then r.lt, r.lte = last, nil else r.gt, r.gte = last, nil end
+  end
+  if r.limit and r.limit >= 0 then r.limit = max(0, r.limit - self.count) end
+  self:close()
+  local it, err, code = self.db._c:iter(r)
+  if it == nil then return nil, err, code end
+  self.local_it = setmetatable({ it }, LocalIter)
+  return true
+end
+
+function RemoteIter:page(_, t)
+  if self.local_it then return self.local_it:page(nil, t) end
+  if self.cl == nil then return 0 end
+  guard("iterator")
+  local ci, buf = self.ci, self.buf
+  while true do
+    local n, err, code = ci:page(buf)
+    if n ~= PENDING then
+      if n == nil then
+        self:close()
+        return nil, err, code
+      end
+      local keys, values, j = self.keys, self.values, 0
+      for i = 1, n do
+        local k, v = buf[2 * i - 1], buf[2 * i]
+        if keys then j = j + 1 t[j] = k end
+        if values then j = j + 1 t[j] = v end
+        if not keys and not values then j = j + 1 t[j] = true end
+      end
+      if n > 0 then
+        self.last = buf[2 * n - 1]
+        self.count = self.count + n
+        -- the window acks those entries queued go out with the next wait;
+        -- send them now so the leader keeps streaming meanwhile
+        local out = self.cl:out()
+        if out and self.h.sock then
+          if not self.h.sock:send(out) then close_sock(self.h) self.cl:reset() end
+        end
+      else
+        self:close()
+      end
+      return n
+    end
+    local r = exchange(self.db, self.cl, function() return ci:ready() end, self.h)
+    if r == LEADER then
+      local ok
+      ok, err, code = go_local(self)
+      if not ok then return nil, err, code end
+      return self.local_it:page(nil, t)
+    end
+  end
+end
+
+function Core:iter(r)
+  guard("iter")
+  local c = self._c
+  if c:is_leader() then
+    local it, err, code = c:iter(r)
+    if it == nil then return nil, err, code end
+    return setmetatable({ it }, LocalIter)
+  end
+  local rr = {}
+  for k, v in pairs(r) do rr[k] = v end
+  rr.keys = true -- the bookmark needs every key
+  local cl = core.client(self._copts)
+  return setmetatable({
+    db = self, cl = cl, ci = cl:iter(rr), r = r, h = {}, buf = {}, count = 0,
+    keys = r.keys ~= false, values = r.values ~= false,
+  }, RemoteIter)
+end
+
+-- The rest of a core handle --------------------------------------------------
+
+function Core:is_leader() return self._c:is_leader() end
+function Core:role() return self._c:role() end
+function Core:role_change() return self._c:role_change() end
+function Core.opened() return true end
+function Core:party() return self._c:party() end
+function Core:path() return self._c:path() end
+function Core:forked() return self._c:forked() end
+function Core:close() return self._c:close() end
+function Core:elect() return self._c:elect() end
+
+--- open(dir, opts) -> core handle | nil, msg, code: the election only (never
+-- a connect: init_worker_by_lua* has no cosockets).
+function _M.open(dir, opts)
+  local o = {}
+  for k, v in pairs(opts) do
+    if type(v) ~= "function" and type(v) ~= "table" then o[k] = v end
+  end
+  o.external = true
+  local c, err, code = core.open(dir, o, false)
+  if c == nil then return nil, err, code end
+  local role, addr, holder = c:elect()
+  if role == nil then
+    c:close()
+    return nil, addr, holder
+  end
+  local path = c:path()
+  local sh = shared_of(path, opts)
+  if role == "follower" then sh.addr = addr end
+  return setmetatable({
+    _c = c, _sh = sh, _path = path,
+    _retry = opts.retry ~= false,
+    _open_timeout = opts.open_timeout or 10,
+    _copts = { window = opts.window, max_frame = opts.max_frame, timeout = opts.timeout },
+  }, Core)
+end
+
+--- true when this Lua runs inside ngx_lua (a worker, the master or a helper)
+function _M.active()
+  return type(ngx) == "table" and type(ngx.get_phase) == "function"
+end
+
+return _M
