@@ -986,7 +986,9 @@ static int liter_page(lua_State *L) {
       if (r < 0) break;
     }
   }
-  if (r == 1 || r == 2) { /* a full page, or what was buffered */
+  /* A full page, or what was buffered, or the last entries: the iterator
+   * ends at the next call, so that a seek meanwhile may still move it. */
+  if (r == 1 || r == 2 || (r == 0 && n > 0)) {
     lua_pushinteger(L, n);
     return 1;
   }
@@ -1126,6 +1128,31 @@ static int direct_call(lua_State *L) {
 }
 #endif
 
+/* it:seek(key [, unread]) -> true: the next entry is the first of the range
+ * >= key (forward) or <= key (reverse); `unread` entries of the caller's
+ * page go back to the limit.  An iterator that ended (or was closed, or
+ * failed) stays so; out of memory shows at its next step. */
+static int liter_seek(lua_State *L) {
+  liter_t *it = check_iter(L);
+  lp_slice target = check_slice(L, 2);
+  int64_t unread = (int64_t)luaL_optnumber(L, 3, 0);
+  if (it->open && !it->has_err) {
+    if (it->local != NULL) {
+      if (lp_engine_iter_seek(it->local, target, unread) != 0) {
+        it->has_err = 1;
+        lp_err_set(&it->err, LP_ENOMEM, "iterator: out of memory");
+      }
+    } else {
+      lp_party *p = it->db->party;
+      lp_client *c = lp_party_client(p);
+      (void)lp_client_iter_seek(c, it->remote, target, unread);
+      if (lp_client_out(c)->len > 0) lp_party_flush(p);
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* it:ready() -> true when next() would not return PENDING */
 static int liter_ready(lua_State *L) {
   liter_t *it = check_iter(L);
@@ -1180,11 +1207,9 @@ static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"iter", db_iter},
                                       {NULL, NULL}};
 
-static const luaL_Reg liter_methods[] = {{"page", liter_page},
-                                         {"step", liter_step},
-                                         {"ready", liter_ready},
-                                         {"close", liter_close},
-                                         {NULL, NULL}};
+static const luaL_Reg liter_methods[] = {{"page", liter_page},   {"step", liter_step},
+                                         {"ready", liter_ready}, {"seek", liter_seek},
+                                         {"close", liter_close}, {NULL, NULL}};
 
 static const luaL_Reg clear_methods[] = {{"step", clear_step}, {NULL, NULL}};
 
