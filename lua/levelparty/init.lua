@@ -15,6 +15,7 @@
 local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
 local iterator = require "levelparty.iterator"
+local sublevel = require "levelparty.sublevel"
 
 local type, error, tostring, setmetatable, rawget = type, error, tostring, setmetatable, rawget
 local pairs, ipairs = pairs, ipairs
@@ -128,7 +129,9 @@ local function encode_key(self, fname, key, argn)
   if key == nil then return nil, misuse(fname, "bad argument #%d (key expected, got nil)", argn) end
   local k, want = self._kenc.encode(key)
   if k == nil then return nil, misuse(fname, "bad argument #%d (key must be %s, got %s)", argn, want, type(key)) end
-  if k == "" then return nil, misuse(fname, "bad argument #%d (key must not be empty)", argn) end
+  if k == "" or k == self._prefix then -- (a sublevel's codec prefixes an empty key)
+    return nil, misuse(fname, "bad argument #%d (key must not be empty)", argn)
+  end
   return k
 end
 
@@ -289,7 +292,9 @@ function DB:del(key, opts, extra)
   return outcome(self, "del", async, ok, err, code)
 end
 
--- ops with their keys and values encoded, or nil and the misuse message
+-- ops with their keys and values encoded, or nil and the misuse message.
+-- An operation with a `sublevel` field is encoded by that sublevel (of the
+-- same db), as in abstract-level.
 local function encode_ops(self, fname, ops)
   local out = {}
   for i = 1, #ops do
@@ -301,11 +306,15 @@ local function encode_ops(self, fname, ops)
     if t ~= "put" and t ~= "del" then
       return nil, misuse(fname, "bad operation #%d (type must be \"put\" or \"del\", got %s)", i, tostring(t))
     end
-    local k, v, bad
-    k, bad = encode_key(self, fname, op.key, i)
+    local db, k, v, bad = self
+    if op.sublevel ~= nil then
+      db, bad = sublevel.of(self, op.sublevel, fname, i)
+      if db == nil then return nil, bad end
+    end
+    k, bad = encode_key(db, fname, op.key, i)
     if k == nil then return nil, bad end
     if t == "put" then
-      v, bad = encode_value(self, fname, op.value, i)
+      v, bad = encode_value(db, fname, op.value, i)
       if v == nil then return nil, bad end
     end
     out[i] = { type = t, key = k, value = v }
@@ -329,10 +338,11 @@ local Batch = {}
 Batch.__index = Batch
 Batch.__name = "levelparty.batch"
 
-function Batch:put(key, value, extra)
-  if extra ~= nil then error(too_many("batch:put", 2), 2) end
-  local db = self._db
-  local k, v, bad
+function Batch:put(key, value, opts, extra)
+  if extra ~= nil then error(too_many("batch:put", 3), 2) end
+  local db, bad = sublevel.of_opts(self._db, opts, "batch:put")
+  if db == nil then error(bad, 2) end
+  local k, v
   k, bad = encode_key(db, "batch:put", key, 1)
   if k == nil then error(bad, 2) end
   v, bad = encode_value(db, "batch:put", value, 2)
@@ -341,9 +351,12 @@ function Batch:put(key, value, extra)
   return self
 end
 
-function Batch:del(key, extra)
-  if extra ~= nil then error(too_many("batch:del", 1), 2) end
-  local k, bad = encode_key(self._db, "batch:del", key, 1)
+function Batch:del(key, opts, extra)
+  if extra ~= nil then error(too_many("batch:del", 2), 2) end
+  local db, bad = sublevel.of_opts(self._db, opts, "batch:del")
+  if db == nil then error(bad, 2) end
+  local k
+  k, bad = encode_key(db, "batch:del", key, 1)
   if k == nil then error(bad, 2) end
   self._ops[#self._ops + 1] = { type = "del", key = k }
   return self
@@ -378,7 +391,7 @@ function DB:batch(ops, opts, extra)
   bad = (type(ops) ~= "table" and misuse("batch", "bad argument #1 (table of operations expected, got %s)", type(ops)))
     or (opts ~= nil and check_options("batch", opts, WRITE_OPTIONS))
   if bad then error(bad, 2) end
-  if not (self._kenc.identity and self._venc.identity) then
+  if not (self._kenc.identity and self._venc.identity) or sublevel.in_ops(ops) then
     ops, bad = encode_ops(self, "batch", ops)
     if ops == nil then error(bad, 2) end
   end
@@ -418,9 +431,10 @@ function DB:get_many(keys, opts, extra)
 end
 
 -- The range options opts encoded for the core, or nil and the misuse message.
+-- A sublevel's range stays inside its prefix (sublevel.bound).
 local function encode_range(self, fname, opts)
   local r = {}
-  if opts == nil then return r end
+  if opts == nil then return sublevel.bound(self, r) end
   local bad = check_options(fname, opts, RANGE_OPTIONS)
   if bad then return nil, bad end
   for _, b in ipairs { "gt", "gte", "lt", "lte" } do
@@ -434,7 +448,7 @@ local function encode_range(self, fname, opts)
   r.reverse, r.keys, r.values = opts.reverse, opts.keys, opts.values
   local limit = opts.limit
   if limit ~= nil and limit >= 0 then r.limit = limit end
-  return r
+  return sublevel.bound(self, r)
 end
 
 --- db:clear([range [, opts]]) -> true | nil, msg, code
@@ -477,6 +491,17 @@ function DB:iter(opts, extra)
   local obj = iterator.new(self, it, r)
   iters[obj] = true
   return obj, nil, nil, obj
+end
+
+--- db:sublevel(name [, opts]) -> sublevel: the db's keys under "!name!"
+function DB:sublevel(name, opts, extra)
+  local bad = check_self(self, "sublevel") or (extra ~= nil and too_many("sublevel", 2))
+    or (opts ~= nil and check_options("sublevel", opts, sublevel.OPTIONS))
+  if bad then error(bad, 2) end
+  local s
+  s, bad = sublevel.new(self, name, opts, DB)
+  if s == nil then error(bad, 2) end
+  return s
 end
 
 --- db:role() -> "leader" | "follower" | "closed"
