@@ -185,6 +185,40 @@ char *lp_engine_property(lp_engine *e, const char *name) {
   return leveldb_property_value(e->db, name);
 }
 
+int lp_engine_approximate_size(lp_engine *e, lp_slice start, lp_slice limit, uint64_t *size) {
+  const char *s = bytes_of(start), *l;
+  size_t slen = start.len, llen;
+  char *last = NULL;
+
+  *size = 0;
+  if (!limit.ptr) {
+    /* To the end: up to the last key followed by a 0 byte, past every key. */
+    leveldb_iterator_t *it = leveldb_create_iterator(e->db, e->ropts);
+    size_t n;
+    const char *k;
+    if (!it) return -1;
+    leveldb_iter_seek_to_last(it);
+    if (!leveldb_iter_valid(it)) {
+      leveldb_iter_destroy(it);
+      return 0; /* empty */
+    }
+    k = leveldb_iter_key(it, &n);
+    last = malloc(n + 1);
+    if (last) {
+      memcpy(last, k, n);
+      last[n] = 0;
+    }
+    leveldb_iter_destroy(it);
+    if (!last) return -1;
+    limit = (lp_slice){last, n + 1};
+  }
+  l = bytes_of(limit);
+  llen = limit.len;
+  leveldb_approximate_sizes(e->db, 1, &s, &slen, &l, &llen, size);
+  free(last);
+  return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Batches                                                                    */
 /* ------------------------------------------------------------------------ */

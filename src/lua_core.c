@@ -26,6 +26,7 @@
 #include <lualib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DB_MT    "levelparty.db"
 #define ITER_MT  "levelparty.iterator"
@@ -799,6 +800,50 @@ static int db_is_leader(lua_State *L) {
   return 1;
 }
 
+/* db:property(name) -> LevelDB's property | nil (unknown name, or not the
+ * leader: followers have no engine, and the protocol no request for it) */
+static int db_property(lua_State *L) {
+  ldb_t *d = check_db(L);
+  const char *name = luaL_checkstring(L, 2);
+  lp_engine *e = d->party ? lp_party_engine(d->party) : NULL;
+  char *v = e ? lp_engine_property(e, name) : NULL;
+  if (v == NULL) return 0;
+  lua_pushstring(L, v);
+  free(v);
+  return 1;
+}
+
+/* db:approximate_size([start [, limit]]) -> bytes | nil (not the leader) |
+ * nil, msg, code */
+static int db_approximate_size(lua_State *L) {
+  ldb_t *d = check_db(L);
+  lp_slice start = {"", 0}, limit = LP_SLICE_NONE;
+  lp_engine *e = d->party ? lp_party_engine(d->party) : NULL;
+  uint64_t size;
+  if (!lua_isnoneornil(L, 2)) start = check_slice(L, 2);
+  if (!lua_isnoneornil(L, 3)) limit = check_slice(L, 3);
+  if (e == NULL) return 0;
+  if (lp_engine_approximate_size(e, start, limit, &size) != 0)
+    return push_err(L, LP_ENOMEM, "approximate_size: out of memory");
+  lua_pushinteger(L, (lua_Integer)size);
+  return 1;
+}
+
+/* db:leader_pid() -> pid of the process that holds LevelDB's LOCK (this one
+ * when leader), 0 when nobody does, -1 when it cannot be told (a holder in
+ * another pid namespace) | nil when closed */
+static int db_leader_pid(lua_State *L) {
+  ldb_t *d = check_db(L);
+  if (d->party == NULL) return 0;
+  /* Never probe a LOCK this process holds: closing the probe's descriptor
+   * would drop our own lock (ARCHITECTURE.md, "The election"). */
+  if (lp_party_engine(d->party) != NULL)
+    lua_pushinteger(L, (lua_Integer)getpid());
+  else
+    lua_pushinteger(L, (lua_Integer)lp_lock_holder(lp_party_path(d->party)));
+  return 1;
+}
+
 /* ---------------------------------------------------------------- clear */
 
 static lclear_t *check_clear(lua_State *L) {
@@ -1205,6 +1250,9 @@ static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"clear_begin", db_clear_begin},
                                       {"is_leader", db_is_leader},
                                       {"iter", db_iter},
+                                      {"property", db_property},
+                                      {"approximate_size", db_approximate_size},
+                                      {"leader_pid", db_leader_pid},
                                       {NULL, NULL}};
 
 static const luaL_Reg liter_methods[] = {{"page", liter_page},   {"step", liter_step},

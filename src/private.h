@@ -310,8 +310,11 @@ void lp_clear_state_free(lp_clear_state *st);
  * CLEAR, a leader's db:clear): small enough to check the clock between. */
 #define LP_CLEAR_STEP 1024
 
-/* Used by the C tests only */
-char *lp_engine_property(lp_engine *e, const char *name); /* malloc'd, or NULL */
+/* LevelDB's property `name` (e.g. "leveldb.stats"): malloc'd, or NULL. */
+char *lp_engine_property(lp_engine *e, const char *name);
+/* LevelDB's estimate of the bytes on disk for the keys in [start, limit); an
+ * absent limit means to the end.  0, or -1 out of memory. */
+int lp_engine_approximate_size(lp_engine *e, lp_slice start, lp_slice limit, uint64_t *size);
 
 /* ---- Session: one follower connection's protocol state, no I/O (session.c) ---- */
 

@@ -504,6 +504,39 @@ function DB:sublevel(name, opts, extra)
   return s
 end
 
+--- db:property(name) -> LevelDB's property | nil (unknown, or not the leader)
+function DB:property(name, extra)
+  local bad = check_self(self, "property") or (extra ~= nil and too_many("property", 1))
+    or (type(name) ~= "string" and misuse("property", "bad argument #1 (string expected, got %s)", type(name)))
+  if bad then error(bad, 2) end
+  return self._c:property(name)
+end
+
+--- db:approximate_size([start [, limit]]) -> bytes on disk for the keys in
+-- [start, limit) (LevelDB's estimate) | nil (not the leader)
+function DB:approximate_size(start, limit, extra)
+  local bad = check_self(self, "approximate_size") or (extra ~= nil and too_many("approximate_size", 2))
+  if bad then error(bad, 2) end
+  local r = {}
+  for i, key in ipairs { start, limit } do
+    if key ~= nil then
+      local k, want = self._kenc.encode(key)
+      if k == nil then error(misuse("approximate_size", "bad argument #%d (key must be %s, got %s)", i, want, type(key)), 2) end
+      r[i] = k
+    end
+  end
+  local b = sublevel.bound(self, {})
+  return self._c:approximate_size(r[1] or b.gte, r[2] or b.lt)
+end
+
+--- db:leader_pid() -> the leader's pid (this process's when it leads), 0 when
+-- none holds the LOCK, -1 when it cannot be told
+function DB:leader_pid()
+  local bad = check_self(self, "leader_pid")
+  if bad then error(bad, 2) end
+  return self._c:leader_pid()
+end
+
 --- db:role() -> "leader" | "follower" | "closed"
 function DB:role()
   local bad = check_self(self, "role")
