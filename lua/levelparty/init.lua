@@ -521,7 +521,9 @@ function DB:approximate_size(start, limit, extra)
   for i, key in ipairs { start, limit } do
     if key ~= nil then
       local k, want = self._kenc.encode(key)
-      if k == nil then error(misuse("approximate_size", "bad argument #%d (key must be %s, got %s)", i, want, type(key)), 2) end
+      if k == nil then
+        error(misuse("approximate_size", "bad argument #%d (key must be %s, got %s)", i, want, type(key)), 2)
+      end
       r[i] = k
     end
   end
