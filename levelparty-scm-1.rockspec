@@ -40,6 +40,8 @@ build = {
     ["levelparty.encoding"] = "lua/levelparty/encoding.lua",
     ["levelparty.iterator"] = "lua/levelparty/iterator.lua",
     ["levelparty.luv"] = "lua/levelparty/luv.lua",
+    ["levelparty.sublevel"] = "lua/levelparty/sublevel.lua",
+    ["levelparty.cli"] = "lua/levelparty/cli.lua",
     ["levelparty.core"] = {
       sources = {
         "src/buf.c",
@@ -58,5 +60,8 @@ build = {
       libdirs = { "$(LEVELDB_LIBDIR)", "$(LIBUV_LIBDIR)" },
       defines = { "_GNU_SOURCE" },
     },
+  },
+  install = {
+    bin = { levelparty = "bin/levelparty" },
   },
 }

@@ -74,7 +74,7 @@ function _M.new(parent, name, opts, DB)
   if name:find('[%z\1-"]') then
     -- subleveldown 5's rule: the prefix must sort after the separator's
     -- successor, so that no sublevel's keys fall inside another's range
-    return nil, format("sublevel: bad argument #1 (name must not contain bytes up to '\"' such as '!' or space, got %q)",
+    return nil, format("sublevel: bad argument #1 (name must not contain '!', '\"', space or control bytes, got %q)",
       name)
   end
   opts = opts or {}
