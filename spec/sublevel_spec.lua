@@ -228,7 +228,8 @@ describe("db:sublevel", function()
         -- the same entries, listed by each side through the nested sublevel
         local lua_side = {}
         for k, v in ab:iter() do lua_side[#lua_side + 1] = { key = k, value = v } end
-        local node_side = H.normalize(node:ok({ op = "readStream", path = { "a", "b" }, valueEncoding = "json" }).entries)
+        local node_side = H.normalize(
+          node:ok({ op = "readStream", path = { "a", "b" }, valueEncoding = "json" }).entries)
         assert.are.same({ { key = "deep", value = { x = 1 } }, { key = "lua-deep", value = { y = { 2 } } } }, lua_side)
         assert.are.same(lua_side, node_side)
         -- and the bytes are subleveldown's
