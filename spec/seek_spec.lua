@@ -182,6 +182,28 @@ describe("it:seek", function()
     end
   end
 
+  it("goes on in a coroutine on luv's loop when its process takes over (the loopback)", function()
+    local dir = helper.tmpdir("seekco")
+    local leader = helper.start_leader(dir)
+    local db = assert(lp.open(dir))
+    fill(db, 4000)
+    local got
+    helper.run_async(function()
+      local it = db:iter()
+      got = take(it, 1500)
+      require("luv").kill(leader.pid, "sigkill")
+      -- the window acks and the seek's reopen go to the loopback of the promoted process
+      for _, k in ipairs(take(it, 1000)) do got[#got + 1] = k end
+      it:seek(key(3001))
+      for _, k in ipairs(take(it)) do got[#got + 1] = k end
+    end, 60)
+    assert.are.equal("leader", db:role())
+    local unpack = table.unpack or unpack -- luacheck: ignore
+    assert.are.same(keys(1, 2500), { unpack(got, 1, 2500) })
+    assert.are.same(keys(3001, 4000), { unpack(got, 2501) })
+    db:close()
+  end)
+
   describe("against a Node level-party 5.1.1 leader", function()
     local NODE_OK, NODE_REASON = H.node_available()
 
