@@ -64,4 +64,14 @@ build = {
   install = {
     bin = { levelparty = "bin/levelparty" },
   },
+  -- LuaLS type annotations (types/levelparty.lua) and the docs, in the rock's
+  -- directory: `luarocks show --rock-dir levelparty`
+  copy_directories = { "docs", "types" },
+}
+
+-- `luarocks test` in a checkout: busted under the interpreter luarocks runs
+-- (mk/rocktest.lua builds the core for it first); arguments pick spec files.
+test = {
+  type = "command",
+  script = "mk/rocktest.lua",
 }
