@@ -381,8 +381,8 @@ local function usage_text(name)
   end
   local lines = { "usage: levelparty DIR COMMAND [ARGS] [options]", "",
     "Opens the LevelDB directory DIR as a process of its party: a follower while",
-    "another process (Lua, nginx or Node level-party) leads, else the leader, which",
-    "it stays until it exits.", "", "Commands:" }
+    "another process (Lua, or Node level-party) leads, else the leader, which it",
+    "stays until it exits.", "", "Commands:" }
   for _, n in ipairs(ORDER) do
     local cmd = COMMANDS[n]
     lines[#lines + 1] = format("  %-26s %s", n .. (#cmd.args > 0 and (" " .. concat(cmd.args, " ")) or ""), cmd.summary)
