@@ -32,7 +32,7 @@ local isyieldable = coroutine.isyieldable or function()
 end
 
 local _M = {
-  _VERSION = "levelparty scm",
+  _VERSION = "levelparty 0.1.0",
   leveldb_version = core.leveldb_version,
 }
 
