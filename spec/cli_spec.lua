@@ -226,6 +226,24 @@ describe("the levelparty command", function()
     end)
   end)
 
+  it("load: a progress line on a terminal (or with --progress), quiet otherwise", function()
+    local dir = helper.tmpdir("cli") .. "/db"
+    local input = line("a", "1") .. line("b", "\255")
+    local code, out, err = run({ dir, "load" }, input)
+    assert.are.same({ 0, "", "" }, { code, out, err })
+    code, out, err = run({ dir, "load", "--progress", "--json" }, input)
+    assert.are.same({ 0, '{"entries":2,"bytes":4}\n' }, { code, out })
+    assert.matches("^levelparty: loaded 2 entries, 4 B, %d+ entries/s, [%d.]+ [KMG]?i?B/s\n$", err)
+    -- a real terminal (script(1) gives the command a pty): one line, rewritten in place
+    local f = assert(io.open(dir .. ".jsonl", "w"))
+    f:write(input)
+    f:close()
+    local sh = io.popen(("script -qec \"%s %s %s load < %s.jsonl\" /dev/null"):format(helper.lua, CLI, dir, dir))
+    local tty = sh:read("a")
+    sh:close()
+    assert.matches("^\rlevelparty: loaded 2 entries, 4 B.*\27%[K\r?\n$", tty)
+  end)
+
   it("has --help for every command and exits 2 on usage errors", function()
     local code, overview = run { "--help" }
     assert.are.equal(0, code)
