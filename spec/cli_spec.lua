@@ -14,11 +14,12 @@ local NODE_OK, NODE_REASON = H.node_available()
 
 local running = {}
 
--- Starts the command; returns a process object whose stdout is kept as raw bytes.
-local function start(args, stdin_data)
+-- Starts the command; returns a process object whose stdout is kept as raw bytes.  setenv
+-- replaces variables of the environment.
+local function start(args, stdin_data, setenv)
   local env = {}
   for _, k in ipairs { "PATH", "HOME", "LUA_PATH", "LUA_CPATH", "LUA_PATH_5_4", "LUA_CPATH_5_4" } do
-    local v = os.getenv(k)
+    local v = (setenv or {})[k] or os.getenv(k)
     if v then env[#env + 1] = k .. "=" .. v end
   end
   local p = { out = {}, nout = 0, lines = 0, err = {}, stdin = uv.new_pipe(false), stdout = uv.new_pipe(false),
@@ -59,8 +60,8 @@ local function finish(p, timeout)
 end
 
 -- Runs the command to its end: exit status, stdout, stderr.
-local function run(args, stdin_data)
-  return finish(start(args, stdin_data or nil))
+local function run(args, stdin_data, setenv)
+  return finish(start(args, stdin_data or nil, setenv))
 end
 
 local function cleanup()
@@ -242,6 +243,27 @@ describe("the levelparty command", function()
     local tty = sh:read("a")
     sh:close()
     assert.matches("^\rlevelparty: loaded 2 entries, 4 B.*\27%[K\r?\n$", tty)
+  end)
+
+  it("works without luv: every call blocks", function()
+    -- the module paths without the interpreter's defaults, where luv is
+    local cpath = helper.root .. "/build/" .. (jit and "luajit" or "5.4") .. "/?.so"
+    local noluv = { LUA_CPATH = cpath, LUA_CPATH_5_4 = cpath }
+    local code, out, err = run({ "--version" }, nil, noluv)
+    assert.are.same({ 0, "" }, { code, err })
+    assert.matches("^levelparty ", out)
+    local dir, leader = lua_led(600)
+    local input = {}
+    for i = 1, 600 do input[i] = line(("k%04d"):format(i), ("v%04d"):format(i)) end
+    input = table.concat(input)
+    assert.are.same({ 0, input, "" }, { run({ dir, "dump" }, nil, noluv) })
+    local other = helper.tmpdir("cli") .. "/db"
+    assert.are.same({ 0, "", "" }, { run({ other, "load", "--batch", "7" }, input, noluv) })
+    leader:kill()
+    leader:wait_exit()
+    assert.are.same({ 0, input, "" }, { run({ other, "dump" }, nil, noluv) })
+    assert.are.same({ 0, "v0600\n", "" }, { run({ dir, "get", "k0600" }, nil, noluv) })
+    assert.are.same({ 0, "600\n", "" }, { run({ dir, "count" }, nil, noluv) })
   end)
 
   it("has --help for every command and exits 2 on usage errors", function()
