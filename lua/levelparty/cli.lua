@@ -295,7 +295,7 @@ Options of every command:
   --sublevel NAME     work inside the sublevel NAME ("!NAME!" prefix, as
                       subleveldown and abstract-level write it); repeat for a
                       nested sublevel
-  --help              this command's help
+  --help              this command's help (levelparty --version: the version)
 ]]
 
 local COMMANDS = {
