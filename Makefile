@@ -4,7 +4,8 @@
 #   make test       C tests, fuzz smoke, busted (lua5.4 + luajit), luarocks check
 #                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
 #   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan
-#   make rock       the luarocks install check alone
+#   make rock       levelparty-X.Y.Z-N.src.rock (mk/pack.sh), then the luarocks
+#                   install check alone (mk/rockcheck.sh)
 #   make lint       C format (clang-format 14), luacheck, no tab-indented Lua
 #                   (mk/lint.sh; `make test` runs it too)
 #   make reliability  regenerate the bad-input table of docs/RELIABILITY.md from
@@ -111,6 +112,7 @@ sanitize: deps
 	@SPEC="$(SPEC)" LUA=5.4 MAKE="$(MAKE)" bash mk/runtests.sh sanitize
 
 rock: deps
+	bash mk/pack.sh
 	bash mk/rockcheck.sh $(LUA)
 
 lint: deps

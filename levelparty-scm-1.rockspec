@@ -43,6 +43,8 @@ build = {
     ["levelparty.encoding"] = "lua/levelparty/encoding.lua",
     ["levelparty.iterator"] = "lua/levelparty/iterator.lua",
     ["levelparty.luv"] = "lua/levelparty/luv.lua",
+    ["levelparty.sublevel"] = "lua/levelparty/sublevel.lua",
+    ["levelparty.cli"] = "lua/levelparty/cli.lua",
     ["levelparty.core"] = {
       sources = {
         "src/buf.c",
@@ -62,4 +64,17 @@ build = {
       defines = { "_GNU_SOURCE" },
     },
   },
+  install = {
+    bin = { levelparty = "bin/levelparty" },
+  },
+  -- LuaLS type annotations (types/levelparty.lua) and the docs, in the rock's
+  -- directory: `luarocks show --rock-dir levelparty`
+  copy_directories = { "docs", "types" },
+}
+
+-- `luarocks test` in a checkout: busted under the interpreter luarocks runs
+-- (mk/rocktest.lua builds the core for it first); arguments pick spec files.
+test = {
+  type = "command",
+  script = "mk/rocktest.lua",
 }

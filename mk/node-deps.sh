@@ -1,6 +1,7 @@
 #!/bin/sh
-# Make the Node side of the interop specs and benchmarks available: node, npm and
-# node_modules/level-party (5.1.1, pinned by package-lock.json) in the repository root.
+# Make the Node side of the interop specs and benchmarks available: node, npm,
+# node_modules/level-party (5.1.1) and node_modules/subleveldown (5.0.1), pinned by
+# package-lock.json, in the repository root.
 #
 # Exit status: 0 when Node and level-party are usable; 3 (after printing
 # "node unavailable: <reason>" on stdout) when they cannot be had, so that the
@@ -53,6 +54,9 @@ fi
 # leveldown must load (prebuilt binary for this platform, or a compiled one).
 node -e 'require("level-party")' >/dev/null 2>&1 ||
   unavailable "require('level-party') fails: $(node -e 'require("level-party")' 2>&1 | grep -m1 -i error)"
+node -e 'require("subleveldown")' >/dev/null 2>&1 ||
+  unavailable "require('subleveldown') fails: $(node -e 'require("subleveldown")' 2>&1 | grep -m1 -i error)"
 
-echo "node available: $(node --version), level-party $(node -p 'require("level-party/package.json").version')"
+echo "node available: $(node --version), level-party $(node -p 'require("level-party/package.json").version'),\
+ subleveldown $(node -p 'require("subleveldown/package.json").version')"
 exit 0

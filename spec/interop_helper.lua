@@ -97,7 +97,8 @@ end
 
 local seq = 0
 
--- kind: "node" | "lua"; opts: value_encoding, key_encoding, name.
+-- kind: "node" | "lua"; opts: value_encoding, key_encoding, name, script (a Node fixture
+-- other than party.js that speaks the same protocol, e.g. "sublevel.js").
 -- INTEROP_LUA_AS_NODE=1 runs Node workers in the Lua roles: a self-test of the harness only
 -- (Node followers' streams are not exactly-once, so those assertions are expected to fail).
 function H.spawn(kind, dir, opts)
@@ -108,7 +109,7 @@ function H.spawn(kind, dir, opts)
   local cmd, args
   if kind == "node" then
     cmd = "node"
-    args = { H.root .. "/spec/fixtures/node/party.js", dir, venc, kenc }
+    args = { H.root .. "/spec/fixtures/node/" .. (opts.script or "party.js"), dir, venc, kenc }
   elseif kind == "lua" then
     cmd = H.lua_interp
     args = { H.root .. "/spec/fixtures/lua/interop_worker.lua", dir, venc, kenc }

@@ -155,10 +155,12 @@ enum { IT_NONE = 0, IT_END, IT_ERROR };
 struct lp_citer {
   lp_citer *prev, *next;    /* c->iters, opening order */
   lp_range r;               /* the caller's range; bounds are owned copies */
-  int64_t consumed;         /* entries returned to the caller */
+  int64_t consumed;         /* entries returned to the caller (the limit) */
+  int64_t pos;              /* of them, since the open or the last seek */
+  lp_slice seek;            /* the last seek target (owned), or absent */
   centry cur;               /* last entry returned (its key is the bookmark);
                                kept until the next entry is returned; valid
-                               once consumed > 0 */
+                               once pos > 0 */
   centry *q;                /* ring of entries received and not consumed */
   size_t qhead, qlen, qcap; /* qcap: 0 or a power of two */
   lp_buf bytes;             /* arena: cur's bytes, then the queued entries' in
@@ -237,7 +239,7 @@ static void req_free(creq *q) {
 /* Drops the queued entries; keeps cur (the bookmark). */
 static void citer_drop_buffer(lp_citer *it) {
   it->qlen = it->qhead = 0;
-  it->bytes.len = it->consumed > 0 ? it->cur.off + it->cur.klen + it->cur.vlen : 0;
+  it->bytes.len = it->pos > 0 ? it->cur.off + it->cur.klen + it->cur.vlen : 0;
 }
 
 static void citer_free(lp_citer *it) {
@@ -247,6 +249,7 @@ static void citer_free(lp_citer *it) {
   lp_slice_free(&it->r.gte);
   lp_slice_free(&it->r.lt);
   lp_slice_free(&it->r.lte);
+  lp_slice_free(&it->seek);
   free(it);
 }
 
@@ -621,12 +624,40 @@ static void citer_set_error(lp_client *c, lp_citer *it, lp_code code, const char
   citer_unwire(c, it, 1, citer_outstanding(it));
 }
 
-/* Sends the open (or reopen from the bookmark) under a fresh id. */
+/* A seek target (inclusive) on the side the iterator starts from: the
+ * tightest of it and the range's bounds there goes out alone. */
+static void citer_seek_bound(lp_slice *excl, lp_slice *incl, lp_slice target, int upper) {
+  lp_slice b = *incl;
+  int is_excl = 0, c;
+  if (excl->ptr) {
+    c = b.ptr ? lp_slice_cmp(*excl, b) : 0;
+    if (!b.ptr || (upper ? c <= 0 : c >= 0)) {
+      b = *excl;
+      is_excl = 1;
+    }
+  }
+  c = b.ptr ? lp_slice_cmp(target, b) : 0;
+  if (!b.ptr || (upper ? c < 0 : c > 0)) {
+    b = target;
+    is_excl = 0;
+  }
+  *excl = is_excl ? b : LP_SLICE_NONE;
+  *incl = is_excl ? LP_SLICE_NONE : b;
+}
+
+/* Sends the open (or reopen from the bookmark or the seek target) under a
+ * fresh id. */
 static int citer_wire_open(lp_client *c, lp_citer *it) {
   lp_range w = it->r;
   uint32_t g = it->win, id;
   w.keys = 1; /* always: the key is the bookmark */
-  if (it->consumed > 0) {
+  if (it->pos == 0 && it->seek.ptr) {
+    if (!w.reverse)
+      citer_seek_bound(&w.gt, &w.gte, it->seek, 0);
+    else
+      citer_seek_bound(&w.lt, &w.lte, it->seek, 1);
+  }
+  if (it->pos > 0) {
     lp_slice bm = {it->bytes.ptr + it->cur.off, it->cur.klen};
     if (!w.reverse) {
       w.gt = bm;
@@ -723,7 +754,7 @@ static void citer_maybe_ack(lp_client *c, lp_citer *it) {
 static void citer_compact(lp_citer *it, size_t need) {
   size_t keep, i;
   if (it->bytes.cap - it->bytes.len >= need) return;
-  if (it->consumed > 0)
+  if (it->pos > 0)
     keep = it->cur.off;
   else if (it->qlen)
     keep = it->q[it->qhead].off;
@@ -732,7 +763,7 @@ static void citer_compact(lp_citer *it, size_t need) {
   if (keep == 0) return;
   memmove(it->bytes.ptr, it->bytes.ptr + keep, it->bytes.len - keep);
   it->bytes.len -= keep;
-  if (it->consumed > 0) it->cur.off -= keep;
+  if (it->pos > 0) it->cur.off -= keep;
   for (i = 0; i < it->qlen; i++)
     it->q[(it->qhead + i) & (it->qcap - 1)].off -= keep;
 }
@@ -797,6 +828,7 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
     it->qhead = (it->qhead + 1) & (it->qcap - 1);
     it->qlen--;
     it->consumed++;
+    it->pos++;
     if (it->qlen == 0 && it->bytes.cap > ITER_ARENA_KEEP) citer_shrink(it);
     blk = it->bytes.ptr + it->cur.off;
     if (it->r.keys) *key = (lp_slice){blk, it->cur.klen};
@@ -830,6 +862,38 @@ void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_
 int lp_client_iter_ready(lp_client *c, lp_citer *it) {
   (void)c;
   return it->qlen > 0 || it->term != IT_NONE;
+}
+
+int lp_client_iter_seek(lp_client *c, lp_citer *it, lp_slice target, int64_t unread) {
+  lp_slice t;
+  int rc;
+  if (it->term == IT_ERROR) return 0;
+  if (unread > 0) it->consumed = unread < it->consumed ? it->consumed - unread : 0;
+  if (it->r.limit >= 0 && it->consumed >= it->r.limit) return 0; /* at its limit: ended */
+  if (lp_slice_dup(target.ptr ? target : (lp_slice){"", 0}, &t)) {
+    citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+    return -1;
+  }
+  /* The remote iterator ends (what it still sends is dropped) and a new one
+   * starts at the target, with the rest of the range and of the limit. */
+  citer_unwire(c, it, 1, it->term == IT_NONE ? citer_outstanding(it) : 0);
+  lp_slice_free(&it->seek);
+  it->seek = t;
+  it->pos = 0;
+  it->qlen = it->qhead = 0;
+  it->bytes.len = 0;
+  it->term = IT_NONE;
+  it->term_local = 0;
+  it->deadline = 0;
+  rc = citer_wire_open(c, it);
+  if (rc > 0) {
+    it->term = IT_END;
+    it->term_local = 1;
+  } else if (rc < 0) {
+    citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+    return -1;
+  }
+  return 0;
 }
 
 void lp_client_iter_close(lp_client *c, lp_citer *it) {

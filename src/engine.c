@@ -258,6 +258,40 @@ char *lp_engine_property(lp_engine *e, const char *name) {
   return leveldb_property_value(e->db, name);
 }
 
+int lp_engine_approximate_size(lp_engine *e, lp_slice start, lp_slice limit, uint64_t *size) {
+  const char *s = bytes_of(start), *l;
+  size_t slen = start.len, llen;
+  char *last = NULL;
+
+  *size = 0;
+  if (!limit.ptr) {
+    /* To the end: up to the last key followed by a 0 byte, past every key. */
+    leveldb_iterator_t *it = leveldb_create_iterator(e->db, e->ropts);
+    size_t n;
+    const char *k;
+    if (!it) return -1;
+    leveldb_iter_seek_to_last(it);
+    if (!leveldb_iter_valid(it)) {
+      leveldb_iter_destroy(it);
+      return 0; /* empty */
+    }
+    k = leveldb_iter_key(it, &n);
+    last = malloc(n + 1);
+    if (last) {
+      memcpy(last, k, n);
+      last[n] = 0;
+    }
+    leveldb_iter_destroy(it);
+    if (!last) return -1;
+    limit = (lp_slice){last, n + 1};
+  }
+  l = bytes_of(limit);
+  llen = limit.len;
+  leveldb_approximate_sizes(e->db, 1, &s, &slen, &l, &llen, size);
+  free(last);
+  return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Batches                                                                    */
 /* ------------------------------------------------------------------------ */
@@ -328,8 +362,11 @@ enum { IT_FRESH, IT_RUNNING, IT_END, IT_ERROR };
  * away); ptr == NULL means unbounded on that side. */
 struct lp_engine_iter {
   leveldb_iterator_t *it; /* holds LevelDB's implicit snapshot from open time */
-  lp_slice lo, hi;
+  lp_slice lo, hi;        /* the bounds in force: the range's, or a seek target */
   int lo_excl, hi_excl;
+  lp_slice lo0, hi0; /* the range's own bounds (lp_engine_iter_seek restores them) */
+  int lo0_excl, hi0_excl;
+  char *target; /* the last seek target (malloc'd), or NULL */
   int reverse, keys, values;
   int state;
   int64_t remaining; /* entries still allowed; < 0 unlimited */
@@ -399,6 +436,11 @@ static lp_engine_iter *eiter_create(lp_engine *e, lp_slice lo, int lo_excl, lp_s
   }
   it->lo_excl = lo_excl;
   it->hi_excl = hi_excl;
+  it->lo0 = it->lo;
+  it->hi0 = it->hi;
+  it->lo0_excl = lo_excl;
+  it->hi0_excl = hi_excl;
+  it->target = NULL;
   it->reverse = reverse ? 1 : 0;
   it->keys = 1;
   it->values = 1;
@@ -551,9 +593,39 @@ int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_e
   return 0;
 }
 
+int lp_engine_iter_seek(lp_engine_iter *it, lp_slice target, int64_t unread) {
+  char *copy;
+  lp_slice t;
+
+  if (it->state == IT_ERROR) return 0;
+  copy = malloc(target.len + 1);
+  if (!copy) return -1;
+  if (target.len) memcpy(copy, target.ptr, target.len);
+  free(it->target);
+  it->target = copy;
+  t = (lp_slice){copy, target.len};
+  if (it->remaining >= 0 && unread > 0) it->remaining += unread;
+  /* The target replaces the range's bound on the side the iterator starts
+   * from unless that bound is at least as tight; the other side stays. */
+  if (!it->reverse) {
+    int tighter = !it->lo0.ptr || lp_slice_cmp(t, it->lo0) > 0;
+    it->lo = tighter ? t : it->lo0;
+    it->lo_excl = tighter ? 0 : it->lo0_excl;
+  } else {
+    int tighter = !it->hi0.ptr || lp_slice_cmp(t, it->hi0) < 0;
+    it->hi = tighter ? t : it->hi0;
+    it->hi_excl = tighter ? 0 : it->hi0_excl;
+  }
+  /* Positioned again by the next call, on the same snapshot; the limit
+   * counts on (an iterator at its limit stays at its end). */
+  it->state = IT_FRESH;
+  return 0;
+}
+
 void lp_engine_iter_close(lp_engine_iter *it) {
   if (!it) return;
   leveldb_iter_destroy(it->it);
+  free(it->target);
   free(it);
 }
 

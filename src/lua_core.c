@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DB_MT    "levelparty.db"
 #define ITER_MT  "levelparty.iterator"
@@ -920,6 +921,50 @@ static int db_is_leader(lua_State *L) {
   return 1;
 }
 
+/* db:property(name) -> LevelDB's property | nil (unknown name, or not the
+ * leader: followers have no engine, and the protocol no request for it) */
+static int db_property(lua_State *L) {
+  ldb_t *d = check_db(L);
+  const char *name = luaL_checkstring(L, 2);
+  lp_engine *e = d->party ? lp_party_engine(d->party) : NULL;
+  char *v = e ? lp_engine_property(e, name) : NULL;
+  if (v == NULL) return 0;
+  lua_pushstring(L, v);
+  free(v);
+  return 1;
+}
+
+/* db:approximate_size([start [, limit]]) -> bytes | nil (not the leader) |
+ * nil, msg, code */
+static int db_approximate_size(lua_State *L) {
+  ldb_t *d = check_db(L);
+  lp_slice start = {"", 0}, limit = LP_SLICE_NONE;
+  lp_engine *e = d->party ? lp_party_engine(d->party) : NULL;
+  uint64_t size;
+  if (!lua_isnoneornil(L, 2)) start = check_slice(L, 2);
+  if (!lua_isnoneornil(L, 3)) limit = check_slice(L, 3);
+  if (e == NULL) return 0;
+  if (lp_engine_approximate_size(e, start, limit, &size) != 0)
+    return push_err(L, LP_ENOMEM, "approximate_size: out of memory");
+  lua_pushinteger(L, (lua_Integer)size);
+  return 1;
+}
+
+/* db:leader_pid() -> pid of the process that holds LevelDB's LOCK (this one
+ * when leader), 0 when nobody does, -1 when it cannot be told (a holder in
+ * another pid namespace) | nil when closed */
+static int db_leader_pid(lua_State *L) {
+  ldb_t *d = check_db(L);
+  if (d->party == NULL) return 0;
+  /* Never probe a LOCK this process holds: closing the probe's descriptor
+   * would drop our own lock (ARCHITECTURE.md, "The election"). */
+  if (lp_party_engine(d->party) != NULL)
+    lua_pushinteger(L, (lua_Integer)getpid());
+  else
+    lua_pushinteger(L, (lua_Integer)lp_lock_holder(lp_party_path(d->party)));
+  return 1;
+}
+
 /* ---------------------------------------------------------------- clear */
 
 static lclear_t *check_clear_any(lua_State *L) {
@@ -1123,7 +1168,9 @@ static int liter_page(lua_State *L) {
       if (r < 0) break;
     }
   }
-  if (r == 1 || r == 2) { /* a full page, or what was buffered */
+  /* A full page, or what was buffered, or the last entries: the iterator
+   * ends at the next call, so that a seek meanwhile may still move it. */
+  if (r == 1 || r == 2 || (r == 0 && n > 0)) {
     lua_pushinteger(L, n);
     return 1;
   }
@@ -1262,6 +1309,31 @@ static int direct_call(lua_State *L) {
   return 1;
 }
 #endif
+
+/* it:seek(key [, unread]) -> true: the next entry is the first of the range
+ * >= key (forward) or <= key (reverse); `unread` entries of the caller's
+ * page go back to the limit.  An iterator that ended (or was closed, or
+ * failed) stays so; out of memory shows at its next step. */
+static int liter_seek(lua_State *L) {
+  liter_t *it = check_iter(L);
+  lp_slice target = check_slice(L, 2);
+  int64_t unread = (int64_t)luaL_optnumber(L, 3, 0);
+  if (it->open && !it->has_err) {
+    if (it->local != NULL) {
+      if (lp_engine_iter_seek(it->local, target, unread) != 0) {
+        it->has_err = 1;
+        lp_err_set(&it->err, LP_ENOMEM, "iterator: out of memory");
+      }
+    } else {
+      lp_party *p = it->db->party;
+      lp_client *c = lp_party_client(p);
+      (void)lp_client_iter_seek(c, it->remote, target, unread);
+      if (lp_client_out(c)->len > 0) lp_party_flush(p);
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
 
 /* it:ready() -> true when next() would not return PENDING */
 static int liter_ready(lua_State *L) {
@@ -1709,13 +1781,14 @@ static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"clear_begin", db_clear_begin},
                                       {"is_leader", db_is_leader},
                                       {"iter", db_iter},
+                                      {"property", db_property},
+                                      {"approximate_size", db_approximate_size},
+                                      {"leader_pid", db_leader_pid},
                                       {NULL, NULL}};
 
-static const luaL_Reg liter_methods[] = {{"page", liter_page},
-                                         {"step", liter_step},
-                                         {"ready", liter_ready},
-                                         {"close", liter_close},
-                                         {NULL, NULL}};
+static const luaL_Reg liter_methods[] = {{"page", liter_page},   {"step", liter_step},
+                                         {"ready", liter_ready}, {"seek", liter_seek},
+                                         {"close", liter_close}, {NULL, NULL}};
 
 static const luaL_Reg clear_methods[] = {{"step", clear_step}, {NULL, NULL}};
 

@@ -697,6 +697,10 @@ int lp_party_address(lp_party *p, char *buf, size_t n, lp_err *err) {
 
 void lp_party_flush(lp_party *p) {
   lp_buf *out;
+  /* A promoted leader's client talks to the loopback: what it queued (an
+   * iterator's window ack, a seek's reopen) is for the next step to run. */
+  if (p->loop_session != NULL && p->client != NULL && lp_client_out(p->client)->len > 0)
+    p->loop_busy = 1;
   if (p->state != P_FOLLOWER || p->fd < 0 || p->client == NULL) return;
   out = lp_client_out(p->client);
   while (out->len > 0) {

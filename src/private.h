@@ -306,6 +306,11 @@ lp_engine_iter *lp_engine_iter_open(lp_engine *e, const lp_range *r, lp_err *err
 /* 1 with the next entry (slices valid until the next call on it), 0 at the end
  * (also once the limit is reached), -1 with err. */
 int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_err *err);
+/* Moves the iterator: the next entry is the first of its range >= target
+ * (forward) or <= target (reverse), on the same snapshot; the limit counts
+ * on, less `unread` entries the caller took and did not use (a page).  Any
+ * later seek may move it back.  0, or -1 out of memory (nothing changed). */
+int lp_engine_iter_seek(lp_engine_iter *it, lp_slice target, int64_t unread);
 void lp_engine_iter_close(lp_engine_iter *it);
 
 /* Deletes up to max_ops keys of the range (limit and reverse honoured across
@@ -323,8 +328,11 @@ void lp_clear_state_free(lp_clear_state *st);
  * CLEAR, a leader's db:clear): small enough to check the clock between. */
 #define LP_CLEAR_STEP 1024
 
-/* Used by the C tests only */
-char *lp_engine_property(lp_engine *e, const char *name); /* malloc'd, or NULL */
+/* LevelDB's property `name` (e.g. "leveldb.stats"): malloc'd, or NULL. */
+char *lp_engine_property(lp_engine *e, const char *name);
+/* LevelDB's estimate of the bytes on disk for the keys in [start, limit); an
+ * absent limit means to the end.  0, or -1 out of memory. */
+int lp_engine_approximate_size(lp_engine *e, lp_slice start, lp_slice limit, uint64_t *size);
 
 /* ---- Session: one follower connection's protocol state, no I/O (session.c) ---- */
 
@@ -571,6 +579,15 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
 void lp_client_iter_wait_deadline(lp_client *c, lp_citer *it, uint64_t deadline_ns);
 /* 1 when lp_client_iter_next would not return 2. */
 int lp_client_iter_ready(lp_client *c, lp_citer *it);
+/* Moves the iterator to the first entry of its range >= target (forward) or
+ * <= target (reverse): drops what is buffered, ends the remote iterator and
+ * opens a new one from the target, with the rest of the range and of the
+ * limit.  The bookmark starts again there, so a reopen after a failover
+ * resumes from the target, or from the last entry consumed since.  `unread`
+ * entries the caller took and did not use (a page) go back to the limit.  An
+ * iterator in error or at its limit stays so.  0, or -1 out of memory (the
+ * iterator is then in error). */
+int lp_client_iter_seek(lp_client *c, lp_citer *it, lp_slice target, int64_t unread);
 /* Ends the iterator (sends batch:0 when it is open on the wire) and frees it. */
 void lp_client_iter_close(lp_client *c, lp_citer *it);
 

@@ -15,6 +15,7 @@
 local core = require "levelparty.core"
 local encoding = require "levelparty.encoding"
 local iterator = require "levelparty.iterator"
+local sublevel = require "levelparty.sublevel"
 
 local type, error, tostring, rawget = type, error, tostring, rawget
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -32,7 +33,7 @@ local isyieldable = coroutine.isyieldable or function()
 end
 
 local _M = {
-  _VERSION = "levelparty scm",
+  _VERSION = "levelparty 0.1.0",
   leveldb_version = core.leveldb_version,
 }
 
@@ -189,7 +190,9 @@ local function encode_key(self, fname, key, argn)
   if key == nil then return nil, misuse(fname, "bad argument #%d (key expected, got nil)", argn) end
   local k, want = self._kenc.encode(key)
   if k == nil then return nil, misuse(fname, "bad argument #%d (key must be %s, got %s)", argn, want, type(key)) end
-  if k == "" then return nil, misuse(fname, "bad argument #%d (key must not be empty)", argn) end
+  if k == "" or k == self._prefix then -- (a sublevel's codec prefixes an empty key)
+    return nil, misuse(fname, "bad argument #%d (key must not be empty)", argn)
+  end
   return k
 end
 
@@ -391,7 +394,9 @@ local function array_length(t, one, many, cut)
   return max
 end
 
--- ops with their keys and values encoded, or nil and the misuse message
+-- ops with their keys and values encoded, or nil and the misuse message.
+-- An operation with a `sublevel` field is encoded by that sublevel (of the
+-- same db), as in abstract-level.
 local function encode_ops(self, fname, ops, n)
   local out = {}
   for i = 1, n do
@@ -403,11 +408,15 @@ local function encode_ops(self, fname, ops, n)
     if t ~= "put" and t ~= "del" then
       return nil, misuse(fname, "bad operation #%d (type must be \"put\" or \"del\", got %s)", i, tostring(t))
     end
-    local k, v, bad
-    k, bad = encode_key(self, fname, op.key, i)
+    local db, k, v, bad = self
+    if op.sublevel ~= nil then
+      db, bad = sublevel.of(self, op.sublevel, fname, i)
+      if db == nil then return nil, bad end
+    end
+    k, bad = encode_key(db, fname, op.key, i)
     if k == nil then return nil, bad end
     if t == "put" then
-      v, bad = encode_value(self, fname, op.value, i)
+      v, bad = encode_value(db, fname, op.value, i)
       if v == nil then return nil, bad end
     end
     out[i] = { type = t, key = k, value = v }
@@ -438,10 +447,12 @@ local function check_batch(self, name)
   end
 end
 
-function Batch:put(key, value, extra)
-  local bad = check_batch(self, "put") or (extra ~= nil and too_many("batch:put", 2))
+function Batch:put(key, value, opts, extra)
+  local bad = check_batch(self, "put") or (extra ~= nil and too_many("batch:put", 3))
   if bad then error(bad, 2) end
-  local db = self._db
+  local db
+  db, bad = sublevel.of_opts(self._db, opts, "batch:put")
+  if db == nil then error(bad, 2) end
   local k, v
   k, bad = encode_key(db, "batch:put", key, 1)
   if k == nil then error(bad, 2) end
@@ -451,11 +462,13 @@ function Batch:put(key, value, extra)
   return self
 end
 
-function Batch:del(key, extra)
-  local bad = check_batch(self, "del") or (extra ~= nil and too_many("batch:del", 1))
+function Batch:del(key, opts, extra)
+  local bad = check_batch(self, "del") or (extra ~= nil and too_many("batch:del", 2))
   if bad then error(bad, 2) end
-  local k
-  k, bad = encode_key(self._db, "batch:del", key, 1)
+  local db, k
+  db, bad = sublevel.of_opts(self._db, opts, "batch:del")
+  if db == nil then error(bad, 2) end
+  k, bad = encode_key(db, "batch:del", key, 1)
   if k == nil then error(bad, 2) end
   self._ops[#self._ops + 1] = { type = "del", key = k }
   return self
@@ -505,7 +518,7 @@ function DB:batch(ops, opts, extra)
       end
     end
   end
-  if not (self._kenc.identity and self._venc.identity) then
+  if not (self._kenc.identity and self._venc.identity) or sublevel.in_ops(ops) then
     ops, bad = encode_ops(self, "batch", ops, n)
     if ops == nil then error(bad, 2) end
   end
@@ -546,9 +559,10 @@ function DB:get_many(keys, opts, extra)
 end
 
 -- The range options opts encoded for the core, or nil and the misuse message.
+-- A sublevel's range stays inside its prefix (sublevel.bound).
 local function encode_range(self, fname, opts)
   local r = {}
-  if opts == nil then return r end
+  if opts == nil then return sublevel.bound(self, r) end
   local bad = check_options(fname, opts, RANGE_OPTIONS)
   if bad then return nil, bad end
   for _, b in ipairs { "gt", "gte", "lt", "lte" } do
@@ -562,7 +576,7 @@ local function encode_range(self, fname, opts)
   r.reverse, r.keys, r.values = opts.reverse, opts.keys, opts.values
   local limit = opts.limit
   if limit ~= nil and limit >= 0 then r.limit = limit end
-  return r
+  return sublevel.bound(self, r)
 end
 
 --- db:clear([range [, opts]]) -> true | nil, msg, code
@@ -605,6 +619,52 @@ function DB:iter(opts, extra)
   local obj = iterator.new(self, it, r)
   iters[obj] = true
   return obj, nil, nil, obj
+end
+
+--- db:sublevel(name [, opts]) -> sublevel: the db's keys under "!name!"
+function DB:sublevel(name, opts, extra)
+  local bad = check_self(self, "sublevel") or (extra ~= nil and too_many("sublevel", 2))
+    or (opts ~= nil and check_options("sublevel", opts, sublevel.OPTIONS))
+  if bad then error(bad, 2) end
+  local s
+  s, bad = sublevel.new(self, name, opts, DB)
+  if s == nil then error(bad, 2) end
+  return s
+end
+
+--- db:property(name) -> LevelDB's property | nil (unknown, or not the leader)
+function DB:property(name, extra)
+  local bad = check_self(self, "property") or (extra ~= nil and too_many("property", 1))
+    or (type(name) ~= "string" and misuse("property", "bad argument #1 (string expected, got %s)", type(name)))
+  if bad then error(bad, 2) end
+  return self._c:property(name)
+end
+
+--- db:approximate_size([start [, limit]]) -> bytes on disk for the keys in
+-- [start, limit) (LevelDB's estimate) | nil (not the leader)
+function DB:approximate_size(start, limit, extra)
+  local bad = check_self(self, "approximate_size") or (extra ~= nil and too_many("approximate_size", 2))
+  if bad then error(bad, 2) end
+  local r = {}
+  for i, key in ipairs { start, limit } do
+    if key ~= nil then
+      local k, want = self._kenc.encode(key)
+      if k == nil then
+        error(misuse("approximate_size", "bad argument #%d (key must be %s, got %s)", i, want, type(key)), 2)
+      end
+      r[i] = k
+    end
+  end
+  local b = sublevel.bound(self, {})
+  return self._c:approximate_size(r[1] or b.gte, r[2] or b.lt)
+end
+
+--- db:leader_pid() -> the leader's pid (this process's when it leads), 0 when
+-- none holds the LOCK, -1 when it cannot be told
+function DB:leader_pid()
+  local bad = check_self(self, "leader_pid")
+  if bad then error(bad, 2) end
+  return self._c:leader_pid()
 end
 
 --- db:role() -> "leader" | "follower" | "closed"

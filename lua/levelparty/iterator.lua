@@ -166,6 +166,25 @@ function Iterator:__call()
   return a, b
 end
 
+--- it:seek(key): the next entry is the first of the range >= key (forward)
+-- or <= key (reverse).  An iterator that ended or was closed stays so.
+function Iterator:seek(key, extra)
+  if getmetatable(self) ~= Iterator and getmetatable(self) ~= DirectIterator then
+    error(format("iterator:seek: call it as a method (it:seek(key)), got %s as self", type(self)), 2)
+  end
+  if extra ~= nil then error("iterator:seek: no more than 1 argument expected", 2) end
+  if key == nil then error("iterator:seek: bad argument #1 (key expected, got nil)", 2) end
+  local k, want = self._db._kenc.encode(key)
+  if k == nil then
+    error(format("iterator:seek: bad argument #1 (key must be %s, got %s)", want, type(key)), 2)
+  end
+  if self._done then return true end
+  -- the entries left in the page are dropped, and given back to the limit
+  local unread = (self._n - self._i + 1) / self._stride
+  self._n, self._i = 0, 1
+  return self[1]:seek(k, unread)
+end
+
 function Iterator:close()
   check_self(self, "close")
   self._done, self._n, self._closed = true, 0, true

@@ -1,0 +1,262 @@
+---@meta levelparty
+-- LuaLS type annotations for levelparty (definitions only: this file is never
+-- run).  Point the language server at this directory, e.g. in .luarc.json:
+--   { "workspace.library": ["<checkout>/types"] }
+-- or, for an installed rock, the `types` directory of
+-- `luarocks show --rock-dir levelparty`.
+
+---Stable error codes: the third result of a runtime failure.
+---@alias levelparty.code
+---| "ECLOSED"     # the handle (or iterator) was closed
+---| "ETIMEDOUT"   # the `timeout` expired before the leader answered
+---| "ELEADERLOST" # `retry = false` and the leader went away with the request in flight
+---| "ELOCKED"     # open: the LOCK is held by a process that serves no socket
+---| "ENOENT"      # open: missing directory (or database, with create_if_missing = false)
+---| "EEXIST"      # open: error_if_exists
+---| "ENOTDIR"     # open: not a directory
+---| "EACCES"      # open: permission
+---| "ECORRUPT"    # LevelDB reported corruption
+---| "EDECODE"     # a stored value does not decode with the value encoding
+---| "EIO"         # any other storage or system failure
+---| "EPROTO"      # the leader broke the protocol
+---| "EREMOTE"     # the leader reported an error we cannot classify
+---| "ENOMEM"      # out of memory
+
+---@alias levelparty.role "leader"|"follower"|"closed"
+
+---A codec: turns a Lua value into the bytes LevelDB stores and back.
+---@class levelparty.codec
+---@field encode fun(value: any): string
+---@field decode fun(bytes: string): any
+---@field name? string
+
+---@alias levelparty.encoding "utf8"|"binary"|"json"|levelparty.codec
+
+---A key or value as the handle's encoding takes it.
+---@alias levelparty.key string|number|any
+---@alias levelparty.value string|number|table|boolean|any
+
+---@class levelparty.open_options
+---@field create_if_missing? boolean create the database when missing (default true)
+---@field error_if_exists? boolean fail with EEXIST when it exists (default false)
+---@field key_encoding? levelparty.encoding default "utf8"
+---@field value_encoding? levelparty.encoding default "utf8"
+---@field cache_size? integer bytes, while leader
+---@field write_buffer_size? integer bytes, while leader
+---@field block_size? integer bytes, while leader
+---@field max_open_files? integer while leader
+---@field bloom_bits? integer bloom filter bits per key (default 10; 0: none)
+---@field compression? boolean snappy (default true)
+---@field sync? boolean default for this handle's writes while leader (default false)
+---@field timeout? number seconds, for requests to the leader (default: none)
+---@field open_timeout? number seconds open waits for a leader that serves (default 10)
+---@field retry? boolean replay requests across leader changes (default true)
+---@field on_role? fun(role: levelparty.role, db: levelparty.db) called when the role changes
+---@field allow_other_users? boolean serve peers of another uid (default false)
+---@field log? boolean as leader, log refused peers and broken connections (default true)
+---@field max_frame? integer bytes: the largest frame accepted (default 64 MiB)
+---@field window? integer entries a follower's iterator asks for at a time (default 1024)
+
+---@class levelparty.write_options
+---@field sync? boolean fsync this write (a leader's own writes only)
+
+---@class levelparty.read_options
+---@field fill_cache? boolean
+
+---@class levelparty.range
+---@field gt? levelparty.key keys after this one
+---@field gte? levelparty.key keys from this one on
+---@field lt? levelparty.key keys before this one
+---@field lte? levelparty.key keys up to this one
+---@field reverse? boolean from the last key to the first
+---@field limit? integer at most this many entries (negative: no limit)
+
+---@class levelparty.iter_options: levelparty.range
+---@field keys? boolean yield keys (default true)
+---@field values? boolean yield values (default true)
+
+---@class levelparty.sublevel_options
+---@field key_encoding? levelparty.encoding default "utf8"
+---@field value_encoding? levelparty.encoding default "utf8"
+
+---A batch operation; `sublevel` writes it through that sublevel (of the same db).
+---@class levelparty.operation
+---@field type "put"|"del"
+---@field key levelparty.key
+---@field value? levelparty.value required for "put"
+---@field sublevel? levelparty.sublevel
+
+---@class levelparty.chained_options
+---@field sublevel? levelparty.sublevel write this operation through that sublevel
+
+---The values of db:get_many: values[i] for keys[i] (nil when missing).
+---@class levelparty.values: { [integer]: levelparty.value? }
+---@field n integer the number of keys
+
+---An iterator (db:iter).  Use it in a generic for, or call next().
+---@class levelparty.iterator
+---@overload fun(): levelparty.key?, levelparty.value?
+local iterator = {}
+
+---The next entry: key and value (or the one side asked for); nil at the end;
+---nil, message, code on failure.
+---@return any key_or_side
+---@return any value_or_message
+---@return levelparty.code? code
+function iterator:next() end
+
+---Moves the iterator: its next entry is the first of its range >= key
+---(forward) or <= key (reverse).  The limit counts on; an iterator that ended
+---stays ended.
+---@param key levelparty.key
+---@return true
+function iterator:seek(key) end
+
+---Releases the iterator (also done at its end, by garbage collection and `<close>`).
+---@return true
+function iterator:close() end
+
+---A chained batch (db:batch() without operations).
+---@class levelparty.batch
+local batch = {}
+
+---@param key levelparty.key
+---@param value levelparty.value
+---@param opts? levelparty.chained_options
+---@return levelparty.batch self
+function batch:put(key, value, opts) end
+
+---@param key levelparty.key
+---@param opts? levelparty.chained_options
+---@return levelparty.batch self
+function batch:del(key, opts) end
+
+---Forgets the operations added so far.
+---@return levelparty.batch self
+function batch:clear() end
+
+---@return integer
+function batch:length() end
+
+---Writes the operations atomically; a batch is written once.
+---@param opts? levelparty.write_options
+---@return true? ok
+---@return string? message
+---@return levelparty.code? code
+function batch:write(opts) end
+
+---The methods a db and a sublevel share.
+---@class levelparty.store
+local store = {}
+
+---The value of key; nil (one value) when it is missing.
+---@param key levelparty.key
+---@param opts? levelparty.read_options
+---@return levelparty.value? value
+---@return string? message
+---@return levelparty.code? code
+function store:get(key, opts) end
+
+---@param key levelparty.key
+---@param value levelparty.value
+---@param opts? levelparty.write_options
+---@return true? ok
+---@return string? message
+---@return levelparty.code? code
+function store:put(key, value, opts) end
+
+---Deleting a missing key succeeds.
+---@param key levelparty.key
+---@param opts? levelparty.write_options
+---@return true? ok
+---@return string? message
+---@return levelparty.code? code
+function store:del(key, opts) end
+
+---Applies the operations atomically; without them, a chained batch.
+---@param ops levelparty.operation[]
+---@param opts? levelparty.write_options
+---@return true? ok
+---@return string? message
+---@return levelparty.code? code
+---@overload fun(self: levelparty.store): levelparty.batch
+function store:batch(ops, opts) end
+
+---@param keys levelparty.key[]
+---@param opts? levelparty.read_options
+---@return levelparty.values? values
+---@return string? message
+---@return levelparty.code? code
+function store:get_many(keys, opts) end
+
+---An iterator over a range.  In a for loop a failure raises.
+---@param opts? levelparty.iter_options
+---@return levelparty.iterator
+function store:iter(opts) end
+
+---Deletes the keys an iterator with the same range would yield.
+---@param range? levelparty.range
+---@param opts? levelparty.write_options
+---@return true? ok
+---@return string? message
+---@return levelparty.code? code
+function store:clear(range, opts) end
+
+---The sublevel `name`: keys stored under "!name!" (nested: "!a!!b!"), as
+---subleveldown 5 and abstract-level write them.
+---@param name string bytes above '"': no '!', '"', space or control bytes
+---@param opts? levelparty.sublevel_options
+---@return levelparty.sublevel
+function store:sublevel(name, opts) end
+
+---@return levelparty.role
+function store:role() end
+
+---LevelDB's property (e.g. "leveldb.stats"); nil on a follower or for an unknown name.
+---@param name string
+---@return string?
+function store:property(name) end
+
+---LevelDB's estimate of the bytes on disk for the keys in [start, limit); nil on a follower.
+---@param start? levelparty.key
+---@param limit? levelparty.key
+---@return integer?
+function store:approximate_size(start, limit) end
+
+---The leader's pid (this process's when it leads); 0 when nobody holds the
+---LOCK; -1 when it cannot be told.
+---@return integer?
+function store:leader_pid() end
+
+---A handle from levelparty.open.
+---@class levelparty.db: levelparty.store
+local db = {}
+
+---Idempotent; also run by garbage collection and `<close>`.
+---@return true
+function db:close() end
+
+---A view of its db's keys under a prefix (db:sublevel).
+---@class levelparty.sublevel: levelparty.store
+local sublevel = {}
+
+---A sublevel lives as long as its db: this does nothing.
+---@return true
+function sublevel:close() end
+
+---@class levelparty
+---@field _VERSION string
+---@field leveldb_version string e.g. "leveldb 1.23"
+---@field on_error fun(co: thread, err: any) errors of coroutines levelparty resumed
+local levelparty = {}
+
+---Opens dir as a process of its party: the leader when it takes LevelDB's
+---LOCK, else a follower of the process that holds it.
+---@param dir string
+---@param opts? levelparty.open_options
+---@return levelparty.db? db
+---@return string? message
+---@return levelparty.code? code
+function levelparty.open(dir, opts) end
+
+return levelparty
