@@ -9,14 +9,16 @@
 ---@alias levelparty.code
 ---| "ECLOSED"     # the handle (or iterator) was closed
 ---| "ETIMEDOUT"   # the `timeout` expired before the leader answered
+---| "EINTR"       # a signal (Ctrl-C) interrupted a blocking call while it waited
+---| "ETOOLARGE"   # the request, or its reply, does not fit in a frame (max_frame); never retried
 ---| "ELEADERLOST" # `retry = false` and the leader went away with the request in flight
 ---| "ELOCKED"     # open: the LOCK is held by a process that serves no socket
 ---| "ENOENT"      # open: missing directory (or database, with create_if_missing = false)
 ---| "EEXIST"      # open: error_if_exists
 ---| "ENOTDIR"     # open: not a directory
----| "EACCES"      # open: permission
----| "ECORRUPT"    # LevelDB reported corruption
----| "EDECODE"     # a stored value does not decode with the value encoding
+---| "EACCES"      # permission, or a leader this process may not follow or reach
+---| "ECORRUPT"    # LevelDB reported corruption, or tables without a CURRENT file
+---| "EDECODE"     # a stored key or value does not decode with the handle's encoding
 ---| "EIO"         # any other storage or system failure
 ---| "EPROTO"      # the leader broke the protocol
 ---| "EREMOTE"     # the leader reported an error we cannot classify
@@ -47,18 +49,23 @@
 ---@field max_open_files? integer while leader
 ---@field bloom_bits? integer bloom filter bits per key (default 10; 0: none)
 ---@field compression? boolean snappy (default true)
----@field sync? boolean default for this handle's writes while leader (default false)
+---@field paranoid_checks? boolean LevelDB's: stop at the first damage it detects (default false)
+---@field sync? boolean default for this handle's writes; a follower asks its leader for it (default false)
 ---@field timeout? number seconds, for requests to the leader (default: none)
 ---@field open_timeout? number seconds open waits for a leader that serves (default 10)
 ---@field retry? boolean replay requests across leader changes (default true)
 ---@field on_role? fun(role: levelparty.role, db: levelparty.db) called when the role changes
----@field allow_other_users? boolean serve peers of another uid (default false)
+---@field allow_other_users? boolean as leader serve, as follower follow, another uid (default false)
 ---@field log? boolean as leader, log refused peers and broken connections (default true)
 ---@field max_frame? integer bytes: the largest frame accepted (default 64 MiB)
----@field window? integer entries a follower's iterator asks for at a time (default 1024)
+---@field window? integer most entries a follower's iterator asks for at a time; starts at 32 (default 1024)
+---@field max_send_buffer? integer bytes: as leader, unsent replies to all followers together (default 64 MiB)
+---@field lead? boolean false: this handle never leads (nginx sites with a dedicated leader; default true)
+---@field pool_size? integer nginx: cosockets kept per worker for the leader (default 32)
+---@field keepalive? number nginx: seconds an idle pooled cosocket is kept (default 60)
 
 ---@class levelparty.write_options
----@field sync? boolean fsync this write (a leader's own writes only)
+---@field sync? boolean this write is on disk when it returns (a follower asks its leader; a Node leader ignores it)
 
 ---@class levelparty.read_options
 ---@field fill_cache? boolean
