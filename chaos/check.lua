@@ -291,11 +291,10 @@ function K:check_iter(op)
   local t1 = op.resp or (es[#es] and es[#es].t)
   if not t1 then return end
   for _, k in ipairs(self.keys) do
-    if in_range(k, a) and not seen[k] then
-      local covered = whole or (not rev and k < last) or (rev and k > last)
-      if covered and self:stable(k, op.inv, t1) then
-        self:fail("%s: skipped %s, present for its whole life", tag, k)
-      end
+    local covered = in_range(k, a) and (whole or (not rev and k <= last) or (rev and k >= last))
+    if covered and self:stable(k, op.inv, t1) then
+      self.stats.stable = (self.stats.stable or 0) + 1
+      if not seen[k] then self:fail("%s: skipped %s, present for its whole life", tag, k) end
     end
   end
 end

@@ -509,8 +509,10 @@ for _, s in ipairs(slots) do kinds_of[#kinds_of + 1] = s.kind end
 say("chaos: processes: " .. table.concat(kinds_of, ", ") .. "; incarnations " .. #events.starts)
 say("chaos: operations: " .. table.concat(kinds, ", "))
 say("chaos: not ok: " .. (#outs > 0 and table.concat(outs, ", ") or "none"))
-say(("chaos: checked %d reads, %d iterators, %d batches, %d final keys"):format(h.stats.reads, h.stats.iters,
-  h.stats.batches, (function() local n = 0 for _ in pairs(final) do n = n + 1 end return n end)()))
+local nfinal = 0
+for _ in pairs(final) do nfinal = nfinal + 1 end
+say(("chaos: checked %d reads, %d iterators (%d stably present keys owed), %d batches, %d final keys"):format(
+  h.stats.reads, h.stats.iters, h.stats.stable or 0, h.stats.batches, nfinal))
 say(("chaos: kills %d (leader %d, follower %d), stops %d, closes %d, LOCK samples %d (max 1 holder: %s)"):format(
   nk, nkl, nk - nkl, #events.stops, #events.closes, lock_samples, multi == 0 and "yes" or "NO"))
 say(("chaos: failovers %d: p50 %.1f ms, p99 %.1f ms, max %.1f ms"):format(#failover, pct(failover, 0.5),
