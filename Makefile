@@ -52,7 +52,7 @@ LUAFLAGS_asan   := -isystem $(LUA54_INCDIR)
 objs  = $(patsubst src/%.c,build/$(1)/obj/%.o,$(2))
 variant = $(word 2,$(subst /, ,$@))
 
-.PHONY: all build deps test sanitize rock lint reliability demo bench fuzz clean
+.PHONY: all build deps test sanitize rock lint reliability demo bench fuzz clean chaos
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
 
@@ -137,3 +137,12 @@ clean:
 	rm -rf build
 	rm -f src/*.o levelparty/core.so *.rock
 	-@rmdir levelparty 2>/dev/null || true
+
+# The chaos soak (docs/RELIABILITY.md, "Chaos soak"): SIGKILL/SIGSTOP/close against PROCS
+# processes for DURATION seconds; SEED replays a schedule.  Not part of `make test`.
+DURATION ?= 60
+PROCS    ?= 6
+SEED     ?=
+chaos: deps build
+	@sh mk/luaenv.sh 5.4 lua5.4 chaos/driver.lua --duration $(DURATION) --procs $(PROCS) \
+	  $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)

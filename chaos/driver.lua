@@ -1,0 +1,532 @@
+-- chaos/driver.lua: the chaos soak (`make chaos`; docs/RELIABILITY.md, "Chaos soak").
+--
+--   lua5.4 chaos/driver.lua [--duration S] [--seed N] [--procs N] [--timeout S] [--out DIR] [--lie]
+--   (run it under mk/luaenv.sh 5.4, which `make chaos` does)
+--
+-- Starts PROCS actors on one directory (Lua 5.4 and LuaJIT, blocking and luv, and a Node
+-- level-party process when Node is available), then for DURATION seconds, every 100-800 ms:
+-- SIGKILLs the leader, or one or two followers, or SIGSTOPs a process for longer than the
+-- timeout, or closes a handle gracefully; whatever it took away comes back.  It samples the
+-- LOCK's holders (/proc/locks) every 20 ms and each process's RSS, fds and CPU every second.
+-- At the end: every process is resumed, restarted and left to run, then told to go idle
+-- (each must answer: no call hangs), idle CPU is measured, everything is SIGKILLed, the
+-- directory is read, and chaos/check.lua judges the logs.  Exit 0 when every check passed.
+-- The seed fixes the driver's schedule and every actor's workload; --lie makes actor 1 log
+-- puts it never makes (the checker must catch it).
+local uv = require "luv"
+
+local root = os.getenv("LEVELPARTY_ROOT") or "."
+local C = dofile(root .. "/chaos/common.lua")
+local K = dofile(root .. "/chaos/check.lua")
+
+local o = { duration = 60, seed = nil, procs = 6, timeout = 1, out = nil, lie = false }
+do
+  local i = 1
+  while i <= #arg do
+    local a = arg[i]
+    if a == "--lie" then o.lie = true
+    elseif a:match("^%-%-") and arg[i + 1] then
+      o[a:sub(3)] = arg[i + 1]
+      i = i + 1
+    else error("driver: unknown argument " .. a) end
+    i = i + 1
+  end
+end
+local duration, procs, timeout = tonumber(o.duration), tonumber(o.procs), tonumber(o.timeout)
+local seed = tonumber(o.seed) or (math.floor(uv.hrtime() / 1000) % 1000000 + 1)
+local out = o.out or (root .. "/build/chaos/" .. seed)
+os.execute("rm -rf '" .. out .. "' && mkdir -p '" .. out .. "'")
+local dir = out .. "/db"
+local R = C.rng(seed)
+local now = C.now_us
+
+local function say(...) io.stdout:write(table.concat({ ... }, " "), "\n") io.stdout:flush() end
+say(("chaos: seed %d, %d s, %d processes, timeout %g s, logs in %s%s"):format(seed, duration, procs,
+  timeout, out, o.lie and ", LYING actor a1" or ""))
+
+local have_node = os.execute("sh '" .. root .. "/mk/node-deps.sh' >'" .. out .. "/node-deps.log' 2>&1") == true
+local KINDS = { "5.4 sync", "luajit luv", "node", "5.4 luv", "luajit sync", "5.4 luv", "luajit luv", "5.4 sync" }
+local slots = {}
+for i = 1, procs do
+  local kind = KINDS[(i - 1) % #KINDS + 1]
+  if kind == "node" and not have_node then kind = "5.4 sync" end
+  slots[i] = { slot = i, kind = kind, inc = 0, incs = {} }
+end
+
+-- Processes ----------------------------------------------------------------------------------
+
+local ending = false
+local events = { kills = {}, stops = {}, closes = {}, exits = {}, starts = {} }
+local problems = {}
+local function problem(fmt, ...)
+  problems[#problems + 1] = fmt:format(...)
+  say("chaos: PROBLEM " .. problems[#problems])
+end
+
+local function read_lines(path)
+  local f = io.open(path)
+  if not f then return {} end
+  local t = {}
+  for l in f:lines() do t[#t + 1] = l end
+  f:close()
+  return t
+end
+
+local start_slot
+local function on_exit(s, inc, code, sig)
+  inc.exited, inc.code, inc.signal, inc.exit_t = true, code, sig, now()
+  events.exits[#events.exits + 1] = inc
+  local expected = (inc.sigkilled and sig == 9) or (inc.close_exit and code == 0)
+  if not expected then
+    local err = table.concat(read_lines(inc.errfile), " | "):sub(1, 600)
+    problem("%s (%s) exited unexpectedly: code %s signal %s; stderr: %s", inc.name, s.kind, tostring(code),
+      tostring(sig), err)
+  end
+  for _, h in ipairs { inc.stdin, inc.handle } do if not h:is_closing() then h:close() end end
+  if not ending then
+    local t = uv.new_timer()
+    t:start(R(50, 300), 0, function() t:close() if not ending then start_slot(s) end end)
+  end
+end
+
+function start_slot(s)
+  s.inc = s.inc + 1
+  local name = ("a%di%d"):format(s.slot, s.inc)
+  local inc = { name = name, slot = s, pid = nil, log = out .. "/" .. name .. ".log",
+    errfile = out .. "/" .. name .. ".err", samples = {}, started = now() }
+  local aseed = C.actor_seed(seed, s.slot, s.inc)
+  local file, args
+  if s.kind == "node" then
+    file, args = "node", { root .. "/chaos/actor.js", dir, name, aseed, timeout, inc.log }
+  else
+    local variant, mode = s.kind:match("^(%S+) (%S+)$")
+    file = "sh"
+    args = { root .. "/mk/luaenv.sh", variant, variant == "5.4" and "lua5.4" or "luajit",
+      root .. "/chaos/actor.lua", dir, name, aseed, mode, timeout, inc.log,
+      (o.lie and s.slot == 1) and "1" or "0" }
+  end
+  local efd = assert(uv.fs_open(inc.errfile, "w", 420))
+  inc.stdin = uv.new_pipe(false)
+  local handle, pid = uv.spawn(file, { args = args, stdio = { inc.stdin, efd, efd } },
+    function(code, sig) on_exit(s, inc, code, sig) end)
+  uv.fs_close(efd)
+  if not handle then
+    problem("cannot start %s: %s", name, tostring(pid))
+    return
+  end
+  inc.handle, inc.pid = handle, pid
+  s.cur = inc
+  s.incs[#s.incs + 1] = inc
+  events.starts[#events.starts + 1] = inc
+end
+
+local function alive_incs()
+  local t = {}
+  for _, s in ipairs(slots) do
+    if s.cur and not s.cur.exited then t[#t + 1] = s.cur end
+  end
+  return t
+end
+
+local function by_pid(pid)
+  for _, s in ipairs(slots) do
+    for _, inc in ipairs(s.incs) do if inc.pid == pid and not inc.exited then return inc end end
+  end
+end
+
+local function kill_all()
+  for _, s in ipairs(slots) do
+    for _, inc in ipairs(s.incs) do
+      if not inc.exited and inc.pid then
+        inc.sigkilled = true
+        uv.kill(inc.pid, "sigcont")
+        uv.kill(inc.pid, "sigkill")
+      end
+    end
+  end
+end
+
+local function wait_until(pred, secs)
+  local deadline = uv.hrtime() + secs * 1e9
+  local t = uv.new_timer()
+  t:start(10, 10, function() end)
+  while not pred() and uv.hrtime() < deadline do uv.run("once") end
+  t:close()
+  return pred()
+end
+
+local function run_for(secs) wait_until(function() return false end, secs) end
+
+-- Samplers -----------------------------------------------------------------------------------
+
+local lock_ino
+local lock_samples, multi = 0, 0
+local holder, holder_changes = nil, {}
+local function lock_holders()
+  if not lock_ino then
+    local st = uv.fs_stat(dir .. "/LOCK")
+    if not st then return {} end
+    lock_ino = st.ino
+  end
+  local owners = {}
+  local f = io.open("/proc/locks")
+  if not f then return owners end
+  for line in f:lines() do
+    local pid, ino = line:match("^%d+:%s+%S+%s+%S+%s+%S+%s+(%-?%d+)%s+%x+:%x+:(%d+)")
+    if pid and tonumber(ino) == lock_ino then owners[#owners + 1] = tonumber(pid) end
+  end
+  f:close()
+  return owners
+end
+
+local lock_timer = uv.new_timer()
+lock_timer:start(20, 20, function()
+  local owners = lock_holders()
+  lock_samples = lock_samples + 1
+  local distinct = {}
+  for _, p in ipairs(owners) do distinct[p] = true end
+  local n = 0
+  for _ in pairs(distinct) do n = n + 1 end
+  if n > 1 then
+    multi = multi + 1
+    if multi <= 5 then problem("LOCK held by %d processes at once: %s", n, table.concat(owners, ",")) end
+  end
+  local h = owners[1]
+  if h ~= holder then
+    holder = h
+    holder_changes[#holder_changes + 1] = { t = now(), pid = h }
+  end
+end)
+
+local function proc_stat(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  local rest = s:match("%) (.*)$")
+  if not rest then return nil end
+  local w = {}
+  for x in rest:gmatch("%S+") do w[#w + 1] = x end
+  return w[1], tonumber(w[12]) + tonumber(w[13]) -- state, utime + stime (ticks)
+end
+
+local function sample(inc)
+  local state, cpu = proc_stat(inc.pid)
+  if not state or state == "Z" then return end
+  local rss
+  local f = io.open("/proc/" .. inc.pid .. "/status")
+  if f then
+    for l in f:lines() do
+      local v = l:match("^VmRSS:%s+(%d+)")
+      if v then rss = tonumber(v) end
+    end
+    f:close()
+  end
+  local nfd = 0
+  local req = uv.fs_scandir("/proc/" .. inc.pid .. "/fd")
+  if req then while uv.fs_scandir_next(req) do nfd = nfd + 1 end end
+  if rss then inc.samples[#inc.samples + 1] = { t = now(), rss = rss, fds = nfd, cpu = cpu, state = state } end
+end
+
+local res_timer = uv.new_timer()
+res_timer:start(1000, 1000, function()
+  for _, inc in ipairs(alive_incs()) do sample(inc) end
+end)
+
+-- The schedule ---------------------------------------------------------------------------------
+
+local stopped = nil
+local function leader_inc()
+  return holder and by_pid(holder)
+end
+
+local function pick(list) if #list > 0 then return list[R(#list)] end end
+
+local function chaos_step()
+  local x = R()
+  local alive = alive_incs()
+  local leader = leader_inc()
+  local followers = {}
+  for _, inc in ipairs(alive) do if inc ~= leader then followers[#followers + 1] = inc end end
+  if x < 0.55 then
+    if leader and leader ~= stopped then
+      leader.sigkilled = true
+      events.kills[#events.kills + 1] = { t = now(), name = leader.name, leader = true }
+      uv.kill(leader.pid, "sigkill")
+    end
+  elseif x < 0.70 then
+    for _ = 1, R(2) do
+      local f = pick(followers)
+      if f and not f.sigkilled then
+        f.sigkilled = true
+        events.kills[#events.kills + 1] = { t = now(), name = f.name, leader = false }
+        uv.kill(f.pid, "sigkill")
+      end
+    end
+  elseif x < 0.82 then
+    local target = (R() < 0.5 and leader) or pick(followers)
+    local ms = math.floor(timeout * 1000) + R(300, 1500)
+    if target and not stopped then
+      stopped = target
+      local ev = { t = now(), name = target.name, pid = target.pid, leader = target == leader }
+      events.stops[#events.stops + 1] = ev
+      uv.kill(target.pid, "sigstop")
+      local t = uv.new_timer()
+      t:start(ms, 0, function()
+        t:close()
+        ev.cont = now()
+        if not target.exited then uv.kill(target.pid, "sigcont") end
+        stopped = nil
+      end)
+    end
+  else
+    local target = pick(alive)
+    if target and target ~= stopped then
+      events.closes[#events.closes + 1] = { t = now(), name = target.name }
+      if target.slot.kind == "node" then target.close_exit = true end
+      target.stdin:write("close\n")
+    end
+  end
+end
+
+local chaos_timer = uv.new_timer()
+local function arm()
+  chaos_timer:start(R(100, 800), 0, function()
+    if ending then return end
+    chaos_step()
+    arm()
+  end)
+end
+
+local function has_line(inc, pat)
+  for _, l in ipairs(read_lines(inc.log)) do if l:find(pat) then return true end end
+  return false
+end
+
+-- SIGINT/SIGTERM: kill the children, then leave
+for _, sig in ipairs { "sigint", "sigterm" } do
+  local h = uv.new_signal()
+  h:start(sig, function()
+    kill_all()
+    say("chaos: interrupted; children killed")
+    os.exit(130)
+  end)
+end
+
+-- The run ------------------------------------------------------------------------------------
+
+local final = {}
+local idle_cpu = {}
+local function main()
+  for _, s in ipairs(slots) do start_slot(s) end
+  if not wait_until(function()
+    for _, s in ipairs(slots) do if not has_line(s.cur, "^O ") then return false end end
+    return true
+  end, 30) then error("the actors did not all open within 30 s") end
+  say("chaos: all open; chaos for " .. duration .. " s")
+  local t_start = now()
+  arm()
+  run_for(duration)
+  ending = true
+  chaos_timer:stop()
+  say("chaos: chaos over; resuming and restarting everything")
+  if stopped and not stopped.exited then uv.kill(stopped.pid, "sigcont") end
+  run_for(0.1)
+  for _, s in ipairs(slots) do if not s.cur or s.cur.exited then start_slot(s) end end
+  if not wait_until(function()
+    for _, s in ipairs(slots) do
+      if s.cur.exited or not has_line(s.cur, "^O ") then return false end
+    end
+    return true
+  end, 30) then problem("not every process opened within 30 s after the chaos") end
+  run_for(2)
+  for _, inc in ipairs(alive_incs()) do inc.stdin:write("idle\n") end
+  local hang_wait = 3 * timeout + 5
+  if not wait_until(function()
+    for _, inc in ipairs(alive_incs()) do if not has_line(inc, "^Z ") then return false end end
+    return true
+  end, hang_wait) then
+    for _, inc in ipairs(alive_incs()) do
+      if not has_line(inc, "^Z ") then
+        local ls = read_lines(inc.log)
+        problem("%s (%s) hung: no idle after %d s; last log line: %s", inc.name, inc.slot.kind, hang_wait,
+          ls[#ls] or "")
+      end
+    end
+  end
+  -- idle CPU: a process with nothing to do must not spin
+  local cpu0 = {}
+  for _, inc in ipairs(alive_incs()) do cpu0[inc] = select(2, proc_stat(inc.pid)) end
+  run_for(3)
+  for _, inc in ipairs(alive_incs()) do
+    local c1 = select(2, proc_stat(inc.pid))
+    if c1 and cpu0[inc] then
+      local pct = (c1 - cpu0[inc]) / 100 / 3 * 100
+      idle_cpu[#idle_cpu + 1] = ("%s %.1f%%"):format(inc.name, pct)
+      if pct > 5 then problem("%s (%s) spins while idle: %.1f%% CPU", inc.name, inc.slot.kind, pct) end
+    end
+    sample(inc)
+  end
+  lock_timer:stop()
+  res_timer:stop()
+  kill_all()
+  if not wait_until(function() return #alive_incs() == 0 end, 10) then problem("children survived SIGKILL") end
+  -- the final read, by a fresh leader (this process)
+  local lp = require "levelparty"
+  local db = assert(lp.open(dir, { open_timeout = 10 }))
+  for k, v in db:iter() do final[k] = v end
+  db:close()
+  return t_start
+end
+
+local ok, t_start = xpcall(main, debug.traceback)
+ending = true
+kill_all()
+wait_until(function() return #alive_incs() == 0 end, 10)
+if not ok then
+  say("chaos: driver error: " .. tostring(t_start))
+  say(("chaos: FAILED (seed %d) -- replay: make chaos SEED=%d DURATION=%d PROCS=%d"):format(seed, seed,
+    duration, procs))
+  os.exit(2)
+end
+
+-- Checking ---------------------------------------------------------------------------------
+
+local h = K.new(C.NKEYS, C.key)
+for _, s in ipairs(slots) do
+  for _, inc in ipairs(s.incs) do
+    h:parse(inc.name, read_lines(inc.log), { node = s.kind == "node", timeout = timeout })
+  end
+end
+h:check(final)
+
+-- one leader at a time: the claims of the logs, each ending when its process was killed,
+-- closed its handle or exited
+local ends = {}
+for _, inc in ipairs(events.exits) do ends[inc.name] = inc.exit_t end
+for _, k in ipairs(events.kills) do ends[k.name] = math.min(ends[k.name] or math.huge, k.t) end
+local closes = {}
+for _, c in ipairs(h.closes) do
+  closes[c.who] = closes[c.who] or {}
+  table.insert(closes[c.who], c.t)
+end
+for _, l in ipairs(h.leaders) do
+  l["end"] = ends[l.who] or math.huge
+  for _, t in ipairs(closes[l.who] or {}) do if t > l.from and t < l["end"] then l["end"] = t end end
+end
+table.sort(h.leaders, function(a, b) return a.from < b.from end)
+local prev
+for _, l in ipairs(h.leaders) do
+  if prev and l.from < prev["end"] and l.who ~= prev.who then
+    h:fail("two leaders: %s from %d while %s led until %d", l.who, l.from, prev.who, prev["end"])
+  end
+  if not prev or l["end"] > prev["end"] then prev = l end
+end
+
+-- hangs: every call within its bound, plus the time its own process was stopped
+local stopped_of = {}
+for _, ev in ipairs(events.stops) do
+  stopped_of[ev.name] = stopped_of[ev.name] or {}
+  table.insert(stopped_of[ev.name], ev)
+end
+local function overlap(a0, a1, b0, b1) return math.max(0, math.min(a1, b1) - math.max(a0, b0)) end
+-- disruptions: a leader's kill until a new leader (+0.5 s), a stop (+0.5 s), a close (+0.5 s)
+local disrupt = {}
+local failover = {}
+for _, k in ipairs(events.kills) do
+  if k.leader then
+    local nxt
+    for _, l in ipairs(h.leaders) do if l.from > k.t then nxt = l.from break end end
+    if nxt then failover[#failover + 1] = (nxt - k.t) / 1000 end
+    disrupt[#disrupt + 1] = { k.t, (nxt or k.t + 5e6) + 5e5 }
+  end
+end
+for _, ev in ipairs(events.stops) do disrupt[#disrupt + 1] = { ev.t, (ev.cont or ev.t) + 5e5 } end
+for _, c in ipairs(h.closes) do disrupt[#disrupt + 1] = { c.t, c.t + 5e5 } end
+local worst, worst_call, lats = 0, nil, {}
+for _, c in ipairs(h.calls) do
+  local lat = c.lat or (c.resp - c.inv)
+  local allow = 0
+  for _, ev in ipairs(stopped_of[c.who] or {}) do allow = allow + overlap(c.inv, c.resp, ev.t, ev.cont or c.resp) end
+  if lat > c.bound + allow then
+    h:fail("%s: %s took %.0f ms (bound %.0f ms)", c.who, c.kind, lat / 1000, (c.bound + allow) / 1000)
+  end
+  if c.ok and c.kind ~= "open" then
+    local clean = true
+    for _, d in ipairs(disrupt) do if c.resp > d[1] and c.inv < d[2] then clean = false break end end
+    if clean then
+      lats[#lats + 1] = lat
+      if lat > worst then worst, worst_call = lat, c end
+    end
+  end
+end
+
+-- memory and descriptors: caps, and the trend of the longest-lived process
+local longest
+for _, s in ipairs(slots) do
+  for _, inc in ipairs(s.incs) do
+    for _, sm in ipairs(inc.samples) do
+      if sm.fds > 256 then h:fail("%s: %d file descriptors", inc.name, sm.fds) break end
+      if sm.rss > 512 * 1024 then h:fail("%s: RSS %d MiB", inc.name, sm.rss // 1024) break end
+    end
+    if not longest or #inc.samples > #longest.samples then longest = inc end
+  end
+end
+local trend = "-"
+if longest and #longest.samples >= 8 then
+  local ss = longest.samples
+  local q = #ss // 4
+  local function mean(a, b, f)
+    local sum = 0
+    for i = a, b do sum = sum + ss[i][f] end
+    return sum / (b - a + 1)
+  end
+  local r2, r4 = mean(q + 1, 2 * q, "rss"), mean(#ss - q + 1, #ss, "rss")
+  local f2, f4 = mean(q + 1, 2 * q, "fds"), mean(#ss - q + 1, #ss, "fds")
+  trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f"):format(longest.name, longest.slot.kind,
+    #ss, r2 / 1024, r4 / 1024, f2, f4)
+  if #ss >= 30 and r4 > r2 * 1.5 and r4 - r2 > 20 * 1024 then h:fail("%s: RSS grows: %s", longest.name, trend) end
+  if #ss >= 30 and f4 > f2 + 8 then h:fail("%s: descriptors grow: %s", longest.name, trend) end
+end
+
+-- Summary ------------------------------------------------------------------------------------
+
+local function pct(t, p)
+  if #t == 0 then return 0 end
+  table.sort(t)
+  return t[math.max(1, math.ceil(#t * p))]
+end
+local kinds = {}
+for k, n in pairs(h.stats.kinds) do kinds[#kinds + 1] = k .. " " .. n end
+table.sort(kinds)
+local outs = {}
+for k, n in pairs(h.stats.outcomes) do if not k:match(" ok$") then outs[#outs + 1] = k .. " " .. n end end
+table.sort(outs)
+local nk, nkl = 0, 0
+for _, k in ipairs(events.kills) do nk = nk + 1 if k.leader then nkl = nkl + 1 end end
+local kinds_of = {}
+for _, s in ipairs(slots) do kinds_of[#kinds_of + 1] = s.kind end
+say("chaos: processes: " .. table.concat(kinds_of, ", ") .. "; incarnations " .. #events.starts)
+say("chaos: operations: " .. table.concat(kinds, ", "))
+say("chaos: not ok: " .. (#outs > 0 and table.concat(outs, ", ") or "none"))
+local nfinal = 0
+for _ in pairs(final) do nfinal = nfinal + 1 end
+say(("chaos: checked %d reads, %d iterators (%d stably present keys owed), %d batches, %d final keys"):format(
+  h.stats.reads, h.stats.iters, h.stats.stable or 0, h.stats.batches, nfinal))
+say(("chaos: kills %d (leader %d, follower %d), stops %d, closes %d, LOCK samples %d (max 1 holder: %s)"):format(
+  nk, nkl, nk - nkl, #events.stops, #events.closes, lock_samples, multi == 0 and "yes" or "NO"))
+say(("chaos: failovers %d: p50 %.1f ms, p99 %.1f ms, max %.1f ms"):format(#failover, pct(failover, 0.5),
+  pct(failover, 0.99), pct(failover, 1)))
+say(("chaos: calls outside failovers %d: p99 %.1f ms, worst %.1f ms%s"):format(#lats, pct(lats, 0.99) / 1000,
+  worst / 1000, worst_call and (" (" .. worst_call.who .. " " .. worst_call.kind .. ")") or ""))
+say("chaos: memory trend: " .. trend)
+say("chaos: idle CPU: " .. table.concat(idle_cpu, ", "))
+for _, p in ipairs(problems) do h:fail("%s", p) end
+if h.nerrors > 0 then
+  for _, e in ipairs(h.errors) do say("chaos: FAIL " .. e) end
+  say(("chaos: FAILED: %d problems (seed %d) -- replay: make chaos SEED=%d DURATION=%d PROCS=%d"):format(
+    h.nerrors, seed, seed, duration, procs))
+  os.exit(1)
+end
+say(("chaos: PASSED (seed %d, %d s)"):format(seed, duration))
+os.exit(0)
