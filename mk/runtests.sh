@@ -191,9 +191,9 @@ case $MODE in
     asan=$(${CC:-gcc} -print-file-name=libasan.so)
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     echo "== build (asan) =="
-    if ! build build/asan/levelparty/core.so; then bad "build asan"; finish; fi
+    if ! build build/asan/levelparty/core.so build/asan/lptest_fork.so; then bad "build asan"; finish; fi
     [ -z "$SPEC" ] && c_tests build/asan/test ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1
-    busted_suite asan lua5.4 LEVELPARTY_MEMORY_N=20000 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
+    busted_suite asan lua5.4 LEVELPARTY_MEMORY_N=5000 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
     ;;
   *) echo "runtests: unknown mode $MODE" >&2; exit 2 ;;
 esac

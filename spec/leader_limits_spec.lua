@@ -140,7 +140,10 @@ describe("followers that never read", function()
     end, 60, "the leader's memory to settle")
     local grew = (rss_kib(l.pid) - rss0) / 1024
     print(("# 100 followers that never read: the leader's RSS grew %.0f MiB"):format(grew))
-    assert.is_true(grew < 224, ("the leader's RSS grew %.0f MiB"):format(grew))
+    -- under ASan (LD_PRELOAD) RSS counts the allocator's quarantine and shadow, not the leader
+    if not os.getenv("LD_PRELOAD") then
+      assert.is_true(grew < 224, ("the leader's RSS grew %.0f MiB"):format(grew))
+    end
     -- a follower that reads is served meanwhile
     local status, rest, ms = f:call("get k", 10)
     assert.same({ "ok", "v" }, sr(status, rest))
