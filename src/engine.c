@@ -85,7 +85,7 @@ static int check_current(const char *path, lp_err *err) {
     } else if (strncmp(n, "MANIFEST-", 9) == 0) {
       manifest = 1;
     } else if (has_suffix(n, ".ldb") || has_suffix(n, ".sst")) {
-      if (tables++ == 0) snprintf(table, sizeof table, "%s", n);
+      if (tables++ == 0) snprintf(table, sizeof table, "%.63s", n); /* names are short */
     } else if (has_suffix(n, ".log")) {
       log = 1;
     }
