@@ -16,8 +16,9 @@ levelparty lets several processes open the same LevelDB directory. The process
 that holds LevelDB's LOCK becomes the leader and serves the others over a unix
 socket in the directory, speaking the wire protocol of Node's level-party 5.1.1
 (multileveldown 5.0.1). When the leader dies a follower takes over; pending
-requests are replayed and iterators resume where they stopped. Works with
-Lua 5.1-5.4 and LuaJIT (including OpenResty), with or without luv.
+requests are replayed and iterators resume where they stopped. Tested with
+Lua 5.4 and LuaJIT 2.1, with or without luv, and in nginx workers (the Lua
+module, LuaJIT); other Lua versions are not tested.
 ]],
   license = "MIT",
   homepage = "https://github.com/levelparty/levelparty",
@@ -26,8 +27,10 @@ Lua 5.1-5.4 and LuaJIT (including OpenResty), with or without luv.
 
 -- Only lua itself: luarocks.org may be unreachable, and luv/busted are optional
 -- at run time (the Debian packages lua-luv and lua-busted do for tests).
+-- "lua 5.1" is how LuaJIT shows to luarocks; plain Lua 5.1 to 5.3 may build but
+-- are not tested.
 dependencies = {
-  "lua >= 5.1",
+  "lua >= 5.1, < 5.5",
 }
 
 external_dependencies = {
@@ -42,6 +45,7 @@ build = {
     ["levelparty.encoding"] = "lua/levelparty/encoding.lua",
     ["levelparty.iterator"] = "lua/levelparty/iterator.lua",
     ["levelparty.luv"] = "lua/levelparty/luv.lua",
+    ["levelparty.ngx"] = "lua/levelparty/ngx.lua",
     ["levelparty.sublevel"] = "lua/levelparty/sublevel.lua",
     ["levelparty.cli"] = "lua/levelparty/cli.lua",
     ["levelparty.core"] = {

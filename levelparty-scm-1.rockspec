@@ -15,8 +15,8 @@ that holds LevelDB's LOCK becomes the leader and serves the others over a unix
 socket in the directory, speaking the wire protocol of Node's level-party 5.1.1
 (multileveldown 5.0.1). When the leader dies a follower takes over; pending
 requests are replayed and iterators resume where they stopped. Tested with
-Lua 5.4 and LuaJIT 2.1, with or without luv; other Lua versions are not
-tested, and OpenResty/nginx workers are not supported yet.
+Lua 5.4 and LuaJIT 2.1, with or without luv, and in nginx workers (the Lua
+module, LuaJIT); other Lua versions are not tested.
 ]],
   license = "MIT",
   homepage = "https://github.com/levelparty/levelparty",
@@ -43,6 +43,7 @@ build = {
     ["levelparty.encoding"] = "lua/levelparty/encoding.lua",
     ["levelparty.iterator"] = "lua/levelparty/iterator.lua",
     ["levelparty.luv"] = "lua/levelparty/luv.lua",
+    ["levelparty.ngx"] = "lua/levelparty/ngx.lua",
     ["levelparty.sublevel"] = "lua/levelparty/sublevel.lua",
     ["levelparty.cli"] = "lua/levelparty/cli.lua",
     ["levelparty.core"] = {
