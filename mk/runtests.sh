@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # mk/runtests.sh MODE   (called by `make test` / `make sanitize`)
 #
-# MODE test:     lint, build, then test/*_test.c, the standalone fuzz pass,
+# MODE test:     lint, build, then test/*_test.c, the standalone fuzz passes,
 #                busted under lua5.4 and luajit, the luarocks install check.
 # MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds.
 # Environment: SPEC (spec files to run; skips lint, the C tests, fuzz and the
-# luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS, TEST_TIMEOUT (seconds
-# per C test), BUSTED_TIMEOUT (seconds per busted run).
+# luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS (fuzz_wire),
+# FUZZ_SESSION_ITERS, TEST_TIMEOUT (seconds per C test),
+# BUSTED_TIMEOUT (seconds per busted run).
 #
 # Counting: every `ok -` / `not ok -` line of a C test, every busted test
-# (TAP), each lint check (mk/lint.sh), the fuzz pass and the luarocks check
-# as one test each.  A program
+# (TAP), each lint check (mk/lint.sh), each fuzz target and the luarocks
+# check as one test each.  A program
 # that crashes, times out or exits non-zero without a `not ok` line counts as
 # one more failure.  The last line is always "N passed, N failed" (plus
 # ", N skipped" when busted reported pending tests); exit 1 on any failure.
@@ -21,6 +22,7 @@ SPEC=${SPEC:-}
 LUA=${LUA:-all}
 MAKE=${MAKE:-make}
 FUZZ_ITERS=${FUZZ_ITERS:-100000}
+FUZZ_SESSION_ITERS=${FUZZ_SESSION_ITERS:-4000}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 BUSTED_TIMEOUT=${BUSTED_TIMEOUT:-1200}
 LOGS=build/logs/$MODE
@@ -106,15 +108,23 @@ lint() {
   done
 }
 
-fuzz_pass() {
-  echo "== fuzz (standalone, ASan, $FUZZ_ITERS iterations) =="
-  [ -e fuzz/fuzz_wire.c ] || { echo "(no fuzz/fuzz_wire.c)"; return; }
-  if ! build build/fuzz/fuzz_wire_standalone; then bad "fuzz_wire: does not compile"; return; fi
-  if timeout "$TEST_TIMEOUT" build/fuzz/fuzz_wire_standalone "$FUZZ_ITERS" >"$LOGS/fuzz.log" 2>&1; then
-    pass=$((pass + 1)); echo "fuzz_wire: ok"
+# fuzz_one NAME ARGS...: one standalone fuzz driver (fuzz/fuzz_NAME.c), one test.
+fuzz_one() {
+  local name=fuzz_$1 log="$LOGS/fuzz_$1.log"; shift
+  [ -e "fuzz/$name.c" ] || { echo "(no fuzz/$name.c)"; return; }
+  if ! build "build/fuzz/${name}_standalone"; then bad "$name: does not compile"; return; fi
+  if timeout "$TEST_TIMEOUT" "build/fuzz/${name}_standalone" "$@" >"$log" 2>&1; then
+    pass=$((pass + 1)); echo "$name: ok ($(grep -m1 '^ok - ' "$log" | sed 's/^ok - [^:]*: //'))"
   else
-    bad "fuzz_wire: exit status $?"; tail -n 40 "$LOGS/fuzz.log" | sed 's/^/  | /'
+    bad "$name: exit status $?"; tail -n 40 "$log" | sed 's/^/  | /'
   fi
+}
+
+# The session driver also replays its regression corpus.
+fuzz_pass() {
+  echo "== fuzz (standalone, ASan+UBSan) =="
+  fuzz_one wire "$FUZZ_ITERS"
+  fuzz_one session "$FUZZ_SESSION_ITERS" 1 fuzz/corpus/session
 }
 
 # busted_suite VARIANT INTERP [ENV...]
