@@ -25,6 +25,7 @@ SAN           ?= -fsanitize=address,undefined -fno-omit-frame-pointer
 LIBS          ?= -lleveldb -luv -lpthread
 FUZZ_ITERS    ?= 100000
 FUZZ_SESSION_ITERS ?= 4000
+FUZZ_CLIENT_ITERS  ?= 10000
 FUZZ_SECONDS  ?= 60
 SPEC          ?=
 LUA           ?= all
@@ -84,10 +85,10 @@ build/asan/test/%: test/%.c $(call objs,asan,$(CSRCS)) $(wildcard test/*.h)
 	$(CC) $(BASE) -O1 $(SAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
 # The fuzz targets (fuzz/fuzz_NAME.c): the codec, the leader's session over
-# LevelDB.  Each has a standalone driver (gcc, ASan+UBSan, -DLP_FUZZ_STANDALONE:
-# generated inputs, `make test` runs it briefly) and a libFuzzer build (clang;
-# `make fuzz`).
-FUZZERS := wire session
+# LevelDB, the follower's client core.  Each has a standalone driver (gcc,
+# ASan+UBSan, -DLP_FUZZ_STANDALONE: generated inputs, `make test` runs it
+# briefly) and a libFuzzer build (clang; `make fuzz`).
+FUZZERS := wire session client
 
 $(FUZZERS:%=build/fuzz/fuzz_%_standalone): build/fuzz/fuzz_%_standalone: fuzz/fuzz_%.c \
     $(call objs,asan,$(CSRCS)) test/tap.h
@@ -107,7 +108,7 @@ build/bench/%: bench/%.c Makefile
 # The runner builds what it runs and turns build failures into counted failures.
 test: deps
 	@SPEC="$(SPEC)" LUA="$(LUA)" MAKE="$(MAKE)" FUZZ_ITERS="$(FUZZ_ITERS)" \
-	  FUZZ_SESSION_ITERS="$(FUZZ_SESSION_ITERS)" \
+	  FUZZ_SESSION_ITERS="$(FUZZ_SESSION_ITERS)" FUZZ_CLIENT_ITERS="$(FUZZ_CLIENT_ITERS)" \
 	  bash mk/runtests.sh test
 
 sanitize: deps

@@ -6,7 +6,7 @@
 # MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds.
 # Environment: SPEC (spec files to run; skips lint, the C tests, fuzz and the
 # luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS (fuzz_wire),
-# FUZZ_SESSION_ITERS, TEST_TIMEOUT (seconds per C test),
+# FUZZ_SESSION_ITERS, FUZZ_CLIENT_ITERS, TEST_TIMEOUT (seconds per C test),
 # BUSTED_TIMEOUT (seconds per busted run).
 #
 # Counting: every `ok -` / `not ok -` line of a C test, every busted test
@@ -23,6 +23,7 @@ LUA=${LUA:-all}
 MAKE=${MAKE:-make}
 FUZZ_ITERS=${FUZZ_ITERS:-100000}
 FUZZ_SESSION_ITERS=${FUZZ_SESSION_ITERS:-4000}
+FUZZ_CLIENT_ITERS=${FUZZ_CLIENT_ITERS:-10000}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 BUSTED_TIMEOUT=${BUSTED_TIMEOUT:-1200}
 LOGS=build/logs/$MODE
@@ -120,11 +121,12 @@ fuzz_one() {
   fi
 }
 
-# The session driver also replays its regression corpus.
+# The session and client drivers also replay their regression corpus.
 fuzz_pass() {
   echo "== fuzz (standalone, ASan+UBSan) =="
   fuzz_one wire "$FUZZ_ITERS"
   fuzz_one session "$FUZZ_SESSION_ITERS" 1 fuzz/corpus/session
+  fuzz_one client "$FUZZ_CLIENT_ITERS" 1 fuzz/corpus/client
 }
 
 # busted_suite VARIANT INTERP [ENV...]
