@@ -3,7 +3,9 @@
 #   make build      build/5.4/levelparty/core.so and build/luajit/levelparty/core.so
 #   make test       C tests, fuzz smoke, busted (lua5.4 + luajit), luarocks check
 #                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
-#   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan
+#   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan, then
+#                   the C tests and the multi-process specs under TSan (a
+#                   developer pass; CI runs `make test`)
 #   make rock       the luarocks install check alone
 #   make lint       C format (clang-format 14), luacheck, no tab-indented Lua
 #                   (mk/lint.sh; `make test` runs it too)
@@ -22,6 +24,7 @@ WERROR        ?= -Werror
 WARN          ?= -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
                  -Wpointer-arith -Wcast-qual -Wwrite-strings -Wundef
 SAN           ?= -fsanitize=address,undefined -fno-omit-frame-pointer
+TSAN          ?= -fsanitize=thread
 LIBS          ?= -lleveldb -luv -lpthread
 FUZZ_ITERS    ?= 100000
 FUZZ_SESSION_ITERS ?= 4000
@@ -42,13 +45,15 @@ CSRCS := $(filter-out $(LUASRCS),$(SRCS))
 
 # Object files per variant.  Only Lua files get the Lua headers; LuaJIT is
 # announced both by -DLP_LUAJIT and by force-including luajit.h.
-VARIANTS := 5.4 luajit asan
+VARIANTS := 5.4 luajit asan tsan
 VFLAGS_5.4      :=
 VFLAGS_luajit   := -DLP_LUAJIT=1
 VFLAGS_asan     := -O1 $(SAN)
+VFLAGS_tsan     := -O1 $(TSAN)
 LUAFLAGS_5.4    := -isystem $(LUA54_INCDIR)
 LUAFLAGS_luajit := -isystem $(LUAJIT_INCDIR) -include luajit.h
 LUAFLAGS_asan   := -isystem $(LUA54_INCDIR)
+LUAFLAGS_tsan   := -isystem $(LUA54_INCDIR)
 objs  = $(patsubst src/%.c,build/$(1)/obj/%.o,$(2))
 variant = $(word 2,$(subst /, ,$@))
 
@@ -83,6 +88,10 @@ build/test/%: test/%.c $(call objs,5.4,$(CSRCS)) $(wildcard test/*.h)
 build/asan/test/%: test/%.c $(call objs,asan,$(CSRCS)) $(wildcard test/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 $(SAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
+
+build/tsan/test/%: test/%.c $(call objs,tsan,$(CSRCS)) $(wildcard test/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -O1 $(TSAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
 # The fuzz targets (fuzz/fuzz_NAME.c): the codec, the leader's session over
 # LevelDB, the follower's client core.  Each has a standalone driver (gcc,
