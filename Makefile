@@ -4,8 +4,9 @@
 #   make test       C tests, fuzz smoke, busted (lua5.4 + luajit), luarocks check
 #                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
 #   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan, then
-#                   the C tests and the multi-process specs under TSan (a
-#                   developer pass; CI runs `make test`)
+#                   the C tests and the multi-process specs under TSan, then the
+#                   C tests under valgrind memcheck (a developer pass; CI runs
+#                   `make test`)
 #   make rock       the luarocks install check alone
 #   make lint       C format (clang-format 14), luacheck, no tab-indented Lua
 #                   (mk/lint.sh; `make test` runs it too)

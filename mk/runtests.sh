@@ -5,12 +5,12 @@
 #                busted under lua5.4 and luajit, the luarocks install check.
 # MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds;
 #                then the C tests and the multi-process specs under
-#                ThreadSanitizer.
+#                ThreadSanitizer; then the C tests under valgrind memcheck.
 # Environment: SPEC (spec files to run; skips lint, the C tests, fuzz and the
 # luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS (fuzz_wire),
 # FUZZ_SESSION_ITERS, FUZZ_CLIENT_ITERS, TEST_TIMEOUT (seconds per C test),
-# BUSTED_TIMEOUT (seconds per busted run), TSAN_SPECS (the specs of the TSan
-# pass).
+# VALGRIND_TIMEOUT (the same under valgrind), BUSTED_TIMEOUT (seconds per busted
+# run), TSAN_SPECS (the specs of the TSan pass).
 #
 # Counting: every `ok -` / `not ok -` line of a C test, every busted test
 # (TAP), each lint check (mk/lint.sh), each fuzz target and the luarocks
@@ -28,6 +28,7 @@ FUZZ_ITERS=${FUZZ_ITERS:-100000}
 FUZZ_SESSION_ITERS=${FUZZ_SESSION_ITERS:-4000}
 FUZZ_CLIENT_ITERS=${FUZZ_CLIENT_ITERS:-10000}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
+VALGRIND_TIMEOUT=${VALGRIND_TIMEOUT:-1200}
 BUSTED_TIMEOUT=${BUSTED_TIMEOUT:-1200}
 LOGS=build/logs/$MODE
 mkdir -p "$LOGS"
@@ -63,12 +64,13 @@ build() {
 }
 
 # run_c NAME BIN [ENV...]: one C test program; counts its ok/not ok lines.
-# C_TAG names the pass (in the test's name and log).
-C_TAG=
+# C_TAG names the pass (in the test's name and log), C_RUNNER (an array) is
+# a command to run BIN under, C_TIMEOUT overrides TEST_TIMEOUT.
+C_TAG= C_RUNNER=() C_TIMEOUT=
 run_c() {
   local name="$1${C_TAG:+ ($C_TAG)}" bin=$2; shift 2
-  local log="$LOGS/${C_TAG:+$C_TAG-}$1.log" rc ok nok limit=$TEST_TIMEOUT
-  env "$@" timeout "$limit" "$bin" >"$log" 2>&1
+  local log="$LOGS/${C_TAG:+$C_TAG-}$1.log" rc ok nok limit=${C_TIMEOUT:-$TEST_TIMEOUT}
+  env "$@" timeout "$limit" ${C_RUNNER[@]+"${C_RUNNER[@]}"} "$bin" >"$log" 2>&1
   rc=$?
   ok=$(grep -c '^ok - ' "$log")
   nok=$(grep -c '^not ok - ' "$log")
@@ -223,6 +225,18 @@ EOF
   fi
 }
 
+# valgrind memcheck over the plain C tests (-O2 -g, as `make test` builds
+# them): uninitialised reads, invalid accesses and frees, bad system call
+# arguments.  Leaks are the ASan pass's (LSan): valgrind would count the
+# allocations of every forked child that _exit()s by design.
+valgrind_pass() {
+  [ -z "$SPEC" ] || return 0
+  C_RUNNER=(valgrind -q --error-exitcode=99 --leak-check=no --track-origins=yes
+    --num-callers=30 --suppressions=mk/valgrind.supp)
+  C_TAG=valgrind C_TIMEOUT=$VALGRIND_TIMEOUT c_tests build/test
+  C_RUNNER=()
+}
+
 # The specs of the single-process API (they open the db under test with
 # helper.open, so they also run as a follower).
 API_SPECS="spec/api_spec.lua spec/iterator_spec.lua spec/encoding_spec.lua spec/errors_spec.lua spec/coroutine_spec.lua spec/open_spec.lua spec/badargs_spec.lua"
@@ -253,6 +267,7 @@ case $MODE in
     [ -z "$SPEC" ] && c_tests build/asan/test ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1
     busted_suite asan lua5.4 LEVELPARTY_MEMORY_N=20000 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
     tsan_pass
+    valgrind_pass
     ;;
   *) echo "runtests: unknown mode $MODE" >&2; exit 2 ;;
 esac
