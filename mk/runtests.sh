@@ -68,8 +68,8 @@ build() {
 # a command to run BIN under, C_TIMEOUT overrides TEST_TIMEOUT.
 C_TAG= C_RUNNER=() C_TIMEOUT=
 run_c() {
-  local name="$1${C_TAG:+ ($C_TAG)}" bin=$2; shift 2
-  local log="$LOGS/${C_TAG:+$C_TAG-}$1.log" rc ok nok limit=${C_TIMEOUT:-$TEST_TIMEOUT}
+  local name="$1${C_TAG:+ ($C_TAG)}" log="$LOGS/${C_TAG:+$C_TAG-}$1.log" bin=$2; shift 2
+  local rc ok nok limit=${C_TIMEOUT:-$TEST_TIMEOUT}
   env "$@" timeout "$limit" ${C_RUNNER[@]+"${C_RUNNER[@]}"} "$bin" >"$log" 2>&1
   rc=$?
   ok=$(grep -c '^ok - ' "$log")
