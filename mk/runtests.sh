@@ -5,12 +5,13 @@
 #                busted under lua5.4 and luajit, the luarocks install check.
 # MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds;
 #                then the C tests and the multi-process specs under
-#                ThreadSanitizer; then the C tests under valgrind memcheck.
+#                ThreadSanitizer; then the C tests and two API specs under
+#                valgrind memcheck.
 # Environment: SPEC (spec files to run; skips lint, the C tests, fuzz and the
 # luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS (fuzz_wire),
 # FUZZ_SESSION_ITERS, FUZZ_CLIENT_ITERS, TEST_TIMEOUT (seconds per C test),
 # VALGRIND_TIMEOUT (the same under valgrind), BUSTED_TIMEOUT (seconds per busted
-# run), TSAN_SPECS (the specs of the TSan pass).
+# run), TSAN_SPECS and VALGRIND_SPECS (the specs of those passes).
 #
 # Counting: every `ok -` / `not ok -` line of a C test, every busted test
 # (TAP), each lint check (mk/lint.sh), each fuzz target and the luarocks
@@ -225,16 +226,27 @@ EOF
   fi
 }
 
-# valgrind memcheck over the plain C tests (-O2 -g, as `make test` builds
-# them): uninitialised reads, invalid accesses and frees, bad system call
-# arguments.  Leaks are the ASan pass's (LSan): valgrind would count the
-# allocations of every forked child that _exit()s by design.
+# valgrind memcheck over the plain builds (-O2 -g, as `make test` builds
+# them): the C tests, then the single-process API specs in lua5.4 (through
+# build/valgrind/bin/lua5.4; processes the specs start run natively).
+# Uninitialised reads, invalid accesses and frees, bad system call arguments
+# fail the test (C) or the busted run (exit status 99).  Leaks are the ASan
+# pass's (LSan): valgrind would count the allocations of every forked child
+# that _exit()s by design.
+VALGRIND_SPECS=${VALGRIND_SPECS:-spec/api_spec.lua spec/iterator_spec.lua}
 valgrind_pass() {
+  local vg=(valgrind -q --error-exitcode=99 --leak-check=no --track-origins=yes
+    --num-callers=30 --suppressions="$PWD/mk/valgrind.supp")
+  local wrap=$PWD/build/valgrind/bin/lua5.4
   [ -z "$SPEC" ] || return 0
-  C_RUNNER=(valgrind -q --error-exitcode=99 --leak-check=no --track-origins=yes
-    --num-callers=30 --suppressions=mk/valgrind.supp)
+  C_RUNNER=("${vg[@]}")
   C_TAG=valgrind C_TIMEOUT=$VALGRIND_TIMEOUT c_tests build/test
   C_RUNNER=()
+  mkdir -p "${wrap%/*}"
+  printf '#!/bin/sh\n# Written by mk/runtests.sh: lua5.4 under memcheck (see valgrind_pass).\nexec %s %s "$@"\n' \
+    "${vg[*]}" "$(command -v lua5.4)" >"$wrap"
+  chmod +x "$wrap"
+  BUSTED_TAG=valgrind BUSTED_FILES="$VALGRIND_SPECS" busted_suite 5.4 "$wrap"
 }
 
 # The specs of the single-process API (they open the db under test with
