@@ -3,14 +3,18 @@
 #   make build      build/5.4/levelparty/core.so and build/luajit/levelparty/core.so
 #   make test       C tests, fuzz smoke, busted (lua5.4 + luajit), luarocks check
 #                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
-#   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan
+#   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan, then
+#                   the C tests and the multi-process specs under TSan, then the
+#                   C tests under valgrind memcheck (a developer pass; CI runs
+#                   `make test`)
 #   make rock       levelparty-X.Y.Z-N.src.rock (mk/pack.sh), then the luarocks
 #                   install check alone (mk/rockcheck.sh)
 #   make lint       C format (clang-format 14), luacheck, no tab-indented Lua
 #                   (mk/lint.sh; `make test` runs it too)
 #   make reliability  regenerate the bad-input table of docs/RELIABILITY.md from
 #                   spec/fixtures/badinput_cases.lua (badinput_spec checks it)
-#   make demo | bench | fuzz | deps | clean
+#   make fuzz       each libFuzzer target (fuzz/*.c) for FUZZ_SECONDS
+#   make demo | bench | chaos | deps | clean
 #
 # Every knob uses ?= so it can be overridden: make OPT=-O0 WERROR= CC=clang.
 # CFLAGS/CPPFLAGS/LDFLAGS are never set here, only appended when given.
@@ -24,8 +28,11 @@ WERROR        ?= -Werror
 WARN          ?= -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
                  -Wpointer-arith -Wcast-qual -Wwrite-strings -Wundef
 SAN           ?= -fsanitize=address,undefined -fno-omit-frame-pointer
+TSAN          ?= -fsanitize=thread
 LIBS          ?= -lleveldb -luv -lpthread
 FUZZ_ITERS    ?= 100000
+FUZZ_SESSION_ITERS ?= 4000
+FUZZ_CLIENT_ITERS  ?= 10000
 FUZZ_SECONDS  ?= 60
 SPEC          ?=
 LUA           ?= all
@@ -42,13 +49,15 @@ CSRCS := $(filter-out $(LUASRCS),$(SRCS))
 
 # Object files per variant.  Only Lua files get the Lua headers; LuaJIT is
 # announced both by -DLP_LUAJIT and by force-including luajit.h.
-VARIANTS := 5.4 luajit asan
+VARIANTS := 5.4 luajit asan tsan
 VFLAGS_5.4      :=
 VFLAGS_luajit   := -DLP_LUAJIT=1
 VFLAGS_asan     := -O1 $(SAN)
+VFLAGS_tsan     := -O1 $(TSAN)
 LUAFLAGS_5.4    := -isystem $(LUA54_INCDIR)
 LUAFLAGS_luajit := -isystem $(LUAJIT_INCDIR) -include luajit.h
 LUAFLAGS_asan   := -isystem $(LUA54_INCDIR)
+LUAFLAGS_tsan   := -isystem $(LUA54_INCDIR)
 objs  = $(patsubst src/%.c,build/$(1)/obj/%.o,$(2))
 variant = $(word 2,$(subst /, ,$@))
 
@@ -89,12 +98,23 @@ build/asan/test/%: test/%.c $(call objs,asan,$(CSRCS)) $(wildcard test/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 $(SAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
-build/fuzz/fuzz_wire_standalone: fuzz/fuzz_wire.c $(call objs,asan,$(CSRCS)) test/tap.h
+build/tsan/test/%: test/%.c $(call objs,tsan,$(CSRCS)) $(wildcard test/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -O1 $(TSAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
+
+# The fuzz targets (fuzz/fuzz_NAME.c): the codec, the leader's session over
+# LevelDB, the follower's client core.  Each has a standalone driver (gcc,
+# ASan+UBSan, -DLP_FUZZ_STANDALONE: generated inputs, `make test` runs it
+# briefly) and a libFuzzer build (clang; `make fuzz`).
+FUZZERS := wire session client
+
+$(FUZZERS:%=build/fuzz/fuzz_%_standalone): build/fuzz/fuzz_%_standalone: fuzz/fuzz_%.c \
+    $(call objs,asan,$(CSRCS)) test/tap.h
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 $(SAN) -DLP_FUZZ_STANDALONE -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
 # libFuzzer: clang instruments every Lua-free source for coverage.
-build/fuzz/fuzz_wire: fuzz/fuzz_wire.c $(CSRCS) $(HDRS)
+$(FUZZERS:%=build/fuzz/fuzz_%): build/fuzz/fuzz_%: fuzz/fuzz_%.c $(CSRCS) $(HDRS)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu99 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined \
 	  -Isrc -o $@ $(filter %.c,$^) $(LDFLAGS) $(LIBS)
@@ -106,6 +126,7 @@ build/bench/%: bench/%.c Makefile
 # The runner builds what it runs and turns build failures into counted failures.
 test: deps
 	@SPEC="$(SPEC)" LUA="$(LUA)" MAKE="$(MAKE)" FUZZ_ITERS="$(FUZZ_ITERS)" \
+	  FUZZ_SESSION_ITERS="$(FUZZ_SESSION_ITERS)" FUZZ_CLIENT_ITERS="$(FUZZ_CLIENT_ITERS)" \
 	  bash mk/runtests.sh test
 
 sanitize: deps
@@ -127,10 +148,17 @@ demo: deps build
 bench: deps build build/bench/raw_leveldb build/bench/sock_floor
 	sh mk/luaenv.sh 5.4 lua5.4 bench/run.lua
 
-fuzz: deps build/fuzz/fuzz_wire
-	@mkdir -p build/fuzz/corpus
-	build/fuzz/fuzz_wire -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/ \
-	  build/fuzz/corpus $(wildcard fuzz/corpus)
+# Each target for FUZZ_SECONDS: new inputs go to build/fuzz/corpus/NAME, the
+# seeds and regressions of fuzz/corpus/NAME are read too, a crash is saved as
+# build/fuzz/NAME-crash-*.
+fuzz: deps $(FUZZERS:%=build/fuzz/fuzz_%)
+	@set -e; for f in $(FUZZERS); do \
+	  mkdir -p build/fuzz/corpus/$$f; \
+	  echo "fuzz_$$f: $(FUZZ_SECONDS) s"; \
+	  build/fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/$$f- build/fuzz/corpus/$$f \
+	    $$(test -d fuzz/corpus/$$f && echo fuzz/corpus/$$f); \
+	done
 
 # Also removes what `luarocks make` leaves in the source tree.
 clean:

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # mk/runtests.sh MODE   (called by `make test` / `make sanitize`)
 #
-# MODE test:     lint, build, then test/*_test.c, the standalone fuzz pass,
+# MODE test:     lint, build, then test/*_test.c, the standalone fuzz passes,
 #                busted under lua5.4 and luajit, the luarocks install check.
-# MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds.
+# MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds;
+#                then the C tests and the multi-process specs under
+#                ThreadSanitizer; then the C tests and two API specs under
+#                valgrind memcheck.
 # Environment: SPEC (spec files to run; skips lint, the C tests, fuzz and the
-# luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS, TEST_TIMEOUT (seconds
-# per C test), BUSTED_TIMEOUT (seconds per busted run).
+# luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS (fuzz_wire),
+# FUZZ_SESSION_ITERS, FUZZ_CLIENT_ITERS, TEST_TIMEOUT (seconds per C test),
+# VALGRIND_TIMEOUT (the same under valgrind), BUSTED_TIMEOUT (seconds per busted
+# run), TSAN_SPECS and VALGRIND_SPECS (the specs of those passes).
 #
 # Counting: every `ok -` / `not ok -` line of a C test, every busted test
-# (TAP), each lint check (mk/lint.sh), the fuzz pass and the luarocks check
-# as one test each.  A program
+# (TAP), each lint check (mk/lint.sh), each fuzz target and the luarocks
+# check as one test each.  A program
 # that crashes, times out or exits non-zero without a `not ok` line counts as
 # one more failure.  The last line is always "N passed, N failed" (plus
 # ", N skipped" when busted reported pending tests); exit 1 on any failure.
@@ -21,7 +26,10 @@ SPEC=${SPEC:-}
 LUA=${LUA:-all}
 MAKE=${MAKE:-make}
 FUZZ_ITERS=${FUZZ_ITERS:-100000}
+FUZZ_SESSION_ITERS=${FUZZ_SESSION_ITERS:-4000}
+FUZZ_CLIENT_ITERS=${FUZZ_CLIENT_ITERS:-10000}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
+VALGRIND_TIMEOUT=${VALGRIND_TIMEOUT:-1200}
 BUSTED_TIMEOUT=${BUSTED_TIMEOUT:-1200}
 LOGS=build/logs/$MODE
 mkdir -p "$LOGS"
@@ -57,10 +65,13 @@ build() {
 }
 
 # run_c NAME BIN [ENV...]: one C test program; counts its ok/not ok lines.
+# C_TAG names the pass (in the test's name and log), C_RUNNER (an array) is
+# a command to run BIN under, C_TIMEOUT overrides TEST_TIMEOUT.
+C_TAG= C_RUNNER=() C_TIMEOUT=
 run_c() {
-  local name=$1 bin=$2; shift 2
-  local log="$LOGS/$name.log" rc ok nok
-  env "$@" timeout "$TEST_TIMEOUT" "$bin" >"$log" 2>&1
+  local name="$1${C_TAG:+ ($C_TAG)}" log="$LOGS/${C_TAG:+$C_TAG-}$1.log" bin=$2; shift 2
+  local rc ok nok limit=${C_TIMEOUT:-$TEST_TIMEOUT}
+  env "$@" timeout "$limit" ${C_RUNNER[@]+"${C_RUNNER[@]}"} "$bin" >"$log" 2>&1
   rc=$?
   ok=$(grep -c '^ok - ' "$log")
   nok=$(grep -c '^not ok - ' "$log")
@@ -70,7 +81,7 @@ run_c() {
     < <(grep '^not ok - ' "$log")
   echo "$name: $ok ok, $nok not ok (exit $rc)"
   if [ "$rc" -ne 0 ] && [ "$nok" -eq 0 ]; then
-    [ "$rc" -eq 124 ] && bad "$name: timed out after ${TEST_TIMEOUT}s" \
+    [ "$rc" -eq 124 ] && bad "$name: timed out after ${limit}s" \
                       || bad "$name: exit status $rc"
   elif [ "$rc" -eq 0 ] && [ "$ok" -eq 0 ] && [ "$nok" -eq 0 ]; then
     bad "$name: printed no ok lines"
@@ -83,7 +94,7 @@ run_c() {
 c_tests() {
   local prefix=$1; shift   # build/test or build/asan/test
   local t
-  echo "== C tests ($MODE) =="
+  echo "== C tests ($MODE${C_TAG:+, $C_TAG}) =="
   for t in test/*_test.c; do
     [ -e "$t" ] || { echo "(no test/*_test.c)"; return; }
     t=$(basename "$t" .c)
@@ -106,20 +117,30 @@ lint() {
   done
 }
 
-fuzz_pass() {
-  echo "== fuzz (standalone, ASan, $FUZZ_ITERS iterations) =="
-  [ -e fuzz/fuzz_wire.c ] || { echo "(no fuzz/fuzz_wire.c)"; return; }
-  if ! build build/fuzz/fuzz_wire_standalone; then bad "fuzz_wire: does not compile"; return; fi
-  if timeout "$TEST_TIMEOUT" build/fuzz/fuzz_wire_standalone "$FUZZ_ITERS" >"$LOGS/fuzz.log" 2>&1; then
-    pass=$((pass + 1)); echo "fuzz_wire: ok"
+# fuzz_one NAME ARGS...: one standalone fuzz driver (fuzz/fuzz_NAME.c), one test.
+fuzz_one() {
+  local name=fuzz_$1 log="$LOGS/fuzz_$1.log"; shift
+  [ -e "fuzz/$name.c" ] || { echo "(no fuzz/$name.c)"; return; }
+  if ! build "build/fuzz/${name}_standalone"; then bad "$name: does not compile"; return; fi
+  if timeout "$TEST_TIMEOUT" "build/fuzz/${name}_standalone" "$@" >"$log" 2>&1; then
+    pass=$((pass + 1)); echo "$name: ok ($(grep -m1 '^ok - ' "$log" | sed 's/^ok - [^:]*: //'))"
   else
-    bad "fuzz_wire: exit status $?"; tail -n 40 "$LOGS/fuzz.log" | sed 's/^/  | /'
+    bad "$name: exit status $?"; tail -n 40 "$log" | sed 's/^/  | /'
   fi
+}
+
+# The session and client drivers also replay their regression corpus.
+fuzz_pass() {
+  echo "== fuzz (standalone, ASan+UBSan) =="
+  fuzz_one wire "$FUZZ_ITERS"
+  fuzz_one session "$FUZZ_SESSION_ITERS" 1 fuzz/corpus/session
+  fuzz_one client "$FUZZ_CLIENT_ITERS" 1 fuzz/corpus/client
 }
 
 # busted_suite VARIANT INTERP [ENV...]
 # BUSTED_TAG names the run (its log and failures); BUSTED_FILES overrides
-# the spec files (SPEC, when given, still wins).
+# the spec files (SPEC, when given, still wins); BUSTED_ARG is one more
+# argument for busted.
 busted_suite() {
   local v=$1 interp=$2; shift 2
   local tag=${BUSTED_TAG:-$v}
@@ -131,7 +152,7 @@ busted_suite() {
   [ -e "${files[0]}" ] || { echo "(no spec files)"; return; }
   if ! build "build/$v/levelparty/core.so"; then bad "busted $v: core.so does not build"; return; fi
   timeout "$BUSTED_TIMEOUT" sh mk/luaenv.sh "$v" env "$@" "$interp" /usr/bin/busted \
-    -o TAP "${files[@]}" </dev/null >"$log" 2>&1
+    -o TAP ${BUSTED_ARG:+"$BUSTED_ARG"} "${files[@]}" </dev/null >"$log" 2>&1
   rc=$?
   sk=$(grep -cE '^ok [0-9]+ - # SKIP' "$log")
   ok=$(($(grep -cE '^ok [0-9]+ ' "$log") - sk))
@@ -159,6 +180,74 @@ rock_check() {
 }
 
 want() { [ "$LUA" = all ] || [ "$LUA" = "$1" ]; }
+
+# ThreadSanitizer: the C tests (the test thread, the server's and the
+# worker's threads and LevelDB's share the engine) and the multi-process
+# specs with build/tsan's core.so.  libtsan must be loaded first, but
+# LD_PRELOAD would reach the shells and python3 the specs start, which
+# crash under it: build/tsan/bin/lua5.4 loads it with the dynamic loader's
+# --preload instead, and is the interpreter the specs start too
+# (LEVELPARTY_LUA).  The specs' helper passes children a fixed environment,
+# so the wrapper sets TSAN_OPTIONS itself; every process writes its reports
+# to a file of $LOGS/tsan-reports, counted after the run.  One test is left
+# out: coroutine_spec's bound on the loop's latency (p99 under 50 ms while a
+# coroutine writes), which measures speed, not synchronisation, and fails
+# under TSan's slowdown.
+TSAN_SPECS=${TSAN_SPECS:-spec/party_spec.lua spec/failover_spec.lua spec/coroutine_spec.lua spec/iter_failover_spec.lua}
+tsan_pass() {
+  local lib ldso lua wrap reports n opts="halt_on_error=0 second_deadlock_stack=1 suppressions=$PWD/mk/tsan.supp"
+  echo "== build (tsan) =="
+  if ! build build/tsan/levelparty/core.so; then bad "build tsan"; return; fi
+  if [ -z "$SPEC" ]; then
+    C_TAG=tsan c_tests build/tsan/test TSAN_OPTIONS="$opts exitcode=66"
+  fi
+  lib=$(readlink -f "$(${CC:-gcc} -print-file-name=libtsan.so)")
+  lua=$(command -v lua5.4)
+  ldso=$(ldd "$lua" | awk '$1 ~ /^\/.*ld-linux/ {print $1; exit}')
+  wrap=$PWD/build/tsan/bin/lua5.4
+  reports=$PWD/$LOGS/tsan-reports
+  if [ ! -e "$lib" ] || [ -z "$ldso" ]; then bad "tsan: no libtsan or dynamic loader"; return; fi
+  mkdir -p "${wrap%/*}"
+  rm -rf "$reports"; mkdir -p "$reports"
+  cat >"$wrap" <<EOF
+#!/bin/sh
+# Written by mk/runtests.sh: lua5.4 with libtsan loaded first (see tsan_pass).
+TSAN_OPTIONS="$opts log_path=$reports/report"; export TSAN_OPTIONS
+exec $ldso --preload $lib $lua "\$@"
+EOF
+  chmod +x "$wrap"
+  BUSTED_TAG=tsan BUSTED_FILES="$TSAN_SPECS" BUSTED_ARG="--filter-out=the loop keeps running while" \
+    busted_suite tsan "$wrap" LEVELPARTY_LUA="$wrap"
+  n=$(cat "$reports"/report.* 2>/dev/null | grep -c '^WARNING: ThreadSanitizer')
+  echo "tsan reports: $n (from $(ls "$reports" | wc -l) processes)"
+  if [ "$n" -gt 0 ]; then
+    bad "busted tsan: $n ThreadSanitizer reports ($reports)"
+    cat "$reports"/report.* | head -n 60 | sed 's/^/  | /'
+  fi
+}
+
+# valgrind memcheck over the plain builds (-O2 -g, as `make test` builds
+# them): the C tests, then the single-process API specs in lua5.4 (through
+# build/valgrind/bin/lua5.4; processes the specs start run natively).
+# Uninitialised reads, invalid accesses and frees, bad system call arguments
+# fail the test (C) or the busted run (exit status 99).  Leaks are the ASan
+# pass's (LSan): valgrind would count the allocations of every forked child
+# that _exit()s by design.
+VALGRIND_SPECS=${VALGRIND_SPECS:-spec/api_spec.lua spec/iterator_spec.lua}
+valgrind_pass() {
+  local vg=(valgrind -q --error-exitcode=99 --leak-check=no --track-origins=yes
+    --num-callers=30 --suppressions="$PWD/mk/valgrind.supp")
+  local wrap=$PWD/build/valgrind/bin/lua5.4
+  [ -z "$SPEC" ] || return 0
+  C_RUNNER=("${vg[@]}")
+  C_TAG=valgrind C_TIMEOUT=$VALGRIND_TIMEOUT c_tests build/test
+  C_RUNNER=()
+  mkdir -p "${wrap%/*}"
+  printf '#!/bin/sh\n# Written by mk/runtests.sh: lua5.4 under memcheck (see valgrind_pass).\nexec %s %s "$@"\n' \
+    "${vg[*]}" "$(command -v lua5.4)" >"$wrap"
+  chmod +x "$wrap"
+  BUSTED_TAG=valgrind BUSTED_FILES="$VALGRIND_SPECS" busted_suite 5.4 "$wrap"
+}
 
 # The specs of the single-process API (they open the db under test with
 # helper.open, so they also run as a follower).
@@ -194,6 +283,8 @@ case $MODE in
     if ! build build/asan/levelparty/core.so build/asan/lptest_fork.so; then bad "build asan"; finish; fi
     [ -z "$SPEC" ] && c_tests build/asan/test ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1
     busted_suite asan lua5.4 LEVELPARTY_MEMORY_N=5000 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
+    tsan_pass
+    valgrind_pass
     ;;
   *) echo "runtests: unknown mode $MODE" >&2; exit 2 ;;
 esac

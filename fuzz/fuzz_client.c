@@ -1,0 +1,947 @@
+/*
+ * fuzz_client.c: fuzz target for the follower's client core (client.c).
+ *
+ * The input is a program: its first byte chooses the client's options
+ * (window, frame limit) and how the run ends; every later byte chooses the
+ * next operation and its arguments.  Operations: submit a request; write
+ * (part of) the out buffer to the "leader"; make up a reply, well-formed or
+ * not, for an id the client sent, one it never sent or a random one, of the
+ * right type or not; make up iterator entries, ends and errors; queue raw
+ * bytes; feed (part of) what was made up; take, forget; advance the clock
+ * and expire; reset the connection, replay; open, step, close iterators,
+ * give them deadlines; switch the finished-token log and drain it; fail
+ * everything.
+ *
+ * Invariants, any violation abort()ing:
+ *   - tokens count up from 1 by one; a token is taken at most once, only
+ *     once it is done, and a taken or forgotten one is unknown (done, not
+ *     takeable); an OK result holds a reply of its request's type;
+ *   - lp_client_pending and lp_client_iterators count exactly the requests
+ *     waiting and the iterators open; expiry finishes every request whose
+ *     deadline passed and leaves no deadline at or before now;
+ *   - the out buffer is always whole request frames that decode; on the
+ *     connection, a request id is never sent again before its reply came,
+ *     an iterator is opened only under an id not open, acked and ended only
+ *     under one that is, with a window of at most the configured one;
+ *   - after a replay the out buffer starts with every waiting request, in
+ *     token order, under ids 0, 1, 2, ...;
+ *   - lp_client_feed fails (LP_EPROTO) exactly when the bytes break the
+ *     protocol: a frame over the limit or that does not decode fails it, and
+ *     a failure without one comes from an iterator entry;
+ *   - an iterator's entries never pass its limit, carry exactly the sides
+ *     asked for, lp_client_iter_ready agrees with lp_client_iter_next, and
+ *     an iterator that ended or failed stays so;
+ *   - the finished-token log holds each token at most once, only finished
+ *     ones, and, unless it reports a loss, every token that finished while
+ *     it was on;
+ *   - nothing leaks (LSan), whether the run takes and closes everything or
+ *     just frees the client.
+ *
+ * libFuzzer: make build/fuzz/fuzz_client (make fuzz runs it).
+ * Standalone (gcc + ASan/UBSan, no libFuzzer): make build/fuzz/fuzz_client_standalone;
+ *   build/fuzz/fuzz_client_standalone [N] [seed] [file or directory...]
+ * replays the files given (the regression corpus), then N random programs.
+ */
+#include "private.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void fail(const char *why) {
+  fprintf(stderr, "fuzz_client: %s\n", why);
+  abort();
+}
+
+#define REQUIRE(cond)                                                                              \
+  do {                                                                                             \
+    if (!(cond)) fail(#cond);                                                                      \
+  } while (0)
+
+static void *xrealloc(void *p, size_t n) {
+  p = realloc(p, n ? n : 1);
+  if (!p) fail("ENOMEM");
+  return p;
+}
+
+static void append(lp_buf *b, const void *p, size_t n) {
+  if (lp_buf_append(b, p, n) != 0) fail("ENOMEM");
+}
+
+/* What the runs reached (printed by the standalone main). */
+static unsigned long stat_ops[18], stat_taken, stat_entries, stat_fed_entries, stat_proto,
+    stat_logged;
+
+/* ------------------------------------------------------------------------ */
+/* The program                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct prog {
+  const uint8_t *p;
+  size_t n, off;
+} prog;
+
+static uint8_t next_byte(prog *g) { return g->off < g->n ? g->p[g->off++] : 0; }
+
+static const struct {
+  const char *p;
+  size_t n;
+} keys[] = {{"", 0}, {"a", 1}, {"b", 1}, {"k1", 2}, {"k2", 2}, {"z", 1}, {"\x00", 1}, {"\xff", 1}};
+
+static lp_slice key_of(uint8_t b) {
+  lp_slice s;
+  s.ptr = keys[b % (sizeof keys / sizeof keys[0])].p;
+  s.len = keys[b % (sizeof keys / sizeof keys[0])].n;
+  return s;
+}
+
+/* A present slice of up to 15 program bytes (the program's own memory). */
+static lp_slice bytes_of(prog *g) {
+  lp_slice s;
+  size_t n = next_byte(g) % 16;
+  if (n > g->n - g->off) n = g->n - g->off;
+  s.ptr = g->off < g->n ? (const char *)g->p + g->off : "";
+  s.len = n;
+  g->off += n;
+  return s;
+}
+
+static void range_of(prog *g, lp_range *r) {
+  static const int64_t limits[8] = {-1, -1, 0, 1, 2, 3, 7, (int64_t)1 << 40};
+  uint8_t b = next_byte(g), c = next_byte(g);
+  lp_range_init(r);
+  if (b & 1) r->gt = key_of(c);
+  if (b & 2) r->gte = key_of((uint8_t)(c >> 3));
+  if (b & 4) r->lt = key_of(next_byte(g));
+  if (b & 8) r->lte = key_of(next_byte(g));
+  r->reverse = (b >> 4) & 1;
+  r->keys = !((b >> 5) & 1);
+  r->values = !((b >> 6) & 1);
+  r->limit = limits[(c >> 5) & 7];
+}
+
+/* ------------------------------------------------------------------------ */
+/* The fuzzer's books                                                         */
+/* ------------------------------------------------------------------------ */
+
+enum { T_LIVE, T_TAKEN, T_FORGOTTEN };
+
+typedef struct tok {
+  uint64_t token, deadline;
+  int tag, state;
+  int logged;  /* seen in the finished-token log */
+  int excused; /* finished while the log was off, emptied or lost */
+} tok;
+
+enum { F_NONE = 2 }; /* else the iterator's final lp_client_iter_next result, 0 or -1 */
+
+typedef struct titer {
+  lp_citer *it;
+  lp_range r; /* keys, values and limit as asked; the bounds are not kept */
+  int64_t returned;
+  int final;
+} titer;
+
+/* The leader's side of the current connection: what it has read (sv_in, a
+ * partial frame at most once parsed), and per id what is outstanding. */
+enum { SV_OUT = 1, SV_TAINT = 2 };
+
+typedef struct run {
+  lp_client *c;
+  uint32_t window;
+  size_t max_frame;
+  int keep_stale, polite;
+  uint64_t now, last_token;
+  tok *toks;
+  size_t ntok;
+  titer *its;
+  size_t nit;
+  int log_on;
+  lp_buf sv_in;    /* bytes written to the leader, not yet parsed */
+  uint8_t *sv_req; /* per request id: SV_OUT, SV_TAINT */
+  uint8_t *sv_it;  /* per iterator id: open */
+  size_t nsv_req, nsv_it;
+  size_t out_checked; /* bytes at the start of out already validated */
+  lp_buf pend;        /* made-up replies not fed yet */
+  lp_buf fed;         /* the fed bytes after the last whole frame (mirror of the client's) */
+} run;
+
+static uint8_t *sv_slot(uint8_t **a, size_t *n, uint32_t id) {
+  if (id >= *n) {
+    size_t m = *n ? *n : 16;
+    while (m <= id)
+      m *= 2;
+    *a = xrealloc(*a, m);
+    memset(*a + *n, 0, m - *n);
+    *n = m;
+  }
+  return &(*a)[id];
+}
+
+static tok *tok_find(run *R, uint64_t t) {
+  if (t == 0 || t > R->ntok) return NULL;
+  return &R->toks[t - 1]; /* tokens are 1, 2, 3, ...: checked at submit */
+}
+
+static int done(run *R, const tok *t) { return lp_client_done(R->c, t->token); }
+
+/* ------------------------------------------------------------------------ */
+/* The leader's view                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* One request frame as the leader reads it. */
+static void sv_request(run *R, const lp_request *q) {
+  if (q->tag != LP_REQ_ITER) {
+    uint8_t *s = sv_slot(&R->sv_req, &R->nsv_req, q->id);
+    REQUIRE(q->tag >= LP_REQ_GET && q->tag <= LP_REQ_GETMANY);
+    /* an id is free again only once its reply came */
+    REQUIRE(!(*s & SV_OUT) || (*s & SV_TAINT));
+    *s |= SV_OUT;
+    return;
+  }
+  {
+    uint8_t *s = sv_slot(&R->sv_it, &R->nsv_it, q->id);
+    if (q->opts.present) {
+      REQUIRE(!*s);
+      REQUIRE(q->batch > 0 && q->batch <= R->window);
+      REQUIRE(q->opts.has_keys && q->opts.keys);
+      *s = 1;
+    } else if (q->batch > 0) {
+      REQUIRE(*s);
+      REQUIRE(q->batch <= R->window);
+    } else {
+      REQUIRE(*s);
+      *s = 0;
+    }
+  }
+}
+
+/* Whole request frames from buf[0..len); returns the bytes they take.  With
+ * whole set, nothing may be left over. */
+static size_t parse_requests(run *R, const char *buf, size_t len, int whole, int apply) {
+  size_t off = 0;
+  while (off < len) {
+    lp_slice payload;
+    lp_request q;
+    size_t used;
+    int rc = lp_wire_next_frame(buf + off, len - off, 0, &payload, &used);
+    if (rc == LP_WIRE_NEED_MORE) break;
+    REQUIRE(rc == LP_WIRE_OK); /* never an empty or oversized frame */
+    REQUIRE(lp_wire_decode_request(payload, &q) == LP_WIRE_OK);
+    if (apply) sv_request(R, &q);
+    off += used;
+  }
+  if (whole) REQUIRE(off == len);
+  return off;
+}
+
+/* The out buffer only grows between writes and resets: validate what is new. */
+static void check_out(run *R) {
+  lp_buf *out = lp_client_out(R->c);
+  REQUIRE(out->len >= R->out_checked);
+  parse_requests(R, out->ptr + R->out_checked, out->len - R->out_checked, 1, 0);
+  R->out_checked = out->len;
+}
+
+static void op_write(run *R, prog *g) {
+  lp_buf *out = lp_client_out(R->c);
+  uint8_t b = next_byte(g);
+  size_t n = out->len, used;
+  if ((b & 0x80) && (size_t)(b & 0x7f) < n) n = b & 0x7f;
+  append(&R->sv_in, out->ptr, n);
+  lp_buf_consume(out, n);
+  R->out_checked -= n;
+  used = parse_requests(R, R->sv_in.ptr, R->sv_in.len, 0, 1);
+  lp_buf_consume(&R->sv_in, used);
+}
+
+/* The connection is gone; the next one starts from nothing on both sides. */
+static void disconnect(run *R) {
+  lp_client_reset(R->c);
+  REQUIRE(lp_client_out(R->c)->len == 0);
+  R->out_checked = 0;
+  R->sv_in.len = 0;
+  if (R->sv_req) memset(R->sv_req, 0, R->nsv_req);
+  if (R->sv_it) memset(R->sv_it, 0, R->nsv_it);
+  R->fed.len = 0;
+  if (!R->keep_stale) R->pend.len = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Requests                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void op_submit(run *R, prog *g) {
+  static const int tags[8] = {LP_REQ_GET,   LP_REQ_PUT,     LP_REQ_DEL,  LP_REQ_BATCH,
+                              LP_REQ_CLEAR, LP_REQ_GETMANY, LP_REQ_ITER, 9};
+  uint8_t b = next_byte(g);
+  int tag = tags[b & 7];
+  uint64_t deadline = (b & 8) ? R->now + 1 + (next_byte(g) & 15) : 0, t;
+  lp_buf rest = {0};
+  lp_range rg;
+  size_t i, n;
+  int rc = 0;
+  switch (tag) {
+    case LP_REQ_PUT: rc = lp_wire_rest_put(&rest, key_of(next_byte(g)), bytes_of(g)); break;
+    case LP_REQ_BATCH:
+      n = next_byte(g) % 4;
+      for (i = 0; i < n && rc == 0; i++) {
+        uint8_t k = next_byte(g);
+        rc = lp_wire_rest_batch_op(&rest, k & 1, key_of((uint8_t)(k >> 1)),
+                                   k & 1 ? LP_SLICE_NONE : bytes_of(g));
+      }
+      break;
+    case LP_REQ_CLEAR:
+      range_of(g, &rg);
+      rc = lp_wire_rest_clear(&rest, &rg);
+      break;
+    case LP_REQ_GETMANY:
+      n = next_byte(g) % 4;
+      for (i = 0; i < n && rc == 0; i++)
+        rc = lp_wire_rest_getmany_key(&rest, key_of(next_byte(g)));
+      break;
+    default: rc = lp_wire_rest_key(&rest, key_of(next_byte(g))); break;
+  }
+  if (rc) fail("ENOMEM");
+  t = lp_client_submit(R->c, tag, (lp_slice){rest.ptr ? rest.ptr : "", rest.len}, deadline);
+  lp_buf_free(&rest);
+  if (tag == LP_REQ_ITER || tag > LP_REQ_GETMANY) {
+    REQUIRE(t == 0); /* not a request of the table */
+    return;
+  }
+  REQUIRE(t == R->last_token + 1);
+  R->last_token = t;
+  R->toks = xrealloc(R->toks, (R->ntok + 1) * sizeof *R->toks);
+  memset(&R->toks[R->ntok], 0, sizeof *R->toks);
+  R->toks[R->ntok].token = t;
+  R->toks[R->ntok].tag = tag;
+  R->toks[R->ntok].deadline = deadline;
+  R->toks[R->ntok].state = T_LIVE;
+  R->ntok++;
+}
+
+static tok *pick_tok(run *R, prog *g) {
+  uint8_t b = next_byte(g);
+  return R->ntok ? &R->toks[(R->ntok - 1 - b % R->ntok)] : NULL; /* recent ones first */
+}
+
+static void op_take(run *R, prog *g) {
+  tok *t = pick_tok(R, g);
+  lp_result res;
+  int d, rc;
+  if (!t) return;
+  d = done(R, t);
+  memset(&res, 0, sizeof res);
+  rc = lp_client_take(R->c, t->token, &res);
+  if (t->state != T_LIVE) {
+    REQUIRE(d == 1 && rc == -1); /* unknown */
+    return;
+  }
+  if (!d) {
+    REQUIRE(rc == -1);
+    return;
+  }
+  REQUIRE(rc == 0);
+  t->state = T_TAKEN;
+  stat_taken++;
+  if (res.code == LP_OK) {
+    lp_response r;
+    lp_slice payload = {res.payload.ptr, res.payload.len};
+    REQUIRE(res.msg == NULL);
+    REQUIRE(lp_wire_decode_response(payload, &r) == LP_WIRE_OK);
+    REQUIRE(r.tag == (t->tag == LP_REQ_GETMANY ? LP_RES_GETMANY : LP_RES_CALLBACK));
+  } else {
+    REQUIRE(res.code > LP_OK && res.code < LP_CODE_MAX);
+  }
+  lp_result_free(&res);
+  REQUIRE(lp_client_take(R->c, t->token, &res) == -1);
+  REQUIRE(done(R, t) == 1);
+}
+
+static void op_forget(run *R, prog *g) {
+  tok *t = pick_tok(R, g);
+  if (!t) return;
+  lp_client_forget(R->c, t->token); /* a no-op on an unknown token */
+  if (t->state == T_LIVE) t->state = T_FORGOTTEN;
+  REQUIRE(done(R, t) == 1);
+}
+
+static void op_expire(run *R, prog *g) {
+  size_t i, due = 0, n;
+  uint64_t next;
+  R->now += 1 + (next_byte(g) & 7);
+  for (i = 0; i < R->ntok; i++) {
+    tok *t = &R->toks[i];
+    if (t->state == T_LIVE && t->deadline && t->deadline <= R->now && !done(R, t)) due++;
+  }
+  n = lp_client_expire(R->c, R->now);
+  REQUIRE(n >= due && n <= due + R->nit);
+  for (i = 0; i < R->ntok; i++) {
+    tok *t = &R->toks[i];
+    if (t->state == T_LIVE && t->deadline && t->deadline <= R->now) REQUIRE(done(R, t));
+  }
+  next = lp_client_next_deadline(R->c);
+  REQUIRE(next == 0 || next > R->now);
+}
+
+static void op_replay(run *R) {
+  lp_buf *out;
+  size_t off = 0, nreq = 0;
+  int iters_seen = 0;
+  disconnect(R);
+  lp_client_replay(R->c);
+  out = lp_client_out(R->c);
+  while (off < out->len) {
+    lp_slice payload;
+    lp_request q;
+    size_t used;
+    REQUIRE(lp_wire_next_frame(out->ptr + off, out->len - off, 0, &payload, &used) == LP_WIRE_OK);
+    REQUIRE(lp_wire_decode_request(payload, &q) == LP_WIRE_OK);
+    if (q.tag == LP_REQ_ITER) {
+      REQUIRE(q.opts.present); /* only reopens */
+      iters_seen++;
+    } else {
+      REQUIRE(!iters_seen);              /* requests first */
+      REQUIRE(q.id == (uint32_t)nreq++); /* in token order under fresh ids */
+    }
+    off += used;
+  }
+  REQUIRE(nreq == lp_client_pending(R->c));
+  REQUIRE((size_t)iters_seen <= R->nit);
+}
+
+static void op_fail_all(run *R, prog *g) {
+  static const lp_code codes[3] = {LP_ECLOSED, LP_ELEADERLOST, LP_EACCES};
+  lp_client_fail_all(R->c, codes[next_byte(g) % 3], next_byte(g) & 1 ? "gone" : NULL);
+  REQUIRE(lp_client_pending(R->c) == 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Made-up replies                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* An id the leader has outstanding (of requests or iterators), or any. */
+static uint32_t pick_id(prog *g, const uint8_t *slots, size_t n, uint8_t flag) {
+  uint8_t b = next_byte(g);
+  size_t i, k = 0, want;
+  if ((b & 0xe0) == 0xe0) return b & 0x0f; /* any small id, sent or not */
+  for (i = 0; i < n; i++)
+    if (slots[i] & flag) k++;
+  if (!k) return b & 0x07;
+  want = b % k;
+  for (i = 0; i < n; i++)
+    if ((slots[i] & flag) && want-- == 0) return (uint32_t)i;
+  return 0;
+}
+
+static void op_make_reply(run *R, prog *g) {
+  uint32_t id = pick_id(g, R->sv_req, R->nsv_req, SV_OUT);
+  uint8_t b = next_byte(g);
+  lp_buf rest = {0};
+  size_t i, n;
+  int rc = 0;
+  switch (b % 6) {
+    case 0: rc = lp_wire_enc_callback(&R->pend, id, NULL, 0, LP_SLICE_NONE); break;
+    case 1: rc = lp_wire_enc_callback(&R->pend, id, NULL, 0, bytes_of(g)); break;
+    case 2: rc = lp_wire_enc_callback(&R->pend, id, "NotFound: ", 10, LP_SLICE_NONE); break;
+    case 3: rc = lp_wire_enc_callback(&R->pend, id, "EIO: disk", 9, LP_SLICE_NONE); break;
+    case 4:
+      n = next_byte(g) % 4;
+      for (i = 0; i < n && rc == 0; i++)
+        rc = lp_wire_rest_getmany_value(&rest, next_byte(g) & 1 ? bytes_of(g) : LP_SLICE_NONE);
+      rc = rc || lp_wire_enc_getmany(&R->pend, id, NULL, 0,
+                                     (lp_slice){rest.ptr ? rest.ptr : "", rest.len});
+      break;
+    default: rc = lp_wire_enc_getmany(&R->pend, id, "EIO: x", 6, (lp_slice){"", 0}); break;
+  }
+  if (rc) fail("ENOMEM");
+  lp_buf_free(&rest);
+}
+
+/* IteratorData {1 id, [3 key], [4 value]}, either side possibly absent. */
+static void iterdata_raw(lp_buf *b, uint32_t id, lp_slice key, lp_slice value) {
+  lp_buf rest = {0};
+  uint8_t h[2];
+  if (key.ptr) {
+    h[0] = 0x1a;
+    h[1] = (uint8_t)key.len; /* < 128 */
+    append(&rest, h, 2);
+    append(&rest, key.ptr, key.len);
+  }
+  if (value.ptr) {
+    h[0] = 0x22;
+    h[1] = (uint8_t)value.len;
+    append(&rest, h, 2);
+    append(&rest, value.ptr, value.len);
+  }
+  if (lp_wire_frame(b, LP_RES_ITERDATA, id, (lp_slice){rest.ptr ? rest.ptr : "", rest.len}))
+    fail("ENOMEM");
+  lp_buf_free(&rest);
+}
+
+static void op_make_iter(run *R, prog *g) {
+  uint32_t id = pick_id(g, R->sv_it, R->nsv_it, 1);
+  uint8_t b = next_byte(g);
+  size_t i, n;
+  switch (b % 8) {
+    case 0:
+    case 1:
+    case 2:
+    case 3: /* a burst of entries */
+      n = 1 + (b >> 3) % 4;
+      for (i = 0; i < n; i++) {
+        uint8_t k = next_byte(g);
+        iterdata_raw(&R->pend, id, key_of(k), k & 0x80 ? LP_SLICE_NONE : bytes_of(g));
+      }
+      break;
+    case 4:
+      if (lp_wire_enc_iterend(&R->pend, id)) fail("ENOMEM");
+      break;
+    case 5:
+      if (lp_wire_enc_itererror(&R->pend, id, b & 8 ? "EIO: broken" : "boom", b & 8 ? 11 : 4))
+        fail("ENOMEM");
+      break;
+    case 6: iterdata_raw(&R->pend, id, LP_SLICE_NONE, key_of(b)); break; /* no key */
+    default: /* an empty error: an end marker to the client */
+      if (lp_wire_enc_itererror(&R->pend, id, "", 0)) fail("ENOMEM");
+      break;
+  }
+}
+
+/* Bytes the client must skip (an empty frame, a frame of an unknown reply
+ * type), or, one time in eight, raw program bytes. */
+static void op_garbage(run *R, prog *g) {
+  uint8_t b = next_byte(g);
+  lp_slice s = bytes_of(g);
+  if ((b & 7) == 0) {
+    append(&R->pend, s.ptr, s.len);
+  } else if ((b & 7) == 1) {
+    append(&R->pend, "\x00", 1);
+  } else {
+    b = (uint8_t)(3 + b % 250); /* a tag past LP_RES_GETMANY */
+    if (lp_wire_frame(&R->pend, b, 0, s)) fail("ENOMEM");
+  }
+}
+
+/* What lp_client_feed must make of the fed bytes, mirrored: the frames it
+ * completes, their effect on the leader's books (a reply frees its id), and
+ * whether they must break the protocol.  *entries counts iterator entries,
+ * the only frames whose verdict depends on the client's state. */
+static int mirror_feed(run *R, size_t *entries) {
+  size_t off = 0;
+  int bad = 0;
+  *entries = 0;
+  while (off < R->fed.len && !bad) {
+    lp_slice payload;
+    lp_response r;
+    size_t used;
+    int rc = lp_wire_next_frame(R->fed.ptr + off, R->fed.len - off, R->max_frame, &payload, &used);
+    if (rc == LP_WIRE_NEED_MORE) break;
+    if (rc != LP_WIRE_OK && rc != LP_WIRE_EMPTY) {
+      bad = 1;
+      break;
+    }
+    off += used;
+    if (rc == LP_WIRE_EMPTY) continue;
+    rc = lp_wire_decode_response(payload, &r);
+    if (rc == LP_WIRE_UNKNOWN_TAG) continue;
+    if (rc != LP_WIRE_OK) {
+      bad = 1;
+      break;
+    }
+    if (r.tag == LP_RES_ITERDATA) {
+      if (!(r.error.ptr && r.error.len) && (r.key.ptr || r.value.ptr)) ++*entries;
+    } else {
+      uint8_t *s = sv_slot(&R->sv_req, &R->nsv_req, r.id);
+      if (*s & SV_OUT)
+        *s &= (uint8_t)~SV_OUT;
+      else
+        *s |= SV_TAINT; /* freed before the leader read it: the id may come twice */
+    }
+  }
+  lp_buf_consume(&R->fed, off);
+  return bad;
+}
+
+static void op_feed(run *R, prog *g) {
+  uint8_t b = next_byte(g);
+  size_t n = R->pend.len, entries;
+  lp_err err;
+  int rc, bad;
+  if ((b & 0x80) && (size_t)(b & 0x7f) < n) n = b & 0x7f;
+  err.code = LP_OK;
+  rc = lp_client_feed(R->c, R->pend.ptr ? R->pend.ptr : "", n, &err);
+  append(&R->fed, R->pend.ptr, n);
+  lp_buf_consume(&R->pend, n);
+  bad = mirror_feed(R, &entries);
+  stat_fed_entries += entries;
+  if (bad) REQUIRE(rc == -1);
+  if (rc == 0) return;
+  REQUIRE(rc == -1 && err.code == LP_EPROTO);
+  REQUIRE(bad || entries > 0);
+  stat_proto++;
+  disconnect(R); /* as the contract says: close, reset */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Iterators                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void op_iter_open(run *R, prog *g) {
+  lp_range rg;
+  titer *t;
+  range_of(g, &rg);
+  R->its = xrealloc(R->its, (R->nit + 1) * sizeof *R->its);
+  t = &R->its[R->nit];
+  memset(t, 0, sizeof *t);
+  t->it = lp_client_iter_open(R->c, &rg);
+  REQUIRE(t->it != NULL);
+  t->r = rg;
+  t->r.gt = t->r.gte = t->r.lt = t->r.lte = LP_SLICE_NONE;
+  t->final = F_NONE;
+  R->nit++;
+}
+
+static titer *pick_iter(run *R, prog *g) {
+  uint8_t b = next_byte(g);
+  if (!R->nit) return NULL;
+  return &R->its[b & 1 ? R->nit - 1 : (size_t)(b >> 1) % R->nit]; /* the newest half the time */
+}
+
+static unsigned sum_bytes(lp_slice s) {
+  unsigned h = 0;
+  size_t i;
+  for (i = 0; i < s.len; i++)
+    h = h * 31u + (unsigned char)s.ptr[i];
+  return h;
+}
+
+static volatile unsigned sink; /* the entries' bytes are read, so ASan sees them */
+
+static void op_iter_next(run *R, prog *g) {
+  titer *t = pick_iter(R, g);
+  int k, steps = 1 + (next_byte(g) & 7);
+  if (!t) return;
+  for (k = 0; k < steps; k++) {
+    lp_slice key, value;
+    lp_err err;
+    int ready = lp_client_iter_ready(R->c, t->it);
+    int rc = lp_client_iter_next(R->c, t->it, &key, &value, &err);
+    REQUIRE(ready == (rc != 2));
+    if (t->final != F_NONE) REQUIRE(rc == t->final);
+    if (t->r.limit >= 0 && t->returned == t->r.limit) REQUIRE(rc == 0); /* ends at its limit */
+    if (rc == 2) break;
+    if (rc == 1) {
+      t->returned++;
+      stat_entries++;
+      REQUIRE(t->r.limit < 0 || t->returned <= t->r.limit);
+      REQUIRE((key.ptr != NULL) == (t->r.keys != 0));
+      REQUIRE(t->r.values || value.ptr == NULL);
+      sink += sum_bytes(key) + sum_bytes(value);
+      continue;
+    }
+    REQUIRE(rc == 0 || rc == -1);
+    if (rc == -1) REQUIRE(err.code > LP_OK && err.code < LP_CODE_MAX);
+    t->final = rc;
+    break;
+  }
+}
+
+static void op_iter_close(run *R, prog *g) {
+  titer *t = pick_iter(R, g);
+  if (!t) return;
+  lp_client_iter_close(R->c, t->it);
+  *t = R->its[--R->nit];
+}
+
+static void op_iter_deadline(run *R, prog *g) {
+  titer *t = pick_iter(R, g);
+  uint8_t b = next_byte(g);
+  if (t) lp_client_iter_wait_deadline(R->c, t->it, R->now + 1 + (b & 7));
+}
+
+/* ------------------------------------------------------------------------ */
+/* The finished-token log                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Every token finished by now can no longer be expected in the log. */
+static void excuse_finished(run *R) {
+  size_t i;
+  for (i = 0; i < R->ntok; i++)
+    if (done(R, &R->toks[i])) R->toks[i].excused = 1;
+}
+
+static void op_log(run *R, prog *g) {
+  R->log_on = next_byte(g) & 1;
+  lp_client_log_finished(R->c, R->log_on); /* empties the log */
+  excuse_finished(R);
+}
+
+static void op_drain(run *R) {
+  const uint64_t *p;
+  uint64_t *copy;
+  size_t n, i;
+  int lost = lp_client_finished(R->c, &p, &n);
+  REQUIRE(lost == 0 || lost == -1);
+  copy = xrealloc(NULL, n * sizeof *copy);
+  if (n) memcpy(copy, p, n * sizeof *copy); /* valid only until the next call into c */
+  for (i = 0; i < n; i++) {
+    tok *t = tok_find(R, copy[i]);
+    REQUIRE(t != NULL);
+    REQUIRE(!t->logged); /* a request finishes once */
+    REQUIRE(done(R, t));
+    t->logged = 1;
+    stat_logged++;
+  }
+  free(copy);
+  if (lost) {
+    excuse_finished(R);
+    return;
+  }
+  if (!R->log_on) return;
+  for (i = 0; i < R->ntok; i++) {
+    tok *t = &R->toks[i];
+    if (!t->logged && !t->excused) REQUIRE(!done(R, t));
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The run                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void check_counts(run *R) {
+  size_t i, waiting = 0;
+  for (i = 0; i < R->ntok; i++)
+    if (R->toks[i].state == T_LIVE && !done(R, &R->toks[i])) waiting++;
+  REQUIRE(lp_client_pending(R->c) == waiting);
+  REQUIRE(lp_client_iterators(R->c) == R->nit);
+  check_out(R);
+}
+
+static void finish(run *R) {
+  size_t i;
+  if (R->polite) {
+    /* the out buffer goes out whole; every token is taken or forgotten and
+     * every iterator closed before the client is freed */
+    prog none = {NULL, 0, 0};
+    op_write(R, &none);
+    REQUIRE(R->sv_in.len == 0);
+    for (i = 0; i < R->ntok; i++) {
+      tok *t = &R->toks[i];
+      lp_result res;
+      if (t->state != T_LIVE) continue;
+      if (done(R, t)) {
+        REQUIRE(lp_client_take(R->c, t->token, &res) == 0);
+        lp_result_free(&res);
+      } else {
+        lp_client_forget(R->c, t->token);
+      }
+    }
+    while (R->nit)
+      lp_client_iter_close(R->c, R->its[--R->nit].it);
+    REQUIRE(lp_client_pending(R->c) == 0 && lp_client_iterators(R->c) == 0);
+  }
+  lp_client_free(R->c);
+  free(R->toks);
+  free(R->its);
+  free(R->sv_req);
+  free(R->sv_it);
+  lp_buf_free(&R->sv_in);
+  lp_buf_free(&R->pend);
+  lp_buf_free(&R->fed);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static const uint32_t windows[8] = {1, 2, 3, 4, 8, 16, 1024, 0};
+  static const size_t limits[4] = {0, 24, 64, 4096};
+  prog g = {data, size, 0};
+  lp_client_opts o;
+  run R;
+  uint8_t cfg;
+  if (size == 0) return 0;
+  cfg = next_byte(&g);
+  memset(&R, 0, sizeof R);
+  lp_client_opts_init(&o);
+  o.window = windows[cfg & 7];
+  o.max_frame = limits[(cfg >> 3) & 3];
+  R.window = o.window ? o.window : LP_DEFAULT_WINDOW;
+  R.max_frame = o.max_frame;
+  R.keep_stale = (cfg >> 5) & 1;
+  R.polite = (cfg >> 6) & 1;
+  R.now = 1000;
+  R.c = lp_client_new(&o);
+  REQUIRE(R.c != NULL);
+  if (cfg & 0x80) {
+    R.log_on = 1;
+    lp_client_log_finished(R.c, 1);
+  }
+  while (g.off < g.n) {
+    uint8_t op = next_byte(&g) % 18;
+    stat_ops[op]++;
+    switch (op) {
+      case 0:
+      case 1: op_submit(&R, &g); break;
+      case 2: op_write(&R, &g); break;
+      case 3: op_make_reply(&R, &g); break;
+      case 4: op_make_iter(&R, &g); break;
+      case 5: op_garbage(&R, &g); break;
+      case 6: op_feed(&R, &g); break;
+      case 7: op_take(&R, &g); break;
+      case 8: op_forget(&R, &g); break;
+      case 9: op_expire(&R, &g); break;
+      case 10: disconnect(&R); break;
+      case 11: op_replay(&R); break;
+      case 12: op_iter_open(&R, &g); break;
+      case 13: op_iter_next(&R, &g); break;
+      case 14: op_iter_close(&R, &g); break;
+      case 15: op_iter_deadline(&R, &g); break;
+      case 16: op_log(&R, &g); break;
+      default: /* a drain, or one time in eight the end of retrying */
+        if (next_byte(&g) & 7)
+          op_drain(&R);
+        else
+          op_fail_all(&R, &g);
+        break;
+    }
+    check_counts(&R);
+  }
+  finish(&R);
+  return 0;
+}
+
+#ifdef LP_FUZZ_STANDALONE
+/* A short fuzz pass without libFuzzer: the files named on the command line,
+ * then random programs. */
+
+#include "../test/tap.h" /* the tests' rng and TAP line */
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+static int replay_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  lp_buf b = {0};
+  char chunk[4096];
+  size_t n;
+  if (!f) return -1;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    append(&b, chunk, n);
+  fclose(f);
+  LLVMFuzzerTestOneInput((const uint8_t *)b.ptr, b.len);
+  lp_buf_free(&b);
+  return 0;
+}
+
+/* Replays a file, or every regular file of a directory; returns how many. */
+static long replay_path(const char *path) {
+  DIR *d = opendir(path);
+  struct dirent *de;
+  long n = 0;
+  if (!d) return replay_file(path) == 0 ? 1 : 0;
+  while ((de = readdir(d)) != NULL) {
+    char sub[4096];
+    struct stat st;
+    snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+    if (stat(sub, &st) == 0 && S_ISREG(st.st_mode) && replay_file(sub) == 0) n++;
+  }
+  closedir(d);
+  return n;
+}
+
+static void put(lp_buf *b, unsigned c) {
+  uint8_t u = (uint8_t)c;
+  append(b, &u, 1);
+}
+
+/* Operations in the order that streams entries to an iterator: open one,
+ * write the open, make up entries for an open iterator id, feed them, step
+ * the newest iterator.  Each argument byte as its operation reads it. */
+static void stream_macro(lp_buf *in) {
+  unsigned b = (unsigned)tap_rng() & 0x7f, n, i;
+  put(in, 12); /* op_iter_open: range_of */
+  put(in, b);
+  put(in, tap_rng());
+  if (b & 4) put(in, tap_rng());
+  if (b & 8) put(in, tap_rng());
+  put(in, 2); /* op_write: everything */
+  put(in, 0);
+  put(in, 4);                                                     /* op_make_iter */
+  put(in, tap_rng() % 0xe0);                                      /* an open id */
+  b = (unsigned)(tap_rng() % 4) | (unsigned)(tap_rng() % 4) << 3; /* a burst */
+  put(in, b);
+  n = 1 + (b >> 3) % 4;
+  for (i = 0; i < n; i++) {
+    unsigned k = (unsigned)tap_rng();
+    put(in, k);
+    if (!(k & 0x80)) {
+      unsigned len = (unsigned)tap_rng() % 4, j;
+      put(in, len);
+      for (j = 0; j < len; j++)
+        put(in, 'a' + j);
+    }
+  }
+  put(in, 6); /* op_feed: everything */
+  put(in, 0);
+  put(in, 13); /* op_iter_next: the newest, up to 8 steps */
+  put(in, 1);
+  put(in, 7);
+}
+
+/* How often random programs draw each operation (by its number in
+ * LLVMFuzzerTestOneInput's switch): garbage and resets rarely, or nothing
+ * would survive long enough to stream iterator entries. */
+static const unsigned weights[18] = {6, 6, 10, 8, 10, 1, 12, 6, 2, 3, 1, 2, 4, 10, 1, 2, 1, 2};
+
+int main(int argc, char **argv) {
+  long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 20000, i, replayed = 0;
+  unsigned total_weight = 0;
+  lp_buf in = {0};
+  char what[160];
+  int a;
+  size_t k, n;
+
+  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
+  if (iters <= 0) iters = 20000;
+  for (k = 0; k < sizeof weights / sizeof weights[0]; k++)
+    total_weight += weights[k];
+  for (a = 3; a < argc; a++)
+    replayed += replay_path(argv[a]);
+  for (i = 0; i < iters; i++) {
+    uint8_t c = (uint8_t)tap_rng();
+    in.len = 0;
+    append(&in, &c, 1);
+    n = 1 + (size_t)(tap_rng() % 120);
+    for (k = 0; k < n; k++) {
+      if (tap_rng() % 8 == 0) {
+        stream_macro(&in);
+        continue;
+      }
+      /* an operation drawn by weight, then arguments; an operation that
+       * takes fewer leaves the rest to be read as the next operations */
+      unsigned w = (unsigned)(tap_rng() % total_weight), op = 0, j;
+      while (w >= weights[op])
+        w -= weights[op++];
+      c = (uint8_t)(op + 18 * (tap_rng() % 14));
+      append(&in, &c, 1);
+      for (j = tap_rng() % 5; j > 0; j--) {
+        c = (uint8_t)tap_rng();
+        append(&in, &c, 1);
+      }
+    }
+    LLVMFuzzerTestOneInput((const uint8_t *)in.ptr, in.len);
+  }
+  lp_buf_free(&in);
+  printf("# ops:");
+  for (k = 0; k < sizeof stat_ops / sizeof stat_ops[0]; k++)
+    printf(" %lu", stat_ops[k]);
+  printf(" | taken %lu, entries fed %lu, returned %lu, protocol errors %lu, logged %lu\n",
+         stat_taken, stat_fed_entries, stat_entries, stat_proto, stat_logged);
+  snprintf(what, sizeof what,
+           "fuzz_client: %ld corpus files and %ld random programs, every invariant held", replayed,
+           iters);
+  check(1, what, "-");
+  return tap_done();
+}
+#endif
