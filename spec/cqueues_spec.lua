@@ -1,0 +1,177 @@
+-- levelparty.set_loop("cqueues"): calls inside cqueues-managed coroutines wait
+-- in cqueues.poll, so the controller keeps running its other coroutines (a
+-- timer coroutine ticks while calls wait), as a follower of a leader in
+-- another process, through that leader's death (this process takes over),
+-- and as the leader.
+local has_cqueues = pcall(require, "cqueues")
+local helper = require "helper"
+local lp = require "levelparty"
+
+local describe_cq = has_cqueues and describe or pending
+
+describe_cq("the cqueues loop", function()
+  local cqueues = has_cqueues and require "cqueues"
+
+  local handles = {}
+  -- lp.open, and the handle is closed after the test whatever happens (so
+  -- that set_loop(nil) may run)
+  local function open(dir, opts)
+    local db, err, code = lp.open(dir, opts)
+    handles[#handles + 1] = db
+    return db, err, code
+  end
+
+  before_each(function() lp.set_loop("cqueues") end)
+  after_each(function()
+    for i = #handles, 1, -1 do
+      handles[i]:close()
+      handles[i] = nil
+    end
+    helper.cleanup()
+    lp.set_loop(nil)
+  end)
+
+  -- Runs the coroutines fns (each fn(i)) and a ticker under one controller,
+  -- until they end; returns the ticker's count and, per call that waited
+  -- (see call), whether the ticker ran during it.  An error in any coroutine
+  -- fails the test with its traceback.
+  local function run(fns, timeout)
+    local cq = cqueues.new()
+    local st = { ticks = 0, running = #fns, spanned = 0, calls = 0 }
+    for i, fn in ipairs(fns) do
+      cq:wrap(function()
+        local ok, err = xpcall(fn, debug.traceback, i, st)
+        st.running = st.running - 1
+        if not ok then st.err = st.err or err end
+      end)
+    end
+    cq:wrap(function()
+      while st.running > 0 do
+        cqueues.sleep(0.002)
+        st.ticks = st.ticks + 1
+      end
+    end)
+    local deadline = cqueues.monotime() + (timeout or 60)
+    while not cq:empty() do
+      local ok, err = cq:step(1)
+      assert(ok, err)
+      assert(cqueues.monotime() < deadline, "the coroutines did not finish in time")
+    end
+    assert(st.err == nil, st.err)
+    return st
+  end
+
+  -- One call through fn(...), counted: spanned when the ticker ran meanwhile
+  -- (impossible if the call blocked the controller).
+  local function call(st, fn, ...)
+    local t0 = st.ticks
+    local a, b, c = fn(...)
+    st.calls = st.calls + 1
+    if st.ticks > t0 then st.spanned = st.spanned + 1 end
+    return a, b, c
+  end
+
+  -- n coroutines: puts, gets, a batch and an iterator over their own keys.
+  local function workers(db, n, ops, hook)
+    local fns = {}
+    for w = 1, n do
+      fns[w] = function(i, st)
+        assert(cqueues.running())
+        for j = 1, ops do
+          local k = string.format("w%d:%04d", i, j)
+          assert(call(st, db.put, db, k, "v" .. j))
+          assert.equal("v" .. j, call(st, db.get, db, k))
+          if hook then hook(st, i, j) end
+        end
+        assert(call(st, db.batch, db, {
+          { type = "put", key = "w" .. i .. ":b1", value = "x" },
+          { type = "del", key = string.format("w%d:%04d", i, 1) },
+        }))
+        local seen = 0
+        for k, v in db:iter { gt = "w" .. i .. ":", lt = "w" .. i .. ";" } do
+          seen = seen + 1
+          assert(k:find("^w" .. i .. ":"), k)
+          assert(v ~= nil)
+        end
+        assert.equal(ops, seen) -- ops - 1 deleted + b1
+      end
+    end
+    return fns
+  end
+
+  it("waits in cqueues.poll as a follower, and the controller keeps running", function()
+    local dir = helper.tmpdir("cq")
+    helper.start_leader(dir)
+    local db = assert(open(dir))
+    assert.equal("follower", db:role())
+    local st = run(workers(db, 4, 150))
+    assert.equal(4 * (150 * 2 + 1), st.calls)
+    -- calls yielded: the ticker ran while some of them waited
+    assert.is_true(st.spanned > 0, "no call let the ticker run")
+    assert.is_true(st.ticks > 0)
+    assert.equal("v7", db:get("w3:0007")) -- blocking again outside the controller
+    db:close()
+  end)
+
+  it("outside a controller's coroutine, a call blocks", function()
+    local dir = helper.tmpdir("cq")
+    helper.start_leader(dir)
+    local db = assert(open(dir))
+    local co = coroutine.wrap(function()
+      assert(db:put("k", "v"))
+      return db:get("k")
+    end)
+    assert.equal("v", co()) -- returned without yielding
+    db:close()
+  end)
+
+  it("open waits in a coroutine, and calls survive the leader's death", function()
+    local dir = helper.tmpdir("cq")
+    local leader = helper.start_leader(dir)
+    local db
+    local killed = false
+    local roles = {}
+    run({ function()
+      db = assert(open(dir, { on_role = function(role) roles[#roles + 1] = role end }))
+      assert.equal("follower", db:role())
+    end })
+    local fns = workers(db, 3, 120, function(st, i, j)
+      if i == 1 and j == 40 and not killed then
+        killed = true
+        leader:kill("sigkill")
+        st.killed_at = st.calls
+      end
+    end)
+    local st = run(fns, 90)
+    assert.is_true(killed)
+    assert.equal("leader", db:role())
+    assert.same({ "leader" }, roles)
+    assert.is_true(st.spanned > 0)
+    -- every write of every coroutine is there, before and after the kill
+    for i = 1, 3 do
+      assert.is_nil(db:get(string.format("w%d:%04d", i, 1)))
+      for j = 2, 120 do assert.equal("v" .. j, db:get(string.format("w%d:%04d", i, j))) end
+      assert.equal("x", db:get("w" .. i .. ":b1"))
+    end
+    db:close()
+  end)
+
+  it("as the leader, calls from several coroutines go straight to LevelDB", function()
+    local dir = helper.tmpdir("cq")
+    local db = assert(open(dir))
+    assert.equal("leader", db:role())
+    local st = run(workers(db, 3, 50))
+    assert.equal(3 * (50 * 2 + 1), st.calls)
+    db:close()
+  end)
+
+  it("set_loop refuses while handles are open, and bad loops", function()
+    local dir = helper.tmpdir("cq")
+    local db = assert(open(dir))
+    assert.error_matches(function() lp.set_loop("yield") end, "set_loop: handles are open")
+    db:close()
+    assert.error_matches(function() lp.set_loop("nope") end, "unknown loop 'nope'")
+    assert.error_matches(function() lp.set_loop(42) end, "string, table or nil expected")
+    assert.error_matches(function() lp.set_loop {} end, "backend.wait must be a function")
+  end)
+end)
