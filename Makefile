@@ -108,6 +108,15 @@ build/%/liblevelparty.a: $$(call objs,$$*,$(SRCS)) build/%/obj/lua_embed.o
 	@rm -f $@
 	ar rcs $@ $^
 
+# examples/embed: a C host with Lua 5.4 and liblevelparty.a linked in
+# statically, and no -Wl,-E (`make test` runs it; README.md, "Embedding
+# levelparty in a C program").
+LUA54_STATIC ?= $(shell $(CC) -print-file-name=liblua5.4.a)
+build/5.4/examples/embed_host: examples/embed/host.c build/5.4/liblevelparty.a include/levelparty.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -Iinclude -isystem $(LUA54_INCDIR) -o $@ $< build/5.4/liblevelparty.a \
+	  $(LUA54_STATIC) $(LDFLAGS) $(LIBS) -lm -ldl
+
 # A test-only Lua module for spec/fork_spec.lua (fork, waitpid, _exit).
 build/%/lptest_fork.so: test/lua/lptest_fork.c src/compat.h Makefile
 	@mkdir -p $(@D)
