@@ -175,3 +175,87 @@ describe_cq("the cqueues loop", function()
     assert.error_matches(function() lp.set_loop {} end, "backend.wait must be a function")
   end)
 end)
+
+-- Debian packages lua-http for Lua 5.1 (LuaJIT) only.
+local has_http = has_cqueues and pcall(require, "http.server") and pcall(require, "http.request")
+local describe_http = has_http and describe or pending
+
+describe_http("a lua-http server", function()
+  local db
+  after_each(function()
+    if db then db:close() end
+    helper.cleanup()
+    lp.set_loop(nil)
+  end)
+
+  it("serves requests whose handlers wait on levelparty while the server keeps serving", function()
+    local cqueues = require "cqueues"
+    local http_server = require "http.server"
+    local http_request = require "http.request"
+    local http_headers = require "http.headers"
+    lp.set_loop("cqueues")
+    local dir = helper.tmpdir("cqhttp")
+    helper.start_leader(dir)
+    db = assert(lp.open(dir))
+    assert.equal("follower", db:role())
+    local waited = 0 -- handler calls during which another handler ran
+    local inside = 0
+    local server = assert(http_server.listen {
+      host = "127.0.0.1", port = 0,
+      onstream = function(_, stream)
+        local req = assert(stream:get_headers())
+        local key = req:get(":path"):sub(2)
+        local body = req:get(":method") == "PUT" and assert(stream:get_body_as_string())
+        -- from here to the answer, only levelparty's calls may yield
+        inside = inside + 1
+        local before = inside
+        local value
+        if body then
+          assert(db:put(key, body))
+          value = "ok"
+        else
+          value = db:get(key) or "missing"
+        end
+        if inside ~= before then waited = waited + 1 end
+        local res = http_headers.new()
+        res:append(":status", "200")
+        assert(stream:write_headers(res, false))
+        assert(stream:write_chunk(value, true))
+      end,
+    })
+    assert(server:listen())
+    local _, host, port = server:localname()
+    local cq = cqueues.new()
+    cq:wrap(function() assert(server:loop()) end)
+    local done, results = 0, {}
+    for c = 1, 4 do
+      cq:wrap(function()
+        for j = 1, 20 do
+          local url = string.format("http://%s:%d/c%d-%d", host, port, c, j)
+          local r = http_request.new_from_uri(url)
+          r.headers:upsert(":method", "PUT")
+          r:set_body("v" .. j)
+          local h, s = assert(r:go(10))
+          assert.equal("200", h:get(":status"))
+          assert.equal("ok", s:get_body_as_string())
+          h, s = assert(http_request.new_from_uri(url):go(10))
+          assert.equal("200", h:get(":status"))
+          local body = s:get_body_as_string() -- (yields: before taking #results)
+          results[#results + 1] = body == "v" .. j
+        end
+        done = done + 1
+        if done == 4 then server:close() end
+      end)
+    end
+    local deadline = cqueues.monotime() + 60
+    while not cq:empty() do
+      assert(cq:step(1))
+      assert(cqueues.monotime() < deadline, "the requests did not finish in time")
+    end
+    assert.equal(160 / 2, #results)
+    for _, ok in ipairs(results) do assert.is_true(ok) end
+    assert.is_true(waited > 0, "no handler ran while another waited on levelparty")
+    assert.equal("v20", db:get("c4-20"))
+    db:close()
+  end)
+end)
