@@ -270,7 +270,7 @@ function pollable:timeout() end
 
 ---A scheduler's own loop for levelparty.set_loop.
 ---@class levelparty.loop_backend
----@field wait fun(pollable: levelparty.pollable, d: table?) returns once the pollable is ready (in the waiting coroutine)
+---@field wait fun(pollable: levelparty.pollable, d: table?) returns once the pollable is ready
 ---@field wake? fun(d: table) make the coroutines waiting with d return
 ---@field yieldable? fun(): boolean whether the running coroutine may wait
 
