@@ -152,6 +152,11 @@ $(FUZZERS:%=build/fuzz/fuzz_%): build/fuzz/fuzz_%: fuzz/fuzz_%.c $(CSRCS) $(HDRS
 	$(CLANG) -std=gnu99 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined \
 	  -Isrc -o $@ $(filter %.c,$^) $(LDFLAGS) $(LIBS)
 
+build/bench/embed_get: bench/embed_get.c build/5.4/liblevelparty.a include/levelparty.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -Iinclude -isystem $(LUA54_INCDIR) -o $@ $< build/5.4/liblevelparty.a \
+	  $(LUA54_STATIC) $(LDFLAGS) $(LIBS) -lm -ldl
+
 build/bench/%: bench/%.c Makefile
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -o $@ $< $(LDFLAGS) $(LIBS)
@@ -178,7 +183,7 @@ reliability:
 demo: deps build
 	sh mk/luaenv.sh 5.4 lua5.4 examples/demo.lua
 
-bench: deps build build/bench/raw_leveldb build/bench/sock_floor
+bench: deps build build/bench/raw_leveldb build/bench/sock_floor build/bench/embed_get
 	sh mk/luaenv.sh 5.4 lua5.4 bench/run.lua
 
 # Each target for FUZZ_SECONDS: new inputs go to build/fuzz/corpus/NAME, the
