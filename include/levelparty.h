@@ -2,7 +2,7 @@
  *
  * Link:  cc host.c -Iinclude -I/usr/include/lua5.4 build/5.4/liblevelparty.a \
  *          /usr/lib/x86_64-linux-gnu/liblua5.4.a -lleveldb -luv -lpthread -lm -ldl
- * (build/luajit/liblevelparty.a with LuaJIT's headers and -lluajit-5.1).  The
+ * (build/luajit/liblevelparty.a: -I/usr/include/luajit-2.1 and -l:libluajit-5.1.a).  The
  * host needs no -Wl,-E: nothing is loaded with dlopen.  See README.md,
  * "Embedding levelparty in a C program". */
 #ifndef LEVELPARTY_H
