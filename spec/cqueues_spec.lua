@@ -259,3 +259,127 @@ describe_http("a lua-http server", function()
     db:close()
   end)
 end)
+
+-- levelparty.set_loop("yield"), the interface a C host uses (examples/embed):
+-- a waiting call yields a pollable to whoever resumed the coroutine.  Here the
+-- scheduler is the application's own, polling with luv's poll handles.
+describe("the yield loop (a scheduler of the application's own)", function()
+  local uv = require "luv"
+  local handles = {}
+
+  after_each(function()
+    for i = #handles, 1, -1 do
+      handles[i]:close()
+      handles[i] = nil
+    end
+    helper.cleanup()
+    lp.set_loop(nil)
+  end)
+
+  local function now() return uv.hrtime() / 1e9 end
+
+  -- The host's own pollable: no fd, a deadline.
+  local Sleep = { pollfd = function() return -1 end, events = function() return "r" end }
+  Sleep.__index = Sleep
+  function Sleep:timeout() return math.max(0, self.deadline - now()) end
+  local function sleep(s) coroutine.yield(setmetatable({ deadline = now() + s }, Sleep)) end
+
+  -- Runs fns as coroutines: each pollable they yield is polled (its fd with a
+  -- luv poll handle, its timeout asked again before each wait), and the
+  -- coroutine is resumed when its fd is readable or its timeout passed.  The
+  -- poll handles are closed before the handle (after_each).
+  local function schedule(fns, timeout)
+    local tasks, polls, readable = {}, {}, {}
+    local timer = uv.new_timer()
+    handles[#handles + 1] = timer
+    local function resume(t)
+      local ok, p = coroutine.resume(t.co)
+      if not ok then error(debug.traceback(t.co, tostring(p)), 0) end
+      if coroutine.status(t.co) == "dead" then t.done = true else t.p = p end
+    end
+    for i, fn in ipairs(fns) do
+      tasks[i] = { co = coroutine.create(fn) }
+      resume(tasks[i])
+    end
+    local deadline = now() + timeout
+    while true do
+      local live, wait, want = 0, math.huge, {}
+      for _, t in ipairs(tasks) do
+        if not t.done then
+          live = live + 1
+          assert(type(t.p) == "table" and t.p:events() == "r", "a coroutine yielded no pollable")
+          t.timeout, t.fd = t.p:timeout() or math.huge, t.p:pollfd()
+          if t.timeout < wait then wait = t.timeout end
+          if t.fd >= 0 then want[t.fd] = true end
+        end
+      end
+      if live == 0 then break end
+      for k in pairs(readable) do readable[k] = nil end
+      for fd in pairs(want) do
+        if polls[fd] == nil then
+          polls[fd] = uv.new_poll(fd)
+          handles[#handles + 1] = polls[fd]
+        end
+        polls[fd]:start("r", function() readable[fd] = true end)
+      end
+      local t0 = now()
+      if wait > 0 then
+        if wait < math.huge then timer:start(math.ceil(wait * 1000), 0, function() end) end
+        uv.run("once")
+        timer:stop()
+      end
+      for _, p in pairs(polls) do p:stop() end
+      local elapsed = now() - t0
+      for _, t in ipairs(tasks) do
+        if not t.done and (readable[t.fd] or elapsed >= t.timeout) then resume(t) end
+      end
+      assert(now() < deadline, "the coroutines did not finish in time")
+    end
+  end
+
+  it("as a follower, calls wait while the scheduler runs a ticker; through the leader's death", function()
+    lp.set_loop("yield")
+    local dir = helper.tmpdir("yield")
+    local leader = helper.start_leader(dir)
+    local db = assert(lp.open(dir))
+    assert.equal("follower", db:role())
+    local st = { ticks = 0, running = 4, spanned = 0, calls = 0 }
+    local function call(f, ...)
+      local t0 = st.ticks
+      local a, b, c = f(...)
+      st.calls = st.calls + 1
+      if st.ticks > t0 then st.spanned = st.spanned + 1 end
+      return a, b, c
+    end
+    local fns = {}
+    for i = 1, 4 do
+      fns[i] = function()
+        for j = 1, 150 do
+          local k = string.format("c%d:%04d", i, j)
+          assert(call(db.put, db, k, "v" .. j))
+          assert.equal("v" .. j, call(db.get, db, k))
+          if i == 1 and j == 100 then leader:kill("sigkill") end
+        end
+        local n = 0
+        for _ in db:iter { gt = "c" .. i .. ":", lt = "c" .. i .. ";" } do n = n + 1 end
+        assert.equal(150, n)
+        st.running = st.running - 1
+      end
+    end
+    fns[5] = function()
+      while st.running > 0 do
+        sleep(0.001)
+        st.ticks = st.ticks + 1
+      end
+    end
+    schedule(fns, 60)
+    assert.equal(4 * 300, st.calls)
+    assert.is_true(st.spanned > 0, "no call let the ticker run")
+    assert.equal("leader", db:role())
+    assert.equal("v150", db:get("c4:0150"))
+    for _, h in ipairs(handles) do h:close() end
+    handles = {}
+    uv.run("nowait")
+    db:close()
+  end)
+end)
