@@ -1,6 +1,8 @@
 # levelparty: build, tests, benchmarks.  GNU make.
 #
-#   make build      build/5.4/levelparty/core.so and build/luajit/levelparty/core.so
+#   make build      build/5.4/levelparty/core.so and build/luajit/levelparty/core.so,
+#                   build/5.4/liblevelparty.a and build/luajit/liblevelparty.a
+#                   (include/levelparty.h; the Lua modules embedded)
 #   make test       C tests, fuzz smoke, busted (lua5.4 + luajit), luarocks check
 #                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
 #   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan, then
@@ -39,7 +41,12 @@ LUA           ?= all
 
 BASE = -std=gnu99 -D_GNU_SOURCE -fPIC -pthread $(OPT) $(WARN) $(WERROR) $(CPPFLAGS) $(CFLAGS)
 
-SRCS  := $(wildcard src/*.c)
+# src/lua_embed.c (levelparty_openlibs and the embedded Lua sources) is in
+# liblevelparty.a only, never in core.so.
+EMBEDSRCS := src/lua_embed.c
+SRCS  := $(filter-out $(EMBEDSRCS),$(wildcard src/*.c))
+LUAMODS := $(sort $(wildcard lua/levelparty/*.lua))
+LUA54   ?= lua5.4
 HDRS  := $(wildcard src/*.h)
 # Files that see a lua_State: lua_*.c and anything including a Lua header.
 # The rest (buf, wire, engine, ...) is what C tests and the fuzzer link.
@@ -70,7 +77,8 @@ all: build
 deps:
 	@sh mk/deps.sh
 
-build: build/5.4/levelparty/core.so build/luajit/levelparty/core.so
+build: build/5.4/levelparty/core.so build/luajit/levelparty/core.so \
+  build/5.4/liblevelparty.a build/luajit/liblevelparty.a
 
 $(foreach v,$(VARIANTS),$(call objs,$(v),$(SRCS))): build/%.o: \
     src/$$(notdir $$*).c $(HDRS) Makefile
@@ -83,6 +91,31 @@ build/%/levelparty/core.so: $$(call objs,$$*,$(SRCS)) mk/exports.map
 	@mkdir -p $(@D)
 	$(CC) -shared -pthread $(VFLAGS_$*) -o $@ $(filter %.o,$^) \
 	  -Wl,--version-script=mk/exports.map $(LDFLAGS) $(LIBS)
+
+# The static library for hosts that link levelparty in (include/levelparty.h):
+# every object of core.so plus levelparty_openlibs, which preloads the core
+# and the Lua modules, embedded by mk/embed_lua.lua.
+build/embed/lp_embed_lua.h: mk/embed_lua.lua $(LUAMODS)
+	@mkdir -p $(@D)
+	$(LUA54) mk/embed_lua.lua $@ $(LUAMODS)
+
+build/%/obj/lua_embed.o: src/lua_embed.c build/embed/lp_embed_lua.h include/levelparty.h \
+    src/compat.h Makefile
+	@mkdir -p $(@D)
+	$(CC) $(BASE) $(VFLAGS_$*) $(LUAFLAGS_$*) -Iinclude -Ibuild/embed -c $< -o $@
+
+build/%/liblevelparty.a: $$(call objs,$$*,$(SRCS)) build/%/obj/lua_embed.o
+	@rm -f $@
+	ar rcs $@ $^
+
+# examples/embed: a C host with Lua 5.4 and liblevelparty.a linked in
+# statically, and no -Wl,-E (`make test` runs it; README.md, "Embedding
+# levelparty in a C program").
+LUA54_STATIC ?= $(shell $(CC) -print-file-name=liblua5.4.a)
+build/5.4/examples/embed_host: examples/embed/host.c build/5.4/liblevelparty.a include/levelparty.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -Iinclude -isystem $(LUA54_INCDIR) -o $@ $< build/5.4/liblevelparty.a \
+	  $(LUA54_STATIC) $(LDFLAGS) $(LIBS) -lm -ldl
 
 # A test-only Lua module for spec/fork_spec.lua (fork, waitpid, _exit).
 build/%/lptest_fork.so: test/lua/lptest_fork.c src/compat.h Makefile
@@ -119,6 +152,11 @@ $(FUZZERS:%=build/fuzz/fuzz_%): build/fuzz/fuzz_%: fuzz/fuzz_%.c $(CSRCS) $(HDRS
 	$(CLANG) -std=gnu99 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined \
 	  -Isrc -o $@ $(filter %.c,$^) $(LDFLAGS) $(LIBS)
 
+build/bench/embed_get: bench/embed_get.c build/5.4/liblevelparty.a include/levelparty.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -Iinclude -isystem $(LUA54_INCDIR) -o $@ $< build/5.4/liblevelparty.a \
+	  $(LUA54_STATIC) $(LDFLAGS) $(LIBS) -lm -ldl
+
 build/bench/%: bench/%.c Makefile
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -o $@ $< $(LDFLAGS) $(LIBS)
@@ -145,7 +183,7 @@ reliability:
 demo: deps build
 	sh mk/luaenv.sh 5.4 lua5.4 examples/demo.lua
 
-bench: deps build build/bench/raw_leveldb build/bench/sock_floor
+bench: deps build build/bench/raw_leveldb build/bench/sock_floor build/bench/embed_get
 	sh mk/luaenv.sh 5.4 lua5.4 bench/run.lua
 
 # Each target for FUZZ_SECONDS: new inputs go to build/fuzz/corpus/NAME, the

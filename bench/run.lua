@@ -11,6 +11,9 @@
 --                     epoll_wait), plus failover times
 --   node (issue 4)    a Node level-party follower against a Lua leader and
 --                     against a Node leader; a Lua follower against a Node leader
+--   embed (issue 15)  bench/embed_get.c: the leader's own get from 1, 2 and 4
+--                     threads at once (liblevelparty.a, one lua_State each)
+--                     against raw LevelDB gets from as many threads
 --
 -- Figures are operations per second unless a unit is printed.  Nothing here is
 -- a test: nothing fails on a slow machine; the ratios are what to read.
@@ -425,6 +428,27 @@ do
   print(("%-9s %-34s %12.1f ms"):format("failover", "LevelDB reopen (same dirs)", reopen))
   print(("%-9s %-34s %12.2fx   (goal <= 2x: %s)"):format("failover", "ratio", med / reopen,
     med <= 2 * reopen and "met" or "MISSED"))
+end
+print()
+
+------------------------------------------------------------------- issue 15
+-- The leader's get from several threads, each its own lua_State, in a C host
+-- (bench/embed_get.c); the raw figure is taken in the same run, same threads.
+do
+  local d = tmpdir("embed")
+  local out = sh(("timeout 600 %s/embed_get '%s' -n %d 1 2 4 2>/dev/null; echo \"exit $?\""):format(bin, d, 2 * N))
+  os.execute("rm -rf '" .. d .. "'")
+  local got = {}
+  for side, t, v in out:gmatch("(%a+) get (%d+) (%d+)") do got[side .. t] = tonumber(v) end
+  for _, t in ipairs { "1", "2", "4" } do
+    if got["embed" .. t] and got["raw" .. t] then
+      report("embed", t .. " thread(s): leader get", got["embed" .. t], nil, "raw, " .. t .. " thread(s)",
+        got["raw" .. t], 0.6)
+    else
+      print(("%-9s %-34s %s"):format("embed", t .. " thread(s): leader get",
+        "failed (" .. (out:match("exit %d+") or "?") .. "; several states on several threads need issue 15)"))
+    end
+  end
 end
 print()
 

@@ -66,12 +66,13 @@ build() {
 
 # run_c NAME BIN [ENV...]: one C test program; counts its ok/not ok lines.
 # C_TAG names the pass (in the test's name and log), C_RUNNER (an array) is
-# a command to run BIN under, C_TIMEOUT overrides TEST_TIMEOUT.
-C_TAG= C_RUNNER=() C_TIMEOUT=
+# a command to run BIN under, C_TIMEOUT overrides TEST_TIMEOUT, C_ARGS (an
+# array) are BIN's arguments.
+C_TAG= C_RUNNER=() C_TIMEOUT= C_ARGS=()
 run_c() {
   local name="$1${C_TAG:+ ($C_TAG)}" log="$LOGS/${C_TAG:+$C_TAG-}$1.log" bin=$2; shift 2
   local rc ok nok limit=${C_TIMEOUT:-$TEST_TIMEOUT}
-  env "$@" timeout "$limit" ${C_RUNNER[@]+"${C_RUNNER[@]}"} "$bin" >"$log" 2>&1
+  env "$@" timeout "$limit" ${C_RUNNER[@]+"${C_RUNNER[@]}"} "$bin" ${C_ARGS[@]+"${C_ARGS[@]}"} >"$log" 2>&1
   rc=$?
   ok=$(grep -c '^ok - ' "$log")
   nok=$(grep -c '^not ok - ' "$log")
@@ -101,6 +102,48 @@ c_tests() {
     if build "$prefix/$t"; then run_c "$t" "$prefix/$t" "$@"
     else bad "$t: does not compile"; fi
   done
+}
+
+# examples/embed (README.md, "Embedding levelparty in a C program"): the host
+# with Lua 5.4 and liblevelparty.a linked in statically (it must export no Lua
+# symbol), EMBED_THREADS threads of 4 coroutines each on its own epoll loop:
+# as the leader; as a follower of a leader in another process (the calls
+# wait, the host's ticker runs meanwhile); and while that leader is killed
+# half way (the host takes over).  Each run prints one TAP line per thread.
+EMBED_THREADS=${EMBED_THREADS:-1}
+embed_example() {
+  local bin=build/5.4/examples/embed_host dir hpid i
+  echo "== examples/embed =="
+  if ! build "$bin"; then bad "embed_host: does not compile"; return; fi
+  if nm -D "$bin" 2>/dev/null | grep -q ' lua_'; then
+    bad "embed_host: exports Lua symbols (not a static host)"
+  else
+    pass=$((pass + 1)); echo "embed_host: no Lua symbol exported"
+  fi
+  dir=$(mktemp -d /tmp/levelparty-embed.XXXXXX)
+  C_ARGS=("$dir/alone" "$EMBED_THREADS" 4 300)
+  run_c embed_leader "$bin"
+  # a leader in another process, until its stdin (a fifo whose one writer is
+  # fd 3 here: opened read-write, it does not block) closes; started from a
+  # subshell, so that its SIGKILL is no job of this shell's
+  mkfifo "$dir/db.in"
+  exec 3<>"$dir/db.in"
+  hpid=$(sh -c 'sh mk/luaenv.sh 5.4 lua5.4 spec/fixtures/holder.lua "$1" >"$1.out" 2>&1 <"$1.in" 3>&- &
+    echo $!' sh "$dir/db")
+  for i in $(seq 200); do grep -q '^leader' "$dir/db.out" && break; sleep 0.1; done
+  if ! grep -q '^leader' "$dir/db.out"; then
+    bad "embed: the leader process did not start"; cat "$dir/db.out"
+  else
+    C_ARGS=("$dir/db" "$EMBED_THREADS" 4 300)
+    run_c embed_follower "$bin"
+    C_ARGS=("$dir/db" "$EMBED_THREADS" 4 600 "$hpid")
+    run_c embed_failover "$bin"
+  fi
+  C_ARGS=()
+  exec 3>&-
+  kill -9 "$hpid" 2>/dev/null
+  for i in $(seq 100); do kill -0 "$hpid" 2>/dev/null || break; sleep 0.1; done
+  rm -rf "$dir"
 }
 
 # lint: each check of mk/lint.sh is one test; a failure shows its output.
@@ -263,7 +306,7 @@ case $MODE in
     want luajit && targets+=(build/luajit/levelparty/core.so build/luajit/lptest_fork.so)
     echo "== build =="
     if ! build "${targets[@]}"; then bad "build"; finish; fi
-    if [ -z "$SPEC" ]; then c_tests build/test; fuzz_pass; fi
+    if [ -z "$SPEC" ]; then c_tests build/test; embed_example; fuzz_pass; fi
     want 5.4 && busted_suite 5.4 lua5.4
     # The single-process API suite once more, the handle under test being a
     # follower of a leader in another process (spec/helper.lua's open).

@@ -251,6 +251,31 @@ local sublevel = {}
 ---@return true
 function sublevel:close() end
 
+---What a call waiting in a coroutine hands the scheduler (levelparty.set_loop):
+---poll pollfd() for events() at most timeout() seconds, then resume the
+---coroutine.  Ask timeout() again before each wait.
+---@class levelparty.pollable
+local pollable = {}
+
+---The descriptor to poll, or -1: none (wait for the timeout only).
+---@return integer
+function pollable:pollfd() end
+
+---@return "r"
+function pollable:events() end
+
+---Seconds to wait at most; 0: do not wait; nil: no limit.
+---@return number?
+function pollable:timeout() end
+
+---A scheduler's own loop for levelparty.set_loop.
+---@class levelparty.loop_backend
+---@field wait fun(pollable: levelparty.pollable, d: table?) returns once the pollable is ready
+---@field wake? fun(d: table) make the coroutines waiting with d return
+---@field yieldable? fun(): boolean whether the running coroutine may wait
+
+---@alias levelparty.loop "luv"|"cqueues"|"yield"|levelparty.loop_backend
+
 ---@class levelparty
 ---@field _VERSION string
 ---@field leveldb_version string e.g. "leveldb 1.23"
@@ -265,5 +290,11 @@ local levelparty = {}
 ---@return string? message
 ---@return levelparty.code? code
 function levelparty.open(dir, opts) end
+
+---How a call inside a coroutine waits, for the handles opened after it
+---(raises while handles are open).  nil: the default (luv, once loaded).
+---@param loop? levelparty.loop
+---@return true
+function levelparty.set_loop(loop) end
 
 return levelparty

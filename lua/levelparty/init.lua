@@ -19,18 +19,13 @@ local sublevel = require "levelparty.sublevel"
 
 local type, error, tostring, rawget = type, error, tostring, rawget
 local setmetatable, getmetatable = setmetatable, getmetatable
-local pairs, ipairs = pairs, ipairs
+local pairs, ipairs, next = pairs, ipairs, next
 local format = string.format
 local loaded = package.loaded
 local decode = encoding.decode
 local PENDING, YIELD = core.PENDING, core.YIELD
 -- the core's methods, called directly on the hot paths (set at first open)
 local core_get, core_put, core_result
-
-local isyieldable = coroutine.isyieldable or function()
-  local co, main = coroutine.running()
-  return co ~= nil and not main
-end
 
 local _M = {
   _VERSION = "levelparty 0.1.0",
@@ -43,9 +38,11 @@ local _M = {
 local ngx_adaptor = type(rawget(_G, "ngx")) == "table" and type(rawget(_G, "ngx").get_phase) == "function"
   and require "levelparty.ngx" or nil
 
--- The luv adaptor, loaded only once the application itself loaded luv: no
--- application can be running luv's loop without having required it.
-local adaptor
+-- The loop adaptor: the one levelparty.set_loop chose, else the luv adaptor,
+-- loaded only once the application itself loaded luv (no application can be
+-- running luv's loop without having required it).  adaptor_yieldable is its
+-- test of whether the running coroutine may wait (for luv: any yieldable one).
+local adaptor, adaptor_yieldable
 -- Hands an error nobody else can take (of a coroutine levelparty resumed, or
 -- of an application callback) to levelparty.on_error; an error of on_error
 -- itself goes to stderr, never to the caller or to luv.
@@ -58,16 +55,63 @@ local function luv_adaptor()
   if adaptor == nil and loaded.luv ~= nil and not ngx_adaptor then
     adaptor = require "levelparty.luv"
     adaptor.set_error_handler(report)
+    adaptor_yieldable = adaptor.yieldable
   end
   return adaptor
 end
 
--- true when this call should yield instead of blocking: in a coroutine that
--- can yield, once the application loaded luv (as with luv's coro-* helpers,
--- the coroutine is resumed from luv's loop: the application runs uv.run()).
+-- true when this call should wait through the loop adaptor instead of
+-- blocking: in a coroutine the adaptor can wait in (for luv, once the
+-- application loaded luv: as with luv's coro-* helpers, the coroutine is
+-- resumed from luv's loop, the application runs uv.run()).
 local function async_mode()
-  if loaded.luv == nil or ngx_adaptor or not isyieldable() then return false end
-  if adaptor == nil then luv_adaptor() end
+  if ngx_adaptor then return false end
+  if adaptor == nil then
+    if loaded.luv == nil then return false end
+    luv_adaptor()
+  end
+  return adaptor_yieldable()
+end
+
+-- The adaptors levelparty.set_loop knows by name.
+local LOOPS = {
+  luv = function() return require "levelparty.luv" end,
+  cqueues = function() return require "levelparty.cqueues" end,
+  yield = function()
+    local loop = require "levelparty.loop"
+    return loop.new(loop.yield_backend(), "yield")
+  end,
+}
+
+local party_handles = {}   -- party -> number of open Lua handles (for the loop adaptor)
+
+--- levelparty.set_loop(loop) -> true: how a call inside a coroutine waits,
+-- for the handles opened after it (none may be open).  loop is "luv",
+-- "cqueues", "yield" (the call yields a pollable to whoever resumed the
+-- coroutine), a backend table { wait = function(pollable, d) ... end [, wake =
+-- function(d)] [, yieldable = function() ... end] } (levelparty.loop.new), or
+-- nil: back to the default (luv, once loaded).
+function _M.set_loop(loop, extra)
+  if extra ~= nil then error("set_loop: no more than 1 argument expected", 2) end
+  if ngx_adaptor then error("set_loop: under nginx the nginx adaptor waits (levelparty.ngx)", 2) end
+  if next(party_handles) ~= nil then error("set_loop: handles are open; close them first", 2) end
+  local a
+  if loop == nil then
+    a = nil
+  elseif type(loop) == "string" then
+    local make = LOOPS[loop]
+    if make == nil then
+      error(format("set_loop: bad argument #1 (unknown loop '%s': luv, cqueues, yield or a backend table)", loop), 2)
+    end
+    a = make()
+  elseif type(loop) == "table" then
+    if type(loop.wait) ~= "function" then error("set_loop: bad argument #1 (backend.wait must be a function)", 2) end
+    a = require("levelparty.loop").new(loop, "custom")
+  else
+    error(format("set_loop: bad argument #1 (string, table or nil expected, got %s)", type(loop)), 2)
+  end
+  adaptor, adaptor_yieldable = a, a and a.yieldable
+  if a then a.set_error_handler(report) end
   return true
 end
 
@@ -183,7 +227,6 @@ function DB:__tostring()
   return format("levelparty.db{path=%s;role=%s}", tostring(self._path), self._c:role())
 end
 
-local party_handles = {}   -- party -> number of open Lua handles (for the luv driver)
 
 -- The encoded key (argument #argn of fname), or nil and the misuse message.
 local function encode_key(self, fname, key, argn)
@@ -231,7 +274,7 @@ local function after_blocking(self, async)
   if adaptor then adaptor.kick(self._party) end
 end
 
-iterator.init(async_mode, after_blocking)
+iterator.init(async_mode, after_blocking, function() return adaptor end)
 
 -- A core call is c:op(async, ...).  While it answers YIELD (the coroutine's
 -- time slice is over) the caller gives the loop a turn (adaptor.tick()) and
@@ -283,7 +326,7 @@ function DB:get(key, opts, extra)
     if k == nil then error(bad, 2) end
   end
   local async = false
-  if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
+  if adaptor ~= nil then async = adaptor_yieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local v, err, code = core_get(c, async, k)
   if v == PENDING then
     adaptor.wait_token(c, err, "get")
@@ -323,7 +366,7 @@ function DB:put(key, value, opts, extra)
     if v == nil then error(bad, 2) end
   end
   local async = false
-  if adaptor ~= nil then async = isyieldable() elseif loaded.luv ~= nil then async = async_mode() end
+  if adaptor ~= nil then async = adaptor_yieldable() elseif loaded.luv ~= nil then async = async_mode() end
   local ok, err, code = core_put(c, async, k, v, sync)
   if ok == PENDING then
     adaptor.wait_token(c, err, "put")

@@ -25,12 +25,14 @@ local _M = {}
 
 -- from levelparty (init.lua): how a call waits
 local async_mode, after_blocking
--- levelparty.luv: loaded before any call could yield (async_mode loads it)
-local adaptor
+-- levelparty's loop adaptor, chosen before any call could yield (async_mode
+-- loads it)
+local get_adaptor
 
---- Takes levelparty's async_mode() and after_blocking(db, async).
-function _M.init(mode, after)
-  async_mode, after_blocking = mode, after
+--- Takes levelparty's async_mode(), after_blocking(db, async) and a function
+-- that returns its loop adaptor.
+function _M.init(mode, after, adaptor_of)
+  async_mode, after_blocking, get_adaptor = mode, after, adaptor_of
 end
 
 local Iterator = {}
@@ -55,7 +57,7 @@ local function iter_call_core(self, method, async, arg)
   local it = self[1]
   local a, b, e = it[method](it, async, arg)
   while a == PENDING or a == YIELD do
-    adaptor = adaptor or require "levelparty.luv"
+    local adaptor = get_adaptor()
     if a == YIELD then adaptor.tick("iterator") else adaptor.wait_iter(self._db._c, it) end
     a, b, e = it[method](it, true, arg)
   end

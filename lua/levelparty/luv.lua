@@ -6,6 +6,8 @@
 -- and stays the same for its life, and a timeout); the driver polls that with
 -- uv.new_poll and a timer, calls db:step() when something happens, and
 -- resumes the coroutines whose requests, iterators or open completed.
+-- The bookkeeping (token parking, the finished log, openers, iterators) is
+-- levelparty.loop's, shared with the host-loop adaptors.
 --
 -- The poll handle stays active while the process is a follower, so a leader's
 -- death is noticed (and an election won) while the loop runs; it is unref'd
@@ -21,14 +23,23 @@
 
 local uv = require "luv"
 local core = require "levelparty.core"
+local shared = require "levelparty.loop"
 
 local coroutine_running, coroutine_yield, coroutine_resume = coroutine.running, coroutine.yield, coroutine.resume
-local next, pairs, setmetatable, error = next, pairs, setmetatable, error
+local setmetatable, error = setmetatable, error
 local format = string.format
 local slice_begin = core.slice_begin
+local collect = shared.collect
 local JOB_TOKEN = core.JOB_TOKEN -- tokens of worker jobs are >= this
 
 local _M = {}
+
+-- true when the running coroutine may wait (yield): any yieldable coroutine,
+-- resumed from luv's loop
+_M.yieldable = coroutine.isyieldable or function()
+  local co, main = coroutine_running()
+  return co ~= nil and not main
+end
 
 -- Called with (coroutine, error) when a coroutine we resumed dies of an
 -- error: levelparty (init.lua) installs levelparty.on_error here as it loads
@@ -128,77 +139,14 @@ function Driver:arm()
   end
 end
 
--- Moves the waiters of the finished tokens of `waiting` (token -> coroutine)
--- to ready[nready + 1 ...]; returns the new count.  Asks the core after each.
-local function take_done(c, waiting, ready, nready)
-  for token, co in pairs(waiting) do
-    if c:done(token) then
-      waiting[token] = nil
-      nready = nready + 1
-      ready[nready] = co
-    end
-  end
-  return nready
-end
-
--- Something happened: step the party and resume whoever can go on.  The
--- client logs the tokens of the requests that finished (db:finished), so the
--- driver wakes exactly their waiters instead of asking after each token it
--- waits for; worker jobs (big batches) are few and asked after.
+-- Something happened: step the party (levelparty.loop's collect) and resume
+-- whoever can go on.
 function Driver:run()
   local c = self:core()
   if c == nil then return end
   self.running = true
   slice_begin()
-  local progress, err, code = c:step()
-  local ready, nready = {}, 0 -- coroutines to resume with no values
-  local opened                -- openers to resume, with their results
-  if progress == nil then
-    -- the first election failed for good: every opener gets the error
-    opened = {}
-    for co in pairs(self.openers) do opened[#opened + 1] = { co, nil, err, code } end
-    self.openers = {}
-  elseif next(self.openers) ~= nil and c:opened() then
-    opened = {}
-    for co in pairs(self.openers) do opened[#opened + 1] = { co, true } end
-    self.openers = {}
-  end
-  local tokens, fin = self.tokens, self.fin
-  local n = c:finished(fin)
-  if n < 0 then
-    nready = take_done(c, tokens, ready, nready)
-  else
-    for i = 1, n do
-      local token = fin[i]
-      local co = tokens[token]
-      if co ~= nil then
-        tokens[token] = nil
-        nready = nready + 1
-        ready[nready] = co
-      end
-    end
-  end
-  nready = take_done(c, self.jobs, ready, nready)
-  -- results nobody waits for any more (their coroutine was resumed by hand)
-  for token in next, self.orphans do
-    if c:done(token) then
-      self.orphans[token] = nil
-      c:result(token, "orphan")
-    end
-  end
-  if progress ~= nil and progress ~= self.progress then
-    self.progress = progress
-    for it, co in pairs(self.iters) do
-      if it:ready() then
-        self.iters[it] = nil
-        nready = nready + 1
-        ready[nready] = co
-      end
-    end
-  end
-  self.nwait = self.nwait - nready - (opened and #opened or 0)
-  local role = c:role_change()
-  if role and self.on_role then self.on_role(role) end
+  local ready, nready, opened = collect(self, c)
   for i = 1, nready do -- resume(), inlined: once per request
     local co = ready[i]
     local ok, rerr = coroutine_resume(co, RESUMED)
@@ -224,12 +172,7 @@ local function get_driver(c)
   local key = c:party()
   d = drivers[key]
   if d == nil then
-    d = setmetatable({
-      cref = setmetatable({}, { __mode = "v" }), tokens = {}, jobs = {}, fin = {}, iters = {}, openers = {},
-      orphans = {},
-      nwait = 0, fd = -1,
-      timer = uv.new_timer(), progress = -1,
-    }, Driver)
+    d = setmetatable(shared.new_driver { timer = uv.new_timer() }, Driver)
     d.on_event = function() d:run() end
     drivers[key] = d
   end
@@ -323,12 +266,7 @@ function _M.release(party)
   -- Let the close callbacks run now when nobody runs the loop: luv crashes
   -- at exit on handles whose close never completed.
   if uv.loop_mode() == nil then uv.run("nowait") end
-  return function()
-    for _, co in pairs(d.tokens) do resume(co) end
-    for _, co in pairs(d.jobs) do resume(co) end
-    for _, co in pairs(d.iters) do resume(co) end
-    for co in pairs(d.openers) do resume(co, nil, "open: the database was closed", "ECLOSED") end
-  end
+  return function() shared.drain(d, resume) end
 end
 
 return _M
