@@ -127,6 +127,34 @@ static void idmap_free(idmap *m) {
 /* Types                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* The two intrusive doubly-linked lists (pending requests, open iterators):
+ * node has prev/next fields, head and tail are the list's ends.  A node is
+ * on at most one list, and on it exactly while linked (prev/next NULL
+ * otherwise). */
+#define DLIST_APPEND(head, tail, node)                                                             \
+  do {                                                                                             \
+    (node)->prev = (tail);                                                                         \
+    (node)->next = NULL;                                                                           \
+    if (tail)                                                                                      \
+      (tail)->next = (node);                                                                       \
+    else                                                                                           \
+      (head) = (node);                                                                             \
+    (tail) = (node);                                                                               \
+  } while (0)
+
+#define DLIST_UNLINK(head, tail, node)                                                             \
+  do {                                                                                             \
+    if ((node)->prev)                                                                              \
+      (node)->prev->next = (node)->next;                                                           \
+    else                                                                                           \
+      (head) = (node)->next;                                                                       \
+    if ((node)->next)                                                                              \
+      (node)->next->prev = (node)->prev;                                                           \
+    else                                                                                           \
+      (tail) = (node)->prev;                                                                       \
+    (node)->prev = (node)->next = NULL;                                                            \
+  } while (0)
+
 typedef struct creq creq;
 struct creq {
   uint64_t token;
@@ -475,12 +503,7 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
     return q->token;
   }
   if (deadline_ns) dl_push(c, q);
-  q->prev = c->ptail;
-  if (c->ptail)
-    c->ptail->next = q;
-  else
-    c->phead = q;
-  c->ptail = q;
+  DLIST_APPEND(c->phead, c->ptail, q);
   c->npending++;
   return q->token;
 }
@@ -515,15 +538,7 @@ static void req_unpend(lp_client *c, creq *q) {
   if (q->done) return;
   q->done = 1;
   if (c->log_fin) log_finished(c, q->token);
-  if (q->prev)
-    q->prev->next = q->next;
-  else
-    c->phead = q->next;
-  if (q->next)
-    q->next->prev = q->prev;
-  else
-    c->ptail = q->prev;
-  q->prev = q->next = NULL;
+  DLIST_UNLINK(c->phead, c->ptail, q);
   dl_remove(c, q);
   c->npending--;
   if (q->on_wire) {
@@ -714,12 +729,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
       return NULL;
     }
   }
-  it->prev = c->itail;
-  if (c->itail)
-    c->itail->next = it;
-  else
-    c->ihead = it;
-  c->itail = it;
+  DLIST_APPEND(c->ihead, c->itail, it);
   c->niters++;
   return it;
 }
@@ -899,14 +909,7 @@ int lp_client_iter_seek(lp_client *c, lp_citer *it, lp_slice target, int64_t unr
 void lp_client_iter_close(lp_client *c, lp_citer *it) {
   if (!it) return;
   citer_unwire(c, it, 1, it->term == IT_NONE ? citer_outstanding(it) : 0);
-  if (it->prev)
-    it->prev->next = it->next;
-  else
-    c->ihead = it->next;
-  if (it->next)
-    it->next->prev = it->prev;
-  else
-    c->itail = it->prev;
+  DLIST_UNLINK(c->ihead, c->itail, it);
   c->niters--;
   citer_free(it);
 }
