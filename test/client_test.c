@@ -12,16 +12,12 @@
  * (ASan+UBSan: make build/asan/test/client_test).  LP_TEST_SEED=n changes
  * the random schedule.
  */
-#include "tap.h"
+#include "client_harness.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int slice_eq(lp_slice a, const char *s) {
-  return a.ptr && a.len == strlen(s) && memcmp(a.ptr, s, a.len) == 0;
-}
 
 static int buf_is(const lp_buf *b, const char *hex) {
   size_t n = 0;
@@ -60,24 +56,6 @@ static uint64_t sub_put(lp_client *c, const char *k, const char *v, uint64_t dl)
   t = lp_client_submit(c, LP_REQ_PUT, (lp_slice){r.ptr, r.len}, dl);
   lp_buf_free(&r);
   return t;
-}
-
-/* Decodes every whole frame of b as requests, up to max.  Returns the count or
- * -1 when something does not decode.  The requests point into b. */
-static int decode_reqs(const lp_buf *b, lp_request *rq, int max) {
-  size_t off = 0;
-  int n = 0;
-  while (off < b->len) {
-    lp_slice pl;
-    size_t used;
-    int w = lp_wire_next_frame(b->ptr + off, b->len - off, LP_DEFAULT_MAX_FRAME, &pl, &used);
-    if (w != LP_WIRE_OK) return -1;
-    if (n >= max) return -1;
-    if (lp_wire_decode_request(pl, &rq[n]) != LP_WIRE_OK) return -1;
-    n++;
-    off += used;
-  }
-  return n;
 }
 
 /* Takes a finished request and decodes its reply.  Returns the lp_result code
@@ -443,8 +421,6 @@ static void test_mismatch_and_errors(void) {
   lp_client_free(c);
 }
 
-static void feed_entry(lp_client *c, uint32_t id, const char *k, const char *v);
-
 /* A reply frame over max_frame (from a leader that does not check what it
  * sends) fails only the request it answers, with ETOOLARGE, as soon as its
  * tag and id are in; its bytes are dropped as they arrive, and the frames
@@ -597,14 +573,6 @@ static void test_fail_all(void) {
   lp_client_iter_close(c, it);
   check(lp_client_iterators(c) == 0, "iterator closed", "failed");
   lp_client_free(c); /* t0 result not taken: freed here */
-}
-
-static void feed_entry(lp_client *c, uint32_t id, const char *k, const char *v) {
-  lp_buf b = {0};
-  lp_err err;
-  lp_wire_enc_iterdata(&b, id, S(k), v ? S(v) : LP_SLICE_NONE);
-  if (lp_client_feed(c, b.ptr, b.len, &err)) printf("# feed failed: %s\n", err.msg);
-  lp_buf_free(&b);
 }
 
 static void test_iter_codec(void) {
@@ -994,7 +962,6 @@ static void test_iter_arena(void) {
 }
 
 static void test_iter_reopen(void) {
-  lp_client_opts o;
   lp_client *c;
   lp_citer *it;
   lp_range r;
@@ -1002,20 +969,9 @@ static void test_iter_reopen(void) {
   lp_slice k, v;
   lp_err err;
   int n;
-  lp_client_opts_init(&o);
-  o.window = 8;
-  c = lp_client_new(&o);
 
-  lp_range_init(&r);
-  r.gte = S("b");
-  r.lte = S("y");
-  r.limit = 10;
-  it = lp_client_iter_open(c, &r);
-  feed_entry(c, 0, "b", "1");
-  feed_entry(c, 0, "c", "1");
-  feed_entry(c, 0, "d", "1");
-  lp_client_iter_next(c, it, &k, &v, &err);
-  lp_client_iter_next(c, it, &k, &v, &err);
+  it = harness_iter_bcd(&c);
+  if (!check(it != NULL, "client and iterator", "out of memory")) return;
   lp_client_reset(c);
   check(!lp_client_iter_ready(c, it), "reset drops buffered entries", "failed");
   lp_client_replay(c);
