@@ -639,25 +639,31 @@ static void citer_set_error(lp_client *c, lp_citer *it, lp_code code, const char
   citer_unwire(c, it, 1, citer_outstanding(it));
 }
 
-/* A seek target (inclusive) on the side the iterator starts from: the
- * tightest of it and the range's bounds there goes out alone. */
+/* Keeps only the tighter of one side's two bounds (excl: gt or lt, incl: gte
+ * or lte; upper: the lt/lte side); on a tie the exclusive one.  Alone it
+ * selects the same keys as both together, and every leader reads it so;
+ * given both, a Node leader (leveldown) starts from gte (lte in reverse) and
+ * ends at the first key gt (lt) rejects: at once when gt >= gte (lt <= lte). */
+static void one_bound(lp_slice *excl, lp_slice *incl, int upper) {
+  int c;
+  if (!excl->ptr || !incl->ptr) return;
+  c = lp_slice_cmp(*excl, *incl);
+  if (upper ? c <= 0 : c >= 0)
+    *incl = LP_SLICE_NONE;
+  else
+    *excl = LP_SLICE_NONE;
+}
+
+/* A seek target (inclusive) on the side the iterator starts from, whose
+ * bounds one_bound has reduced to one: the tighter of the two goes out
+ * alone (the bound on a tie). */
 static void citer_seek_bound(lp_slice *excl, lp_slice *incl, lp_slice target, int upper) {
-  lp_slice b = *incl;
-  int is_excl = 0, c;
-  if (excl->ptr) {
-    c = b.ptr ? lp_slice_cmp(*excl, b) : 0;
-    if (!b.ptr || (upper ? c <= 0 : c >= 0)) {
-      b = *excl;
-      is_excl = 1;
-    }
-  }
-  c = b.ptr ? lp_slice_cmp(target, b) : 0;
+  lp_slice b = excl->ptr ? *excl : *incl;
+  int c = b.ptr ? lp_slice_cmp(target, b) : 0;
   if (!b.ptr || (upper ? c < 0 : c > 0)) {
-    b = target;
-    is_excl = 0;
+    *excl = LP_SLICE_NONE;
+    *incl = target;
   }
-  *excl = is_excl ? b : LP_SLICE_NONE;
-  *incl = is_excl ? LP_SLICE_NONE : b;
 }
 
 /* Sends the open (or reopen from the bookmark or the seek target) under a
@@ -666,6 +672,9 @@ static int citer_wire_open(lp_client *c, lp_citer *it) {
   lp_range w = it->r;
   uint32_t g = it->win, id;
   w.keys = 1; /* always: the key is the bookmark */
+  /* one bound per side on every open and reopen (docs/PROTOCOL.md, Ranges) */
+  one_bound(&w.gt, &w.gte, 0);
+  one_bound(&w.lt, &w.lte, 1);
   if (it->pos == 0 && it->seek.ptr) {
     if (!w.reverse)
       citer_seek_bound(&w.gt, &w.gte, it->seek, 0);
