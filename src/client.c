@@ -713,6 +713,23 @@ static int citer_wire_open(lp_client *c, lp_citer *it) {
   return 0;
 }
 
+/* The iterator ends here, not at the leader: the end survives a reset. */
+static void citer_end_local(lp_citer *it) {
+  it->term = IT_END;
+  it->term_local = 1;
+}
+
+/* Opens a live iterator again (replay, seek): it ends locally when nothing
+ * of its limit is left, and fails with ENOMEM when the open cannot be
+ * written.  0, or -1 after that failure. */
+static int citer_reopen(lp_client *c, lp_citer *it) {
+  int rc = citer_wire_open(c, it);
+  if (rc > 0) citer_end_local(it);
+  if (rc >= 0) return 0;
+  citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+  return -1;
+}
+
 lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   lp_citer *it;
   int rc;
@@ -729,8 +746,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   if (it->r.limit < 0) it->r.limit = -1;
   it->win = c->o.window < LP_FIRST_WINDOW ? c->o.window : LP_FIRST_WINDOW;
   if (it->r.limit == 0) {
-    it->term = IT_END;
-    it->term_local = 1;
+    citer_end_local(it);
   } else {
     rc = citer_wire_open(c, it);
     if (rc < 0) {
@@ -853,8 +869,7 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
     if (it->r.keys) *key = (lp_slice){blk, it->cur.klen};
     if (it->r.values && it->cur.hasv) *value = (lp_slice){blk + it->cur.klen, it->cur.vlen};
     if (it->r.limit >= 0 && it->consumed >= it->r.limit && it->term == IT_NONE) {
-      it->term = IT_END;
-      it->term_local = 1;
+      citer_end_local(it);
       citer_unwire(c, it, 1, citer_outstanding(it));
     } else {
       citer_maybe_ack(c, it);
@@ -885,7 +900,6 @@ int lp_client_iter_ready(lp_client *c, lp_citer *it) {
 
 int lp_client_iter_seek(lp_client *c, lp_citer *it, lp_slice target, int64_t unread) {
   lp_slice t;
-  int rc;
   if (it->term == IT_ERROR) return 0;
   if (unread > 0) it->consumed = unread < it->consumed ? it->consumed - unread : 0;
   if (it->r.limit >= 0 && it->consumed >= it->r.limit) return 0; /* at its limit: ended */
@@ -904,15 +918,7 @@ int lp_client_iter_seek(lp_client *c, lp_citer *it, lp_slice target, int64_t unr
   it->term = IT_NONE;
   it->term_local = 0;
   it->deadline = 0;
-  rc = citer_wire_open(c, it);
-  if (rc > 0) {
-    it->term = IT_END;
-    it->term_local = 1;
-  } else if (rc < 0) {
-    citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
-    return -1;
-  }
-  return 0;
+  return citer_reopen(c, it);
 }
 
 void lp_client_iter_close(lp_client *c, lp_citer *it) {
@@ -1225,17 +1231,8 @@ void lp_client_replay(lp_client *c) {
       req_fail(c, q, LP_ETOOLARGE, msg);
     }
   }
-  for (it = c->ihead; it; it = it->next) {
-    int rc;
-    if (it->term != IT_NONE) continue;
-    rc = citer_wire_open(c, it);
-    if (rc > 0) {
-      it->term = IT_END;
-      it->term_local = 1;
-    } else if (rc < 0) {
-      citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
-    }
-  }
+  for (it = c->ihead; it; it = it->next)
+    if (it->term == IT_NONE) citer_reopen(c, it);
 }
 
 void lp_client_fail_all(lp_client *c, lp_code code, const char *msg) {
