@@ -41,20 +41,26 @@ static inline void feed_entry(lp_client *c, uint32_t id, const char *k, const ch
   lp_buf_free(&b);
 }
 
+/* A new client with the default options but its iterator window: NULL when
+ * out of memory. */
+static inline lp_client *client_with_window(uint32_t window) {
+  lp_client_opts o;
+  lp_client_opts_init(&o);
+  o.window = window;
+  return lp_client_new(&o);
+}
+
 /* A new client (window 8, in *cp; the caller frees it) with one iterator over
  * gte = "b", lte = "y", limit 10 on id 0, which has received b, c and d and
  * handed b and c to the caller: its bookmark is "c", d is buffered, 2 of the
  * limit are used.  The client's output is empty.  NULL when out of memory. */
 static inline lp_citer *harness_iter_bcd(lp_client **cp) {
-  lp_client_opts o;
   lp_client *c;
   lp_citer *it;
   lp_range r;
   lp_slice k, v;
   lp_err err;
-  lp_client_opts_init(&o);
-  o.window = 8;
-  *cp = c = lp_client_new(&o);
+  *cp = c = client_with_window(8);
   if (!c) return NULL;
   lp_range_init(&r);
   r.gte = S("b");

@@ -576,7 +576,6 @@ static void test_fail_all(void) {
 }
 
 static void test_iter_codec(void) {
-  lp_client_opts o;
   lp_client *c;
   lp_citer *it, *it2;
   lp_range r;
@@ -586,9 +585,7 @@ static void test_iter_codec(void) {
   lp_buf b = {0};
   int n, rc;
   memset(&err, 0, sizeof err);
-  lp_client_opts_init(&o);
-  o.window = 32;
-  c = lp_client_new(&o);
+  c = client_with_window(32);
   lp_range_init(&r);
   r.gte = S("k2");
   r.limit = 3;
@@ -734,9 +731,8 @@ static void test_iter_codec(void) {
   lp_client_iter_close(c, it);
   lp_client_out(c)->len = 0;
   lp_range_init(&r);
-  o.window = 2;
   lp_client_free(c);
-  c = lp_client_new(&o);
+  c = client_with_window(2);
   it = lp_client_iter_open(c, &r);
   feed_entry(c, 0, "a", "1");
   feed_entry(c, 0, "b", "1");
@@ -801,7 +797,6 @@ static int seq_is(const uint32_t *seq, int n, const uint32_t *want, int nwant) {
 static void test_iter_window_growth(void) {
   static const uint32_t fast[] = {32, 32, 64, 128, 256, 256, 256};
   static const uint32_t slow[] = {32, 32, 32, 32, 32, 32, 32};
-  lp_client_opts o;
   lp_client *c;
   lp_citer *it;
   lp_range r;
@@ -815,9 +810,7 @@ static void test_iter_window_growth(void) {
         "the default open asks for 32 entries (example frame)", "failed");
   lp_client_iter_close(c, it);
   lp_client_free(c);
-  lp_client_opts_init(&o);
-  o.window = 256;
-  c = lp_client_new(&o);
+  c = client_with_window(256);
   it = lp_client_iter_open(c, &r);
   n = window_sequence(c, it, 1, 6, seq);
   check(seq_is(seq, n, fast, 7),
@@ -835,8 +828,7 @@ static void test_iter_window_growth(void) {
   check(seq_is(seq, n, slow, 7), "a reader that never waits keeps windows of 32", "%d windows", n);
   lp_client_iter_close(c, it);
   lp_client_free(c);
-  o.window = 8;
-  c = lp_client_new(&o);
+  c = client_with_window(8);
   it = lp_client_iter_open(c, &r);
   n = window_sequence(c, it, 1, 3, seq);
   check(n == 4 && seq[0] == 8 && seq[1] == 8 && seq[2] == 8 && seq[3] == 8,
@@ -853,7 +845,6 @@ static void test_iter_window_growth(void) {
  * compactions and growths of the arena. */
 static void test_iter_arena(void) {
   enum { WINDOW = 64, TOTAL = 3000 };
-  lp_client_opts o;
   lp_client *c;
   lp_citer *it;
   lp_range r;
@@ -862,9 +853,7 @@ static void test_iter_arena(void) {
   lp_err err;
   char key[32], val[3000], last[32] = "";
   int fed = 0, got = 0, n, resets = 0, credit;
-  lp_client_opts_init(&o);
-  o.window = WINDOW;
-  c = lp_client_new(&o);
+  c = client_with_window(WINDOW);
   lp_range_init(&r);
   it = lp_client_iter_open(c, &r);
   n = decode_reqs(lp_client_out(c), rq, 4);

@@ -30,7 +30,6 @@ static const char *next_key(lp_client *c, lp_citer *it, char *buf) {
 }
 
 static void test_client_seek(void) {
-  lp_client_opts o;
   lp_client *c;
   lp_citer *it;
   lp_range r;
@@ -77,9 +76,7 @@ static void test_client_seek(void) {
   lp_client_free(c);
 
   /* reverse, an exclusive bound tighter than the target, entries given back */
-  lp_client_opts_init(&o);
-  o.window = 8;
-  c = lp_client_new(&o);
+  c = client_with_window(8);
   lp_range_init(&r);
   r.gt = S("c");
   r.lt = S("x");
@@ -107,7 +104,7 @@ static void test_client_seek(void) {
   lp_client_free(c);
 
   /* an iterator at its limit stays ended */
-  c = lp_client_new(&o);
+  c = client_with_window(8);
   lp_range_init(&r);
   r.limit = 1;
   it = lp_client_iter_open(c, &r);
