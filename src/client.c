@@ -127,6 +127,34 @@ static void idmap_free(idmap *m) {
 /* Types                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* The two intrusive doubly-linked lists (pending requests, open iterators):
+ * node has prev/next fields, head and tail are the list's ends.  A node is
+ * on at most one list, and on it exactly while linked (prev/next NULL
+ * otherwise). */
+#define DLIST_APPEND(head, tail, node)                                                             \
+  do {                                                                                             \
+    (node)->prev = (tail);                                                                         \
+    (node)->next = NULL;                                                                           \
+    if (tail)                                                                                      \
+      (tail)->next = (node);                                                                       \
+    else                                                                                           \
+      (head) = (node);                                                                             \
+    (tail) = (node);                                                                               \
+  } while (0)
+
+#define DLIST_UNLINK(head, tail, node)                                                             \
+  do {                                                                                             \
+    if ((node)->prev)                                                                              \
+      (node)->prev->next = (node)->next;                                                           \
+    else                                                                                           \
+      (head) = (node)->next;                                                                       \
+    if ((node)->next)                                                                              \
+      (node)->next->prev = (node)->prev;                                                           \
+    else                                                                                           \
+      (tail) = (node)->prev;                                                                       \
+    (node)->prev = (node)->next = NULL;                                                            \
+  } while (0)
+
 typedef struct creq creq;
 struct creq {
   uint64_t token;
@@ -475,12 +503,7 @@ uint64_t lp_client_submit(lp_client *c, int tag, lp_slice rest, uint64_t deadlin
     return q->token;
   }
   if (deadline_ns) dl_push(c, q);
-  q->prev = c->ptail;
-  if (c->ptail)
-    c->ptail->next = q;
-  else
-    c->phead = q;
-  c->ptail = q;
+  DLIST_APPEND(c->phead, c->ptail, q);
   c->npending++;
   return q->token;
 }
@@ -515,15 +538,7 @@ static void req_unpend(lp_client *c, creq *q) {
   if (q->done) return;
   q->done = 1;
   if (c->log_fin) log_finished(c, q->token);
-  if (q->prev)
-    q->prev->next = q->next;
-  else
-    c->phead = q->next;
-  if (q->next)
-    q->next->prev = q->prev;
-  else
-    c->ptail = q->prev;
-  q->prev = q->next = NULL;
+  DLIST_UNLINK(c->phead, c->ptail, q);
   dl_remove(c, q);
   c->npending--;
   if (q->on_wire) {
@@ -624,25 +639,31 @@ static void citer_set_error(lp_client *c, lp_citer *it, lp_code code, const char
   citer_unwire(c, it, 1, citer_outstanding(it));
 }
 
-/* A seek target (inclusive) on the side the iterator starts from: the
- * tightest of it and the range's bounds there goes out alone. */
+/* Keeps only the tighter of one side's two bounds (excl: gt or lt, incl: gte
+ * or lte; upper: the lt/lte side); on a tie the exclusive one.  Alone it
+ * selects the same keys as both together, and every leader reads it so;
+ * given both, a Node leader (leveldown) starts from gte (lte in reverse) and
+ * ends at the first key gt (lt) rejects: at once when gt >= gte (lt <= lte). */
+static void one_bound(lp_slice *excl, lp_slice *incl, int upper) {
+  int c;
+  if (!excl->ptr || !incl->ptr) return;
+  c = lp_slice_cmp(*excl, *incl);
+  if (upper ? c <= 0 : c >= 0)
+    *incl = LP_SLICE_NONE;
+  else
+    *excl = LP_SLICE_NONE;
+}
+
+/* A seek target (inclusive) on the side the iterator starts from, whose
+ * bounds one_bound has reduced to one: the tighter of the two goes out
+ * alone (the bound on a tie). */
 static void citer_seek_bound(lp_slice *excl, lp_slice *incl, lp_slice target, int upper) {
-  lp_slice b = *incl;
-  int is_excl = 0, c;
-  if (excl->ptr) {
-    c = b.ptr ? lp_slice_cmp(*excl, b) : 0;
-    if (!b.ptr || (upper ? c <= 0 : c >= 0)) {
-      b = *excl;
-      is_excl = 1;
-    }
-  }
-  c = b.ptr ? lp_slice_cmp(target, b) : 0;
+  lp_slice b = excl->ptr ? *excl : *incl;
+  int c = b.ptr ? lp_slice_cmp(target, b) : 0;
   if (!b.ptr || (upper ? c < 0 : c > 0)) {
-    b = target;
-    is_excl = 0;
+    *excl = LP_SLICE_NONE;
+    *incl = target;
   }
-  *excl = is_excl ? b : LP_SLICE_NONE;
-  *incl = is_excl ? LP_SLICE_NONE : b;
 }
 
 /* Sends the open (or reopen from the bookmark or the seek target) under a
@@ -651,6 +672,9 @@ static int citer_wire_open(lp_client *c, lp_citer *it) {
   lp_range w = it->r;
   uint32_t g = it->win, id;
   w.keys = 1; /* always: the key is the bookmark */
+  /* one bound per side on every open and reopen (docs/PROTOCOL.md, Ranges) */
+  one_bound(&w.gt, &w.gte, 0);
+  one_bound(&w.lt, &w.lte, 1);
   if (it->pos == 0 && it->seek.ptr) {
     if (!w.reverse)
       citer_seek_bound(&w.gt, &w.gte, it->seek, 0);
@@ -689,6 +713,23 @@ static int citer_wire_open(lp_client *c, lp_citer *it) {
   return 0;
 }
 
+/* The iterator ends here, not at the leader: the end survives a reset. */
+static void citer_end_local(lp_citer *it) {
+  it->term = IT_END;
+  it->term_local = 1;
+}
+
+/* Opens a live iterator again (replay, seek): it ends locally when nothing
+ * of its limit is left, and fails with ENOMEM when the open cannot be
+ * written.  0, or -1 after that failure. */
+static int citer_reopen(lp_client *c, lp_citer *it) {
+  int rc = citer_wire_open(c, it);
+  if (rc > 0) citer_end_local(it);
+  if (rc >= 0) return 0;
+  citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
+  return -1;
+}
+
 lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   lp_citer *it;
   int rc;
@@ -705,8 +746,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
   if (it->r.limit < 0) it->r.limit = -1;
   it->win = c->o.window < LP_FIRST_WINDOW ? c->o.window : LP_FIRST_WINDOW;
   if (it->r.limit == 0) {
-    it->term = IT_END;
-    it->term_local = 1;
+    citer_end_local(it);
   } else {
     rc = citer_wire_open(c, it);
     if (rc < 0) {
@@ -714,12 +754,7 @@ lp_citer *lp_client_iter_open(lp_client *c, const lp_range *r) {
       return NULL;
     }
   }
-  it->prev = c->itail;
-  if (c->itail)
-    c->itail->next = it;
-  else
-    c->ihead = it;
-  c->itail = it;
+  DLIST_APPEND(c->ihead, c->itail, it);
   c->niters++;
   return it;
 }
@@ -834,8 +869,7 @@ int lp_client_iter_next(lp_client *c, lp_citer *it, lp_slice *key, lp_slice *val
     if (it->r.keys) *key = (lp_slice){blk, it->cur.klen};
     if (it->r.values && it->cur.hasv) *value = (lp_slice){blk + it->cur.klen, it->cur.vlen};
     if (it->r.limit >= 0 && it->consumed >= it->r.limit && it->term == IT_NONE) {
-      it->term = IT_END;
-      it->term_local = 1;
+      citer_end_local(it);
       citer_unwire(c, it, 1, citer_outstanding(it));
     } else {
       citer_maybe_ack(c, it);
@@ -866,7 +900,6 @@ int lp_client_iter_ready(lp_client *c, lp_citer *it) {
 
 int lp_client_iter_seek(lp_client *c, lp_citer *it, lp_slice target, int64_t unread) {
   lp_slice t;
-  int rc;
   if (it->term == IT_ERROR) return 0;
   if (unread > 0) it->consumed = unread < it->consumed ? it->consumed - unread : 0;
   if (it->r.limit >= 0 && it->consumed >= it->r.limit) return 0; /* at its limit: ended */
@@ -885,28 +918,13 @@ int lp_client_iter_seek(lp_client *c, lp_citer *it, lp_slice target, int64_t unr
   it->term = IT_NONE;
   it->term_local = 0;
   it->deadline = 0;
-  rc = citer_wire_open(c, it);
-  if (rc > 0) {
-    it->term = IT_END;
-    it->term_local = 1;
-  } else if (rc < 0) {
-    citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
-    return -1;
-  }
-  return 0;
+  return citer_reopen(c, it);
 }
 
 void lp_client_iter_close(lp_client *c, lp_citer *it) {
   if (!it) return;
   citer_unwire(c, it, 1, it->term == IT_NONE ? citer_outstanding(it) : 0);
-  if (it->prev)
-    it->prev->next = it->next;
-  else
-    c->ihead = it->next;
-  if (it->next)
-    it->next->prev = it->prev;
-  else
-    c->itail = it->prev;
+  DLIST_UNLINK(c->ihead, c->itail, it);
   c->niters--;
   citer_free(it);
 }
@@ -1213,17 +1231,8 @@ void lp_client_replay(lp_client *c) {
       req_fail(c, q, LP_ETOOLARGE, msg);
     }
   }
-  for (it = c->ihead; it; it = it->next) {
-    int rc;
-    if (it->term != IT_NONE) continue;
-    rc = citer_wire_open(c, it);
-    if (rc > 0) {
-      it->term = IT_END;
-      it->term_local = 1;
-    } else if (rc < 0) {
-      citer_set_error(c, it, LP_ENOMEM, "iterator: out of memory");
-    }
-  }
+  for (it = c->ihead; it; it = it->next)
+    if (it->term == IT_NONE) citer_reopen(c, it);
 }
 
 void lp_client_fail_all(lp_client *c, lp_code code, const char *msg) {

@@ -10,40 +10,11 @@
  *
  * Build and run: make build/test/seek_test && build/test/seek_test
  */
-#include "tap.h"
+#include "client_harness.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int slice_eq(lp_slice a, const char *s) {
-  return a.ptr && a.len == strlen(s) && memcmp(a.ptr, s, a.len) == 0;
-}
-
-/* Decodes every whole frame of b as requests, up to max: the count, or -1. */
-static int decode_reqs(const lp_buf *b, lp_request *rq, int max) {
-  size_t off = 0;
-  int n = 0;
-  while (off < b->len) {
-    lp_slice pl;
-    size_t used;
-    if (lp_wire_next_frame(b->ptr + off, b->len - off, LP_DEFAULT_MAX_FRAME, &pl, &used) !=
-            LP_WIRE_OK ||
-        n >= max || lp_wire_decode_request(pl, &rq[n]) != LP_WIRE_OK)
-      return -1;
-    n++;
-    off += used;
-  }
-  return n;
-}
-
-static void feed_entry(lp_client *c, uint32_t id, const char *k) {
-  lp_buf b = {0};
-  lp_err err;
-  lp_wire_enc_iterdata(&b, id, S(k), S("v"));
-  if (lp_client_feed(c, b.ptr, b.len, &err)) printf("# feed failed: %s\n", err.msg);
-  lp_buf_free(&b);
-}
 
 /* The key of the iterator's next entry, "" at its end or when nothing is
  * buffered ("?"), into buf. */
@@ -59,29 +30,15 @@ static const char *next_key(lp_client *c, lp_citer *it, char *buf) {
 }
 
 static void test_client_seek(void) {
-  lp_client_opts o;
   lp_client *c;
   lp_citer *it;
   lp_range r;
   lp_request rq[8];
   char kb[32];
   int n;
-  lp_client_opts_init(&o);
-  o.window = 8;
-  c = lp_client_new(&o);
 
-  lp_range_init(&r);
-  r.gte = S("b");
-  r.lte = S("y");
-  r.limit = 10;
-  it = lp_client_iter_open(c, &r);
-  lp_client_out(c)->len = 0;
-  feed_entry(c, 0, "b");
-  feed_entry(c, 0, "c");
-  feed_entry(c, 0, "d");
-  next_key(c, it, kb);
-  next_key(c, it, kb);
-  lp_client_out(c)->len = 0;
+  it = harness_iter_bcd(&c);
+  if (!check(it != NULL, "client and iterator", "out of memory")) return;
   check(lp_client_iter_seek(c, it, S("m"), 0) == 0, "seek", "failed");
   n = decode_reqs(lp_client_out(c), rq, 8);
   check(n == 2 && rq[0].tag == LP_REQ_ITER && rq[0].id == 0 && rq[0].has_batch && rq[0].batch == 0,
@@ -92,10 +49,10 @@ static void test_client_seek(void) {
         "and opens one under a fresh id: gte = target alone, lte kept, limit 10 - 2", "failed");
   check(!lp_client_iter_ready(c, it), "what was buffered before the seek is dropped", "failed");
   lp_client_out(c)->len = 0;
-  feed_entry(c, 0, "e"); /* in flight before the end reached the leader */
+  feed_entry(c, 0, "e", "v"); /* in flight before the end reached the leader */
   check(!lp_client_iter_ready(c, it), "a late entry of the old id is not delivered", "failed");
-  feed_entry(c, 1, "m");
-  feed_entry(c, 1, "n");
+  feed_entry(c, 1, "m", "v");
+  feed_entry(c, 1, "n", "v");
   check(strcmp(next_key(c, it, kb), "m") == 0, "the first entry is the target's", "got %s", kb);
 
   /* a leader change now resumes after the last entry consumed since the seek */
@@ -119,16 +76,16 @@ static void test_client_seek(void) {
   lp_client_free(c);
 
   /* reverse, an exclusive bound tighter than the target, entries given back */
-  c = lp_client_new(&o);
+  c = client_with_window(8);
   lp_range_init(&r);
   r.gt = S("c");
   r.lt = S("x");
   r.reverse = 1;
   r.limit = 5;
   it = lp_client_iter_open(c, &r);
-  feed_entry(c, 0, "w");
-  feed_entry(c, 0, "v");
-  feed_entry(c, 0, "u");
+  feed_entry(c, 0, "w", "v");
+  feed_entry(c, 0, "v", "v");
+  feed_entry(c, 0, "u", "v");
   next_key(c, it, kb);
   next_key(c, it, kb);
   next_key(c, it, kb);
@@ -147,11 +104,11 @@ static void test_client_seek(void) {
   lp_client_free(c);
 
   /* an iterator at its limit stays ended */
-  c = lp_client_new(&o);
+  c = client_with_window(8);
   lp_range_init(&r);
   r.limit = 1;
   it = lp_client_iter_open(c, &r);
-  feed_entry(c, 0, "a");
+  feed_entry(c, 0, "a", "v");
   next_key(c, it, kb);
   lp_client_out(c)->len = 0;
   lp_client_iter_seek(c, it, S("a"), 0);

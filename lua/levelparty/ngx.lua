@@ -264,58 +264,50 @@ end
 local function get_cl(cl, k) return cl:get(k) end
 local function put_cl(cl, k, v, sync) return cl:put(k, v, sync) end
 local function del_cl(cl, k, sync) return cl:del(k, sync) end
-local function batch_cl(cl, ops, numbers_ok, sync) return cl:batch(false, ops, sync, numbers_ok) end
+local function batch_cl(cl, ops, sync, numbers_ok) return cl:batch(false, ops, sync, numbers_ok) end
 local function get_many_cl(cl, keys) return cl:get_many(keys) end
 local function clear_cl(cl, r, sync) return cl:clear(r, sync) end
 
-function Core:get(_, k)
-  guard("get")
+-- A leader's call that answers at once.
+local function direct(c, method, ...) return c[method](c, false, ...) end
+
+-- One call of a core handle, after guard(): a follower's goes to the leader
+-- (submit(cl, ...) queues it on a fresh client); a leader's, or one whose
+-- election made this process the leader on the way, runs here as
+-- lead(c, op, ...) (direct or inline).  Returns the call's results.
+local function call(self, op, submit, lead, ...)
   local c = self._c
   if not c:is_leader() then
-    local a, b, e = follow(self, "get", get_cl, k)
+    local a, b, e = follow(self, op, submit, ...)
     if a ~= LEADER then return a, b, e end
   end
-  return c:get(false, k)
+  return lead(c, op, ...)
+end
+
+-- guard() stays in each method: its error level counts from there.
+function Core:get(_, k)
+  guard("get")
+  return call(self, "get", get_cl, direct, k)
 end
 
 function Core:put(_, k, v, sync)
   guard("put")
-  local c = self._c
-  if not c:is_leader() then
-    local a, b, e = follow(self, "put", put_cl, k, v, sync)
-    if a ~= LEADER then return a, b, e end
-  end
-  return c:put(false, k, v, sync)
+  return call(self, "put", put_cl, direct, k, v, sync)
 end
 
 function Core:del(_, k, sync)
   guard("del")
-  local c = self._c
-  if not c:is_leader() then
-    local a, b, e = follow(self, "del", del_cl, k, sync)
-    if a ~= LEADER then return a, b, e end
-  end
-  return c:del(false, k, sync)
+  return call(self, "del", del_cl, direct, k, sync)
 end
 
 function Core:batch(_, ops, sync, numbers_ok)
   guard("batch")
-  local c = self._c
-  if not c:is_leader() then
-    local a, b, e = follow(self, "batch", batch_cl, ops, numbers_ok, sync)
-    if a ~= LEADER then return a, b, e end
-  end
-  return inline(c, "batch", ops, sync, numbers_ok)
+  return call(self, "batch", batch_cl, inline, ops, sync, numbers_ok)
 end
 
 function Core:get_many(_, keys)
   guard("get_many")
-  local c = self._c
-  if not c:is_leader() then
-    local a, b, e = follow(self, "get_many", get_many_cl, keys)
-    if a ~= LEADER then return a, b, e end
-  end
-  return c:get_many(false, keys)
+  return call(self, "get_many", get_many_cl, direct, keys)
 end
 
 -- init.lua asks is_leader() first and calls clear_begin on a leader.  A
