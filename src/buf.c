@@ -215,3 +215,20 @@ int lp_range_contains(const lp_range *r, lp_slice key) {
   if (r->lte.ptr != NULL && lp_slice_cmp(key, r->lte) > 0) return 0;
   return 1;
 }
+
+/* Keeps only the tighter of one side's two bounds (excl: gt or lt, incl: gte
+ * or lte; upper: the lt/lte side); on a tie the exclusive one. */
+static void one_bound(lp_slice *excl, lp_slice *incl, int upper) {
+  int c;
+  if (!excl->ptr || !incl->ptr) return;
+  c = lp_slice_cmp(*excl, *incl);
+  if (upper ? c <= 0 : c >= 0)
+    *incl = LP_SLICE_NONE;
+  else
+    *excl = LP_SLICE_NONE;
+}
+
+void lp_range_one_bound(lp_range *r) {
+  one_bound(&r->gt, &r->gte, 0);
+  one_bound(&r->lt, &r->lte, 1);
+}

@@ -639,23 +639,8 @@ static void citer_set_error(lp_client *c, lp_citer *it, lp_code code, const char
   citer_unwire(c, it, 1, citer_outstanding(it));
 }
 
-/* Keeps only the tighter of one side's two bounds (excl: gt or lt, incl: gte
- * or lte; upper: the lt/lte side); on a tie the exclusive one.  Alone it
- * selects the same keys as both together, and every leader reads it so;
- * given both, a Node leader (leveldown) starts from gte (lte in reverse) and
- * ends at the first key gt (lt) rejects: at once when gt >= gte (lt <= lte). */
-static void one_bound(lp_slice *excl, lp_slice *incl, int upper) {
-  int c;
-  if (!excl->ptr || !incl->ptr) return;
-  c = lp_slice_cmp(*excl, *incl);
-  if (upper ? c <= 0 : c >= 0)
-    *incl = LP_SLICE_NONE;
-  else
-    *excl = LP_SLICE_NONE;
-}
-
 /* A seek target (inclusive) on the side the iterator starts from, whose
- * bounds one_bound has reduced to one: the tighter of the two goes out
+ * bounds lp_range_one_bound has reduced to one: the tighter of the two goes out
  * alone (the bound on a tie). */
 static void citer_seek_bound(lp_slice *excl, lp_slice *incl, lp_slice target, int upper) {
   lp_slice b = excl->ptr ? *excl : *incl;
@@ -673,8 +658,7 @@ static int citer_wire_open(lp_client *c, lp_citer *it) {
   uint32_t g = it->win, id;
   w.keys = 1; /* always: the key is the bookmark */
   /* one bound per side on every open and reopen (docs/PROTOCOL.md, Ranges) */
-  one_bound(&w.gt, &w.gte, 0);
-  one_bound(&w.lt, &w.lte, 1);
+  lp_range_one_bound(&w);
   if (it->pos == 0 && it->seek.ptr) {
     if (!w.reverse)
       citer_seek_bound(&w.gt, &w.gte, it->seek, 0);

@@ -105,6 +105,12 @@ typedef struct lp_range {
 
 /* keys = values = 1, limit = -1, forward, unbounded. */
 void lp_range_init(lp_range *r);
+/* Drops the looser bound of each side that has two (gt and gte, lt and lte;
+ * on a tie the inclusive one), leaving a range of the same keys.  Every
+ * request leaves with at most one bound per side: given both, a Node leader
+ * (leveldown) starts from gte (lte in reverse) and ends at the first key gt
+ * (lt) rejects, at once when gt >= gte (docs/PROTOCOL.md, "Ranges"). */
+void lp_range_one_bound(lp_range *r);
 
 /* Used by the C tests only */
 int lp_range_contains(const lp_range *r, lp_slice key); /* 1: key satisfies every bound */
@@ -231,7 +237,8 @@ int lp_wire_rest_sync(lp_buf *rest);
 int lp_wire_rest_iter(lp_buf *rest, uint32_t batch, const lp_range *r);
 /* ITER ack / end: just the window (0 = end). */
 int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch);
-/* CLEAR: options with the bounds, limit and reverse explicit. */
+/* CLEAR: options with the bounds (one per side, lp_range_one_bound), limit
+ * and reverse explicit. */
 int lp_wire_rest_clear(lp_buf *rest, const lp_range *r);
 
 /* Server side: lp_wire_enc_* encode a whole reply frame (varint length, tag,

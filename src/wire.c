@@ -657,13 +657,16 @@ int lp_wire_rest_iter_window(lp_buf *rest, uint32_t batch) {
   return 0;
 }
 
-int lp_wire_rest_clear(lp_buf *rest, const lp_range *r) {
-  size_t inner = opts_len(r, 0);
+int lp_wire_rest_clear(lp_buf *rest, const lp_range *given) {
+  lp_range r = *given;
+  size_t inner;
 
+  lp_range_one_bound(&r); /* leveldown's clear walks leveldown's iterator */
+  inner = opts_len(&r, 0);
   if (lp_buf_reserve(rest, bytes_field_len(inner)) != 0) return -1;
   w_byte(rest, KEY(F_CLEAR_OPTIONS, WT_BYTES));
   w_varint(rest, inner);
-  w_opts(rest, r, 0);
+  w_opts(rest, &r, 0);
   return 0;
 }
 

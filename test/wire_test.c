@@ -236,6 +236,20 @@ static void test_request_examples(void) {
         "decode clear", "rc=%d gte=%s lt=%s limit=%d", rc, sdesc(r.opts.gte), sdesc(r.opts.lt),
         r.opts.limit);
 
+  /* clear with two bounds on a side sends the tighter alone */
+  rest.len = out.len = 0;
+  lp_range_init(&rg);
+  rg.gt = S("b");
+  rg.gte = S("a");
+  rg.lt = S("y");
+  rg.lte = S("y");
+  lp_wire_rest_clear(&rest, &rg);
+  lp_wire_frame(&out, LP_REQ_CLEAR, 0, (lp_slice){rest.ptr, rest.len});
+  rc = lp_wire_decode_request(one_payload(&out), &r);
+  check(rc == LP_WIRE_OK && slice_is(r.opts.gt, "b") && r.opts.gte.ptr == NULL &&
+            slice_is(r.opts.lt, "y") && r.opts.lte.ptr == NULL,
+        "clear({gt:'b', gte:'a', lt:'y', lte:'y'}) sends gt 'b' and lt 'y' alone", "rc=%d", rc);
+
   /* iterator open */
   rest.len = out.len = 0;
   lp_range_init(&rg);
@@ -807,8 +821,8 @@ static void test_encoder_options(void) {
              "iter open with every bound (empty ones written empty), reverse, limit 0");
   rest.len = 0;
   lp_wire_rest_clear(&rest, &rg);
-  same_bytes(&rest, "12 0e (1a 00 22 01 \"b\" 2a 01 \"c\" 32 00 38 00 40 01)",
-             "clear options: no keys/values, bounds, limit, reverse");
+  same_bytes(&rest, "12 09 (22 01 \"b\" 32 00 38 00 40 01)",
+             "clear options: no keys/values, the tighter bound of each side, limit, reverse");
   rest.len = 0;
   lp_range_init(&rg);
   lp_wire_rest_clear(&rest, &rg);
@@ -1036,6 +1050,15 @@ static void test_ranges(void) {
              cases[i].lt ? cases[i].lt : "-", cases[i].lte ? cases[i].lte : "-", cases[i].key,
              cases[i].want);
     check(got == cases[i].want, what, "got %d", got);
+    /* one bound per side selects the same keys */
+    lp_range_one_bound(&r);
+    got = lp_range_contains(&r, S(cases[i].key));
+    snprintf(what, sizeof what, "one_bound(gt=%s gte=%s lt=%s lte=%s) contains '%s' == %d",
+             cases[i].gt ? cases[i].gt : "-", cases[i].gte ? cases[i].gte : "-",
+             cases[i].lt ? cases[i].lt : "-", cases[i].lte ? cases[i].lte : "-", cases[i].key,
+             cases[i].want);
+    check(got == cases[i].want && !(r.gt.ptr && r.gte.ptr) && !(r.lt.ptr && r.lte.ptr), what,
+          "got %d", got);
   }
 }
 
