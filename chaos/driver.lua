@@ -120,6 +120,12 @@ function start_slot(s)
   events.starts[#events.starts + 1] = inc
 end
 
+-- A command line to an actor.  The actor may have died since the driver last
+-- looked: the write then fails (EPIPE) and its exit callback says the rest.
+local function tell(inc, line)
+  inc.stdin:write(line .. "\n", function() end)
+end
+
 local function alive_incs()
   local t = {}
   for _, s in ipairs(slots) do
@@ -284,7 +290,7 @@ local function chaos_step()
     if target and target ~= stopped then
       events.closes[#events.closes + 1] = { t = now(), name = target.name }
       if target.slot.kind == "node" then target.close_exit = true end
-      target.stdin:write("close\n")
+      tell(target, "close")
     end
   end
 end
@@ -302,6 +308,12 @@ local function has_line(inc, pat)
   for _, l in ipairs(read_lines(inc.log)) do if l:find(pat) then return true end end
   return false
 end
+
+-- SIGPIPE: a line to an actor that died a moment ago (its exit not yet
+-- reaped) must fail that write, not kill the driver; libuv leaves SIGPIPE's
+-- default action in place unless a handler is installed.
+local sigpipe = uv.new_signal()
+sigpipe:start("sigpipe", function() end)
 
 -- SIGINT/SIGTERM: kill the children, then leave
 for _, sig in ipairs { "sigint", "sigterm" } do
@@ -340,7 +352,7 @@ local function main()
     return true
   end, 30) then problem("not every process opened within 30 s after the chaos") end
   run_for(2)
-  for _, inc in ipairs(alive_incs()) do inc.stdin:write("idle\n") end
+  for _, inc in ipairs(alive_incs()) do tell(inc, "idle") end
   local hang_wait = 3 * timeout + 5
   if not wait_until(function()
     for _, inc in ipairs(alive_incs()) do if not has_line(inc, "^Z ") then return false end end
