@@ -12,9 +12,11 @@
  *   1. Another process (lua5.4) leads; once every thread is past a quarter
  *      of its rounds it is killed with SIGKILL: every state must go on
  *      (replay, iterator resume), and this process then leads, every
- *      state's party attached to its one lead.
+ *      state's party attached to its one lead (the last thread's, opened
+ *      with lead = false, follows it through the socket instead).
  *   2. This process leads: thread 0 opens first and leads, the others open
- *      the directory it leads and must be leaders too; a follower process
+ *      the directory it leads and must be leaders too (but the last, which
+ *      opens with lead = false and follows through the socket); a follower process
  *      works against them meanwhile (the leader's server thread serves it),
  *      and thread 0 lua_close()s its state midway while the others go on.
  *      When all are gone the LOCK is free: a new process leads.
@@ -66,6 +68,7 @@ typedef struct worker {
   int id;
   const char *dir;
   int close_at; /* > 0: return at this round and let the host lua_close */
+  int nolead;   /* opens with lead = false: follows even its own process */
   pthread_t thread;
   char result[1024]; /* "ok ..." or the error */
   char role_open[16], role_end[16];
@@ -111,13 +114,27 @@ static int l_may_open(lua_State *L) {
   return 0;
 }
 
-/* The workload, one chunk per state: (id, dir, close_at).  Raises with the
+/* before_close(): the states that lead wait for the one that never leads
+ * (NOLEAD) to end first: once the last of them closes, it would have no
+ * leader left and may not lead itself. */
+#define NOLEAD (NTHREADS - 1)
+static int l_before_close(lua_State *L) {
+  worker *w = lua_touserdata(L, lua_upvalueindex(1));
+  (void)L;
+  pthread_mutex_lock(&mu);
+  while (w->id != NOLEAD && round_of[NOLEAD] != INT_MAX)
+    pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+  return 0;
+}
+
+/* The workload, one chunk per state: (id, dir, close_at, nolead).  Raises with the
  * reason on any failure; returns the role at the end. */
 static const char workload[] =
-    "local id, dir, close_at = ...\n"
+    "local id, dir, close_at, nolead = ...\n"
     "local lp = require 'levelparty'\n"
     "may_open()\n"
-    "local db, err, code = lp.open(dir, { open_timeout = 60 })\n"
+    "local db, err, code = lp.open(dir, { open_timeout = 60, lead = not nolead })\n"
     "if not db then error('open: ' .. tostring(err) .. ' ' .. tostring(code)) end\n"
     "opened(db:role())\n"
     "local prefix = ('t%02d:'):format(id)\n"
@@ -193,6 +210,7 @@ static const char workload[] =
     "verify_iter(false)\n"
     "for k in pairs(model) do verify_get(k) end\n"
     "local role = db:role()\n"
+    "before_close()\n"
     "must('close', db:close())\n"
     "return role\n";
 
@@ -219,13 +237,17 @@ static void *worker_main(void *arg) {
   lua_pushlightuserdata(L, w);
   lua_pushcclosure(L, l_may_open, 1);
   lua_setglobal(L, "may_open");
+  lua_pushlightuserdata(L, w);
+  lua_pushcclosure(L, l_before_close, 1);
+  lua_setglobal(L, "before_close");
   if (luaL_loadbuffer(L, workload, sizeof workload - 1, "=workload") != LUA_OK) {
     snprintf(w->result, sizeof w->result, "load: %s", lua_tostring(L, -1));
   } else {
     lua_pushinteger(L, w->id);
     lua_pushstring(L, w->dir);
     lua_pushinteger(L, w->close_at);
-    if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    lua_pushboolean(L, w->nolead);
+    if (lua_pcall(L, 4, 1, 0) != LUA_OK) {
       snprintf(w->result, sizeof w->result, "%s", lua_tostring(L, -1));
     } else {
       snprintf(w->role_end, sizeof w->role_end, "%s", lua_tostring(L, -1));
@@ -368,6 +390,7 @@ static void start_workers(worker *ws, const char *dir, int closer, int close_at)
     ws[i].id = i;
     ws[i].dir = dir;
     ws[i].close_at = i == closer ? close_at : 0;
+    ws[i].nolead = i == NOLEAD;
     snprintf(ws[i].result, sizeof ws[i].result, "did not run");
     if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0)
       snprintf(ws[i].result, sizeof ws[i].result, "pthread_create failed");
@@ -400,6 +423,7 @@ static void join_and_report(worker *ws, const char *scenario, const char *want_r
     snprintf(what, sizeof what, "%s: thread %d: %d rounds after the event", scenario, i,
              POST_ROUNDS);
     check(ws[i].post_rounds >= POST_ROUNDS, what, "%d", ws[i].post_rounds);
+    if (i == NOLEAD) want_role = "follower"; /* of this process, through the socket */
     snprintf(what, sizeof what, "%s: thread %d ends as %s", scenario, i, want_role);
     check(strcmp(ws[i].role_end, want_role) == 0, what, "role %s", ws[i].role_end);
   }
@@ -452,8 +476,9 @@ static void scenario_local_leader(const char *root) {
   check(follower > 0, "local: a follower process starts", "posix_spawn failed");
   for (i = 0; i < NTHREADS; i++) {
     char what[96];
-    snprintf(what, sizeof what, "local: thread %d opened as the leader", i);
-    check(strcmp(ws[i].role_open, "leader") == 0, what, "role %s", ws[i].role_open);
+    const char *want = i == NOLEAD ? "follower" : "leader";
+    snprintf(what, sizeof what, "local: thread %d opened as the %s", i, want);
+    check(strcmp(ws[i].role_open, want) == 0, what, "role %s", ws[i].role_open);
   }
   if (follower > 0) {
     read_line(out_r, line, sizeof line);
@@ -470,14 +495,15 @@ static void scenario_local_leader(const char *root) {
         "%s", ws[0].result);
   for (i = 1; i < NTHREADS; i++) {
     char what[128];
+    const char *want = i == NOLEAD ? "follower" : "leader";
     pthread_join(ws[i].thread, NULL);
     snprintf(what, sizeof what, "local: thread %d: every round checked out", i);
     check(strcmp(ws[i].result, "ok") == 0, what, "%s (round %d)", ws[i].result, ws[i].rounds_done);
     snprintf(what, sizeof what, "local: thread %d: %d rounds after thread 0's lua_close", i,
              POST_ROUNDS);
     check(ws[i].post_rounds >= POST_ROUNDS, what, "%d", ws[i].post_rounds);
-    snprintf(what, sizeof what, "local: thread %d ends as leader", i);
-    check(strcmp(ws[i].role_end, "leader") == 0, what, "role %s", ws[i].role_end);
+    snprintf(what, sizeof what, "local: thread %d ends as %s", i, want);
+    check(strcmp(ws[i].role_end, want) == 0, what, "role %s", ws[i].role_end);
   }
   note("local: every thread done");
   /* the last state closed the lead: the LOCK and the socket are free */
