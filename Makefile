@@ -135,6 +135,26 @@ build/tsan/test/%: test/%.c $(call objs,tsan,$(CSRCS)) $(wildcard test/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 $(TSAN) -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
+# The threads test host (test/threads_test.c) embeds Lua 5.4 and requires
+# levelparty from build/VARIANT, as an application would: it links liblua5.4
+# and needs that variant's core.so, not the Lua-free objects above.
+LUA54_LIB ?= -llua5.4
+THREADS_DEPS = test/threads_test.c test/tap.h src/private.h Makefile
+threads_host = $(CC) $(BASE) $(1) -isystem $(LUA54_INCDIR) -Isrc -DLP_ROOT='"$(CURDIR)"' \
+  -DLP_VARIANT='"$(2)"' -o $@ $< $(LDFLAGS) $(LUA54_LIB) -lpthread
+
+build/test/threads_test: $(THREADS_DEPS) build/5.4/levelparty/core.so
+	@mkdir -p $(@D)
+	$(call threads_host,,5.4)
+
+build/asan/test/threads_test: $(THREADS_DEPS) build/asan/levelparty/core.so
+	@mkdir -p $(@D)
+	$(call threads_host,-O1 $(SAN),asan)
+
+build/tsan/test/threads_test: $(THREADS_DEPS) build/tsan/levelparty/core.so
+	@mkdir -p $(@D)
+	$(call threads_host,-O1 $(TSAN),tsan)
+
 # The fuzz targets (fuzz/fuzz_NAME.c): the codec, the leader's session over
 # LevelDB, the follower's client core.  Each has a standalone driver (gcc,
 # ASan+UBSan, -DLP_FUZZ_STANDALONE: generated inputs, `make test` runs it

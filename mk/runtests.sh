@@ -227,7 +227,9 @@ rock_check() {
 want() { [ "$LUA" = all ] || [ "$LUA" = "$1" ]; }
 
 # ThreadSanitizer: the C tests (the test thread, the server's and the
-# worker's threads and LevelDB's share the engine) and the multi-process
+# worker's threads and LevelDB's share the engine; threads_test runs eight
+# lua_States on eight threads against one directory, its host built with
+# TSan and loading build/tsan's core.so) and the multi-process
 # specs with build/tsan's core.so.  libtsan must be loaded first, but
 # LD_PRELOAD would reach the shells and python3 the specs start, which
 # crash under it: build/tsan/bin/lua5.4 loads it with the dynamic loader's

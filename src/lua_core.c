@@ -103,6 +103,24 @@ static int push_closed(lua_State *L, const char *op) {
  * name up as a string on every call, which is most of a cheap method's cost. */
 static char db_key, liter_key, clear_key;
 
+/* The owner token of this lua_State's parties (lp_party_opts.owner): the
+ * address of a userdata kept in the registry under owner_key, made when the
+ * module is loaded.  Handles of one state share a party; states on other
+ * threads get parties of their own (docs/ARCHITECTURE.md, "Threads and
+ * ownership").  Every party of a state is released by its handles' __gc
+ * before lua_close frees the token, so a later state that gets the same
+ * address finds none of them. */
+static char owner_key;
+
+static const void *state_owner(lua_State *L) {
+  const void *o;
+  lua_pushlightuserdata(L, &owner_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  o = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return o;
+}
+
 static void *check_class(lua_State *L, void *key, const char *name) {
   void *p = lua_touserdata(L, 1);
   if (p != NULL && lua_getmetatable(L, 1)) {
@@ -406,6 +424,7 @@ static int open_db(lua_State *L) {
   o.log = field_bool(L, 2, "log", o.log);
   o.lead = field_bool(L, 2, "lead", o.lead);
   o.external = field_bool(L, 2, "external", o.external);
+  o.owner = state_owner(L);
   t = field_num(L, 2, "open_timeout", -1); /* seconds; the Lua layer refuses < 0 */
   if (t >= 0) o.open_timeout_ns = seconds_ns(t, NO_LIMIT_NS);
   if (lp_party_open(dir, &o, &party, &err) != 0) return push_lperr(L, &err);
@@ -956,12 +975,10 @@ static int db_approximate_size(lua_State *L) {
 static int db_leader_pid(lua_State *L) {
   ldb_t *d = check_db(L);
   if (d->party == NULL) return 0;
-  /* Never probe a LOCK this process holds: closing the probe's descriptor
-   * would drop our own lock (ARCHITECTURE.md, "The election"). */
-  if (lp_party_engine(d->party) != NULL)
-    lua_pushinteger(L, (lua_Integer)getpid());
-  else
-    lua_pushinteger(L, (lua_Integer)lp_lock_holder(lp_party_path(d->party)));
+  /* Never probe a LOCK this process holds, through this party or another
+   * state's: closing the probe's descriptor would drop our own lock
+   * (ARCHITECTURE.md, "The election"); lp_party_lock_holder knows. */
+  lua_pushinteger(L, (lua_Integer)lp_party_lock_holder(d->party));
   return 1;
 }
 
@@ -1839,6 +1856,11 @@ static void pin_module(void) {
 int luaopen_levelparty_core(lua_State *L);
 int luaopen_levelparty_core(lua_State *L) {
   pin_module();
+  if (state_owner(L) == NULL) {
+    lua_pushlightuserdata(L, &owner_key);
+    (void)lua_newuserdata(L, 1);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
   new_class(L, DB_MT, &db_key, db_methods, db_gc);
   luaL_getmetatable(L, DB_MT);
   lua_pushcfunction(L, db_tostring);

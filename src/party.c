@@ -5,7 +5,13 @@
  * The election is event driven: it probes the LOCK before it opens LevelDB
  * and waits on the directory watch, with a timer only as a back-up
  * (docs/ARCHITECTURE.md, "The election").  Only the thread of the Lua state
- * drives a party; the server and worker threads it starts never touch it.
+ * that owns a party drives it; the server and worker threads never touch it.
+ *
+ * A party belongs to one owner (one lua_State, or NULL for C callers) and
+ * one directory.  What may exist once per process, the lead (LOCK, engine,
+ * server thread, socket file), is an lp_lead shared by every party of the
+ * directory that leads, refcounted under lead_lock
+ * (docs/ARCHITECTURE.md, "Threads and ownership").
  */
 #include "private.h"
 
@@ -55,11 +61,11 @@ struct lp_party {
                        * is closed (drop_fd) */
   unsigned ep_events; /* its EPOLLIN / EPOLLOUT */
 
-  /* leader */
-  lp_engine *engine;
-  lp_server *server;
-  int lock_fd; /* our own fcntl lock on LOCK, taken before leveldb_open
-                * (lp_lock_take) and closed after lp_engine_close; -1 */
+  /* leader: attached to the process's lead of the directory (one ref) */
+  struct lp_lead *lead;
+  lp_engine *engine; /* lead->engine, read without the lock: set by this
+                      * party's thread, and the lead outlives the party's ref */
+  int joined;        /* this party attached to a lead another party made */
 
   /* follower */
   lp_client *client;
@@ -112,19 +118,48 @@ struct lp_party {
   struct lp_party *next; /* registry */
 };
 
+/* The process's lead of one directory: what a process can hold once only,
+ * since LevelDB's LOCK is an fcntl lock (per process; closing any fd of the
+ * LOCK drops it).  Every field and every operation on a LOCK (probe, take,
+ * leveldb_open, close) is under lead_lock, so no party probes or takes a
+ * LOCK while another party of the process holds or releases it. */
+typedef struct lp_lead {
+  char *path; /* realpath; the socket's directory; the server's log_ud */
+  dev_t dev;
+  ino_t ino;
+  pid_t pid; /* the process that made it: a fork's child never uses it */
+  int refs;  /* parties attached */
+  lp_engine *engine;
+  lp_server *server;
+  int lock_fd; /* our own fcntl lock on LOCK, taken before leveldb_open
+                * (lp_lock_take) and closed after lp_engine_close */
+  struct lp_lead *next;
+} lp_lead;
+
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static lp_party *registry;
+/* Never held together with registry_lock (except by the fork handlers, in
+ * this order: lead_lock, then registry_lock). */
+static pthread_mutex_t lead_lock = PTHREAD_MUTEX_INITIALIZER;
+static lp_lead *leads;
 
 /* This process's pid, kept by a fork handler: getpid() is a system call,
  * and every call of a handle compares it with its party's. */
 static pid_t self_pid;
 static pthread_once_t self_once = PTHREAD_ONCE_INIT;
 
-static void fork_prepare(void) { pthread_mutex_lock(&registry_lock); }
-static void fork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+static void fork_prepare(void) {
+  pthread_mutex_lock(&lead_lock);
+  pthread_mutex_lock(&registry_lock);
+}
+static void fork_parent(void) {
+  pthread_mutex_unlock(&registry_lock);
+  pthread_mutex_unlock(&lead_lock);
+}
 static void fork_child(void) {
   self_pid = getpid();
   pthread_mutex_unlock(&registry_lock);
+  pthread_mutex_unlock(&lead_lock);
 }
 static void self_init(void) {
   self_pid = getpid();
@@ -149,6 +184,7 @@ void lp_party_opts_init(lp_party_opts *o) {
   o->log = 1;
   o->lead = 1;
   o->external = 0;
+  o->owner = NULL;
 }
 
 int lp_party_role(const lp_party *p) {
@@ -230,6 +266,41 @@ static char *resolve_dir(const char *dir, const lp_engine_opts *eo, lp_err *err)
   if (real == NULL) lp_err_set(err, LP_EIO, "open: %s: %s", dir, strerror(errno));
   return real;
 }
+
+/* 1 when the directory recorded as (path, dev, ino) is the one real and st
+ * describe: same realpath, or the same (st_dev, st_ino) while path still
+ * names that directory (so that a removed directory's reused inode never
+ * finds an old entry). */
+static int dir_is(const char *path, dev_t dev, ino_t ino, const char *real, const struct stat *st) {
+  struct stat now;
+  if (strcmp(path, real) == 0) return 1;
+  if (st == NULL || dev != st->st_dev || ino != st->st_ino) return 0;
+  return stat(path, &now) == 0 && now.st_dev == dev && now.st_ino == ino;
+}
+
+/* Under lead_lock: this process's lead of p's directory, or NULL. */
+static lp_lead *find_lead(const lp_party *p) {
+  struct stat st;
+  int known = stat(p->path, &st) == 0;
+  lp_lead *l;
+  for (l = leads; l != NULL; l = l->next)
+    if (l->pid == self_pid && dir_is(l->path, l->dev, l->ino, p->path, known ? &st : NULL))
+      return l;
+  return NULL;
+}
+
+/* The LOCK's holder (lp_lock_holder), probed only when this process does
+ * not lead the directory: a probe there would drop our own lock.  Under
+ * lead_lock, so that no other party takes or releases the LOCK meanwhile. */
+static pid_t holder_probe(const lp_party *p) {
+  pid_t h;
+  pthread_mutex_lock(&lead_lock);
+  h = find_lead(p) != NULL ? self_pid : lp_lock_holder(p->path);
+  pthread_mutex_unlock(&lead_lock);
+  return h;
+}
+
+pid_t lp_party_lock_holder(lp_party *p) { return holder_probe(p); }
 
 /* An fd we are about to close leaves our epoll set first, so that the set
  * never holds a closed (or reused) number. */
@@ -390,7 +461,7 @@ static int leader_refused(lp_party *p, lp_err *err) {
   char sock[PATH_MAX];
   struct stat st;
   if (!p->peer_known || p->peer_replied || p->peer_uid == geteuid() || p->peer_pid <= 0) return 0;
-  if (lp_lock_holder(p->path) != p->peer_pid) return 0; /* we hold no LOCK: a follower */
+  if (holder_probe(p) != p->peer_pid) return 0; /* we hold no LOCK: a follower */
   snprintf(sock, sizeof sock, "%s/%s", p->path, LP_SOCKET_NAME);
   if (lstat(sock, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
   lp_err_set(err, LP_EACCES,
@@ -434,32 +505,81 @@ static void log_stderr(void *ud, const char *msg) {
   }
 }
 
-/* Publishes the socket and starts serving e, which lock_fd (our lock on
- * LOCK) guards.  On failure closes both and returns -1 with err. */
-static int become_leader(lp_party *p, lp_engine *e, int lock_fd, lp_err *err) {
-  int lfd = lp_sock_listen(p->path, err);
-  if (p->opts.log && p->opts.server.log == NULL) {
-    p->opts.server.log = log_stderr;
-    p->opts.server.log_ud = p->path;
+/* Under lead_lock: publishes the socket and starts serving e, which
+ * lock_fd (our lock on LOCK) guards, as this process's lead of p's
+ * directory, with no party attached yet.  On failure closes both and
+ * returns NULL with err. */
+static lp_lead *lead_start(lp_party *p, lp_engine *e, int lock_fd, lp_err *err) {
+  lp_lead *l = calloc(1, sizeof *l);
+  lp_server_opts so = p->opts.server;
+  int lfd = -1;
+  if (l == NULL || (l->path = strdup(p->path)) == NULL) {
+    lp_err_set(err, LP_ENOMEM, "%s: out of memory", elect_op(p));
+  } else {
+    lfd = lp_sock_listen(p->path, err);
+    if (p->opts.log && so.log == NULL) {
+      so.log = log_stderr;
+      so.log_ud = l->path; /* outlives the server */
+    }
+    if (lfd >= 0) l->server = lp_server_start(e, lfd, &so, err); /* owns lfd */
   }
-  if (lfd >= 0) p->server = lp_server_start(e, lfd, &p->opts.server, err); /* owns lfd */
-  if (p->server == NULL) {
+  if (l == NULL || l->server == NULL) {
     if (lfd >= 0) lp_sock_unlink(p->path);
     lp_engine_close(e);
     close(lock_fd);
-    return -1;
+    if (l != NULL) free(l->path);
+    free(l);
+    return NULL;
   }
-  p->engine = e;
-  p->lock_fd = lock_fd;
+  l->dev = p->dev;
+  l->ino = p->ino;
+  l->pid = self_pid;
+  l->engine = e;
+  l->lock_fd = lock_fd;
+  l->next = leads;
+  leads = l;
+  return l;
+}
+
+/* Under lead_lock: drops p's ref on its lead; the last one stops serving
+ * and releases the LOCK. */
+static void lead_release(lp_party *p) {
+  lp_lead *l = p->lead, **pp;
+  p->lead = NULL;
+  p->engine = NULL;
+  if (l == NULL || --l->refs > 0) return;
+  for (pp = &leads; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == l) {
+      *pp = l->next;
+      break;
+    }
+  }
+  /* Remove the name first so that no one connects to a leader that is
+   * leaving; then stop serving; then close LevelDB, which releases the LOCK
+   * and wakes the followers' watches. */
+  lp_sock_unlink(l->path);
+  lp_server_stop(l->server);
+  lp_engine_close(l->engine);
+  /* LevelDB's close released the process's lock; this fd only held it */
+  close(l->lock_fd);
+  free(l->path);
+  free(l);
+}
+
+/* Under lead_lock: p leads, attached to l (one more ref).  What p's client
+ * still had in flight now runs on the engine, in submission order, through
+ * an in-memory session of its own (the loopback). */
+static void become_leader(lp_party *p, lp_lead *l) {
+  l->refs++;
+  p->lead = l;
+  p->engine = l->engine;
   p->neither_since_ns = 0;
   close_watch(p);
   set_state(p, P_LEADER);
   p->opened = 1;
   p->holder = 0;
-  /* What the client still had in flight now runs on our own engine, in
-   * submission order, through an in-memory session. */
   if (p->client != NULL && (lp_client_pending(p->client) || lp_client_iterators(p->client))) {
-    p->loop_session = lp_session_new(e, p->opts.client.max_frame);
+    p->loop_session = lp_session_new(l->engine, p->opts.client.max_frame);
     if (p->loop_session != NULL) {
       lp_client_reset(p->client);
       lp_client_replay(p->client);
@@ -467,6 +587,41 @@ static int become_leader(lp_party *p, lp_engine *e, int lock_fd, lp_err *err) {
     } else {
       lp_client_fail_all(p->client, LP_ENOMEM, "promote: out of memory");
     }
+  }
+}
+
+/* Under lead_lock: the lead of p's directory, made when the LOCK is free and
+ * p may lead: 1 with p attached; 0 when the LOCK is not free (or p may not
+ * lead), *holder its holder, *why the take's failure (LP_OK: none); -1 with
+ * err when leveldb_open or serving failed. */
+static int lead_or_probe(lp_party *p, pid_t *holder, lp_err *why, lp_err *err) {
+  lp_lead *l = find_lead(p);
+  why->code = LP_OK;
+  if (l != NULL) { /* this process leads: attach, or (never to lead) connect to it */
+    *holder = self_pid;
+    if (!p->opts.lead) return 0;
+    if (!p->opened && p->opts.engine.error_if_exists) {
+      lp_err_set(err, LP_EEXIST, "open: %s exists (error_if_exists is true)", p->path);
+      return -1;
+    }
+    p->joined = 1;
+    become_leader(p, l);
+    return 1;
+  }
+  *holder = lp_lock_holder(p->path);
+  if (*holder == 0 && p->opts.lead) {
+    int lock_fd = lp_lock_take(p->path, why);
+    if (lock_fd >= 0) {
+      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, err);
+      if (e == NULL) {
+        close(lock_fd);
+        return -1;
+      }
+      if ((l = lead_start(p, e, lock_fd, err)) == NULL) return -1;
+      become_leader(p, l);
+      return 1;
+    }
+    *holder = lp_lock_holder(p->path); /* taken meanwhile, or not ours to take */
   }
   return 0;
 }
@@ -525,7 +680,7 @@ static void probe_done(lp_party *p) {
 static void elect_step(lp_party *p) {
   lp_err err, why;
   pid_t holder;
-  int fd, cannot_lead = 0;
+  int fd, r, cannot_lead = 0;
   uint64_t now = lp_now_ns();
 
   if (p->watch.fd < 0) {
@@ -533,28 +688,26 @@ static void elect_step(lp_party *p) {
   }
   if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
 
-  holder = lp_lock_holder(p->path);
-  if (holder == 0 && p->opts.lead) {
-    int lock_fd = lp_lock_take(p->path, &why);
-    if (lock_fd >= 0) {
-      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, &err);
-      if (e == NULL) close(lock_fd);
-      if (e != NULL && become_leader(p, e, lock_fd, &err) == 0) return;
-      if (!p->opened) {
-        p->fatal = err;
-        p->has_fatal = 1;
-        return;
-      }
-      why = err;
-      cannot_lead = 1;
-    } else if (why.code != LP_ELOCKED) {
-      cannot_lead = 1;
+  pthread_mutex_lock(&lead_lock);
+  r = lead_or_probe(p, &holder, &why, &err);
+  pthread_mutex_unlock(&lead_lock);
+  if (r > 0) return;
+  if (r < 0) {
+    if (!p->opened) {
+      p->fatal = err;
+      p->has_fatal = 1;
+      return;
     }
+    why = err;
+    cannot_lead = 1;
+  } else if (why.code != LP_OK && why.code != LP_ELOCKED) {
+    cannot_lead = 1;
+  }
+  if (why.code != LP_OK || r < 0) {
     /* what our own attempt raised (LOCK closed for writing, LevelDB's
      * files) must not wake us: a socket published meanwhile is found by
      * the connect below */
     if (p->watch.fd >= 0) lp_watch_drain(&p->watch);
-    holder = lp_lock_holder(p->path);
   }
   p->holder = holder > 0 ? holder : 0;
   fd = lp_sock_connect(p->path);
@@ -609,27 +762,19 @@ static void elect_step(lp_party *p) {
 }
 
 int lp_party_elect(lp_party *p, pid_t *holder, lp_err *err) {
+  lp_err why;
   pid_t h;
+  int r;
   *holder = 0;
   if (p->state == P_LEADER) return LP_ROLE_LEADER;
   if (p->state == P_CLOSED) {
     lp_err_set(err, LP_ECLOSED, "elect: the database is closed");
     return -1;
   }
-  h = lp_lock_holder(p->path);
-  if (h == 0 && p->opts.lead) {
-    lp_err why;
-    int lock_fd = lp_lock_take(p->path, &why);
-    if (lock_fd >= 0) {
-      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, err);
-      if (e == NULL) {
-        close(lock_fd);
-        return -1;
-      }
-      return become_leader(p, e, lock_fd, err) == 0 ? LP_ROLE_LEADER : -1;
-    }
-    h = lp_lock_holder(p->path); /* taken meanwhile, or not ours to take */
-  }
+  pthread_mutex_lock(&lead_lock);
+  r = lead_or_probe(p, &h, &why, err);
+  pthread_mutex_unlock(&lead_lock);
+  if (r != 0) return r > 0 ? LP_ROLE_LEADER : -1;
   *holder = h > 0 ? h : 0;
   p->holder = *holder;
   p->opened = 1;
@@ -1025,16 +1170,6 @@ int lp_party_wait_iter(lp_party *p, lp_citer *it, lp_err *err) {
   }
 }
 
-/* 1 when p's directory is the one st describes: same realpath, or the same
- * (st_dev, st_ino) while p's own path still names that directory (so that a
- * removed directory's reused inode never finds the old party). */
-static int same_dir(const lp_party *p, const char *real, const struct stat *st) {
-  struct stat now;
-  if (strcmp(p->path, real) == 0) return 1;
-  if (st == NULL || p->dev != st->st_dev || p->ino != st->st_ino) return 0;
-  return stat(p->path, &now) == 0 && now.st_dev == p->dev && now.st_ino == p->ino;
-}
-
 int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err) {
   char *real = resolve_dir(dir, &o->engine, err);
   struct stat st;
@@ -1045,8 +1180,12 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   (void)lp_self_pid(); /* installs the fork handler before the lock is taken */
   pthread_mutex_lock(&registry_lock);
   for (p = registry; p != NULL; p = p->next) {
-    /* a party inherited through fork() is the parent's: never shared */
-    if (p->state != P_CLOSED && p->pid == self_pid && same_dir(p, real, known ? &st : NULL)) {
+    /* a party inherited through fork() is the parent's: never shared.  The
+     * owner, pid, path and identity never change once the party is listed;
+     * its state belongs to its owner's thread, so it is read only when the
+     * owner is ours */
+    if (p->opts.owner == o->owner && p->pid == self_pid && p->state != P_CLOSED &&
+        dir_is(p->path, p->dev, p->ino, real, known ? &st : NULL)) {
       p->refs++;
       pthread_mutex_unlock(&registry_lock);
       free(real);
@@ -1075,7 +1214,6 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
   p->pid = self_pid;
   p->opts = *o;
   p->fd = -1;
-  p->lock_fd = -1;
   p->watch.fd = -1;
   p->epfd = p->ep_fd = -1;
   p->dirfd = -1;
@@ -1096,8 +1234,9 @@ int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_er
     lp_party_unref(p);
     return -1;
   }
-  /* A follower found the db served by someone else: it exists. */
-  if (p->state == P_FOLLOWER && o->engine.error_if_exists) {
+  /* A follower found the db served by someone else, or another party of
+   * this process leads it: it exists. */
+  if ((p->state == P_FOLLOWER || p->joined) && o->engine.error_if_exists) {
     lp_party_unref(p);
     lp_err_set(err, LP_EEXIST, "open: %s exists (error_if_exists is true)", dir);
     return -1;
@@ -1116,19 +1255,11 @@ static void party_close(lp_party *p) {
     lp_worker_stop(p->worker);
     p->worker = NULL;
   }
-  if (p->server != NULL) {
-    /* Remove the name first so that no one connects to a leader that is
-     * leaving; then stop serving; then close LevelDB, which releases the LOCK
-     * and wakes the followers' watches. */
-    lp_sock_unlink(p->path);
-    lp_server_stop(p->server);
-    p->server = NULL;
+  if (p->lead != NULL) { /* the worker and the loopback, on its engine, went first */
+    pthread_mutex_lock(&lead_lock);
+    lead_release(p);
+    pthread_mutex_unlock(&lead_lock);
   }
-  if (p->engine != NULL) lp_engine_close(p->engine);
-  p->engine = NULL;
-  /* LevelDB's close released the process's lock; this fd only held it */
-  if (p->lock_fd >= 0) close(p->lock_fd);
-  p->lock_fd = -1;
   close_conn(p);
   close_watch(p);
   if (p->dirfd >= 0) close(p->dirfd);

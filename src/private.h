@@ -623,12 +623,20 @@ void lp_worker_stop(lp_worker *w);
 
 /* ---- Party: one per (process, directory) (party.c) ---- */
 
-/* Every handle a process opens on one directory shares one party, found by the
- * directory's realpath or by its (st_dev, st_ino) (a bind mount gives one
- * directory two realpaths).  That is what keeps two spellings of a path from
- * giving two LevelDB handles, and keeps a process from ever probing or calling
- * leveldb_open on a directory whose LOCK it holds (closing any fd of the LOCK,
- * or a failed second open, would drop that lock).
+/* Every handle one owner (a lua_State, or NULL for C callers: opts.owner)
+ * opens on one directory shares one party, found by the owner and the
+ * directory's realpath or its (st_dev, st_ino) (a bind mount gives one
+ * directory two realpaths).  Parties of different owners on one directory
+ * are independent followers (their own client, connection, watch, epoll
+ * set, worker), but the process leads a directory once: the lead (LOCK,
+ * engine, server thread, socket file) is process-wide, keyed the same way,
+ * refcounted by the parties attached to it, and every operation on a LOCK
+ * (probe, take, leveldb_open, close) runs under its mutex after checking
+ * that no lead of the directory exists.  That is what keeps two spellings
+ * of a path, or two owners, from giving two LevelDB handles, and keeps a
+ * process from ever probing or calling leveldb_open on a directory whose
+ * LOCK it holds (closing any fd of the LOCK, or a failed second open, would
+ * drop that lock).
  *
  * States: ELECTING (no leader known: the election runs in lp_party_step),
  * FOLLOWER (connected), LEADER (engine + server thread), CLOSED.  A follower
@@ -636,8 +644,8 @@ void lp_worker_stop(lp_worker *w);
  * through an in-memory lp_session on its own engine (the loopback).
  *
  * A party is driven from one thread at a time (the thread of the Lua state that
- * uses it); only the server and worker threads run concurrently, and they
- * touch only the engine. */
+ * owns it); other parties, the server and worker threads run concurrently,
+ * and share only the lead's engine, which LevelDB makes thread-safe. */
 typedef struct lp_party lp_party;
 
 enum { LP_ROLE_CLOSED = 0, LP_ROLE_LEADER = 1, LP_ROLE_FOLLOWER = 2 };
@@ -653,6 +661,8 @@ typedef struct lp_party_opts {
   int external;             /* the follower's transport lives outside the party (nginx
                              * cosockets): the party never connects, and elects only in
                              * lp_party_elect */
+  const void *owner;        /* whose party: handles share a party only with handles of
+                             * the same owner (lua_core.c: one per lua_State); NULL */
 } lp_party_opts;
 
 /* The parts' own defaults, then: retry and log on, LP_DEFAULT_OPEN_TIMEOUT_NS,
@@ -664,9 +674,10 @@ void lp_party_opts_init(lp_party_opts *o);
 /* Finds this process's party for dir or starts one (the first election step
  * runs at once, without waiting).  *out holds one more of the party's refs. */
 int lp_party_open(const char *dir, const lp_party_opts *o, lp_party **out, lp_err *err);
-/* Drops one ref; the last one closes: the leader stops its server, removes
- * the socket and closes LevelDB; a follower disconnects.  Pending requests of a
- * closed party finish with LP_ECLOSED. */
+/* Drops one ref; the last one closes: a leader detaches from the lead (the
+ * last party attached stops the server, removes the socket and closes
+ * LevelDB); a follower disconnects.  Pending requests of a closed party
+ * finish with LP_ECLOSED. */
 void lp_party_unref(lp_party *p);
 
 int lp_party_role(const lp_party *p);
@@ -707,6 +718,9 @@ pid_t lp_party_pid(const lp_party *p); /* the process that opened it */
 int lp_party_opened(const lp_party *p);
 const char *lp_party_path(const lp_party *p);
 lp_engine *lp_party_engine(lp_party *p); /* NULL unless leader */
+/* The LOCK's holder as lp_lock_holder reports it, but never probed while
+ * this process leads the directory (through any party): then getpid(). */
+pid_t lp_party_lock_holder(lp_party *p);
 /* The follower client (a promoted leader keeps it while its loopback runs),
  * or NULL when there is none. */
 lp_client *lp_party_client(lp_party *p);
