@@ -442,7 +442,8 @@ static int set_slice(lua_State *L) {
 
 /* core.write_handoff([t]) -> the settings before: tunes the hand-off of a
  * leader's coroutine writes to its worker (lp_handoff): t.slow_ms, t.fast_ms,
- * t.check_ms, t.l0, t.mem_pct, each optional.  For tests and bench/loopgap.lua. */
+ * t.check_ms, t.l0, t.mem_pct, each optional; t.delay_ms (tests) makes the
+ * worker sleep that long before each job.  For tests and bench/loopgap.lua. */
 static void handoff_ms(lua_State *L, const char *name, uint64_t *ns) {
   double ms;
   lua_getfield(L, 1, name);
@@ -460,7 +461,7 @@ static void handoff_int(lua_State *L, const char *name, int *v) {
 }
 
 static int write_handoff(lua_State *L) {
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 6);
   lua_pushnumber(L, (lua_Number)lp_handoff.slow_ns / 1e6);
   lua_setfield(L, -2, "slow_ms");
   lua_pushnumber(L, (lua_Number)lp_handoff.fast_ns / 1e6);
@@ -471,10 +472,17 @@ static int write_handoff(lua_State *L) {
   lua_setfield(L, -2, "l0");
   lua_pushinteger(L, lp_handoff.mem_pct);
   lua_setfield(L, -2, "mem_pct");
+  lua_pushnumber(L, (lua_Number)lp_handoff.delay_ns / 1e6);
+  lua_setfield(L, -2, "delay_ms");
   if (lua_istable(L, 1)) {
     handoff_ms(L, "slow_ms", &lp_handoff.slow_ns);
     handoff_ms(L, "fast_ms", &lp_handoff.fast_ns);
     handoff_ms(L, "check_ms", &lp_handoff.check_ns);
+    {
+      uint64_t delay = lp_handoff.delay_ns;
+      handoff_ms(L, "delay_ms", &delay);
+      __atomic_store_n(&lp_handoff.delay_ns, delay, __ATOMIC_RELAXED);
+    }
     handoff_int(L, "l0", &lp_handoff.l0);
     handoff_int(L, "mem_pct", &lp_handoff.mem_pct);
   }

@@ -626,6 +626,7 @@ void lp_worker_drain(lp_worker *w); /* waits until lp_worker_inflight is 0 */
 typedef struct lp_handoff_tuning {
   uint64_t slow_ns, fast_ns, check_ns;
   int l0, mem_pct;
+  uint64_t delay_ns; /* atomic (the worker reads it) */
 } lp_handoff_tuning;
 extern lp_handoff_tuning lp_handoff;
 int lp_worker_in_handoff(const lp_worker *w);

@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct lp_job {
@@ -64,10 +65,16 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&w->lock);
     {
       lp_err err;
-      uint64_t t0 = lp_now_ns();
-      int rc = lp_engine_write(w->engine, j->b, j->sync, &err);
+      uint64_t delay = __atomic_load_n(&lp_handoff.delay_ns, __ATOMIC_RELAXED), t0;
+      int rc;
       uint64_t one = 1;
       ssize_t n;
+      if (delay > 0) { /* tests: keep the job queued that long */
+        struct timespec ts = {(time_t)(delay / 1000000000u), (long)(delay % 1000000000u)};
+        nanosleep(&ts, NULL);
+      }
+      t0 = lp_now_ns();
+      rc = lp_engine_write(w->engine, j->b, j->sync, &err);
       __atomic_store_n(&w->took_ns, lp_now_ns() - t0, __ATOMIC_RELAXED);
       pthread_mutex_lock(&w->lock);
       j->rc = rc;
@@ -216,6 +223,7 @@ lp_handoff_tuning lp_handoff = {
     .check_ns = 1000000, /* ask LevelDB about the risk this often per handle */
     .l0 = 8,             /* LevelDB's kL0_SlowdownWritesTrigger: it slows writers */
     .mem_pct = 75,       /* % of write_buffer_size written since a flush ended */
+    .delay_ns = 0,       /* tests only: the worker sleeps this long before a job */
 };
 
 uint64_t lp_worker_handed(const lp_worker *w) { return w->handed; }
