@@ -728,23 +728,21 @@ static int write_risky(ldb_t *d, lp_engine *e) {
   return lp_engine_number(e, "leveldb.num-files-at-level0") >= (uint64_t)lp_handoff.l0;
 }
 
-/* 1: this coroutine write goes to the worker: jobs are in flight (it goes
- * behind them), or hand-off mode holds (it ends once the queue drained after
- * a job that took at most fast_ns, with no risk left), or LevelDB is at risk
- * (asked at most every check_ns per handle: a few hundred ns each time). */
-static int handoff_now(ldb_t *d, lp_engine *e) {
+/* 1: this coroutine write (at time now) goes to the worker: jobs are in
+ * flight (it goes behind them), or hand-off mode holds (it ends once the
+ * queue drained after a job that took at most fast_ns, with no risk left),
+ * or LevelDB is at risk (asked at most every check_ns per handle). */
+static int handoff_now(ldb_t *d, lp_engine *e, uint64_t now) {
   lp_worker *w = lp_party_worker(d->party, 0);
-  uint64_t now;
   if (w != NULL) {
     if (lp_worker_inflight(w) != 0) return 1;
     if (lp_worker_in_handoff(w)) {
       if (lp_worker_last_took(w) > lp_handoff.fast_ns || write_risky(d, e)) return 1;
       lp_worker_set_handoff(w, 0);
-      d->check_ns = lp_now_ns();
+      d->check_ns = now;
       return 0;
     }
   }
-  now = lp_now_ns();
   if (now - d->check_ns < lp_handoff.check_ns) return 0;
   d->check_ns = now;
   if (!write_risky(d, e)) return 0;
@@ -790,12 +788,13 @@ static int db_put(lua_State *L) {
   e = lp_party_engine(d->party);
   if (e != NULL) {
     lp_err err;
-    uint64_t t0;
+    uint64_t now = 0; /* async: when the write began (one clock read for both) */
     int r;
-    if (async && slice_over()) return push_yield(L);
     if (!async)
       inline_after_jobs(d);
-    else if (handoff_now(d, e)) {
+    else if ((now = lp_now_ns()) - slice_start_ns > slice_ns)
+      return push_yield(L);
+    else if (handoff_now(d, e, now)) {
       lp_batch *b = lp_batch_new();
       if (b == NULL) return push_err(L, LP_ENOMEM, "put: out of memory");
       lp_batch_put(b, key, value);
@@ -804,9 +803,8 @@ static int db_put(lua_State *L) {
       lp_batch_free(b);
       inline_after_jobs(d);
     }
-    t0 = lp_now_ns();
     r = lp_engine_put(e, key, value, sync, &err);
-    if (async) timed_inline(d, t0);
+    if (async) timed_inline(d, now);
     if (r != 0) return push_lperr(L, &err);
     lua_pushboolean(L, 1);
     return 1;
@@ -828,12 +826,13 @@ static int db_del(lua_State *L) {
   e = lp_party_engine(d->party);
   if (e != NULL) {
     lp_err err;
-    uint64_t t0;
+    uint64_t now = 0; /* async: when the write began (one clock read for both) */
     int r;
-    if (async && slice_over()) return push_yield(L);
     if (!async)
       inline_after_jobs(d);
-    else if (handoff_now(d, e)) {
+    else if ((now = lp_now_ns()) - slice_start_ns > slice_ns)
+      return push_yield(L);
+    else if (handoff_now(d, e, now)) {
       lp_batch *b = lp_batch_new();
       if (b == NULL) return push_err(L, LP_ENOMEM, "del: out of memory");
       lp_batch_del(b, key);
@@ -842,9 +841,8 @@ static int db_del(lua_State *L) {
       lp_batch_free(b);
       inline_after_jobs(d);
     }
-    t0 = lp_now_ns();
     r = lp_engine_del(e, key, sync, &err);
-    if (async) timed_inline(d, t0);
+    if (async) timed_inline(d, now);
     if (r != 0) return push_lperr(L, &err);
     lua_pushboolean(L, 1);
     return 1;
@@ -997,13 +995,13 @@ static int db_batch(lua_State *L) {
     if (!async)
       inline_after_jobs(d);
     else if (lp_batch_count(b) >= BIG_BATCH_OPS || lp_batch_bytes(b) >= BIG_BATCH_BYTES ||
-             handoff_now(d, e)) {
+             handoff_now(d, e, lp_now_ns())) {
       r = push_job(L, d, b, sync);
       if (r != 0) return r;
       inline_after_jobs(d);
     }
     {
-      uint64_t t0 = lp_now_ns();
+      uint64_t t0 = async ? lp_now_ns() : 0;
       r = lp_engine_write(e, b, sync, &err);
       if (async) timed_inline(d, t0);
     }
