@@ -8,12 +8,13 @@
  * writes its rc, err and done.  See docs/ARCHITECTURE.md, "Threads and
  * ownership".
  *
- * The worker also keeps the hand-off state of the leader's coroutine writes
- * (lp_worker_handoff_*, "The loop never stalls" there): how many jobs are not
- * finished (inflight; the Lua thread adds, the worker subtracts once a job's
- * write returned, release/acquire, so a Lua thread that reads 0 sees every
- * queued write applied) and how long the last job's write took (took_ns,
- * written by the worker).  handoff and check_ns are the Lua thread's alone.
+ * The worker also keeps the state of the hand-off of the leader's coroutine
+ * writes ("The loop never stalls" there): how many jobs are not finished
+ * (inflight: the Lua thread adds, the worker subtracts once a job's write
+ * returned, release/acquire, so a Lua thread that reads 0 sees every queued
+ * write applied) and how long the last job's write took (took_ns: written by
+ * the worker while a job is in flight, by the Lua thread only when none is).
+ * handoff and handed are the Lua thread's alone.
  */
 #include "private.h"
 
