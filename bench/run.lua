@@ -461,3 +461,18 @@ if f then
 else
   print("node      (bench/node/run.lua not present)")
 end
+
+------------------------------------------------------------------ issue 13
+-- The loop's gaps while a coroutine on a leader writes flat out
+-- (bench/loopgap.lua, LOOPGAP_SECONDS each, default 60): every write inline
+-- (as before issue 13), then with the hand-off to the worker.  "own" leaves
+-- out of each gap the time the Lua thread waited for a CPU.
+print()
+do
+  local secs = tonumber(os.getenv("LOOPGAP_SECONDS") or "60")
+  for _, inline in ipairs { "1", "0" } do
+    local out = sh(("LOOPGAP_INLINE=%s %s %s/bench/loopgap.lua %d 2>&1"):format(inline, lua, root, secs))
+    io.write(out)
+    io.stdout:flush()
+  end
+end

@@ -45,45 +45,68 @@ describe("coroutines", function()
   after_each(A.close_all)
   after_each(helper.cleanup)
 
+  -- How long this (Lua) thread has waited for a CPU, in ns: the second field of its schedstat
+  -- (0 where the kernel does not keep it).  Opened each time: stdio would not read it again.
+  local function runq_wait_ns()
+    local f = io.open("/proc/thread-self/schedstat")
+    if not f then return 0 end
+    local w = f:read("l"):match("^%d+ (%d+)")
+    f:close()
+    return tonumber(w) or 0
+  end
+
   it("the loop keeps running while a coroutine writes and iterates 100k entries", function()
+    -- What is measured is how long the library holds the loop.  A gap between two timer
+    -- callbacks is that, plus however long the kernel left this thread runnable but without a
+    -- CPU: on a loaded 2-core machine that alone reached a second, and made this test flaky.
+    -- So each gap is counted without the thread's run-queue wait during it (its "own" part:
+    -- the time the thread ran or blocked, in LevelDB say), and so is each phase's duration.
     local N = 100000
-    local fires = {}
+    local fires, waits = {}, {}
     local timer = uv.new_timer()
-    timer:start(1, 1, function() fires[#fires + 1] = uv.hrtime() end)
-    local t0, t1, t2, fires_at_t1, count
+    timer:start(1, 1, function()
+      fires[#fires + 1] = uv.hrtime()
+      waits[#fires] = runq_wait_ns()
+    end)
+    local t0, t1, t2, fires_at_t1, count, w0, w1, w2
     helper.run_async(function()
-      t0 = uv.hrtime()
+      t0, w0 = uv.hrtime(), runq_wait_ns()
       local start = #fires
       for i = 1, N do
         local ok, err, code = db:put(("k%06d"):format(i), "value " .. i)
         if not ok then error(("put %d: %s (%s)"):format(i, tostring(err), tostring(code))) end
       end
-      t1 = uv.hrtime()
+      t1, w1 = uv.hrtime(), runq_wait_ns()
       fires_at_t1 = #fires - start
       count = 0
       for k, v in db:iter() do
         count = count + 1
         if v ~= "value " .. tonumber(k:sub(2)) then error("wrong value for " .. k) end
       end
-      t2 = uv.hrtime()
+      t2, w2 = uv.hrtime(), runq_wait_ns()
     end, 600)
     timer:close()
     assert.equal(N, count)
-    -- gaps between timer callbacks while the coroutine worked
-    local gaps = {}
+    -- own gaps between timer callbacks while the coroutine worked
+    local gaps, worst_wall = {}, 0
     for i = 2, #fires do
-      if fires[i - 1] >= t0 and fires[i] <= t2 then gaps[#gaps + 1] = ms(fires[i] - fires[i - 1]) end
+      if fires[i - 1] >= t0 and fires[i] <= t2 then
+        local wall = fires[i] - fires[i - 1]
+        gaps[#gaps + 1] = ms(math.max(0, wall - (waits[i] - waits[i - 1])))
+        worst_wall = math.max(worst_wall, ms(wall))
+      end
     end
     table.sort(gaps)
     local function pct(p) return gaps[math.max(1, math.ceil(#gaps * p))] end
-    local write_ms, iter_ms, total_ms = ms(t1 - t0), ms(t2 - t1), ms(t2 - t0)
-    local report = ("writes %.0f ms, iteration %.0f ms, %d timer callbacks (%d during the writes), " ..
-      "gap median %.1f ms, p99 %.1f ms, max %.1f ms"):format(write_ms, iter_ms, #gaps + 1, fires_at_t1,
-      pct(0.5) or -1, pct(0.99) or -1, gaps[#gaps] or -1)
+    local write_ms, total_ms = ms(t1 - t0 - (w1 - w0)), ms(t2 - t0 - (w2 - w0))
+    local report = ("own time: writes %.0f ms, iteration %.0f ms (run-queue waits %.0f ms); %d timer " ..
+      "callbacks (%d during the writes); own gap median %.1f ms, p99 %.1f ms, max %.1f ms " ..
+      "(wall max %.1f ms)"):format(write_ms, total_ms - write_ms, ms(w2 - w0), #gaps + 1, fires_at_t1,
+      pct(0.5) or -1, pct(0.99) or -1, gaps[#gaps] or -1, worst_wall)
     -- A call that blocked the loop for the whole run would give one gap as long as the run.
-    -- The bounds leave room for a loaded 2-core machine and ASan (the slice is 2 ms): the loop
-    -- ran on average at least every 20 ms during the writes and overall, the median gap is
-    -- under 10 ms, 99% of the gaps are under 50 ms and none is a tenth of the run (>= 250 ms).
+    -- The bounds leave room for ASan (the slice is 2 ms): the loop ran on average at least every
+    -- 20 ms of the thread's own time during the writes and overall, the median gap is under
+    -- 10 ms, 99% of the gaps are under 50 ms and none is a tenth of the run (>= 250 ms).
     assert(#gaps > 0, report)
     assert(fires_at_t1 >= math.floor(write_ms / 20), "too few callbacks during the writes: " .. report)
     assert(#gaps + 1 >= math.floor(total_ms / 20), "too few callbacks: " .. report)

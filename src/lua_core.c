@@ -52,6 +52,10 @@ typedef struct ldb {
   lp_buf scratch;      /* encodes get/put/del requests; reused, freed at close */
   liter_t *iters;      /* open iterators of this handle */
   uint64_t timeout_ns; /* per follower request; 0: none */
+  uint64_t check_ns;   /* leader: when LevelDB was last asked about stalls */
+  uint64_t mem_base;   /* leader: its memory usage after the last flush seen */
+  uint64_t mem_prev;   /* leader: its memory usage last seen, + 1; 0: never */
+  uint64_t wbs;        /* LevelDB's write_buffer_size (this handle's option) */
   int sync;            /* default for writes */
 } ldb_t;
 
@@ -438,6 +442,7 @@ static int open_db(lua_State *L) {
   d->party = party;
   d->timeout_ns = seconds_ns(field_num(L, 2, "timeout", 0), 0);
   d->sync = field_bool(L, 2, "sync", 0);
+  d->wbs = o.engine.write_buffer_size > 0 ? o.engine.write_buffer_size : 4u << 20;
   luaL_setmetatable(L, DB_MT);
   return 1;
 }
@@ -452,6 +457,55 @@ static int set_slice(lua_State *L) {
   double ms = luaL_checknumber(L, 1);
   slice_ns = !(ms > 0) ? 0 : ms > 1e9 ? UINT64_C(1) << 62 : (uint64_t)(ms * 1e6);
   return 0;
+}
+
+/* core.write_handoff([t]) -> the settings before: tunes the hand-off of a
+ * leader's coroutine writes to its worker (lp_handoff): t.slow_ms, t.fast_ms,
+ * t.check_ms, t.l0, t.mem_pct, each optional; t.delay_ms (tests) makes the
+ * worker sleep that long before each job.  For tests and bench/loopgap.lua. */
+static void handoff_ms(lua_State *L, const char *name, uint64_t *ns) {
+  double ms;
+  lua_getfield(L, 1, name);
+  ms = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+  lua_pop(L, 1);
+  if (ms >= 0) *ns = ms > 1e9 ? UINT64_C(1) << 62 : (uint64_t)(ms * 1e6);
+}
+
+static void handoff_int(lua_State *L, const char *name, int *v) {
+  double n;
+  lua_getfield(L, 1, name);
+  n = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+  lua_pop(L, 1);
+  if (n >= 0) *v = n < INT_MAX ? (int)n : INT_MAX;
+}
+
+static int write_handoff(lua_State *L) {
+  lua_createtable(L, 0, 6);
+  lua_pushnumber(L, (lua_Number)lp_handoff.slow_ns / 1e6);
+  lua_setfield(L, -2, "slow_ms");
+  lua_pushnumber(L, (lua_Number)lp_handoff.fast_ns / 1e6);
+  lua_setfield(L, -2, "fast_ms");
+  lua_pushnumber(L, (lua_Number)lp_handoff.check_ns / 1e6);
+  lua_setfield(L, -2, "check_ms");
+  lua_pushinteger(L, lp_handoff.l0);
+  lua_setfield(L, -2, "l0");
+  lua_pushinteger(L, lp_handoff.mem_pct);
+  lua_setfield(L, -2, "mem_pct");
+  lua_pushnumber(L, (lua_Number)lp_handoff.delay_ns / 1e6);
+  lua_setfield(L, -2, "delay_ms");
+  if (lua_istable(L, 1)) {
+    handoff_ms(L, "slow_ms", &lp_handoff.slow_ns);
+    handoff_ms(L, "fast_ms", &lp_handoff.fast_ns);
+    handoff_ms(L, "check_ms", &lp_handoff.check_ns);
+    {
+      uint64_t delay = lp_handoff.delay_ns;
+      handoff_ms(L, "delay_ms", &delay);
+      __atomic_store_n(&lp_handoff.delay_ns, delay, __ATOMIC_RELAXED);
+    }
+    handoff_int(L, "l0", &lp_handoff.l0);
+    handoff_int(L, "mem_pct", &lp_handoff.mem_pct);
+  }
+  return 1;
 }
 
 /* ---------------------------------------------------------------- db */
@@ -663,6 +717,85 @@ static int db_get(lua_State *L) {
   return submit(L, d, LP_REQ_GET, &d->scratch, OP_GET, "get", async);
 }
 
+/* ------------------------------------------------- the leader's own writes
+ *
+ * A leader's put, del and batch run LevelDB inline, on this thread, unless
+ * they come from a coroutine (async) while LevelDB is slowing writers down:
+ * then they go to the party's worker and the coroutine waits by yielding
+ * (lp_handoff in private.h; docs/ARCHITECTURE.md, "The loop never stalls").
+ * Order: a write never overtakes a job in flight.  A coroutine's write goes
+ * behind the jobs (handoff_now is 1 while any is in flight); a blocking
+ * write waits for them first (inline_after_jobs).  A write is acknowledged
+ * only once it is in the engine, so a read after it sees it. */
+
+/* 1 when LevelDB makes writers wait, or is about to: level 0 has l0 files
+ * or more (LevelDB sleeps 1 ms in each write from 8 and stops writes at 12),
+ * or a memtable is being flushed while the next one fills (once that one is
+ * full, the write that finds it so waits for the flush: the 100 ms to 1 s
+ * stalls bench/loopgap.lua shows).  The second is read off LevelDB's
+ * approximate memory usage (block cache + memtables): it drops by about a
+ * write buffer when a flush ends; mem_pct of a write buffer more than after
+ * the last drop, the memtable was (or is about to be) switched since, so a
+ * flush is pending and the next memtable fills.  A block cache that grows
+ * reads as risk too until the next flush ends: writes go to the worker
+ * meanwhile, slower, never wrong. */
+static int write_risky(ldb_t *d, lp_engine *e) {
+  uint64_t u = lp_engine_number(e, "leveldb.approximate-memory-usage");
+  if (d->mem_prev == 0 || u + d->wbs / 2 < d->mem_prev || u < d->mem_base) d->mem_base = u;
+  d->mem_prev = u + 1; /* never 0 once seen */
+  if (u - d->mem_base >= d->wbs / 100 * (uint64_t)lp_handoff.mem_pct) return 1;
+  return lp_engine_number(e, "leveldb.num-files-at-level0") >= (uint64_t)lp_handoff.l0;
+}
+
+/* 1: this coroutine write (at time now) goes to the worker: jobs are in
+ * flight (it goes behind them), or hand-off mode holds (it ends once the
+ * queue drained after a job that took at most fast_ns, with no risk left),
+ * or LevelDB is at risk (asked at most every check_ns per handle). */
+static int handoff_now(ldb_t *d, lp_engine *e, uint64_t now) {
+  lp_worker *w = lp_party_worker(d->party, 0);
+  if (w != NULL) {
+    if (lp_worker_inflight(w) != 0) return 1;
+    if (lp_worker_in_handoff(w)) {
+      if (lp_worker_last_took(w) > lp_handoff.fast_ns || write_risky(d, e)) return 1;
+      lp_worker_set_handoff(w, 0);
+      d->check_ns = now;
+      return 0;
+    }
+  }
+  if (now - d->check_ns < lp_handoff.check_ns) return 0;
+  d->check_ns = now;
+  if (!write_risky(d, e)) return 0;
+  w = lp_party_worker(d->party, 1);
+  if (w == NULL) return 0; /* no thread: inline, as before */
+  lp_worker_set_handoff(w, 1);
+  return 1;
+}
+
+/* After an inline coroutine write that began at t0: one that took slow_ns
+ * or more held the loop that long (a stall nothing foretold, or the disk),
+ * so the next ones go to the worker. */
+static void timed_inline(ldb_t *d, uint64_t t0) {
+  lp_worker *w;
+  if (lp_now_ns() - t0 < lp_handoff.slow_ns) return;
+  if ((w = lp_party_worker(d->party, 1)) != NULL) lp_worker_set_handoff(w, 1);
+}
+
+/* Before a blocking write: the jobs in flight go first. */
+static void inline_after_jobs(ldb_t *d) {
+  lp_worker *w = lp_party_worker(d->party, 0);
+  if (w != NULL) lp_worker_drain(w);
+}
+
+/* Hands batch b to the worker: pushes PENDING, token and returns 2, or
+ * returns 0 with b still the caller's (no worker: write it inline). */
+static int push_job(lua_State *L, ldb_t *d, lp_batch *b, int sync) {
+  uint64_t token = lp_party_write_job(d->party, b, sync);
+  if (token == 0) return 0;
+  lua_pushlightuserdata(L, PENDING);
+  lua_pushinteger(L, (lua_Integer)token);
+  return 2;
+}
+
 /* db:put(async, key, value, sync) */
 static int db_put(lua_State *L) {
   ldb_t *d = check_db(L);
@@ -674,8 +807,24 @@ static int db_put(lua_State *L) {
   e = lp_party_engine(d->party);
   if (e != NULL) {
     lp_err err;
-    if (async && slice_over()) return push_yield(L);
-    if (lp_engine_put(e, key, value, sync, &err) != 0) return push_lperr(L, &err);
+    uint64_t now = 0; /* async: when the write began (one clock read for both) */
+    int r;
+    if (!async)
+      inline_after_jobs(d);
+    else if ((now = lp_now_ns()) - slice_start_ns > slice_ns)
+      return push_yield(L);
+    else if (handoff_now(d, e, now)) {
+      lp_batch *b = lp_batch_new();
+      if (b == NULL) return push_err(L, LP_ENOMEM, "put: out of memory");
+      lp_batch_put(b, key, value);
+      r = push_job(L, d, b, sync);
+      if (r != 0) return r;
+      lp_batch_free(b);
+      inline_after_jobs(d);
+    }
+    r = lp_engine_put(e, key, value, sync, &err);
+    if (async) timed_inline(d, now);
+    if (r != 0) return push_lperr(L, &err);
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -696,8 +845,24 @@ static int db_del(lua_State *L) {
   e = lp_party_engine(d->party);
   if (e != NULL) {
     lp_err err;
-    if (async && slice_over()) return push_yield(L);
-    if (lp_engine_del(e, key, sync, &err) != 0) return push_lperr(L, &err);
+    uint64_t now = 0; /* async: when the write began (one clock read for both) */
+    int r;
+    if (!async)
+      inline_after_jobs(d);
+    else if ((now = lp_now_ns()) - slice_start_ns > slice_ns)
+      return push_yield(L);
+    else if (handoff_now(d, e, now)) {
+      lp_batch *b = lp_batch_new();
+      if (b == NULL) return push_err(L, LP_ENOMEM, "del: out of memory");
+      lp_batch_del(b, key);
+      r = push_job(L, d, b, sync);
+      if (r != 0) return r;
+      lp_batch_free(b);
+      inline_after_jobs(d);
+    }
+    r = lp_engine_del(e, key, sync, &err);
+    if (async) timed_inline(d, now);
+    if (r != 0) return push_lperr(L, &err);
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -844,16 +1009,21 @@ static int db_batch(lua_State *L) {
         lp_batch_del(b, k);
     }
     /* A batch that takes LevelDB about a time slice or more goes to the
-     * party's worker when the caller can wait by yielding. */
-    if (async && (lp_batch_count(b) >= BIG_BATCH_OPS || lp_batch_bytes(b) >= BIG_BATCH_BYTES)) {
-      uint64_t token = lp_party_write_job(d->party, b, sync);
-      if (token != 0) {
-        lua_pushlightuserdata(L, PENDING);
-        lua_pushinteger(L, (lua_Integer)token);
-        return 2;
-      }
+     * party's worker when the caller can wait by yielding, and so does any
+     * while the hand-off says so. */
+    if (!async)
+      inline_after_jobs(d);
+    else if (lp_batch_count(b) >= BIG_BATCH_OPS || lp_batch_bytes(b) >= BIG_BATCH_BYTES ||
+             handoff_now(d, e, lp_now_ns())) {
+      r = push_job(L, d, b, sync);
+      if (r != 0) return r;
+      inline_after_jobs(d);
     }
-    r = lp_engine_write(e, b, sync, &err);
+    {
+      uint64_t t0 = async ? lp_now_ns() : 0;
+      r = lp_engine_write(e, b, sync, &err);
+      if (async) timed_inline(d, t0);
+    }
     lp_batch_free(b);
     if (r != 0) return push_lperr(L, &err);
     lua_pushboolean(L, 1);
@@ -982,6 +1152,15 @@ static int db_leader_pid(lua_State *L) {
   return 1;
 }
 
+/* db:handed() -> how many writes this party's leader has handed to its
+ * worker thread (0: none, or not the leader) */
+static int db_handed(lua_State *L) {
+  ldb_t *d = check_db(L);
+  lp_worker *w = d->party != NULL ? lp_party_worker(d->party, 0) : NULL;
+  lua_pushinteger(L, w != NULL ? (lua_Integer)lp_worker_handed(w) : 0);
+  return 1;
+}
+
 /* ---------------------------------------------------------------- clear */
 
 static lclear_t *check_clear_any(lua_State *L) {
@@ -1043,6 +1222,7 @@ static int clear_step(lua_State *L) {
     clear_release(c);
     return push_closed(L, "clear");
   }
+  inline_after_jobs(c->db); /* its deletes go after the writes in flight */
   for (;;) {
     int r = lp_engine_clear_step(e, &c->range, &c->st, LP_CLEAR_STEP, sync, &err);
     if (r < 0) {
@@ -1801,6 +1981,7 @@ static const luaL_Reg db_methods[] = {{"close", db_close},
                                       {"property", db_property},
                                       {"approximate_size", db_approximate_size},
                                       {"leader_pid", db_leader_pid},
+                                      {"handed", db_handed},
                                       {NULL, NULL}};
 
 static const luaL_Reg liter_methods[] = {{"page", liter_page},   {"step", liter_step},
@@ -1813,6 +1994,7 @@ static const luaL_Reg module_funcs[] = {{"open", open_db},
                                         {"client", new_client},
                                         {"slice_begin", slice_begin},
                                         {"set_slice", set_slice},
+                                        {"write_handoff", write_handoff},
 #if LUA_VERSION_NUM >= 503
                                         {"direct_call", direct_call},
 #endif

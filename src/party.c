@@ -939,6 +939,12 @@ uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync) {
   return lp_worker_submit(p->worker, b, sync);
 }
 
+lp_worker *lp_party_worker(lp_party *p, int start) {
+  if (p->state != P_LEADER) return NULL;
+  if (p->worker == NULL && start) p->worker = lp_worker_start(p->engine);
+  return p->worker;
+}
+
 int lp_party_job_done(lp_party *p, uint64_t token) {
   return p->worker == NULL || lp_worker_done(p->worker, token);
 }

@@ -620,6 +620,28 @@ int lp_worker_collect(lp_worker *w);  /* drains the eventfd; 1 when a job finish
 /* Runs every queued job, joins the thread, frees what was not taken and
  * closes the eventfd.  No-op on NULL. */
 void lp_worker_stop(lp_worker *w);
+/* Jobs submitted and not yet written.  0 (acquire): every queued write is in
+ * the engine, so a write made now on the caller's thread applies after them. */
+unsigned lp_worker_inflight(lp_worker *w);
+void lp_worker_drain(lp_worker *w); /* waits until lp_worker_inflight is 0 */
+
+/* The hand-off of a leader's coroutine writes (lua_core.c; docs/
+ * ARCHITECTURE.md, "The loop never stalls"): the worker keeps whether the
+ * party is in hand-off mode (the Lua thread's alone) and how long the last
+ * job's write took.  lp_handoff tunes it, process-wide (core.write_handoff:
+ * tests and bench/loopgap.lua). */
+typedef struct lp_handoff_tuning {
+  uint64_t slow_ns, fast_ns, check_ns;
+  int l0, mem_pct;
+  uint64_t delay_ns; /* atomic (the worker reads it) */
+} lp_handoff_tuning;
+extern lp_handoff_tuning lp_handoff;
+int lp_worker_in_handoff(const lp_worker *w);
+void lp_worker_set_handoff(lp_worker *w, int on);
+uint64_t lp_worker_last_took(const lp_worker *w); /* ns; UINT64_MAX: none yet */
+uint64_t lp_worker_handed(const lp_worker *w);    /* jobs submitted, ever */
+/* A numeric LevelDB property ("leveldb.num-files-at-level0"); 0 unknown. */
+uint64_t lp_engine_number(lp_engine *e, const char *property);
 
 /* ---- Party: one per (process, directory) (party.c) ---- */
 
@@ -772,6 +794,9 @@ void lp_party_set_polled(lp_party *p, int polled);
  * lp_party_write_job takes the batch and returns the token, or returns 0
  * without it (ENOMEM, or not leader: the caller then writes inline). */
 uint64_t lp_party_write_job(lp_party *p, lp_batch *b, int sync);
+/* The leader's worker, started when `start` and not yet running; NULL when
+ * not leader, not started, or it could not start. */
+lp_worker *lp_party_worker(lp_party *p, int start);
 /* 1 when the job is finished (or unknown). */
 int lp_party_job_done(lp_party *p, uint64_t token);
 /* Takes a finished job's outcome: 0 ok, -1 with err; -2 unknown token. */
