@@ -18,7 +18,12 @@
  *     first incomplete one, never more than it was given;
  *   - a frame over the limit, with an unknown tag or a malformed body is
  *     reported as LP_EPROTO and not acted on: the frames before it ran, it
- *     and everything after it did not (the store equals the model);
+ *     and everything after it did not (the store equals the model); a frame
+ *     over the limit whose tag and id came with its length prefix is first
+ *     answered with ETOOLARGE under that id, in its tag's reply type;
+ *   - a reply that would exceed the frame limit is never sent: a get's or a
+ *     getMany's is the ETOOLARGE error docs/PROTOCOL.md gives instead, and an
+ *     iterator whose next entry does not fit gets that error and ends there;
  *   - iterator entries respect the window of the last ack and the entry
  *     budget of each call, come in key order from the open's snapshot, and
  *     lp_session_pump's result says whether a window is still open;
@@ -26,7 +31,8 @@
  *
  * The store: one LevelDB per process in a fresh directory (under $TMPDIR,
  * else /dev/shm, else /tmp), opened before the first input and removed at
- * exit.  Each input starts from the same ten keys; the keys an input leaves
+ * exit.  Each input starts from the same eleven keys (one, "big", with a
+ * value of 100 bytes, whose replies do not fit the smaller frame limits); the keys an input leaves
  * are deleted by a write batch, and the directory is recreated after
  * REOPEN_WRITES writes so that the tombstones every full scan steps over
  * stay few.
@@ -65,6 +71,7 @@ static void fail(const char *why) {
 #define MSG_NULL_VALUE    "value cannot be `null` or `undefined`"
 #define MSG_NOT_FOUND     "NotFound: "
 #define MSG_TOO_MANY      "too many open iterators"
+#define MSG_TOO_LARGE     "ETOOLARGE: %s: %s %zu bytes, over the frame limit of %zu"
 #define MODEL_MAX_ITERS   4096
 #define UNLIMITED_BUDGET  ((size_t)1 << 20)
 #define REOPEN_WRITES     4096
@@ -221,10 +228,12 @@ static size_t writes_since_open; /* tombstones + live keys, bounded by REOPEN_WR
 static model M;
 static mit **its;
 static size_t nits, itcap;
-static lp_buf out;  /* the session's replies */
-static size_t ocur; /* replies checked so far */
+static lp_buf out;   /* the session's replies */
+static size_t ocur;  /* replies checked so far */
+static size_t limit; /* the session's frame limit, its default for 0 */
 /* What the inputs reached (printed by the standalone main). */
 static unsigned long stat_req[LP_REQ_GETMANY + 1], stat_entries, stat_proto, stat_reopen;
+static unsigned long stat_refused, stat_too_large;
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
   (void)st;
@@ -277,14 +286,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* Every input starts from these, so that gets and iterators find something. */
+#define BIG_VALUE                                                                                  \
+  "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"                       \
+  "0123456789abcdefghijklmnopqr"
 static const struct {
   const char *k, *v;
   size_t kl, vl;
-} seeds[] = {{"a", "1", 1, 1},      {"ab", "", 2, 0},
-             {"b", "bee", 1, 3},    {"c", "{\"x\":1}", 1, 7},
-             {"k1", "v1", 2, 2},    {"k2", "v2", 2, 2},
-             {"k3", "v3", 2, 2},    {"z", "zed", 1, 3},
-             {"\x00", "nul", 1, 3}, {"\xff\xff", "\x00\x01", 2, 2}};
+} seeds[] = {{"a", "1", 1, 1},          {"ab", "", 2, 0},
+             {"b", "bee", 1, 3},        {"c", "{\"x\":1}", 1, 7},
+             {"k1", "v1", 2, 2},        {"k2", "v2", 2, 2},
+             {"k3", "v3", 2, 2},        {"z", "zed", 1, 3},
+             {"\x00", "nul", 1, 3},     {"\xff\xff", "\x00\x01", 2, 2},
+             {"big", BIG_VALUE, 3, 100}};
 
 /* Leaves the store and the model holding exactly the seeds. */
 static void start_input(void) {
@@ -405,6 +418,22 @@ static void next_reply(lp_response *r) {
   ocur += used;
 }
 
+/* Whether the reply frame f (length prefix included) has a payload over the
+ * limit; f is emptied. */
+static int over_limit(lp_buf *f) {
+  uint64_t n;
+  size_t used;
+  int over;
+  REQUIRE(lp_varint_get(f->ptr, f->len, &n, &used) == 1 && used + n == f->len);
+  over = n > (uint64_t)limit;
+  f->len = 0;
+  return over;
+}
+
+static void too_large_msg(char *dst, size_t n, const char *op, const char *what, size_t bytes) {
+  snprintf(dst, n, MSG_TOO_LARGE, op, what, bytes, limit);
+}
+
 static void expect_callback(uint32_t id, const char *err, lp_slice value) {
   lp_response r;
   next_reply(&r);
@@ -414,12 +443,30 @@ static void expect_callback(uint32_t id, const char *err, lp_slice value) {
   REQUIRE(slice_eq(r.value, value));
 }
 
-/* One iterator frame for m: an entry (checked against its snapshot) or the
- * end marker.  Returns 1 for an entry. */
+/* One iterator frame for m: an entry (checked against its snapshot), the end
+ * marker, or the error for an entry over the limit.  Returns 1 for an entry. */
 static int take_iter_frame(mit *m, const lp_response *r) {
   REQUIRE(r->tag == LP_RES_ITERDATA);
   REQUIRE(r->id == m->id);
   REQUIRE(mit_live(m));
+  if (m->pos < m->nsnap) {
+    lp_slice ks = m->keys ? m->snap[m->pos].k : EMPTY;
+    lp_slice vs = m->values ? m->snap[m->pos].v : EMPTY;
+    lp_buf f = {0};
+    int over;
+    if (lp_wire_enc_iterdata(&f, m->id, ks, vs) != 0) fail("ENOMEM");
+    over = over_limit(&f);
+    lp_buf_free(&f);
+    if (over) {
+      char msg[160];
+      too_large_msg(msg, sizeof msg, "iterator", "an entry is", ks.len + vs.len);
+      REQUIRE(slice_eq(r->error, cstr(msg)));
+      REQUIRE(r->key.ptr == NULL && r->value.ptr == NULL);
+      m->ended = 1;
+      stat_too_large++;
+      return 0;
+    }
+  }
   REQUIRE(r->error.ptr == NULL);
   if (r->key.ptr == NULL && r->value.ptr == NULL) {
     REQUIRE(m->pos == m->nsnap);
@@ -495,6 +542,29 @@ static void model_getmany(const lp_request *q) {
     REQUIRE(slice_eq(r.error, cstr(MSG_EMPTY_KEY)) && r.count == 0);
     return;
   }
+  /* the whole reply, to know whether it fits */
+  {
+    lp_buf rest = {0}, f = {0};
+    size_t total = 0;
+    cur = 0;
+    while (lp_wire_next_key(q, &cur, &k)) {
+      const ment *e = m_get(&M, k);
+      if (lp_wire_rest_getmany_value(&rest, e ? e->v : LP_SLICE_NONE) != 0) fail("ENOMEM");
+      total += e ? e->v.len : 0;
+    }
+    if (lp_wire_enc_getmany(&f, q->id, NULL, 0, (lp_slice){rest.ptr ? rest.ptr : "", rest.len}))
+      fail("ENOMEM");
+    lp_buf_free(&rest);
+    if (over_limit(&f)) {
+      char msg[160];
+      lp_buf_free(&f);
+      too_large_msg(msg, sizeof msg, "getMany", "the values are", total);
+      REQUIRE(slice_eq(r.error, cstr(msg)) && r.count == 0);
+      stat_too_large++;
+      return;
+    }
+    lp_buf_free(&f);
+  }
   REQUIRE(r.error.ptr == NULL);
   cur = 0;
   while (lp_wire_next_key(q, &cur, &k)) {
@@ -545,7 +615,19 @@ static void model_request(const lp_request *q, size_t *budget) {
       if (q->key.len == 0) {
         expect_callback(q->id, MSG_EMPTY_KEY, LP_SLICE_NONE);
       } else if ((e = m_get(&M, q->key)) != NULL) {
-        expect_callback(q->id, NULL, e->v);
+        lp_buf f = {0};
+        int over;
+        if (lp_wire_enc_callback(&f, q->id, NULL, 0, e->v) != 0) fail("ENOMEM");
+        over = over_limit(&f);
+        lp_buf_free(&f);
+        if (over) {
+          char msg[160];
+          too_large_msg(msg, sizeof msg, "get", "the value is", e->v.len);
+          expect_callback(q->id, msg, LP_SLICE_NONE);
+          stat_too_large++;
+        } else {
+          expect_callback(q->id, NULL, e->v);
+        }
       } else {
         expect_callback(q->id, MSG_NOT_FOUND, LP_SLICE_NONE);
       }
@@ -593,6 +675,33 @@ static void model_request(const lp_request *q, size_t *budget) {
 /* Driving the session                                                        */
 /* ------------------------------------------------------------------------ */
 
+/* A frame over the limit (p: from its length prefix, len bytes of it have
+ * arrived): when its tag (a known one) and its whole id arrived, that request
+ * is answered with ETOOLARGE in its tag's reply type (docs/PROTOCOL.md,
+ * "Framing"); else nothing is. */
+static void expect_refusal(const char *p, size_t len) {
+  static const char *const ops[] = {"get", "put", "del", "batch", "iterator", "clear", "getMany"};
+  static const int types[] = {LP_RES_CALLBACK, LP_RES_CALLBACK, LP_RES_CALLBACK, LP_RES_CALLBACK,
+                              LP_RES_ITERDATA, LP_RES_CALLBACK, LP_RES_GETMANY};
+  const unsigned char *h;
+  uint64_t n, id;
+  size_t u, avail;
+  lp_response r;
+  char msg[200];
+  if (lp_varint_get(p, len, &n, &u) != 1) return; /* over 10 bytes: no answer */
+  REQUIRE(n > (uint64_t)limit);
+  h = (const unsigned char *)p + u;
+  avail = len - u;
+  if (avail < 3 || h[0] > LP_REQ_GETMANY || h[1] != 0x08) return;
+  if (lp_varint_get((const char *)h + 2, avail - 2, &id, &u) != 1) return;
+  snprintf(msg, sizeof msg, "ETOOLARGE: %s: the request is %llu bytes, over the frame limit of %zu",
+           ops[h[0]], (unsigned long long)n, limit);
+  next_reply(&r);
+  REQUIRE(r.tag == types[h[0]] && r.id == (uint32_t)id);
+  REQUIRE(slice_eq(r.error, cstr(msg)));
+  stat_refused++;
+}
+
 static void replies_done(void) {
   REQUIRE(ocur == out.len);
   out.len = 0;
@@ -620,6 +729,7 @@ static int session_read(lp_session *s, lp_buf *in, size_t max_frame, size_t budg
       off += u;
       continue;
     }
+    if (rc == LP_WIRE_TOO_BIG) expect_refusal(in->ptr + off, in->len - off);
     if (rc != LP_WIRE_OK || lp_wire_decode_request(payload, &q) != LP_WIRE_OK) {
       bad = 1;
       break;
@@ -685,6 +795,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cfg = data[0];
   n = size - 1;
   max_frame = frame_limits[cfg & 3];
+  limit = max_frame ? max_frame : LP_DEFAULT_MAX_FRAME;
   budget = budgets[(cfg >> 2) & 3];
   cmax = chunk_max[(cfg >> 4) & 3];
   st = (uint32_t)size * 2654435761u ^ cfg;
@@ -726,9 +837,9 @@ static size_t below(size_t n) { return n ? (size_t)(tap_rng() % n) : 0; }
 static const struct {
   const char *p;
   size_t n;
-} gen_keys[] = {{"", 0},   {"a", 1},  {"ab", 2}, {"b", 1}, {"c", 1},       {"k1", 2},
-                {"k2", 2}, {"k3", 2}, {"k4", 2}, {"z", 1}, {"\x00", 1},    {"\xff\xff", 2},
-                {"aa", 2}, {"k", 1},  {"y", 1},  {"v", 1}, {"\x00\x00", 2}};
+} gen_keys[] = {{"", 0},   {"a", 1},  {"ab", 2}, {"b", 1}, {"c", 1},        {"k1", 2},
+                {"k2", 2}, {"k3", 2}, {"k4", 2}, {"z", 1}, {"\x00", 1},     {"\xff\xff", 2},
+                {"aa", 2}, {"k", 1},  {"y", 1},  {"v", 1}, {"\x00\x00", 2}, {"big", 3}};
 
 static lp_slice gen_key(void) {
   size_t i = below(sizeof gen_keys / sizeof gen_keys[0]);
@@ -768,10 +879,11 @@ static void gen_frame(lp_buf *b) {
       break;
     case 2:
       rc = lp_wire_rest_put(&rest, gen_key(), below(5) ? gen_key() : LP_SLICE_NONE) ||
+           (below(4) == 0 && lp_wire_rest_sync(&rest)) ||
            lp_wire_frame(b, LP_REQ_PUT, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 3:
-      rc = lp_wire_rest_key(&rest, gen_key()) ||
+      rc = lp_wire_rest_key(&rest, gen_key()) || (below(4) == 0 && lp_wire_rest_sync(&rest)) ||
            lp_wire_frame(b, LP_REQ_DEL, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 4:
@@ -781,6 +893,7 @@ static void gen_frame(lp_buf *b) {
         rc = lp_wire_rest_batch_op(&rest, put ? LP_OP_PUT : LP_OP_DEL, gen_key(),
                                    put && below(6) ? gen_key() : LP_SLICE_NONE);
       }
+      rc = rc || (below(4) == 0 && lp_wire_rest_sync(&rest));
       rc = rc || lp_wire_frame(b, LP_REQ_BATCH, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 5:
@@ -804,7 +917,7 @@ static void gen_frame(lp_buf *b) {
       if (below(4) == 0)
         rc = lp_wire_frame(b, LP_REQ_CLEAR, id, EMPTY); /* options absent: everything */
       else
-        rc = lp_wire_rest_clear(&rest, &rg) ||
+        rc = lp_wire_rest_clear(&rest, &rg) || (below(4) == 0 && lp_wire_rest_sync(&rest)) ||
              lp_wire_frame(b, LP_REQ_CLEAR, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 10: rc = lp_wire_frame(b, LP_REQ_ITER, id, LP_SLICE_NONE); break; /* a close */
@@ -894,9 +1007,10 @@ int main(int argc, char **argv) {
   }
   lp_buf_free(&in);
   printf("# requests: get %lu put %lu del %lu batch %lu iter %lu clear %lu getmany %lu | "
-         "entries %lu, protocol errors %lu, store recreated %lu times\n",
+         "entries %lu, protocol errors %lu (%lu answered ETOOLARGE), replies over the limit %lu, "
+         "store recreated %lu times\n",
          stat_req[0], stat_req[1], stat_req[2], stat_req[3], stat_req[4], stat_req[5], stat_req[6],
-         stat_entries, stat_proto, stat_reopen);
+         stat_entries, stat_proto, stat_refused, stat_too_large, stat_reopen);
   snprintf(what, sizeof what,
            "fuzz_session: %ld corpus files and %ld generated inputs, every reply as the model "
            "predicts",
