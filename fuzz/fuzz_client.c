@@ -1093,7 +1093,17 @@ static void stream_macro(lp_buf *in) {
 /* A reader that waits: open an iterator without a limit, write the open,
  * stream a full first window (LP_FIRST_WINDOW entries) for an open id, feed
  * it, step once, wait (op 15), step until the refill, which must double the
- * window when the configured one allows it. */
+ * window when the configured one allows it; then stream that larger window
+ * and step, without waiting, until the next refill, which must not. */
+static void burst32(lp_buf *in) {
+  unsigned i;
+  put(in, 4); /* op_make_iter: a long burst of 8 + 24 entries */
+  put(in, tap_rng() % 0xe0);
+  put(in, 24u << 3 | 3);
+  for (i = 0; i < 32; i++)
+    put(in, 0x80 | (unsigned)tap_rng()); /* a key, no value */
+}
+
 static void window_macro(lp_buf *in) {
   unsigned b = (unsigned)tap_rng() & 0x73, i;
   put(in, 12); /* op_iter_open: range_of, no limit */
@@ -1101,12 +1111,8 @@ static void window_macro(lp_buf *in) {
   put(in, tap_rng() & 0x3f);
   put(in, 2); /* op_write: everything */
   put(in, 0);
-  put(in, 4); /* op_make_iter: a long burst of 8 + 24 entries */
-  put(in, tap_rng() % 0xe0);
-  put(in, 24u << 3 | 3);
-  for (i = 0; i < LP_FIRST_WINDOW; i++)
-    put(in, 0x80 | (unsigned)tap_rng()); /* a key, no value */
-  put(in, 6);                            /* op_feed: everything */
+  burst32(in); /* LP_FIRST_WINDOW entries */
+  put(in, 6);  /* op_feed: everything */
   put(in, 0);
   put(in, 13); /* op_iter_next: the newest, one step */
   put(in, 1);
@@ -1115,6 +1121,15 @@ static void window_macro(lp_buf *in) {
   put(in, 1);
   put(in, 3);
   for (i = 0; i < 3; i++) {
+    put(in, 13); /* op_iter_next: the newest, 8 steps */
+    put(in, 1);
+    put(in, 7);
+  }
+  burst32(in);
+  burst32(in);
+  put(in, 6); /* op_feed: everything */
+  put(in, 0);
+  for (i = 0; i < 6; i++) {
     put(in, 13); /* op_iter_next: the newest, 8 steps */
     put(in, 1);
     put(in, 7);

@@ -31,8 +31,9 @@
  *
  * The store: one LevelDB per process in a fresh directory (under $TMPDIR,
  * else /dev/shm, else /tmp), opened before the first input and removed at
- * exit.  Each input starts from the same eleven keys (one, "big", with a
- * value of 100 bytes, whose replies do not fit the smaller frame limits); the keys an input leaves
+ * exit.  Each input starts from the same seventeen keys (one, "big", with a
+ * value of 100 bytes, whose replies do not fit the smaller frame limits, and
+ * six whose replies fall on either side of them); the keys an input leaves
  * are deleted by a write batch, and the directory is recreated after
  * REOPEN_WRITES writes so that the tombstones every full scan steps over
  * stay few.
@@ -292,12 +293,26 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static const struct {
   const char *k, *v;
   size_t kl, vl;
-} seeds[] = {{"a", "1", 1, 1},          {"ab", "", 2, 0},
-             {"b", "bee", 1, 3},        {"c", "{\"x\":1}", 1, 7},
-             {"k1", "v1", 2, 2},        {"k2", "v2", 2, 2},
-             {"k3", "v3", 2, 2},        {"z", "zed", 1, 3},
-             {"\x00", "nul", 1, 3},     {"\xff\xff", "\x00\x01", 2, 2},
-             {"big", BIG_VALUE, 3, 100}};
+} seeds[] = {{"a", "1", 1, 1},
+             {"ab", "", 2, 0},
+             {"b", "bee", 1, 3},
+             {"c", "{\"x\":1}", 1, 7},
+             {"k1", "v1", 2, 2},
+             {"k2", "v2", 2, 2},
+             {"k3", "v3", 2, 2},
+             {"z", "zed", 1, 3},
+             {"\x00", "nul", 1, 3},
+             {"\xff\xff", "\x00\x01", 2, 2},
+             {"big", BIG_VALUE, 3, 100},
+             /* around the limits of 16 and 64 bytes: an entry of "l" (under
+              * an id of one byte) fits exactly, one of "m" is a byte over;
+              * a get of "n" fits exactly, under an id of two bytes not */
+             {"l", BIG_VALUE, 1, 9},
+             {"m", BIG_VALUE, 1, 10},
+             {"n", BIG_VALUE, 1, 11},
+             {"L", BIG_VALUE, 1, 57},
+             {"M", BIG_VALUE, 1, 58},
+             {"N", BIG_VALUE, 1, 59}};
 
 /* Leaves the store and the model holding exactly the seeds. */
 static void start_input(void) {
@@ -778,8 +793,10 @@ static uint32_t lcg(uint32_t *st) {
   return *st >> 16;
 }
 
+/* The frame limits the configuration byte chooses from (0: the default). */
+static const size_t frame_limits[4] = {0, 16, 64, 1024};
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const size_t frame_limits[4] = {0, 16, 64, 1024};
   static const size_t budgets[4] = {UNLIMITED_BUDGET, 1, 3, 17};
   static const uint32_t chunk_max[4] = {0, 1, 7, 97}; /* 0: everything at once */
   const char *p = (const char *)data + 1;
@@ -839,13 +856,28 @@ static const struct {
   size_t n;
 } gen_keys[] = {{"", 0},   {"a", 1},  {"ab", 2}, {"b", 1}, {"c", 1},        {"k1", 2},
                 {"k2", 2}, {"k3", 2}, {"k4", 2}, {"z", 1}, {"\x00", 1},     {"\xff\xff", 2},
-                {"aa", 2}, {"k", 1},  {"y", 1},  {"v", 1}, {"\x00\x00", 2}, {"big", 3}};
+                {"aa", 2}, {"k", 1},  {"y", 1},  {"v", 1}, {"\x00\x00", 2}, {"big", 3},
+                {"l", 1},  {"m", 1},  {"n", 1},  {"L", 1}, {"M", 1},        {"N", 1}};
 
 static lp_slice gen_key(void) {
   size_t i = below(sizeof gen_keys / sizeof gen_keys[0]);
   lp_slice s;
   s.ptr = gen_keys[i].p;
   s.len = gen_keys[i].n;
+  return s;
+}
+
+static size_t gen_limit; /* the frame limit of the input being made (0: the default) */
+
+/* A key, or one time in three a value of 0 to 63 bytes, half of those a few
+ * bytes under the input's frame limit, so that a put that fits can make a
+ * reply or an entry one byte over it (under a wider id). */
+static lp_slice gen_value(void) {
+  lp_slice s;
+  if (below(3)) return gen_key();
+  s.ptr = BIG_VALUE;
+  s.len = below(64);
+  if (gen_limit && gen_limit < 100 && below(2)) s.len = gen_limit - 10 + below(4);
   return s;
 }
 
@@ -867,9 +899,13 @@ static void gen_range(lp_range *r) {
 static void gen_frame(lp_buf *b) {
   lp_buf rest = {0};
   lp_range rg;
-  uint32_t id = (uint32_t)below(4);
+  /* a few ids, two of them wider on the wire (2 and 5 bytes): a reply under
+   * one of them is larger than the request that wrote its value */
+  uint32_t id = (uint32_t)below(6);
   size_t i, n;
   int rc = 0;
+  if (id == 4) id = 300;
+  if (id == 5) id = (uint32_t)1 << 28;
   /* one frame in 24 is an unknown tag or random bytes */
   switch (below(24) ? below(12) : 12 + below(2)) {
     case 0:
@@ -878,7 +914,7 @@ static void gen_frame(lp_buf *b) {
            lp_wire_frame(b, LP_REQ_GET, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 2:
-      rc = lp_wire_rest_put(&rest, gen_key(), below(5) ? gen_key() : LP_SLICE_NONE) ||
+      rc = lp_wire_rest_put(&rest, gen_key(), below(5) ? gen_value() : LP_SLICE_NONE) ||
            (below(4) == 0 && lp_wire_rest_sync(&rest)) ||
            lp_wire_frame(b, LP_REQ_PUT, id, (lp_slice){rest.ptr, rest.len});
       break;
@@ -891,7 +927,7 @@ static void gen_frame(lp_buf *b) {
       for (i = 0; i < n && rc == 0; i++) {
         int put = (int)below(2);
         rc = lp_wire_rest_batch_op(&rest, put ? LP_OP_PUT : LP_OP_DEL, gen_key(),
-                                   put && below(6) ? gen_key() : LP_SLICE_NONE);
+                                   put && below(6) ? gen_value() : LP_SLICE_NONE);
       }
       rc = rc || (below(4) == 0 && lp_wire_rest_sync(&rest));
       rc = rc || lp_wire_frame(b, LP_REQ_BATCH, id, (lp_slice){rest.ptr, rest.len});
@@ -997,6 +1033,7 @@ int main(int argc, char **argv) {
   for (i = 0; i < iters; i++) {
     uint8_t cfg = (uint8_t)tap_rng();
     if (below(4)) cfg &= 0xfc; /* mostly the default frame limit */
+    gen_limit = frame_limits[cfg & 3];
     in.len = 0;
     if (lp_buf_append(&in, &cfg, 1) != 0) fail("ENOMEM");
     n = 1 + below(12);
