@@ -109,7 +109,7 @@ build/tsan/test/%: test/%.c $(call objs,tsan,$(CSRCS)) $(wildcard test/*.h)
 FUZZERS := wire session client
 
 $(FUZZERS:%=build/fuzz/fuzz_%_standalone): build/fuzz/fuzz_%_standalone: fuzz/fuzz_%.c \
-    $(call objs,asan,$(CSRCS)) test/tap.h
+    $(call objs,asan,$(CSRCS)) test/tap.h fuzz/standalone.h
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 $(SAN) -DLP_FUZZ_STANDALONE -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 

@@ -53,7 +53,8 @@
  * libFuzzer: make build/fuzz/fuzz_client (make fuzz runs it).
  * Standalone (gcc + ASan/UBSan, no libFuzzer): make build/fuzz/fuzz_client_standalone;
  *   build/fuzz/fuzz_client_standalone [N] [seed] [file or directory...]
- * replays the files given (the regression corpus), then N random programs.
+ * replays the files given (the regression corpus), then N random programs
+ * (fuzz/standalone.h).
  */
 #include "private.h"
 
@@ -1016,40 +1017,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 /* A short fuzz pass without libFuzzer: the files named on the command line,
  * then random programs. */
 
-#include "../test/tap.h" /* the tests' rng and TAP line */
-
-#include <dirent.h>
-#include <sys/stat.h>
-
-static int replay_file(const char *path) {
-  FILE *f = fopen(path, "rb");
-  lp_buf b = {0};
-  char chunk[4096];
-  size_t n;
-  if (!f) return -1;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    append(&b, chunk, n);
-  fclose(f);
-  LLVMFuzzerTestOneInput((const uint8_t *)b.ptr, b.len);
-  lp_buf_free(&b);
-  return 0;
-}
-
-/* Replays a file, or every regular file of a directory; returns how many. */
-static long replay_path(const char *path) {
-  DIR *d = opendir(path);
-  struct dirent *de;
-  long n = 0;
-  if (!d) return replay_file(path) == 0 ? 1 : 0;
-  while ((de = readdir(d)) != NULL) {
-    char sub[4096];
-    struct stat st;
-    snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
-    if (stat(sub, &st) == 0 && S_ISREG(st.st_mode) && replay_file(sub) == 0) n++;
-  }
-  closedir(d);
-  return n;
-}
+#include "standalone.h"
 
 static void put(lp_buf *b, unsigned c) {
   uint8_t u = (uint8_t)c;
@@ -1141,49 +1109,44 @@ static void window_macro(lp_buf *in) {
  * would survive long enough to stream iterator entries. */
 static const unsigned weights[18] = {6, 6, 10, 8, 10, 1, 12, 6, 2, 3, 1, 2, 4, 10, 1, 4, 1, 2};
 
-int main(int argc, char **argv) {
-  long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 20000, i, replayed = 0;
-  unsigned total_weight = 0;
-  lp_buf in = {0};
-  char what[160];
-  int a;
+/* One random program: the configuration byte, then 1 to 120 operations
+ * drawn by weight, with 0 to 4 argument bytes each, or a macro. */
+static void one_input(lp_buf *in) {
+  static unsigned total_weight;
+  uint8_t c = (uint8_t)tap_rng();
   size_t k, n;
-
-  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
-  if (iters <= 0) iters = 20000;
-  for (k = 0; k < sizeof weights / sizeof weights[0]; k++)
-    total_weight += weights[k];
-  for (a = 3; a < argc; a++)
-    replayed += replay_path(argv[a]);
-  for (i = 0; i < iters; i++) {
-    uint8_t c = (uint8_t)tap_rng();
-    in.len = 0;
-    append(&in, &c, 1);
-    n = 1 + (size_t)(tap_rng() % 120);
-    for (k = 0; k < n; k++) {
-      if (tap_rng() % 8 == 0) {
-        stream_macro(&in);
-        continue;
-      }
-      if (tap_rng() % 24 == 0) {
-        window_macro(&in);
-        continue;
-      }
-      /* an operation drawn by weight, then arguments; an operation that
-       * takes fewer leaves the rest to be read as the next operations */
-      unsigned w = (unsigned)(tap_rng() % total_weight), op = 0, j;
-      while (w >= weights[op])
-        w -= weights[op++];
-      c = (uint8_t)(op + 18 * (tap_rng() % 14));
-      append(&in, &c, 1);
-      for (j = tap_rng() % 5; j > 0; j--) {
-        c = (uint8_t)tap_rng();
-        append(&in, &c, 1);
-      }
+  if (!total_weight)
+    for (k = 0; k < sizeof weights / sizeof weights[0]; k++)
+      total_weight += weights[k];
+  append(in, &c, 1);
+  n = 1 + (size_t)(tap_rng() % 120);
+  for (k = 0; k < n; k++) {
+    unsigned w, op = 0, j;
+    if (tap_rng() % 8 == 0) {
+      stream_macro(in);
+      continue;
     }
-    LLVMFuzzerTestOneInput((const uint8_t *)in.ptr, in.len);
+    if (tap_rng() % 24 == 0) {
+      window_macro(in);
+      continue;
+    }
+    /* an operation drawn by weight, then arguments; an operation that
+     * takes fewer leaves the rest to be read as the next operations */
+    w = (unsigned)(tap_rng() % total_weight);
+    while (w >= weights[op])
+      w -= weights[op++];
+    c = (uint8_t)(op + 18 * (tap_rng() % 14));
+    append(in, &c, 1);
+    for (j = tap_rng() % 5; j > 0; j--) {
+      c = (uint8_t)tap_rng();
+      append(in, &c, 1);
+    }
   }
-  lp_buf_free(&in);
+  LLVMFuzzerTestOneInput((const uint8_t *)in->ptr, in->len);
+}
+
+static void report(void) {
+  size_t k;
   printf("# ops:");
   for (k = 0; k < sizeof stat_ops / sizeof stat_ops[0]; k++)
     printf(" %lu", stat_ops[k]);
@@ -1191,10 +1154,10 @@ int main(int argc, char **argv) {
          "oversized replies %lu, seeks %lu, refills %lu (%lu grown)\n",
          stat_taken, stat_fed_entries, stat_entries, stat_proto, stat_logged, stat_oversized,
          stat_seeks, stat_refills, stat_grown);
-  snprintf(what, sizeof what,
-           "fuzz_client: %ld corpus files and %ld random programs, every invariant held", replayed,
-           iters);
-  check(1, what, "-");
-  return tap_done();
+}
+
+int main(int argc, char **argv) {
+  return standalone_main(argc, argv, "fuzz_client", 20000, one_input, report,
+                         "every invariant held");
 }
 #endif

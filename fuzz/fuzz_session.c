@@ -41,7 +41,8 @@
  * libFuzzer: make build/fuzz/fuzz_session (make fuzz runs it).
  * Standalone (gcc + ASan/UBSan, no libFuzzer): make build/fuzz/fuzz_session_standalone;
  *   build/fuzz/fuzz_session_standalone [N] [seed] [file or directory...]
- * replays the files given (the regression corpus), then N generated inputs.
+ * replays the files given (the regression corpus), then N generated inputs
+ * (fuzz/standalone.h).
  */
 #include "private.h"
 
@@ -845,11 +846,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
  * then streams of encoder-made request frames over keys the seeds share,
  * half of them mutated. */
 
-#include "../test/tap.h" /* the tests' rng and TAP line */
-
-#include <dirent.h>
-
-static size_t below(size_t n) { return n ? (size_t)(tap_rng() % n) : 0; }
+#include "standalone.h"
 
 static const struct {
   const char *p;
@@ -988,71 +985,32 @@ static void mutate(lp_buf *b) {
   }
 }
 
-static int replay_file(const char *path) {
-  FILE *f = fopen(path, "rb");
-  lp_buf b = {0};
-  char chunk[4096];
-  size_t n;
-  if (!f) return -1;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    if (lp_buf_append(&b, chunk, n) != 0) fail("ENOMEM");
-  fclose(f);
-  LLVMFuzzerTestOneInput((const uint8_t *)b.ptr, b.len);
-  lp_buf_free(&b);
-  return 0;
-}
-
-/* Replays a file, or every regular file of a directory; returns how many. */
-static long replay_path(const char *path) {
-  DIR *d = opendir(path);
-  struct dirent *de;
-  long n = 0;
-  if (!d) return replay_file(path) == 0 ? 1 : 0;
-  while ((de = readdir(d)) != NULL) {
-    char sub[4096];
-    struct stat st;
-    snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
-    if (stat(sub, &st) == 0 && S_ISREG(st.st_mode) && replay_file(sub) == 0) n++;
-  }
-  closedir(d);
-  return n;
-}
-
-int main(int argc, char **argv) {
-  long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 3000, i, replayed = 0;
-  lp_buf in = {0};
-  char what[160];
-  int a;
+/* One input: the configuration byte, then 1 to 12 frames, mutated one time
+ * in three. */
+static void one_input(lp_buf *in) {
+  uint8_t cfg = (uint8_t)tap_rng();
   size_t k, n;
+  if (below(4)) cfg &= 0xfc; /* mostly the default frame limit */
+  gen_limit = frame_limits[cfg & 3];
+  if (lp_buf_append(in, &cfg, 1) != 0) fail("ENOMEM");
+  n = 1 + below(12);
+  for (k = 0; k < n; k++)
+    gen_frame(in);
+  if (below(3) == 0) mutate(in);
+  LLVMFuzzerTestOneInput((const uint8_t *)in->ptr, in->len);
+}
 
-  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
-  if (iters <= 0) iters = 3000;
-  setup();
-  for (a = 3; a < argc; a++)
-    replayed += replay_path(argv[a]);
-  for (i = 0; i < iters; i++) {
-    uint8_t cfg = (uint8_t)tap_rng();
-    if (below(4)) cfg &= 0xfc; /* mostly the default frame limit */
-    gen_limit = frame_limits[cfg & 3];
-    in.len = 0;
-    if (lp_buf_append(&in, &cfg, 1) != 0) fail("ENOMEM");
-    n = 1 + below(12);
-    for (k = 0; k < n; k++)
-      gen_frame(&in);
-    if (below(3) == 0) mutate(&in);
-    LLVMFuzzerTestOneInput((const uint8_t *)in.ptr, in.len);
-  }
-  lp_buf_free(&in);
+static void report(void) {
   printf("# requests: get %lu put %lu del %lu batch %lu iter %lu clear %lu getmany %lu | "
          "entries %lu, protocol errors %lu (%lu answered ETOOLARGE), replies over the limit %lu, "
          "store recreated %lu times\n",
          stat_req[0], stat_req[1], stat_req[2], stat_req[3], stat_req[4], stat_req[5], stat_req[6],
          stat_entries, stat_proto, stat_refused, stat_too_large, stat_reopen);
-  snprintf(what, sizeof what,
-           "fuzz_session: %ld corpus files and %ld generated inputs, every reply as the model "
-           "predicts",
-           replayed, iters);
-  check(1, what, "-");
-  return tap_done();
+}
+
+int main(int argc, char **argv) {
+  setup();
+  return standalone_main(argc, argv, "fuzz_session", 3000, one_input, report,
+                         "every reply as the model predicts");
 }
 #endif

@@ -12,14 +12,11 @@
  *     bytes.
  * Any inconsistency abort()s: fine in a fuzzer, never in the library.
  *
- * libFuzzer:
- *   clang -fsanitize=fuzzer,address,undefined -Isrc \
- *     fuzz/fuzz_wire.c src/wire.c src/buf.c -o /tmp/fw
- *   /tmp/fw -max_total_time=60
- * Standalone (plain gcc + ASan, no libFuzzer; N inputs, default 200000; optional seed):
- *   gcc -DLP_FUZZ_STANDALONE -fsanitize=address,undefined -Isrc \
- *     fuzz/fuzz_wire.c src/wire.c src/buf.c -o /tmp/fws
- *   /tmp/fws [N] [seed]
+ * libFuzzer: make build/fuzz/fuzz_wire (make fuzz runs it).
+ * Standalone (gcc + ASan/UBSan, no libFuzzer): make build/fuzz/fuzz_wire_standalone;
+ *   build/fuzz/fuzz_wire_standalone [N] [seed] [file or directory...]
+ * runs the examples of docs/PROTOCOL.md, the files given, then N generated
+ * inputs (default 200000); fuzz/standalone.h.
  */
 #include "private.h"
 
@@ -421,9 +418,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
  * messages, and mutations of valid frames (the examples of docs/PROTOCOL.md and
  * frames built by the encoders). */
 
-#include "../test/tap.h" /* the tests' rng and TAP line */
-
-static size_t below(size_t n) { return n ? (size_t)(tap_rng() % n) : 0; }
+#include "standalone.h"
 
 static void put_byte(lp_buf *b, uint8_t c) {
   if (lp_buf_append(b, &c, 1) != 0) fail("ENOMEM");
@@ -780,49 +775,45 @@ static void mutate(lp_buf *b) {
   }
 }
 
-int main(int argc, char **argv) {
-  long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 200000;
-  lp_buf in = {0};
-  char what[128];
-  long i;
+static void one_input(lp_buf *in) {
   size_t k, n;
-
-  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
-  if (iters <= 0) iters = 200000;
-  for (k = 0; k < sizeof examples / sizeof examples[0]; k++)
-    LLVMFuzzerTestOneInput((const uint8_t *)examples[k], example_len(examples[k]));
-  for (i = 0; i < iters; i++) {
-    in.len = 0;
-    switch (below(4)) {
-      case 0: /* random bytes */
-        n = below(64);
-        for (k = 0; k < n; k++)
-          put_byte(&in, (uint8_t)(below(2) ? tap_rng() : below(0x20)));
-        break;
-      case 1: /* an example, mutated */
-        k = below(sizeof examples / sizeof examples[0]);
-        if (lp_buf_append(&in, examples[k], example_len(examples[k])) != 0) fail("ENOMEM");
-        mutate(&in);
-        break;
-      default: /* one to three encoder-made frames, mutated half of the time */
-        n = 1 + below(3);
-        for (k = 0; k < n; k++)
-          valid_frame(&in);
-        if (below(2)) mutate(&in);
-        break;
-    }
-    /* Two views: the bytes as they are, and without the first byte (so the
-     * whole-input decode sees a payload that starts at the tag). */
-    LLVMFuzzerTestOneInput((const uint8_t *)in.ptr, in.len);
-    if (in.len > 1) LLVMFuzzerTestOneInput((const uint8_t *)in.ptr + 1, in.len - 1);
+  switch (below(4)) {
+    case 0: /* random bytes */
+      n = below(64);
+      for (k = 0; k < n; k++)
+        put_byte(in, (uint8_t)(below(2) ? tap_rng() : below(0x20)));
+      break;
+    case 1: /* an example, mutated */
+      k = below(sizeof examples / sizeof examples[0]);
+      if (lp_buf_append(in, examples[k], example_len(examples[k])) != 0) fail("ENOMEM");
+      mutate(in);
+      break;
+    default: /* one to three encoder-made frames, mutated half of the time */
+      n = 1 + below(3);
+      for (k = 0; k < n; k++)
+        valid_frame(in);
+      if (below(2)) mutate(in);
+      break;
   }
-  lp_buf_free(&in);
+  /* Two views: the bytes as they are, and without the first byte (so the
+   * whole-input decode sees a payload that starts at the tag). */
+  LLVMFuzzerTestOneInput((const uint8_t *)in->ptr, in->len);
+  if (in->len > 1) LLVMFuzzerTestOneInput((const uint8_t *)in->ptr + 1, in->len - 1);
+}
+
+static void report(void) {
   printf("# round trips: get %lu put %lu del %lu batch %lu iter %lu clear %lu getmany %lu | "
          "callback %lu iterdata %lu getmanycb %lu\n",
          stat_req_ok[0], stat_req_ok[1], stat_req_ok[2], stat_req_ok[3], stat_req_ok[4],
          stat_req_ok[5], stat_req_ok[6], stat_res_ok[0], stat_res_ok[1], stat_res_ok[2]);
-  snprintf(what, sizeof what, "fuzz_wire: %ld generated inputs, no crash or mismatch", iters);
-  check(1, what, "-");
-  return tap_done();
+}
+
+int main(int argc, char **argv) {
+  size_t k;
+  /* the examples of docs/PROTOCOL.md first, as they are */
+  for (k = 0; k < sizeof examples / sizeof examples[0]; k++)
+    LLVMFuzzerTestOneInput((const uint8_t *)examples[k], example_len(examples[k]));
+  return standalone_main(argc, argv, "fuzz_wire", 200000, one_input, report,
+                         "no crash or mismatch");
 }
 #endif

@@ -129,14 +129,13 @@ fuzz_one() {
   fi
 }
 
-# The session and client drivers also replay their regression corpus.
+# Each driver replays its regression corpus (fuzz/corpus/NAME), then runs
+# generated inputs (fuzz/standalone.h); a few seconds of CPU each.
 fuzz_pass() {
   echo "== fuzz (standalone, ASan+UBSan) =="
   fuzz_one wire "$FUZZ_ITERS"
-  # fuzz_session and fuzz_client are not run here yet: their models of the
-  # session and the client predate ETOOLARGE replies, growing iterator
-  # windows and seek, and stop on them (see docs/RELIABILITY.md, "Fuzzing
-  # and sanitizers").  `make fuzz` still builds and runs them.
+  fuzz_one session "$FUZZ_SESSION_ITERS" 1 fuzz/corpus/session
+  fuzz_one client "$FUZZ_CLIENT_ITERS" 1 fuzz/corpus/client
 }
 
 # busted_suite VARIANT INTERP [ENV...]
