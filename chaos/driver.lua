@@ -483,10 +483,20 @@ if longest and #longest.samples >= 8 then
   end
   local r2, r4 = mean(q + 1, 2 * q, "rss"), mean(#ss - q + 1, #ss, "rss")
   local f2, f4 = mean(q + 1, 2 * q, "fds"), mean(#ss - q + 1, #ss, "fds")
-  trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f"):format(longest.name, longest.slot.kind,
-    #ss, r2 / 1024, r4 / 1024, f2, f4)
+  -- A follower that became leader between the two quarters (or the reverse) holds LevelDB's
+  -- files, the socket and a connection per follower more (or fewer): its descriptors are not
+  -- compared across that change (seed 351994: 16 -> 30 after a6i6 took over).
+  local function leads(t)
+    for _, l in ipairs(h.leaders) do
+      if l.who == longest.name and t >= l.from and t < l["end"] then return true end
+    end
+    return false
+  end
+  local role_changed = leads(ss[q + 1].t) ~= leads(ss[#ss].t)
+  trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f%s"):format(longest.name, longest.slot.kind,
+    #ss, r2 / 1024, r4 / 1024, f2, f4, role_changed and " (role changed: fds not compared)" or "")
   if #ss >= 30 and r4 > r2 * 1.5 and r4 - r2 > 20 * 1024 then h:fail("%s: RSS grows: %s", longest.name, trend) end
-  if #ss >= 30 and f4 > f2 + 8 then h:fail("%s: descriptors grow: %s", longest.name, trend) end
+  if #ss >= 30 and f4 > f2 + 8 and not role_changed then h:fail("%s: descriptors grow: %s", longest.name, trend) end
 end
 
 -- Summary ------------------------------------------------------------------------------------
