@@ -383,6 +383,32 @@ local ok, t_start = xpcall(main, debug.traceback)
 ending = true
 kill_all()
 wait_until(function() return #alive_incs() == 0 end, 10)
+
+-- The driver's own record, for a failure's post-mortem (OUT/events.log): every start, kill,
+-- stop, close and exit, and every change of the LOCK's holder, in time order (µs, the logs' clock).
+do
+  local ev, pid_name = {}, {}
+  local function add(t, text) if t then ev[#ev + 1] = { t, text } end end
+  for _, inc in ipairs(events.starts) do
+    add(inc.started, ("start %s pid %s"):format(inc.name, tostring(inc.pid)))
+    if inc.pid then pid_name[inc.pid] = inc.name end
+  end
+  for _, k in ipairs(events.kills) do add(k.t, ("kill %s (%s)"):format(k.name, k.leader and "leader" or "follower")) end
+  for _, st in ipairs(events.stops) do add(st.t, ("stop %s until %s"):format(st.name, tostring(st.cont))) end
+  for _, c in ipairs(events.closes) do add(c.t, "close " .. c.name) end
+  for _, inc in ipairs(events.exits) do
+    add(inc.exit_t, ("exit %s code %s signal %s"):format(inc.name, tostring(inc.code), tostring(inc.signal)))
+  end
+  for _, hc in ipairs(holder_changes) do
+    add(hc.t, "LOCK held by " .. (hc.pid and (pid_name[hc.pid] or ("pid " .. hc.pid)) or "nobody"))
+  end
+  table.sort(ev, function(a, b) return a[1] < b[1] end)
+  local f = io.open(out .. "/events.log", "w")
+  if f then
+    for _, e in ipairs(ev) do f:write(("%.0f %s\n"):format(e[1], e[2])) end
+    f:close()
+  end
+end
 if not ok then
   say("chaos: driver error: " .. tostring(t_start))
   say(("chaos: FAILED (seed %d) -- replay: make chaos SEED=%d DURATION=%d PROCS=%d"):format(seed, seed,

@@ -172,7 +172,8 @@ chaos_pass() {
       bad_seeds+=("$seed")
       [ "$rc" -eq 124 ] && echo "  timed out after $((CHAOS_SECONDS * 4 + 300)) s"
       echo "  FAILED (exit $rc), seed $seed: make chaos SEED=$seed DURATION=$CHAOS_SECONDS" \
-        "CHAOS_ARGS='--timeout $CHAOS_TIMEOUT${CHAOS_ARGS:+ $CHAOS_ARGS}'; logs in build/chaos/$seed/, $log"
+        "CHAOS_ARGS='--timeout $CHAOS_TIMEOUT${CHAOS_ARGS:+ $CHAOS_ARGS}'; logs in build/chaos/$seed/" \
+        "(events.log: the driver's kills, stops, exits, LOCK holders), $log"
       grep -vE '^chaos: (seed|all open|chaos over)' "$log" | head -n 80 | sed 's/^/  | /'
     fi
   done
