@@ -3,8 +3,9 @@
 #   make build      build/5.4/levelparty/core.so and build/luajit/levelparty/core.so,
 #                   build/5.4/liblevelparty.a and build/luajit/liblevelparty.a
 #                   (include/levelparty.h; the Lua modules embedded)
-#   make test       C tests, fuzz smoke, busted (lua5.4 + luajit), luarocks check
-#                   (make test SPEC=spec/foo_spec.lua, make test LUA=5.4|luajit)
+#   make test       C tests, fuzz smoke, short chaos soak, busted (lua5.4 + luajit),
+#                   luarocks check (make test SPEC=spec/foo_spec.lua, make test
+#                   SPEC=chaos for the chaos soak alone, make test LUA=5.4|luajit)
 #   make sanitize   the same C tests and the lua5.4 specs under ASan+UBSan, then
 #                   the C tests and the multi-process specs under TSan, then the
 #                   C tests under valgrind memcheck (a developer pass; CI runs
@@ -162,7 +163,7 @@ build/tsan/test/threads_test: $(THREADS_DEPS) build/tsan/levelparty/core.so
 FUZZERS := wire session client
 
 $(FUZZERS:%=build/fuzz/fuzz_%_standalone): build/fuzz/fuzz_%_standalone: fuzz/fuzz_%.c \
-    $(call objs,asan,$(CSRCS)) test/tap.h
+    $(call objs,asan,$(CSRCS)) test/tap.h fuzz/standalone.h
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 $(SAN) -DLP_FUZZ_STANDALONE -Isrc -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(LIBS)
 
@@ -225,7 +226,8 @@ clean:
 	-@rmdir levelparty 2>/dev/null || true
 
 # The chaos soak (docs/RELIABILITY.md, "Chaos soak"): SIGKILL/SIGSTOP/close against PROCS
-# processes for DURATION seconds; SEED replays a schedule.  Not part of `make test`.
+# processes for DURATION seconds; SEED replays a schedule.  `make test` runs a short one
+# (mk/runtests.sh, chaos_pass: CHAOS_SECONDS per seed of CHAOS_SEEDS).
 DURATION ?= 60
 PROCS    ?= 6
 SEED     ?=

@@ -395,6 +395,32 @@ local ok, t_start = xpcall(main, debug.traceback)
 ending = true
 kill_all()
 wait_until(function() return #alive_incs() == 0 end, 10)
+
+-- The driver's own record, for a failure's post-mortem (OUT/events.log): every start, kill,
+-- stop, close and exit, and every change of the LOCK's holder, in time order (µs, the logs' clock).
+do
+  local ev, pid_name = {}, {}
+  local function add(t, text) if t then ev[#ev + 1] = { t, text } end end
+  for _, inc in ipairs(events.starts) do
+    add(inc.started, ("start %s pid %s"):format(inc.name, tostring(inc.pid)))
+    if inc.pid then pid_name[inc.pid] = inc.name end
+  end
+  for _, k in ipairs(events.kills) do add(k.t, ("kill %s (%s)"):format(k.name, k.leader and "leader" or "follower")) end
+  for _, st in ipairs(events.stops) do add(st.t, ("stop %s until %s"):format(st.name, tostring(st.cont))) end
+  for _, c in ipairs(events.closes) do add(c.t, "close " .. c.name) end
+  for _, inc in ipairs(events.exits) do
+    add(inc.exit_t, ("exit %s code %s signal %s"):format(inc.name, tostring(inc.code), tostring(inc.signal)))
+  end
+  for _, hc in ipairs(holder_changes) do
+    add(hc.t, "LOCK held by " .. (hc.pid and (pid_name[hc.pid] or ("pid " .. hc.pid)) or "nobody"))
+  end
+  table.sort(ev, function(a, b) return a[1] < b[1] end)
+  local f = io.open(out .. "/events.log", "w")
+  if f then
+    for _, e in ipairs(ev) do f:write(("%.0f %s\n"):format(e[1], e[2])) end
+    f:close()
+  end
+end
 if not ok then
   say("chaos: driver error: " .. tostring(t_start))
   say(("chaos: FAILED (seed %d) -- replay: make chaos SEED=%d DURATION=%d PROCS=%d"):format(seed, seed,
@@ -495,10 +521,20 @@ if longest and #longest.samples >= 8 then
   end
   local r2, r4 = mean(q + 1, 2 * q, "rss"), mean(#ss - q + 1, #ss, "rss")
   local f2, f4 = mean(q + 1, 2 * q, "fds"), mean(#ss - q + 1, #ss, "fds")
-  trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f"):format(longest.name, longest.slot.kind,
-    #ss, r2 / 1024, r4 / 1024, f2, f4)
+  -- A follower that became leader between the two quarters (or the reverse) holds LevelDB's
+  -- files, the socket and a connection per follower more (or fewer): its descriptors are not
+  -- compared across that change (seed 351994: 16 -> 30 after a6i6 took over).
+  local function leads(t)
+    for _, l in ipairs(h.leaders) do
+      if l.who == longest.name and t >= l.from and t < l["end"] then return true end
+    end
+    return false
+  end
+  local role_changed = leads(ss[q + 1].t) ~= leads(ss[#ss].t)
+  trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f%s"):format(longest.name, longest.slot.kind,
+    #ss, r2 / 1024, r4 / 1024, f2, f4, role_changed and " (role changed: fds not compared)" or "")
   if #ss >= 30 and r4 > r2 * 1.5 and r4 - r2 > 20 * 1024 then h:fail("%s: RSS grows: %s", longest.name, trend) end
-  if #ss >= 30 and f4 > f2 + 8 then h:fail("%s: descriptors grow: %s", longest.name, trend) end
+  if #ss >= 30 and f4 > f2 + 8 and not role_changed then h:fail("%s: descriptors grow: %s", longest.name, trend) end
 end
 
 -- Summary ------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@
  * (part of) the out buffer to the "leader"; make up a reply, well-formed or
  * not, for an id the client sent, one it never sent or a random one, of the
  * right type or not; make up iterator entries, ends and errors; queue raw
- * bytes; feed (part of) what was made up; take, forget; advance the clock
- * and expire; reset the connection, replay; open, step, close iterators,
- * give them deadlines; switch the finished-token log and drain it; fail
- * everything.
+ * bytes, replies over the frame limit; feed (part of) what was made up;
+ * take, forget; advance the clock and expire; reset the connection, replay;
+ * open, step, seek, close iterators, give them deadlines; switch the
+ * finished-token log and drain it; fail everything.
  *
  * Invariants, any violation abort()ing:
  *   - tokens count up from 1 by one; a token is taken at most once, only
@@ -22,15 +22,28 @@
  *   - the out buffer is always whole request frames that decode; on the
  *     connection, a request id is never sent again before its reply came,
  *     an iterator is opened only under an id not open, acked and ended only
- *     under one that is, with a window of at most the configured one;
+ *     under one that is;
+ *   - iterator windows (docs/PROTOCOL.md, "Iterators and windows"): each
+ *     open, reopen and seek asks for the iterator's current window (first
+ *     the smaller of LP_FIRST_WINDOW and the configured one), or the rest of
+ *     its limit when smaller, and sends that rest as its limit; a refill
+ *     asks for the window doubled (up to the configured one) when the reader
+ *     waited since the last grant, else the same (less only for the limit);
+ *     the out buffer is mapped to iterators by their wire ids, and every
+ *     reopen of a replay to the iterators that had to be reopened, in their
+ *     opening order;
  *   - after a replay the out buffer starts with every waiting request, in
  *     token order, under ids 0, 1, 2, ...;
  *   - lp_client_feed fails (LP_EPROTO) exactly when the bytes break the
- *     protocol: a frame over the limit or that does not decode fails it, and
- *     a failure without one comes from an iterator entry;
- *   - an iterator's entries never pass its limit, carry exactly the sides
- *     asked for, lp_client_iter_ready agrees with lp_client_iter_next, and
- *     an iterator that ended or failed stays so;
+ *     protocol: a frame that does not decode, or one over the limit whose
+ *     payload does not start with its tag and id, fails it, and a failure
+ *     without one comes from an iterator entry; a frame over the limit that
+ *     does start so is skipped, its bytes dropped as they come (the mirror
+ *     counts them), and fails only the request or iterator it answers;
+ *   - an iterator's entries never pass its limit (less what a seek gave
+ *     back), carry exactly the sides asked for, lp_client_iter_ready agrees
+ *     with lp_client_iter_next, and an iterator that ended or failed stays
+ *     so, until a seek reopens one that ended (one that failed stays so);
  *   - the finished-token log holds each token at most once, only finished
  *     ones, and, unless it reports a loss, every token that finished while
  *     it was on;
@@ -40,7 +53,8 @@
  * libFuzzer: make build/fuzz/fuzz_client (make fuzz runs it).
  * Standalone (gcc + ASan/UBSan, no libFuzzer): make build/fuzz/fuzz_client_standalone;
  *   build/fuzz/fuzz_client_standalone [N] [seed] [file or directory...]
- * replays the files given (the regression corpus), then N random programs.
+ * replays the files given (the regression corpus), then N random programs
+ * (fuzz/standalone.h).
  */
 #include "private.h"
 
@@ -72,7 +86,7 @@ static void append(lp_buf *b, const void *p, size_t n) {
 
 /* What the runs reached (printed by the standalone main). */
 static unsigned long stat_ops[18], stat_taken, stat_entries, stat_fed_entries, stat_proto,
-    stat_logged;
+    stat_logged, stat_oversized, stat_seeks, stat_refills, stat_grown;
 
 /* ------------------------------------------------------------------------ */
 /* The program                                                               */
@@ -139,9 +153,14 @@ enum { F_NONE = 2 }; /* else the iterator's final lp_client_iter_next result, 0 
 
 typedef struct titer {
   lp_citer *it;
-  lp_range r; /* keys, values and limit as asked; the bounds are not kept */
-  int64_t returned;
+  lp_range r;       /* keys, values and limit as asked; the bounds are not kept */
+  int64_t consumed; /* entries returned, less those a seek gave back */
   int final;
+  /* the window model: what the next open or refill asks for, whether the
+   * reader waited since the last grant, the wire id while open on it */
+  uint32_t win;
+  int starved, on_wire;
+  uint32_t wid;
 } titer;
 
 /* The leader's side of the current connection: what it has read (sv_in, a
@@ -166,6 +185,9 @@ typedef struct run {
   size_t out_checked; /* bytes at the start of out already validated */
   lp_buf pend;        /* made-up replies not fed yet */
   lp_buf fed;         /* the fed bytes after the last whole frame (mirror of the client's) */
+  uint64_t skip;      /* bytes of an oversized reply frame still to drop (mirror) */
+  lp_citer **expect;  /* iterators whose (re)open must come next in out, in order */
+  size_t nexpect, expect_cap, expect_at;
 } run;
 
 static uint8_t *sv_slot(uint8_t **a, size_t *n, uint32_t id) {
@@ -237,12 +259,96 @@ static size_t parse_requests(run *R, const char *buf, size_t len, int whole, int
   return off;
 }
 
-/* The out buffer only grows between writes and resets: validate what is new. */
+static titer *titer_of(run *R, lp_citer *it) {
+  size_t i;
+  for (i = 0; i < R->nit; i++)
+    if (R->its[i].it == it) return &R->its[i];
+  return NULL;
+}
+
+static titer *titer_on_wire(run *R, uint32_t id) {
+  size_t i;
+  for (i = 0; i < R->nit; i++)
+    if (R->its[i].on_wire && R->its[i].wid == id) return &R->its[i];
+  return NULL;
+}
+
+/* The next frames of out must include an open of t, before any other open. */
+static void expect_open(run *R, titer *t) {
+  if (R->nexpect == R->expect_cap) {
+    R->expect_cap = R->expect_cap ? R->expect_cap * 2 : 8;
+    R->expect = xrealloc(R->expect, R->expect_cap * sizeof *R->expect);
+  }
+  R->expect[R->nexpect++] = t->it;
+}
+
+/* An iterator frame the client wrote, on the window model. */
+static void out_iter_frame(run *R, const lp_request *q) {
+  titer *t;
+  if (q->opts.present) { /* an open: of the iterator expected next */
+    int64_t rem = -1;
+    uint32_t g;
+    REQUIRE(R->expect_at < R->nexpect);
+    t = titer_of(R, R->expect[R->expect_at++]);
+    REQUIRE(t != NULL && !t->on_wire);
+    g = t->win;
+    if (t->r.limit >= 0) {
+      rem = t->r.limit - t->consumed;
+      REQUIRE(rem > 0);
+      if (rem < (int64_t)g) g = (uint32_t)rem;
+    }
+    REQUIRE(q->batch == g);
+    REQUIRE(q->opts.has_limit && q->opts.limit == (rem > INT32_MAX ? -1 : rem));
+    REQUIRE(q->opts.has_reverse && q->opts.reverse == t->r.reverse);
+    REQUIRE(titer_on_wire(R, q->id) == NULL);
+    t->on_wire = 1;
+    t->wid = q->id;
+    t->final = F_NONE; /* a seek may reopen an iterator that had ended */
+    return;
+  }
+  t = titer_on_wire(R, q->id);
+  if (q->batch == 0) { /* an end; of an iterator closed already when t is NULL */
+    if (t) t->on_wire = 0;
+    return;
+  }
+  REQUIRE(t != NULL); /* a refill only for an iterator open on the wire */
+  {
+    uint32_t w = t->win;
+    if (t->starved && w < R->window) w = w > R->window / 2 ? R->window : w * 2;
+    REQUIRE(q->batch <= w);
+    if (t->r.limit < 0)
+      REQUIRE(q->batch == w);
+    else
+      REQUIRE((int64_t)q->batch <= t->r.limit - t->consumed);
+    stat_refills++;
+    stat_grown += w > t->win;
+    t->win = w;
+    t->starved = 0;
+  }
+}
+
+/* The out buffer only grows between writes and resets: validate what is new,
+ * and follow its iterator frames on the window model. */
 static void check_out(run *R) {
   lp_buf *out = lp_client_out(R->c);
+  size_t off = R->out_checked;
   REQUIRE(out->len >= R->out_checked);
-  parse_requests(R, out->ptr + R->out_checked, out->len - R->out_checked, 1, 0);
+  while (off < out->len) {
+    lp_slice payload;
+    lp_request q;
+    size_t used;
+    REQUIRE(lp_wire_next_frame(out->ptr + off, out->len - off, 0, &payload, &used) == LP_WIRE_OK);
+    REQUIRE(lp_wire_decode_request(payload, &q) == LP_WIRE_OK);
+    if (q.tag == LP_REQ_ITER) out_iter_frame(R, &q);
+    off += used;
+  }
   R->out_checked = out->len;
+}
+
+/* After an operation: every open it had to write was written. */
+static void expect_done(run *R) {
+  REQUIRE(R->expect_at == R->nexpect);
+  R->nexpect = R->expect_at = 0;
 }
 
 static void op_write(run *R, prog *g) {
@@ -259,6 +365,7 @@ static void op_write(run *R, prog *g) {
 
 /* The connection is gone; the next one starts from nothing on both sides. */
 static void disconnect(run *R) {
+  size_t i;
   lp_client_reset(R->c);
   REQUIRE(lp_client_out(R->c)->len == 0);
   R->out_checked = 0;
@@ -266,7 +373,10 @@ static void disconnect(run *R) {
   if (R->sv_req) memset(R->sv_req, 0, R->nsv_req);
   if (R->sv_it) memset(R->sv_it, 0, R->nsv_it);
   R->fed.len = 0;
+  R->skip = 0;
   if (!R->keep_stale) R->pend.len = 0;
+  for (i = 0; i < R->nit; i++)
+    R->its[i].on_wire = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -304,6 +414,9 @@ static void op_submit(run *R, prog *g) {
       break;
     default: rc = lp_wire_rest_key(&rest, key_of(next_byte(g))); break;
   }
+  /* levelparty's sync flag on a write (field 15) */
+  if ((b & 0x10) && tag != LP_REQ_GET && tag != LP_REQ_GETMANY && tag <= LP_REQ_GETMANY)
+    rc = rc || lp_wire_rest_sync(&rest);
   if (rc) fail("ENOMEM");
   t = lp_client_submit(R->c, tag, (lp_slice){rest.ptr ? rest.ptr : "", rest.len}, deadline);
   lp_buf_free(&rest);
@@ -389,8 +502,12 @@ static void op_expire(run *R, prog *g) {
 static void op_replay(run *R) {
   lp_buf *out;
   size_t off = 0, nreq = 0;
-  int iters_seen = 0;
+  size_t i, iters_seen = 0;
   disconnect(R);
+  /* after the reset, an iterator with nothing to hand out is open on the
+   * leader's side only, and is reopened, in opening order */
+  for (i = 0; i < R->nit; i++)
+    if (!lp_client_iter_ready(R->c, R->its[i].it)) expect_open(R, &R->its[i]);
   lp_client_replay(R->c);
   out = lp_client_out(R->c);
   while (off < out->len) {
@@ -409,7 +526,7 @@ static void op_replay(run *R) {
     off += used;
   }
   REQUIRE(nreq == lp_client_pending(R->c));
-  REQUIRE((size_t)iters_seen <= R->nit);
+  REQUIRE(iters_seen == R->nexpect);
 }
 
 static void op_fail_all(run *R, prog *g) {
@@ -443,7 +560,14 @@ static void op_make_reply(run *R, prog *g) {
   size_t i, n;
   int rc = 0;
   switch (b % 6) {
-    case 0: rc = lp_wire_enc_callback(&R->pend, id, NULL, 0, LP_SLICE_NONE); break;
+    case 0:
+      if (b & 0x80) { /* a value of 32 to 152 bytes: over the smaller frame limits */
+        static const char big[160] = "big";
+        rc = lp_wire_enc_callback(&R->pend, id, NULL, 0, (lp_slice){big, 32 + 8 * ((b >> 3) & 15)});
+      } else {
+        rc = lp_wire_enc_callback(&R->pend, id, NULL, 0, LP_SLICE_NONE);
+      }
+      break;
     case 1: rc = lp_wire_enc_callback(&R->pend, id, NULL, 0, bytes_of(g)); break;
     case 2: rc = lp_wire_enc_callback(&R->pend, id, "NotFound: ", 10, LP_SLICE_NONE); break;
     case 3: rc = lp_wire_enc_callback(&R->pend, id, "EIO: disk", 9, LP_SLICE_NONE); break;
@@ -489,8 +613,8 @@ static void op_make_iter(run *R, prog *g) {
     case 0:
     case 1:
     case 2:
-    case 3: /* a burst of entries */
-      n = 1 + (b >> 3) % 4;
+    case 3: /* a burst of entries; a long one, to use up larger windows */
+      n = b % 8 == 3 ? 8 + (b >> 3) % 32 : 1 + (b >> 3) % 4;
       for (i = 0; i < n; i++) {
         uint8_t k = next_byte(g);
         iterdata_raw(&R->pend, id, key_of(k), k & 0x80 ? LP_SLICE_NONE : bytes_of(g));
@@ -525,6 +649,15 @@ static void op_garbage(run *R, prog *g) {
   }
 }
 
+/* A reply for request id r reached the client: the id is free again. */
+static void sv_replied(run *R, uint32_t id) {
+  uint8_t *s = sv_slot(&R->sv_req, &R->nsv_req, id);
+  if (*s & SV_OUT)
+    *s &= (uint8_t)~SV_OUT;
+  else
+    *s |= SV_TAINT; /* freed before the leader read it: the id may come twice */
+}
+
 /* What lp_client_feed must make of the fed bytes, mirrored: the frames it
  * completes, their effect on the leader's books (a reply frees its id), and
  * whether they must break the protocol.  *entries counts iterator entries,
@@ -539,6 +672,37 @@ static int mirror_feed(run *R, size_t *entries) {
     size_t used;
     int rc = lp_wire_next_frame(R->fed.ptr + off, R->fed.len - off, R->max_frame, &payload, &used);
     if (rc == LP_WIRE_NEED_MORE) break;
+    if (rc == LP_WIRE_TOO_BIG) {
+      /* skipped once its tag and id are in; without them first, garbage */
+      const char *p = R->fed.ptr + off;
+      size_t avail = R->fed.len - off, pre, idn;
+      uint64_t len, id;
+      if (lp_varint_get(p, avail, &len, &pre) != 1 || len > UINT64_MAX - 16) {
+        bad = 1;
+        break;
+      }
+      if (avail - pre < 3) break;
+      if ((unsigned char)p[pre + 1] != 0x08) {
+        bad = 1;
+        break;
+      }
+      rc = lp_varint_get(p + pre + 2, avail - pre - 2, &id, &idn);
+      if (rc == 0) break;
+      if (rc < 0) {
+        bad = 1;
+        break;
+      }
+      if ((unsigned char)p[pre] == LP_RES_CALLBACK || (unsigned char)p[pre] == LP_RES_GETMANY)
+        sv_replied(R, (uint32_t)id);
+      stat_oversized++;
+      if (pre + len >= avail) {
+        R->skip = pre + len - avail;
+        off = R->fed.len;
+        break;
+      }
+      off += (size_t)(pre + len);
+      continue;
+    }
     if (rc != LP_WIRE_OK && rc != LP_WIRE_EMPTY) {
       bad = 1;
       break;
@@ -554,11 +718,7 @@ static int mirror_feed(run *R, size_t *entries) {
     if (r.tag == LP_RES_ITERDATA) {
       if (!(r.error.ptr && r.error.len) && (r.key.ptr || r.value.ptr)) ++*entries;
     } else {
-      uint8_t *s = sv_slot(&R->sv_req, &R->nsv_req, r.id);
-      if (*s & SV_OUT)
-        *s &= (uint8_t)~SV_OUT;
-      else
-        *s |= SV_TAINT; /* freed before the leader read it: the id may come twice */
+      sv_replied(R, r.id);
     }
   }
   lp_buf_consume(&R->fed, off);
@@ -567,13 +727,15 @@ static int mirror_feed(run *R, size_t *entries) {
 
 static void op_feed(run *R, prog *g) {
   uint8_t b = next_byte(g);
-  size_t n = R->pend.len, entries;
+  size_t n = R->pend.len, entries, k;
   lp_err err;
   int rc, bad;
   if ((b & 0x80) && (size_t)(b & 0x7f) < n) n = b & 0x7f;
   err.code = LP_OK;
   rc = lp_client_feed(R->c, R->pend.ptr ? R->pend.ptr : "", n, &err);
-  append(&R->fed, R->pend.ptr, n);
+  k = (uint64_t)n < R->skip ? n : (size_t)R->skip; /* the rest of an oversized frame */
+  R->skip -= k;
+  append(&R->fed, R->pend.ptr + k, n - k);
   lp_buf_consume(&R->pend, n);
   bad = mirror_feed(R, &entries);
   stat_fed_entries += entries;
@@ -582,6 +744,7 @@ static void op_feed(run *R, prog *g) {
   REQUIRE(rc == -1 && err.code == LP_EPROTO);
   REQUIRE(bad || entries > 0);
   stat_proto++;
+  check_out(R);  /* the refills it wrote before the failure changed windows */
   disconnect(R); /* as the contract says: close, reset */
 }
 
@@ -600,8 +763,11 @@ static void op_iter_open(run *R, prog *g) {
   REQUIRE(t->it != NULL);
   t->r = rg;
   t->r.gt = t->r.gte = t->r.lt = t->r.lte = LP_SLICE_NONE;
+  if (t->r.limit < 0) t->r.limit = -1;
   t->final = F_NONE;
+  t->win = R->window < LP_FIRST_WINDOW ? R->window : LP_FIRST_WINDOW;
   R->nit++;
+  if (t->r.limit != 0) expect_open(R, t);
 }
 
 static titer *pick_iter(run *R, prog *g) {
@@ -631,12 +797,12 @@ static void op_iter_next(run *R, prog *g) {
     int rc = lp_client_iter_next(R->c, t->it, &key, &value, &err);
     REQUIRE(ready == (rc != 2));
     if (t->final != F_NONE) REQUIRE(rc == t->final);
-    if (t->r.limit >= 0 && t->returned == t->r.limit) REQUIRE(rc == 0); /* ends at its limit */
+    if (t->r.limit >= 0 && t->consumed == t->r.limit) REQUIRE(rc == 0); /* ends at its limit */
     if (rc == 2) break;
     if (rc == 1) {
-      t->returned++;
+      t->consumed++;
       stat_entries++;
-      REQUIRE(t->r.limit < 0 || t->returned <= t->r.limit);
+      REQUIRE(t->r.limit < 0 || t->consumed <= t->r.limit);
       REQUIRE((key.ptr != NULL) == (t->r.keys != 0));
       REQUIRE(t->r.values || value.ptr == NULL);
       sink += sum_bytes(key) + sum_bytes(value);
@@ -653,13 +819,47 @@ static void op_iter_close(run *R, prog *g) {
   titer *t = pick_iter(R, g);
   if (!t) return;
   lp_client_iter_close(R->c, t->it);
-  *t = R->its[--R->nit];
+  /* the rest keep their opening order, which a replay's reopens follow */
+  memmove(t, t + 1, (size_t)(R->its + R->nit - (t + 1)) * sizeof *t);
+  R->nit--;
+}
+
+/* A seek to a key; an iterator known to have ended (not failed: its error
+ * may still be behind buffered entries) may give entries back. */
+static void op_iter_seek(run *R, titer *t, uint8_t b) {
+  int64_t unread = t->final == 0 ? (b >> 3) & 3 : 0;
+  size_t before = lp_client_out(R->c)->len;
+  REQUIRE(lp_client_iter_seek(R->c, t->it, key_of((uint8_t)(b >> 5)), unread) == 0);
+  stat_seeks++;
+  if (unread > 0) t->consumed = unread < t->consumed ? t->consumed - unread : 0;
+  if (t->final == -1 || (t->r.limit >= 0 && t->consumed >= t->r.limit)) {
+    REQUIRE(lp_client_out(R->c)->len == before); /* stays failed, or at its limit */
+    return;
+  }
+  if (t->final == 0) {
+    expect_open(R, t);
+    return;
+  }
+  /* not known to have ended: reopened, unless it failed with entries still
+   * buffered (then nothing changes) */
+  if (lp_client_out(R->c)->len == before) {
+    REQUIRE(lp_client_iter_ready(R->c, t->it));
+  } else {
+    expect_open(R, t);
+  }
 }
 
 static void op_iter_deadline(run *R, prog *g) {
   titer *t = pick_iter(R, g);
   uint8_t b = next_byte(g);
-  if (t) lp_client_iter_wait_deadline(R->c, t->it, R->now + 1 + (b & 7));
+  if (!t) return;
+  if (b & 0x80) {
+    op_iter_seek(R, t, b);
+    return;
+  }
+  lp_client_iter_wait_deadline(R->c, t->it, R->now + 1 + (b & 7));
+  /* a wait before the first entry is the open's latency */
+  if (t->consumed > 0) t->starved = 1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -718,6 +918,7 @@ static void check_counts(run *R) {
   REQUIRE(lp_client_pending(R->c) == waiting);
   REQUIRE(lp_client_iterators(R->c) == R->nit);
   check_out(R);
+  expect_done(R);
 }
 
 static void finish(run *R) {
@@ -746,6 +947,7 @@ static void finish(run *R) {
   lp_client_free(R->c);
   free(R->toks);
   free(R->its);
+  free(R->expect);
   free(R->sv_req);
   free(R->sv_it);
   lp_buf_free(&R->sv_in);
@@ -754,7 +956,7 @@ static void finish(run *R) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const uint32_t windows[8] = {1, 2, 3, 4, 8, 16, 1024, 0};
+  static const uint32_t windows[8] = {1, 2, 3, 4, 40, 16, 1024, 0};
   static const size_t limits[4] = {0, 24, 64, 4096};
   prog g = {data, size, 0};
   lp_client_opts o;
@@ -815,40 +1017,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 /* A short fuzz pass without libFuzzer: the files named on the command line,
  * then random programs. */
 
-#include "../test/tap.h" /* the tests' rng and TAP line */
-
-#include <dirent.h>
-#include <sys/stat.h>
-
-static int replay_file(const char *path) {
-  FILE *f = fopen(path, "rb");
-  lp_buf b = {0};
-  char chunk[4096];
-  size_t n;
-  if (!f) return -1;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    append(&b, chunk, n);
-  fclose(f);
-  LLVMFuzzerTestOneInput((const uint8_t *)b.ptr, b.len);
-  lp_buf_free(&b);
-  return 0;
-}
-
-/* Replays a file, or every regular file of a directory; returns how many. */
-static long replay_path(const char *path) {
-  DIR *d = opendir(path);
-  struct dirent *de;
-  long n = 0;
-  if (!d) return replay_file(path) == 0 ? 1 : 0;
-  while ((de = readdir(d)) != NULL) {
-    char sub[4096];
-    struct stat st;
-    snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
-    if (stat(sub, &st) == 0 && S_ISREG(st.st_mode) && replay_file(sub) == 0) n++;
-  }
-  closedir(d);
-  return n;
-}
+#include "standalone.h"
 
 static void put(lp_buf *b, unsigned c) {
   uint8_t u = (uint8_t)c;
@@ -889,59 +1058,106 @@ static void stream_macro(lp_buf *in) {
   put(in, 7);
 }
 
+/* A reader that waits: open an iterator without a limit, write the open,
+ * stream a full first window (LP_FIRST_WINDOW entries) for an open id, feed
+ * it, step once, wait (op 15), step until the refill, which must double the
+ * window when the configured one allows it; then stream that larger window
+ * and step, without waiting, until the next refill, which must not. */
+static void burst32(lp_buf *in) {
+  unsigned i;
+  put(in, 4); /* op_make_iter: a long burst of 8 + 24 entries */
+  put(in, tap_rng() % 0xe0);
+  put(in, 24u << 3 | 3);
+  for (i = 0; i < 32; i++)
+    put(in, 0x80 | (unsigned)tap_rng()); /* a key, no value */
+}
+
+static void window_macro(lp_buf *in) {
+  unsigned b = (unsigned)tap_rng() & 0x73, i;
+  put(in, 12); /* op_iter_open: range_of, no limit */
+  put(in, b);
+  put(in, tap_rng() & 0x3f);
+  put(in, 2); /* op_write: everything */
+  put(in, 0);
+  burst32(in); /* LP_FIRST_WINDOW entries */
+  put(in, 6);  /* op_feed: everything */
+  put(in, 0);
+  put(in, 13); /* op_iter_next: the newest, one step */
+  put(in, 1);
+  put(in, 0);
+  put(in, 15); /* op_iter_deadline: the newest waits */
+  put(in, 1);
+  put(in, 3);
+  for (i = 0; i < 3; i++) {
+    put(in, 13); /* op_iter_next: the newest, 8 steps */
+    put(in, 1);
+    put(in, 7);
+  }
+  burst32(in);
+  burst32(in);
+  put(in, 6); /* op_feed: everything */
+  put(in, 0);
+  for (i = 0; i < 6; i++) {
+    put(in, 13); /* op_iter_next: the newest, 8 steps */
+    put(in, 1);
+    put(in, 7);
+  }
+}
+
 /* How often random programs draw each operation (by its number in
  * LLVMFuzzerTestOneInput's switch): garbage and resets rarely, or nothing
  * would survive long enough to stream iterator entries. */
-static const unsigned weights[18] = {6, 6, 10, 8, 10, 1, 12, 6, 2, 3, 1, 2, 4, 10, 1, 2, 1, 2};
+static const unsigned weights[18] = {6, 6, 10, 8, 10, 1, 12, 6, 2, 3, 1, 2, 4, 10, 1, 4, 1, 2};
 
-int main(int argc, char **argv) {
-  long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 20000, i, replayed = 0;
-  unsigned total_weight = 0;
-  lp_buf in = {0};
-  char what[160];
-  int a;
+/* One random program: the configuration byte, then 1 to 120 operations
+ * drawn by weight, with 0 to 4 argument bytes each, or a macro. */
+static void one_input(lp_buf *in) {
+  static unsigned total_weight;
+  uint8_t c = (uint8_t)tap_rng();
   size_t k, n;
-
-  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
-  if (iters <= 0) iters = 20000;
-  for (k = 0; k < sizeof weights / sizeof weights[0]; k++)
-    total_weight += weights[k];
-  for (a = 3; a < argc; a++)
-    replayed += replay_path(argv[a]);
-  for (i = 0; i < iters; i++) {
-    uint8_t c = (uint8_t)tap_rng();
-    in.len = 0;
-    append(&in, &c, 1);
-    n = 1 + (size_t)(tap_rng() % 120);
-    for (k = 0; k < n; k++) {
-      if (tap_rng() % 8 == 0) {
-        stream_macro(&in);
-        continue;
-      }
-      /* an operation drawn by weight, then arguments; an operation that
-       * takes fewer leaves the rest to be read as the next operations */
-      unsigned w = (unsigned)(tap_rng() % total_weight), op = 0, j;
-      while (w >= weights[op])
-        w -= weights[op++];
-      c = (uint8_t)(op + 18 * (tap_rng() % 14));
-      append(&in, &c, 1);
-      for (j = tap_rng() % 5; j > 0; j--) {
-        c = (uint8_t)tap_rng();
-        append(&in, &c, 1);
-      }
+  if (!total_weight)
+    for (k = 0; k < sizeof weights / sizeof weights[0]; k++)
+      total_weight += weights[k];
+  append(in, &c, 1);
+  n = 1 + (size_t)(tap_rng() % 120);
+  for (k = 0; k < n; k++) {
+    unsigned w, op = 0, j;
+    if (tap_rng() % 8 == 0) {
+      stream_macro(in);
+      continue;
     }
-    LLVMFuzzerTestOneInput((const uint8_t *)in.ptr, in.len);
+    if (tap_rng() % 24 == 0) {
+      window_macro(in);
+      continue;
+    }
+    /* an operation drawn by weight, then arguments; an operation that
+     * takes fewer leaves the rest to be read as the next operations */
+    w = (unsigned)(tap_rng() % total_weight);
+    while (w >= weights[op])
+      w -= weights[op++];
+    c = (uint8_t)(op + 18 * (tap_rng() % 14));
+    append(in, &c, 1);
+    for (j = tap_rng() % 5; j > 0; j--) {
+      c = (uint8_t)tap_rng();
+      append(in, &c, 1);
+    }
   }
-  lp_buf_free(&in);
+  LLVMFuzzerTestOneInput((const uint8_t *)in->ptr, in->len);
+}
+
+static void report(void) {
+  size_t k;
   printf("# ops:");
   for (k = 0; k < sizeof stat_ops / sizeof stat_ops[0]; k++)
     printf(" %lu", stat_ops[k]);
-  printf(" | taken %lu, entries fed %lu, returned %lu, protocol errors %lu, logged %lu\n",
-         stat_taken, stat_fed_entries, stat_entries, stat_proto, stat_logged);
-  snprintf(what, sizeof what,
-           "fuzz_client: %ld corpus files and %ld random programs, every invariant held", replayed,
-           iters);
-  check(1, what, "-");
-  return tap_done();
+  printf(" | taken %lu, entries fed %lu, returned %lu, protocol errors %lu, logged %lu, "
+         "oversized replies %lu, seeks %lu, refills %lu (%lu grown)\n",
+         stat_taken, stat_fed_entries, stat_entries, stat_proto, stat_logged, stat_oversized,
+         stat_seeks, stat_refills, stat_grown);
+}
+
+int main(int argc, char **argv) {
+  return standalone_main(argc, argv, "fuzz_client", 20000, one_input, report,
+                         "every invariant held");
 }
 #endif

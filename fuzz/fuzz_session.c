@@ -18,7 +18,12 @@
  *     first incomplete one, never more than it was given;
  *   - a frame over the limit, with an unknown tag or a malformed body is
  *     reported as LP_EPROTO and not acted on: the frames before it ran, it
- *     and everything after it did not (the store equals the model);
+ *     and everything after it did not (the store equals the model); a frame
+ *     over the limit whose tag and id came with its length prefix is first
+ *     answered with ETOOLARGE under that id, in its tag's reply type;
+ *   - a reply that would exceed the frame limit is never sent: a get's or a
+ *     getMany's is the ETOOLARGE error docs/PROTOCOL.md gives instead, and an
+ *     iterator whose next entry does not fit gets that error and ends there;
  *   - iterator entries respect the window of the last ack and the entry
  *     budget of each call, come in key order from the open's snapshot, and
  *     lp_session_pump's result says whether a window is still open;
@@ -26,7 +31,9 @@
  *
  * The store: one LevelDB per process in a fresh directory (under $TMPDIR,
  * else /dev/shm, else /tmp), opened before the first input and removed at
- * exit.  Each input starts from the same ten keys; the keys an input leaves
+ * exit.  Each input starts from the same seventeen keys (one, "big", with a
+ * value of 100 bytes, whose replies do not fit the smaller frame limits, and
+ * six whose replies fall on either side of them); the keys an input leaves
  * are deleted by a write batch, and the directory is recreated after
  * REOPEN_WRITES writes so that the tombstones every full scan steps over
  * stay few.
@@ -34,7 +41,8 @@
  * libFuzzer: make build/fuzz/fuzz_session (make fuzz runs it).
  * Standalone (gcc + ASan/UBSan, no libFuzzer): make build/fuzz/fuzz_session_standalone;
  *   build/fuzz/fuzz_session_standalone [N] [seed] [file or directory...]
- * replays the files given (the regression corpus), then N generated inputs.
+ * replays the files given (the regression corpus), then N generated inputs
+ * (fuzz/standalone.h).
  */
 #include "private.h"
 
@@ -65,6 +73,7 @@ static void fail(const char *why) {
 #define MSG_NULL_VALUE    "value cannot be `null` or `undefined`"
 #define MSG_NOT_FOUND     "NotFound: "
 #define MSG_TOO_MANY      "too many open iterators"
+#define MSG_TOO_LARGE     "ETOOLARGE: %s: %s %zu bytes, over the frame limit of %zu"
 #define MODEL_MAX_ITERS   4096
 #define UNLIMITED_BUDGET  ((size_t)1 << 20)
 #define REOPEN_WRITES     4096
@@ -221,10 +230,12 @@ static size_t writes_since_open; /* tombstones + live keys, bounded by REOPEN_WR
 static model M;
 static mit **its;
 static size_t nits, itcap;
-static lp_buf out;  /* the session's replies */
-static size_t ocur; /* replies checked so far */
+static lp_buf out;   /* the session's replies */
+static size_t ocur;  /* replies checked so far */
+static size_t limit; /* the session's frame limit, its default for 0 */
 /* What the inputs reached (printed by the standalone main). */
 static unsigned long stat_req[LP_REQ_GETMANY + 1], stat_entries, stat_proto, stat_reopen;
+static unsigned long stat_refused, stat_too_large;
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
   (void)st;
@@ -277,14 +288,32 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* Every input starts from these, so that gets and iterators find something. */
+#define BIG_VALUE                                                                                  \
+  "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"                       \
+  "0123456789abcdefghijklmnopqr"
 static const struct {
   const char *k, *v;
   size_t kl, vl;
-} seeds[] = {{"a", "1", 1, 1},      {"ab", "", 2, 0},
-             {"b", "bee", 1, 3},    {"c", "{\"x\":1}", 1, 7},
-             {"k1", "v1", 2, 2},    {"k2", "v2", 2, 2},
-             {"k3", "v3", 2, 2},    {"z", "zed", 1, 3},
-             {"\x00", "nul", 1, 3}, {"\xff\xff", "\x00\x01", 2, 2}};
+} seeds[] = {{"a", "1", 1, 1},
+             {"ab", "", 2, 0},
+             {"b", "bee", 1, 3},
+             {"c", "{\"x\":1}", 1, 7},
+             {"k1", "v1", 2, 2},
+             {"k2", "v2", 2, 2},
+             {"k3", "v3", 2, 2},
+             {"z", "zed", 1, 3},
+             {"\x00", "nul", 1, 3},
+             {"\xff\xff", "\x00\x01", 2, 2},
+             {"big", BIG_VALUE, 3, 100},
+             /* around the limits of 16 and 64 bytes: an entry of "l" (under
+              * an id of one byte) fits exactly, one of "m" is a byte over;
+              * a get of "n" fits exactly, under an id of two bytes not */
+             {"l", BIG_VALUE, 1, 9},
+             {"m", BIG_VALUE, 1, 10},
+             {"n", BIG_VALUE, 1, 11},
+             {"L", BIG_VALUE, 1, 57},
+             {"M", BIG_VALUE, 1, 58},
+             {"N", BIG_VALUE, 1, 59}};
 
 /* Leaves the store and the model holding exactly the seeds. */
 static void start_input(void) {
@@ -405,6 +434,22 @@ static void next_reply(lp_response *r) {
   ocur += used;
 }
 
+/* Whether the reply frame f (length prefix included) has a payload over the
+ * limit; f is emptied. */
+static int over_limit(lp_buf *f) {
+  uint64_t n;
+  size_t used;
+  int over;
+  REQUIRE(lp_varint_get(f->ptr, f->len, &n, &used) == 1 && used + n == f->len);
+  over = n > (uint64_t)limit;
+  f->len = 0;
+  return over;
+}
+
+static void too_large_msg(char *dst, size_t n, const char *op, const char *what, size_t bytes) {
+  snprintf(dst, n, MSG_TOO_LARGE, op, what, bytes, limit);
+}
+
 static void expect_callback(uint32_t id, const char *err, lp_slice value) {
   lp_response r;
   next_reply(&r);
@@ -414,12 +459,30 @@ static void expect_callback(uint32_t id, const char *err, lp_slice value) {
   REQUIRE(slice_eq(r.value, value));
 }
 
-/* One iterator frame for m: an entry (checked against its snapshot) or the
- * end marker.  Returns 1 for an entry. */
+/* One iterator frame for m: an entry (checked against its snapshot), the end
+ * marker, or the error for an entry over the limit.  Returns 1 for an entry. */
 static int take_iter_frame(mit *m, const lp_response *r) {
   REQUIRE(r->tag == LP_RES_ITERDATA);
   REQUIRE(r->id == m->id);
   REQUIRE(mit_live(m));
+  if (m->pos < m->nsnap) {
+    lp_slice ks = m->keys ? m->snap[m->pos].k : EMPTY;
+    lp_slice vs = m->values ? m->snap[m->pos].v : EMPTY;
+    lp_buf f = {0};
+    int over;
+    if (lp_wire_enc_iterdata(&f, m->id, ks, vs) != 0) fail("ENOMEM");
+    over = over_limit(&f);
+    lp_buf_free(&f);
+    if (over) {
+      char msg[160];
+      too_large_msg(msg, sizeof msg, "iterator", "an entry is", ks.len + vs.len);
+      REQUIRE(slice_eq(r->error, cstr(msg)));
+      REQUIRE(r->key.ptr == NULL && r->value.ptr == NULL);
+      m->ended = 1;
+      stat_too_large++;
+      return 0;
+    }
+  }
   REQUIRE(r->error.ptr == NULL);
   if (r->key.ptr == NULL && r->value.ptr == NULL) {
     REQUIRE(m->pos == m->nsnap);
@@ -495,6 +558,29 @@ static void model_getmany(const lp_request *q) {
     REQUIRE(slice_eq(r.error, cstr(MSG_EMPTY_KEY)) && r.count == 0);
     return;
   }
+  /* the whole reply, to know whether it fits */
+  {
+    lp_buf rest = {0}, f = {0};
+    size_t total = 0;
+    cur = 0;
+    while (lp_wire_next_key(q, &cur, &k)) {
+      const ment *e = m_get(&M, k);
+      if (lp_wire_rest_getmany_value(&rest, e ? e->v : LP_SLICE_NONE) != 0) fail("ENOMEM");
+      total += e ? e->v.len : 0;
+    }
+    if (lp_wire_enc_getmany(&f, q->id, NULL, 0, (lp_slice){rest.ptr ? rest.ptr : "", rest.len}))
+      fail("ENOMEM");
+    lp_buf_free(&rest);
+    if (over_limit(&f)) {
+      char msg[160];
+      lp_buf_free(&f);
+      too_large_msg(msg, sizeof msg, "getMany", "the values are", total);
+      REQUIRE(slice_eq(r.error, cstr(msg)) && r.count == 0);
+      stat_too_large++;
+      return;
+    }
+    lp_buf_free(&f);
+  }
   REQUIRE(r.error.ptr == NULL);
   cur = 0;
   while (lp_wire_next_key(q, &cur, &k)) {
@@ -545,7 +631,19 @@ static void model_request(const lp_request *q, size_t *budget) {
       if (q->key.len == 0) {
         expect_callback(q->id, MSG_EMPTY_KEY, LP_SLICE_NONE);
       } else if ((e = m_get(&M, q->key)) != NULL) {
-        expect_callback(q->id, NULL, e->v);
+        lp_buf f = {0};
+        int over;
+        if (lp_wire_enc_callback(&f, q->id, NULL, 0, e->v) != 0) fail("ENOMEM");
+        over = over_limit(&f);
+        lp_buf_free(&f);
+        if (over) {
+          char msg[160];
+          too_large_msg(msg, sizeof msg, "get", "the value is", e->v.len);
+          expect_callback(q->id, msg, LP_SLICE_NONE);
+          stat_too_large++;
+        } else {
+          expect_callback(q->id, NULL, e->v);
+        }
       } else {
         expect_callback(q->id, MSG_NOT_FOUND, LP_SLICE_NONE);
       }
@@ -593,6 +691,33 @@ static void model_request(const lp_request *q, size_t *budget) {
 /* Driving the session                                                        */
 /* ------------------------------------------------------------------------ */
 
+/* A frame over the limit (p: from its length prefix, len bytes of it have
+ * arrived): when its tag (a known one) and its whole id arrived, that request
+ * is answered with ETOOLARGE in its tag's reply type (docs/PROTOCOL.md,
+ * "Framing"); else nothing is. */
+static void expect_refusal(const char *p, size_t len) {
+  static const char *const ops[] = {"get", "put", "del", "batch", "iterator", "clear", "getMany"};
+  static const int types[] = {LP_RES_CALLBACK, LP_RES_CALLBACK, LP_RES_CALLBACK, LP_RES_CALLBACK,
+                              LP_RES_ITERDATA, LP_RES_CALLBACK, LP_RES_GETMANY};
+  const unsigned char *h;
+  uint64_t n, id;
+  size_t u, avail;
+  lp_response r;
+  char msg[200];
+  if (lp_varint_get(p, len, &n, &u) != 1) return; /* over 10 bytes: no answer */
+  REQUIRE(n > (uint64_t)limit);
+  h = (const unsigned char *)p + u;
+  avail = len - u;
+  if (avail < 3 || h[0] > LP_REQ_GETMANY || h[1] != 0x08) return;
+  if (lp_varint_get((const char *)h + 2, avail - 2, &id, &u) != 1) return;
+  snprintf(msg, sizeof msg, "ETOOLARGE: %s: the request is %llu bytes, over the frame limit of %zu",
+           ops[h[0]], (unsigned long long)n, limit);
+  next_reply(&r);
+  REQUIRE(r.tag == types[h[0]] && r.id == (uint32_t)id);
+  REQUIRE(slice_eq(r.error, cstr(msg)));
+  stat_refused++;
+}
+
 static void replies_done(void) {
   REQUIRE(ocur == out.len);
   out.len = 0;
@@ -620,6 +745,7 @@ static int session_read(lp_session *s, lp_buf *in, size_t max_frame, size_t budg
       off += u;
       continue;
     }
+    if (rc == LP_WIRE_TOO_BIG) expect_refusal(in->ptr + off, in->len - off);
     if (rc != LP_WIRE_OK || lp_wire_decode_request(payload, &q) != LP_WIRE_OK) {
       bad = 1;
       break;
@@ -668,8 +794,10 @@ static uint32_t lcg(uint32_t *st) {
   return *st >> 16;
 }
 
+/* The frame limits the configuration byte chooses from (0: the default). */
+static const size_t frame_limits[4] = {0, 16, 64, 1024};
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const size_t frame_limits[4] = {0, 16, 64, 1024};
   static const size_t budgets[4] = {UNLIMITED_BUDGET, 1, 3, 17};
   static const uint32_t chunk_max[4] = {0, 1, 7, 97}; /* 0: everything at once */
   const char *p = (const char *)data + 1;
@@ -685,6 +813,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cfg = data[0];
   n = size - 1;
   max_frame = frame_limits[cfg & 3];
+  limit = max_frame ? max_frame : LP_DEFAULT_MAX_FRAME;
   budget = budgets[(cfg >> 2) & 3];
   cmax = chunk_max[(cfg >> 4) & 3];
   st = (uint32_t)size * 2654435761u ^ cfg;
@@ -717,24 +846,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
  * then streams of encoder-made request frames over keys the seeds share,
  * half of them mutated. */
 
-#include "../test/tap.h" /* the tests' rng and TAP line */
-
-#include <dirent.h>
-
-static size_t below(size_t n) { return n ? (size_t)(tap_rng() % n) : 0; }
+#include "standalone.h"
 
 static const struct {
   const char *p;
   size_t n;
-} gen_keys[] = {{"", 0},   {"a", 1},  {"ab", 2}, {"b", 1}, {"c", 1},       {"k1", 2},
-                {"k2", 2}, {"k3", 2}, {"k4", 2}, {"z", 1}, {"\x00", 1},    {"\xff\xff", 2},
-                {"aa", 2}, {"k", 1},  {"y", 1},  {"v", 1}, {"\x00\x00", 2}};
+} gen_keys[] = {{"", 0},   {"a", 1},  {"ab", 2}, {"b", 1}, {"c", 1},        {"k1", 2},
+                {"k2", 2}, {"k3", 2}, {"k4", 2}, {"z", 1}, {"\x00", 1},     {"\xff\xff", 2},
+                {"aa", 2}, {"k", 1},  {"y", 1},  {"v", 1}, {"\x00\x00", 2}, {"big", 3},
+                {"l", 1},  {"m", 1},  {"n", 1},  {"L", 1}, {"M", 1},        {"N", 1}};
 
 static lp_slice gen_key(void) {
   size_t i = below(sizeof gen_keys / sizeof gen_keys[0]);
   lp_slice s;
   s.ptr = gen_keys[i].p;
   s.len = gen_keys[i].n;
+  return s;
+}
+
+static size_t gen_limit; /* the frame limit of the input being made (0: the default) */
+
+/* A key, or one time in three a value of 0 to 63 bytes, half of those a few
+ * bytes under the input's frame limit, so that a put that fits can make a
+ * reply or an entry one byte over it (under a wider id). */
+static lp_slice gen_value(void) {
+  lp_slice s;
+  if (below(3)) return gen_key();
+  s.ptr = BIG_VALUE;
+  s.len = below(64);
+  if (gen_limit && gen_limit < 100 && below(2)) s.len = gen_limit - 10 + below(4);
   return s;
 }
 
@@ -756,9 +896,13 @@ static void gen_range(lp_range *r) {
 static void gen_frame(lp_buf *b) {
   lp_buf rest = {0};
   lp_range rg;
-  uint32_t id = (uint32_t)below(4);
+  /* a few ids, two of them wider on the wire (2 and 5 bytes): a reply under
+   * one of them is larger than the request that wrote its value */
+  uint32_t id = (uint32_t)below(6);
   size_t i, n;
   int rc = 0;
+  if (id == 4) id = 300;
+  if (id == 5) id = (uint32_t)1 << 28;
   /* one frame in 24 is an unknown tag or random bytes */
   switch (below(24) ? below(12) : 12 + below(2)) {
     case 0:
@@ -767,11 +911,12 @@ static void gen_frame(lp_buf *b) {
            lp_wire_frame(b, LP_REQ_GET, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 2:
-      rc = lp_wire_rest_put(&rest, gen_key(), below(5) ? gen_key() : LP_SLICE_NONE) ||
+      rc = lp_wire_rest_put(&rest, gen_key(), below(5) ? gen_value() : LP_SLICE_NONE) ||
+           (below(4) == 0 && lp_wire_rest_sync(&rest)) ||
            lp_wire_frame(b, LP_REQ_PUT, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 3:
-      rc = lp_wire_rest_key(&rest, gen_key()) ||
+      rc = lp_wire_rest_key(&rest, gen_key()) || (below(4) == 0 && lp_wire_rest_sync(&rest)) ||
            lp_wire_frame(b, LP_REQ_DEL, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 4:
@@ -779,8 +924,9 @@ static void gen_frame(lp_buf *b) {
       for (i = 0; i < n && rc == 0; i++) {
         int put = (int)below(2);
         rc = lp_wire_rest_batch_op(&rest, put ? LP_OP_PUT : LP_OP_DEL, gen_key(),
-                                   put && below(6) ? gen_key() : LP_SLICE_NONE);
+                                   put && below(6) ? gen_value() : LP_SLICE_NONE);
       }
+      rc = rc || (below(4) == 0 && lp_wire_rest_sync(&rest));
       rc = rc || lp_wire_frame(b, LP_REQ_BATCH, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 5:
@@ -804,7 +950,7 @@ static void gen_frame(lp_buf *b) {
       if (below(4) == 0)
         rc = lp_wire_frame(b, LP_REQ_CLEAR, id, EMPTY); /* options absent: everything */
       else
-        rc = lp_wire_rest_clear(&rest, &rg) ||
+        rc = lp_wire_rest_clear(&rest, &rg) || (below(4) == 0 && lp_wire_rest_sync(&rest)) ||
              lp_wire_frame(b, LP_REQ_CLEAR, id, (lp_slice){rest.ptr, rest.len});
       break;
     case 10: rc = lp_wire_frame(b, LP_REQ_ITER, id, LP_SLICE_NONE); break; /* a close */
@@ -839,69 +985,32 @@ static void mutate(lp_buf *b) {
   }
 }
 
-static int replay_file(const char *path) {
-  FILE *f = fopen(path, "rb");
-  lp_buf b = {0};
-  char chunk[4096];
-  size_t n;
-  if (!f) return -1;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    if (lp_buf_append(&b, chunk, n) != 0) fail("ENOMEM");
-  fclose(f);
-  LLVMFuzzerTestOneInput((const uint8_t *)b.ptr, b.len);
-  lp_buf_free(&b);
-  return 0;
+/* One input: the configuration byte, then 1 to 12 frames, mutated one time
+ * in three. */
+static void one_input(lp_buf *in) {
+  uint8_t cfg = (uint8_t)tap_rng();
+  size_t k, n;
+  if (below(4)) cfg &= 0xfc; /* mostly the default frame limit */
+  gen_limit = frame_limits[cfg & 3];
+  if (lp_buf_append(in, &cfg, 1) != 0) fail("ENOMEM");
+  n = 1 + below(12);
+  for (k = 0; k < n; k++)
+    gen_frame(in);
+  if (below(3) == 0) mutate(in);
+  LLVMFuzzerTestOneInput((const uint8_t *)in->ptr, in->len);
 }
 
-/* Replays a file, or every regular file of a directory; returns how many. */
-static long replay_path(const char *path) {
-  DIR *d = opendir(path);
-  struct dirent *de;
-  long n = 0;
-  if (!d) return replay_file(path) == 0 ? 1 : 0;
-  while ((de = readdir(d)) != NULL) {
-    char sub[4096];
-    struct stat st;
-    snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
-    if (stat(sub, &st) == 0 && S_ISREG(st.st_mode) && replay_file(sub) == 0) n++;
-  }
-  closedir(d);
-  return n;
+static void report(void) {
+  printf("# requests: get %lu put %lu del %lu batch %lu iter %lu clear %lu getmany %lu | "
+         "entries %lu, protocol errors %lu (%lu answered ETOOLARGE), replies over the limit %lu, "
+         "store recreated %lu times\n",
+         stat_req[0], stat_req[1], stat_req[2], stat_req[3], stat_req[4], stat_req[5], stat_req[6],
+         stat_entries, stat_proto, stat_refused, stat_too_large, stat_reopen);
 }
 
 int main(int argc, char **argv) {
-  long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 3000, i, replayed = 0;
-  lp_buf in = {0};
-  char what[160];
-  int a;
-  size_t k, n;
-
-  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
-  if (iters <= 0) iters = 3000;
   setup();
-  for (a = 3; a < argc; a++)
-    replayed += replay_path(argv[a]);
-  for (i = 0; i < iters; i++) {
-    uint8_t cfg = (uint8_t)tap_rng();
-    if (below(4)) cfg &= 0xfc; /* mostly the default frame limit */
-    in.len = 0;
-    if (lp_buf_append(&in, &cfg, 1) != 0) fail("ENOMEM");
-    n = 1 + below(12);
-    for (k = 0; k < n; k++)
-      gen_frame(&in);
-    if (below(3) == 0) mutate(&in);
-    LLVMFuzzerTestOneInput((const uint8_t *)in.ptr, in.len);
-  }
-  lp_buf_free(&in);
-  printf("# requests: get %lu put %lu del %lu batch %lu iter %lu clear %lu getmany %lu | "
-         "entries %lu, protocol errors %lu, store recreated %lu times\n",
-         stat_req[0], stat_req[1], stat_req[2], stat_req[3], stat_req[4], stat_req[5], stat_req[6],
-         stat_entries, stat_proto, stat_reopen);
-  snprintf(what, sizeof what,
-           "fuzz_session: %ld corpus files and %ld generated inputs, every reply as the model "
-           "predicts",
-           replayed, iters);
-  check(1, what, "-");
-  return tap_done();
+  return standalone_main(argc, argv, "fuzz_session", 3000, one_input, report,
+                         "every reply as the model predicts");
 }
 #endif

@@ -12,14 +12,11 @@
  *     bytes.
  * Any inconsistency abort()s: fine in a fuzzer, never in the library.
  *
- * libFuzzer:
- *   clang -fsanitize=fuzzer,address,undefined -Isrc \
- *     fuzz/fuzz_wire.c src/wire.c src/buf.c -o /tmp/fw
- *   /tmp/fw -max_total_time=60
- * Standalone (plain gcc + ASan, no libFuzzer; N inputs, default 200000; optional seed):
- *   gcc -DLP_FUZZ_STANDALONE -fsanitize=address,undefined -Isrc \
- *     fuzz/fuzz_wire.c src/wire.c src/buf.c -o /tmp/fws
- *   /tmp/fws [N] [seed]
+ * libFuzzer: make build/fuzz/fuzz_wire (make fuzz runs it).
+ * Standalone (gcc + ASan/UBSan, no libFuzzer): make build/fuzz/fuzz_wire_standalone;
+ *   build/fuzz/fuzz_wire_standalone [N] [seed] [file or directory...]
+ * runs the examples of docs/PROTOCOL.md, the files given, then N generated
+ * inputs (default 200000); fuzz/standalone.h.
  */
 #include "private.h"
 
@@ -93,13 +90,32 @@ static void opts_to_range(const lp_wire_opts *o, lp_range *r) {
   r->reverse = o->has_reverse ? o->reverse : 0;
 }
 
+/* A side with two bounds keeps the tighter one, the exclusive one on a tie
+ * (docs/PROTOCOL.md, "Ranges": a clear leaves with one bound per side). */
+static void one_bound(lp_slice *excl, lp_slice *incl, int upper) {
+  int c;
+  if (!excl->ptr || !incl->ptr) return;
+  c = lp_slice_cmp(*excl, *incl);
+  if (upper ? c <= 0 : c >= 0)
+    *incl = LP_SLICE_NONE;
+  else
+    *excl = LP_SLICE_NONE;
+}
+
+/* b: a's options after a round trip; an iterator's (with_kv) keep every
+ * bound, a clear's one per side. */
 static void check_opts(const lp_wire_opts *a, const lp_wire_opts *b, int with_kv) {
+  lp_slice gt = a->gt, gte = a->gte, lt = a->lt, lte = a->lte;
   lp_range ra;
 
   opts_to_range(a, &ra);
+  if (!with_kv) {
+    one_bound(&gt, &gte, 0);
+    one_bound(&lt, &lte, 1);
+  }
   REQUIRE(b->present);
-  REQUIRE(slice_eq(a->gt, b->gt) && slice_eq(a->gte, b->gte));
-  REQUIRE(slice_eq(a->lt, b->lt) && slice_eq(a->lte, b->lte));
+  REQUIRE(slice_eq(gt, b->gt) && slice_eq(gte, b->gte));
+  REQUIRE(slice_eq(lt, b->lt) && slice_eq(lte, b->lte));
   REQUIRE(b->has_limit && b->limit == (ra.limit < 0 ? -1 : ra.limit));
   REQUIRE(b->has_reverse && b->reverse == (ra.reverse != 0));
   if (with_kv) {
@@ -156,6 +172,7 @@ static void encode_request(const lp_request *r, lp_buf *out) {
       break;
     default: fail("decoded request with an unknown tag");
   }
+  if (r->sync) REQUIRE(lp_wire_rest_sync(&rest) == 0); /* a write's sync flag, field 15, last */
   REQUIRE(lp_wire_frame(out, r->tag, r->id, buf_slice(&rest)) == 0);
   lp_buf_free(&rest);
 }
@@ -167,6 +184,8 @@ static void compare_requests(const lp_request *a, const lp_request *b) {
   int ra, rb;
 
   REQUIRE(a->tag == b->tag && a->id == b->id);
+  REQUIRE(a->sync == b->sync);
+  REQUIRE(!a->sync || (a->tag != LP_REQ_GET && a->tag != LP_REQ_ITER && a->tag != LP_REQ_GETMANY));
   switch (a->tag) {
     case LP_REQ_GET:
     case LP_REQ_DEL: REQUIRE(slice_eq(a->key, b->key) && b->value.ptr == NULL); break;
@@ -421,9 +440,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
  * messages, and mutations of valid frames (the examples of docs/PROTOCOL.md and
  * frames built by the encoders). */
 
-#include "../test/tap.h" /* the tests' rng and TAP line */
-
-static size_t below(size_t n) { return n ? (size_t)(tap_rng() % n) : 0; }
+#include "standalone.h"
 
 static void put_byte(lp_buf *b, uint8_t c) {
   if (lp_buf_append(b, &c, 1) != 0) fail("ENOMEM");
@@ -638,16 +655,23 @@ static void valid_frame(lp_buf *out) {
   switch (kind) {
     case 0:
       lp_wire_rest_key(&rest, a);
-      lp_wire_frame(out, (int)(below(2) ? LP_REQ_GET : LP_REQ_DEL), id, buf_slice(&rest));
+      if (below(2)) {
+        lp_wire_frame(out, LP_REQ_GET, id, buf_slice(&rest));
+        break;
+      }
+      if (below(4) == 0) lp_wire_rest_sync(&rest); /* writes: sometimes the sync flag */
+      lp_wire_frame(out, LP_REQ_DEL, id, buf_slice(&rest));
       break;
     case 1:
       lp_wire_rest_put(&rest, a, b);
+      if (below(4) == 0) lp_wire_rest_sync(&rest);
       lp_wire_frame(out, LP_REQ_PUT, id, buf_slice(&rest));
       break;
     case 2:
       n = below(5);
       for (i = 0; i < n; i++)
         lp_wire_rest_batch_op(&rest, (int)below(2), below(2) ? a : b, below(2) ? b : a);
+      if (below(4) == 0) lp_wire_rest_sync(&rest);
       lp_wire_frame(out, LP_REQ_BATCH, id, buf_slice(&rest));
       break;
     case 3:
@@ -666,6 +690,7 @@ static void valid_frame(lp_buf *out) {
       break;
     case 6:
       lp_wire_rest_clear(&rest, &rg);
+      if (below(4) == 0) lp_wire_rest_sync(&rest);
       lp_wire_frame(out, LP_REQ_CLEAR, id, buf_slice(&rest));
       break;
     case 7: lp_wire_enc_callback(out, id, below(2) ? "NotFound: " : NULL, 10, b); break;
@@ -780,49 +805,45 @@ static void mutate(lp_buf *b) {
   }
 }
 
-int main(int argc, char **argv) {
-  long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 200000;
-  lp_buf in = {0};
-  char what[128];
-  long i;
+static void one_input(lp_buf *in) {
   size_t k, n;
-
-  if (argc > 2) tap_rng_seed(strtoull(argv[2], NULL, 0));
-  if (iters <= 0) iters = 200000;
-  for (k = 0; k < sizeof examples / sizeof examples[0]; k++)
-    LLVMFuzzerTestOneInput((const uint8_t *)examples[k], example_len(examples[k]));
-  for (i = 0; i < iters; i++) {
-    in.len = 0;
-    switch (below(4)) {
-      case 0: /* random bytes */
-        n = below(64);
-        for (k = 0; k < n; k++)
-          put_byte(&in, (uint8_t)(below(2) ? tap_rng() : below(0x20)));
-        break;
-      case 1: /* an example, mutated */
-        k = below(sizeof examples / sizeof examples[0]);
-        if (lp_buf_append(&in, examples[k], example_len(examples[k])) != 0) fail("ENOMEM");
-        mutate(&in);
-        break;
-      default: /* one to three encoder-made frames, mutated half of the time */
-        n = 1 + below(3);
-        for (k = 0; k < n; k++)
-          valid_frame(&in);
-        if (below(2)) mutate(&in);
-        break;
-    }
-    /* Two views: the bytes as they are, and without the first byte (so the
-     * whole-input decode sees a payload that starts at the tag). */
-    LLVMFuzzerTestOneInput((const uint8_t *)in.ptr, in.len);
-    if (in.len > 1) LLVMFuzzerTestOneInput((const uint8_t *)in.ptr + 1, in.len - 1);
+  switch (below(4)) {
+    case 0: /* random bytes */
+      n = below(64);
+      for (k = 0; k < n; k++)
+        put_byte(in, (uint8_t)(below(2) ? tap_rng() : below(0x20)));
+      break;
+    case 1: /* an example, mutated */
+      k = below(sizeof examples / sizeof examples[0]);
+      if (lp_buf_append(in, examples[k], example_len(examples[k])) != 0) fail("ENOMEM");
+      mutate(in);
+      break;
+    default: /* one to three encoder-made frames, mutated half of the time */
+      n = 1 + below(3);
+      for (k = 0; k < n; k++)
+        valid_frame(in);
+      if (below(2)) mutate(in);
+      break;
   }
-  lp_buf_free(&in);
+  /* Two views: the bytes as they are, and without the first byte (so the
+   * whole-input decode sees a payload that starts at the tag). */
+  LLVMFuzzerTestOneInput((const uint8_t *)in->ptr, in->len);
+  if (in->len > 1) LLVMFuzzerTestOneInput((const uint8_t *)in->ptr + 1, in->len - 1);
+}
+
+static void report(void) {
   printf("# round trips: get %lu put %lu del %lu batch %lu iter %lu clear %lu getmany %lu | "
          "callback %lu iterdata %lu getmanycb %lu\n",
          stat_req_ok[0], stat_req_ok[1], stat_req_ok[2], stat_req_ok[3], stat_req_ok[4],
          stat_req_ok[5], stat_req_ok[6], stat_res_ok[0], stat_res_ok[1], stat_res_ok[2]);
-  snprintf(what, sizeof what, "fuzz_wire: %ld generated inputs, no crash or mismatch", iters);
-  check(1, what, "-");
-  return tap_done();
+}
+
+int main(int argc, char **argv) {
+  size_t k;
+  /* the examples of docs/PROTOCOL.md first, as they are */
+  for (k = 0; k < sizeof examples / sizeof examples[0]; k++)
+    LLVMFuzzerTestOneInput((const uint8_t *)examples[k], example_len(examples[k]));
+  return standalone_main(argc, argv, "fuzz_wire", 200000, one_input, report,
+                         "no crash or mismatch");
 }
 #endif

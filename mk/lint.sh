@@ -13,7 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 shopt -s nullglob
 
-C_FILES=(src/*.c src/*.h include/*.h examples/embed/*.c test/*.c test/*.h test/lua/*.c fuzz/*.c bench/*.c)
+C_FILES=(src/*.c src/*.h include/*.h examples/embed/*.c test/*.c test/*.h test/lua/*.c fuzz/*.c fuzz/*.h bench/*.c)
 
 # The Lua files of the checkout: tracked and new ones, minus what git ignores
 # (node_modules, build output); every *.lua outside those without git.

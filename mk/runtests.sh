@@ -2,20 +2,23 @@
 # mk/runtests.sh MODE   (called by `make test` / `make sanitize`)
 #
 # MODE test:     lint, build, then test/*_test.c, the standalone fuzz passes,
-#                busted under lua5.4 and luajit, the luarocks install check.
+#                the short chaos soak, busted under lua5.4 and luajit, the
+#                luarocks install check.  SPEC=chaos: the chaos soak alone.
 # MODE sanitize: the same C tests and the lua5.4 specs, ASan+UBSan builds;
 #                then the C tests and the multi-process specs under
 #                ThreadSanitizer; then the C tests and two API specs under
 #                valgrind memcheck.
-# Environment: SPEC (spec files to run; skips lint, the C tests, fuzz and the
-# luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS (fuzz_wire),
+# Environment: SPEC (spec files to run; skips lint, the C tests, fuzz, chaos
+# and the luarocks check), LUA (all | 5.4 | luajit), MAKE, FUZZ_ITERS (fuzz_wire),
 # FUZZ_SESSION_ITERS, FUZZ_CLIENT_ITERS, TEST_TIMEOUT (seconds per C test),
 # VALGRIND_TIMEOUT (the same under valgrind), BUSTED_TIMEOUT (seconds per busted
-# run), TSAN_SPECS and VALGRIND_SPECS (the specs of those passes).
+# run), TSAN_SPECS and VALGRIND_SPECS (the specs of those passes),
+# CHAOS_SECONDS, CHAOS_SEEDS, CHAOS_TIMEOUT and CHAOS_ARGS (the chaos soak, see
+# chaos_pass).
 #
 # Counting: every `ok -` / `not ok -` line of a C test, every busted test
-# (TAP), each lint check (mk/lint.sh), each fuzz target and the luarocks
-# check as one test each.  A program
+# (TAP), each lint check (mk/lint.sh), each fuzz target, the chaos soak and
+# the luarocks check as one test each.  A program
 # that crashes, times out or exits non-zero without a `not ok` line counts as
 # one more failure.  The last line is always "N passed, N failed" (plus
 # ", N skipped" when busted reported pending tests); exit 1 on any failure.
@@ -172,14 +175,56 @@ fuzz_one() {
   fi
 }
 
-# The session and client drivers also replay their regression corpus.
+# Each driver replays its regression corpus (fuzz/corpus/NAME), then runs
+# generated inputs (fuzz/standalone.h); a few seconds of CPU each.
 fuzz_pass() {
   echo "== fuzz (standalone, ASan+UBSan) =="
   fuzz_one wire "$FUZZ_ITERS"
-  # fuzz_session and fuzz_client are not run here yet: their models of the
-  # session and the client predate ETOOLARGE replies, growing iterator
-  # windows and seek, and stop on them (see docs/RELIABILITY.md, "Fuzzing
-  # and sanitizers").  `make fuzz` still builds and runs them.
+  fuzz_one session "$FUZZ_SESSION_ITERS" 1 fuzz/corpus/session
+  fuzz_one client "$FUZZ_CLIENT_ITERS" 1 fuzz/corpus/client
+}
+
+# The short chaos soak (chaos/driver.lua; docs/RELIABILITY.md, "Chaos soak"),
+# one test: a run of CHAOS_SECONDS per seed of CHAOS_SEEDS ("random" draws
+# one), with the actors' call timeout CHAOS_TIMEOUT (the driver's bounds
+# scale with it), and CHAOS_ARGS (more driver arguments: --lie must fail).
+# Each run prints its seed; a failed one shows the driver's
+# report (its FAIL lines and summary) and how to replay it.  Logs stay in
+# build/chaos/SEED/.
+CHAOS_SECONDS=${CHAOS_SECONDS:-30}
+CHAOS_SEEDS=${CHAOS_SEEDS:-101 random}
+CHAOS_TIMEOUT=${CHAOS_TIMEOUT:-1}
+chaos_pass() {
+  local seed log rc bad_seeds=()
+  echo "== chaos (${CHAOS_SECONDS} s per seed: $CHAOS_SEEDS) =="
+  if ! build build/5.4/levelparty/core.so build/luajit/levelparty/core.so; then
+    bad "chaos: core.so does not build"
+    return
+  fi
+  for seed in $CHAOS_SEEDS; do
+    [ "$seed" = random ] && seed=$(((RANDOM << 15 | RANDOM) % 1000000 + 1))
+    log="$LOGS/chaos-$seed.log"
+    echo "chaos: seed $seed"
+    timeout $((CHAOS_SECONDS * 4 + 300)) sh mk/luaenv.sh 5.4 lua5.4 chaos/driver.lua \
+      --duration "$CHAOS_SECONDS" --seed "$seed" --timeout "$CHAOS_TIMEOUT" ${CHAOS_ARGS:-} \
+      </dev/null >"$log" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+      grep -E '^chaos: (kills|failovers|PASSED)' "$log" | sed 's/^/  /'
+    else
+      bad_seeds+=("$seed")
+      [ "$rc" -eq 124 ] && echo "  timed out after $((CHAOS_SECONDS * 4 + 300)) s"
+      echo "  FAILED (exit $rc), seed $seed: make chaos SEED=$seed DURATION=$CHAOS_SECONDS" \
+        "CHAOS_ARGS='--timeout $CHAOS_TIMEOUT${CHAOS_ARGS:+ $CHAOS_ARGS}'; logs in build/chaos/$seed/" \
+        "(events.log: the driver's kills, stops, exits, LOCK holders), $log"
+      grep -vE '^chaos: (seed|all open|chaos over)' "$log" | head -n 80 | sed 's/^/  | /'
+    fi
+  done
+  if [ ${#bad_seeds[@]} -eq 0 ]; then
+    pass=$((pass + 1))
+  else
+    bad "chaos: seed ${bad_seeds[*]} failed (make chaos SEED=...)"
+  fi
 }
 
 # busted_suite VARIANT INTERP [ENV...]
@@ -302,13 +347,17 @@ API_SPECS="spec/api_spec.lua spec/iterator_spec.lua spec/encoding_spec.lua spec/
 
 case $MODE in
   test)
+    if [ "$SPEC" = chaos ]; then
+      chaos_pass
+      finish
+    fi
     [ -z "$SPEC" ] && lint
     targets=()
     want 5.4 && targets+=(build/5.4/levelparty/core.so build/5.4/lptest_fork.so)
     want luajit && targets+=(build/luajit/levelparty/core.so build/luajit/lptest_fork.so)
     echo "== build =="
     if ! build "${targets[@]}"; then bad "build"; finish; fi
-    if [ -z "$SPEC" ]; then c_tests build/test; embed_example; fuzz_pass; fi
+    if [ -z "$SPEC" ]; then c_tests build/test; embed_example; fuzz_pass; chaos_pass; fi
     want 5.4 && busted_suite 5.4 lua5.4
     # The single-process API suite once more, the handle under test being a
     # follower of a leader in another process (spec/helper.lua's open).
