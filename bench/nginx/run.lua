@@ -5,8 +5,9 @@
 -- /kv/ (levelparty, one handle per worker; one worker leads) and the same GET/PUT on /dict/
 -- backed by ngx.shared.DICT.  Load comes from wrk (bench/nginx/wrk.lua) with 64 connections on
 -- 100k seeded keys, 100-byte values, uniformly random keys:
---   peak       closed loop, 90% GET / 10% PUT ("mix") and 100% GET ("get"), 4 workers, /kv/ and
---              /dict/ in turn, ROUNDS times; each figure is the median of its rounds
+--   peak       closed loop, 90% GET / 10% PUT ("mix") and 100% GET ("get"), 4 workers, /kv/,
+--              /dict/ and /floor/ (bench/ngx_floor.c: one cosocket round trip to a C server
+--              doing only the LevelDB work) in turn, ROUNDS times; each figure is the median
 --   paced      the mix at 70% of its peak (each connection waits a random exponential time
 --              between requests; wrk's latencies are then those of a loaded, not saturated, server)
 --   1 worker   the same peak runs with worker_processes 1 (the leader only: LevelDB inline)
@@ -102,6 +103,24 @@ local function gone(pid)
   return state == nil or state == "Z"
 end
 
+-- bench/ngx_floor on its own copy of the seeded directory (made before nginx opens the original)
+local floor_dir, floor_sock, floor_proc
+local function start_floor(seeded)
+  floor_dir = tmpdir("floordb")
+  os.execute(("cp -a '%s' '%s'"):format(seeded, floor_dir))
+  floor_sock = floor_dir .. "/floor.sock"
+  local h, pid = uv.spawn(bin .. "/ngx_floor", { args = { floor_sock, floor_dir } }, function() end)
+  assert(h, pid)
+  floor_proc = { handle = h, pid = pid }
+  wait_until(function() return uv.fs_stat(floor_sock) ~= nil end, 10, "ngx_floor to listen")
+end
+local function stop_floor()
+  uv.kill(floor_proc.pid, "sigkill")
+  floor_proc.handle:close()
+  floor_proc = nil
+  os.execute("rm -rf '" .. floor_dir .. "'")
+end
+
 local port = math.floor(30000 + (uv.os_getpid() * 7) % 20000)
 
 -- Starts nginx with `workers` workers on db; returns { prefix, url, master(), stop(), kill() }.
@@ -110,7 +129,8 @@ local function start_nginx(workers, db)
   for _, d in ipairs { "", "/conf", "/logs", "/tmp" } do assert(uv.fs_mkdir(prefix .. d, 493)) end
   port = port + 1
   local subst = { ROOT = uv.fs_realpath(root), PREFIX = prefix, PORT = tostring(port), DB = db,
-    WORKERS = tostring(workers), USER = uv.getuid() == 0 and "user root root;" or "", KEYS = tostring(KEYS) }
+    WORKERS = tostring(workers), USER = uv.getuid() == 0 and "user root root;" or "", KEYS = tostring(KEYS),
+    FLOOR = floor_sock or "" }
   local conf = read(root .. "/bench/nginx/nginx.conf"):gsub("@(%u+)@", function(k) return subst[k] end)
   write(prefix .. "/conf/nginx.conf", conf)
   local n = { prefix = prefix, url = ("http://127.0.0.1:%d"):format(port) }
@@ -160,7 +180,32 @@ local function stats_of(out)
   s.rate = s.requests / (s.duration_us / 1e6)
   return s
 end
-local function wrk(n, env, secs) return stats_of(sh(wrk_cmd(n, env, secs or SECONDS) .. " 2>&1")) end
+-- CPU seconds the workers of n have used (all their threads: a leader's server thread too), and
+-- bench/ngx_floor's (it serves the /floor/ location as the leader's thread serves /kv/)
+local TICK = 1 / tonumber(sh("getconf CLK_TCK"))
+local function workers_cpu(n)
+  local total = 0
+  local pids = children(n.master())
+  if floor_proc then pids[#pids + 1] = floor_proc.pid end
+  for _, pid in ipairs(pids) do
+    local u, st = read("/proc/" .. pid .. "/stat"):match("^%d+ %b() %a" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
+    if u then total = total + (u + st) * TICK end
+  end
+  return total
+end
+-- Besides the rate, each run's CPU per request: the servers' (from /proc, in ticks) and wrk's
+-- (from time(1)), in microseconds.  On a machine that others load, what a request costs is
+-- steadier than how many of them fit in the CPU time left.
+local function wrk(n, env, secs)
+  local cpu0 = workers_cpu(n)
+  local out = sh("/usr/bin/time -f 'wrkcpu %U %S' " .. wrk_cmd(n, env, secs or SECONDS) .. " 2>&1")
+  local cpu = workers_cpu(n) - cpu0
+  local s = stats_of(out)
+  local u, st = out:match("wrkcpu ([%d.]+) ([%d.]+)")
+  s.cpu_us = cpu * 1e6 / s.requests
+  s.wrk_cpu_us = (tonumber(u) + tonumber(st)) * 1e6 / s.requests
+  return s
+end
 
 local function median_by(list, field)
   local sorted = {}
@@ -170,13 +215,16 @@ local function median_by(list, field)
 end
 
 local function line(group, name, s, ref_name, ref, goal)
-  local out = ("%-9s %-34s %9.0f req/s  p50 %5.2f p99 %6.2f p99.9 %6.2f ms"):format(group, name, s.rate, s.p50 / 1e3,
-    s.p99 / 1e3, s.p999 / 1e3)
+  local out = ("%-9s %-34s %7.0f req/s  p50 %5.2f p99 %6.2f p99.9 %6.2f ms  cpu/req %3.0f+%2.0f us"):format(group,
+    name, s.rate, s.p50 / 1e3, s.p99 / 1e3, s.p999 / 1e3, s.cpu_us, s.wrk_cpu_us)
   if s.errors + s.status_errors > 0 then out = out .. ("  ERRORS %d+%d"):format(s.errors, s.status_errors) end
   if ref then
     local ratio = s.rate / ref.rate
     out = out .. ("  %5.2fx %s"):format(ratio, ref_name)
     if goal then out = out .. ("  (goal %.2fx: %s)"):format(goal, ratio >= goal and "met" or "MISSED") end
+    -- the same ratio from the CPU each request took (workers and wrk): the rate an idle machine
+    -- would show when both are CPU-bound
+    out = out .. ("; by cpu/req %.2fx"):format((ref.cpu_us + ref.wrk_cpu_us) / (s.cpu_us + s.wrk_cpu_us))
   end
   print(out)
   io.stdout:flush()
@@ -210,13 +258,14 @@ end
 
 -- the peak runs of one nginx: lp and dict take turns, each workload ROUNDS times
 local function peaks(n)
-  local r = { kv_mix = {}, dict_mix = {}, kv_get = {}, dict_get = {} }
+  local r = { kv_mix = {}, dict_mix = {}, floor_mix = {}, kv_get = {}, dict_get = {}, floor_get = {} }
   -- warm up: the page cache, LuaJIT's traces, every worker's connection pool
   wrk(n, with(MIX, { BENCH_PREFIX = "/kv/" }), 2)
   wrk(n, with(MIX, { BENCH_PREFIX = "/dict/" }), 1)
+  wrk(n, with(MIX, { BENCH_PREFIX = "/floor/" }), 1)
   for _ = 1, ROUNDS do
     for _, w in ipairs { "mix", "get" } do
-      for _, p in ipairs { "kv", "dict" } do
+      for _, p in ipairs { "kv", "dict", "floor" } do
         local list = r[p .. "_" .. w]
         list[#list + 1] = wrk(n, with(w == "mix" and MIX or GET, { BENCH_PREFIX = "/" .. p .. "/" }))
       end
@@ -242,6 +291,7 @@ end
 local part = os.getenv("BENCH_NGX_PART")
 if part ~= "failover" then
   -------------------------------------------------------------------- 4 workers
+  start_floor(db)
   local n4 = start_nginx(4, db)
   local p4 = peaks(n4)
   local pace_kv = paced(n4, "/kv/", p4.kv_mix.rate, 0.7)
@@ -251,15 +301,19 @@ if part ~= "failover" then
   local n1 = start_nginx(1, db)
   local p1 = peaks(n1)
   n1.stop()
+  stop_floor()
 
-  line("nginx", "4 workers: DICT mix 90/10", p4.dict_mix)
-  line("nginx", "4 workers: levelparty mix 90/10", p4.kv_mix, "DICT", p4.dict_mix)
-  line("nginx", "4 workers: DICT get", p4.dict_get)
-  line("nginx", "4 workers: levelparty get", p4.kv_get, "DICT", p4.dict_get, 0.8)
-  line("nginx", "1 worker: DICT mix 90/10", p1.dict_mix)
-  line("nginx", "1 worker: levelparty mix 90/10", p1.kv_mix, "DICT", p1.dict_mix)
-  line("nginx", "1 worker: DICT get", p1.dict_get)
-  line("nginx", "1 worker: levelparty get", p1.kv_get, "DICT", p1.dict_get)
+  for _, c in ipairs { { "4 workers", p4 }, { "1 worker", p1 } } do
+    local tag, p = c[1], c[2]
+    line("nginx", tag .. ": DICT mix 90/10", p.dict_mix)
+    line("nginx", tag .. ": floor mix 90/10", p.floor_mix, "DICT", p.dict_mix)
+    line("nginx", tag .. ": levelparty mix 90/10", p.kv_mix, "DICT", p.dict_mix)
+    line("nginx", tag .. ": levelparty mix 90/10", p.kv_mix, "floor", p.floor_mix)
+    line("nginx", tag .. ": DICT get", p.dict_get)
+    line("nginx", tag .. ": floor get", p.floor_get, "DICT", p.dict_get)
+    line("nginx", tag .. ": levelparty get", p.kv_get, "DICT", p.dict_get, tag == "4 workers" and 0.8 or nil)
+    line("nginx", tag .. ": levelparty get", p.kv_get, "floor", p.floor_get)
+  end
   line("nginx", "4 vs 1 worker: levelparty mix", p4.kv_mix, "1 worker", p1.kv_mix)
   line("nginx", "4 vs 1 worker: levelparty get", p4.kv_get, "1 worker", p1.kv_get)
   line("nginx", ("levelparty mix at %.0f%% of peak"):format(pace_kv.frac * 100), pace_kv)
