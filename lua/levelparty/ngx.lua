@@ -21,7 +21,7 @@
 --     C step that never connects or waits), and replays in submission order;
 --     iterators resume after the last entry handed out.  One light thread per
 --     worker and directory runs the election with its back-off (1 ms, x1.5 up
---     to 200 ms); the others wait on a semaphore;
+--     to 25 ms); the others wait on a semaphore;
 --   * every call raises in a phase that has no cosockets.
 -- levelparty.open refuses init_by_lua* (init.lua).
 
@@ -46,7 +46,11 @@ local WAITABLE = {
 
 local CONNECT_MS, SEND_MS = 5000, 60000
 local READ_MS = 60000   -- a read timeout without a levelparty timeout just reads again
-local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.2
+-- The election's retries (one light thread per worker and directory): a new
+-- leader is ready after about LevelDB's reopen, tens to hundreds of ms; a try
+-- is one fcntl probe and one refused connect, so 40 a second cost little, and
+-- the first try after the leader is ready comes at most 25 ms late.
+local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.025
 local LEADER = {}       -- exchange(): this process became the leader
 
 local function guard(fname)
@@ -117,7 +121,7 @@ end
 
 -- One light thread of this worker looks for a leader for self's directory:
 -- db:elect() (leads when the LOCK is free), else a connect to the address it
--- names, backing off from 1 ms (x1.5) to 200 ms, for at most `wait` seconds.  The
+-- names, backing off from 1 ms (x1.5) to 25 ms, for at most `wait` seconds.  The
 -- others wait for it on the semaphore.  true, or nil, msg, code.
 local function recover(self, wait)
   local sh = self._sh
@@ -154,8 +158,8 @@ local function recover(self, wait)
       break
     end
     sleep(min(backoff, rem))
-    -- x1.5, not x2: the new leader is ready after about LevelDB's reopen, and
-    -- the first try after that comes at most half the time waited so far late
+    -- x1.5, not x2: below the cap, the first try after the new leader is
+    -- ready comes at most half the time waited so far late
     backoff = min(backoff * 1.5, BACKOFF_MAX)
   end
   sh.electing = false
