@@ -125,13 +125,25 @@ local function stop_floor()
   os.execute("rm -rf '" .. floor_dir .. "'")
 end
 
-local port = math.floor(30000 + (uv.os_getpid() * 7) % 20000)
+local port = math.floor(40000 + (uv.os_getpid() * 7) % 20000)
+-- the next port after `port` that nothing listens on now (other sessions run nginx too)
+local function next_free_port()
+  for _ = 1, 100 do
+    port = port < 60000 and port + 1 or 40000
+    local t = uv.new_tcp()
+    local ok = t:bind("127.0.0.1", port)
+    t:close()
+    uv.run("nowait")
+    if ok then return port end
+  end
+  error("bench: no free port")
+end
 
 -- Starts nginx with `workers` workers on db; returns { prefix, url, master(), stop(), kill() }.
 local function start_nginx(workers, db)
   local prefix = tmpdir("ngx")
   for _, d in ipairs { "", "/conf", "/logs", "/tmp" } do assert(uv.fs_mkdir(prefix .. d, 493)) end
-  port = port + 1
+  next_free_port()
   local subst = { ROOT = uv.fs_realpath(root), PREFIX = prefix, PORT = tostring(port), DB = db,
     WORKERS = tostring(workers), USER = uv.getuid() == 0 and "user root root;" or "", KEYS = tostring(KEYS),
     FLOOR = floor_sock or "" }
