@@ -204,7 +204,7 @@ reliability:
 demo: deps build
 	sh mk/luaenv.sh 5.4 lua5.4 examples/demo.lua
 
-bench: deps build build/bench/raw_leveldb build/bench/sock_floor build/bench/embed_get
+bench: deps build $(addprefix build/bench/,raw_leveldb sock_floor embed_get reopen_leveldb ngx_floor)
 	sh mk/luaenv.sh 5.4 lua5.4 bench/run.lua
 
 # Each target for FUZZ_SECONDS: new inputs go to build/fuzz/corpus/NAME, the

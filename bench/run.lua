@@ -1,19 +1,24 @@
 -- bench/run.lua: `make bench`.  Runs every workload in one go on this machine
 -- and prints each figure with its ratio to the reference point the issues name.
 --
---   leader (issue 2)  the Lua API as leader, blocking and in luv coroutines,
+--   leader            the Lua API as leader, blocking and in luv coroutines,
 --                     against bench/raw_leveldb.c on raw LevelDB, same workload
---   follower (issue 3) a follower in this process against a leader process,
+--   follower          a follower in this process against a leader process,
 --                     against bench/sock_floor.c (bare unix-socket round trips
 --                     between two processes, the floor; and the same with a C
 --                     server doing a LevelDB get per request, waiting in a
 --                     blocking read or, as a leader's loop does, in
 --                     epoll_wait), plus failover times
---   node (issue 4)    a Node level-party follower against a Lua leader and
+--   node              a Node level-party follower against a Lua leader and
 --                     against a Node leader; a Lua follower against a Node leader
---   embed (issue 15)  bench/embed_get.c: the leader's own get from 1, 2 and 4
+--   loopgap           bench/loopgap.lua: the longest gaps of a leader's luv loop while a
+--                     coroutine writes flat out, inline and with the hand-off
+--   embed             bench/embed_get.c: the leader's own get from 1, 2 and 4
 --                     threads at once (liblevelparty.a, one lua_State each)
 --                     against raw LevelDB gets from as many threads
+--   nginx             nginx workers sharing one directory (bench/nginx/run.lua):
+--                     levelparty against ngx.shared.DICT and against one worker,
+--                     driven by wrk; a leader worker's kill against LevelDB's reopen
 --
 -- Figures are operations per second unless a unit is printed.  Nothing here is
 -- a test: nothing fails on a slow machine; the ratios are what to read.
@@ -70,7 +75,7 @@ local function rng(seed)
   end
 end
 
--- The issue-2 workload through `db`; `wrap` runs a function (directly, or in
+-- The leader workload (as bench/raw_leveldb.c) through `db`; `wrap` runs a function (directly, or in
 -- a luv coroutine).  Keys, values, the random read order and the batch
 -- tables are made before the clock starts: the figures are the library's, not
 -- Lua's string formatting (the C program formats its keys with sprintf inside
@@ -164,7 +169,7 @@ local function in_coroutine(fn)
   if err then error(err) end
 end
 
-------------------------------------------------------------------- issue 2
+------------------------------------------------------- leader vs raw LevelDB
 print(("levelparty bench: %s, %s, N=%d, %d CPUs"):format(_VERSION, levelparty.leveldb_version, N, #uv.cpu_info()))
 print()
 -- Each side's phases last a fraction of a second on a VM whose speed drifts
@@ -218,7 +223,7 @@ for _, w in ipairs { "put", "get", "iter", "batch" } do
 end
 print()
 
-------------------------------------------------------------------- issue 3
+--------------------------------------------- follower vs the socket floor
 -- Placement decides a round trip's cost on these machines (a wake-up on the
 -- same CPU costs a few us, across CPUs tens of us), so every follower figure
 -- is taken with the leader process and this process pinned the same way as
@@ -431,7 +436,7 @@ do
 end
 print()
 
-------------------------------------------------------------------- issue 15
+----------------------------------------- leader get from several threads
 -- The leader's get from several threads, each its own lua_State, in a C host
 -- (bench/embed_get.c); the raw figure is taken in the same run, same threads.
 do
@@ -446,13 +451,13 @@ do
         got["raw" .. t], 0.6)
     else
       print(("%-9s %-34s %s"):format("embed", t .. " thread(s): leader get",
-        "failed (" .. (out:match("exit %d+") or "?") .. "; several states on several threads need issue 15)"))
+        "failed (" .. (out:match("exit %d+") or "?") .. "; see bench/embed_get.c)"))
     end
   end
 end
 print()
 
-------------------------------------------------------------------- issue 4
+---------------------------------------------------------- Node level-party
 local node_bench = root .. "/bench/node/run.lua"
 local f = io.open(node_bench)
 if f then
@@ -462,10 +467,10 @@ else
   print("node      (bench/node/run.lua not present)")
 end
 
------------------------------------------------------------------- issue 13
+------------------------------------------------ the loop's longest gaps
 -- The loop's gaps while a coroutine on a leader writes flat out
 -- (bench/loopgap.lua, LOOPGAP_SECONDS each, default 60): every write inline
--- (as before issue 13), then with the hand-off to the worker.  "own" leaves
+-- (as before the hand-off), then with the hand-off to the worker.  "own" leaves
 -- out of each gap the time the Lua thread waited for a CPU.
 print()
 do
@@ -476,3 +481,8 @@ do
     io.stdout:flush()
   end
 end
+print()
+
+----------------------------------------------------------- nginx workers
+-- its own nginx processes and directory; last, since it loads both CPUs fully
+dofile(root .. "/bench/nginx/run.lua")

@@ -1,4 +1,4 @@
--- bench/node/run.lua: the issue-4 part of `make bench` (dofile'd by bench/run.lua, or run alone:
+-- bench/node/run.lua: the Node part of `make bench` (dofile'd by bench/run.lua, or run alone:
 --   LUA_PATH=... LUA_CPATH_5_4=... lua5.4 bench/node/run.lua).
 --
 -- Three pairings, same workload (N puts then N gets one at a time, then one stream of M entries):

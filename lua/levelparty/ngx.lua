@@ -20,8 +20,8 @@
 --   * a lost or refused connection resets the client, elects (db:elect(): one
 --     C step that never connects or waits), and replays in submission order;
 --     iterators resume after the last entry handed out.  One light thread per
---     worker and directory runs the election with its back-off (1 ms doubling
---     to 200 ms); the others wait on a semaphore;
+--     worker and directory runs the election with its back-off (1 ms, x1.5 up
+--     to 25 ms); the others wait on a semaphore;
 --   * every call raises in a phase that has no cosockets.
 -- levelparty.open refuses init_by_lua* (init.lua).
 
@@ -46,7 +46,11 @@ local WAITABLE = {
 
 local CONNECT_MS, SEND_MS = 5000, 60000
 local READ_MS = 60000   -- a read timeout without a levelparty timeout just reads again
-local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.2
+-- The election's retries (one light thread per worker and directory): a new
+-- leader is ready after about LevelDB's reopen, tens to hundreds of ms; a try
+-- is one fcntl probe and one refused connect, so 40 a second cost little, and
+-- the first try after the leader is ready comes at most 25 ms late.
+local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.025
 local LEADER = {}       -- exchange(): this process became the leader
 
 local function guard(fname)
@@ -99,9 +103,15 @@ end
 -- marked.  true; nil (no connection, or the socket changed meanwhile: elect
 -- again); nil, msg, code (refused: EACCES naming the leader's uid and pid).
 local function connect(self, sock)
-  local c = self._c
+  local c, sh = self._c, self._sh
+  -- Most calls take a pooled connection, vetted when it was made, and need no
+  -- mark (a stat of the socket file per call).  A new one is closed unused
+  -- and made again after the mark, so that the mark precedes its connect.
+  if not sock:connect(sh.addr, sh.copts) then return nil end
+  if sock:getreusedtimes() > 0 then return true end
+  sock:close()
   c:sock_mark()
-  if not sock:connect(self._sh.addr, self._sh.copts) then return nil end
+  if not sock:connect(sh.addr, sh.copts) then return nil end
   if sock:getreusedtimes() > 0 then return true end
   local ok, err, code = c:sock_vet()
   if ok then return true end
@@ -111,7 +121,7 @@ end
 
 -- One light thread of this worker looks for a leader for self's directory:
 -- db:elect() (leads when the LOCK is free), else a connect to the address it
--- names, backing off from 1 ms to 200 ms, for at most `wait` seconds.  The
+-- names, backing off from 1 ms (x1.5) to 25 ms, for at most `wait` seconds.  The
 -- others wait for it on the semaphore.  true, or nil, msg, code.
 local function recover(self, wait)
   local sh = self._sh
@@ -148,7 +158,9 @@ local function recover(self, wait)
       break
     end
     sleep(min(backoff, rem))
-    backoff = min(backoff * 2, BACKOFF_MAX)
+    -- x1.5, not x2: below the cap, the first try after the new leader is
+    -- ready comes at most half the time waited so far late
+    backoff = min(backoff * 1.5, BACKOFF_MAX)
   end
   sh.electing = false
   if sh.waiters > 0 then
