@@ -101,7 +101,7 @@ function N.http(port, method, path, body, cb)
     local buf = {}
     t:read_start(function(e, data)
       if data and not e then buf[#buf + 1] = data return end
-      t:close()
+      if not t:is_closing() then t:close() end
       local s = table.concat(buf)
       cb(tonumber(s:match("^HTTP/%d%.%d (%d+)")), s:match("\r\n\r\n(.*)$") or e)
     end)
@@ -116,13 +116,14 @@ function N.req(port, method, path, body)
 end
 
 -- Each client: PUT a unique key, then GET it back, until s.stop.  The state s: acked
--- (key -> value), nacked, fails (one "status body" string each), resets (failures without
+-- (key -> value), nacked, fails (one "at <s since t0>: status body" string each), resets (failures without
 -- an HTTP status: the connection was refused or reset, as on a killed worker), answered
 -- (failures with a status: a worker that lives answered with an error).
 function N.load(port, nclients, tag)
-  local s = { acked = {}, nacked = 0, fails = {}, resets = 0, answered = {}, running = nclients, stop = false }
+  local s = { acked = {}, nacked = 0, fails = {}, resets = 0, answered = {}, running = nclients, stop = false,
+    t0 = P.now() }
   local function failed(what, st, b)
-    s.fails[#s.fails + 1] = what .. tostring(st) .. " " .. tostring(b)
+    s.fails[#s.fails + 1] = ("at %.2f s: %s%s %s"):format(P.now() - s.t0, what, tostring(st), tostring(b))
     if st == nil then
       s.resets = s.resets + 1
     else

@@ -108,7 +108,7 @@ location = /_lp/slowstream {
 }
 ]] }
     assert.is_true(n.started, n.log())
-    local st, b = req(n.port, "GET", "/_lp/fill?prefix=slow-&n=150")
+    local st, b = req(n.port, "GET", "/_lp/fill?prefix=slow-&n=300")
     assert.equal(200, st, b)
     local s = NX.load(n.port, 32, "r")
 
@@ -143,8 +143,10 @@ location = /_lp/slowstream {
 
     -- reload, then wait (bounded, well before worker_shutdown_timeout) for every old worker
     -- to exit: nothing of ours keeps one alive
+    local reloads = {}
     local function reload(during)
       local old = NX.workers_of(n)
+      reloads[#reloads + 1] = ("reload at %.2f s"):format(P.now() - s.t0)
       NX.signal(n, "reload")
       if during then during(old) end
       P.wait_until(function()
@@ -173,17 +175,28 @@ location = /_lp/slowstream {
               return true
             end
           end, 5, "a new worker to answer")
+          -- (the stream lasts 3 s at least: it must outlast the reload's start)
+          assert.is_false(r.done, "the slow stream ended before a new worker answered")
         end)
         P.wait_until(function() return r.done end, 10, "the slow stream to end")
         assert.equal(old_leader, owner_during)
         local body = NX.dechunk(table.concat(r.chunks):match("\r\n\r\n(.*)$"))
-        assert.matches("\nEND 150 yes\n$", body)
+        assert.matches("\nEND 300 yes\n$", body)
         assert.is_true(leader_of(n) ~= old_leader)
       end
     end
     more(s, 200)
     NX.finish(s)
-    assert.same({}, s.fails)
+    if #s.fails > 0 then
+      for _, f in ipairs(s.fails) do reloads[#reloads + 1] = f end
+      for line in n.log():gmatch("[^\n]+") do
+        if not line:find("[debug]", 1, true) and (line:find("levelparty", 1, true) or line:find("signal", 1, true)
+          or line:find("exit", 1, true)) then
+          reloads[#reloads + 1] = line
+        end
+      end
+      error(table.concat(reloads, "\n"))
+    end
     assert.equal(0, NX.check_acked(n, s))
     clean_log(n)
   end)
