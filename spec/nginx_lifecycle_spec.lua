@@ -20,6 +20,13 @@ local req, leader_of = NX.req, NX.leader_of
 
 local describe_nginx = NX.runnable and describe or pending
 
+-- The workers open with timeout = 10, not the example's 2 s: on a loaded machine the leader
+-- can stall for over 2 s (seen: ETIMEDOUTs all within one second, between failovers, wrk's
+-- worst latency 3.6 s, load average 22 on 2 cores), and what these tests judge (kills,
+-- reloads, failovers) never waits on a timeout: a dead leader's connections reset at once.
+-- spec/nginx_spec.lua tests the 2 s timeout itself.
+local OPEN = "{ timeout = 10 }"
+
 -- no alert (but the master's about the workers these specs kill), no Lua error in nginx's log
 local function clean_log(n)
   for line in n.log():gmatch("[^\n]+") do
@@ -55,7 +62,7 @@ describe_nginx("nginx lifecycle", function()
   end)
 
   it("the leader worker killed -9 five times under load: every acknowledged write is there", function()
-    n = NX.start()
+    n = NX.start { open_opts = OPEN }
     assert.is_true(n.started, n.log())
     assert.equal(204, (req(n.port, "PUT", "/kv/warm", "x")))
     local CLIENTS = 64
@@ -82,8 +89,10 @@ describe_nginx("nginx lifecycle", function()
 
   it("five reloads under load, one while the leader streams a slow response: nothing fails", function()
     -- /_lp/slowstream: "<pid> <role>" at once, then one slow- key per line, 10 ms apart,
-    -- flushed each; then "END <count> <in order: yes|no>"
-    n = NX.start { extra = [[
+    -- flushed each; then it holds the response until the key "slowstream-stop" exists
+    -- (polled every 20 ms, at most 30 s), so it surely spans the reload; then
+    -- "END <count> <in order: yes|no>"
+    n = NX.start { open_opts = OPEN, extra = [[
 location = /_lp/slowstream {
   content_by_lua_block {
     local db = require("kv").db()
@@ -103,12 +112,18 @@ location = /_lp/slowstream {
       ngx.flush(true)
       ngx.sleep(0.01)
     end
+    for _ = 1, 1500 do
+      local v, err, code = db:get("slowstream-stop")
+      if err then ngx.say("ERROR ", err, " (", code, ")") return end
+      if v then break end
+      ngx.sleep(0.02)
+    end
     ngx.say("END ", c, " ", ordered and "yes" or "no")
   }
 }
 ]] }
     assert.is_true(n.started, n.log())
-    local st, b = req(n.port, "GET", "/_lp/fill?prefix=slow-&n=300")
+    local st, b = req(n.port, "GET", "/_lp/fill?prefix=slow-&n=150")
     assert.equal(200, st, b)
     local s = NX.load(n.port, 32, "r")
 
@@ -174,14 +189,16 @@ location = /_lp/slowstream {
               owner_during = P.lock_owners(n.db)[1]
               return true
             end
-          end, 5, "a new worker to answer")
-          -- (the stream lasts 3 s at least: it must outlast the reload's start)
-          assert.is_false(r.done, "the slow stream ended before a new worker answered")
+          end, 10, "a new worker to answer")
+          assert(not r.done, "the slow stream ended before a new worker answered: " .. tostring(r.err) .. "\n"
+            .. table.concat(r.chunks):sub(-300))
+          -- the old workers drain; the stream may end now
+          assert.equal(204, (req(n.port, "PUT", "/kv/slowstream-stop", "1")))
         end)
         P.wait_until(function() return r.done end, 10, "the slow stream to end")
         assert.equal(old_leader, owner_during)
         local body = NX.dechunk(table.concat(r.chunks):match("\r\n\r\n(.*)$"))
-        assert.matches("\nEND 300 yes\n$", body)
+        assert.matches("\nEND 150 yes\n$", body)
         assert.is_true(leader_of(n) ~= old_leader)
       end
     end
@@ -247,7 +264,7 @@ location = /_lp/slowstream {
     assert.equal("leader", lua1.w.role0)
     local luv1 = start("luv")
     assert.equal("follower", luv1.w.role0)
-    n = NX.start { db = d }
+    n = NX.start { db = d, open_opts = OPEN }
     assert.is_true(n.started, n.log())
     if node_ok then start("node") end
 
@@ -420,7 +437,7 @@ location = /_lp/slowstream {
     local standby = P.worker(d, "{}", "async")
     -- wrk's connections stay on the worker that accepted them (nginx would close each after
     -- 1000 requests, and wrk's reconnection would land anywhere)
-    n = NX.start { db = d, open_opts = "{ timeout = 2, lead = false }", extra = "keepalive_requests 100000000;\n" }
+    n = NX.start { db = d, open_opts = "{ timeout = 10, lead = false }", extra = "keepalive_requests 100000000;\n" }
     assert.is_true(n.started, n.log())
     local st, b = req(n.port, "GET", "/_lp/fill?prefix=soak-&n=1000")
     assert.equal(200, st, b)
@@ -430,7 +447,7 @@ location = /_lp/slowstream {
     assert.equal(4, #workers)
 
     -- each wrk thread stops after `limit` responses and writes "<responses> <non-2xx>" to
-    -- <progress>.<thread> every 500
+    -- <progress>.<thread> every 500, and its first 5 non-2xx responses to <progress>.<thread>.bad
     local wd = H.tmpdir("ngx-wrk")
     local script = wd .. "/wrk.lua"
     write(script, [[
@@ -444,9 +461,14 @@ function request()
   if n % 10 == 0 then return wrk.format("PUT", k, nil, "v" .. n) end
   return wrk.format("GET", k)
 end
-function response(status)
+function response(status, _, body)
   done = done + 1
-  if status >= 300 then bad = bad + 1 end
+  if status >= 300 then
+    bad = bad + 1
+    if bad <= 5 then
+      local f = io.open(path .. ".bad", "a") f:write(os.time(), " ", status, " ", body, "\n") f:close()
+    end
+  end
   if done % 500 == 0 or done >= limit then
     local f = io.open(path, "w") f:write(done, " ", bad, "\n") f:close()
   end
@@ -500,11 +522,6 @@ end
         end
       end
     end
-    -- before the load: the worker's own unix sockets (nginx's channels to the others, a
-    -- connection or two pooled by the requests above)
-    sample()
-    local base = {}
-    for _, pid in ipairs(workers) do base[pid] = samples[pid][1].unix end
     local sampler = uv.new_timer()
     sampler:start(0, 250, sample)
 
@@ -520,12 +537,14 @@ end
     assert(h, wrk_pid)
     stdout:read_start(function(_, data) if data then out[#out + 1] = data end end)
     stderr:read_start(function(_, data) if data then out[#out + 1] = data end end)
+    local failovers = {}
     local ok, err = pcall(function()
       -- the failovers, spread over 30%..90% of the requests
       for k = 1, FAILOVERS do
         local at = TOTAL * (0.3 + 0.6 * (k - 1) / math.max(1, FAILOVERS - 1))
         P.wait_until(function() return (progress()) >= at end, LONG and 600 or 120, "request " .. at)
         leader:kill("sigkill")
+        failovers[#failovers + 1] = ("failover %d at %d (%d requests)"):format(k, os.time(), (progress()))
         -- the standby notices at its next call and takes over; a new standby follows it
         local ok2, st2 = pcall(standby.call, standby, "put failover-" .. k .. " x", 20)
         local fmt = "failover %d: the standby (pid %d) answered %s; LOCK owners %s; its output:\n%s\n%s"
@@ -547,7 +566,8 @@ end
     stdout:close()
     stderr:close()
     assert(ok, err)
-    local report = table.concat(out)
+    local report = table.concat(out) .. read(progress_path .. ".1.bad") .. read(progress_path .. ".2.bad")
+      .. table.concat(failovers, "\n")
     local done, bad = progress()
     assert.is_true(done >= TOTAL, report)
     -- no request failed, across every failover
@@ -561,18 +581,23 @@ end
     -- collector's sawtooth); other fds (files, pipes, eventfds, listeners) by maxima.  The
     -- connections to the leader are bounded in every sample: a call holds one and the pool
     -- keeps those that calls returned, so there are never more than the worker's concurrent
-    -- requests, here its wrk connections; one leaked per failover, or per request, breaks it.
+    -- requests, here its wrk connections.  Unix sockets less HTTP connections (nginx's
+    -- channels and the like, plus the pool's shortfall) may not grow past its first value
+    -- after warm-up; one connection leaked per failover, or per request, breaks it.
     local figures = {}
     for _, pid in ipairs(workers) do
       local early, late = { rss = {}, other = 0 }, { rss = {}, other = 0 }
-      local excess = -math.huge
+      local base, excess = nil, -math.huge
       for _, x in ipairs(samples[pid]) do
         local w = (x.at >= 0.15 and x.at < 0.3) and early or (x.at >= 0.9 and x.at < 1 and late) or nil
         if w then
           w.rss[#w.rss + 1] = x.rss
           w.other = math.max(w.other, x.other)
         end
-        if x.at >= 0.15 and x.at < 1 then excess = math.max(excess, x.unix - base[pid] - x.http) end
+        if x.at >= 0.15 and x.at < 1 then
+          base = base or x.unix - x.http
+          excess = math.max(excess, x.unix - x.http - base)
+        end
       end
       assert.is_true(#early.rss >= 3 and #late.rss >= 3, ("worker %d: %d early, %d late samples"):format(pid,
         #early.rss, #late.rss))
@@ -582,8 +607,8 @@ end
         local x = samples[pid][i]
         trace[#trace + 1] = ("%d/%d"):format(x.unix, x.http)
       end
-      figures[#figures + 1] = ("worker %d: RSS %d -> %d kB, other fds %d -> %d, unix/http sockets (%d before) %s")
-        :format(pid, r0, r1, early.other, late.other, base[pid], table.concat(trace, " "))
+      figures[#figures + 1] = ("worker %d: RSS %d -> %d kB, other fds %d -> %d, unix/http sockets %s")
+        :format(pid, r0, r1, early.other, late.other, table.concat(trace, " "))
       local all = table.concat(figures, "\n")
       assert.is_true(r1 <= r0 + 3072, all)
       assert.is_true(late.other <= early.other + 2, all)
