@@ -421,7 +421,7 @@ location = /_lp/slowstream {
   -- The workers follow a dedicated leader (lead = false), a luv process killed -9 and
   -- replaced by a standby FAILOVERS times, so every worker lives through the whole run
   -- and its series says something.  Load: wrk, 64 connections, 90% GET / 10% PUT over
-  -- 1000 keys.  Samples every 250 ms: each worker's VmRSS and its fds other than the HTTP
+  -- 1000 keys.  Samples every 100 ms: each worker's VmRSS and its fds other than the HTTP
   -- clients' sockets (those follow wrk's connections, not levelparty).
   local LONG = os.getenv("LEVELPARTY_LONG") == "1"
   local TOTAL = LONG and 1000000 or 100000
@@ -523,7 +523,7 @@ end
       end
     end
     local sampler = uv.new_timer()
-    sampler:start(0, 250, sample)
+    sampler:start(0, 100, sample)
 
     local out = {}
     local stdout, stderr = uv.new_pipe(false), uv.new_pipe(false)
