@@ -9,7 +9,7 @@ set -eu
 PKGS="build-essential pkg-config strace lua5.4 liblua5.4-dev libleveldb-dev libuv1-dev
 lua-luv lua-luv-dev lua-busted luarocks luajit2 libluajit2-5.1-dev lua-cjson
 nginx libnginx-mod-http-lua curl valgrind clang libclang-rt-14-dev python3 util-linux
-lua-check clang-format zip unzip wrk"
+lua-check clang-format zip unzip"
 
 missing=""
 for p in $PKGS; do
