@@ -1,175 +1,21 @@
 -- levelparty in a real nginx (Debian's nginx + libnginx-mod-http-lua): 4 workers on one
 -- directory, started under a temporary prefix from examples/nginx/nginx.conf (with
 -- spec/fixtures/nginx/test.conf's locations) on a loopback port, stopped by its own pid file.
--- Load comes from a luv HTTP client in this process; signals are real.
+-- Load comes from a luv HTTP client in this process; signals are real.  The nginx start/stop
+-- and HTTP helpers are spec/nginx_helper.lua's (shared with spec/nginx_lifecycle_spec.lua).
 --
 -- Run: make test SPEC=spec/nginx_spec.lua LUA=luajit
 local uv = require "luv"
 local P = require "party_helper"
 local H = P.helper
 
+local NX = require "nginx_helper"
+
 local ROOT = H.root
-local have_nginx = os.execute("test -x /usr/sbin/nginx -a -e /usr/lib/nginx/modules/ngx_http_lua_module.so")
-have_nginx = have_nginx == true or have_nginx == 0
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local port_seq = 0
-local function free_port()
-  port_seq = port_seq + 1
-  -- luv gives the pid as a float under Lua 5.4: the port must print as an integer
-  return math.floor(20000 + (uv.os_getpid() * 7 + port_seq * 13) % 20000)
-end
-
--- Starts nginx; returns { prefix, port, db, pid, stop() }.  `init` adds an init_by_lua block.
-local function start_nginx(opts)
-  opts = opts or {}
-  local prefix = H.tmpdir("ngx")
-  for _, d in ipairs { "conf", "logs", "tmp" } do assert(uv.fs_mkdir(prefix .. "/" .. d, 493)) end
-  local port = free_port()
-  local db = opts.db or (prefix .. "/db")
-  local include = prefix .. "/conf/extra.conf"
-  write(include, read(ROOT .. "/spec/fixtures/nginx/test.conf") .. (opts.extra or ""))
-  local conf = read(ROOT .. "/examples/nginx/nginx.conf")
-  local subst = { ROOT = ROOT, PREFIX = prefix, PORT = tostring(port), DB = db, WORKERS = "4",
-    USER = uv.getuid() == 0 and "user root root;" or "", INCLUDE = include }
-  conf = conf:gsub("@(%u+)@", function(k) return subst[k] end)
-  if opts.init then conf = conf:gsub("http {", "http {\n  init_by_lua_block { " .. opts.init .. " }", 1) end
-  write(prefix .. "/conf/nginx.conf", conf)
-  local ok = os.execute("nginx -p " .. prefix .. " -c conf/nginx.conf >" .. prefix .. "/logs/start.txt 2>&1")
-  local n = { prefix = prefix, port = port, db = db, started = ok == true or ok == 0 }
-  function n.log() return read(prefix .. "/logs/error.log") .. read(prefix .. "/logs/start.txt") end
-  function n.master() return tonumber(read(prefix .. "/logs/nginx.pid")) end
-  function n.stop()
-    local pid = n.master()
-    if pid then
-      uv.kill(pid, "sigquit")
-      P.wait_until(function() return not P.alive(pid) end, 20, "nginx to stop")
-    end
-  end
-  return n
-end
-
--- One HTTP/1.0 request over luv: cb(status, body) or cb(nil, err).
-local function http(port, method, path, body, cb)
-  local t = uv.new_tcp()
-  t:connect("127.0.0.1", port, function(err)
-    if err then t:close() return cb(nil, err) end
-    body = body or ""
-    t:write(("%s %s HTTP/1.0\r\nHost: lp\r\nContent-Length: %d\r\n\r\n%s"):format(method, path, #body, body))
-    local buf = {}
-    t:read_start(function(e, data)
-      if data and not e then buf[#buf + 1] = data return end
-      t:close()
-      local s = table.concat(buf)
-      cb(tonumber(s:match("^HTTP/%d%.%d (%d+)")), s:match("\r\n\r\n(.*)$") or e)
-    end)
-  end)
-end
-
--- A blocking request (runs the loop until it answers).
-local function req(port, method, path, body)
-  local st, b
-  http(port, method, path, body, function(s, r) st, b = s or false, r end)
-  P.wait_until(function() return st ~= nil end, 15, method .. " " .. path)
-  return st, b
-end
-
--- nclients concurrent clients, each: PUT a unique key, then GET it back, until stop() is true.
--- Returns the state: acked (key -> value), fails (list of "status body").
-local function load(port, nclients, tag)
-  local s = { acked = {}, nacked = 0, fails = {}, running = nclients, stop = false }
-  for c = 1, nclients do
-    local i = 0
-    local function step()
-      if s.stop then s.running = s.running - 1 return end
-      i = i + 1
-      local key, val = ("%s-%d-%d"):format(tag, c, i), ("v%d"):format(i)
-      http(port, "PUT", "/kv/" .. key, val, function(st, b)
-        if st ~= 204 then s.fails[#s.fails + 1] = tostring(st) .. " " .. tostring(b) return step() end
-        s.acked[key] = val
-        s.nacked = s.nacked + 1
-        http(port, "GET", "/kv/" .. key, nil, function(st2, b2)
-          if st2 ~= 200 or b2 ~= val then s.fails[#s.fails + 1] = "get " .. tostring(st2) .. " " .. tostring(b2) end
-          step()
-        end)
-      end)
-    end
-    step()
-  end
-  return s
-end
-
-local function finish(s)
-  s.stop = true
-  P.wait_until(function() return s.running == 0 end, 30, "the clients to finish")
-end
-
--- the master's worker processes (its children), as a set of pids
-local function workers_of(n)
-  local set, master = {}, tostring(n.master())
-  for _, pid in ipairs(P.ls("/proc")) do
-    if pid:match("^%d+$") and read("/proc/" .. pid .. "/stat"):match("^%d+ %b() %a (%d+)") == master then
-      set[tonumber(pid)] = true
-    end
-  end
-  return set
-end
-
--- `nginx -s <sig>` for n, run without blocking the loop (the clients keep going)
-local function nginx_signal(n, sig)
-  local done
-  local h = uv.spawn("/usr/sbin/nginx", { args = { "-p", n.prefix, "-c", "conf/nginx.conf", "-s", sig } },
-    function(code) done = code end)
-  assert(h)
-  P.wait_until(function() return done ~= nil end, 10, "nginx -s " .. sig)
-  h:close()
-  assert.equal(0, done)
-end
-
--- the body of a chunked response (Transfer-Encoding: chunked)
-local function dechunk(s)
-  local out, i = {}, 1
-  while true do
-    local size, j = s:match("^(%x+)[^\r]*\r\n()", i)
-    if not size then error("not a chunked body at byte " .. i .. ": " .. s:sub(i, i + 40)) end
-    size = tonumber(size, 16)
-    if size == 0 then return table.concat(out) end
-    out[#out + 1] = s:sub(j, j + size - 1)
-    i = j + size + 2
-  end
-end
-
-local function leader_of(n)
-  local owners
-  P.wait_until(function()
-    owners = P.lock_owners(n.db)
-    return #owners == 1
-  end, 10, "one LOCK owner")
-  return owners[1]
-end
-
--- every acknowledged key has its value (read through nginx)
-local function check_acked(n, s)
-  local missing = 0
-  for k, v in pairs(s.acked) do
-    local st, b = req(n.port, "GET", "/kv/" .. k)
-    if st ~= 200 or b ~= v then missing = missing + 1 end
-  end
-  return missing
-end
+local read = NX.read
+local start_nginx, http, req, load, finish = NX.start, NX.http, NX.req, NX.load, NX.finish
+local workers_of, nginx_signal, dechunk, leader_of, check_acked =
+  NX.workers_of, NX.signal, NX.dechunk, NX.leader_of, NX.check_acked
 
 local function first_line(cmd)
   local f = io.popen(cmd)
@@ -191,9 +37,7 @@ local function other_user_missing()
   if not PYTHON then return "needs python3 for the fake leader" end
 end
 
--- nginx runs the LuaJIT build; the sanitizer pass (LD_PRELOAD of libasan into lua5.4) would
--- preload ASan into nginx too, which loads an uninstrumented module: not a run that says anything.
-local describe_nginx = have_nginx and not os.getenv("LD_PRELOAD") and describe or pending
+local describe_nginx = NX.runnable and describe or pending
 
 describe_nginx("nginx", function()
   local n
