@@ -171,7 +171,8 @@ static int host_gone(lua_State *L) {
   fclose(f);
   buf[n] = '\0';
   paren = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold anything */
-  lua_pushboolean(L, n == 0 || (paren != NULL && (paren[2] == 'Z' || paren[2] == 'X')));
+  lua_pushboolean(
+      L, n == 0 || (paren != NULL && paren[1] != '\0' && (paren[2] == 'Z' || paren[2] == 'X')));
   return 1;
 }
 
