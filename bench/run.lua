@@ -1,23 +1,23 @@
 -- bench/run.lua: `make bench`.  Runs every workload in one go on this machine
 -- and prints each figure with its ratio to the reference point the issues name.
 --
---   leader (issue 2)  the Lua API as leader, blocking and in luv coroutines,
+--   leader            the Lua API as leader, blocking and in luv coroutines,
 --                     against bench/raw_leveldb.c on raw LevelDB, same workload
---   follower (issue 3) a follower in this process against a leader process,
+--   follower          a follower in this process against a leader process,
 --                     against bench/sock_floor.c (bare unix-socket round trips
 --                     between two processes, the floor; and the same with a C
 --                     server doing a LevelDB get per request, waiting in a
 --                     blocking read or, as a leader's loop does, in
 --                     epoll_wait), plus failover times
---   node (issue 4)    a Node level-party follower against a Lua leader and
+--   node              a Node level-party follower against a Lua leader and
 --                     against a Node leader; a Lua follower against a Node leader
---   embed (issue 15)  bench/embed_get.c: the leader's own get from 1, 2 and 4
+--   embed             bench/embed_get.c: the leader's own get from 1, 2 and 4
 --                     threads at once (liblevelparty.a, one lua_State each)
 --                     against raw LevelDB gets from as many threads
 --
 -- ONLY (`make bench ONLY=embed`; a command-line variable reaches the
 -- environment) runs only the sections it names, comma-separated: leader,
--- follower (issue 3 and failover), embed, node.
+-- follower (with failover), embed, node.
 --
 -- Figures are operations per second unless a unit is printed.  Nothing here is
 -- a test: nothing fails on a slow machine; the ratios are what to read.
@@ -87,7 +87,7 @@ local function rng(seed)
   end
 end
 
--- The issue-2 workload through `db`; `wrap` runs a function (directly, or in
+-- The leader workload (as bench/raw_leveldb.c) through `db`; `wrap` runs a function (directly, or in
 -- a luv coroutine).  Keys, values, the random read order and the batch
 -- tables are made before the clock starts: the figures are the library's, not
 -- Lua's string formatting (the C program formats its keys with sprintf inside
@@ -181,10 +181,10 @@ local function in_coroutine(fn)
   if err then error(err) end
 end
 
-------------------------------------------------------------------- issue 2
+------------------------------------------------------- leader vs raw LevelDB
 print(("levelparty bench: %s, %s, N=%d, %d CPUs"):format(_VERSION, levelparty.leveldb_version, N, #uv.cpu_info()))
 print()
-local raw, s, c -- the leader medians (issue 3 prints its own get beside them)
+local raw, s, c -- the leader medians (the follower section prints its own get beside them)
 if want("leader") then
   -- Each side's phases last a fraction of a second on a VM whose speed drifts
   -- by tens of percent within minutes, so raw C, blocking and coroutine runs
@@ -238,7 +238,7 @@ if want("leader") then
   print()
 end
 
-------------------------------------------------------------------- issue 3
+--------------------------------------------- follower vs the socket floor
 if want("follower") then
   -- Placement decides a round trip's cost on these machines (a wake-up on the
   -- same CPU costs a few us, across CPUs tens of us), so every follower figure
@@ -453,7 +453,7 @@ if want("follower") then
   print()
 end
 
-------------------------------------------------------------------- issue 15
+----------------------------------------- leader get from several threads
 -- The leader's get from several threads, each its own lua_State, in a C host
 -- (bench/embed_get.c); the raw figure is taken in the same run, same threads.
 if want("embed") then
@@ -475,7 +475,7 @@ if want("embed") then
 end
 print()
 
-------------------------------------------------------------------- issue 4
+---------------------------------------------------------- Node level-party
 if want("node") then
   local node_bench = root .. "/bench/node/run.lua"
   local f = io.open(node_bench)
