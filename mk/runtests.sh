@@ -109,11 +109,13 @@ c_tests() {
 
 # examples/embed (README.md, "Embedding levelparty in a C program"): the host
 # with Lua 5.4 and liblevelparty.a linked in statically (it must export no Lua
-# symbol), EMBED_THREADS threads of 4 coroutines each on its own epoll loop:
-# as the leader; as a follower of a leader in another process (the calls
-# wait, the host's ticker runs meanwhile); and while that leader is killed
-# half way (the host takes over).  Each run prints one TAP line per thread.
-EMBED_THREADS=${EMBED_THREADS:-1}
+# symbol), EMBED_THREADS threads (a lua_State each) of 4 coroutines each on
+# its own epoll loop: as the leader; as a follower of a leader in another
+# process (the calls wait, the host's ticker runs meanwhile); and while that
+# leader is killed half way (every thread is half way at a barrier before the
+# kill and goes on after it: each must end as a leader).  Each run prints one
+# TAP line per thread.
+EMBED_THREADS=${EMBED_THREADS:-4}
 embed_example() {
   local bin=build/5.4/examples/embed_host dir hpid i
   echo "== examples/embed =="

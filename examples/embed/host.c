@@ -13,11 +13,16 @@
  *   host DIR [THREADS [COROUTINES [OPS [KILL_PID]]]]
  *
  * Each thread opens DIR, its coroutines write, read, batch and iterate keys of
- * their own; with KILL_PID, thread 1's first coroutine SIGKILLs that process
- * (the leader) half way.  Prints one TAP line per thread ("ok - ..." or
+ * their own.  With KILL_PID (the leader, another process), every coroutine of
+ * every thread stops half way at a barrier; once all have arrived, thread 1's
+ * first coroutine SIGKILLs that process and waits until it is gone, and only
+ * then do all go on with their second half.  So every thread's state is a
+ * follower when the leader dies, and each makes OPS/2 calls after: they can
+ * only be served by the new leader, this process (one lead per process and
+ * directory: every state attached to it is a leader), and each thread must
+ * end as a leader.  Prints one TAP line per thread ("ok - ..." or
  * "not ok - ..."); exits 0 when all passed.  A thread that fails prints its
- * Lua error.  (Several threads need the party to be thread-safe: until then
- * run one.) */
+ * Lua error. */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -37,7 +42,7 @@
 
 /* The Lua side: returns a table of coroutine bodies for run_loop. */
 static const char script[] =
-    "local dir, thread, ncos, nops, kill_pid = ...\n"
+    "local dir, thread, nthreads, ncos, nops, kill_pid = ...\n"
     "package.path, package.cpath = '', '' -- nothing from disk\n"
     "local lp = require 'levelparty'\n"
     "lp.set_loop('yield')\n"
@@ -48,6 +53,15 @@ static const char script[] =
     "  timeout = function(s) return math.max(0, s.deadline - host_now()) end }\n"
     "Sleep.__index = Sleep\n"
     "local function sleep(s) coroutine.yield(setmetatable({ deadline = host_now() + s }, Sleep)) "
+    "end\n"
+    "local HALF, KILLED = 1, 2 -- host_add's counters, shared by all threads\n"
+    "local function wait_for(counter, n, what)\n"
+    "  local deadline = host_now() + 60\n"
+    "  while host_add(counter, 0) < n do\n"
+    "    assert(host_now() < deadline, string.format('waited 60 s for %s: %d of %d', what,\n"
+    "      host_add(counter, 0), n))\n"
+    "    sleep(0.001)\n"
+    "  end\n"
     "end\n"
     "local function call(f, ...)\n"
     "  local t0 = st.ticks\n"
@@ -65,7 +79,22 @@ static const char script[] =
     "      assert(call(db.put, db, k, 'v' .. j))\n"
     "      local v, err = call(db.get, db, k)\n"
     "      assert(v == 'v' .. j, tostring(v) .. ' ' .. tostring(err))\n"
-    "      if kill_pid and thread == 1 and i == 1 and j == nops // 2 then host_kill(kill_pid) end\n"
+    "      if kill_pid and j == nops // 2 then\n"
+    "        -- every coroutine of every thread is half way, idle, before the kill\n"
+    "        host_add(HALF, 1)\n"
+    "        wait_for(HALF, nthreads * ncos, 'half way')\n"
+    "        if thread == 1 and i == 1 then\n"
+    "          assert(host_kill(kill_pid), 'kill ' .. kill_pid)\n"
+    "          -- gone: its descriptors (LOCK, the socket) are closed\n"
+    "          local deadline = host_now() + 30\n"
+    "          while not host_gone(kill_pid) do\n"
+    "            assert(host_now() < deadline, 'the leader did not die in 30 s')\n"
+    "            sleep(0.001)\n"
+    "          end\n"
+    "          host_add(KILLED, 1)\n"
+    "        end\n"
+    "        wait_for(KILLED, 1, 'the leader killed')\n"
+    "      end\n"
     "    end\n"
     "    assert(call(db.batch, db, { { type = 'put', key = pre .. 'b', value = 'x' },\n"
     "      { type = 'del', key = pre .. '00001' } }))\n"
@@ -102,7 +131,7 @@ typedef struct {
 } task_t;
 
 typedef struct {
-  int id;
+  int id, nthreads;
   const char *dir;
   int ncos, nops;
   long kill_pid;
@@ -123,6 +152,45 @@ static int host_now(lua_State *L) {
 
 static int host_kill(lua_State *L) {
   lua_pushboolean(L, kill((pid_t)luaL_checkinteger(L, 1), SIGKILL) == 0);
+  return 1;
+}
+
+/* host_gone(pid): true once the process has exited (no /proc entry, or a
+ * zombie: either way its descriptors are closed, its fcntl locks released). */
+static int host_gone(lua_State *L) {
+  char path[64], buf[256], *paren;
+  FILE *f;
+  size_t n;
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)luaL_checkinteger(L, 1));
+  f = fopen(path, "r");
+  if (f == NULL) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  paren = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold anything */
+  lua_pushboolean(
+      L, n == 0 || (paren != NULL && paren[1] != '\0' && (paren[2] == 'Z' || paren[2] == 'X')));
+  return 1;
+}
+
+/* Counters shared by every thread (the barrier around the kill); only
+ * host_add touches them, under counters_lock. */
+#define NCOUNTERS 4
+static pthread_mutex_t counters_lock = PTHREAD_MUTEX_INITIALIZER;
+static long counters[NCOUNTERS];
+
+/* host_add(i, n): adds n to counter i (1..NCOUNTERS), returns its value. */
+static int host_add(lua_State *L) {
+  lua_Integer i = luaL_checkinteger(L, 1), n = luaL_checkinteger(L, 2);
+  long v;
+  luaL_argcheck(L, i >= 1 && i <= NCOUNTERS, 1, "no such counter");
+  pthread_mutex_lock(&counters_lock);
+  v = counters[i - 1] += (long)n;
+  pthread_mutex_unlock(&counters_lock);
+  lua_pushinteger(L, v);
   return 1;
 }
 
@@ -263,16 +331,19 @@ static void *thread_main(void *p) {
   levelparty_openlibs(L);
   lua_register(L, "host_kill", host_kill);
   lua_register(L, "host_now", host_now);
+  lua_register(L, "host_gone", host_gone);
+  lua_register(L, "host_add", host_add);
   if (luaL_loadbuffer(L, script, sizeof script - 1, "=host") != LUA_OK) goto lua_fail;
   lua_pushstring(L, a->dir);
   lua_pushinteger(L, a->id);
+  lua_pushinteger(L, a->nthreads);
   lua_pushinteger(L, a->ncos);
   lua_pushinteger(L, a->nops);
   if (a->kill_pid > 0)
     lua_pushinteger(L, a->kill_pid);
   else
     lua_pushnil(L);
-  if (lua_pcall(L, 5, 2, 0) != LUA_OK) goto lua_fail;
+  if (lua_pcall(L, 6, 2, 0) != LUA_OK) goto lua_fail;
   /* stack: bodies, report */
   n = (int)luaL_len(L, 1);
   for (i = 0; i < n && i < 64; i++) {
@@ -292,10 +363,12 @@ static void *thread_main(void *p) {
   lua_pushvalue(L, 2);
   if (lua_pcall(L, 0, 4, 0) != LUA_OK) goto lua_fail;
   snprintf(a->msg, sizeof a->msg, "%s", lua_tostring(L, -4));
-  /* a follower's calls wait: the ticker must have run while some did; after
-   * the leader's death this process leads */
+  /* a follower's calls wait: the ticker must have run while some did; with a
+   * leader to kill, each state starts as its follower and, having made calls
+   * after its death (the barrier), ends as a leader */
   a->ok = (strcmp(lua_tostring(L, -3), "follower") != 0 || lua_tointeger(L, -2) > 0) &&
-          (a->kill_pid == 0 || strcmp(lua_tostring(L, -1), "leader") == 0);
+          (a->kill_pid == 0 || (strcmp(lua_tostring(L, -3), "follower") == 0 &&
+                                strcmp(lua_tostring(L, -1), "leader") == 0));
   goto done;
 lua_fail:
   snprintf(a->msg, sizeof a->msg, "thread %d: %s", a->id, lua_tostring(L, -1));
@@ -317,6 +390,7 @@ int main(int argc, char **argv) {
   if (args == NULL || tids == NULL) return 1;
   for (i = 0; i < nthreads; i++) {
     args[i].id = i + 1;
+    args[i].nthreads = nthreads;
     args[i].dir = argv[1];
     args[i].ncos = argc > 3 ? atoi(argv[3]) : 4;
     args[i].nops = argc > 4 ? atoi(argv[4]) : 200;
