@@ -796,6 +796,41 @@ static int push_job(lua_State *L, ldb_t *d, lp_batch *b, int sync) {
   return 2;
 }
 
+/* A leader's own put (value present) or del (value.ptr NULL) of one key:
+ * inline on this thread; from a coroutine (async) it first yields when the
+ * time slice is over, and goes to the worker while LevelDB stalls writers
+ * (handoff_now: docs/ARCHITECTURE.md, "The loop never stalls"). */
+static int leader_write(lua_State *L, ldb_t *d, lp_engine *e, int async, lp_slice key,
+                        lp_slice value, int sync) {
+  lp_err err;
+  uint64_t now = 0; /* async: when the write began (one clock read for both) */
+  int r;
+  if (!async)
+    inline_after_jobs(d);
+  else if ((now = lp_now_ns()) - slice_start_ns > slice_ns)
+    return push_yield(L);
+  else if (handoff_now(d, e, now)) {
+    lp_batch *b = lp_batch_new();
+    if (b == NULL)
+      return push_err(L, LP_ENOMEM,
+                      value.ptr != NULL ? "put: out of memory" : "del: out of memory");
+    if (value.ptr != NULL)
+      lp_batch_put(b, key, value);
+    else
+      lp_batch_del(b, key);
+    r = push_job(L, d, b, sync);
+    if (r != 0) return r;
+    lp_batch_free(b);
+    inline_after_jobs(d);
+  }
+  r = value.ptr != NULL ? lp_engine_put(e, key, value, sync, &err)
+                        : lp_engine_del(e, key, sync, &err);
+  if (async) timed_inline(d, now);
+  if (r != 0) return push_lperr(L, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* db:put(async, key, value, sync) */
 static int db_put(lua_State *L) {
   ldb_t *d = check_db(L);
@@ -805,29 +840,7 @@ static int db_put(lua_State *L) {
   lp_engine *e;
   if (d->party == NULL) return push_closed(L, "put");
   e = lp_party_engine(d->party);
-  if (e != NULL) {
-    lp_err err;
-    uint64_t now = 0; /* async: when the write began (one clock read for both) */
-    int r;
-    if (!async)
-      inline_after_jobs(d);
-    else if ((now = lp_now_ns()) - slice_start_ns > slice_ns)
-      return push_yield(L);
-    else if (handoff_now(d, e, now)) {
-      lp_batch *b = lp_batch_new();
-      if (b == NULL) return push_err(L, LP_ENOMEM, "put: out of memory");
-      lp_batch_put(b, key, value);
-      r = push_job(L, d, b, sync);
-      if (r != 0) return r;
-      lp_batch_free(b);
-      inline_after_jobs(d);
-    }
-    r = lp_engine_put(e, key, value, sync, &err);
-    if (async) timed_inline(d, now);
-    if (r != 0) return push_lperr(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
+  if (e != NULL) return leader_write(L, d, e, async, key, value, sync);
   d->scratch.len = 0;
   if (lp_wire_rest_put(&d->scratch, key, value) != 0 || (sync && lp_wire_rest_sync(&d->scratch)))
     return push_err(L, LP_ENOMEM, "put: out of memory");
@@ -843,29 +856,7 @@ static int db_del(lua_State *L) {
   lp_engine *e;
   if (d->party == NULL) return push_closed(L, "del");
   e = lp_party_engine(d->party);
-  if (e != NULL) {
-    lp_err err;
-    uint64_t now = 0; /* async: when the write began (one clock read for both) */
-    int r;
-    if (!async)
-      inline_after_jobs(d);
-    else if ((now = lp_now_ns()) - slice_start_ns > slice_ns)
-      return push_yield(L);
-    else if (handoff_now(d, e, now)) {
-      lp_batch *b = lp_batch_new();
-      if (b == NULL) return push_err(L, LP_ENOMEM, "del: out of memory");
-      lp_batch_del(b, key);
-      r = push_job(L, d, b, sync);
-      if (r != 0) return r;
-      lp_batch_free(b);
-      inline_after_jobs(d);
-    }
-    r = lp_engine_del(e, key, sync, &err);
-    if (async) timed_inline(d, now);
-    if (r != 0) return push_lperr(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
+  if (e != NULL) return leader_write(L, d, e, async, key, LP_SLICE_NONE, sync);
   d->scratch.len = 0;
   if (lp_wire_rest_key(&d->scratch, key) != 0 || (sync && lp_wire_rest_sync(&d->scratch)))
     return push_err(L, LP_ENOMEM, "del: out of memory");
