@@ -56,7 +56,7 @@ end
 -- Processes ----------------------------------------------------------------------------------
 
 local ending = false
-local events = { kills = {}, stops = {}, closes = {}, exits = {}, starts = {} }
+local events = { kills = {}, stops = {}, closes = {}, exits = {}, starts = {}, stalls = {} }
 local problems = {}
 local function problem(fmt, ...)
   problems[#problems + 1] = fmt:format(...)
@@ -123,6 +123,7 @@ end
 -- A command line to an actor.  The actor may have died since the driver last
 -- looked: the write then fails (EPIPE) and its exit callback says the rest.
 local function tell(inc, line)
+  if line == "idle" then inc.told_idle = true end
   inc.stdin:write(line .. "\n", function() end)
 end
 
@@ -234,14 +235,72 @@ local function sample(inc)
   if rss then inc.samples[#inc.samples + 1] = { t = now(), rss = rss, fds = nfd, cpu = cpu, state = state } end
 end
 
+-- Stalls: a process that logged nothing for STALL_US although it was neither stopped by us nor
+-- told to go idle (every actor logs each call, and each call is bounded by the timeout) has its
+-- threads described in events.log -- state, wait channel, system call, the top of the kernel
+-- stack -- once per quiet spell: what a post-mortem needs to tell a blocked syscall from a lock,
+-- a loop or a process starved of CPU.
+local STALL_US = math.max(3, 3 * timeout) * 1e6
+local stopped -- the process the schedule stopped (below)
+local function first_line(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("l")
+  f:close()
+  return s
+end
+local function describe_threads(pid)
+  local parts = {}
+  local req = uv.fs_scandir("/proc/" .. pid .. "/task")
+  while req do
+    local tid = uv.fs_scandir_next(req)
+    if not tid then break end
+    local base = "/proc/" .. pid .. "/task/" .. tid .. "/"
+    local comm = first_line(base .. "comm") or "?"
+    local st = first_line(base .. "stat") or ""
+    local state = st:match("%) (%S)") or "?"
+    local sc = (first_line(base .. "syscall") or "?"):match("^(%S+)")
+    local frames = {}
+    local f = io.open(base .. "stack")
+    if f then
+      for l in f:lines() do
+        if #frames >= 4 then break end
+        frames[#frames + 1] = l:match("%] ([%w_%.]+)") or l
+      end
+      f:close()
+    end
+    parts[#parts + 1] = ("%s/%s %s wchan=%s syscall=%s stack=%s"):format(tid, comm, state,
+      first_line(base .. "wchan") or "?", sc or "?", table.concat(frames, "<"))
+  end
+  return table.concat(parts, "; ")
+end
+local function watch_stall(inc)
+  local st = uv.fs_stat(inc.log)
+  local size, t = st and st.size or 0, now()
+  if size ~= inc.log_size then
+    inc.log_size, inc.quiet_since, inc.stall_told = size, t, false
+    return
+  end
+  if inc.stall_told or inc.told_idle or inc == stopped or not inc.quiet_since then return end
+  if t - inc.quiet_since < STALL_US then return end
+  inc.stall_told = true
+  local h = holder and by_pid(holder)
+  local text = ("stall %s (%s): no log line for %.0f ms; LOCK held by %s; %s"):format(inc.name,
+    inc.slot.kind, (t - inc.quiet_since) / 1000, h and h.name or tostring(holder or "nobody"),
+    describe_threads(inc.pid))
+  events.stalls[#events.stalls + 1] = { t = t, text = text }
+end
+
 local res_timer = uv.new_timer()
 res_timer:start(1000, 1000, function()
-  for _, inc in ipairs(alive_incs()) do sample(inc) end
+  for _, inc in ipairs(alive_incs()) do
+    sample(inc)
+    watch_stall(inc)
+  end
 end)
 
 -- The schedule ---------------------------------------------------------------------------------
 
-local stopped = nil
 local function leader_inc()
   return holder and by_pid(holder)
 end
@@ -408,6 +467,7 @@ do
   for _, k in ipairs(events.kills) do add(k.t, ("kill %s (%s)"):format(k.name, k.leader and "leader" or "follower")) end
   for _, st in ipairs(events.stops) do add(st.t, ("stop %s until %s"):format(st.name, tostring(st.cont))) end
   for _, c in ipairs(events.closes) do add(c.t, "close " .. c.name) end
+  for _, st in ipairs(events.stalls) do add(st.t, st.text) end
   for _, inc in ipairs(events.exits) do
     add(inc.exit_t, ("exit %s code %s signal %s"):format(inc.name, tostring(inc.code), tostring(inc.signal)))
   end
@@ -569,6 +629,12 @@ say(("chaos: calls outside failovers %d: p99 %.1f ms, worst %.1f ms%s"):format(#
   worst / 1000, worst_call and (" (" .. worst_call.who .. " " .. worst_call.kind .. ")") or ""))
 say("chaos: memory trend: " .. trend)
 say("chaos: idle CPU: " .. table.concat(idle_cpu, ", "))
+if #events.stalls > 0 then
+  local who = {}
+  for _, st in ipairs(events.stalls) do who[#who + 1] = st.text:match("^stall (%S+)") end
+  say(("chaos: stalls (no log line for %.0f s; threads described in events.log): %s"):format(STALL_US / 1e6,
+    table.concat(who, ", ")))
+end
 for _, p in ipairs(problems) do h:fail("%s", p) end
 if h.nerrors > 0 then
   for _, e in ipairs(h.errors) do say("chaos: FAIL " .. e) end
