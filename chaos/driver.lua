@@ -7,7 +7,7 @@
 -- level-party process when Node is available), then for DURATION seconds, every 100-800 ms:
 -- SIGKILLs the leader, or one or two followers, or SIGSTOPs a process for longer than the
 -- timeout, or closes a handle gracefully; whatever it took away comes back.  It samples the
--- LOCK's holders (/proc/locks) every 20 ms and each process's RSS, fds and CPU every second.
+-- LOCK's holders (/proc/locks) every 100 ms and each process's RSS, fds and CPU every second.
 -- At the end: every process is resumed, restarted and left to run, then told to go idle
 -- (each must answer: no call hangs), idle CPU is measured, everything is SIGKILLed, the
 -- directory is read, and chaos/check.lua judges the logs.  Exit 0 when every check passed.
@@ -186,8 +186,12 @@ local function lock_holders()
   return owners
 end
 
+-- Every 100 ms, not faster: reading /proc/locks takes the kernel's global
+-- file-lock semaphore for writing (an RCU grace period under load), and while
+-- it waits every fcntl lock and every close of a locked file in the machine
+-- waits too, the actors' LOCK probes among them (docs/RELIABILITY.md).
 local lock_timer = uv.new_timer()
-lock_timer:start(20, 20, function()
+lock_timer:start(100, 100, function()
   local owners = lock_holders()
   lock_samples = lock_samples + 1
   local distinct = {}
