@@ -1,5 +1,5 @@
--- bench/loopgap.lua: how long a leader's own writes hold a luv loop (issue 13,
--- "The loop never stalls").
+-- bench/loopgap.lua: how long a leader's own writes hold a luv loop
+-- (docs/ARCHITECTURE.md, "The loop never stalls").
 --
 --   lua bench/loopgap.lua [SECONDS [DIR]]
 --
@@ -20,7 +20,7 @@
 -- /proc/thread-self/schedstat): what remains is the time it ran or blocked
 -- (in LevelDB, say).  JOBS: writes the leader handed to its worker thread.
 -- MODE: "handoff" (the default settings), or "inline" with LOOPGAP_INLINE=1
--- (the hand-off off: every write inline, as before issue 13).  Nothing here
+-- (the hand-off off: every write inline, as before the hand-off).  Nothing here
 -- is a test.
 local uv = require "luv"
 local levelparty = require "levelparty"

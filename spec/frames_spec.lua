@@ -1,4 +1,4 @@
--- Frames over max_frame (issue 11, items 1 and 2): a request or a reply that cannot fit in a
+-- Frames over max_frame: a request or a reply that cannot fit in a
 -- frame fails that request alone, at once, with ETOOLARGE; it never costs a reconnect, never
 -- loops, and never makes the leader spin.
 --

@@ -1,4 +1,4 @@
--- The leader's limits (issue 11): out of file descriptors, and followers that never read.
+-- The leader's limits: out of file descriptors, and followers that never read.
 -- A leader must say what happens, never spin, keep serving, and bound its memory in total.
 --
 -- Workers are spec/fixtures/lua/worker.lua processes (see there).  Every wait is bounded.

@@ -1,4 +1,4 @@
--- levelparty through nginx's lifecycle (issue 12's remaining tests), a real nginx of 4 workers
+-- levelparty through nginx's lifecycle (kills, reloads, mixed leaders, a soak), a real nginx of 4 workers
 -- started by spec/nginx_helper.lua from examples/nginx/nginx.conf:
 --   * the leader worker killed -9 five times under load;
 --   * five `nginx -s reload` under load, one while the leader streams a slow response;

@@ -24,7 +24,7 @@ local function first_line(cmd)
   return s or ""
 end
 
--- Another user (issue 17's checks for the nginx transport): root and setpriv run
+-- Another user (the trust checks of the nginx transport): root and setpriv run
 -- spec/fixtures/fake_leader.py as user nobody.
 local SETPRIV = first_line("command -v setpriv 2>/dev/null")
 local PYTHON

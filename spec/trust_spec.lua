@@ -1,4 +1,4 @@
--- Issue 17 and issue 11 (items 3-5): whom a follower trusts, and what a process of another
+-- Whom a follower trusts, and what a process of another
 -- user meets in a shared directory (docs/RELIABILITY.md, "Trust model").
 --
 -- Other users are played by `setpriv --reuid=nobody --regid=nogroup --clear-groups`, so
@@ -119,7 +119,7 @@ local function count(s, sub)
   end
 end
 
-describe("a follower checks who serves the socket (issue 17)", function()
+describe("a follower checks who serves the socket", function()
   test("a fake leader of another uid, there first, is refused at open and receives nothing", function()
     local d = H.tmpdir("fake-first")
     assert(uv.fs_chmod(d, MODE_0777))
@@ -232,7 +232,7 @@ describe("a follower checks who serves the socket (issue 17)", function()
   end, { python = true })
 end)
 
-describe("another uid in a shared directory (issue 11)", function()
+describe("another uid in a shared directory", function()
   test("item 3: a peer the leader refuses gets EACCES at open; the leader logs it once a minute", function()
     local d = H.tmpdir("refused")
     assert(uv.fs_chmod(d, MODE_0777))
