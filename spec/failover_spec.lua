@@ -17,9 +17,13 @@ local function sr(status, rest) return { status, rest } end
 after_each(P.cleanup)
 
 local N_WRITES = 400
+local HOLD_AT = 200 -- where the writers of a single kill wait for it (see start_writer)
 
-local function start_writer(d, prefix, opts_lua)
-  return H.spawn(P.fixtures .. "/writer.lua", { d, prefix, N_WRITES, 2, opts_lua or "{}" })
+-- hold_at: the writer stops after that many puts until it reads a line ("go", sent once the
+-- leader's end is done), so that a leader ended at an earlier put ends mid-run by
+-- construction; a writer that is slower is still writing when it lands.
+local function start_writer(d, prefix, opts_lua, hold_at)
+  return H.spawn(P.fixtures .. "/writer.lua", { d, prefix, N_WRITES, 2, opts_lua or "{}", hold_at or 0 })
 end
 
 -- Keys a writer acknowledged, from its output.
@@ -72,7 +76,7 @@ describe("failover while followers write", function()
       assert.equal("leader", l.role0)
       local ws = {}
       for i = 1, 3 do
-        ws[i] = start_writer(d, "w" .. i .. "-")
+        ws[i] = start_writer(d, "w" .. i .. "-", nil, HOLD_AT)
         assert.matches("^ready follower", (ws[i]:wait_line("^ready ", 20)))
       end
       -- the failure lands while every writer is in mid-run
@@ -86,9 +90,10 @@ describe("failover while followers write", function()
         if expect and expect.code then assert.equal(expect.code, code, l:stderr_text()) end
         if expect and expect.code_not then assert.are_not.equal(expect.code_not, code) end
       end
+      for _, w in ipairs(ws) do w:send("go") end
       local leaders, keys = 0, {}
       for i, w in ipairs(ws) do
-        local line = w:wait_line("^done ", 30)
+        local line = w:wait_line("^done ", 120)
         local acks, fails, role = line:match("^done (%d+) (%d+) (%S+)")
         assert.equal("0", fails, "writer " .. i .. " failed puts: " .. table.concat(w.lines, "\n"))
         assert.equal(tostring(N_WRITES), acks)
@@ -112,17 +117,18 @@ describe("failover while followers write", function()
     assert.matches("^ready leader", (lw:wait_line("^ready ", 20)))
     local ws = {}
     for i = 1, 2 do
-      ws[i] = start_writer(d, "w" .. i .. "-")
+      ws[i] = start_writer(d, "w" .. i .. "-", nil, HOLD_AT)
       assert.matches("^ready follower", (ws[i]:wait_line("^ready ", 20)))
     end
     for i, w in ipairs(ws) do w:wait_line("^ack w" .. i .. "%-50$", 20) end
     lw:wait_line("^ack L%-50$", 20)
     P.kill_and_wait(lw, "sigkill")
+    for _, w in ipairs(ws) do w:send("go") end
     local keys = acked(lw)
     assert.is_true(#keys >= 50)
     local leaders = 0
     for _, w in ipairs(ws) do
-      local line = w:wait_line("^done ", 30)
+      local line = w:wait_line("^done ", 120)
       assert.matches("^done " .. N_WRITES .. " 0 ", line)
       if line:match(" leader$") then leaders = leaders + 1 end
       for _, k in ipairs(acked(w)) do keys[#keys + 1] = k end
@@ -137,7 +143,7 @@ describe("failover while followers write", function()
     local ls = {}
     for i = 1, 3 do ls[i] = P.worker(d, nil, "sync") end
     assert.equal("leader", ls[1].role0)
-    local w = start_writer(d, "w-")
+    local w = start_writer(d, "w-", nil, 300)
     assert.matches("^ready follower", (w:wait_line("^ready ", 20)))
     local at = { 50, 120, 200 }
     local current = ls[1]
@@ -157,7 +163,8 @@ describe("failover while followers write", function()
         current = nxt
       end
     end
-    local line = w:wait_line("^done ", 30)
+    w:send("go")
+    local line = w:wait_line("^done ", 120)
     assert.matches("^done " .. N_WRITES .. " 0 ", line)
     local keys = acked(w)
     P.kill_and_wait(w, "sigkill")

@@ -260,8 +260,16 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
   -- Failover
   ----------------------------------------------------------------------------------------------
 
-  local STREAM_N = 3000 -- more than any read-ahead window, so the kill lands mid-stream
-  local WRITES = 1000   -- per writer, 3 ms apart: still writing when the streams reach the kill point
+  -- The kill lands mid-stream and mid-writes by construction: each stream is held after
+  -- STREAM_HOLD entries and each writer after WRITE_HOLD acknowledged puts (the workers' hold_at)
+  -- until the spec releases them, after the kill. A fast stream or writer waits there, a slow
+  -- one is still going when the kill lands; either way the rest crosses the failover, and
+  -- STREAM_N - STREAM_HOLD is more than any read-ahead window (docs/PROTOCOL.md), so a held
+  -- Lua stream still needs a leader for the rest.
+  local STREAM_N = 3000
+  local STREAM_HOLD = 1000
+  local WRITES = 1000   -- per writer, 3 ms apart
+  local WRITE_HOLD = 500
 
   local function preload(w, prefix, n)
     local ops = {}
@@ -363,10 +371,10 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
 
     for i, wr in ipairs(writers) do
       wr.prefix = ("w-%d-%s-"):format(i, wr.w.kind)
-      wr.id = wr.w:send({ op = "write", prefix = wr.prefix, count = WRITES, interval_ms = 3 })
+      wr.id = wr.w:send({ op = "write", prefix = wr.prefix, count = WRITES, interval_ms = 3, hold_at = WRITE_HOLD })
     end
     for _, st in ipairs(streamers) do
-      st.id = st.w:send({ op = "stream", options = st.spec.options, delay_ms = 1 })
+      st.id = st.w:send({ op = "stream", options = st.spec.options, delay_ms = 1, hold_at = STREAM_HOLD })
     end
     for _, wr in ipairs(writers) do wr.w:wait_progress(wr.id, 30, 60) end
     for _, st in ipairs(streamers) do st.w:wait_progress(st.id, 200, 60) end
@@ -386,6 +394,8 @@ describe("interop: Node level-party 5.1.1 and levelparty share a directory", fun
       assert(wr.w.replies[wr.id] == nil, "the kill must land mid-writes: " .. wr.w:describe() .. " already ended")
     end
     leader:kill9()
+    for _, x in ipairs(writers) do x.w:release(x.id) end
+    for _, x in ipairs(streamers) do x.w:release(x.id) end
 
     if force then
       -- a process of the forced runtime must lead before the stopped ones wake up

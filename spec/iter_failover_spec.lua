@@ -108,9 +108,11 @@ describe("iterator resume after the leader's SIGKILL", function()
       local g = P.worker(d, nil, "sync")
       local every = 500
       -- in the first 80% of the stream; the streamer spends 1 ms per 100 entries, so at
-      -- least ~80 ms of stream are left when the leader dies
+      -- least ~80 ms of stream are usually left when the leader dies.  Mid-stream by
+      -- construction: a streamer that gets further first waits 2000 entries (more than the
+      -- client's read-ahead) before the end, until the kill is done.
       local at = every * math.random(1, math.floor(math.floor(n * 8 / 10) / every))
-      local s = streamer(d, shape.name, 0, every, 1)
+      local s = streamer(d, shape.name, n - 2000, every, 1)
       s:wait_line("^progress " .. at .. "$", 60)
       l:kill("sigkill")
       local gid = g:send("get " .. S.key(7))
@@ -118,6 +120,7 @@ describe("iterator resume after the leader's SIGKILL", function()
       for _, line in ipairs(s.lines) do
         assert.is_nil(line:find("^ok "), "the stream ended before the leader died")
       end
+      s:send("go")
       local res = outcome(s)
       assert.matches(("^ok %d "):format(n), res, 1, false)
       assert.is_nil(res:find("^fail"), ("%s (killed at progress %d, seed %d)"):format(res, at, seed))
