@@ -81,6 +81,16 @@ static inline int tap_done(void) {
   return tap_failures ? 1 : 0;
 }
 
+/* A bound on waiting for something to happen, in ms, times TAP_TIME_SCALE
+ * (an integer, 1 unless set): under valgrind (mk/runtests.sh sets 10) the
+ * same work takes many times longer.  Bounds on silence (nothing must
+ * happen within ms) are not scaled. */
+static inline int tap_ms(int ms) {
+  const char *s = getenv("TAP_TIME_SCALE");
+  int k = s ? atoi(s) : 1;
+  return k > 1 ? ms * k : ms;
+}
+
 /* A C string as a present slice (not copied). */
 static inline lp_slice S(const char *s) {
   lp_slice r;
