@@ -336,7 +336,7 @@ valgrind_pass() {
   local wrap=$PWD/build/valgrind/bin/lua5.4
   [ -z "$SPEC" ] || return 0
   C_RUNNER=("${vg[@]}")
-  TAP_TIME_SCALE=10 C_TAG=valgrind C_TIMEOUT=$VALGRIND_TIMEOUT c_tests build/test
+  TAP_VALGRIND=1 TAP_TIME_SCALE=10 C_TAG=valgrind C_TIMEOUT=$VALGRIND_TIMEOUT c_tests build/test
   C_RUNNER=()
   mkdir -p "${wrap%/*}"
   printf '#!/bin/sh\n# Written by mk/runtests.sh: lua5.4 under memcheck (see valgrind_pass).\nexec %s %s "$@"\n' \

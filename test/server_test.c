@@ -1095,7 +1095,15 @@ static void test_emfile(void) {
   struct rlimit old, low;
   struct sockaddr_un a;
   double cpu0, cpu1;
-  lp_server *s = start_server(0, 0, 0);
+  lp_server *s;
+  if (getenv("TAP_VALGRIND")) {
+    /* valgrind emulates RLIMIT_NOFILE: an fd the kernel accepted over the
+     * emulated limit is closed and EMFILE returned, so the waiting
+     * connection is dropped rather than left in the backlog. */
+    skip("EMFILE: a leader out of descriptors", "valgrind closes what it accepts over the limit");
+    return;
+  }
+  s = start_server(0, 0, 0);
   if (!s || getrlimit(RLIMIT_NOFILE, &old) != 0) {
     check(0, "EMFILE setup", "failed");
     lp_server_stop(s);
