@@ -545,6 +545,20 @@ for _, k in ipairs(events.kills) do
 end
 for _, ev in ipairs(events.stops) do disrupt[#disrupt + 1] = { ev.t, (ev.cont or ev.t) + 5e5 } end
 for _, c in ipairs(h.closes) do disrupt[#disrupt + 1] = { c.t, c.t + 5e5 } end
+-- A call is clean when no disruption overlaps it: disruptions by start, with the running
+-- max of their ends, so each call costs a binary search (an hour holds ~10^6 calls and
+-- ~10^4 disruptions).
+table.sort(disrupt, function(a, b) return a[1] < b[1] end)
+local disrupt_end = {}
+for i, d in ipairs(disrupt) do disrupt_end[i] = math.max(disrupt_end[i - 1] or -math.huge, d[2]) end
+local function disrupted(inv, resp)
+  local lo, hi, best = 1, #disrupt, 0
+  while lo <= hi do
+    local mid = (lo + hi) // 2
+    if disrupt[mid][1] < resp then best, lo = mid, mid + 1 else hi = mid - 1 end
+  end
+  return best > 0 and disrupt_end[best] > inv
+end
 local worst, worst_call, lats = 0, nil, {}
 for _, c in ipairs(h.calls) do
   local lat = c.lat or (c.resp - c.inv)
@@ -554,9 +568,7 @@ for _, c in ipairs(h.calls) do
     h:fail("%s: %s took %.0f ms (bound %.0f ms)", c.who, c.kind, lat / 1000, (c.bound + allow) / 1000)
   end
   if c.ok and c.kind ~= "open" then
-    local clean = true
-    for _, d in ipairs(disrupt) do if c.resp > d[1] and c.inv < d[2] then clean = false break end end
-    if clean then
+    if not disrupted(c.inv, c.resp) then
       lats[#lats + 1] = lat
       if lat > worst then worst, worst_call = lat, c end
     end
