@@ -167,6 +167,12 @@ typedef struct titer {
  * partial frame at most once parsed), and per id what is outstanding. */
 enum { SV_OUT = 1, SV_TAINT = 2 };
 
+/* The client hands out the lowest free id, so the ids it sends stay below
+ * the number of requests in one program (programs are far shorter than
+ * this).  A made-up reply may name any id: one at or above the bound can
+ * never be sent, so the leader's view need not record it. */
+#define SV_ID_BOUND (1u << 16)
+
 typedef struct run {
   lp_client *c;
   uint32_t window;
@@ -215,6 +221,7 @@ static int done(run *R, const tok *t) { return lp_client_done(R->c, t->token); }
 
 /* One request frame as the leader reads it. */
 static void sv_request(run *R, const lp_request *q) {
+  REQUIRE(q->id < SV_ID_BOUND);
   if (q->tag != LP_REQ_ITER) {
     uint8_t *s = sv_slot(&R->sv_req, &R->nsv_req, q->id);
     REQUIRE(q->tag >= LP_REQ_GET && q->tag <= LP_REQ_GETMANY);
@@ -651,7 +658,9 @@ static void op_garbage(run *R, prog *g) {
 
 /* A reply for request id r reached the client: the id is free again. */
 static void sv_replied(run *R, uint32_t id) {
-  uint8_t *s = sv_slot(&R->sv_req, &R->nsv_req, id);
+  uint8_t *s;
+  if (id >= SV_ID_BOUND) return;
+  s = sv_slot(&R->sv_req, &R->nsv_req, id);
   if (*s & SV_OUT)
     *s &= (uint8_t)~SV_OUT;
   else
@@ -735,7 +744,7 @@ static void op_feed(run *R, prog *g) {
   rc = lp_client_feed(R->c, R->pend.ptr ? R->pend.ptr : "", n, &err);
   k = (uint64_t)n < R->skip ? n : (size_t)R->skip; /* the rest of an oversized frame */
   R->skip -= k;
-  append(&R->fed, R->pend.ptr + k, n - k);
+  if (n > k) append(&R->fed, R->pend.ptr + k, n - k);
   lp_buf_consume(&R->pend, n);
   bad = mirror_feed(R, &entries);
   stat_fed_entries += entries;
