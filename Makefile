@@ -30,7 +30,7 @@ OPT           ?= -O2 -g
 WERROR        ?= -Werror
 WARN          ?= -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
                  -Wpointer-arith -Wcast-qual -Wwrite-strings -Wundef
-SAN           ?= -fsanitize=address,undefined -fno-omit-frame-pointer
+SAN           ?= -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 TSAN          ?= -fsanitize=thread
 LIBS          ?= -lleveldb -luv -lpthread
 FUZZ_ITERS    ?= 100000
@@ -171,7 +171,7 @@ $(FUZZERS:%=build/fuzz/fuzz_%_standalone): build/fuzz/fuzz_%_standalone: fuzz/fu
 $(FUZZERS:%=build/fuzz/fuzz_%): build/fuzz/fuzz_%: fuzz/fuzz_%.c $(CSRCS) $(HDRS)
 	@mkdir -p $(@D)
 	$(CLANG) -std=gnu99 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined \
-	  -Isrc -o $@ $(filter %.c,$^) $(LDFLAGS) $(LIBS)
+	  -fno-sanitize-recover=undefined -Isrc -o $@ $(filter %.c,$^) $(LDFLAGS) $(LIBS)
 
 build/bench/embed_get: bench/embed_get.c build/5.4/liblevelparty.a include/levelparty.h
 	@mkdir -p $(@D)
