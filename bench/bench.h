@@ -18,8 +18,11 @@
  * benches with -Isrc), so the two cannot drift; the rest is mirrored here by
  * hand: a change of lp_engine_opts_init or lp_party_opts_init belongs here too.
  * A bench that wants something else (raw_leveldb's error_if_exists guard, a
- * directory that must exist already) changes ldb.options after
- * bench_ldb_init and says so.
+ * directory that must exist already) changes the options object after
+ * bench_ldb_init and says so.  What lp_engine_open does besides the options
+ * is not done here: its check of CURRENT before the open, and, at a process's
+ * first open, a compaction of the empty key's range that starts LevelDB's
+ * background thread under a full signal mask.
  *
  * Everything is static inline: a bench uses what it needs, and the rest costs
  * nothing and warns about nothing.
