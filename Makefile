@@ -173,14 +173,19 @@ $(FUZZERS:%=build/fuzz/fuzz_%): build/fuzz/fuzz_%: fuzz/fuzz_%.c $(CSRCS) $(HDRS
 	$(CLANG) -std=gnu99 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=undefined -Isrc -o $@ $(filter %.c,$^) $(LDFLAGS) $(LIBS)
 
-build/bench/embed_get: bench/embed_get.c build/5.4/liblevelparty.a include/levelparty.h
+# The C benches that open LevelDB themselves take levelparty's default options
+# from bench/bench.h, which reads LP_DEFAULT_BLOOM_BITS from src/private.h.
+BENCH_HDRS := bench/bench.h src/private.h
+
+build/bench/embed_get: bench/embed_get.c build/5.4/liblevelparty.a include/levelparty.h \
+    $(BENCH_HDRS) Makefile
 	@mkdir -p $(@D)
-	$(CC) $(BASE) -Iinclude -isystem $(LUA54_INCDIR) -o $@ $< build/5.4/liblevelparty.a \
+	$(CC) $(BASE) -Iinclude -Isrc -isystem $(LUA54_INCDIR) -o $@ $< build/5.4/liblevelparty.a \
 	  $(LUA54_STATIC) $(LDFLAGS) $(LIBS) -lm -ldl
 
-build/bench/%: bench/%.c Makefile
+build/bench/%: bench/%.c $(BENCH_HDRS) Makefile
 	@mkdir -p $(@D)
-	$(CC) $(BASE) -o $@ $< $(LDFLAGS) $(LIBS)
+	$(CC) $(BASE) -Isrc -o $@ $< $(LDFLAGS) $(LIBS)
 
 # The runner builds what it runs and turns build failures into counted failures.
 test: deps

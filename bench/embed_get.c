@@ -8,7 +8,8 @@
  *
  * DIR must not exist; DIR/lp and DIR/raw are created (the caller removes
  * DIR).  Both hold N entries (key i: sprintf("key%013d", i), 100-byte value,
- * as bench/raw_leveldb.c), written before any timing.  For each thread count
+ * as bench/raw_leveldb.c; DIR/raw opened with levelparty's default options,
+ * bench/bench.h), written before any timing.  For each thread count
  * T: T threads each make N/T gets of uniformly random existing keys (a
  * xorshift of their own), started together at a barrier; the rate is all gets
  * over the wall time from the barrier to the last thread's end.  Each thread
@@ -22,37 +23,22 @@
  *   "embed get <T> <ops_per_sec>" and "raw get <T> <ops_per_sec>".
  * Exit status 1 on any failure (a Lua error is printed on stderr).
  */
-#include <leveldb/c.h>
-
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
 
+#include "bench.h"
 #include "levelparty.h"
 
 #define KEY_LEN 16
 #define VAL_LEN 100
-
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static uint64_t xorshift(uint64_t *s) {
-  *s ^= *s >> 12;
-  *s ^= *s << 25;
-  *s ^= *s >> 27;
-  return *s * 0x2545f4914f6cdd1dull;
-}
 
 static void make_value(const char *key, char *val) {
   int i;
@@ -86,7 +72,7 @@ static const char lp_script[] = "local dir, n, seed, total = ...\n"
 
 typedef struct {
   const char *dir;
-  leveldb_t *raw; /* NULL: the levelparty side */
+  const bench_ldb *raw; /* NULL: the levelparty side */
   long n, total;
   uint64_t seed;
   pthread_barrier_t *barrier;
@@ -94,7 +80,7 @@ typedef struct {
   int failed;
 } worker_t;
 
-static void *lp_worker(void *p) {
+static void *embed_worker(void *p) {
   worker_t *w = p;
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
@@ -119,15 +105,14 @@ fail:
 
 static void *raw_worker(void *p) {
   worker_t *w = p;
-  leveldb_readoptions_t *ro = leveldb_readoptions_create();
   char key[KEY_LEN + 1];
   long i;
   pthread_barrier_wait(w->barrier);
   for (i = 0; i < w->n; i++) {
     size_t vlen;
     char *err = NULL, *v;
-    snprintf(key, sizeof key, "key%013ld", (long)(xorshift(&w->seed) % (uint64_t)w->total));
-    v = leveldb_get(w->raw, ro, key, KEY_LEN, &vlen, &err);
+    snprintf(key, sizeof key, "key%013ld", (long)(bench_xorshift64(&w->seed) % (uint64_t)w->total));
+    v = leveldb_get(w->raw->db, w->raw->ro, key, KEY_LEN, &vlen, &err);
     if (err != NULL) {
       fprintf(stderr, "embed_get: raw get: %s\n", err);
       leveldb_free(err);
@@ -139,12 +124,12 @@ static void *raw_worker(void *p) {
       leveldb_free(v);
     }
   }
-  leveldb_readoptions_destroy(ro);
   return NULL;
 }
 
 /* T threads of fn; returns gets per second, or -1 on a failure. */
-static double run(int t, void *(*fn)(void *), const char *dir, leveldb_t *raw, long n, long total) {
+static double run(int t, void *(*fn)(void *), const char *dir, const bench_ldb *raw, long n,
+                  long total) {
   pthread_t tids[64];
   worker_t ws[64];
   pthread_barrier_t barrier;
@@ -162,7 +147,7 @@ static double run(int t, void *(*fn)(void *), const char *dir, leveldb_t *raw, l
     if (pthread_create(&tids[i], NULL, fn, &ws[i]) != 0) return -1;
   }
   pthread_barrier_wait(&barrier);
-  t0 = now_sec();
+  t0 = bench_now_sec();
   for (i = 0; i < t; i++) {
     pthread_join(tids[i], NULL);
     failed |= ws[i].failed;
@@ -170,7 +155,7 @@ static double run(int t, void *(*fn)(void *), const char *dir, leveldb_t *raw, l
   }
   pthread_barrier_destroy(&barrier);
   if (failed || found != (n / t) * t) return -1; /* every key exists */
-  return (double)((n / t) * t) / (now_sec() - t0);
+  return (double)((n / t) * t) / (bench_now_sec() - t0);
 }
 
 #define ROUNDS 3
@@ -186,32 +171,23 @@ static double median(double *v) {
   return v[ROUNDS / 2];
 }
 
-/* Fills a raw LevelDB at path with total entries; returns it open. */
-static leveldb_t *fill_raw(const char *path, long total) {
-  leveldb_options_t *o = leveldb_options_create();
-  leveldb_writeoptions_t *wo = leveldb_writeoptions_create();
-  leveldb_t *db;
+/* Opens a raw LevelDB at path into l (levelparty's default options) and
+ * fills it with total entries; 0, or -1 (said on stderr).  l stays open. */
+static int fill_raw(bench_ldb *l, const char *path, long total) {
   char *err = NULL, key[KEY_LEN + 1], val[VAL_LEN];
   long i;
-  leveldb_options_set_create_if_missing(o, 1);
-  leveldb_options_set_compression(o, leveldb_snappy_compression);
-  leveldb_options_set_filter_policy(o, leveldb_filterpolicy_create_bloom(10));
-  db = leveldb_open(o, path, &err);
-  if (err != NULL) {
-    fprintf(stderr, "embed_get: open %s: %s\n", path, err);
-    return NULL;
-  }
+  bench_ldb_init(l, 1);
+  if (bench_ldb_open(l, "embed_get", path) != 0) return -1;
   for (i = 0; i < total; i++) {
     snprintf(key, sizeof key, "key%013ld", i);
     make_value(key, val);
-    leveldb_put(db, wo, key, KEY_LEN, val, VAL_LEN, &err);
+    leveldb_put(l->db, l->wo, key, KEY_LEN, val, VAL_LEN, &err);
     if (err != NULL) {
       fprintf(stderr, "embed_get: put: %s\n", err);
-      return NULL;
+      return -1;
     }
   }
-  leveldb_writeoptions_destroy(wo);
-  return db;
+  return 0;
 }
 
 /* A state that keeps DIR/lp open (the leader) after filling it. */
@@ -244,7 +220,7 @@ int main(int argc, char **argv) {
   long n = 200000, total = 100000;
   int threads[16], nthreads = 0, i;
   char lp_dir[4096], raw_dir[4096];
-  leveldb_t *raw;
+  bench_ldb raw;
   lua_State *keeper;
   if (argc < 2) {
     fprintf(stderr, "usage: embed_get DIR [-n N] [THREADS...]\n");
@@ -266,7 +242,7 @@ int main(int argc, char **argv) {
   }
   snprintf(lp_dir, sizeof lp_dir, "%s/lp", argv[1]);
   snprintf(raw_dir, sizeof raw_dir, "%s/raw", argv[1]);
-  if ((raw = fill_raw(raw_dir, total)) == NULL) return 1;
+  if (fill_raw(&raw, raw_dir, total) != 0) return 1;
   if ((keeper = fill_lp(lp_dir, total)) == NULL) return 1;
   fprintf(stderr, "embed_get: %ld entries, %ld gets per run\n", total, n);
   for (i = 0; i < nthreads; i++) {
@@ -274,14 +250,14 @@ int main(int argc, char **argv) {
     int r;
     /* the sides take turns, the VM's speed drifts within minutes */
     for (r = 0; r < ROUNDS; r++) {
-      lp[r] = run(threads[i], lp_worker, lp_dir, NULL, n, total);
-      rw[r] = run(threads[i], raw_worker, NULL, raw, n, total);
+      lp[r] = run(threads[i], embed_worker, lp_dir, NULL, n, total);
+      rw[r] = run(threads[i], raw_worker, NULL, &raw, n, total);
       if (lp[r] < 0 || rw[r] < 0) return 1;
     }
     printf("embed get %d %.0f\nraw get %d %.0f\n", threads[i], median(lp), threads[i], median(rw));
     fflush(stdout);
   }
   lua_close(keeper);
-  leveldb_close(raw);
+  bench_ldb_close(&raw);
   return 0;
 }

@@ -1,7 +1,10 @@
 -- bench/loopgap.lua: how long a leader's own writes hold a luv loop
 -- (docs/ARCHITECTURE.md, "The loop never stalls").
 --
---   lua bench/loopgap.lua [SECONDS [DIR]]
+--   sh mk/luaenv.sh 5.4 lua5.4 bench/loopgap.lua [SECONDS [DIR]]
+--
+-- (bench/run.lua, itself under mk/luaenv.sh, passes its paths on; they hold levelparty and
+-- spec/sched_helper.lua, the run-queue wait below.)
 --
 -- A leader opens DIR (a fresh temporary directory by default); one coroutine
 -- on luv writes flat out for SECONDS (default 60): puts of 100 B to 1 KiB
@@ -56,14 +59,7 @@ local values = {}
 for i = 1, 925 do values[i] = filler:sub(1, 99 + i) end -- 100 .. 1024 bytes
 
 -- the Lua thread's run-queue wait so far, in ns (0 without schedstat)
--- (opened each time: a seek back does not make stdio read it again)
-local function runq_wait()
-  local f = io.open("/proc/thread-self/schedstat")
-  if not f then return 0 end
-  local w = f:read("l"):match("^%d+ (%d+)")
-  f:close()
-  return tonumber(w) or 0
-end
+local runq_wait = require("sched_helper").runq_wait_ns
 
 local gaps, own, ngaps = {}, {}, 0
 local last, last_wait = uv.hrtime(), runq_wait()

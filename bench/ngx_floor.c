@@ -15,9 +15,10 @@
  * Frames (keys are exactly 16 bytes, values exactly 100, as in the bench):
  *   'G' key            -> 'V' value | 'N' and 100 zero bytes (absent)
  *   'P' key value      -> 'K' (leveldb_put, sync off)
- * DIR is opened with levelparty's default options (snappy, LevelDB's default
- * block cache, a 10-bit bloom filter).  "ready" goes to stdout once SOCKET
- * listens; the server runs until killed.  Exit status 1 on any error.
+ * DIR is opened with levelparty's default options (bench/bench.h:
+ * snappy, LevelDB's default block cache, a 10-bit bloom filter).  "ready"
+ * goes to stdout once SOCKET listens; the server runs until killed.  Exit
+ * status 1 on any error.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <leveldb/c.h>
+#include "bench.h"
 
 #define KEY_LEN   16
 #define VAL_LEN   100
@@ -44,9 +45,7 @@ typedef struct {
 } conn_in;
 
 static conn_in *conns[MAX_CONNS];
-static leveldb_t *db;
-static leveldb_readoptions_t *ro;
-static leveldb_writeoptions_t *wo;
+static bench_ldb ldb; /* open until the process is killed */
 
 static void die(const char *what) {
   fprintf(stderr, "ngx_floor: %s: %s\n", what, strerror(errno));
@@ -74,7 +73,7 @@ static int serve(int fd, conn_in *c) {
     char *err = NULL;
     if (r[0] == 'G') {
       size_t vlen = 0;
-      char *v = leveldb_get(db, ro, r + 1, KEY_LEN, &vlen, &err);
+      char *v = leveldb_get(ldb.db, ldb.ro, r + 1, KEY_LEN, &vlen, &err);
       if (err != NULL) {
         fprintf(stderr, "ngx_floor: get: %s\n", err);
         exit(1);
@@ -89,7 +88,7 @@ static int serve(int fd, conn_in *c) {
       used += GET_LEN;
     } else if (r[0] == 'P') {
       if (c->len - used < PUT_LEN) break;
-      leveldb_put(db, wo, r + 1, KEY_LEN, r + 1 + KEY_LEN, VAL_LEN, &err);
+      leveldb_put(ldb.db, ldb.wo, r + 1, KEY_LEN, r + 1 + KEY_LEN, VAL_LEN, &err);
       if (err != NULL) {
         fprintf(stderr, "ngx_floor: put: %s\n", err);
         exit(1);
@@ -110,19 +109,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: ngx_floor SOCKET DIR\n");
     return 2;
   }
-  char *err = NULL;
-  leveldb_options_t *o = leveldb_options_create();
-  leveldb_filterpolicy_t *bloom = leveldb_filterpolicy_create_bloom(10);
-  leveldb_options_set_filter_policy(o, bloom);
-  leveldb_options_set_compression(o, leveldb_snappy_compression);
-  leveldb_options_set_create_if_missing(o, 1);
-  db = leveldb_open(o, argv[2], &err);
-  if (db == NULL) {
-    fprintf(stderr, "ngx_floor: leveldb_open %s: %s\n", argv[2], err ? err : "?");
-    return 1;
-  }
-  ro = leveldb_readoptions_create();
-  wo = leveldb_writeoptions_create();
+  bench_ldb_init(&ldb, 1);
+  if (bench_ldb_open(&ldb, "ngx_floor", argv[2]) != 0) return 1;
 
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   if (strlen(argv[1]) >= sizeof sa.sun_path) {

@@ -16,20 +16,20 @@
  * Key i is sprintf("key%013d", i): exactly 16 bytes.  Its value is 100 bytes:
  * the key repeated and cut to 100 bytes (snappy compresses it, as it would
  * compress the Lua side's identical values).  Options are the ones levelparty
- * uses by default: create_if_missing, snappy compression on, LevelDB's default
- * block cache, a 10-bit bloom filter (--no-bloom: none).
+ * uses by default (bench/bench.h): create_if_missing, snappy
+ * compression on, LevelDB's default block cache, a 10-bit bloom filter
+ * (--no-bloom: none); and error_if_exists, this bench's own guard.
  *
  * Output, one line per workload on stdout: "raw <name> <ops_per_sec>".  The
  * configuration goes to stderr.  Exit status 1 on any LevelDB error.
  */
-#include <leveldb/c.h>
-
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
+
+#include "bench.h"
 
 #define KEY_LEN    16
 #define VAL_LEN    100
@@ -37,21 +37,9 @@
 #define BATCH_SIZE 1000
 #define ITER_RUNS  5
 
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
+/* the keys' xorshift64* (bench/bench.h), fixed seed: the same keys every run */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-/* xorshift64*: deterministic, cheap, good enough for picking keys. */
-static uint64_t rng_next(void) {
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return rng_state * 2685821657736338717ull;
-}
+static uint64_t rng_next(void) { return bench_xorshift64(&rng_state); }
 
 /* key holds KEY_BUF bytes; i < 10^13 always fits in KEY_LEN. */
 #define KEY_BUF 32
@@ -106,22 +94,14 @@ int main(int argc, char **argv) {
   if (dir == NULL) usage();
   mkdir(dir, 0755); /* EEXIST is fine; LevelDB reports anything worse */
 
-  leveldb_options_t *opt = leveldb_options_create();
-  leveldb_options_set_create_if_missing(opt, 1);
-  leveldb_options_set_error_if_exists(opt, 1);
-  leveldb_options_set_compression(opt, leveldb_snappy_compression);
-  leveldb_filterpolicy_t *filter = NULL;
-  if (bloom) {
-    filter = leveldb_filterpolicy_create_bloom(10);
-    leveldb_options_set_filter_policy(opt, filter);
-  }
-  leveldb_writeoptions_t *wo = leveldb_writeoptions_create();
-  leveldb_writeoptions_set_sync(wo, 0);
-  leveldb_readoptions_t *ro = leveldb_readoptions_create();
-
+  bench_ldb l;
+  bench_ldb_init(&l, bloom);
+  leveldb_options_set_error_if_exists(l.options, 1); /* DIR must be new (above) */
+  if (bench_ldb_open(&l, "raw_leveldb", dir) != 0) return 1;
+  leveldb_t *db = l.db;
+  leveldb_readoptions_t *ro = l.ro;
+  leveldb_writeoptions_t *wo = l.wo;
   char *err = NULL;
-  leveldb_t *db = leveldb_open(opt, dir, &err);
-  check(err, "open");
   fprintf(stderr,
           "raw_leveldb: leveldb %d.%d, n=%ld, puts %s, key 16 B, value 100 B, "
           "snappy, default cache, bloom %s\n",
@@ -145,18 +125,18 @@ int main(int argc, char **argv) {
   }
 
   char key[KEY_BUF], val[VAL_LEN];
-  double t0 = now_sec();
+  double t0 = bench_now_sec();
   for (long i = 0; i < n; i++) {
     make_key(key, order[i]);
     make_value(val, key);
     leveldb_put(db, wo, key, KEY_LEN, val, VAL_LEN, &err);
     check(err, "put");
   }
-  report("put", n, now_sec() - t0);
+  report("put", n, bench_now_sec() - t0);
   free(order);
 
   long found = 0;
-  t0 = now_sec();
+  t0 = bench_now_sec();
   for (long i = 0; i < n; i++) {
     make_key(key, (long)(rng_next() % (uint64_t)n));
     size_t vlen;
@@ -165,7 +145,7 @@ int main(int argc, char **argv) {
     if (v != NULL && vlen == VAL_LEN) found++;
     leveldb_free(v);
   }
-  report("get", n, now_sec() - t0);
+  report("get", n, bench_now_sec() - t0);
   if (found != n) {
     fprintf(stderr, "raw_leveldb: get found %ld of %ld\n", found, n);
     return 1;
@@ -178,7 +158,7 @@ int main(int argc, char **argv) {
   for (int run = 0; run < ITER_RUNS; run++) {
     long seen = 0;
     size_t bytes = 0;
-    t0 = now_sec();
+    t0 = bench_now_sec();
     leveldb_iterator_t *it = leveldb_create_iterator(db, ro);
     for (leveldb_iter_seek_to_first(it); leveldb_iter_valid(it); leveldb_iter_next(it)) {
       size_t kl, vl;
@@ -190,7 +170,7 @@ int main(int argc, char **argv) {
     leveldb_iter_get_error(it, &err);
     check(err, "iterate");
     leveldb_iter_destroy(it);
-    rates[run] = (double)seen / (now_sec() - t0);
+    rates[run] = (double)seen / (bench_now_sec() - t0);
     if (seen != n || bytes == 0) {
       fprintf(stderr, "raw_leveldb: iterated %ld of %ld\n", seen, n);
       return 1;
@@ -202,7 +182,7 @@ int main(int argc, char **argv) {
   report("iter", 1, 1.0 / rates[ITER_RUNS / 2]);
 
   leveldb_writebatch_t *b = leveldb_writebatch_create();
-  t0 = now_sec();
+  t0 = bench_now_sec();
   for (long bi = 0; bi < BATCHES; bi++) {
     leveldb_writebatch_clear(b);
     for (long j = 0; j < BATCH_SIZE; j++) {
@@ -213,13 +193,9 @@ int main(int argc, char **argv) {
     leveldb_write(db, wo, b, &err);
     check(err, "batch");
   }
-  report("batch", (long)BATCHES * BATCH_SIZE, now_sec() - t0);
+  report("batch", (long)BATCHES * BATCH_SIZE, bench_now_sec() - t0);
   leveldb_writebatch_destroy(b);
 
-  leveldb_close(db);
-  leveldb_readoptions_destroy(ro);
-  leveldb_writeoptions_destroy(wo);
-  leveldb_options_destroy(opt);
-  if (filter != NULL) leveldb_filterpolicy_destroy(filter);
+  bench_ldb_close(&l);
   return 0;
 }

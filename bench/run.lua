@@ -28,6 +28,8 @@
 -- a test: nothing fails on a slow machine; the ratios are what to read.
 local uv = require "luv"
 local levelparty = require "levelparty"
+local B = require "bench.common"
+local sh, tmpdir, key, value_of = B.sh, B.tmpdir, B.key, B.value_of
 
 local root = os.getenv("LEVELPARTY_ROOT") or "."
 local bin = os.getenv("LEVELPARTY_BENCH_BIN") or (root .. "/build/bench")
@@ -49,21 +51,6 @@ local function want(section)
   return false
 end
 
-local function tmpdir(tag)
-  local d = os.tmpname()
-  os.remove(d)
-  d = d .. "-bench-" .. tag
-  os.execute("rm -rf '" .. d .. "'")
-  return d
-end
-
-local function sh(cmd)
-  local f = assert(io.popen(cmd))
-  local out = f:read("a")
-  f:close()
-  return out
-end
-
 local function report(group, name, value, unit, ref_name, ref_value, goal)
   local line = ("%-9s %-34s %12.0f %-9s"):format(group, name, value, unit or "ops/s")
   if ref_value then
@@ -75,9 +62,6 @@ local function report(group, name, value, unit, ref_name, ref_value, goal)
   io.stdout:flush()
   results[#results + 1] = { group = group, name = name, value = value }
 end
-
-local function key(i) return ("key%013d"):format(i) end
-local function value_of(k) return (k:rep(7)):sub(1, 100) end
 
 local function clock() return uv.hrtime() / 1e9 end
 

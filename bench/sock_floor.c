@@ -33,7 +33,8 @@
  * "pipelined64_leveldb": as rtt and pipelined64, but each request carries a key
  * (key%013d, uniformly random below K) and the server answers with the value it
  * reads from the LevelDB database in DIR (opened with levelparty's default
- * options: snappy, LevelDB's 8 MiB block cache, a 10-bit bloom filter).  That
+ * options, bench/bench.h: snappy, LevelDB's 8 MiB block cache, a 10-bit
+ * bloom filter; DIR must hold a database already).  That
  * is the least any leader must do per get, so it bounds what a follower can
  * reach.
  *
@@ -57,7 +58,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <leveldb/c.h>
+#include "bench.h"
 
 #define REQ_LEN 30
 #define REP_LEN 20
@@ -69,12 +70,6 @@ static int server_epoll;        /* --epoll */
 static long pipe_rounds = 2000; /* x DEPTH requests */
 static long stream_frames = 2000000;
 static int frame_len = 124;
-
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void die(const char *who, const char *what) {
   fprintf(stderr, "sock_floor %s: %s: %s\n", who, what, errno ? strerror(errno) : "peer closed");
@@ -189,27 +184,28 @@ static void client(int fd) {
   for (int i = 0; i < DEPTH; i++)
     fill_frame(req + i * REQ_LEN, REQ_LEN);
 
-  double t0 = now_sec();
+  double t0 = bench_now_sec();
   for (long i = 0; i < rtt_ops; i++) {
     write_all(fd, req, REQ_LEN, "client");
     read_all(fd, rep, REP_LEN, "client");
   }
-  printf("floor rtt_ops_per_sec %.1f\n", (double)rtt_ops / (now_sec() - t0));
+  printf("floor rtt_ops_per_sec %.1f\n", (double)rtt_ops / (bench_now_sec() - t0));
   fflush(stdout);
 
-  t0 = now_sec();
+  t0 = bench_now_sec();
   for (long i = 0; i < pipe_rounds; i++) {
     write_all(fd, req, sizeof req, "client");
     read_all(fd, rep, sizeof rep, "client");
   }
-  printf("floor pipelined64_ops_per_sec %.1f\n", (double)(pipe_rounds * DEPTH) / (now_sec() - t0));
+  printf("floor pipelined64_ops_per_sec %.1f\n",
+         (double)(pipe_rounds * DEPTH) / (bench_now_sec() - t0));
   fflush(stdout);
 
   static char buf[CHUNK];
   long frames = 0;
   size_t skip = 0; /* bytes of the current frame still to pass; 0: at a prefix */
   write_all(fd, "S", 1, "client");
-  t0 = now_sec();
+  t0 = bench_now_sec();
   while (frames < stream_frames) {
     ssize_t r = read(fd, buf, sizeof buf);
     if (r < 0 && errno == EINTR) continue;
@@ -228,20 +224,15 @@ static void client(int fd) {
       }
     }
   }
-  printf("floor stream_frames_per_sec %.1f\n", (double)frames / (now_sec() - t0));
+  printf("floor stream_frames_per_sec %.1f\n", (double)frames / (bench_now_sec() - t0));
   fflush(stdout);
 }
 
 /* --leveldb: a get per request.  Request: 1-byte length, 16-byte key.  Reply:
  * 1-byte length (0xff: not found), the value (< 255 bytes).  The server
  * answers every whole request of a read with one write, as serve() does. */
-typedef struct {
-  leveldb_t *db;
-  leveldb_readoptions_t *ro;
-} ldb_ctx;
-
 static size_t answer_leveldb(void *ctx, const char *req, char *out) {
-  ldb_ctx *l = ctx;
+  bench_ldb *l = ctx;
   char *err = NULL;
   size_t vlen = 0;
   char *v = leveldb_get(l->db, l->ro, req + 1, KEY_LEN, &vlen, &err);
@@ -258,23 +249,12 @@ static size_t answer_leveldb(void *ctx, const char *req, char *out) {
 }
 
 static void serve_leveldb(int fd, const char *dir) {
-  char *err = NULL;
-  leveldb_options_t *o = leveldb_options_create();
-  leveldb_filterpolicy_t *bloom = leveldb_filterpolicy_create_bloom(10);
-  leveldb_options_set_filter_policy(o, bloom);
-  leveldb_options_set_compression(o, leveldb_snappy_compression);
-  ldb_ctx l;
-  l.db = leveldb_open(o, dir, &err);
-  if (l.db == NULL) {
-    fprintf(stderr, "sock_floor: leveldb_open %s: %s\n", dir, err ? err : "?");
-    exit(1);
-  }
-  l.ro = leveldb_readoptions_create();
+  bench_ldb l;
+  bench_ldb_init(&l, 1);
+  leveldb_options_set_create_if_missing(l.options, 0); /* bench/run.lua filled DIR */
+  if (bench_ldb_open(&l, "sock_floor", dir) != 0) exit(1);
   serve_requests(fd, LREQ_LEN, answer_leveldb, &l);
-  leveldb_readoptions_destroy(l.ro);
-  leveldb_close(l.db);
-  leveldb_options_destroy(o);
-  leveldb_filterpolicy_destroy(bloom);
+  bench_ldb_close(&l);
 }
 
 static uint64_t key_rng = 88172645;
@@ -317,15 +297,15 @@ static void read_replies(int fd, int n) {
 
 static void client_leveldb(int fd, long keys) {
   char req[LREQ_LEN * DEPTH];
-  double t0 = now_sec();
+  double t0 = bench_now_sec();
   for (long i = 0; i < rtt_ops; i++) {
     put_request(req, keys);
     write_all(fd, req, LREQ_LEN, "client");
     read_replies(fd, 1);
   }
-  printf("floor rtt_leveldb_ops_per_sec %.1f\n", (double)rtt_ops / (now_sec() - t0));
+  printf("floor rtt_leveldb_ops_per_sec %.1f\n", (double)rtt_ops / (bench_now_sec() - t0));
   fflush(stdout);
-  t0 = now_sec();
+  t0 = bench_now_sec();
   for (long i = 0; i < pipe_rounds; i++) {
     for (int j = 0; j < DEPTH; j++)
       put_request(req + j * LREQ_LEN, keys);
@@ -333,7 +313,7 @@ static void client_leveldb(int fd, long keys) {
     read_replies(fd, DEPTH);
   }
   printf("floor pipelined64_leveldb_ops_per_sec %.1f\n",
-         (double)(pipe_rounds * DEPTH) / (now_sec() - t0));
+         (double)(pipe_rounds * DEPTH) / (bench_now_sec() - t0));
   fflush(stdout);
 }
 

@@ -334,6 +334,16 @@ static void out_iter_frame(run *R, const lp_request *q) {
   }
 }
 
+/* Decodes the request frame at off of out, which must be whole and valid, into
+ * q (its slices point into out); returns the frame's size. */
+static size_t out_request(const lp_buf *out, size_t off, lp_request *q) {
+  lp_slice payload;
+  size_t used;
+  REQUIRE(lp_wire_next_frame(out->ptr + off, out->len - off, 0, &payload, &used) == LP_WIRE_OK);
+  REQUIRE(lp_wire_decode_request(payload, q) == LP_WIRE_OK);
+  return used;
+}
+
 /* The out buffer only grows between writes and resets: validate what is new,
  * and follow its iterator frames on the window model. */
 static void check_out(run *R) {
@@ -341,11 +351,8 @@ static void check_out(run *R) {
   size_t off = R->out_checked;
   REQUIRE(out->len >= R->out_checked);
   while (off < out->len) {
-    lp_slice payload;
     lp_request q;
-    size_t used;
-    REQUIRE(lp_wire_next_frame(out->ptr + off, out->len - off, 0, &payload, &used) == LP_WIRE_OK);
-    REQUIRE(lp_wire_decode_request(payload, &q) == LP_WIRE_OK);
+    size_t used = out_request(out, off, &q);
     if (q.tag == LP_REQ_ITER) out_iter_frame(R, &q);
     off += used;
   }
@@ -518,11 +525,8 @@ static void op_replay(run *R) {
   lp_client_replay(R->c);
   out = lp_client_out(R->c);
   while (off < out->len) {
-    lp_slice payload;
     lp_request q;
-    size_t used;
-    REQUIRE(lp_wire_next_frame(out->ptr + off, out->len - off, 0, &payload, &used) == LP_WIRE_OK);
-    REQUIRE(lp_wire_decode_request(payload, &q) == LP_WIRE_OK);
+    size_t used = out_request(out, off, &q);
     if (q.tag == LP_REQ_ITER) {
       REQUIRE(q.opts.present); /* only reopens */
       iters_seen++;

@@ -5,6 +5,8 @@ local helper = require "helper"
 local A = require "api_helper"
 local levelparty = require "levelparty"
 local uv = require "luv"
+-- how long this (Lua) thread has waited for a CPU, in ns (0 where the kernel does not say)
+local runq_wait_ns = require("sched_helper").runq_wait_ns
 
 local unpack = table.unpack or unpack -- luacheck: ignore
 
@@ -44,16 +46,6 @@ describe("coroutines", function()
   end)
   after_each(A.close_all)
   after_each(helper.cleanup)
-
-  -- How long this (Lua) thread has waited for a CPU, in ns: the second field of its schedstat
-  -- (0 where the kernel does not keep it).  Opened each time: stdio would not read it again.
-  local function runq_wait_ns()
-    local f = io.open("/proc/thread-self/schedstat")
-    if not f then return 0 end
-    local w = f:read("l"):match("^%d+ (%d+)")
-    f:close()
-    return tonumber(w) or 0
-  end
 
   it("the loop keeps running while a coroutine writes and iterates 100k entries", function()
     -- What is measured is how long the library holds the loop.  A gap between two timer

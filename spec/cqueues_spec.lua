@@ -3,15 +3,46 @@
 -- timer coroutine ticks while calls wait), as a follower of a leader in
 -- another process, through that leader's death (this process takes over),
 -- and as the leader.
-local has_cqueues = pcall(require, "cqueues")
+local has_cqueues, cqueues = pcall(require, "cqueues")
 local helper = require "helper"
 local lp = require "levelparty"
 
 local describe_cq = has_cqueues and describe or pending
 
-describe_cq("the cqueues loop", function()
-  local cqueues = has_cqueues and require "cqueues"
+-- What every test leaves behind: closes the handles of list (last first; levelparty handles
+-- or luv handles) and empties it, removes the test's directories and processes, and puts
+-- the default loop back (set_loop(nil) refuses while a handle is open).
+local function teardown(list)
+  for i = #list, 1, -1 do
+    list[i]:close()
+    list[i] = nil
+  end
+  helper.cleanup()
+  lp.set_loop(nil)
+end
 
+-- One call through fn(...), counted in st (st.calls): spanned (st.spanned) when the ticker
+-- (st.ticks) ran meanwhile, which is impossible if the call blocked the scheduler.
+local function call(st, fn, ...)
+  local t0 = st.ticks
+  local a, b, c = fn(...)
+  st.calls = st.calls + 1
+  if st.ticks > t0 then st.spanned = st.spanned + 1 end
+  return a, b, c
+end
+
+-- Steps the controller cq until it has nothing left to run; fails the test if any step
+-- fails, or if that takes more than timeout seconds (what: who did not finish).
+local function drain(cq, timeout, what)
+  local deadline = cqueues.monotime() + timeout
+  while not cq:empty() do
+    local ok, err = cq:step(1)
+    assert(ok, err)
+    assert(cqueues.monotime() < deadline, what .. " did not finish in time")
+  end
+end
+
+describe_cq("the cqueues loop", function()
   local handles = {}
   -- lp.open, and the handle is closed after the test whatever happens (so
   -- that set_loop(nil) may run)
@@ -22,18 +53,11 @@ describe_cq("the cqueues loop", function()
   end
 
   before_each(function() lp.set_loop("cqueues") end)
-  after_each(function()
-    for i = #handles, 1, -1 do
-      handles[i]:close()
-      handles[i] = nil
-    end
-    helper.cleanup()
-    lp.set_loop(nil)
-  end)
+  after_each(function() teardown(handles) end)
 
-  -- Runs the coroutines fns (each fn(i)) and a ticker under one controller,
-  -- until they end; returns the ticker's count and, per call that waited
-  -- (see call), whether the ticker ran during it.  An error in any coroutine
+  -- Runs the coroutines fns (each fn(i, st)) and a ticker under one controller,
+  -- until they end; returns st: the ticker's count and, per call counted by
+  -- call(st, ...), whether the ticker ran during it.  An error in any coroutine
   -- fails the test with its traceback.
   local function run(fns, timeout)
     local cq = cqueues.new()
@@ -51,24 +75,9 @@ describe_cq("the cqueues loop", function()
         st.ticks = st.ticks + 1
       end
     end)
-    local deadline = cqueues.monotime() + (timeout or 60)
-    while not cq:empty() do
-      local ok, err = cq:step(1)
-      assert(ok, err)
-      assert(cqueues.monotime() < deadline, "the coroutines did not finish in time")
-    end
+    drain(cq, timeout or 60, "the coroutines")
     assert(st.err == nil, st.err)
     return st
-  end
-
-  -- One call through fn(...), counted: spanned when the ticker ran meanwhile
-  -- (impossible if the call blocked the controller).
-  local function call(st, fn, ...)
-    local t0 = st.ticks
-    local a, b, c = fn(...)
-    st.calls = st.calls + 1
-    if st.ticks > t0 then st.spanned = st.spanned + 1 end
-    return a, b, c
   end
 
   -- n coroutines: puts, gets, a batch and an iterator over their own keys.
@@ -189,7 +198,6 @@ describe_http("a lua-http server", function()
   end)
 
   it("serves requests whose handlers wait on levelparty while the server keeps serving", function()
-    local cqueues = require "cqueues"
     local http_server = require "http.server"
     local http_request = require "http.request"
     local http_headers = require "http.headers"
@@ -247,11 +255,7 @@ describe_http("a lua-http server", function()
         if done == 4 then server:close() end
       end)
     end
-    local deadline = cqueues.monotime() + 60
-    while not cq:empty() do
-      assert(cq:step(1))
-      assert(cqueues.monotime() < deadline, "the requests did not finish in time")
-    end
+    drain(cq, 60, "the requests")
     assert.equal(160 / 2, #results)
     for _, ok in ipairs(results) do assert.is_true(ok) end
     assert.is_true(waited > 0, "no handler ran while another waited on levelparty")
@@ -267,14 +271,7 @@ describe("the yield loop (a scheduler of the application's own)", function()
   local uv = require "luv"
   local handles = {}
 
-  after_each(function()
-    for i = #handles, 1, -1 do
-      handles[i]:close()
-      handles[i] = nil
-    end
-    helper.cleanup()
-    lp.set_loop(nil)
-  end)
+  after_each(function() teardown(handles) end)
 
   local function now() return uv.hrtime() / 1e9 end
 
@@ -344,20 +341,13 @@ describe("the yield loop (a scheduler of the application's own)", function()
     local db = assert(lp.open(dir))
     assert.equal("follower", db:role())
     local st = { ticks = 0, running = 4, spanned = 0, calls = 0 }
-    local function call(f, ...)
-      local t0 = st.ticks
-      local a, b, c = f(...)
-      st.calls = st.calls + 1
-      if st.ticks > t0 then st.spanned = st.spanned + 1 end
-      return a, b, c
-    end
     local fns = {}
     for i = 1, 4 do
       fns[i] = function()
         for j = 1, 150 do
           local k = string.format("c%d:%04d", i, j)
-          assert(call(db.put, db, k, "v" .. j))
-          assert.equal("v" .. j, call(db.get, db, k))
+          assert(call(st, db.put, db, k, "v" .. j))
+          assert.equal("v" .. j, call(st, db.get, db, k))
           if i == 1 and j == 100 then leader:kill("sigkill") end
         end
         local n = 0

@@ -128,6 +128,17 @@ static int l_before_close(lua_State *L) {
   return 0;
 }
 
+/* The globals the workload calls back into, each a closure over its worker. */
+static const struct {
+  const char *name;
+  lua_CFunction fn;
+} hooks[] = {
+    {"tick", l_tick},
+    {"opened", l_opened},
+    {"may_open", l_may_open},
+    {"before_close", l_before_close},
+};
+
 /* The workload, one chunk per state: (id, dir, close_at, nolead).  Raises with the
  * reason on any failure; returns the role at the end. */
 static const char workload[] =
@@ -228,18 +239,11 @@ static void *worker_main(void *arg) {
   lua_pushstring(L, LP_ROOT "/build/" LP_VARIANT "/?.so");
   lua_setfield(L, -2, "cpath");
   lua_pop(L, 1);
-  lua_pushlightuserdata(L, w);
-  lua_pushcclosure(L, l_tick, 1);
-  lua_setglobal(L, "tick");
-  lua_pushlightuserdata(L, w);
-  lua_pushcclosure(L, l_opened, 1);
-  lua_setglobal(L, "opened");
-  lua_pushlightuserdata(L, w);
-  lua_pushcclosure(L, l_may_open, 1);
-  lua_setglobal(L, "may_open");
-  lua_pushlightuserdata(L, w);
-  lua_pushcclosure(L, l_before_close, 1);
-  lua_setglobal(L, "before_close");
+  for (size_t h = 0; h < sizeof hooks / sizeof hooks[0]; h++) {
+    lua_pushlightuserdata(L, w);
+    lua_pushcclosure(L, hooks[h].fn, 1);
+    lua_setglobal(L, hooks[h].name);
+  }
   if (luaL_loadbuffer(L, workload, sizeof workload - 1, "=workload") != LUA_OK) {
     snprintf(w->result, sizeof w->result, "load: %s", lua_tostring(L, -1));
   } else {

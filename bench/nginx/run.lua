@@ -20,6 +20,12 @@
 -- BENCH_NGX_PART=peak|failover (one part only), BENCH_NGX_KEEP=1 (keep wrk's response logs).
 local uv = require "luv"
 local levelparty = require "levelparty"
+-- the bench scripts' shared helpers, and the nginx specs' (spec/ is on mk/luaenv.sh's path)
+local B = require "bench.common"
+local N = require "nginx_helper"
+local P = require "party_helper"
+local sh, tmpdir, key, value_of = B.sh, B.tmpdir, B.key, B.value_of
+local read, write = N.read, N.write
 
 local root = os.getenv("LEVELPARTY_ROOT") or "."
 local bin = os.getenv("LEVELPARTY_BENCH_BIN") or (root .. "/build/bench")
@@ -29,57 +35,18 @@ local SECONDS = tonumber(os.getenv("BENCH_NGX_SECONDS") or "5")
 local ROUNDS = tonumber(os.getenv("BENCH_NGX_ROUNDS") or "3")
 local KILLS = tonumber(os.getenv("BENCH_NGX_KILLS") or "5")
 
-local function sh(cmd)
-  local f = assert(io.popen(cmd))
-  local out = f:read("a")
-  f:close()
-  return out
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
 local function loadavg() return (read("/proc/loadavg"):match("^(%S+ %S+ %S+)")) end
 
-local have = "command -v wrk >/dev/null && test -x /usr/sbin/nginx -a -e /usr/lib/nginx/modules/ngx_http_lua_module.so"
-if os.execute(have) ~= true then
+if not (N.have_nginx and os.execute("command -v wrk >/dev/null") == true) then
   print("nginx     (wrk or nginx with the Lua module missing: run make deps)")
   return
 end
 
-local function tmpdir(tag)
-  local d = os.tmpname()
-  os.remove(d)
-  d = d .. "-bench-" .. tag
-  os.execute("rm -rf '" .. d .. "'")
-  return d
-end
+-- the pid holding a POSIX lock on dir/LOCK (the leader), or nil
+local function lock_owner(dir) return P.lock_owners(dir)[1] end
 
-local function key(i) return ("key%013d"):format(i) end
-local function value_of(k) return (k:rep(7)):sub(1, 100) end
-
--- pids holding a POSIX lock on dir/LOCK (the leader), from /proc/locks
-local function lock_owner(dir)
-  local st = uv.fs_stat(dir .. "/LOCK")
-  if not st then return nil end
-  for line in io.lines("/proc/locks") do
-    local kind, pid, ino = line:match("^%d+:%s+(%S+)%s+%S+%s+%S+%s+(%d+)%s+%x+:%x+:(%d+)")
-    if kind == "POSIX" and tonumber(ino) == st.ino then return tonumber(pid) end
-  end
-  return nil
-end
-
+-- (not P.wait_until: that one runs the loop while it waits, and on a timeout leaves a timer
+-- closing, which crashes a plain lua at exit; here nothing needs the loop meanwhile)
 local function wait_until(pred, secs, what)
   local deadline = uv.hrtime() + secs * 1e9
   while not pred() do
@@ -88,21 +55,8 @@ local function wait_until(pred, secs, what)
   end
 end
 
--- the pids whose parent is pid
-local function children(pid)
-  local list = {}
-  for name in sh("ls /proc"):gmatch("%d+") do
-    local parent = read("/proc/" .. name .. "/stat"):match("^%d+ %b() %a (%d+)")
-    if parent == tostring(pid) then list[#list + 1] = tonumber(name) end
-  end
-  return list
-end
-
 -- a pid that is gone or a zombie (init in a container may be slow to reap)
-local function gone(pid)
-  local state = read("/proc/" .. pid .. "/stat"):match("^%d+ %b() (%a)")
-  return state == nil or state == "Z"
-end
+local function gone(pid) return not P.alive(pid) end
 
 -- bench/ngx_floor on its own copy of the seeded directory (made before nginx opens the original)
 local floor_dir, floor_sock, floor_proc
@@ -166,11 +120,11 @@ local function start_nginx(workers, db)
   -- kill -9 of the master and every worker at once (the directory is left as a crash leaves it)
   function n.kill()
     local pid = n.master()
-    local procs = children(pid)
+    local procs = N.workers_of(n)
     uv.kill(pid, "sigkill")
-    for _, w in ipairs(procs) do uv.kill(w, "sigkill") end
+    for w in pairs(procs) do uv.kill(w, "sigkill") end
     wait_until(function()
-      for _, w in ipairs(procs) do if not gone(w) then return false end end
+      for w in pairs(procs) do if not gone(w) then return false end end
       return true
     end, 10, "the workers to die")
     wait_until(function() return gone(pid) end, 10, "nginx to die")
@@ -201,9 +155,9 @@ end
 local TICK = 1 / tonumber(sh("getconf CLK_TCK"))
 local function workers_cpu(n)
   local total = 0
-  local pids = children(n.master())
-  if floor_proc then pids[#pids + 1] = floor_proc.pid end
-  for _, pid in ipairs(pids) do
+  local pids = N.workers_of(n)
+  if floor_proc then pids[floor_proc.pid] = true end
+  for pid in pairs(pids) do
     local u, st = read("/proc/" .. pid .. "/stat"):match("^%d+ %b() %a" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
     if u then total = total + (u + st) * TICK end
   end
