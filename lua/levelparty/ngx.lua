@@ -8,20 +8,27 @@
 --     iterators and clear give the event loop a turn (ngx.sleep(0)) every
 --     time slice; a big batch goes to the party's worker thread, polled with
 --     ngx.sleep(0.001);
---   * a follower's call takes a fresh sans-IO client of the core
---     (core.client), and moves its bytes over a cosocket to
---     unix:<dir>/level-party.sock taken from the worker's keepalive pool (one
---     connection per call; an iterator holds one while it is open).  Before
---     anything is sent on a new connection, C checks who serves the socket
---     (db:sock_mark / db:sock_vet: the party's trust rule on SO_PEERCRED),
---     as the other transports do; a refusal fails the call with EACCES.  Nothing
---     in C waits or yields: C answers, Lua waits in cosocket calls,
---     ngx.sleep and ngx.semaphore;
+--   * a follower worker's calls and iterators submit into ONE sans-IO client
+--     of the core (core.client) per directory and client settings, and wait
+--     on pooled ngx.semaphores; a dispatcher (a zero-delay ngx.timer.at: its
+--     entry thread reads and feeds the client, a writer light thread sends
+--     all the client has queued in one send) moves the bytes over one
+--     cosocket to unix:<dir>/level-party.sock, so that the calls a worker has
+--     in flight cost one send and one receive.  It ends when no call waits
+--     (at once when the worker exits), and puts a clean connection back to
+--     the keepalive pool; the next call starts it again.  Without a timer
+--     (lua_max_pending_timers) a waiting call runs the same loop in its own
+--     request.  Before anything is sent on a new connection, C checks who
+--     serves the socket (db:sock_mark / db:sock_vet: the party's trust rule
+--     on SO_PEERCRED), as the other transports do; a refusal fails the calls
+--     with EACCES.  Nothing in C waits or yields: C answers, Lua waits in
+--     cosocket calls, ngx.sleep and ngx.semaphore;
 --   * a lost or refused connection resets the client, elects (db:elect(): one
 --     C step that never connects or waits), and replays in submission order;
---     iterators resume after the last entry handed out.  One light thread per
+--     iterators resume after the last entry handed out.  One dispatcher per
 --     worker and directory runs the election with its back-off (1 ms, x1.5 up
---     to 25 ms); the others wait on a semaphore;
+--     to 25 ms); others wait on a semaphore.  When the worker becomes the
+--     leader, the client is freed and the calls waiting on it run inline;
 --   * every call raises in a phase that has no cosockets.
 -- levelparty.open refuses init_by_lua* (init.lua).
 
@@ -51,7 +58,7 @@ local READ_MS = 60000   -- a read timeout without a levelparty timeout just read
 -- is one fcntl probe and one refused connect, so 40 a second cost little, and
 -- the first try after the leader is ready comes at most 25 ms late.
 local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.025
-local LEADER = {}       -- exchange(): this process became the leader
+local LEADER = {}       -- follow(): this process became the leader
 
 local function guard(fname)
   local phase = get_phase()
