@@ -101,7 +101,7 @@ location = /_lp/burst {
     end
     ths[n + 1] = ngx.thread.spawn(function()
       local c = 0
-      for _ in db:iter { gte = "b", lt = "c" } do c = c + 1 end
+      for _ in db:iter { gte = "b", lt = "b:" } do c = c + 1 end
       return c == 10
     end)
     local bad = 0
@@ -142,6 +142,28 @@ location = /_lp/burst {
     -- connection per call, pooled, would leave up to pool_size = 32 per worker)
     local c = accepted(n.db)
     assert.is_true(c >= 1 and c <= 3, c .. " connections accepted by the leader")
+  end)
+
+  it("without a timer for its dispatcher, a worker's calls dispatch in their own request", function()
+    -- ngx.timer.at fails as when lua_max_pending_timers is reached
+    local notimer = BURST:gsub("/_lp/burst", "/_lp/notimer")
+      :gsub("local db = require%(\"kv\"%).db%(%)", 'local db = require("kv").db() '
+        .. 'local at = ngx.timer.at ngx.timer.at = function() return nil, "too many pending timers" end')
+      :gsub("ngx.say%(ngx.worker.pid%(%)", "ngx.timer.at = at ngx.say(ngx.worker.pid()")
+    assert(notimer:match("too many pending timers") and notimer:match("ngx.timer.at = at"))
+    n = start_nginx { extra = notimer }
+    assert.is_true(n.started, n.log())
+    for i = 0, 9 do assert.equal(204, (req(n.port, "PUT", "/kv/b" .. i, "v" .. i))) end
+    local followers = 0
+    for _ = 1, 100 do
+      local st, b = req(n.port, "GET", "/_lp/notimer?n=32")
+      assert.equal(200, st, b)
+      assert.truthy(b:match(" bad=0\n$"), b)
+      if b:match(" follower ") then followers = followers + 1 end
+      if followers >= 3 then break end
+    end
+    assert.is_true(followers >= 3, "too few requests reached a follower worker")
+    assert.falsy(n.log():match("dispatcher:"), n.log())
   end)
 
   it("the leader worker killed -9 under load: every acknowledged write is there", function()
