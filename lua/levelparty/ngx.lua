@@ -99,9 +99,9 @@ Core.__index = Core
 -- again); nil, msg, code (refused: EACCES naming the leader's uid and pid).
 local function connect(self, sock)
   local c, sh = self._c, self._sh
-  -- Most calls take a pooled connection, vetted when it was made, and need no
-  -- mark (a stat of the socket file per call).  A new one is closed unused
-  -- and made again after the mark, so that the mark precedes its connect.
+  -- A pooled connection was vetted when it was made and needs no mark (a
+  -- stat of the socket file).  A new one is closed unused and made again
+  -- after the mark, so that the mark precedes its connect.
   if not sock:connect(sh.addr, sh.copts) then return nil end
   if sock:getreusedtimes() > 0 then return true end
   sock:close()
@@ -114,7 +114,7 @@ local function connect(self, sock)
   return nil, err, code
 end
 
--- One light thread of this worker looks for a leader for self's directory:
+-- One dispatcher of this worker looks for a leader for self's directory:
 -- db:elect() (leads when the LOCK is free), else a connect to the address it
 -- names, backing off from 1 ms (x1.5) to 25 ms, for at most `wait` seconds.  The
 -- others wait for it on the semaphore.  true, or nil, msg, code.
