@@ -422,7 +422,8 @@ local function dispatch(_, m)
   local ok, err = pcall(run, m)
   if not ok then crashed(m, err) end
   m.running = false
-  if next(m.waiting) ~= nil then start(m) end -- a call came while it hung up
+  -- a call came while it hung up: a new dispatcher, or the calls run one
+  if next(m.waiting) ~= nil and not start(m) then wake_all(m) end
 end
 
 start = function(m)
