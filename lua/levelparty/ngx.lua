@@ -388,10 +388,10 @@ local function run(m, mine)
           m.dirty = true
           wake_ready(m)
         end
-        if m.wfail then lost(m) end
       else
         lost(m)
       end
+      if m.sock and m.wfail then lost(m) end -- the writer's send failed
     end
   end
   hang_up(m)
