@@ -85,6 +85,87 @@ describe_nginx("nginx", function()
     assert.equal(0, check_acked(n, s))
   end)
 
+  -- /_lp/burst?n=N: N calls at once from one request's light threads (gets of the keys put by
+  -- the spec, a put every fifth, and a scan beside them); answers "<pid> <role> bad=<count>"
+  local BURST = [[
+location = /_lp/burst {
+  content_by_lua_block {
+    local db = require("kv").db()
+    local n, role = tonumber(ngx.var.arg_n), db:role()
+    local ths = {}
+    for i = 1, n do
+      ths[i] = ngx.thread.spawn(function()
+        if i % 5 == 0 then return db:put("burst-" .. i, "w" .. i) == true end
+        return db:get("b" .. i % 10) == "v" .. i % 10
+      end)
+    end
+    ths[n + 1] = ngx.thread.spawn(function()
+      local c = 0
+      for _ in db:iter { gte = "b", lt = "b:" } do c = c + 1 end
+      return c == 10
+    end)
+    local bad = 0
+    for i = 1, n + 1 do
+      local ok, good = ngx.thread.wait(ths[i])
+      if not (ok and good) then bad = bad + 1 end
+    end
+    ngx.say(ngx.worker.pid(), " ", role, " bad=", bad)
+  }
+}
+]]
+
+  -- connections the leader has accepted on dir's socket: /proc/net/unix shows an accepted
+  -- socket with its listener's path, connected (state 03)
+  local function accepted(dir)
+    local c = 0
+    for line in io.lines("/proc/net/unix") do
+      local st, path = line:match("^%x+: %x+ %x+ %x+ %x+ (%x+) %d+ (.*)$")
+      if st == "03" and path and path:sub(1, #dir + 1) == dir .. "/" then c = c + 1 end
+    end
+    return c
+  end
+
+  it("a worker's concurrent calls share one connection to the leader", function()
+    n = start_nginx { extra = BURST }
+    assert.is_true(n.started, n.log())
+    for i = 0, 9 do assert.equal(204, (req(n.port, "PUT", "/kv/b" .. i, "v" .. i))) end
+    local bursts = 0
+    for _ = 1, 100 do
+      local st, b = req(n.port, "GET", "/_lp/burst?n=64")
+      assert.equal(200, st, b)
+      assert.truthy(b:match(" bad=0\n$"), b)
+      if b:match(" follower ") then bursts = bursts + 1 end
+      if bursts >= 6 then break end
+    end
+    assert.is_true(bursts >= 6, "too few bursts reached a follower worker")
+    -- one connection per follower worker, whatever its calls in flight: 3 at most (a
+    -- connection per call, pooled, would leave up to pool_size = 32 per worker)
+    local c = accepted(n.db)
+    assert.is_true(c >= 1 and c <= 3, c .. " connections accepted by the leader")
+  end)
+
+  it("without a timer for its dispatcher, a worker's calls dispatch in their own request", function()
+    -- ngx.timer.at fails as when lua_max_pending_timers is reached
+    local notimer = BURST:gsub("/_lp/burst", "/_lp/notimer")
+      :gsub("local db = require%(\"kv\"%).db%(%)", 'local db = require("kv").db() '
+        .. 'local at = ngx.timer.at ngx.timer.at = function() return nil, "too many pending timers" end')
+      :gsub("ngx.say%(ngx.worker.pid%(%)", "ngx.timer.at = at ngx.say(ngx.worker.pid()")
+    assert(notimer:match("too many pending timers") and notimer:match("ngx.timer.at = at"))
+    n = start_nginx { extra = notimer }
+    assert.is_true(n.started, n.log())
+    for i = 0, 9 do assert.equal(204, (req(n.port, "PUT", "/kv/b" .. i, "v" .. i))) end
+    local followers = 0
+    for _ = 1, 100 do
+      local st, b = req(n.port, "GET", "/_lp/notimer?n=32")
+      assert.equal(200, st, b)
+      assert.truthy(b:match(" bad=0\n$"), b)
+      if b:match(" follower ") then followers = followers + 1 end
+      if followers >= 3 then break end
+    end
+    assert.is_true(followers >= 3, "too few requests reached a follower worker")
+    assert.falsy(n.log():match("dispatcher:"), n.log())
+  end)
+
   it("the leader worker killed -9 under load: every acknowledged write is there", function()
     n = start_nginx()
     assert.is_true(n.started, n.log())

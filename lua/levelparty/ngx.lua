@@ -8,20 +8,27 @@
 --     iterators and clear give the event loop a turn (ngx.sleep(0)) every
 --     time slice; a big batch goes to the party's worker thread, polled with
 --     ngx.sleep(0.001);
---   * a follower's call takes a fresh sans-IO client of the core
---     (core.client), and moves its bytes over a cosocket to
---     unix:<dir>/level-party.sock taken from the worker's keepalive pool (one
---     connection per call; an iterator holds one while it is open).  Before
---     anything is sent on a new connection, C checks who serves the socket
---     (db:sock_mark / db:sock_vet: the party's trust rule on SO_PEERCRED),
---     as the other transports do; a refusal fails the call with EACCES.  Nothing
---     in C waits or yields: C answers, Lua waits in cosocket calls,
---     ngx.sleep and ngx.semaphore;
+--   * a follower worker's calls and iterators submit into ONE sans-IO client
+--     of the core (core.client) per directory and client settings, and wait
+--     on pooled ngx.semaphores; a dispatcher (a zero-delay ngx.timer.at: its
+--     entry thread reads and feeds the client, a writer light thread sends
+--     all the client has queued in one send) moves the bytes over one
+--     cosocket to unix:<dir>/level-party.sock, so that the calls a worker has
+--     in flight cost one send and one receive.  It ends when no call waits
+--     (at once when the worker exits), and puts a clean connection back to
+--     the keepalive pool; the next call starts it again.  Without a timer
+--     (lua_max_pending_timers) a waiting call runs the same loop in its own
+--     request.  Before anything is sent on a new connection, C checks who
+--     serves the socket (db:sock_mark / db:sock_vet: the party's trust rule
+--     on SO_PEERCRED), as the other transports do; a refusal fails the calls
+--     with EACCES.  Nothing in C waits or yields: C answers, Lua waits in
+--     cosocket calls, ngx.sleep and ngx.semaphore;
 --   * a lost or refused connection resets the client, elects (db:elect(): one
 --     C step that never connects or waits), and replays in submission order;
---     iterators resume after the last entry handed out.  One light thread per
+--     iterators resume after the last entry handed out.  One dispatcher per
 --     worker and directory runs the election with its back-off (1 ms, x1.5 up
---     to 25 ms); the others wait on a semaphore;
+--     to 25 ms); others wait on a semaphore.  When the worker becomes the
+--     leader, the client is freed and the calls waiting on it run inline;
 --   * every call raises in a phase that has no cosockets.
 -- levelparty.open refuses init_by_lua* (init.lua).
 
@@ -51,7 +58,7 @@ local READ_MS = 60000   -- a read timeout without a levelparty timeout just read
 -- is one fcntl probe and one refused connect, so 40 a second cost little, and
 -- the first try after the leader is ready comes at most 25 ms late.
 local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.025
-local LEADER = {}       -- exchange(): this process became the leader
+local LEADER = {}       -- follow(): this process became the leader
 
 local function guard(fname)
   local phase = get_phase()
@@ -70,7 +77,7 @@ local function shared_of(path, opts)
   local key = (opts.allow_other_users and "any:" or "") .. path
   local sh = shared[key]
   if sh == nil then
-    sh = { electing = false, waiters = 0, sema = assert(semaphore.new(0)) }
+    sh = { electing = false, waiters = 0, sema = assert(semaphore.new(0)), muxes = {} }
     shared[key] = sh
   end
   -- the latest open's settings win for the pool
@@ -82,18 +89,6 @@ end
 local Core = {}   -- what init.lua sees as the core handle
 Core.__index = Core
 
-local function keepalive(h, sh)
-  local sock = h.sock
-  h.sock = nil
-  if sock and not sock:setkeepalive(sh.idle_ms, sh.copts.pool_size) then sock:close() end
-end
-
-local function close_sock(h)
-  local sock = h.sock
-  h.sock = nil
-  if sock then pcall(sock.close, sock) end
-end
-
 -- Connects sock to the leader (self._sh.addr), and makes sure it is one this
 -- process trusts before anything is sent on it (a cosocket cannot read
 -- SO_PEERCRED): C marks the socket file (st_dev, st_ino) right before the
@@ -104,9 +99,9 @@ end
 -- again); nil, msg, code (refused: EACCES naming the leader's uid and pid).
 local function connect(self, sock)
   local c, sh = self._c, self._sh
-  -- Most calls take a pooled connection, vetted when it was made, and need no
-  -- mark (a stat of the socket file per call).  A new one is closed unused
-  -- and made again after the mark, so that the mark precedes its connect.
+  -- A pooled connection was vetted when it was made and needs no mark (a
+  -- stat of the socket file).  A new one is closed unused and made again
+  -- after the mark, so that the mark precedes its connect.
   if not sock:connect(sh.addr, sh.copts) then return nil end
   if sock:getreusedtimes() > 0 then return true end
   sock:close()
@@ -119,7 +114,7 @@ local function connect(self, sock)
   return nil, err, code
 end
 
--- One light thread of this worker looks for a leader for self's directory:
+-- One dispatcher of this worker looks for a leader for self's directory:
 -- db:elect() (leads when the LOCK is free), else a connect to the address it
 -- names, backing off from 1 ms (x1.5) to 25 ms, for at most `wait` seconds.  The
 -- others wait for it on the semaphore.  true, or nil, msg, code.
@@ -170,90 +165,319 @@ local function recover(self, wait)
   return ok, err, code
 end
 
--- Moves client cl's bytes over a cosocket (h.sock, kept between calls of an
--- iterator) until cond() holds.  Returns true, or LEADER when this process
--- leads now (the caller runs the rest inline).
-local function exchange(self, cl, cond, h)
-  local sh = self._sh
-  while true do
-    if self._c:is_leader() then
-      close_sock(h)
-      return LEADER
+-- The dispatcher ---------------------------------------------------------------
+--
+-- One "mux" per worker, directory and client settings (window, max_frame,
+-- timeout, retry): ONE sans-IO client (m.cl) that all of the worker's follower
+-- calls and iterators submit into, and at most one connection (m.sock) that
+-- moves its bytes, owned by the dispatcher: a zero-delay timer (or, when no
+-- timer can be made, the waiting request itself) whose entry thread reads
+-- (receiveany -> cl:feed -> posts the semaphores of the waiters whose request
+-- or iterator is ready) and whose writer light thread sends what cl:out() holds
+-- in one send, when a call posts it.  A batch of calls in flight costs one send
+-- and one receive.  Invariants:
+--   * every connection starts with cl:replay(): whatever is pending, or was sent
+--     on a connection lost since, goes again in submission order, and
+--     iterators resume after the last entry handed out;
+--   * m.running is true while a dispatcher runs (or is about to run) for m;
+--     a waiter that finds none starts one;
+--   * a connection goes back to the keepalive pool only clean: the client idle
+--     (nothing pending, no iterator open), nothing left to send, and no request
+--     expired on it (a late reply would reach the connection's next user);
+--   * the dispatcher ends when no call waits (at once when the worker exits,
+--     else after LINGER without one), so that no timer of ours keeps an
+--     exiting worker alive; every wait in it is bounded;
+--   * when this process becomes the leader, m.cl is freed and set to nil: its
+--     waiters (whose w.cl is no longer m.cl) run their call inline.
+local LINGER, LINGER_ITER = 0.1, 1 -- s without a waiter before the dispatcher ends
+local WAIT_MAX = 1                 -- s: a waiter without deadline looks again this often
+
+local semas = {}                   -- free semaphores of this worker (count 0)
+
+local function sema_take()
+  local n = #semas
+  if n == 0 then return assert(semaphore.new(0)) end
+  local s = semas[n]
+  semas[n] = nil
+  return s
+end
+
+local function sema_give(s)
+  while s:count() > 0 do s:wait(0) end -- a post that came after a timeout
+  semas[#semas + 1] = s
+end
+
+local function mux_of(self)
+  local m = self._mux
+  m.db = self -- the latest caller's handle runs elections and trust checks
+  if m.cl == nil then m.cl = core.client(m.copts) end
+  return m
+end
+
+-- A waiter w is ready when its request finished or its iterator can page, or
+-- when its client is gone (this process leads now).
+local function ready(m, w)
+  local cl = w.cl
+  if m.cl ~= cl then return true end
+  if w.it then return w.it:ready() end
+  return cl:done(w.tok)
+end
+
+local function wake_ready(m)
+  local waiting = m.waiting
+  for w in pairs(waiting) do
+    if ready(m, w) then
+      waiting[w] = nil
+      w.sema:post(1)
     end
-    local sock = h.sock
-    if sock == nil and sh.addr then
-      sock = tcp()
-      sock:settimeouts(CONNECT_MS, SEND_MS, READ_MS)
-      local ok, err, code = connect(self, sock)
-      if ok then
-        h.sock, h.sent = sock, false
-        cl:replay()
-      else
-        sock = nil
-        if code then -- a leader this process does not trust: nothing was sent
-          cl:reset()
-          cl:fail_all(code, err)
-          if cond() then return true end
-        end
-      end
-    end
-    while sock do
-      local out = cl:out()
-      if out then
-        if not sock:send(out) then break end
-        h.sent = true
-      end
-      if cond() then return true end
-      local rem = cl:remaining()
-      sock:settimeouts(CONNECT_MS, SEND_MS, rem and max(1, ceil(rem * 1000)) or READ_MS)
-      local data, err = sock:receiveany(65536)
-      if data then
-        if not cl:feed(data) then break end -- the leader broke the protocol
-      elseif err == "timeout" then
-        cl:expire()
-        if cond() then
-          close_sock(h) -- a reply may still come: never pool this connection
-          return true
-        end
-      else
-        break
-      end
-    end
-    -- no connection, or it is gone
-    close_sock(h)
-    cl:reset()
-    if h.sent and not self._retry then
-      h.sent = false
-      cl:fail_all("ELEADERLOST", "the leader went away with the request in flight (retry = false)")
-      if cond() then return true end
-    end
-    local rem = cl:remaining()
-    local ok, err, code = recover(self, rem or self._open_timeout)
-    cl:expire()
-    if ok == nil then cl:fail_all(code, err) end
-    if cond() then return true end
   end
 end
 
--- A follower's call: a fresh client, submit(cl) queues the request; returns
--- the call's results, or LEADER.
-local function follow(self, op, submit, ...)
-  local cl = core.client(self._copts)
-  local tok, msg = submit(cl, ...)
-  if not tok then
-    cl:free()
-    return tok, msg
+local function wake_all(m)
+  local waiting = m.waiting
+  for w in pairs(waiting) do
+    waiting[w] = nil
+    w.sema:post(1)
   end
-  local h = {}
-  local r = exchange(self, cl, function() return cl:done(tok) end, h)
-  if r == LEADER then
-    cl:free()
-    return LEADER
+end
+
+local function kick(m)
+  if m.sock and not m.kicked then
+    m.kicked = true
+    m.wsema:post(1)
   end
-  if cl:idle() then keepalive(h, self._sh) else close_sock(h) end
-  local a, b, c = cl:result(tok, op)
+end
+
+-- The writer light thread of connection sock: sends everything the client
+-- has queued, in one send per wake-up, until m.wstop.
+local function writer(m, sock)
+  while true do
+    m.kicked = false
+    local cl, stop = m.cl, m.wstop or m.sock ~= sock
+    local out = not stop and cl and cl:out()
+    if out then
+      if not sock:send(out) then
+        m.wfail = true
+        return
+      end
+      m.sent = true
+    elseif stop then
+      return
+    else
+      m.wsema:wait(WAIT_MAX)
+    end
+  end
+end
+
+local function stop_writer(m)
+  local th = m.writer
+  if th == nil then return end
+  m.wstop, m.writer = true, nil
+  m.wsema:post(1)
+  ngx.thread.wait(th)
+  m.wstop = false
+  while m.wsema:count() > 0 do m.wsema:wait(0) end
+end
+
+-- The connection is gone (or broke the protocol): close it, rewind the client.
+local function lost(m)
+  stop_writer(m)
+  local sock = m.sock
+  m.sock = nil
+  pcall(sock.close, sock)
+  local cl = m.cl
+  cl:reset()
+  if m.sent and not m.retry then
+    cl:fail_all("ELEADERLOST", "the leader went away with the request in flight (retry = false)")
+    wake_ready(m)
+  end
+  m.sent = false
+end
+
+-- This process leads now: the waiters run their calls inline.
+local function to_leader(m)
+  local cl = m.cl
+  m.cl = nil
+  wake_all(m)
   cl:free()
-  return a, b, c
+end
+
+-- Connects m to the leader (the address the last election gave), or elects.
+local function dial(m)
+  local db, cl = m.db, m.cl
+  local sh = db._sh
+  if sh.addr then
+    local s = tcp()
+    s:settimeouts(CONNECT_MS, SEND_MS, READ_MS)
+    local ok, err, code = connect(db, s)
+    if ok then
+      m.sock, m.sent, m.dirty, m.wfail, m.kicked = s, false, false, false, false
+      cl:replay()
+      m.writer = ngx.thread.spawn(writer, m, s)
+      return
+    end
+    if code then -- a leader this process does not trust: nothing was sent
+      cl:reset()
+      cl:fail_all(code, err)
+      wake_ready(m)
+      return
+    end
+  end
+  local ok, err, code = recover(db, cl:remaining() or db._open_timeout)
+  cl:expire()
+  if ok == nil then cl:fail_all(code, err) end
+  wake_ready(m)
+end
+
+-- Ends m's connection: back to the pool when clean, else closed.
+local function hang_up(m)
+  local sock = m.sock
+  if sock == nil then return end
+  stop_writer(m)
+  m.sock = nil
+  local cl = m.cl
+  -- what is still queued (an iterator's end, acks) goes with the connection;
+  -- requests pending are framed again by the next connection's replay
+  local rest = cl and cl:out()
+  if cl and cl:idle() and not rest and not m.dirty and not m.wfail then
+    local sh = m.db._sh
+    if sock:setkeepalive(sh.idle_ms, sh.copts.pool_size) then return end
+  end
+  -- (the client is rewound by the next connection's replay: entries an
+  -- iterator holds stay readable meanwhile)
+  pcall(sock.close, sock)
+end
+
+-- The dispatcher's loop, until no call waits (mine: an inline run for
+-- waiter mine, which ends when mine is ready).
+local function run(m, mine)
+  local quiet
+  while true do
+    local cl = m.cl
+    if cl == nil then break end
+    if mine then
+      if ready(m, mine) then break end
+    elseif next(m.waiting) == nil then
+      if m.sock == nil or ngx.worker.exiting() then break end
+      local now = ngx.now()
+      if quiet == nil then
+        quiet = now
+      elseif now - quiet >= (cl:idle() and LINGER or LINGER_ITER) then
+        break
+      end
+    else
+      quiet = nil
+    end
+    local sock = m.sock
+    if sock == nil then
+      if m.db._c:is_leader() then
+        to_leader(m)
+        break
+      end
+      dial(m)
+    else
+      local rem = cl:remaining()
+      local wait = next(m.waiting) and WAIT_MAX or LINGER
+      if rem and rem < wait then wait = rem end
+      sock:settimeouts(CONNECT_MS, SEND_MS, max(1, ceil(wait * 1000)))
+      local data, err = sock:receiveany(65536)
+      if data then
+        if cl:feed(data) then wake_ready(m) else lost(m) end -- false: the leader broke the protocol
+      elseif err == "timeout" then
+        if cl:expire() > 0 then
+          m.dirty = true
+          wake_ready(m)
+        end
+      else
+        lost(m)
+      end
+      if m.sock and m.wfail then lost(m) end -- the writer's send failed
+    end
+  end
+  hang_up(m)
+end
+
+-- A dispatcher failed (a bug): its calls fail rather than wait for nothing.
+local function crashed(m, err)
+  ngx.log(ngx.ERR, "levelparty: dispatcher: ", tostring(err))
+  local sock = m.sock
+  if sock then
+    m.sock, m.writer = nil, nil
+    m.wsema:post(1) -- the writer sees m.sock change and ends
+    pcall(sock.close, sock)
+  end
+  local cl = m.cl
+  if cl then
+    cl:reset()
+    cl:fail_all("EIO", "levelparty: dispatcher: " .. tostring(err))
+  end
+  wake_all(m)
+end
+
+local start
+
+-- The timer's handler; premature (the worker exits) runs as well: the calls
+-- waiting are served, then it ends.
+local function dispatch(_, m)
+  local ok, err = pcall(run, m)
+  if not ok then crashed(m, err) end
+  m.running = false
+  -- a call came while it hung up: a new dispatcher, or the calls run one
+  if next(m.waiting) ~= nil and not start(m) then wake_all(m) end
+end
+
+start = function(m)
+  m.running = true
+  if ngx.timer.at(0, dispatch, m) then return true end
+  m.running = false
+  return false
+end
+
+-- Waits until waiter w is ready; wait: seconds of its deadline (nil: none).
+local function await(m, w, wait)
+  local deadline = wait and ngx.now() + wait
+  while not ready(m, w) do
+    m.waiting[w] = true
+    if m.running then
+      kick(m)
+    elseif not start(m) then
+      -- no timer (lua_max_pending_timers): this request dispatches itself
+      m.running = true
+      local ok, err = pcall(run, m, w)
+      m.running = false
+      if not ok then crashed(m, err) end
+      wake_all(m) -- the others take over
+    end
+    if m.waiting[w] then
+      local t = deadline and max(0.001, deadline - ngx.now()) or WAIT_MAX
+      local ok = w.sema:wait(min(t, WAIT_MAX))
+      if not ok and deadline and ngx.now() >= deadline and m.cl == w.cl and w.cl:expire() > 0 then
+        m.dirty = true -- a reply may still come on this connection: never pool it
+        wake_ready(m)
+      end
+    end
+    m.waiting[w] = nil
+  end
+end
+
+local function wait_for(m, cl, tok, it, wait)
+  local w = { cl = cl, tok = tok, it = it, sema = sema_take() }
+  local ok, err = pcall(await, m, w, wait)
+  m.waiting[w] = nil
+  sema_give(w.sema)
+  if not ok then error(err, 0) end
+end
+
+-- A follower's call: submit(cl, ...) queues the request on the worker's
+-- client; returns the call's results, or LEADER.
+local function follow(self, op, submit, ...)
+  local m = mux_of(self)
+  local cl = m.cl
+  local tok, msg = submit(cl, ...)
+  if not tok then return tok, msg end
+  wait_for(m, cl, tok, nil, self._copts.timeout)
+  if m.cl ~= cl then return LEADER end
+  return cl:result(tok, op)
 end
 
 -- A leader's call that may answer YIELD (time slice over) or PENDING (a
@@ -360,17 +584,20 @@ end
 
 function LocalIter:close() return self[1]:close() end
 
--- A follower's iterator: its own client and cosocket while it is open.
+-- A follower's iterator: an iterator of the worker's client (m.cl); pages wait
+-- for the dispatcher, acks go out through its writer.
 local RemoteIter = {}
 RemoteIter.__index = RemoteIter
 
 function RemoteIter:close()
   if self.local_it then return self.local_it:close() end
-  if self.cl then
-    self.ci:close()
-    close_sock(self.h) -- the leader drops the iterator with the connection
-    self.cl:free()
+  local cl = self.cl
+  if cl then
     self.cl = nil
+    if self.m.cl == cl then
+      self.ci:close() -- queues the end for the leader, frees the iterator's state
+      kick(self.m)
+    end
   end
   return true
 end
@@ -394,10 +621,16 @@ end
 
 function RemoteIter:page(_, t)
   if self.local_it then return self.local_it:page(nil, t) end
-  if self.cl == nil then return 0 end
+  local cl = self.cl
+  if cl == nil then return 0 end
   guard("iterator")
-  local ci, buf = self.ci, self.buf
+  local m, ci, buf = self.m, self.ci, self.buf
   while true do
+    if m.cl ~= cl then -- the client is gone: this process leads
+      local ok, err, code = go_local(self)
+      if not ok then return nil, err, code end
+      return self.local_it:page(nil, t)
+    end
     local n, err, code = ci:page(buf)
     if n ~= PENDING then
       if n == nil then
@@ -414,24 +647,15 @@ function RemoteIter:page(_, t)
       if n > 0 then
         self.last = buf[2 * n - 1]
         self.count = self.count + n
-        -- the window acks those entries queued go out with the next wait;
-        -- send them now so the leader keeps streaming meanwhile
-        local out = self.cl:out()
-        if out and self.h.sock then
-          if not self.h.sock:send(out) then close_sock(self.h) self.cl:reset() end
-        end
+        -- the window's acks for those entries: out now, so that the leader
+        -- keeps streaming meanwhile
+        kick(m)
       else
         self:close()
       end
       return n
     end
-    local r = exchange(self.db, self.cl, function() return ci:ready() end, self.h)
-    if r == LEADER then
-      local ok
-      ok, err, code = go_local(self)
-      if not ok then return nil, err, code end
-      return self.local_it:page(nil, t)
-    end
+    wait_for(m, cl, nil, ci, self.db._copts.timeout)
   end
 end
 
@@ -446,9 +670,10 @@ function Core:iter(r)
   local rr = {}
   for k, v in pairs(r) do rr[k] = v end
   rr.keys = true -- the bookmark needs every key
-  local cl = core.client(self._copts)
+  local m = mux_of(self)
+  local cl = m.cl
   return setmetatable({
-    db = self, cl = cl, ci = cl:iter(rr), r = r, h = {}, buf = {}, count = 0,
+    db = self, m = m, cl = cl, ci = cl:iter(rr), r = r, buf = {}, count = 0,
     keys = r.keys ~= false, values = r.values ~= false,
   }, RemoteIter)
 end
@@ -483,11 +708,20 @@ function _M.open(dir, opts)
   local path = c:path()
   local sh = shared_of(path, opts)
   if role == "follower" then sh.addr = addr end
+  local copts = { window = opts.window, max_frame = opts.max_frame, timeout = opts.timeout }
+  local retry = opts.retry ~= false
+  -- handles that share a client must agree on what the client decides
+  local key = format("%s|%s|%s|%s", tostring(copts.window), tostring(copts.max_frame),
+    tostring(copts.timeout), tostring(retry))
+  local m = sh.muxes[key]
+  if m == nil then
+    m = { copts = copts, retry = retry, waiting = {}, running = false, wsema = assert(semaphore.new(0)) }
+    sh.muxes[key] = m
+  end
   return setmetatable({
-    _c = c, _sh = sh, _path = path,
-    _retry = opts.retry ~= false,
+    _c = c, _sh = sh, _path = path, _mux = m,
     _open_timeout = opts.open_timeout or 10,
-    _copts = { window = opts.window, max_frame = opts.max_frame, timeout = opts.timeout },
+    _copts = copts,
   }, Core)
 end
 
