@@ -27,7 +27,7 @@
 --     C step that never connects or waits), and replays in submission order;
 --     iterators resume after the last entry handed out.  One dispatcher per
 --     worker and directory runs the election with its back-off (1 ms, x1.5 up
---     to 25 ms); others wait on a semaphore.  When the worker becomes the
+--     to 10 ms); others wait on a semaphore.  When the worker becomes the
 --     leader, the client is freed and the calls waiting on it run inline;
 --   * every call raises in a phase that has no cosockets.
 -- levelparty.open refuses init_by_lua* (init.lua).
@@ -55,9 +55,11 @@ local CONNECT_MS, SEND_MS = 5000, 60000
 local READ_MS = 60000   -- a read timeout without a levelparty timeout just reads again
 -- The election's retries (one light thread per worker and directory): a new
 -- leader is ready after about LevelDB's reopen, tens to hundreds of ms; a try
--- is one fcntl probe and one refused connect, so 40 a second cost little, and
--- the first try after the leader is ready comes at most 25 ms late.
-local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.025
+-- is one fcntl probe and one refused connect (tens of µs), so 100 a second
+-- during a failover cost little, and the first try after the leader is ready
+-- comes at most 10 ms late: a fraction of the stall the survivors see (the
+-- dying leader's teardown, then LevelDB's reopen; docs/BENCHMARKS.md).
+local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.010
 local LEADER = {}       -- follow(): this process became the leader
 
 local function guard(fname)
@@ -116,7 +118,7 @@ end
 
 -- One dispatcher of this worker looks for a leader for self's directory:
 -- db:elect() (leads when the LOCK is free), else a connect to the address it
--- names, backing off from 1 ms (x1.5) to 25 ms, for at most `wait` seconds.  The
+-- names, backing off from 1 ms (x1.5) to 10 ms, for at most `wait` seconds.  The
 -- others wait for it on the semaphore.  true, or nil, msg, code.
 local function recover(self, wait)
   local sh = self._sh
