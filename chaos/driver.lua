@@ -60,13 +60,21 @@ local KINDS = { "5.4 sync", "luajit luv", "node", "5.4 luv", "luajit sync", "5.4
 local function judge(r)
   local slots, events, final, timeout = r.slots, r.events, r.final, r.timeout
   local seed, duration, procs = r.seed, r.duration, r.procs
+  -- The checker reads the logs twice, line by line (chaos/check.lua): first the writes, then
+  -- every read, iterator, batch and call judged against them; nothing per call is kept.
   local h = K.new(C.NKEYS, C.key)
-  for _, s in ipairs(slots) do
-    for _, inc in ipairs(s.incs) do
-      h:parse(inc.name, read_lines(r.out .. "/" .. inc.name .. ".log"), { node = s.kind == "node", timeout = timeout })
+  local function each_log(pass)
+    for _, s in ipairs(slots) do
+      for _, inc in ipairs(s.incs) do
+        local path = r.out .. "/" .. inc.name .. ".log"
+        local f = io.open(path)
+        if f then f:close() end
+        pass(inc.name, f and io.lines(path) or {}, { node = s.kind == "node", timeout = timeout })
+      end
     end
   end
-  h:check(final)
+  each_log(function(who, lines, info) h:scan(who, lines, info) end)
+  h:build(final)
 
   -- one leader at a time: the claims of the logs, each ending when its process was killed,
   -- closed its handle or exited
@@ -86,7 +94,7 @@ local function judge(r)
   local prev
   for _, l in ipairs(h.leaders) do
     if prev and l.from < prev["end"] and l.who ~= prev.who then
-      h:fail("two leaders: %s from %d while %s led until %d", l.who, l.from, prev.who, prev["end"])
+      h:fail("leader", "two leaders: %s from %d while %s led until %.0f", l.who, l.from, prev.who, prev["end"])
     end
     if not prev or l["end"] > prev["end"] then prev = l end
   end
@@ -126,28 +134,30 @@ local function judge(r)
     return best > 0 and disrupt_end[best] > inv
   end
   local worst, worst_call, lats = 0, nil, {}
-  for _, c in ipairs(h.calls) do
-    local lat = c.lat or (c.resp - c.inv)
+  local function on_call(who, kind, inv, resp, lat, bound, ok)
+    lat = lat or (resp - inv)
     local allow = 0
-    for _, ev in ipairs(stopped_of[c.who] or {}) do allow = allow + overlap(c.inv, c.resp, ev.t, ev.cont or c.resp) end
-    if lat > c.bound + allow then
-      h:fail("%s: %s took %.0f ms (bound %.0f ms)", c.who, c.kind, lat / 1000, (c.bound + allow) / 1000)
+    for _, ev in ipairs(stopped_of[who] or {}) do allow = allow + overlap(inv, resp, ev.t, ev.cont or resp) end
+    if lat > bound + allow then
+      h:fail("call", "%s: %s took %.0f ms (bound %.0f ms)", who, kind, lat / 1000, (bound + allow) / 1000)
     end
-    if c.ok and c.kind ~= "open" then
-      if not disrupted(c.inv, c.resp) then
+    if ok and kind ~= "open" then
+      if not disrupted(inv, resp) then
         lats[#lats + 1] = lat
-        if lat > worst then worst, worst_call = lat, c end
+        if lat > worst then worst, worst_call = lat, { who = who, kind = kind } end
       end
     end
   end
+  each_log(function(who, lines, info) h:verify(who, lines, info, on_call) end)
+  h:finish()
 
   -- memory and descriptors: caps, and the trend of the longest-lived process
   local longest
   for _, s in ipairs(slots) do
     for _, inc in ipairs(s.incs) do
       for _, sm in ipairs(inc.samples) do
-        if sm.fds > 256 then h:fail("%s: %d file descriptors", inc.name, sm.fds) break end
-        if sm.rss > 512 * 1024 then h:fail("%s: RSS %d MiB", inc.name, sm.rss // 1024) break end
+        if sm.fds > 256 then h:fail("resource", "%s: %d file descriptors", inc.name, sm.fds) break end
+        if sm.rss > 512 * 1024 then h:fail("resource", "%s: RSS %d MiB", inc.name, sm.rss // 1024) break end
       end
       if not longest or #inc.samples > #longest.samples then longest = inc end
     end
@@ -175,8 +185,12 @@ local function judge(r)
     local role_changed = leads(ss[q + 1].t) ~= leads(ss[#ss].t)
     trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f%s"):format(longest.name, longest.slot.kind,
       #ss, r2 / 1024, r4 / 1024, f2, f4, role_changed and " (role changed: fds not compared)" or "")
-    if #ss >= 30 and r4 > r2 * 1.5 and r4 - r2 > 20 * 1024 then h:fail("%s: RSS grows: %s", longest.name, trend) end
-    if #ss >= 30 and f4 > f2 + 8 and not role_changed then h:fail("%s: descriptors grow: %s", longest.name, trend) end
+    if #ss >= 30 and r4 > r2 * 1.5 and r4 - r2 > 20 * 1024 then
+      h:fail("resource", "%s: RSS grows: %s", longest.name, trend)
+    end
+    if #ss >= 30 and f4 > f2 + 8 and not role_changed then
+      h:fail("resource", "%s: descriptors grow: %s", longest.name, trend)
+    end
   end
 
   -- the summary
@@ -217,9 +231,9 @@ local function judge(r)
     say(("chaos: stalls (no log line for %.0f s; threads described in events.log): %s"):format(math.max(3, 3 * timeout),
       table.concat(who, ", ")))
   end
-  for _, p in ipairs(r.problems) do h:fail("%s", p) end
+  for _, p in ipairs(r.problems) do h:fail("problem", "%s", p) end
   if h.nerrors > 0 then
-    for _, e in ipairs(h.errors) do say("chaos: FAIL " .. e) end
+    for _, e in ipairs(h:first_errors()) do say("chaos: FAIL " .. e) end
     say(("chaos: FAILED: %d problems (seed %d) -- replay: make chaos SEED=%d DURATION=%d PROCS=%d"):format(
       h.nerrors, seed, seed, duration, procs))
     return 1
@@ -236,8 +250,8 @@ end
 -- line; with no final.log the directory is read again (a copy: the read may write to it).
 local function load_run(dir)
   local r = { out = dir, slots = {}, final = {}, idle_cpu = {}, problems = {}, lock_samples = 0, multi = 0,
-    seed = tonumber(o.seed) or tonumber(dir:match("(%d+)/*$")) or 0, duration = tonumber(o.duration) or 0,
-    procs = tonumber(o.procs), timeout = tonumber(o.timeout) or 1 }
+    seed = tonumber(o.seed) or tonumber(dir:match("^(%d+)/*$") or dir:match("/(%d+)/*$")) or 0,
+    duration = tonumber(o.duration) or 0, procs = tonumber(o.procs), timeout = tonumber(o.timeout) or 1 }
   local events = { kills = {}, stops = {}, closes = {}, exits = {}, starts = {}, stalls = {} }
   r.events = events
   local incs, kinds = {}, {}
