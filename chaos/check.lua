@@ -13,10 +13,11 @@
 -- completed call (and each open) in log order, for the driver's latency bounds.
 --
 -- Memory: the logs are read twice, line by line, and nothing is kept per operation but its
--- writes, four numbers each in flat arrays (key and flags, invocation, completion, handle and
--- sub-id), with each written value's index (a value a<slot>i<inc>.<seq>, as every actor writes,
--- is keyed by one integer).  Reads, iterators and batches are judged in the second pass against
--- the per-key indexes built from all the writes, and dropped; so is every call once on_call saw it.
+-- writes, a 25-byte record each packed per key into strings (flags, invocation, completion,
+-- handle and sub-id), and each written value's write id (a value a<slot>i<inc>.<seq>, as every
+-- actor writes, is keyed by one integer).  The per-key indexes built from the writes are packed
+-- doubles too.  Reads, iterators and batches are judged in the second pass against them
+-- and dropped; so is every call once on_call saw it.  (An hour's soak: see docs/RELIABILITY.md.)
 --
 -- The model: a write happened at some instant inside [invocation, completion]; one whose
 -- outcome is unknown (an error, a timeout, a killed process) may also never have happened,
@@ -28,7 +29,15 @@ local K = {}
 K.__index = K
 
 local INF = math.huge
-local HS = 4294967296 -- Whs[i] = handle * HS + sub (the call's id in its incarnation)
+local HS = 4294967296 -- a write's hs = handle * HS + sub (the call's id in its incarnation)
+local unpack = string.unpack
+-- The writes are kept per key.  A write's record: flags (certain and 2 or 0) + (put and 1 or
+-- 0), inv, resp (+inf when not certain), hs; CHUNK records of a key to a string.  A write's id
+-- is key index * WID + its number among the key's writes.
+local WREC = "<Bddd"
+local WSIZE = string.packsize(WREC)
+local CHUNK = 512
+local WID = 4294967296
 
 -- failures are reported by category, in this order, at most 40 of each kept
 local ORDER = { "parse", "read", "iter", "final", "batch", "leader", "call", "resource", "problem" }
@@ -43,10 +52,10 @@ function K.new(nkeys, keyname)
     h.keys[#h.keys + 1] = keyname(i)
     h.kidx[h.keys[#h.keys]] = #h.keys
   end
-  -- the writes, one index each: Wkf = key index * 4 + (certain and 2 or 0) + (put and 1 or 0);
-  -- Wresp is +inf when not certain
-  h.nw, h.Wkf, h.Winv, h.Wresp, h.Whs = 0, {}, {}, {}, {}
-  h.puts = {}                    -- vcode(value) -> write index
+  -- the writes: per key index, full chunks, the records of the last one, their count
+  h.wchunks, h.wbuf, h.wn = {}, {}, {}
+  for i = 1, nkeys do h.wchunks[i], h.wbuf[i], h.wn[i] = {}, {}, 0 end
+  h.puts = {}                    -- vcode(value) -> write id
   h.hname, h.hwho = {}, {}       -- handle id -> "a1i2g1", "a1i2"
   h.leaders = {}                 -- { who, from } leader role claims (ends filled by the driver)
   h.closes = {}                  -- { who, t }
@@ -120,14 +129,19 @@ end
 function K:add_write(who, k, v, inv, resp, certain, hs)
   local ki = self.kidx[k]
   if not ki then return self:fail("parse", "%s wrote key %s outside the key space", who, k) end
-  local n = self.nw + 1
-  self.nw = n
-  self.Wkf[n] = ki * 4 + (certain and 2 or 0) + (v and 1 or 0)
-  self.Winv[n], self.Wresp[n], self.Whs[n] = inv, resp, hs
+  local n = self.wn[ki] + 1
+  self.wn[ki] = n
+  local buf = self.wbuf[ki]
+  buf[#buf + 1] = string.pack(WREC, (certain and 2 or 0) + (v and 1 or 0), inv, resp, hs)
+  if #buf == CHUNK then
+    local cs = self.wchunks[ki]
+    cs[#cs + 1] = table.concat(buf)
+    self.wbuf[ki] = {}
+  end
   if v then
     local c = vcode(v)
     if self.puts[c] then self:fail("parse", "value %s written twice", v) end
-    self.puts[c] = n
+    self.puts[c] = ki * WID + n
   end
 end
 
@@ -201,7 +215,17 @@ end
 
 -- Per key indexes: certain writes by completion with the running max of invocations
 -- (M(t): the latest invocation of a certain write completed before t), certain puts the
--- same way, deletes by invocation with the running max of completions.
+-- same way, deletes by invocation with the running max of completions.  Each is two strings
+-- of packed doubles: the sorted order keys and the running maxes.
+local function pack_doubles(a)
+  local parts = {}
+  for i = 1, #a, 256 do
+    local j = math.min(#a, i + 255)
+    parts[#parts + 1] = string.pack("<" .. ("d"):rep(j - i + 1), table.unpack(a, i, j))
+  end
+  return table.concat(parts)
+end
+
 local function index(list, order, field)
   table.sort(list, function(x, y) return order[x] < order[y] end)
   local keys, maxes, m = {}, {}, -INF
@@ -210,53 +234,65 @@ local function index(list, order, field)
     if field[w] > m then m = field[w] end
     maxes[i] = m
   end
-  return { keys = keys, maxes = maxes }
+  return { n = #keys, keys = pack_doubles(keys), maxes = pack_doubles(maxes) }
 end
 
 -- the running max over entries whose order key is < t (or <= t when incl)
 local function upto(ix, t, incl)
-  local lo, hi = 1, #ix.keys
+  local keys = ix.keys
+  local lo, hi = 1, ix.n
   local best = 0
   while lo <= hi do
     local mid = (lo + hi) // 2
-    local kv = ix.keys[mid]
+    local kv = unpack("<d", keys, mid * 8 - 7)
     if kv < t or (incl and kv == t) then best, lo = mid, mid + 1 else hi = mid - 1 end
   end
   if best == 0 then return -INF end
-  return ix.maxes[best]
+  return (unpack("<d", ix.maxes, best * 8 - 7))
+end
+
+--- Write id's record: flags, inv, resp, hs (after build).
+function K:wget(id)
+  local n = id % WID - 1
+  local c = n // CHUNK
+  local f, inv, resp, hs = unpack(WREC, self.wchunks[id // WID][c + 1], (n - c * CHUNK) * WSIZE + 1)
+  return f, inv, resp, hs
 end
 
 --- Builds the per key indexes from every write; final: the directory's contents at the end.
 function K:build(final)
   self.final = final
-  local Wkf, Winv, Wresp, Whs = self.Wkf, self.Winv, self.Wresp, self.Whs
-  local by = {}
-  for i = 1, #self.keys do by[i] = {} end
-  for i = 1, self.nw do
-    local l = by[Wkf[i] // 4]
-    l[#l + 1] = i
-  end
   self.ix = {}
   for ki, k in ipairs(self.keys) do
+    local cs = self.wchunks[ki]
+    if #self.wbuf[ki] > 0 then
+      cs[#cs + 1] = table.concat(self.wbuf[ki])
+      self.wbuf[ki] = {}
+    end
     -- the handle of the write of k's final value: its latest certain write of k (order)
     local fw = final[k] and self.puts[vcode(final[k])]
-    local fh = fw and Wkf[fw] // 4 == ki and Whs[fw] // HS
+    local fh = fw and self:wkey(fw) == k and select(4, self:wget(fw)) // HS
     local fhmax = -1
+    local inv, resp = {}, {}
     local certain, cputs, dels = {}, {}, {}
-    for _, i in ipairs(by[ki]) do
-      local f = Wkf[i]
-      if f & 2 ~= 0 then
-        certain[#certain + 1] = i
-        if f & 1 ~= 0 then cputs[#cputs + 1] = i end
-        if fh and Whs[i] // HS == fh and Whs[i] % HS > fhmax then fhmax = Whs[i] % HS end
+    local j = 0
+    for _, chunk in ipairs(cs) do
+      for off = 1, #chunk, WSIZE do
+        local f, wi, wr, hs = unpack(WREC, chunk, off)
+        j = j + 1
+        inv[j], resp[j] = wi, wr
+        if f & 2 ~= 0 then
+          certain[#certain + 1] = j
+          if f & 1 ~= 0 then cputs[#cputs + 1] = j end
+          if fh and hs // HS == fh and hs % HS > fhmax then fhmax = hs % HS end
+        end
+        if f & 1 == 0 then dels[#dels + 1] = j end
       end
-      if f & 1 == 0 then dels[#dels + 1] = i end
     end
-    by[ki] = nil
     self.ix[k] = {
-      M = index(certain, Wresp, Winv),
-      D = index(dels, Winv, Wresp),
-      CP = index(cputs, Wresp, Winv),
+      M = index(certain, resp, inv),
+      D = index(dels, inv, resp),
+      CP = index(cputs, resp, inv),
       fhmax = fhmax,
       ncertain = #certain,
     }
@@ -268,12 +304,14 @@ function K:M(k, t) return upto(self.ix[k].M, t) end
 -- DR(k, t): latest completion of a delete of k invoked before t (at or before with incl).
 function K:DR(k, t, incl) return upto(self.ix[k].D, t, incl) end
 
--- the key, writer, handle, sub-id, certainty of write i
-function K:wkey(i) return self.keys[self.Wkf[i] // 4] end
-function K:wwho(i) return self.hwho[self.Whs[i] // HS] end
-function K:whandle(i) return self.hname[self.Whs[i] // HS] end
-function K:wsub(i) return self.Whs[i] % HS end
-function K:wcertain(i) return self.Wkf[i] & 2 ~= 0 end
+-- write id's key, writer, handle, sub-id, certainty, invocation and completion
+function K:wkey(id) return self.keys[id // WID] end
+function K:wwho(id) return self.hwho[select(4, self:wget(id)) // HS] end
+function K:whandle(id) return self.hname[select(4, self:wget(id)) // HS] end
+function K:wsub(id) return select(4, self:wget(id)) % HS end
+function K:wcertain(id) return self:wget(id) & 2 ~= 0 end
+function K:winv(id) return select(2, self:wget(id)) end
+function K:wresp(id) return select(3, self:wget(id)) end
 
 --- Could a read of k over [inv, resp] return v (nil/"-" for missing)?  Returns nil or why not.
 function K:readable(k, v, inv, resp)
@@ -283,8 +321,8 @@ function K:readable(k, v, inv, resp)
     local w = self.puts[vcode(v)]
     if not w then return "a value no one wrote" end
     if self:wkey(w) ~= k then return "a value written to " .. self:wkey(w) end
-    if self.Winv[w] > resp then return "a value whose write began only after the read ended" end
-    if m > self.Wresp[w] then return "a stale value: a write certainly after it completed before the read began" end
+    if self:winv(w) > resp then return "a value whose write began only after the read ended" end
+    if m > self:wresp(w) then return "a stale value: a write certainly after it completed before the read began" end
     return nil
   end
   if m == -INF then return nil end
@@ -363,7 +401,7 @@ function K:check_batch(who, inv, args)
     local fv = final[o.k]
     local fw = fv and self.puts[vcode(fv)]
     if fv ~= (o.v or nil) then
-      if fw and self.Wresp[fw] < inv then
+      if fw and self:wresp(fw) < inv then
         self:fail("batch", "final: batch of %s applied in part: %s=%s predates it", who, o.k, fv)
       elseif not fv and o.v and self.ix[o.k] and self:DR(o.k, INF) < inv then
         self:fail("batch", "final: batch of %s applied in part: %s missing", who, o.k)
@@ -455,7 +493,7 @@ function K:finish()
     if fv then
       local w = self.puts[vcode(fv)]
       if w and self:wkey(w) == k then
-        if mall > self.Wresp[w] then
+        if mall > self:wresp(w) then
           self:fail("final", "final: %s=%s (by %s), but a certain write of %s followed it: acknowledged write lost",
             k, fv, self:wwho(w), k)
         elseif self:wcertain(w) and ix.fhmax > self:wsub(w) then
