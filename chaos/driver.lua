@@ -1,6 +1,8 @@
 -- chaos/driver.lua: the chaos soak (`make chaos`; docs/RELIABILITY.md, "Chaos soak").
 --
 --   lua5.4 chaos/driver.lua [--duration S] [--seed N] [--procs N] [--timeout S] [--out DIR] [--lie]
+--   lua5.4 chaos/driver.lua --check-only DIR   judges a finished run's logs in DIR again, prints
+--     the same summary and exits as the run did (`make chaos CHAOS_ARGS='--check-only DIR'`)
 --   (run it under mk/luaenv.sh 5.4, which `make chaos` does)
 --
 -- Starts PROCS actors on one directory (Lua 5.4 and LuaJIT, blocking and luv, and a Node
@@ -11,6 +13,8 @@
 -- At the end: every process is resumed, restarted and left to run, then told to go idle
 -- (each must answer: no call hangs), idle CPU is measured, everything is SIGKILLed, the
 -- directory is read, and chaos/check.lua judges the logs.  Exit 0 when every check passed.
+-- Besides the actors' logs, OUT holds events.log, driver.log and final.log: all that the
+-- judgement needs, so --check-only can repeat it (a replay of the checks, or of a changed checker).
 -- The seed fixes the driver's schedule and every actor's workload; --lie makes actor 1 log
 -- puts it never makes (the checker must catch it).
 local uv = require "luv"
@@ -19,7 +23,7 @@ local root = os.getenv("LEVELPARTY_ROOT") or "."
 local C = dofile(root .. "/chaos/common.lua")
 local K = dofile(root .. "/chaos/check.lua")
 
-local o = { duration = 60, seed = nil, procs = 6, timeout = 1, out = nil, lie = false }
+local o = { lie = false } -- --duration 60 --procs 6 --timeout 1 unless given
 do
   local i = 1
   while i <= #arg do
@@ -32,7 +36,338 @@ do
     i = i + 1
   end
 end
-local duration, procs, timeout = tonumber(o.duration), tonumber(o.procs), tonumber(o.timeout)
+local function say(...) io.stdout:write(table.concat({ ... }, " "), "\n") io.stdout:flush() end
+
+local function read_lines(path)
+  local f = io.open(path)
+  if not f then return {} end
+  local t = {}
+  for l in f:lines() do t[#t + 1] = l end
+  f:close()
+  return t
+end
+
+local KINDS = { "5.4 sync", "luajit luv", "node", "5.4 luv", "luajit sync", "5.4 luv", "luajit luv", "5.4 sync" }
+
+-- Judging ------------------------------------------------------------------------------------
+
+--- Checks a finished run's logs and prints the summary; returns the exit status (0: passed).
+--- r: { out, seed, duration, procs, timeout, slots = { { kind, incs = { { name, samples } } } },
+---   events = { starts, exits = { { name, exit_t } }, kills = { { t, name, leader } },
+---   stops = { { t, name, cont } }, closes, stalls = { { t, text } } }, final = { key -> value },
+---   lock_samples, multi, idle_cpu = { "name pct%" }, problems = { text } }
+--- A live run passes its own state; --check-only DIR reads it back from DIR (load_run).
+local function judge(r)
+  local slots, events, final, timeout = r.slots, r.events, r.final, r.timeout
+  local seed, duration, procs = r.seed, r.duration, r.procs
+  -- The checker reads the logs twice, line by line (chaos/check.lua): first the writes, then
+  -- every read, iterator, batch and call judged against them; nothing per call is kept.  Each
+  -- line leaves garbage: a GC cycle starts at 1.2 times the live heap, not twice it (Lua 5.4's
+  -- default), which keeps the peak near what the checks hold.
+  collectgarbage("incremental", 120, 200)
+  local h = K.new(C.NKEYS, C.key)
+  local function each_log(pass)
+    for _, s in ipairs(slots) do
+      for _, inc in ipairs(s.incs) do
+        local path = r.out .. "/" .. inc.name .. ".log"
+        local f = io.open(path)
+        if f then f:close() end
+        pass(inc.name, f and io.lines(path) or {}, { node = s.kind == "node", timeout = timeout })
+      end
+    end
+  end
+  each_log(function(who, lines, info) h:scan(who, lines, info) end)
+  h:build(final)
+
+  -- one leader at a time: the claims of the logs, each ending when its process was killed,
+  -- closed its handle or exited
+  local ends = {}
+  for _, inc in ipairs(events.exits) do ends[inc.name] = inc.exit_t end
+  for _, k in ipairs(events.kills) do ends[k.name] = math.min(ends[k.name] or math.huge, k.t) end
+  local closes = {}
+  for _, c in ipairs(h.closes) do
+    closes[c.who] = closes[c.who] or {}
+    table.insert(closes[c.who], c.t)
+  end
+  for _, l in ipairs(h.leaders) do
+    l["end"] = ends[l.who] or math.huge
+    for _, t in ipairs(closes[l.who] or {}) do if t > l.from and t < l["end"] then l["end"] = t end end
+  end
+  table.sort(h.leaders, function(a, b) return a.from < b.from end)
+  local prev
+  for _, l in ipairs(h.leaders) do
+    if prev and l.from < prev["end"] and l.who ~= prev.who then
+      h:fail("leader", "two leaders: %s from %d while %s led until %.0f", l.who, l.from, prev.who, prev["end"])
+    end
+    if not prev or l["end"] > prev["end"] then prev = l end
+  end
+
+  -- hangs: every call within its bound, plus the time its own process was stopped
+  local stopped_of = {}
+  for _, ev in ipairs(events.stops) do
+    stopped_of[ev.name] = stopped_of[ev.name] or {}
+    table.insert(stopped_of[ev.name], ev)
+  end
+  local function overlap(a0, a1, b0, b1) return math.max(0, math.min(a1, b1) - math.max(a0, b0)) end
+  -- disruptions: a leader's kill until a new leader (+0.5 s), a stop (+0.5 s), a close (+0.5 s)
+  local disrupt = {}
+  local failover = {}
+  for _, k in ipairs(events.kills) do
+    if k.leader then
+      local nxt
+      for _, l in ipairs(h.leaders) do if l.from > k.t then nxt = l.from break end end
+      if nxt then failover[#failover + 1] = (nxt - k.t) / 1000 end
+      disrupt[#disrupt + 1] = { k.t, (nxt or k.t + 5e6) + 5e5 }
+    end
+  end
+  for _, ev in ipairs(events.stops) do disrupt[#disrupt + 1] = { ev.t, (ev.cont or ev.t) + 5e5 } end
+  for _, c in ipairs(h.closes) do disrupt[#disrupt + 1] = { c.t, c.t + 5e5 } end
+  -- A call is clean when no disruption overlaps it: disruptions by start, with the running
+  -- max of their ends, so each call costs a binary search (an hour holds ~10^6 calls and
+  -- ~10^4 disruptions).
+  table.sort(disrupt, function(a, b) return a[1] < b[1] end)
+  local disrupt_end = {}
+  for i, d in ipairs(disrupt) do disrupt_end[i] = math.max(disrupt_end[i - 1] or -math.huge, d[2]) end
+  local function disrupted(inv, resp)
+    local lo, hi, best = 1, #disrupt, 0
+    while lo <= hi do
+      local mid = (lo + hi) // 2
+      if disrupt[mid][1] < resp then best, lo = mid, mid + 1 else hi = mid - 1 end
+    end
+    return best > 0 and disrupt_end[best] > inv
+  end
+  local worst, worst_call, lats = 0, nil, {}
+  local function on_call(who, kind, inv, resp, lat, bound, ok)
+    lat = lat or (resp - inv)
+    local allow = 0
+    for _, ev in ipairs(stopped_of[who] or {}) do allow = allow + overlap(inv, resp, ev.t, ev.cont or resp) end
+    if lat > bound + allow then
+      h:fail("call", "%s: %s took %.0f ms (bound %.0f ms)", who, kind, lat / 1000, (bound + allow) / 1000)
+    end
+    if ok and kind ~= "open" then
+      if not disrupted(inv, resp) then
+        lats[#lats + 1] = lat
+        if lat > worst then worst, worst_call = lat, { who = who, kind = kind } end
+      end
+    end
+  end
+  each_log(function(who, lines, info) h:verify(who, lines, info, on_call) end)
+  h:finish()
+
+  -- memory and descriptors: caps, and the trend of the longest-lived process
+  local longest
+  for _, s in ipairs(slots) do
+    for _, inc in ipairs(s.incs) do
+      for _, sm in ipairs(inc.samples) do
+        if sm.fds > 256 then h:fail("resource", "%s: %d file descriptors", inc.name, sm.fds) break end
+        if sm.rss > 512 * 1024 then h:fail("resource", "%s: RSS %d MiB", inc.name, sm.rss // 1024) break end
+      end
+      if not longest or #inc.samples > #longest.samples then longest = inc end
+    end
+  end
+  local trend = "-"
+  if longest and #longest.samples >= 8 then
+    local ss = longest.samples
+    local q = #ss // 4
+    local function mean(a, b, f)
+      local sum = 0
+      for i = a, b do sum = sum + ss[i][f] end
+      return sum / (b - a + 1)
+    end
+    local r2, r4 = mean(q + 1, 2 * q, "rss"), mean(#ss - q + 1, #ss, "rss")
+    local f2, f4 = mean(q + 1, 2 * q, "fds"), mean(#ss - q + 1, #ss, "fds")
+    -- A follower that became leader between the two quarters (or the reverse) holds LevelDB's
+    -- files, the socket and a connection per follower more (or fewer): its descriptors are not
+    -- compared across that change (seed 351994: 16 -> 30 after a6i6 took over).
+    local function leads(t)
+      for _, l in ipairs(h.leaders) do
+        if l.who == longest.name and t >= l.from and t < l["end"] then return true end
+      end
+      return false
+    end
+    local role_changed = leads(ss[q + 1].t) ~= leads(ss[#ss].t)
+    trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f%s"):format(longest.name, longest.slot.kind,
+      #ss, r2 / 1024, r4 / 1024, f2, f4, role_changed and " (role changed: fds not compared)" or "")
+    if #ss >= 30 and r4 > r2 * 1.5 and r4 - r2 > 20 * 1024 then
+      h:fail("resource", "%s: RSS grows: %s", longest.name, trend)
+    end
+    if #ss >= 30 and f4 > f2 + 8 and not role_changed then
+      h:fail("resource", "%s: descriptors grow: %s", longest.name, trend)
+    end
+  end
+
+  -- the summary
+
+  local function pct(t, p)
+    if #t == 0 then return 0 end
+    table.sort(t)
+    return t[math.max(1, math.ceil(#t * p))]
+  end
+  local kinds = {}
+  for k, n in pairs(h.stats.kinds) do kinds[#kinds + 1] = k .. " " .. n end
+  table.sort(kinds)
+  local outs = {}
+  for k, n in pairs(h.stats.outcomes) do if not k:match(" ok$") then outs[#outs + 1] = k .. " " .. n end end
+  table.sort(outs)
+  local nk, nkl = 0, 0
+  for _, k in ipairs(events.kills) do nk = nk + 1 if k.leader then nkl = nkl + 1 end end
+  local kinds_of = {}
+  for _, s in ipairs(slots) do kinds_of[#kinds_of + 1] = s.kind end
+  say("chaos: processes: " .. table.concat(kinds_of, ", ") .. "; incarnations " .. #events.starts)
+  say("chaos: operations: " .. table.concat(kinds, ", "))
+  say("chaos: not ok: " .. (#outs > 0 and table.concat(outs, ", ") or "none"))
+  local nfinal = 0
+  for _ in pairs(final) do nfinal = nfinal + 1 end
+  say(("chaos: checked %d reads, %d iterators (%d stably present keys owed), %d batches, %d final keys"):format(
+    h.stats.reads, h.stats.iters, h.stats.stable or 0, h.stats.batches, nfinal))
+  say(("chaos: kills %d (leader %d, follower %d), stops %d, closes %d, LOCK samples %d (max 1 holder: %s)"):format(
+    nk, nkl, nk - nkl, #events.stops, #events.closes, r.lock_samples, r.multi == 0 and "yes" or "NO"))
+  say(("chaos: failovers %d: p50 %.1f ms, p99 %.1f ms, max %.1f ms"):format(#failover, pct(failover, 0.5),
+    pct(failover, 0.99), pct(failover, 1)))
+  say(("chaos: calls outside failovers %d: p99 %.1f ms, worst %.1f ms%s"):format(#lats, pct(lats, 0.99) / 1000,
+    worst / 1000, worst_call and (" (" .. worst_call.who .. " " .. worst_call.kind .. ")") or ""))
+  say("chaos: memory trend: " .. trend)
+  say("chaos: idle CPU: " .. table.concat(r.idle_cpu, ", "))
+  if #events.stalls > 0 then
+    local who = {}
+    for _, st in ipairs(events.stalls) do who[#who + 1] = st.text:match("^stall (%S+)") end
+    say(("chaos: stalls (no log line for %.0f s; threads described in events.log): %s"):format(math.max(3, 3 * timeout),
+      table.concat(who, ", ")))
+  end
+  for _, p in ipairs(r.problems) do h:fail("problem", "%s", p) end
+  if h.nerrors > 0 then
+    for _, e in ipairs(h:first_errors()) do say("chaos: FAIL " .. e) end
+    say(("chaos: FAILED: %d problems (seed %d) -- replay: make chaos SEED=%d DURATION=%d PROCS=%d"):format(
+      h.nerrors, seed, seed, duration, procs))
+    return 1
+  end
+  say(("chaos: PASSED (seed %d, %d s)"):format(seed, duration))
+  return 0
+end
+
+-- A finished run, read back from its directory (--check-only DIR): events.log (the driver's
+-- record), driver.log (the run's parameters, the processes' kinds, the resource and LOCK
+-- samples, idle CPU, problems seen live) and final.log (the directory's contents at the end).
+-- A run of a driver that wrote no driver.log (before it existed) is judged without what only
+-- that file holds, with the kinds of a run with Node and the parameters given on the command
+-- line; with no final.log the directory is read again (a copy: the read may write to it).
+local function load_run(dir)
+  local r = { out = dir, slots = {}, final = {}, idle_cpu = {}, problems = {}, lock_samples = 0, multi = 0,
+    seed = tonumber(o.seed) or tonumber(dir:match("^(%d+)/*$") or dir:match("/(%d+)/*$")) or 0,
+    duration = tonumber(o.duration) or 0, procs = tonumber(o.procs), timeout = tonumber(o.timeout) or 1 }
+  local events = { kills = {}, stops = {}, closes = {}, exits = {}, starts = {}, stalls = {} }
+  r.events = events
+  local incs, kinds = {}, {}
+  local function inc_of(name)
+    if not incs[name] then incs[name] = { name = name, samples = {} } end
+    return incs[name]
+  end
+  local have_state = false
+  for _, l in ipairs(read_lines(dir .. "/driver.log")) do
+    have_state = true
+    local tag, rest = l:match("^(%S+) ?(.*)$")
+    local w = {}
+    for x in rest:gmatch("%S+") do w[#w + 1] = x end
+    if tag == "run" then
+      r.seed, r.duration, r.procs, r.timeout = tonumber(w[1]), tonumber(w[2]), tonumber(w[3]), tonumber(w[4])
+    elseif tag == "slot" then
+      kinds[tonumber(w[1])] = rest:match("^%S+ (.*)$")
+    elseif tag == "sample" then
+      local s = inc_of(w[1]).samples
+      s[#s + 1] = { t = tonumber(w[2]), rss = tonumber(w[3]), fds = tonumber(w[4]), cpu = tonumber(w[5]), state = w[6] }
+    elseif tag == "locks" then
+      r.lock_samples, r.multi = tonumber(w[1]), tonumber(w[2])
+    elseif tag == "idle" then
+      r.idle_cpu[#r.idle_cpu + 1] = rest
+    elseif tag == "problem" then
+      r.problems[#r.problems + 1] = rest
+    end
+  end
+  for _, l in ipairs(read_lines(dir .. "/events.log")) do
+    local t, what, name, rest = l:match("^(%d+) (%S+) (%S+) ?(.*)$")
+    t = tonumber(t)
+    if what == "start" then
+      events.starts[#events.starts + 1] = inc_of(name)
+    elseif what == "kill" then
+      events.kills[#events.kills + 1] = { t = t, name = name, leader = rest == "(leader)" }
+    elseif what == "stop" then
+      events.stops[#events.stops + 1] = { t = t, name = name, cont = tonumber(rest:match("^until (%S+)")) }
+    elseif what == "close" then
+      events.closes[#events.closes + 1] = { t = t, name = name }
+    elseif what == "stall" then
+      events.stalls[#events.stalls + 1] = { t = t, text = l:match("^%d+ (.*)$") }
+    elseif what == "exit" then
+      local e = inc_of(name)
+      e.exit_t = t
+      events.exits[#events.exits + 1] = e
+    end
+  end
+  -- the slots and their incarnations, in the order the driver started them
+  local nslots = 0
+  for name in pairs(incs) do nslots = math.max(nslots, tonumber(name:match("^a(%d+)i"))) end
+  if not have_state then
+    say("chaos: no driver.log in " .. dir .. ": resource and LOCK samples, idle CPU and the problems seen live are "
+      .. "not judged; kinds as in a run with Node")
+    r.procs = math.max(r.procs or 0, nslots)
+  end
+  for i = 1, r.procs do
+    r.slots[i] = { slot = i, kind = kinds[i] or KINDS[(i - 1) % #KINDS + 1], incs = {} }
+  end
+  for name, inc in pairs(incs) do
+    local s = r.slots[tonumber(name:match("^a(%d+)i"))]
+    inc.slot, inc.n = s, tonumber(name:match("i(%d+)$"))
+    s.incs[#s.incs + 1] = inc
+  end
+  for _, s in ipairs(r.slots) do table.sort(s.incs, function(a, b) return a.n < b.n end) end
+  local fl = read_lines(dir .. "/final.log")
+  if #fl > 0 or have_state then
+    for _, l in ipairs(fl) do
+      local k, v = l:match("^(%S+) (%S+)$")
+      r.final[k] = v
+    end
+  else
+    local lp = require "levelparty"
+    local db = assert(lp.open(dir .. "/db", { open_timeout = 10 }))
+    for k, v in db:iter() do r.final[k] = v end
+    db:close()
+  end
+  return r
+end
+
+--- Saves what judge needs beyond the logs and events.log (load_run reads it back).
+local function save_run(r)
+  local f = assert(io.open(r.out .. "/driver.log", "w"))
+  f:write(("run %d %d %d %s\n"):format(r.seed, r.duration, r.procs, tostring(r.timeout)))
+  for i, s in ipairs(r.slots) do f:write(("slot %d %s\n"):format(i, s.kind)) end
+  for _, s in ipairs(r.slots) do
+    for _, inc in ipairs(s.incs) do
+      for _, sm in ipairs(inc.samples) do
+        f:write(("sample %s %.0f %d %d %d %s\n"):format(inc.name, sm.t, sm.rss, sm.fds, sm.cpu, sm.state))
+      end
+    end
+  end
+  f:write(("locks %d %d\n"):format(r.lock_samples, r.multi))
+  for _, x in ipairs(r.idle_cpu) do f:write("idle ", x, "\n") end
+  for _, p in ipairs(r.problems) do f:write("problem ", (p:gsub("\n", " ")), "\n") end
+  f:close()
+  f = assert(io.open(r.out .. "/final.log", "w"))
+  local ks = {}
+  for k in pairs(r.final) do ks[#ks + 1] = k end
+  table.sort(ks)
+  for _, k in ipairs(ks) do f:write(k, " ", r.final[k], "\n") end
+  f:close()
+end
+
+if o["check-only"] then
+  local r = load_run(o["check-only"])
+  say(("chaos: checking the logs in %s (seed %d, %d s, %d processes, timeout %g s)"):format(r.out, r.seed,
+    r.duration, r.procs, r.timeout))
+  os.exit(judge(r))
+end
+
+-- The run ------------------------------------------------------------------------------------
+
+local duration, procs, timeout = tonumber(o.duration or 60), tonumber(o.procs or 6), tonumber(o.timeout or 1)
 local seed = tonumber(o.seed) or (math.floor(uv.hrtime() / 1000) % 1000000 + 1)
 local out = o.out or (root .. "/build/chaos/" .. seed)
 os.execute("rm -rf '" .. out .. "' && mkdir -p '" .. out .. "'")
@@ -40,12 +375,10 @@ local dir = out .. "/db"
 local R = C.rng(seed)
 local now = C.now_us
 
-local function say(...) io.stdout:write(table.concat({ ... }, " "), "\n") io.stdout:flush() end
 say(("chaos: seed %d, %d s, %d processes, timeout %g s, logs in %s%s"):format(seed, duration, procs,
   timeout, out, o.lie and ", LYING actor a1" or ""))
 
 local have_node = os.execute("sh '" .. root .. "/mk/node-deps.sh' >'" .. out .. "/node-deps.log' 2>&1") == true
-local KINDS = { "5.4 sync", "luajit luv", "node", "5.4 luv", "luajit sync", "5.4 luv", "luajit luv", "5.4 sync" }
 local slots = {}
 for i = 1, procs do
   local kind = KINDS[(i - 1) % #KINDS + 1]
@@ -61,15 +394,6 @@ local problems = {}
 local function problem(fmt, ...)
   problems[#problems + 1] = fmt:format(...)
   say("chaos: PROBLEM " .. problems[#problems])
-end
-
-local function read_lines(path)
-  local f = io.open(path)
-  if not f then return {} end
-  local t = {}
-  for l in f:lines() do t[#t + 1] = l end
-  f:close()
-  return t
 end
 
 local start_slot
@@ -388,7 +712,7 @@ for _, sig in ipairs { "sigint", "sigterm" } do
   end)
 end
 
--- The run ------------------------------------------------------------------------------------
+-- The schedule's end ---------------------------------------------------------------------------
 
 local final = {}
 local idle_cpu = {}
@@ -492,171 +816,8 @@ if not ok then
   os.exit(2)
 end
 
--- Checking ---------------------------------------------------------------------------------
-
-local h = K.new(C.NKEYS, C.key)
-for _, s in ipairs(slots) do
-  for _, inc in ipairs(s.incs) do
-    h:parse(inc.name, read_lines(inc.log), { node = s.kind == "node", timeout = timeout })
-  end
-end
-h:check(final)
-
--- one leader at a time: the claims of the logs, each ending when its process was killed,
--- closed its handle or exited
-local ends = {}
-for _, inc in ipairs(events.exits) do ends[inc.name] = inc.exit_t end
-for _, k in ipairs(events.kills) do ends[k.name] = math.min(ends[k.name] or math.huge, k.t) end
-local closes = {}
-for _, c in ipairs(h.closes) do
-  closes[c.who] = closes[c.who] or {}
-  table.insert(closes[c.who], c.t)
-end
-for _, l in ipairs(h.leaders) do
-  l["end"] = ends[l.who] or math.huge
-  for _, t in ipairs(closes[l.who] or {}) do if t > l.from and t < l["end"] then l["end"] = t end end
-end
-table.sort(h.leaders, function(a, b) return a.from < b.from end)
-local prev
-for _, l in ipairs(h.leaders) do
-  if prev and l.from < prev["end"] and l.who ~= prev.who then
-    h:fail("two leaders: %s from %d while %s led until %d", l.who, l.from, prev.who, prev["end"])
-  end
-  if not prev or l["end"] > prev["end"] then prev = l end
-end
-
--- hangs: every call within its bound, plus the time its own process was stopped
-local stopped_of = {}
-for _, ev in ipairs(events.stops) do
-  stopped_of[ev.name] = stopped_of[ev.name] or {}
-  table.insert(stopped_of[ev.name], ev)
-end
-local function overlap(a0, a1, b0, b1) return math.max(0, math.min(a1, b1) - math.max(a0, b0)) end
--- disruptions: a leader's kill until a new leader (+0.5 s), a stop (+0.5 s), a close (+0.5 s)
-local disrupt = {}
-local failover = {}
-for _, k in ipairs(events.kills) do
-  if k.leader then
-    local nxt
-    for _, l in ipairs(h.leaders) do if l.from > k.t then nxt = l.from break end end
-    if nxt then failover[#failover + 1] = (nxt - k.t) / 1000 end
-    disrupt[#disrupt + 1] = { k.t, (nxt or k.t + 5e6) + 5e5 }
-  end
-end
-for _, ev in ipairs(events.stops) do disrupt[#disrupt + 1] = { ev.t, (ev.cont or ev.t) + 5e5 } end
-for _, c in ipairs(h.closes) do disrupt[#disrupt + 1] = { c.t, c.t + 5e5 } end
--- A call is clean when no disruption overlaps it: disruptions by start, with the running
--- max of their ends, so each call costs a binary search (an hour holds ~10^6 calls and
--- ~10^4 disruptions).
-table.sort(disrupt, function(a, b) return a[1] < b[1] end)
-local disrupt_end = {}
-for i, d in ipairs(disrupt) do disrupt_end[i] = math.max(disrupt_end[i - 1] or -math.huge, d[2]) end
-local function disrupted(inv, resp)
-  local lo, hi, best = 1, #disrupt, 0
-  while lo <= hi do
-    local mid = (lo + hi) // 2
-    if disrupt[mid][1] < resp then best, lo = mid, mid + 1 else hi = mid - 1 end
-  end
-  return best > 0 and disrupt_end[best] > inv
-end
-local worst, worst_call, lats = 0, nil, {}
-for _, c in ipairs(h.calls) do
-  local lat = c.lat or (c.resp - c.inv)
-  local allow = 0
-  for _, ev in ipairs(stopped_of[c.who] or {}) do allow = allow + overlap(c.inv, c.resp, ev.t, ev.cont or c.resp) end
-  if lat > c.bound + allow then
-    h:fail("%s: %s took %.0f ms (bound %.0f ms)", c.who, c.kind, lat / 1000, (c.bound + allow) / 1000)
-  end
-  if c.ok and c.kind ~= "open" then
-    if not disrupted(c.inv, c.resp) then
-      lats[#lats + 1] = lat
-      if lat > worst then worst, worst_call = lat, c end
-    end
-  end
-end
-
--- memory and descriptors: caps, and the trend of the longest-lived process
-local longest
-for _, s in ipairs(slots) do
-  for _, inc in ipairs(s.incs) do
-    for _, sm in ipairs(inc.samples) do
-      if sm.fds > 256 then h:fail("%s: %d file descriptors", inc.name, sm.fds) break end
-      if sm.rss > 512 * 1024 then h:fail("%s: RSS %d MiB", inc.name, sm.rss // 1024) break end
-    end
-    if not longest or #inc.samples > #longest.samples then longest = inc end
-  end
-end
-local trend = "-"
-if longest and #longest.samples >= 8 then
-  local ss = longest.samples
-  local q = #ss // 4
-  local function mean(a, b, f)
-    local sum = 0
-    for i = a, b do sum = sum + ss[i][f] end
-    return sum / (b - a + 1)
-  end
-  local r2, r4 = mean(q + 1, 2 * q, "rss"), mean(#ss - q + 1, #ss, "rss")
-  local f2, f4 = mean(q + 1, 2 * q, "fds"), mean(#ss - q + 1, #ss, "fds")
-  -- A follower that became leader between the two quarters (or the reverse) holds LevelDB's
-  -- files, the socket and a connection per follower more (or fewer): its descriptors are not
-  -- compared across that change (seed 351994: 16 -> 30 after a6i6 took over).
-  local function leads(t)
-    for _, l in ipairs(h.leaders) do
-      if l.who == longest.name and t >= l.from and t < l["end"] then return true end
-    end
-    return false
-  end
-  local role_changed = leads(ss[q + 1].t) ~= leads(ss[#ss].t)
-  trend = ("%s (%s, %d s): RSS %.1f -> %.1f MiB, fds %.1f -> %.1f%s"):format(longest.name, longest.slot.kind,
-    #ss, r2 / 1024, r4 / 1024, f2, f4, role_changed and " (role changed: fds not compared)" or "")
-  if #ss >= 30 and r4 > r2 * 1.5 and r4 - r2 > 20 * 1024 then h:fail("%s: RSS grows: %s", longest.name, trend) end
-  if #ss >= 30 and f4 > f2 + 8 and not role_changed then h:fail("%s: descriptors grow: %s", longest.name, trend) end
-end
-
--- Summary ------------------------------------------------------------------------------------
-
-local function pct(t, p)
-  if #t == 0 then return 0 end
-  table.sort(t)
-  return t[math.max(1, math.ceil(#t * p))]
-end
-local kinds = {}
-for k, n in pairs(h.stats.kinds) do kinds[#kinds + 1] = k .. " " .. n end
-table.sort(kinds)
-local outs = {}
-for k, n in pairs(h.stats.outcomes) do if not k:match(" ok$") then outs[#outs + 1] = k .. " " .. n end end
-table.sort(outs)
-local nk, nkl = 0, 0
-for _, k in ipairs(events.kills) do nk = nk + 1 if k.leader then nkl = nkl + 1 end end
-local kinds_of = {}
-for _, s in ipairs(slots) do kinds_of[#kinds_of + 1] = s.kind end
-say("chaos: processes: " .. table.concat(kinds_of, ", ") .. "; incarnations " .. #events.starts)
-say("chaos: operations: " .. table.concat(kinds, ", "))
-say("chaos: not ok: " .. (#outs > 0 and table.concat(outs, ", ") or "none"))
-local nfinal = 0
-for _ in pairs(final) do nfinal = nfinal + 1 end
-say(("chaos: checked %d reads, %d iterators (%d stably present keys owed), %d batches, %d final keys"):format(
-  h.stats.reads, h.stats.iters, h.stats.stable or 0, h.stats.batches, nfinal))
-say(("chaos: kills %d (leader %d, follower %d), stops %d, closes %d, LOCK samples %d (max 1 holder: %s)"):format(
-  nk, nkl, nk - nkl, #events.stops, #events.closes, lock_samples, multi == 0 and "yes" or "NO"))
-say(("chaos: failovers %d: p50 %.1f ms, p99 %.1f ms, max %.1f ms"):format(#failover, pct(failover, 0.5),
-  pct(failover, 0.99), pct(failover, 1)))
-say(("chaos: calls outside failovers %d: p99 %.1f ms, worst %.1f ms%s"):format(#lats, pct(lats, 0.99) / 1000,
-  worst / 1000, worst_call and (" (" .. worst_call.who .. " " .. worst_call.kind .. ")") or ""))
-say("chaos: memory trend: " .. trend)
-say("chaos: idle CPU: " .. table.concat(idle_cpu, ", "))
-if #events.stalls > 0 then
-  local who = {}
-  for _, st in ipairs(events.stalls) do who[#who + 1] = st.text:match("^stall (%S+)") end
-  say(("chaos: stalls (no log line for %.0f s; threads described in events.log): %s"):format(STALL_US / 1e6,
-    table.concat(who, ", ")))
-end
-for _, p in ipairs(problems) do h:fail("%s", p) end
-if h.nerrors > 0 then
-  for _, e in ipairs(h.errors) do say("chaos: FAIL " .. e) end
-  say(("chaos: FAILED: %d problems (seed %d) -- replay: make chaos SEED=%d DURATION=%d PROCS=%d"):format(
-    h.nerrors, seed, seed, duration, procs))
-  os.exit(1)
-end
-say(("chaos: PASSED (seed %d, %d s)"):format(seed, duration))
-os.exit(0)
+local run = { out = out, seed = seed, duration = duration, procs = procs, timeout = timeout, slots = slots,
+  events = events, final = final, lock_samples = lock_samples, multi = multi, idle_cpu = idle_cpu,
+  problems = problems }
+save_run(run)
+os.exit(judge(run))
