@@ -223,7 +223,7 @@ lp_handoff_tuning lp_handoff = {
     .fast_ns = 1000000,  /* a job at most this long (and no risk): back inline */
     .check_ns = 1000000, /* ask LevelDB about the risk this often per handle */
     .l0 = 8,             /* LevelDB's kL0_SlowdownWritesTrigger: it slows writers */
-    .mem_pct = 75,       /* % of write_buffer_size written since a flush ended */
+    .mem_pct = 100,      /* % of write_buffer_size written since a flush ended */
     .delay_ns = 0,       /* tests only: the worker sleeps this long before a job */
 };
 
