@@ -385,8 +385,7 @@ typedef struct lp_server_opts {
   void (*log)(void *ud, const char *msg); /* called on the server thread; may be NULL */
   void *log_ud;
   size_t max_total_buffer; /* bytes of unsent replies over all connections beyond which the
-                              connections holding more than an equal share stop likewise, until
-                              they drain */
+                              connections holding any stop likewise, until they drain */
 } lp_server_opts;
 
 /* Sets LP_DEFAULT_MAX_FRAME, LP_DEFAULT_CONN_BUFFER and

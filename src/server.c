@@ -189,14 +189,17 @@ static void conn_account(srv_conn *c) {
   c->accounted = now;
 }
 
-/* 1 when the total is over max_total_buffer and c holds more than an equal
- * share of it: the connections holding the most stop first, and a follower
- * that reads (it holds little) is never held back by those that do not. */
+/* 1 when the total is over max_total_buffer and c holds any of it.  Past
+ * the limit only a connection whose replies have all gone into its socket
+ * produces, one step at a time, so the total stays within the limit plus a
+ * step per connection.  A follower that reads drains to nothing and goes
+ * on; one that does not keeps what it holds and gets no more.  (Holding
+ * back only those above an equal share let each of the others fill up to
+ * its share while the total was already over: up to twice the limit.) */
 static int conn_over_total(srv_conn *c) {
   lp_server *s = c->srv;
-  size_t max = s->opts.max_total_buffer;
-  if (s->unsent_total <= max) return 0;
-  return c->accounted > max / (s->nholding ? s->nholding : 1);
+  if (s->unsent_total <= s->opts.max_total_buffer) return 0;
+  return c->accounted > 0;
 }
 
 /* 1 when c may not produce more now (conn_process, conn_pump). */
@@ -314,16 +317,14 @@ static void srv_log_total(lp_server *s, const srv_conn *c) {
   s->total_log_ns = now;
   srv_log(s,
           "unsent replies total %zu KiB for %zu connections, over the limit of %zu KiB: the "
-          "connections holding more than %zu KiB each (pid %ld holds %zu KiB) get no more until "
-          "they drain",
-          s->unsent_total / 1024, s->nholding, s->opts.max_total_buffer / 1024,
-          s->opts.max_total_buffer / (s->nholding ? s->nholding : 1) / 1024, c->pid,
+          "connections holding some (pid %ld holds %zu KiB) get no more until they drain",
+          s->unsent_total / 1024, s->nholding, s->opts.max_total_buffer / 1024, c->pid,
           c->accounted / 1024);
 }
 
 /* Output level: over above max_conn_buffer and below half of it again
  * (hysteresis); held while the total is over max_total_buffer and c holds
- * more than its share. */
+ * some of it. */
 static void conn_level(srv_conn *c) {
   lp_server *s = c->srv;
   size_t max = s->opts.max_conn_buffer;

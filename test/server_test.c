@@ -1157,7 +1157,7 @@ static void test_emfile(void) {
 
 /* Followers that open iterators with huge windows and never read: each is
  * bounded by max_conn_buffer, and all of them together by max_total_buffer,
- * the ones holding the most stopping first; a follower that reads is served,
+ * every one holding some stopping; a follower that reads is served,
  * and a stopped one that starts reading gets everything, in order. */
 static void test_total_buffer(void) {
   enum { NSLOW = 10, NENT = 2048, VLEN = 4096 };
