@@ -510,7 +510,7 @@ local function clear_cl(cl, r, sync) return cl:clear(r, sync) end
 local function direct(c, method, ...) return c[method](c, false, ...) end
 
 -- One call of a core handle, after guard(): a follower's goes to the leader
--- (submit(cl, ...) queues it on a fresh client); a leader's, or one whose
+-- (submit(cl, ...) queues it on the worker's shared client); a leader's, or one whose
 -- election made this process the leader on the way, runs here as
 -- lead(c, op, ...) (direct or inline).  Returns the call's results.
 local function call(self, op, submit, lead, ...)
