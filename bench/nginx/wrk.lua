@@ -6,12 +6,17 @@
 --   BENCH_DELAY_MS when set: each connection waits a random time of this mean (exponential)
 --                  after each response before its next request: an open-ish load at a set
 --                  rate, since wrk's own loop is closed (see docs/BENCHMARKS.md)
---   BENCH_LOG      when set: each response is logged to BENCH_LOG.<thread> as
---                  "<CLOCK_MONOTONIC ns> <status> <X-Worker>" (the failover measurement)
+--   BENCH_LOG      when set: each request carries "?r=<thread>.<n>" (kv.lua reads only the
+--                  path; nginx echoes it in X-Req), and each response is logged to
+--                  BENCH_LOG.<thread> as "<CLOCK_MONOTONIC ns> <status> <X-Worker> <latency us>
+--                  <X-Time>": the latency from wrk's request() (called right before the
+--                  request's write) to its response, and nginx's $request_time (ms); at the end
+--                  "unanswered <n> <oldest issue ns>" counts requests issued but never answered
+--                  (a socket error loses the request in flight too: wrk's "errors")
 -- done() prints one line: "wrkstats requests N duration_us D errors E p50 .. p99 .. p999 .. max .."
 -- (latencies in microseconds, from wrk's own histogram).
 -- wrk calls these globals, and sets `wrk` (and `id`, per thread, in setup below)
--- luacheck: globals setup init request delay response done, read_globals wrk id
+-- luacheck: globals setup init request delay response done issued, read_globals wrk id
 local prefix = os.getenv("BENCH_PREFIX") or "/kv/"
 local nkeys = tonumber(os.getenv("BENCH_KEYS") or "100000")
 local put_pct = tonumber(os.getenv("BENCH_PUT_PCT") or "10")
@@ -21,6 +26,11 @@ local log_path = os.getenv("BENCH_LOG")
 local random, floor, log, format = math.random, math.floor, math.log, string.format
 
 local threads, counter, log_file = {}, 0, nil
+-- BENCH_LOG: CLOCK_MONOTONIC in ns, and the issue time of each request in flight by its id (a
+-- global: done() reads each thread's with thread:get)
+local now_ns
+issued = {}
+local seq = 0
 function setup(thread)
   counter = counter + 1
   thread:set("id", counter)
@@ -35,10 +45,17 @@ end
 
 function request()
   local k = format("key%013d", random(0, nkeys - 1))
-  if random(100) <= put_pct then
-    return wrk.format("PUT", prefix .. k, nil, (k:rep(7)):sub(1, 100))
+  local path = prefix .. k
+  if now_ns then
+    seq = seq + 1
+    local r = format("%d.%d", id or 1, seq)
+    issued[r] = now_ns()
+    path = path .. "?r=" .. r
   end
-  return wrk.format("GET", prefix .. k)
+  if random(100) <= put_pct then
+    return wrk.format("PUT", path, nil, (k:rep(7)):sub(1, 100))
+  end
+  return wrk.format("GET", path)
 end
 
 if mean_delay then
@@ -58,10 +75,17 @@ if log_path then
     int clock_gettime(int clk, bench_timespec *ts);
   ]]
   local ts = ffi.new("bench_timespec")
-  function response(status, headers)
+  now_ns = function()
     ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC, as uv.hrtime() in bench/nginx/run.lua
-    log_file:write(format("%d %d %s\n", tonumber(ts.tv_sec) * 1000000000 + tonumber(ts.tv_nsec), status,
-      headers["X-Worker"] or "-"))
+    return tonumber(ts.tv_sec) * 1000000000 + tonumber(ts.tv_nsec)
+  end
+  function response(status, headers)
+    local t = now_ns()
+    local r = headers["X-Req"]
+    local t0 = r and issued[r]
+    if t0 then issued[r] = nil end
+    local lat = t0 and floor((t - t0) / 1000) or -1
+    log_file:write(format("%d %d %s %d %s\n", t, status, headers["X-Worker"] or "-", lat, headers["X-Time"] or "-"))
   end
 end
 
@@ -70,4 +94,15 @@ function done(summary, latency)
   io.write(format("wrkstats requests %d duration_us %d errors %d status_errors %d p50 %d p99 %d p999 %d max %d\n",
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
+  if log_path then
+    -- requests issued and never answered (wrk copies each thread's table into this state)
+    local n, oldest = 0, nil
+    for _, t in ipairs(threads) do
+      for _, t0 in pairs(t:get("issued") or {}) do
+        n = n + 1
+        if oldest == nil or t0 < oldest then oldest = t0 end
+      end
+    end
+    io.write(format("wrkunanswered %d %d\n", n, oldest or 0))
+  end
 end
