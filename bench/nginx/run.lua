@@ -80,13 +80,17 @@ local function stop_floor()
   os.execute("rm -rf '" .. floor_dir .. "'")
 end
 
-local port = math.floor(40000 + (uv.os_getpid() * 7) % 20000)
--- the next port after `port` that nothing listens on now (other sessions run nginx too)
+-- Ports below the kernel's ephemeral range (32768-60999 here): a port in that range may be the
+-- local end of any client connection on the machine (wrk's own included), which a listener's
+-- bind cannot take over
+local port = math.floor(20000 + (uv.os_getpid() * 7) % 12000)
+-- the next port after `port` that nothing uses now (other sessions run nginx too).  libuv
+-- reports a bind's EADDRINUSE only at listen: listen to see it.
 local function next_free_port()
   for _ = 1, 100 do
-    port = port < 60000 and port + 1 or 40000
+    port = port < 32000 and port + 1 or 20000
     local t = uv.new_tcp()
-    local ok = t:bind("127.0.0.1", port)
+    local ok = t:bind("127.0.0.1", port) and t:listen(1, function() end)
     t:close()
     uv.run("nowait")
     if ok then return port end
