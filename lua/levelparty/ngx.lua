@@ -26,9 +26,10 @@
 --   * a lost or refused connection resets the client, elects (db:elect(): one
 --     C step that never connects or waits), and replays in submission order;
 --     iterators resume after the last entry handed out.  One dispatcher per
---     worker and directory runs the election with its back-off (1 ms, x1.5 up
---     to 10 ms); others wait on a semaphore.  When the worker becomes the
---     leader, the client is freed and the calls waiting on it run inline;
+--     worker and directory runs the election with its back-off (1 ms, at most
+--     2 ms for 0.5 s, then x1.5 up to 10 ms); others wait on a semaphore.
+--     When the worker becomes the leader, the client is freed and the calls
+--     waiting on it run inline;
 --   * every call raises in a phase that has no cosockets.
 -- levelparty.open refuses init_by_lua* (init.lua).
 
@@ -54,12 +55,16 @@ local WAITABLE = {
 local CONNECT_MS, SEND_MS = 5000, 60000
 local READ_MS = 60000   -- a read timeout without a levelparty timeout just reads again
 -- The election's retries (one light thread per worker and directory): a new
--- leader is ready after about LevelDB's reopen, tens to hundreds of ms; a try
--- is one fcntl probe and one refused connect (tens of µs), so 100 a second
--- during a failover cost little, and the first try after the leader is ready
--- comes at most 10 ms late: a fraction of the stall the survivors see (the
--- dying leader's teardown, then LevelDB's reopen; docs/BENCHMARKS.md).
-local BACKOFF_MIN, BACKOFF_MAX = 0.001, 0.010
+-- leader is ready after the dying leader's teardown and LevelDB's reopen, a
+-- few to hundreds of ms (docs/BENCHMARKS.md); a try is one fcntl probe and one
+-- refused connect (tens of µs).  For the first BACKOFF_FAST_FOR seconds of an
+-- election the wait is at most BACKOFF_FAST (500 tries a second cost a few
+-- ms of CPU), so that the first try after the leader is ready comes at most
+-- 2 ms late, where most failovers end; after that it grows x1.5 to
+-- BACKOFF_MAX, so that a LOCK held by a process that serves no socket (or a
+-- slow open) is polled 100 times a second, not 500, up to the deadline.
+local BACKOFF_MIN, BACKOFF_FAST, BACKOFF_MAX = 0.001, 0.002, 0.010
+local BACKOFF_FAST_FOR = 0.5
 local LEADER = {}       -- follow(): this process became the leader
 
 local function guard(fname)
@@ -118,8 +123,9 @@ end
 
 -- One dispatcher of this worker looks for a leader for self's directory:
 -- db:elect() (leads when the LOCK is free), else a connect to the address it
--- names, backing off from 1 ms (x1.5) to 10 ms, for at most `wait` seconds.  The
--- others wait for it on the semaphore.  true, or nil, msg, code.
+-- names, backing off from 1 ms to 2 ms for 0.5 s, then x1.5 to 10 ms, for at
+-- most `wait` seconds.  The others wait for it on the semaphore.  true, or
+-- nil, msg, code.
 local function recover(self, wait)
   local sh = self._sh
   if sh.electing then
@@ -128,7 +134,8 @@ local function recover(self, wait)
     return true
   end
   sh.electing = true
-  local deadline = ngx.now() + wait
+  local start = ngx.now()
+  local deadline, fast_until = start + wait, start + BACKOFF_FAST_FOR
   local backoff = BACKOFF_MIN
   local ok, err, code
   while true do
@@ -157,7 +164,7 @@ local function recover(self, wait)
     sleep(min(backoff, rem))
     -- x1.5, not x2: below the cap, the first try after the new leader is
     -- ready comes at most half the time waited so far late
-    backoff = min(backoff * 1.5, BACKOFF_MAX)
+    backoff = min(backoff * 1.5, ngx.now() < fast_until and BACKOFF_FAST or BACKOFF_MAX)
   end
   sh.electing = false
   if sh.waiters > 0 then
