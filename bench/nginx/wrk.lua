@@ -10,9 +10,9 @@
 --                  path; nginx echoes it in X-Req), and each response is logged to
 --                  BENCH_LOG.<thread> as "<CLOCK_MONOTONIC ns> <status> <X-Worker> <latency us>
 --                  <X-Time>": the latency from wrk's request() (called right before the
---                  request's write) to its response, and nginx's $request_time (ms); at the end
---                  "unanswered <n> <oldest issue ns>" counts requests issued but never answered
---                  (a socket error loses the request in flight too: wrk's "errors")
+--                  request's write) to its response, and nginx's $request_time (ms); done()
+--                  prints "wrkunanswered <n> <issue ns>...": the requests issued but never
+--                  answered (a socket error loses the request in flight too: wrk's "errors")
 -- done() prints one line: "wrkstats requests N duration_us D errors E p50 .. p99 .. p999 .. max .."
 -- (latencies in microseconds, from wrk's own histogram).
 -- wrk calls these globals, and sets `wrk` (and `id`, per thread, in setup below)
@@ -95,14 +95,12 @@ function done(summary, latency)
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
   if log_path then
-    -- requests issued and never answered (wrk copies each thread's table into this state)
-    local n, oldest = 0, nil
+    -- requests issued and never answered, with their issue times (wrk copies each thread's
+    -- table into this state)
+    local times = {}
     for _, t in ipairs(threads) do
-      for _, t0 in pairs(t:get("issued") or {}) do
-        n = n + 1
-        if oldest == nil or t0 < oldest then oldest = t0 end
-      end
+      for _, t0 in pairs(t:get("issued") or {}) do times[#times + 1] = format("%d", t0) end
     end
-    io.write(format("wrkunanswered %d %d\n", n, oldest or 0))
+    io.write("wrkunanswered ", #times, " ", table.concat(times, " ", 1, math.min(#times, 1000)), "\n")
   end
 end
