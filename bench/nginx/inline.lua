@@ -10,6 +10,7 @@
 --   GET /inline/<key>                  200 value | 404
 --   PUT /inline/<key>  (body: value)   204
 local ffi = require "ffi"
+local serve = require "serve"
 
 local ngx = rawget(_G, "ngx")
 
@@ -69,35 +70,23 @@ function _M.init_worker(base)
   db, ropts, wopts = h, lib.leveldb_readoptions_create(), lib.leveldb_writeoptions_create()
 end
 
-local function fail(err)
-  ngx.status = 503
-  ngx.say(tostring(err))
-  return ngx.exit(503)
+local function get(key)
+  if db == nil then return nil, "inline: no database (bench/nginx/run.lua sets it up)" end
+  local v = lib.leveldb_get(db, ropts, key, #key, vallen, errptr)
+  local good, err = check("get")
+  if not good then return nil, err end
+  if v == nil then return nil end
+  local s = ffi.string(v, vallen[0])
+  lib.leveldb_free(v)
+  return s
 end
 
-function _M.handle()
-  if db == nil then return fail("inline: no database (bench/nginx/run.lua sets it up)") end
-  local key = ngx.unescape_uri(ngx.var.uri:match("^/inline/(.*)$") or "")
-  local method = ngx.req.get_method()
-  if key == "" then return ngx.exit(405) end
-  if method == "GET" then
-    local v = lib.leveldb_get(db, ropts, key, #key, vallen, errptr)
-    local good, err = check("get")
-    if not good then return fail(err) end
-    if v == nil then return ngx.exit(404) end
-    local s = ffi.string(v, vallen[0])
-    lib.leveldb_free(v)
-    ngx.print(s)
-  elseif method == "PUT" then
-    ngx.req.read_body()
-    local body = ngx.req.get_body_data() or ""
-    lib.leveldb_put(db, wopts, key, #key, body, #body, errptr)
-    local good, err = check("put")
-    if not good then return fail(err) end
-    return ngx.exit(204)
-  else
-    return ngx.exit(405)
-  end
+local function put(key, value)
+  if db == nil then return nil, "inline: no database (bench/nginx/run.lua sets it up)" end
+  lib.leveldb_put(db, wopts, key, #key, value, #value, errptr)
+  return check("put")
 end
+
+function _M.handle() return serve.handle("^/inline/(.*)$", get, put) end
 
 return _M
