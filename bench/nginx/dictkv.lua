@@ -3,6 +3,8 @@
 --
 --   GET /dict/<key>                  200 value | 404
 --   PUT /dict/<key>  (body: value)   204
+local serve = require "serve"
+
 local ngx = rawget(_G, "ngx")
 
 local _M = {}
@@ -16,27 +18,9 @@ function _M.seed(n)
   end
 end
 
-function _M.handle()
-  local dict = ngx.shared.bench
-  local key = ngx.unescape_uri(ngx.var.uri:match("^/dict/(.*)$") or "")
-  local method = ngx.req.get_method()
-  if key == "" then return ngx.exit(405) end
-  if method == "GET" then
-    local v = dict:get(key)
-    if v == nil then return ngx.exit(404) end
-    ngx.print(v)
-  elseif method == "PUT" then
-    ngx.req.read_body()
-    local ok, err = dict:set(key, ngx.req.get_body_data() or "")
-    if not ok then
-      ngx.status = 503
-      ngx.say(tostring(err))
-      return ngx.exit(503)
-    end
-    return ngx.exit(204)
-  else
-    return ngx.exit(405)
-  end
-end
+local function get(key) return ngx.shared.bench:get(key) end
+local function put(key, value) return ngx.shared.bench:set(key, value) end
+
+function _M.handle() return serve.handle("^/dict/(.*)$", get, put) end
 
 return _M

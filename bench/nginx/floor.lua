@@ -5,6 +5,8 @@
 --
 --   GET /floor/<key>                  200 value | 404
 --   PUT /floor/<key>  (body: value)   204
+local serve = require "serve"
+
 local ngx = rawget(_G, "ngx")
 
 local _M = {}
@@ -15,46 +17,40 @@ local POOL = { pool = "floor", pool_size = 32, backlog = 256 }
 --- init_by_lua: the server's socket path.
 function _M.init(path) addr = "unix:" .. path end
 
-local function fail(err)
-  ngx.status = 503
-  ngx.say(tostring(err))
-  return ngx.exit(503)
-end
-
-function _M.handle()
-  local key = ngx.var.uri:match("^/floor/(.*)$") or ""
-  local method = ngx.req.get_method()
-  if #key ~= 16 then return ngx.exit(400) end
+-- One round trip on a pooled connection: sends msg, reads n bytes; the reply, or nil, message.
+local function round_trip(msg, n)
   local sock = ngx.socket.tcp()
   sock:settimeouts(5000, 5000, 5000)
   local ok, err = sock:connect(addr, POOL)
-  if not ok then return fail(err) end
+  if not ok then return nil, err end
   local reply
-  if method == "GET" then
-    ok, err = sock:send("G" .. key)
-    if ok then reply, err = sock:receive(101) end
-  elseif method == "PUT" then
-    ngx.req.read_body()
-    local body = ngx.req.get_body_data() or ""
-    if #body ~= 100 then return ngx.exit(400) end
-    ok, err = sock:send("P" .. key .. body)
-    if ok then reply, err = sock:receive(1) end
-  else
-    return ngx.exit(405)
-  end
+  ok, err = sock:send(msg)
+  if ok then reply, err = sock:receive(n) end
   if not reply then
     sock:close()
-    return fail(err)
+    return nil, err
   end
   sock:setkeepalive(60000, 32)
-  local tag = reply:sub(1, 1)
-  if tag == "V" then
-    ngx.print(reply:sub(2))
-  elseif tag == "K" then
-    return ngx.exit(204)
-  else
-    return ngx.exit(404)
-  end
+  return reply
 end
+
+-- (ngx_floor's frames are of fixed size: a 16-byte key, a 100-byte value)
+local function get(key)
+  if #key ~= 16 then return nil, "floor: keys are 16 bytes" end
+  local reply, err = round_trip("G" .. key, 101)
+  if reply == nil then return nil, err end
+  if reply:sub(1, 1) == "V" then return reply:sub(2) end
+  return nil
+end
+
+local function put(key, value)
+  if #key ~= 16 or #value ~= 100 then return nil, "floor: keys are 16 bytes, values 100" end
+  local reply, err = round_trip("P" .. key .. value, 1)
+  if reply == nil then return nil, err end
+  if reply ~= "K" then return nil, "floor: put refused" end
+  return true
+end
+
+function _M.handle() return serve.handle("^/floor/(.*)$", get, put) end
 
 return _M

@@ -7,10 +7,13 @@
 -- 100k seeded keys, 100-byte values, uniformly random keys:
 --   peak       closed loop, 90% GET / 10% PUT ("mix") and 100% GET ("get"), 4 workers, /kv/,
 --              /dict/ and /floor/ (bench/ngx_floor.c: one cosocket round trip to a C server
---              doing only the LevelDB work) in turn, ROUNDS times; each figure is the median
+--              doing only the LevelDB work) and /inline/ (bench/nginx/inline.lua: no party, each
+--              worker its own copy of the directory, LevelDB through the FFI: the work itself)
+--              in turn, ROUNDS times; each figure is the median
 --   paced      the mix at 70% of its peak (each connection waits a random exponential time
 --              between requests; wrk's latencies are then those of a loaded, not saturated, server),
---              and /dict/ and /static/ (nginx's `return 200`: HTTP only) at the same offered load
+--              and /dict/ and /static/ (nginx's `return 200`: HTTP only) at the same offered load,
+--              in turn, ROUNDS times; each figure is the run with the median p99
 --   1 worker   the same peak runs with worker_processes 1 (the leader only: LevelDB inline)
 --   failover   the leader worker killed -9 under the paced mix, 5 times: the longest latency of
 --              a surviving worker's request answered around the kill (wrk's, per request),
@@ -80,6 +83,19 @@ local function stop_floor()
   os.execute("rm -rf '" .. floor_dir .. "'")
 end
 
+-- bench/nginx/inline.lua's directories: one copy of the seeded directory per worker
+-- (<dir>/w<worker id>), for the peak runs of one nginx
+local inline_dir
+local function make_inline(seeded, workers)
+  inline_dir = tmpdir("inline")
+  assert(uv.fs_mkdir(inline_dir, 493))
+  for w = 0, workers - 1 do os.execute(("cp -a '%s' '%s/w%d'"):format(seeded, inline_dir, w)) end
+end
+local function drop_inline()
+  os.execute("rm -rf '" .. inline_dir .. "'")
+  inline_dir = nil
+end
+
 -- Ports below the kernel's ephemeral range (32768-60999 here): a port in that range may be the
 -- local end of any client connection on the machine (wrk's own included), which a listener's
 -- bind cannot take over
@@ -105,7 +121,7 @@ local function start_nginx(workers, db)
   next_free_port()
   local subst = { ROOT = uv.fs_realpath(root), PREFIX = prefix, PORT = tostring(port), DB = db,
     WORKERS = tostring(workers), USER = uv.getuid() == 0 and "user root root;" or "", KEYS = tostring(KEYS),
-    FLOOR = floor_sock or "" }
+    FLOOR = floor_sock or "", INLINE = inline_dir or "" }
   local conf = read(root .. "/bench/nginx/nginx.conf"):gsub("@(%u+)@", function(k) return subst[k] end)
   write(prefix .. "/conf/nginx.conf", conf)
   local n = { prefix = prefix, url = ("http://127.0.0.1:%d"):format(port) }
@@ -233,14 +249,16 @@ end
 
 -- the peak runs of one nginx: lp and dict take turns, each workload ROUNDS times
 local function peaks(n)
-  local r = { kv_mix = {}, dict_mix = {}, floor_mix = {}, kv_get = {}, dict_get = {}, floor_get = {} }
+  local r = { kv_mix = {}, dict_mix = {}, floor_mix = {}, inline_mix = {}, kv_get = {}, dict_get = {}, floor_get = {},
+    inline_get = {} }
   -- warm up: the page cache, LuaJIT's traces, every worker's connection pool
   wrk(n, with(MIX, { BENCH_PREFIX = "/kv/" }), 2)
   wrk(n, with(MIX, { BENCH_PREFIX = "/dict/" }), 1)
   wrk(n, with(MIX, { BENCH_PREFIX = "/floor/" }), 1)
+  wrk(n, with(MIX, { BENCH_PREFIX = "/inline/" }), 1)
   for _ = 1, ROUNDS do
     for _, w in ipairs { "mix", "get" } do
-      for _, p in ipairs { "kv", "dict", "floor" } do
+      for _, p in ipairs { "kv", "dict", "floor", "inline" } do
         local list = r[p .. "_" .. w]
         list[#list + 1] = wrk(n, with(w == "mix" and MIX or GET, { BENCH_PREFIX = "/" .. p .. "/" }))
       end
@@ -250,20 +268,32 @@ local function peaks(n)
   return r
 end
 
--- The mix at `frac` of `peak` req/s: each connection's mean wait between requests is set from
--- the target, then corrected once by the rate the first run reached.  s.mean_ms is that wait.
-local function paced(n, prefix, peak, frac)
+-- The mix at `frac` of `peak` req/s on /kv/, and the other locations at the same offered load
+-- (the same waits): each connection's mean wait between requests is set from the target, then
+-- corrected once by the rate a first /kv/ run reached.  Then the locations take turns, ROUNDS
+-- times (a single run's p99 swings with the machine as much as a peak does); each figure is
+-- the run with the median p99.  Returns { [prefix] = stats }, stats.mean_ms the wait and, for
+-- /kv/, stats.frac its rate over peak.
+local function paced(n, prefixes, peak, frac)
   local target = frac * peak
   local mean_ms = CONNS / target * 1000
-  local s = wrk(n, with(MIX, { BENCH_PREFIX = prefix, BENCH_DELAY_MS = ("%.4f"):format(mean_ms) }))
+  local s = wrk(n, with(MIX, { BENCH_PREFIX = "/kv/", BENCH_DELAY_MS = ("%.4f"):format(mean_ms) }))
   mean_ms = mean_ms * s.rate / target
-  s = wrk(n, with(MIX, { BENCH_PREFIX = prefix, BENCH_DELAY_MS = ("%.4f"):format(mean_ms) }))
-  s.frac, s.mean_ms = s.rate / peak, mean_ms
-  return s
-end
--- Another location at the same offered load (the same waits)
-local function at_rate(n, prefix, mean_ms)
-  return wrk(n, with(MIX, { BENCH_PREFIX = prefix, BENCH_DELAY_MS = ("%.4f"):format(mean_ms) }))
+  local runs = {}
+  for _ = 1, ROUNDS do
+    for _, prefix in ipairs(prefixes) do
+      local list = runs[prefix] or {}
+      runs[prefix] = list
+      list[#list + 1] = wrk(n, with(MIX, { BENCH_PREFIX = prefix, BENCH_DELAY_MS = ("%.4f"):format(mean_ms) }))
+    end
+  end
+  local r = {}
+  for prefix, list in pairs(runs) do
+    r[prefix] = median_by(list, "p99")
+    r[prefix].mean_ms = mean_ms
+  end
+  r["/kv/"].frac = r["/kv/"].rate / peak
+  return r
 end
 
 -- BENCH_NGX_PART=peak or failover runs one part only (for reruns when the machine is quieter)
@@ -271,16 +301,19 @@ local part = os.getenv("BENCH_NGX_PART")
 if part ~= "failover" then
   -------------------------------------------------------------------- 4 workers
   start_floor(db)
+  make_inline(db, 4)
   local n4 = start_nginx(4, db)
   local p4 = peaks(n4)
-  local pace_kv = paced(n4, "/kv/", p4.kv_mix.rate, 0.7)
-  local pace_dict = at_rate(n4, "/dict/", pace_kv.mean_ms)
-  local pace_static = at_rate(n4, "/static/", pace_kv.mean_ms)
+  local pace = paced(n4, { "/kv/", "/dict/", "/static/" }, p4.kv_mix.rate, 0.7)
+  local pace_kv, pace_dict, pace_static = pace["/kv/"], pace["/dict/"], pace["/static/"]
   n4.stop()
+  drop_inline()
   -------------------------------------------------------------------- 1 worker
+  make_inline(db, 1)
   local n1 = start_nginx(1, db)
   local p1 = peaks(n1)
   n1.stop()
+  drop_inline()
   stop_floor()
 
   for _, c in ipairs { { "4 workers", p4 }, { "1 worker", p1 } } do
@@ -289,10 +322,14 @@ if part ~= "failover" then
     line("nginx", tag .. ": floor mix 90/10", p.floor_mix, "DICT", p.dict_mix)
     line("nginx", tag .. ": levelparty mix 90/10", p.kv_mix, "DICT", p.dict_mix)
     line("nginx", tag .. ": levelparty mix 90/10", p.kv_mix, "floor", p.floor_mix)
+    line("nginx", tag .. ": inline mix 90/10", p.inline_mix, "DICT", p.dict_mix)
+    line("nginx", tag .. ": levelparty mix 90/10", p.kv_mix, "inline", p.inline_mix)
     line("nginx", tag .. ": DICT get", p.dict_get)
     line("nginx", tag .. ": floor get", p.floor_get, "DICT", p.dict_get)
     line("nginx", tag .. ": levelparty get", p.kv_get, "DICT", p.dict_get, tag == "4 workers" and 0.8 or nil)
     line("nginx", tag .. ": levelparty get", p.kv_get, "floor", p.floor_get)
+    line("nginx", tag .. ": inline get (no party)", p.inline_get, "DICT", p.dict_get)
+    line("nginx", tag .. ": levelparty get", p.kv_get, "inline", p.inline_get)
   end
   line("nginx", "4 vs 1 worker: levelparty mix", p4.kv_mix, "1 worker", p1.kv_mix)
   line("nginx", "4 vs 1 worker: levelparty get", p4.kv_get, "1 worker", p1.kv_get)
