@@ -209,7 +209,7 @@ reliability:
 demo: deps build
 	sh mk/luaenv.sh 5.4 lua5.4 examples/demo.lua
 
-bench: deps build $(addprefix build/bench/,raw_leveldb sock_floor embed_get reopen_leveldb ngx_floor)
+bench: deps build $(addprefix build/bench/,raw_leveldb sock_floor embed_get reopen_leveldb ngx_floor failover_watch)
 	sh mk/luaenv.sh 5.4 lua5.4 bench/run.lua
 
 # Each target for FUZZ_SECONDS: new inputs go to build/fuzz/corpus/NAME, the

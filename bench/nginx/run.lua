@@ -18,7 +18,8 @@
 --   failover   the leader worker killed -9 under the paced mix, 5 times: the longest latency of
 --              a surviving worker's request answered around the kill (wrk's, per request),
 --              against bench/reopen_leveldb (LevelDB's own open of the directory a kill left
---              behind); the older gap measure is printed beside
+--              behind), and against the failover's floor (the kernel's teardown of a killed
+--              leader worker plus that reopen); the older gap measure is printed beside
 -- Nothing here fails on a slow machine; the ratios are what to read.
 -- Knobs: BENCH_NGX_SECONDS per run (5), BENCH_NGX_ROUNDS (3), BENCH_NGX_KILLS (5),
 -- BENCH_NGX_PART=peak|failover (one part only), BENCH_NGX_KEEP=1 (keep wrk's response logs).
@@ -344,9 +345,11 @@ if part ~= "peak" then
   -------------------------------------------------------------------- failover
   -- Each round: a fresh nginx of 4 workers on the directory, wrk's mix on /kv/ with every
   -- response logged (time, status, worker, its latency seen by wrk, nginx's $request_time),
-  -- the leader worker killed -9 after 2 s.  Then the whole nginx is killed -9 and
-  -- bench/reopen_leveldb opens the directory it left: LevelDB's own reopen after a kill, of the
-  -- same directory, with the same kind of log to replay.
+  -- the leader worker killed -9 after 2 s.  Then bench/reopen_leveldb --wait blocks on the
+  -- LOCK the new leader holds, the new leader is killed -9 (the rest of nginx stopped), and it
+  -- opens the directory the moment the LOCK is free: LevelDB's own reopen after a kill, of the same directory, with the
+  -- same kind of log to replay (the goal's reference), and from the SIGKILL to that open, the
+  -- failover's floor: the kernel's teardown of a leader worker plus the reopen, nothing of ours.
   -- The load is paced (each of the 64 connections waits 16 ms on average between requests: at
   -- most 4k requests/s in all, ~1k per worker), so that what a request waits is the failover's
   -- and not the queueing of a saturated machine.
@@ -376,6 +379,18 @@ if part ~= "peak" then
     assert(h, "could not start wrk")
     -- wrk writes to a file: nothing to serve meanwhile (its exit is seen by the loop below)
     uv.sleep(2000)
+    -- bench/failover_watch: who holds the LOCK and which socket is in place, every 200 us for
+    -- 1 s from just before the kill (the timeline printed per kill)
+    local watch_out, watch_done = {}, false
+    local watch_pipe = uv.new_pipe(false)
+    local watch = uv.spawn(bin .. "/failover_watch", { args = { db, "1000" }, stdio = { nil, watch_pipe, 2 } },
+      function() watch_done = true end)
+    assert(watch, "could not start failover_watch")
+    watch_pipe:read_start(function(_, data) if data then watch_out[#watch_out + 1] = data end end)
+    wait_until(function()
+      uv.run("nowait")
+      return table.concat(watch_out):find("ready", 1, true) ~= nil or watch_done
+    end, 10, "failover_watch to start")
     local kill_at = uv.hrtime()
     if os.getenv("BENCH_NGX_KEEP") then print("kill_at", kill_at, "leader", leader, logs) end
     uv.kill(leader, "sigkill")
@@ -384,18 +399,64 @@ if part ~= "peak" then
     h:close()
     uv.run("nowait") -- as in stop_floor
     local new_leader = lock_owner(db)
+    wait_until(function()
+      uv.run("nowait")
+      return watch_done
+    end, 10, "failover_watch to end")
+    uv.run("nowait")
+    watch_pipe:close()
+    watch:close()
+    -- the timeline: the LOCK first held by another process than the killed one (the kernel's
+    -- teardown, then the winner's next probe), and the first socket in place after that
+    local lock_taken, sock_ready
+    for kind, t, v in table.concat(watch_out):gmatch("(%a+) (%d+) (%d+)") do
+      t, v = tonumber(t), tonumber(v)
+      if t > kill_at then
+        if kind == "lock" and lock_taken == nil and v ~= 0 and v ~= leader then lock_taken = t end
+        if kind == "sock" and lock_taken ~= nil and sock_ready == nil and v ~= 0 then sock_ready = t end
+      end
+    end
+    lock_taken = lock_taken and (lock_taken - kill_at) / 1e6 or 0 / 0
+    sock_ready = sock_ready and (sock_ready - kill_at) / 1e6 or 0 / 0
+    -- The failover's floor: bench/reopen_leveldb --wait blocks on the LOCK the new leader
+    -- holds, the new leader is killed -9, and it opens LevelDB the moment the kernel has torn
+    -- that worker down (a worker like the one killed above, of the same size and state): the
+    -- teardown and LevelDB's reopen after a kill, and nothing else.  Then the rest of nginx.
+    local waiter_out, waiter_done = {}, false
+    local pipe = uv.new_pipe(false)
+    local wh = uv.spawn(bin .. "/reopen_leveldb", { args = { "--wait", db }, stdio = { nil, pipe, 2 } },
+      function() waiter_done = true end)
+    assert(wh, "could not start reopen_leveldb")
+    pipe:read_start(function(_, data) if data then waiter_out[#waiter_out + 1] = data end end)
+    wait_until(function()
+      uv.run("nowait")
+      return table.concat(waiter_out):find("waiting", 1, true) ~= nil or waiter_done
+    end, 10, "reopen_leveldb to wait on the LOCK")
+    -- only the new leader dies (as the first leader did): the master (which would respawn it)
+    -- and the other workers (which would race the waiter for the LOCK) are stopped first
+    uv.kill(n.master(), "sigstop")
+    for w in pairs(N.workers_of(n)) do
+      if w ~= new_leader then uv.kill(w, "sigstop") end
+    end
+    local kill_all_at = uv.hrtime()
+    uv.kill(new_leader, "sigkill")
+    -- (its exit and the end of its output come in either order)
+    wait_until(function()
+      uv.run("nowait")
+      return waiter_done and table.concat(waiter_out):find("open_ms", 1, true) ~= nil
+    end, 10, "reopen_leveldb to open")
+    pipe:close()
+    wh:close()
+    uv.run("nowait")
     n.kill()
+    local out = table.concat(waiter_out)
     local out_wrk = read(logs .. ".out")
     local ws = stats_of(out_wrk)
     conn_errors, rates[#rates + 1] = conn_errors + ws.errors, ws.rate
-    -- a killed process's LOCK is released once its last thread is gone, which may be after its
-    -- pid shows as a zombie: an open refused at the LOCK (which it takes before any work) is retried
-    local out
-    wait_until(function()
-      out = sh(("%s/reopen_leveldb '%s' 2>&1"):format(bin, db))
-      return not out:find("LOCK: Resource temporarily unavailable", 1, true)
-    end, 10, "LevelDB's LOCK")
     local reopen = assert(tonumber(out:match("open_ms ([%d.]+)")), "reopen_leveldb: " .. out)
+    local lock_ns = assert(tonumber(out:match("lock_ns (%d+)")), "reopen_leveldb: " .. out)
+    local open_ns = assert(tonumber(out:match("open_ns (%d+)")), "reopen_leveldb: " .. out)
+    local teardown, floor = (lock_ns - kill_all_at) / 1e6, (open_ns - kill_all_at) / 1e6
     -- per worker: its responses { t, ok, latency ms, $request_time ms }
     local resp = {}
     for t = 1, 2 do
@@ -439,6 +500,7 @@ if part ~= "peak" then
     end
     unanswered = unanswered + held
     local k = { stall = 0, server = 0, base = 0, base_server = 0, gap = 0, base_gap = 0, reopen = reopen,
+      teardown = teardown, floor = floor, lock_taken = lock_taken, sock_ready = sock_ready,
       new_leader_stall = 0, silent = 0, fails = 0, unanswered = held,
       held = held_oldest and (end_at - held_oldest) / 1e6 or 0, lost = lost, errors = ws.errors }
     for pid, list in pairs(resp) do
@@ -480,10 +542,14 @@ if part ~= "peak" then
     end
     survivor_fails, silent = survivor_fails + k.fails, silent + k.silent
     K[#K + 1] = k
+    print(("nginx       kill %d: LOCK taken by a survivor %.1f ms after it, its socket in place %.1f ms"):format(
+      round, k.lock_taken, k.sock_ready))
     print(("nginx       kill %d: stall %.1f ms (the new leader's own %.1f), before %.1f; $request_time %.0f, "
-      .. "before %.0f; gap %.1f, before %.1f; reopen %.1f ms; survivors failed %d, silent %d; held unanswered %d%s;"
+      .. "before %.0f; gap %.1f, before %.1f; reopen %.1f ms (floor %.1f: teardown %.1f + reopen); "
+      .. "survivors failed %d, silent %d; held unanswered %d%s;"
       .. " unanswered, maybe lost with the killed worker %d (socket errors %d)"):format(round, k.stall,
-      k.new_leader_stall, k.base, k.server, k.base_server, k.gap, k.base_gap, k.reopen, k.fails, k.silent, k.unanswered,
+      k.new_leader_stall, k.base, k.server, k.base_server, k.gap, k.base_gap, k.reopen, k.floor, k.teardown,
+      k.fails, k.silent, k.unanswered,
       k.unanswered > 0 and (" (the oldest for %.0f ms at wrk's end)"):format(k.held) or "", k.lost, k.errors))
     io.stdout:flush()
     if not os.getenv("BENCH_NGX_KEEP") then os.execute(("rm -f '%s'.*"):format(logs)) end
@@ -500,6 +566,10 @@ if part ~= "peak" then
   local gap, gap_max = med("gap")
   local base_gap, base_gap_max = med("base_gap")
   local reopen, reopen_max = med("reopen")
+  local floor, floor_max = med("floor")
+  local lock_taken, lock_taken_max = med("lock_taken")
+  local sock_ready, sock_ready_max = med("sock_ready")
+  local teardown, teardown_max = med("teardown")
   table.sort(rates)
   local rate = rates[(#rates + 1) // 2]
   print(("%-9s %-34s %9.1f ms     (median of %d kills; max %.1f; the longest wait of a survivor's request, "
@@ -516,13 +586,21 @@ if part ~= "peak" then
     base_gap, base_gap_max))
   print(("%-9s %-34s %9.0f req/s  (paced; connection errors, the killed worker's connections: %d)"):format("nginx",
     "  load during the kills", rate, conn_errors))
+  print(("%-9s %-34s %9.1f ms     (max %.1f; then its socket in place at %.1f ms, max %.1f: the timeline seen "
+    .. "from outside by bench/failover_watch)"):format("nginx", "  LOCK taken by a survivor", lock_taken,
+    lock_taken_max, sock_ready, sock_ready_max))
   print(("%-9s %-34s %9.1f ms     (max %.1f)"):format("nginx", "LevelDB reopen after the kill", reopen, reopen_max))
+  print(("%-9s %-34s %9.1f ms     (max %.1f; SIGKILL of a leader worker to LevelDB open in a process "
+    .. "waiting on the LOCK: the kernel's teardown, median %.1f ms, max %.1f, then the reopen)"):format("nginx",
+    "failover floor (the work itself)", floor, floor_max, teardown, teardown_max))
   local honest = survivor_fails == 0 and silent == 0 and unanswered == 0
   print(("%-9s %-34s %9.2fx      (goal <= 2x: %s); survivors: %d failed responses, %d answered nothing "
     .. "within 3 s; %d requests issued after the kill never answered; %d failed on the killed worker"):format(
     "nginx",
     "stall / reopen", stall / reopen, (stall <= 2 * reopen and honest) and "met" or "MISSED", survivor_fails, silent,
     unanswered, killed_fails))
+  print(("%-9s %-34s %9.2fx      (what levelparty adds to the floor; the floor itself is %.2fx the reopen)"):format(
+    "nginx", "stall / failover floor", stall / floor, floor / reopen))
 end
 os.execute("rm -rf '" .. db .. "'")
 print(("%-9s load average after: %s"):format("nginx", loadavg()))
