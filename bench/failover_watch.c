@@ -49,7 +49,8 @@ int main(int argc, char **argv) {
   }
   long long until = now_ns() + atoll(argv[2]) * 1000000LL;
   if (snprintf(lock_path, sizeof lock_path, "%s/LOCK", argv[1]) >= (int)sizeof lock_path ||
-      snprintf(sock_path, sizeof sock_path, "%s/level-party.sock", argv[1]) >= (int)sizeof sock_path) {
+      snprintf(sock_path, sizeof sock_path, "%s/level-party.sock", argv[1]) >=
+          (int)sizeof sock_path) {
     fprintf(stderr, "failover_watch: path too long\n");
     return 1;
   }
