@@ -46,6 +46,14 @@ if not (N.have_nginx and os.execute("command -v wrk >/dev/null") == true) then
   print("nginx     (wrk or nginx with the Lua module missing: run make deps)")
   return
 end
+-- the C programs this part runs, which `make bench` builds (alone, run.lua would stop at the
+-- first round that needs one, with nginx and wrk left running)
+for _, prog in ipairs { "ngx_floor", "reopen_leveldb", "failover_watch" } do
+  if not uv.fs_stat(bin .. "/" .. prog) then
+    print(("nginx     (%s/%s missing: run make bench, or make build/bench/%s)"):format(bin, prog, prog))
+    return
+  end
+end
 
 -- the pid holding a POSIX lock on dir/LOCK (the leader), or nil
 local function lock_owner(dir) return P.lock_owners(dir)[1] end
