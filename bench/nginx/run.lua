@@ -349,6 +349,35 @@ if part ~= "failover" then
   line("nginx", "return 200 at the same load", pace_static)
 end
 
+-- Starts bench/<prog> with args, its stdout on a pipe, and waits (bounded) until it has
+-- printed `ready_word`.  finish(word) waits (bounded) until it has exited and printed `word`,
+-- closes its handles and returns all it printed.
+local function start_helper(prog, args, ready_word)
+  local out, exited = {}, false
+  local pipe = uv.new_pipe(false)
+  local proc = uv.spawn(bin .. "/" .. prog, { args = args, stdio = { nil, pipe, 2 } }, function() exited = true end)
+  assert(proc, "could not start " .. prog)
+  pipe:read_start(function(_, data) if data then out[#out + 1] = data end end)
+  local function printed(word) return table.concat(out):find(word, 1, true) ~= nil end
+  wait_until(function()
+    uv.run("nowait")
+    return printed(ready_word) or exited
+  end, 10, prog .. " to start")
+  return {
+    finish = function(word)
+      -- (its exit and the end of its output come in either order)
+      wait_until(function()
+        uv.run("nowait")
+        return exited and printed(word)
+      end, 10, prog .. " to end")
+      pipe:close()
+      proc:close()
+      uv.run("nowait")
+      return table.concat(out)
+    end,
+  }
+end
+
 if part ~= "peak" then
   -------------------------------------------------------------------- failover
   -- Each round: a fresh nginx of 4 workers on the directory, wrk's mix on /kv/ with every
@@ -389,16 +418,7 @@ if part ~= "peak" then
     uv.sleep(2000)
     -- bench/failover_watch: who holds the LOCK and which socket is in place, every 200 us for
     -- 1 s from just before the kill (the timeline printed per kill)
-    local watch_out, watch_done = {}, false
-    local watch_pipe = uv.new_pipe(false)
-    local watch = uv.spawn(bin .. "/failover_watch", { args = { db, "1000" }, stdio = { nil, watch_pipe, 2 } },
-      function() watch_done = true end)
-    assert(watch, "could not start failover_watch")
-    watch_pipe:read_start(function(_, data) if data then watch_out[#watch_out + 1] = data end end)
-    wait_until(function()
-      uv.run("nowait")
-      return table.concat(watch_out):find("ready", 1, true) ~= nil or watch_done
-    end, 10, "failover_watch to start")
+    local watch = start_helper("failover_watch", { db, "1000" }, "ready")
     local kill_at = uv.hrtime()
     if os.getenv("BENCH_NGX_KEEP") then print("kill_at", kill_at, "leader", leader, logs) end
     uv.kill(leader, "sigkill")
@@ -407,17 +427,11 @@ if part ~= "peak" then
     h:close()
     uv.run("nowait") -- as in stop_floor
     local new_leader = lock_owner(db)
-    wait_until(function()
-      uv.run("nowait")
-      return watch_done
-    end, 10, "failover_watch to end")
-    uv.run("nowait")
-    watch_pipe:close()
-    watch:close()
+    local watch_out = watch.finish("lock")
     -- the timeline: the LOCK first held by another process than the killed one (the kernel's
     -- teardown, then the winner's next probe), and the first socket in place after that
     local lock_taken, sock_ready
-    for kind, t, v in table.concat(watch_out):gmatch("(%a+) (%d+) (%d+)") do
+    for kind, t, v in watch_out:gmatch("(%a+) (%d+) (%d+)") do
       t, v = tonumber(t), tonumber(v)
       if t > kill_at then
         if kind == "lock" and lock_taken == nil and v ~= 0 and v ~= leader then lock_taken = t end
@@ -430,41 +444,24 @@ if part ~= "peak" then
     -- holds, the new leader is killed -9, and it opens LevelDB the moment the kernel has torn
     -- that worker down (a worker like the one killed above, of the same size and state): the
     -- teardown and LevelDB's reopen after a kill, and nothing else.  Then the rest of nginx.
-    local waiter_out, waiter_done = {}, false
-    local pipe = uv.new_pipe(false)
-    local wh = uv.spawn(bin .. "/reopen_leveldb", { args = { "--wait", db }, stdio = { nil, pipe, 2 } },
-      function() waiter_done = true end)
-    assert(wh, "could not start reopen_leveldb")
-    pipe:read_start(function(_, data) if data then waiter_out[#waiter_out + 1] = data end end)
-    wait_until(function()
-      uv.run("nowait")
-      return table.concat(waiter_out):find("waiting", 1, true) ~= nil or waiter_done
-    end, 10, "reopen_leveldb to wait on the LOCK")
+    local waiter = start_helper("reopen_leveldb", { "--wait", db }, "waiting")
     -- only the new leader dies (as the first leader did): the master (which would respawn it)
     -- and the other workers (which would race the waiter for the LOCK) are stopped first
     uv.kill(n.master(), "sigstop")
     for w in pairs(N.workers_of(n)) do
       if w ~= new_leader then uv.kill(w, "sigstop") end
     end
-    local kill_all_at = uv.hrtime()
+    local floor_kill_at = uv.hrtime()
     uv.kill(new_leader, "sigkill")
-    -- (its exit and the end of its output come in either order)
-    wait_until(function()
-      uv.run("nowait")
-      return waiter_done and table.concat(waiter_out):find("open_ms", 1, true) ~= nil
-    end, 10, "reopen_leveldb to open")
-    pipe:close()
-    wh:close()
-    uv.run("nowait")
+    local out = waiter.finish("open_ms")
     n.kill()
-    local out = table.concat(waiter_out)
     local out_wrk = read(logs .. ".out")
     local ws = stats_of(out_wrk)
     conn_errors, rates[#rates + 1] = conn_errors + ws.errors, ws.rate
     local reopen = assert(tonumber(out:match("open_ms ([%d.]+)")), "reopen_leveldb: " .. out)
     local lock_ns = assert(tonumber(out:match("lock_ns (%d+)")), "reopen_leveldb: " .. out)
     local open_ns = assert(tonumber(out:match("open_ns (%d+)")), "reopen_leveldb: " .. out)
-    local teardown, floor = (lock_ns - kill_all_at) / 1e6, (open_ns - kill_all_at) / 1e6
+    local teardown, floor = (lock_ns - floor_kill_at) / 1e6, (open_ns - floor_kill_at) / 1e6
     -- per worker: its responses { t, ok, latency ms, $request_time ms }
     local resp = {}
     for t = 1, 2 do
