@@ -1,7 +1,7 @@
 /*
  * bench/bench.h: what the C benches share (raw_leveldb, embed_get, sock_floor,
- * ngx_floor, reopen_leveldb): levelparty's default LevelDB options, a
- * monotonic clock, and the xorshift64* that picks their keys.
+ * ngx_floor, reopen_leveldb, failover_watch): levelparty's default LevelDB
+ * options, a monotonic clock, and the xorshift64* that picks their keys.
  *
  * LevelDB options.  A bench that opens LevelDB itself is compared with
  * levelparty, so it must open LevelDB as the library does.  What the library
