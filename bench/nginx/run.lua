@@ -384,9 +384,10 @@ if part ~= "peak" then
   -- response logged (time, status, worker, its latency seen by wrk, nginx's $request_time),
   -- the leader worker killed -9 after 2 s.  Then bench/reopen_leveldb --wait blocks on the
   -- LOCK the new leader holds, the new leader is killed -9 (the rest of nginx stopped), and it
-  -- opens the directory the moment the LOCK is free: LevelDB's own reopen after a kill, of the same directory, with the
-  -- same kind of log to replay (the goal's reference), and from the SIGKILL to that open, the
-  -- failover's floor: the kernel's teardown of a leader worker plus the reopen, nothing of ours.
+  -- opens the directory the moment the LOCK is free: LevelDB's own reopen after a kill, of the
+  -- same directory, with the same kind of log to replay (the goal's reference), and from the
+  -- SIGKILL to that open, the failover's floor: the kernel's teardown of a leader worker plus
+  -- the reopen, nothing of ours.
   -- The load is paced (each of the 64 connections waits 16 ms on average between requests: at
   -- most 4k requests/s in all, ~1k per worker), so that what a request waits is the failover's
   -- and not the queueing of a saturated machine.
@@ -438,8 +439,10 @@ if part ~= "peak" then
         if kind == "sock" and lock_taken ~= nil and sock_ready == nil and v ~= 0 then sock_ready = t end
       end
     end
-    lock_taken = lock_taken and (lock_taken - kill_at) / 1e6 or 0 / 0
-    sock_ready = sock_ready and (sock_ready - kill_at) / 1e6 or 0 / 0
+    -- (not seen within the watch's second: infinite, which the medians and maxima show as
+    -- such; a NaN would break their sort)
+    lock_taken = lock_taken and (lock_taken - kill_at) / 1e6 or math.huge
+    sock_ready = sock_ready and (sock_ready - kill_at) / 1e6 or math.huge
     -- The failover's floor: bench/reopen_leveldb --wait blocks on the LOCK the new leader
     -- holds, the new leader is killed -9, and it opens LevelDB the moment the kernel has torn
     -- that worker down (a worker like the one killed above, of the same size and state): the
