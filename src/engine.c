@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct lp_engine {
   leveldb_t *db;
@@ -32,6 +33,8 @@ struct lp_engine {
   leveldb_readoptions_t *ropts;       /* defaults: fill_cache, no snapshot */
   leveldb_writeoptions_t *wopts;      /* sync = 0 */
   leveldb_writeoptions_t *wopts_sync; /* sync = 1 */
+  pthread_t starter;                  /* see bg_ready; joined by engine_free */
+  int has_starter;
 };
 
 /* LevelDB reads a Slice(NULL, 0) as empty, but passing NULL to memcpy even
@@ -110,6 +113,7 @@ static int check_current(const char *path, lp_err *err) {
 /* Frees whatever part of e has been created; e->db is closed first so that
  * LevelDB stops using the cache and filter before they go. */
 static void engine_free(lp_engine *e) {
+  if (e->has_starter) pthread_join(e->starter, NULL);
   if (e->db) leveldb_close(e->db);
   if (e->options) leveldb_options_destroy(e->options);
   if (e->filter) leveldb_filterpolicy_destroy(e->filter);
@@ -120,8 +124,53 @@ static void engine_free(lp_engine *e) {
   free(e);
 }
 
-/* 1 once this process started LevelDB's background thread (lp_engine_open) */
-static int bg_started;
+/* LevelDB's background thread (one per process, its default Env's) starts
+ * at the first compaction, from whichever thread asks for it, with that
+ * thread's signal mask: in an nginx worker the main thread, whose signals
+ * nginx relies on getting.  So the first open of this process has a thread
+ * of its own, every signal blocked, start it (the starter): a compaction of
+ * a range that holds the empty key only (levelparty never stores one)
+ * flushes the memtable and finds nothing to compact, but schedules the
+ * thread.  That costs a log switch and a MANIFEST write (0.5-1.5 ms), which
+ * a new leader does not wait for before it serves: the starter runs beside
+ * the first calls, and until it is done (bg_ready) every call that may
+ * schedule a compaction (a get, an iterator's step, a write) runs with every
+ * signal blocked, so that whichever thread starts LevelDB's, it starts
+ * blocked.  bg_started: an open took the job; bg_ready: the job is done. */
+static int bg_started, bg_ready;
+uint64_t lp_engine_starter_delay_ns;
+
+typedef struct {
+  sigset_t old;
+  int on;
+} bg_guard;
+
+static void guard_enter(bg_guard *g) {
+  sigset_t all;
+  g->on = !__atomic_load_n(&bg_ready, __ATOMIC_ACQUIRE);
+  if (!g->on) return;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &g->old);
+}
+
+static void guard_leave(const bg_guard *g) {
+  if (g->on) pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+static void start_bg_thread(lp_engine *e) {
+  leveldb_compact_range(e->db, "", 0, "", 0);
+  __atomic_store_n(&bg_ready, 1, __ATOMIC_RELEASE);
+}
+
+static void *starter_main(void *arg) {
+  uint64_t delay = __atomic_load_n(&lp_engine_starter_delay_ns, __ATOMIC_RELAXED);
+  if (delay > 0) { /* tests: the window in which the guard must hold */
+    struct timespec ts = {(time_t)(delay / 1000000000u), (long)(delay % 1000000000u)};
+    nanosleep(&ts, NULL);
+  }
+  start_bg_thread(arg);
+  return NULL;
+}
 
 lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err) {
   lp_engine_opts defaults;
@@ -171,19 +220,17 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
   if (o->block_size > 0) leveldb_options_set_block_size(e->options, o->block_size);
   if (o->max_open_files > 0) leveldb_options_set_max_open_files(e->options, o->max_open_files);
 
-  /* LevelDB's background thread (one per process, its default Env's) starts
-   * at the first compaction, from whichever thread asks for it, with that
-   * thread's signal mask: in an nginx worker the main thread, whose signals
-   * nginx relies on getting.  So the first open of this process starts it
-   * here, with every signal blocked: a compaction of a range that holds the
-   * empty key only (levelparty never stores one) flushes the empty memtable
-   * and finds nothing to compact, but schedules the thread.  leveldb_open
-   * runs under the same mask, as it may start it too (recovery). */
+  /* leveldb_open may start LevelDB's background thread (recovery), and the
+   * starter inherits this mask (see bg_ready) */
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   e->db = leveldb_open(e->options, path, &status);
-  if (!status && e->db && !__atomic_exchange_n(&bg_started, 1, __ATOMIC_ACQ_REL))
-    leveldb_compact_range(e->db, "", 0, "", 0);
+  if (!status && e->db && !__atomic_exchange_n(&bg_started, 1, __ATOMIC_ACQ_REL)) {
+    if (pthread_create(&e->starter, NULL, starter_main, e) == 0)
+      e->has_starter = 1;
+    else
+      start_bg_thread(e); /* no thread to spare: here, before serving */
+  }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (status) {
     /* LevelDB returns NULL with an error; be defensive about the other case. */
@@ -215,7 +262,12 @@ void lp_engine_close(lp_engine *e) {
 int lp_engine_get(lp_engine *e, lp_slice key, char **val, size_t *vlen, lp_err *err) {
   char *status = NULL;
   size_t n = 0;
-  char *v = leveldb_get(e->db, e->ropts, bytes_of(key), key.len, &n, &status);
+  bg_guard g;
+  char *v;
+
+  guard_enter(&g);
+  v = leveldb_get(e->db, e->ropts, bytes_of(key), key.len, &n, &status);
+  guard_leave(&g);
 
   if (status) {
     if (v) leveldb_free(v);
@@ -231,9 +283,12 @@ int lp_engine_get(lp_engine *e, lp_slice key, char **val, size_t *vlen, lp_err *
 
 int lp_engine_put(lp_engine *e, lp_slice key, lp_slice value, int sync, lp_err *err) {
   char *status = NULL;
+  bg_guard g;
 
+  guard_enter(&g);
   leveldb_put(e->db, sync ? e->wopts_sync : e->wopts, bytes_of(key), key.len, bytes_of(value),
               value.len, &status);
+  guard_leave(&g);
   if (status) {
     fail_leveldb(err, "put", status);
     return -1;
@@ -243,8 +298,11 @@ int lp_engine_put(lp_engine *e, lp_slice key, lp_slice value, int sync, lp_err *
 
 int lp_engine_del(lp_engine *e, lp_slice key, int sync, lp_err *err) {
   char *status = NULL;
+  bg_guard g;
 
+  guard_enter(&g);
   leveldb_delete(e->db, sync ? e->wopts_sync : e->wopts, bytes_of(key), key.len, &status);
+  guard_leave(&g);
   if (status) {
     fail_leveldb(err, "del", status);
     return -1;
@@ -269,8 +327,11 @@ int lp_engine_approximate_size(lp_engine *e, lp_slice start, lp_slice limit, uin
     leveldb_iterator_t *it = leveldb_create_iterator(e->db, e->ropts);
     size_t n;
     const char *k;
+    bg_guard g;
     if (!it) return -1;
+    guard_enter(&g);
     leveldb_iter_seek_to_last(it);
+    guard_leave(&g);
     if (!leveldb_iter_valid(it)) {
       leveldb_iter_destroy(it);
       return 0; /* empty */
@@ -342,8 +403,11 @@ void lp_batch_free(lp_batch *b) {
 /* The batch is left as it was: the caller frees it. */
 int lp_engine_write(lp_engine *e, lp_batch *b, int sync, lp_err *err) {
   char *status = NULL;
+  bg_guard g;
 
+  guard_enter(&g);
   leveldb_write(e->db, sync ? e->wopts_sync : e->wopts, b->wb, &status);
+  guard_leave(&g);
   if (status) {
     fail_leveldb(err, "batch", status);
     return -1;
@@ -523,7 +587,7 @@ static int eiter_position(lp_engine_iter *it, lp_err *err) {
   return 0;
 }
 
-int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_err *err) {
+static int iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_err *err) {
   lp_slice k;
   size_t n;
 
@@ -591,6 +655,16 @@ int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_e
   }
   it->state = IT_END;
   return 0;
+}
+
+/* An iterator's steps may schedule a compaction (LevelDB samples reads). */
+int lp_engine_iter_next(lp_engine_iter *it, lp_slice *key, lp_slice *value, lp_err *err) {
+  bg_guard g;
+  int rc;
+  guard_enter(&g);
+  rc = iter_next(it, key, value, err);
+  guard_leave(&g);
+  return rc;
 }
 
 int lp_engine_iter_seek(lp_engine_iter *it, lp_slice target, int64_t unread) {

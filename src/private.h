@@ -289,6 +289,9 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
 /* Closes LevelDB and releases the LOCK.  No other call may be in progress or
  * follow; iterators must have been closed. */
 void lp_engine_close(lp_engine *e);
+/* Tests only: how long the first open's thread that starts LevelDB's
+ * background thread waits before it does (engine.c, bg_ready). */
+extern uint64_t lp_engine_starter_delay_ns;
 
 /* All of these may be called from any thread concurrently (LevelDB is
  * thread-safe).  Return 0 ok, -1 with err filled. */

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +254,87 @@ static void test_opts(void) {
             o.cache_size == 0 && o.write_buffer_size == 0 && o.block_size == 0 &&
             o.max_open_files == 0 && o.bloom_bits == 0,
         "opts_init defaults", "unexpected defaults");
+}
+
+/* Threads of this process, and whether every one but the main thread blocks
+ * the signals a host relies on getting (SigBlk of /proc/self/task/N/status);
+ * *main_blocked: whether the main thread blocks any. */
+static int threads_blocked(int *nthreads, int *main_blocked) {
+  static const int MUST[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGUSR1,  SIGUSR2, SIGPIPE,
+                             SIGALRM, SIGTERM, SIGCHLD, SIGWINCH, SIGIO};
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *de;
+  int ok = 1;
+  *nthreads = 0;
+  *main_blocked = 0;
+  if (!d) return 0;
+  while ((de = readdir(d)) != NULL) {
+    char path[300], line[256];
+    unsigned long long blk = 0;
+    FILE *f;
+    size_t i;
+    if (de->d_name[0] == '.') continue;
+    (*nthreads)++;
+    snprintf(path, sizeof path, "/proc/self/task/%s/status", de->d_name);
+    if ((f = fopen(path, "r")) == NULL) continue; /* gone meanwhile */
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "SigBlk: %llx", &blk) == 1) break;
+    fclose(f);
+    if (atoi(de->d_name) == (int)getpid()) {
+      *main_blocked = blk != 0;
+      continue;
+    }
+    for (i = 0; i < sizeof MUST / sizeof MUST[0]; i++)
+      if (!(blk & (1ull << (MUST[i] - 1)))) ok = 0;
+  }
+  closedir(d);
+  return ok;
+}
+
+/* LevelDB's background thread takes the signal mask of the thread that
+ * schedules its first compaction.  The first open of a process has a thread
+ * of its own start it (with every signal blocked) after the open returns;
+ * until then every engine call that may schedule a compaction runs with every
+ * signal blocked.  Here that thread is held back and puts from the main
+ * thread, whose mask is empty, fill 64 KiB memtables until LevelDB starts its
+ * thread: it must block every signal all the same, and the main thread's mask
+ * must come back empty.  Must be the process's first lp_engine_open. */
+static void test_bg_thread_signals(void) {
+  char p[256], val[4096];
+  lp_engine_opts o;
+  lp_engine *e;
+  lp_err err;
+  sigset_t none;
+  int n0, n, i, main_blocked, ok, appeared = 0;
+
+  sigemptyset(&none);
+  pthread_sigmask(SIG_SETMASK, &none, NULL);
+  (void)threads_blocked(&n0, &main_blocked);
+  lp_engine_starter_delay_ns = 1500000000u; /* 1.5 s, longer than the puts take */
+  lp_engine_opts_init(&o);
+  o.write_buffer_size = 64 * 1024;
+  path_of(p, sizeof p, "bgsignals");
+  e = lp_engine_open(p, &o, &err);
+  check(e != NULL, "bg thread: open", "%s", err.msg);
+  if (!e) return;
+  memset(val, 'v', sizeof val);
+  for (i = 0; i < 400 && !appeared; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "k%06d", i);
+    if (lp_engine_put(e, (lp_slice){key, strlen(key)}, (lp_slice){val, sizeof val}, 0, &err) < 0)
+      break;
+    (void)threads_blocked(&n, &main_blocked);
+    appeared = n >= n0 + 2; /* the waiting starter and LevelDB's thread */
+  }
+  check(appeared, "bg thread: a put started LevelDB's thread while the starter waited",
+        "threads %d (before the open %d) after %d puts of 4 KiB", n, n0, i);
+  ok = threads_blocked(&n, &main_blocked);
+  check(ok, "bg thread: every thread but the main one blocks the host's signals",
+        "a thread of %d does not", n);
+  check(!main_blocked, "bg thread: the main thread's signal mask is back to empty",
+        "the main thread blocks signals after the puts");
+  lp_engine_starter_delay_ns = 0;
+  lp_engine_close(e); /* joins the starter */
 }
 
 static void test_persistence(void) {
@@ -1260,6 +1342,7 @@ int main(void) {
   ref_sort();
 
   test_opts();
+  test_bg_thread_signals(); /* the first open of this process */
   test_persistence();
   test_open_errors();
   test_unwritable();
