@@ -287,3 +287,52 @@ describe("coroutine mode", function()
     assert.same({}, read_back(d, keys))
   end)
 end)
+
+describe("a new leader", function()
+  -- The winner of an election publishes level-party.sock before LevelDB's open, which replays
+  -- the dead leader's log: the others connect at once and their requests wait in the kernel
+  -- for its server thread, instead of polling for a socket while the open runs.
+  it("publishes its socket before LevelDB's open; gets sent meanwhile are answered after it", function()
+    local d = H.tmpdir("early")
+    local opts = "{ write_buffer_size = 512 * 1024 * 1024 }"
+    local l = P.worker(d, opts, "sync")
+    -- 24 MiB in the log only (no memtable flush): the next open replays all of it
+    assert.equal("ok", (l:call("fillbig 1500 16384", 60)))
+    assert.equal("ok", (l:call("put K v", 10)))
+    local f, g = P.worker(d, opts, "async"), P.worker(d, opts, "async")
+    local sock = d .. "/level-party.sock"
+    local old = assert(uv.fs_lstat(sock)).ino
+    local function manifests()
+      local out, req = {}, assert(uv.fs_scandir(d))
+      for name in uv.fs_scandir_next, req do
+        if name:match("^MANIFEST%-") then out[#out + 1] = name end
+      end
+      table.sort(out)
+      return table.concat(out, " ")
+    end
+    local before = manifests()
+    P.kill_and_wait(l, "sigkill")
+    -- the first look that finds another socket: LevelDB has not written its new MANIFEST yet
+    local deadline, seen, at_seen = P.now() + 20, nil, nil
+    while P.now() < deadline do
+      local st = uv.fs_lstat(sock)
+      if st and st.ino ~= old then
+        seen, at_seen = st.ino, manifests()
+        break
+      end
+      uv.sleep(1)
+    end
+    assert.is_not_nil(seen, "no new socket within 20 s")
+    local idf, idg = f:send("get K"), g:send("get K")
+    assert.equal(before, at_seen, "the new socket appeared after LevelDB's open rewrote the MANIFEST")
+    assert.same({ "ok", "v" }, sr(f:result(idf, 30)))
+    assert.same({ "ok", "v" }, sr(g:result(idg, 30)))
+    assert.is_true(manifests() ~= before, "the new leader's open wrote no MANIFEST")
+    local _, rf = f:call("role")
+    local _, rg = g:call("role")
+    local roles = { rf, rg }
+    table.sort(roles)
+    assert.same({ "follower", "leader" }, roles)
+    assert.equal(seen, assert(uv.fs_lstat(sock)).ino)
+  end)
+end)

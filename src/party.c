@@ -505,26 +505,30 @@ static void log_stderr(void *ud, const char *msg) {
   }
 }
 
-/* Under lead_lock: publishes the socket and starts serving e, which
- * lock_fd (our lock on LOCK) guards, as this process's lead of p's
- * directory, with no party attached yet.  On failure closes both and
- * returns NULL with err. */
-static lp_lead *lead_start(lp_party *p, lp_engine *e, int lock_fd, lp_err *err) {
+/* Under lead_lock: starts serving e, which lock_fd (our lock on LOCK)
+ * guards, on lfd (the socket already published), as this process's lead of
+ * p's directory, with no party attached yet.  On failure removes the socket
+ * and closes all three, and returns NULL with err. */
+static lp_lead *lead_start(lp_party *p, lp_engine *e, int lock_fd, int lfd, lp_err *err) {
   lp_lead *l = calloc(1, sizeof *l);
   lp_server_opts so = p->opts.server;
-  int lfd = -1;
   if (l == NULL || (l->path = strdup(p->path)) == NULL) {
     lp_err_set(err, LP_ENOMEM, "%s: out of memory", elect_op(p));
+    lp_sock_unlink(p->path);
+    close(lfd);
   } else {
-    lfd = lp_sock_listen(p->path, err);
     if (p->opts.log && so.log == NULL) {
       so.log = log_stderr;
       so.log_ud = l->path; /* outlives the server */
     }
-    if (lfd >= 0) l->server = lp_server_start(e, lfd, &so, err); /* owns lfd */
+    /* a server that fails closes lfd; hold keeps the listener open until
+     * the name is gone (see lead_or_probe) */
+    int hold = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
+    l->server = lp_server_start(e, lfd, &so, err); /* owns lfd */
+    if (l->server == NULL) lp_sock_unlink(p->path);
+    if (hold >= 0) close(hold);
   }
   if (l == NULL || l->server == NULL) {
-    if (lfd >= 0) lp_sock_unlink(p->path);
     lp_engine_close(e);
     close(lock_fd);
     if (l != NULL) free(l->path);
@@ -612,12 +616,26 @@ static int lead_or_probe(lp_party *p, pid_t *holder, lp_err *why, lp_err *err) {
   if (*holder == 0 && p->opts.lead) {
     int lock_fd = lp_lock_take(p->path, why);
     if (lock_fd >= 0) {
-      lp_engine *e = lp_engine_open(p->path, &p->opts.engine, err);
-      if (e == NULL) {
+      /* The socket goes up before LevelDB's open: followers connect at
+       * once and their requests wait in the kernel until the server
+       * starts, instead of polling for a socket while the open runs (most
+       * of a failover).  If the open fails, the name goes first, so that a
+       * follower whose connection is then refused finds no socket, which
+       * is not a refusal of its uid (leader_refused) but a leader gone. */
+      int lfd = lp_sock_listen(p->path, err);
+      lp_engine *e;
+      if (lfd < 0) {
         close(lock_fd);
         return -1;
       }
-      if ((l = lead_start(p, e, lock_fd, err)) == NULL) return -1;
+      e = lp_engine_open(p->path, &p->opts.engine, err);
+      if (e == NULL) {
+        lp_sock_unlink(p->path);
+        close(lfd);
+        close(lock_fd);
+        return -1;
+      }
+      if ((l = lead_start(p, e, lock_fd, lfd, err)) == NULL) return -1;
       become_leader(p, l);
       return 1;
     }
