@@ -7,9 +7,10 @@
 --   N.start(opts)                    nginx under a temporary prefix, 4 workers, on a loopback
 --                                    port, from examples/nginx/nginx.conf with
 --                                    spec/fixtures/nginx/test.conf's locations; opts: db (the
---                                    directory), extra (more locations), init (an init_by_lua
---                                    block), open_opts (levelparty.open's options in place of the
---                                    example's "{ timeout = 2 }").  Returns n: prefix, port, db, started, log(),
+--                                    directory), extra (more locations), init (code added to
+--                                    the example's init_by_lua block), open_opts
+--                                    (levelparty.open's options in place of the example's
+--                                    "{ timeout = 2 }").  Returns n: prefix, port, db, started, log(),
 --                                    master(), stop() (SIGQUIT by its own pid file, bounded)
 --   N.http(port, m, path, body, cb)  one HTTP/1.0 request over luv: cb(status, body), or
 --                                    cb(nil, err) when the connection failed or was reset
@@ -76,7 +77,13 @@ function N.start(opts)
     conf, c = conf:gsub("{ timeout = 2 }", function() return opts.open_opts end)
     assert(c == 1, "examples/nginx/nginx.conf no longer opens with { timeout = 2 }")
   end
-  if opts.init then conf = conf:gsub("http {", "http {\n  init_by_lua_block { " .. opts.init .. " }", 1) end
+  if opts.init then
+    local c
+    conf, c = conf:gsub('init_by_lua_block { require%("kv"%) }', function()
+      return 'init_by_lua_block { require("kv") ' .. opts.init .. " }"
+    end)
+    assert(c == 1, "examples/nginx/nginx.conf no longer has init_by_lua_block { require(\"kv\") }")
+  end
   write(prefix .. "/conf/nginx.conf", conf)
   local ok = os.execute("nginx -p " .. prefix .. " -c conf/nginx.conf >" .. prefix .. "/logs/start.txt 2>&1")
   local n = { prefix = prefix, port = port, db = db, started = ok == true or ok == 0 }
