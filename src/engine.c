@@ -131,7 +131,7 @@ static void engine_free(lp_engine *e) {
  * of its own, every signal blocked, start it (the starter): a compaction of
  * a range that holds the empty key only (levelparty never stores one)
  * flushes the memtable and finds nothing to compact, but schedules the
- * thread.  That costs a log switch and a MANIFEST write (0.5-1.5 ms), which
+ * thread.  That costs a log switch and a MANIFEST write (about 1 ms), which
  * a new leader does not wait for before it serves: the starter runs beside
  * the first calls, and until it is done (bg_ready) every call that may
  * schedule a compaction (a get, an iterator's step, a write) runs with every

@@ -517,13 +517,13 @@ static lp_lead *lead_start(lp_party *p, lp_engine *e, int lock_fd, int lfd, lp_e
     lp_sock_unlink(p->path);
     close(lfd);
   } else {
+    /* a server that fails closes lfd; hold keeps the listener open until
+     * the name is gone (see lead_or_probe) */
+    int hold = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
     if (p->opts.log && so.log == NULL) {
       so.log = log_stderr;
       so.log_ud = l->path; /* outlives the server */
     }
-    /* a server that fails closes lfd; hold keeps the listener open until
-     * the name is gone (see lead_or_probe) */
-    int hold = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
     l->server = lp_server_start(e, lfd, &so, err); /* owns lfd */
     if (l->server == NULL) lp_sock_unlink(p->path);
     if (hold >= 0) close(hold);

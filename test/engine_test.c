@@ -310,7 +310,8 @@ static void test_bg_thread_signals(void) {
   sigemptyset(&none);
   pthread_sigmask(SIG_SETMASK, &none, NULL);
   (void)threads_blocked(&n0, &main_blocked);
-  lp_engine_starter_delay_ns = 1500000000u; /* 1.5 s, longer than the puts take */
+  /* 1.5 s, longer than the puts take (atomic: the starter reads it) */
+  __atomic_store_n(&lp_engine_starter_delay_ns, 1500000000u, __ATOMIC_RELAXED);
   lp_engine_opts_init(&o);
   o.write_buffer_size = 64 * 1024;
   path_of(p, sizeof p, "bgsignals");
@@ -333,7 +334,7 @@ static void test_bg_thread_signals(void) {
         "a thread of %d does not", n);
   check(!main_blocked, "bg thread: the main thread's signal mask is back to empty",
         "the main thread blocks signals after the puts");
-  lp_engine_starter_delay_ns = 0;
+  __atomic_store_n(&lp_engine_starter_delay_ns, 0, __ATOMIC_RELAXED);
   lp_engine_close(e); /* joins the starter */
 }
 
