@@ -430,7 +430,9 @@ if part ~= "peak" then
     local new_leader = lock_owner(db)
     local watch_out = watch.finish("lock")
     -- the timeline: the LOCK first held by another process than the killed one (the kernel's
-    -- teardown, then the winner's next probe), and the first socket in place after that
+    -- teardown, then the winner's next probe), and the first socket in place after that (the
+    -- winner publishes it right after the LOCK, before LevelDB's open; the open's end shows
+    -- in the new leader's own first answers)
     local lock_taken, sock_ready
     for kind, t, v in watch_out:gmatch("(%a+) (%d+) (%d+)") do
       t, v = tonumber(t), tonumber(v)
@@ -594,9 +596,9 @@ if part ~= "peak" then
     base_gap, base_gap_max))
   print(("%-9s %-34s %9.0f req/s  (paced; connection errors, the killed worker's connections: %d)"):format("nginx",
     "  load during the kills", rate, conn_errors))
-  print(("%-9s %-34s %9.1f ms     (max %.1f; then its socket in place at %.1f ms, max %.1f: the timeline seen "
-    .. "from outside by bench/failover_watch)"):format("nginx", "  LOCK taken by a survivor", lock_taken,
-    lock_taken_max, sock_ready, sock_ready_max))
+  print(("%-9s %-34s %9.1f ms     (max %.1f; then its socket in place at %.1f ms, max %.1f, before its "
+    .. "LevelDB open: the timeline seen from outside by bench/failover_watch)"):format("nginx",
+    "  LOCK taken by a survivor", lock_taken, lock_taken_max, sock_ready, sock_ready_max))
   print(("%-9s %-34s %9.1f ms     (max %.1f)"):format("nginx", "LevelDB reopen after the kill", reopen, reopen_max))
   print(("%-9s %-34s %9.1f ms     (max %.1f; SIGKILL of a leader worker to LevelDB open in a process "
     .. "waiting on the LOCK: the kernel's teardown, median %.1f ms, max %.1f, then the reopen)"):format("nginx",
