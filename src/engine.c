@@ -33,9 +33,12 @@ struct lp_engine {
   leveldb_readoptions_t *ropts;       /* defaults: fill_cache, no snapshot */
   leveldb_writeoptions_t *wopts;      /* sync = 0 */
   leveldb_writeoptions_t *wopts_sync; /* sync = 1 */
-  pthread_t starter;                  /* see bg_ready; joined by engine_free */
-  int has_starter;
+  int has_starter;                    /* its open started the starter: see bg_ready */
 };
+
+static pthread_mutex_t bg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bg_cond = PTHREAD_COND_INITIALIZER;
+static int bg_ready; /* see bg_started */
 
 /* LevelDB reads a Slice(NULL, 0) as empty, but passing NULL to memcpy even
  * with a zero length is undefined: give it a real address instead. */
@@ -113,7 +116,12 @@ static int check_current(const char *path, lp_err *err) {
 /* Frees whatever part of e has been created; e->db is closed first so that
  * LevelDB stops using the cache and filter before they go. */
 static void engine_free(lp_engine *e) {
-  if (e->has_starter) pthread_join(e->starter, NULL);
+  if (e->has_starter) { /* the starter uses e->db until it is done */
+    pthread_mutex_lock(&bg_lock);
+    while (!__atomic_load_n(&bg_ready, __ATOMIC_ACQUIRE))
+      pthread_cond_wait(&bg_cond, &bg_lock);
+    pthread_mutex_unlock(&bg_lock);
+  }
   if (e->db) leveldb_close(e->db);
   if (e->options) leveldb_options_destroy(e->options);
   if (e->filter) leveldb_filterpolicy_destroy(e->filter);
@@ -136,8 +144,11 @@ static void engine_free(lp_engine *e) {
  * the first calls, and until it is done (bg_ready) every call that may
  * schedule a compaction (a get, an iterator's step, a write) runs with every
  * signal blocked, so that whichever thread starts LevelDB's, it starts
- * blocked.  bg_started: an open took the job; bg_ready: the job is done. */
-static int bg_started, bg_ready;
+ * blocked.  bg_started: an open took the job; bg_ready: the job is done
+ * (set under bg_lock, with bg_cond broadcast, for the close of that open's
+ * engine; the starter is detached, so that a process that exits without
+ * closing leaves no thread unjoined). */
+static int bg_started;
 uint64_t lp_engine_starter_delay_ns;
 
 typedef struct {
@@ -159,7 +170,10 @@ static void guard_leave(const bg_guard *g) {
 
 static void start_bg_thread(lp_engine *e) {
   leveldb_compact_range(e->db, "", 0, "", 0);
+  pthread_mutex_lock(&bg_lock);
   __atomic_store_n(&bg_ready, 1, __ATOMIC_RELEASE);
+  pthread_cond_broadcast(&bg_cond);
+  pthread_mutex_unlock(&bg_lock);
 }
 
 static void *starter_main(void *arg) {
@@ -226,7 +240,15 @@ lp_engine *lp_engine_open(const char *path, const lp_engine_opts *o, lp_err *err
   pthread_sigmask(SIG_SETMASK, &all, &old);
   e->db = leveldb_open(e->options, path, &status);
   if (!status && e->db && !__atomic_exchange_n(&bg_started, 1, __ATOMIC_ACQ_REL)) {
-    if (pthread_create(&e->starter, NULL, starter_main, e) == 0)
+    pthread_attr_t attr;
+    pthread_t starter;
+    int started = pthread_attr_init(&attr) == 0;
+    if (started) {
+      started = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                pthread_create(&starter, &attr, starter_main, e) == 0;
+      pthread_attr_destroy(&attr);
+    }
+    if (started)
       e->has_starter = 1;
     else
       start_bg_thread(e); /* no thread to spare: here, before serving */

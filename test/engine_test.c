@@ -335,7 +335,7 @@ static void test_bg_thread_signals(void) {
   check(!main_blocked, "bg thread: the main thread's signal mask is back to empty",
         "the main thread blocks signals after the puts");
   __atomic_store_n(&lp_engine_starter_delay_ns, 0, __ATOMIC_RELAXED);
-  lp_engine_close(e); /* joins the starter */
+  lp_engine_close(e); /* waits for the starter */
 }
 
 static void test_persistence(void) {
