@@ -193,6 +193,11 @@ uint64_t lp_now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+void lp_sleep_ns(uint64_t ns) {
+  struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+  nanosleep(&ts, NULL);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Ranges                                                                     */
 /* ------------------------------------------------------------------------ */

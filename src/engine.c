@@ -23,7 +23,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 struct lp_engine {
   leveldb_t *db;
@@ -178,10 +177,7 @@ static void start_bg_thread(lp_engine *e) {
 
 static void *starter_main(void *arg) {
   uint64_t delay = __atomic_load_n(&lp_engine_starter_delay_ns, __ATOMIC_RELAXED);
-  if (delay > 0) { /* tests: the window in which the guard must hold */
-    struct timespec ts = {(time_t)(delay / 1000000000u), (long)(delay % 1000000000u)};
-    nanosleep(&ts, NULL);
-  }
+  if (delay > 0) lp_sleep_ns(delay); /* tests: the window in which the guard must hold */
   start_bg_thread(arg);
   return NULL;
 }

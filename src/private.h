@@ -93,6 +93,8 @@ lp_code lp_code_from_leveldb(const char *status);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t lp_now_ns(void);
+/* Sleeps ns nanoseconds (a signal may cut it short); tests' delays only. */
+void lp_sleep_ns(uint64_t ns);
 
 /* A key range with options.  Bounds are a conjunction: a key is in range when it
  * satisfies every bound that is present.  limit < 0 means no limit. */

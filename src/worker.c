@@ -22,7 +22,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 typedef struct lp_job {
@@ -70,10 +69,7 @@ static void *worker_main(void *arg) {
       int rc;
       uint64_t one = 1;
       ssize_t n;
-      if (delay > 0) { /* tests: keep the job queued that long */
-        struct timespec ts = {(time_t)(delay / 1000000000u), (long)(delay % 1000000000u)};
-        nanosleep(&ts, NULL);
-      }
+      if (delay > 0) lp_sleep_ns(delay); /* tests: keep the job queued that long */
       t0 = lp_now_ns();
       rc = lp_engine_write(w->engine, j->b, j->sync, &err);
       __atomic_store_n(&w->took_ns, lp_now_ns() - t0, __ATOMIC_RELAXED);
