@@ -14,9 +14,14 @@
  * when the kernel has torn the killed process down and a survivor has taken
  * it; the socket's inode when the new leader has put its socket in place.
  * Looking changes nothing: F_GETLK takes no lock, and this process holds
- * none to drop when it closes its descriptor.  Exit status 1 on an error.
+ * none to drop when it closes its descriptor.  Nor does it take CPU from the
+ * failover it watches: it runs under SCHED_IDLE, so any other runnable thread
+ * goes first (at normal priority, its wakeups every 200 us cost the stall
+ * about 1 ms on two vCPUs: docs/BENCHMARKS.md); its readings can then lag
+ * while both CPUs are busy.  Exit status 1 on an error.
  */
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +59,12 @@ int main(int argc, char **argv) {
   int fd = open(lock_path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     perror("failover_watch: open LOCK");
+    return 1;
+  }
+  struct sched_param idle;
+  memset(&idle, 0, sizeof idle);
+  if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) {
+    perror("failover_watch: SCHED_IDLE");
     return 1;
   }
   long last_pid = -2;

@@ -418,7 +418,8 @@ if part ~= "peak" then
     -- wrk writes to a file: nothing to serve meanwhile (its exit is seen by the loop below)
     uv.sleep(2000)
     -- bench/failover_watch: who holds the LOCK and which socket is in place, every 200 us for
-    -- 1 s from just before the kill (the timeline printed per kill)
+    -- 1 s from just before the kill (the timeline printed per kill), under SCHED_IDLE so that
+    -- it takes no CPU from the failover it times
     local watch = start_helper("failover_watch", { db, "1000" }, "ready")
     local kill_at = uv.hrtime()
     if os.getenv("BENCH_NGX_KEEP") then print("kill_at", kill_at, "leader", leader, logs) end
