@@ -120,9 +120,13 @@ struct lp_party {
 
 /* The process's lead of one directory: what a process can hold once only,
  * since LevelDB's LOCK is an fcntl lock (per process; closing any fd of the
- * LOCK drops it).  Every field and every operation on a LOCK (probe, take,
- * leveldb_open, close) is under lead_lock, so no party probes or takes a
- * LOCK while another party of the process holds or releases it. */
+ * LOCK drops it).  Every field is under lead_lock, and so is every probe and
+ * take of a LOCK, after a look for the directory's lead.  LevelDB's open and
+ * close, which can take seconds (a long log to replay, a compaction to
+ * finish), run outside it with the lead in `leads` marked busy: a party of
+ * the same directory that would lead waits on lead_cond meanwhile and
+ * probes nothing, while the other directories' elections and fork() (whose
+ * handlers take lead_lock) go on. */
 typedef struct lp_lead {
   char *path; /* realpath; the socket's directory; the server's log_ud */
   dev_t dev;
@@ -133,6 +137,7 @@ typedef struct lp_lead {
   lp_server *server;
   int lock_fd; /* our own fcntl lock on LOCK, taken before leveldb_open
                 * (lp_lock_take) and closed after lp_engine_close */
+  int busy;    /* being opened or closed outside lead_lock: wait on lead_cond */
   struct lp_lead *next;
 } lp_lead;
 
@@ -141,6 +146,7 @@ static lp_party *registry;
 /* Never held together with registry_lock (except by the fork handlers, in
  * this order: lead_lock, then registry_lock). */
 static pthread_mutex_t lead_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t lead_cond = PTHREAD_COND_INITIALIZER; /* a lead stopped being busy */
 static lp_lead *leads;
 
 /* This process's pid, kept by a fork handler: getpid() is a system call,
@@ -158,6 +164,9 @@ static void fork_parent(void) {
 }
 static void fork_child(void) {
   self_pid = getpid();
+  /* the parent's threads waiting on it are not here, but a condition
+   * variable may still count them */
+  lead_cond = (pthread_cond_t)PTHREAD_COND_INITIALIZER;
   pthread_mutex_unlock(&registry_lock);
   pthread_mutex_unlock(&lead_lock);
 }
@@ -505,59 +514,84 @@ static void log_stderr(void *ud, const char *msg) {
   }
 }
 
-/* Under lead_lock: starts serving e, which lock_fd (our lock on LOCK)
- * guards, on lfd (the socket already published), as this process's lead of
- * p's directory, with no party attached yet.  On failure removes the socket
- * and closes all three, and returns NULL with err. */
-static lp_lead *lead_start(lp_party *p, lp_engine *e, int lock_fd, int lfd, lp_err *err) {
-  lp_lead *l = calloc(1, sizeof *l);
-  lp_server_opts so = p->opts.server;
-  if (l == NULL || (l->path = strdup(p->path)) == NULL) {
-    lp_err_set(err, LP_ENOMEM, "%s: out of memory", elect_op(p));
-    lp_sock_unlink(p->path);
-    close(lfd);
-  } else {
-    /* a server that fails closes lfd; hold keeps the listener open until
-     * the name is gone (see lead_or_probe) */
-    int hold = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
-    if (p->opts.log && so.log == NULL) {
-      so.log = log_stderr;
-      so.log_ud = l->path; /* outlives the server */
-    }
-    l->server = lp_server_start(e, lfd, &so, err); /* owns lfd */
-    if (l->server == NULL) lp_sock_unlink(p->path);
-    if (hold >= 0) close(hold);
-  }
-  if (l == NULL || l->server == NULL) {
-    lp_engine_close(e);
-    close(lock_fd);
-    if (l != NULL) free(l->path);
-    free(l);
-    return NULL;
-  }
-  l->dev = p->dev;
-  l->ino = p->ino;
-  l->pid = self_pid;
-  l->engine = e;
-  l->lock_fd = lock_fd;
-  l->next = leads;
-  leads = l;
-  return l;
-}
-
-/* Under lead_lock: drops p's ref on its lead; the last one stops serving
- * and releases the LOCK. */
-static void lead_release(lp_party *p) {
-  lp_lead *l = p->lead, **pp;
-  p->lead = NULL;
-  p->engine = NULL;
-  if (l == NULL || --l->refs > 0) return;
+/* Under lead_lock: l leaves `leads`; the parties waiting for it look again. */
+static void lead_unlist(lp_lead *l) {
+  lp_lead **pp;
   for (pp = &leads; *pp != NULL; pp = &(*pp)->next) {
     if (*pp == l) {
       *pp = l->next;
       break;
     }
   }
+  pthread_cond_broadcast(&lead_cond);
+}
+
+/* Under lead_lock: p's directory's lead, listed busy, for lock_fd (our lock
+ * on LOCK, which it then owns); NULL with err (lock_fd closed) when out of
+ * memory. */
+static lp_lead *lead_new(lp_party *p, int lock_fd, lp_err *err) {
+  lp_lead *l = calloc(1, sizeof *l);
+  if (l == NULL || (l->path = strdup(p->path)) == NULL) {
+    lp_err_set(err, LP_ENOMEM, "%s: out of memory", elect_op(p));
+    close(lock_fd);
+    free(l);
+    return NULL;
+  }
+  l->dev = p->dev;
+  l->ino = p->ino;
+  l->pid = self_pid;
+  l->lock_fd = lock_fd;
+  l->busy = 1;
+  l->next = leads;
+  leads = l;
+  return l;
+}
+
+/* Under lead_lock: the busy lead l was not made (its open or its server
+ * failed; the socket's name, if any, is gone): releases the LOCK, unlists
+ * and frees l. */
+static void lead_abandon(lp_lead *l) {
+  close(l->lock_fd);
+  lead_unlist(l);
+  free(l->path);
+  free(l);
+}
+
+/* Under lead_lock: starts serving e on lfd (the socket already published)
+ * for the busy lead l, which is then ready.  On failure removes the socket,
+ * closes LevelDB, abandons l and returns -1 with err. */
+static int lead_start(lp_party *p, lp_lead *l, lp_engine *e, int lfd, lp_err *err) {
+  lp_server_opts so = p->opts.server;
+  /* a server that fails closes lfd; hold keeps the listener open until the
+   * name is gone (see lead_or_probe) */
+  int hold = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
+  if (p->opts.log && so.log == NULL) {
+    so.log = log_stderr;
+    so.log_ud = l->path; /* outlives the server */
+  }
+  l->server = lp_server_start(e, lfd, &so, err); /* owns lfd */
+  if (l->server == NULL) lp_sock_unlink(p->path);
+  if (hold >= 0) close(hold);
+  if (l->server == NULL) {
+    lp_engine_close(e);
+    lead_abandon(l);
+    return -1;
+  }
+  l->engine = e;
+  l->busy = 0;
+  pthread_cond_broadcast(&lead_cond);
+  return 0;
+}
+
+/* Under lead_lock (released meanwhile): drops p's ref on its lead; the last
+ * one stops serving and releases the LOCK, the lead busy until then. */
+static void lead_release(lp_party *p) {
+  lp_lead *l = p->lead;
+  p->lead = NULL;
+  p->engine = NULL;
+  if (l == NULL || --l->refs > 0) return;
+  l->busy = 1;
+  pthread_mutex_unlock(&lead_lock);
   /* Remove the name first so that no one connects to a leader that is
    * leaving; then stop serving; then close LevelDB, which releases the LOCK
    * and wakes the followers' watches. */
@@ -566,6 +600,8 @@ static void lead_release(lp_party *p) {
   lp_engine_close(l->engine);
   /* LevelDB's close released the process's lock; this fd only held it */
   close(l->lock_fd);
+  pthread_mutex_lock(&lead_lock);
+  lead_unlist(l);
   free(l->path);
   free(l);
 }
@@ -594,12 +630,17 @@ static void become_leader(lp_party *p, lp_lead *l) {
   }
 }
 
-/* Under lead_lock: the lead of p's directory, made when the LOCK is free and
- * p may lead: 1 with p attached; 0 when the LOCK is not free (or p may not
- * lead), *holder its holder, *why the take's failure (LP_OK: none); -1 with
- * err when leveldb_open or serving failed. */
+/* Under lead_lock (released during LevelDB's open): the lead of p's
+ * directory, made when the LOCK is free and p may lead: 1 with p attached;
+ * 0 when the LOCK is not free (or p may not lead), *holder its holder, *why
+ * the take's failure (LP_OK: none); -1 with err when leveldb_open or serving
+ * failed. */
 static int lead_or_probe(lp_party *p, pid_t *holder, lp_err *why, lp_err *err) {
-  lp_lead *l = find_lead(p);
+  lp_lead *l;
+  /* a lead being opened or closed by another thread: one that would lead
+   * waits for it (a probe now could drop our own lock) */
+  while ((l = find_lead(p)) != NULL && l->busy && p->opts.lead)
+    pthread_cond_wait(&lead_cond, &lead_lock);
   why->code = LP_OK;
   if (l != NULL) { /* this process leads: attach, or (never to lead) connect to it */
     *holder = self_pid;
@@ -628,14 +669,22 @@ static int lead_or_probe(lp_party *p, pid_t *holder, lp_err *why, lp_err *err) {
         close(lock_fd);
         return -1;
       }
+      if ((l = lead_new(p, lock_fd, err)) == NULL) {
+        lp_sock_unlink(p->path);
+        close(lfd);
+        return -1;
+      }
+      /* LevelDB's open replays the log: the lead is busy, lead_lock free */
+      pthread_mutex_unlock(&lead_lock);
       e = lp_engine_open(p->path, &p->opts.engine, err);
+      pthread_mutex_lock(&lead_lock);
       if (e == NULL) {
         lp_sock_unlink(p->path);
         close(lfd);
-        close(lock_fd);
+        lead_abandon(l);
         return -1;
       }
-      if ((l = lead_start(p, e, lock_fd, lfd, err)) == NULL) return -1;
+      if (lead_start(p, l, e, lfd, err) < 0) return -1;
       become_leader(p, l);
       return 1;
     }

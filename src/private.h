@@ -656,13 +656,14 @@ uint64_t lp_engine_number(lp_engine *e, const char *property);
  * are independent followers (their own client, connection, watch, epoll
  * set, worker), but the process leads a directory once: the lead (LOCK,
  * engine, server thread, socket file) is process-wide, keyed the same way,
- * refcounted by the parties attached to it, and every operation on a LOCK
- * (probe, take, leveldb_open, close) runs under its mutex after checking
- * that no lead of the directory exists.  That is what keeps two spellings
- * of a path, or two owners, from giving two LevelDB handles, and keeps a
- * process from ever probing or calling leveldb_open on a directory whose
- * LOCK it holds (closing any fd of the LOCK, or a failed second open, would
- * drop that lock).
+ * refcounted by the parties attached to it, and every probe and take of a
+ * LOCK runs under its mutex after checking that no lead of the directory
+ * exists (LevelDB's open and close run outside it, the lead listed busy,
+ * and a party of that directory that would lead waits).  That is what keeps
+ * two spellings of a path, or two owners, from giving two LevelDB handles,
+ * and keeps a process from ever probing or calling leveldb_open on a
+ * directory whose LOCK it holds (closing any fd of the LOCK, or a failed
+ * second open, would drop that lock).
  *
  * States: ELECTING (no leader known: the election runs in lp_party_step),
  * FOLLOWER (connected), LEADER (engine + server thread), CLOSED.  A follower
