@@ -547,9 +547,9 @@ static lp_lead *lead_new(lp_party *p, int lock_fd, lp_err *err) {
   return l;
 }
 
-/* Under lead_lock: the busy lead l was not made (its open or its server
- * failed; the socket's name, if any, is gone): releases the LOCK, unlists
- * and frees l. */
+/* Under lead_lock: the busy lead l was not made (its socket, its open or
+ * its server failed; the socket's name, if any, is gone): releases the
+ * LOCK, unlists and frees l. */
 static void lead_abandon(lp_lead *l) {
   close(l->lock_fd);
   lead_unlist(l);
@@ -663,15 +663,11 @@ static int lead_or_probe(lp_party *p, pid_t *holder, lp_err *why, lp_err *err) {
        * of a failover).  If the open fails, the name goes first, so that a
        * follower whose connection is then refused finds no socket, which
        * is not a refusal of its uid (leader_refused) but a leader gone. */
-      int lfd = lp_sock_listen(p->path, err);
+      int lfd;
       lp_engine *e;
-      if (lfd < 0) {
-        close(lock_fd);
-        return -1;
-      }
-      if ((l = lead_new(p, lock_fd, err)) == NULL) {
-        lp_sock_unlink(p->path);
-        close(lfd);
+      if ((l = lead_new(p, lock_fd, err)) == NULL) return -1;
+      if ((lfd = lp_sock_listen(p->path, err)) < 0) {
+        lead_abandon(l);
         return -1;
       }
       /* LevelDB's open replays the log: the lead is busy, lead_lock free */
